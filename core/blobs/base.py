@@ -1,0 +1,51 @@
+"""The byte-storage protocol every blob backend (memory, filesystem, S3) implements.
+
+A blob is immutable once committed: a new artifact version is a new key, so
+a reader streaming version 3 never sees bytes of version 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+
+class BlobWriter(Protocol):
+    async def write(self, data: bytes) -> None: ...
+
+    async def commit(self) -> None:
+        """Make the bytes durable and visible under the key, all at once."""
+        ...
+
+    async def abort(self) -> None: ...
+
+
+class BlobReader(Protocol):
+    async def read(self, offset: int, length: int) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def writer(self, key: str) -> BlobWriter: ...
+
+    async def put(self, key: str, data: bytes) -> None: ...
+
+    async def put_file(self, key: str, path: Path) -> None:
+        """Publish a finished local file under ``key``; the file is consumed."""
+        ...
+
+    async def reader(self, key: str) -> BlobReader: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    def keys(self, prefix: str = "") -> AsyncIterator[str]: ...
+
+    async def check(self) -> None:
+        """Raise ProviderError when the backend cannot be reached."""
+        ...

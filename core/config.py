@@ -1,0 +1,128 @@
+"""Choosing backends: the one place that reads the environment and builds them.
+
+Names follow the reference API (``ARTIFACT_PROVIDER``, ``ARTIFACT_FS_ROOT``,
+``SESSION_PROVIDER`` ...). ``vfs-`` prefixed provider names are accepted as
+aliases so configurations written for the reference run unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from .blobs.base import BlobStore
+from .errors import InvalidArgumentError
+from .meta.base import MetaStore
+from .models import MetadataProvider, StorageProvider
+from .namespace import Limits
+from .signing import RecordSigner, load_signing_key
+
+_STORAGE_ALIASES = {
+    "memory": StorageProvider.MEMORY, "vfs-memory": StorageProvider.MEMORY,
+    "filesystem": StorageProvider.FILESYSTEM, "vfs-filesystem": StorageProvider.FILESYSTEM,
+    "fs": StorageProvider.FILESYSTEM, "s3": StorageProvider.S3, "vfs-s3": StorageProvider.S3,
+    "ibm_cos": StorageProvider.S3,
+}
+_META_ALIASES = {
+    "memory": MetadataProvider.MEMORY, "sqlite": MetadataProvider.SQLITE,
+    "vfs-sqlite": MetadataProvider.SQLITE, "redis": MetadataProvider.REDIS,
+}
+
+
+class Settings(BaseModel):
+    """Everything that selects and tunes the backends."""
+
+    storage_provider: StorageProvider = StorageProvider.MEMORY
+    session_provider: MetadataProvider = MetadataProvider.MEMORY
+    sandbox_id: str = "default"
+    fs_root: Path = Path("./artifacts")
+    sqlite_path: Path | None = None  # default: <fs_root>/meta.sqlite3
+    bucket: str = "artifacts"
+    redis_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_sse_algorithm: str | None = None
+    limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("storage_provider", mode="before")
+    @classmethod
+    def _storage(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return _STORAGE_ALIASES[value.strip().lower()]
+            except KeyError:
+                raise ValueError(f"unknown storage provider {value!r}; one of {sorted(_STORAGE_ALIASES)}") from None
+        return value
+
+    @field_validator("session_provider", mode="before")
+    @classmethod
+    def _meta(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return _META_ALIASES[value.strip().lower()]
+            except KeyError:
+                raise ValueError(f"unknown session provider {value!r}; one of {sorted(_META_ALIASES)}") from None
+        return value
+
+    @property
+    def data_dir(self) -> Path | None:
+        """Where the embedded backends keep their files, if any of them does."""
+        if self.storage_provider is StorageProvider.FILESYSTEM or self.session_provider is MetadataProvider.SQLITE:
+            return self.fs_root
+        return None
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Settings":
+        env = os.environ
+        values: dict[str, object] = {}
+        provider = env.get("ARTIFACT_PROVIDER")
+        if provider:
+            if provider.strip().lower() == "vfs-sqlite":  # the reference's "everything in SQLite"
+                values["storage_provider"] = "filesystem"
+                values["session_provider"] = "sqlite"
+            else:
+                values["storage_provider"] = provider
+        for name, key in (
+            ("SESSION_PROVIDER", "session_provider"), ("ARTIFACT_SANDBOX_ID", "sandbox_id"),
+            ("ARTIFACT_FS_ROOT", "fs_root"), ("ARTIFACT_SQLITE_PATH", "sqlite_path"),
+            ("ARTIFACT_BUCKET", "bucket"), ("SESSION_REDIS_URL", "redis_url"),
+            ("S3_ENDPOINT_URL", "s3_endpoint_url"), ("AWS_REGION", "s3_region"),
+            ("S3_SSE_ALGORITHM", "s3_sse_algorithm"),
+        ):
+            if env.get(name):
+                values[key] = env[name]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise InvalidArgumentError(f"invalid configuration: {exc}") from exc
+
+
+def build_backends(settings: Settings) -> tuple[BlobStore, MetaStore]:
+    """The blob and metadata stores that ``settings`` names."""
+    signer = RecordSigner(load_signing_key(settings.data_dir))
+    blobs: BlobStore
+    if settings.storage_provider is StorageProvider.FILESYSTEM:
+        from .blobs.filesystem import FilesystemBlobStore
+
+        blobs = FilesystemBlobStore(settings.fs_root)
+    elif settings.storage_provider is StorageProvider.MEMORY:
+        from .blobs.memory import MemoryBlobStore
+
+        blobs = MemoryBlobStore()
+    else:
+        raise InvalidArgumentError(f"storage provider {settings.storage_provider.value} is not available yet")
+    meta: MetaStore
+    if settings.session_provider is MetadataProvider.SQLITE:
+        from .meta.sqlite import SQLiteMetaStore
+
+        meta = SQLiteMetaStore(settings.sqlite_path or settings.fs_root / "meta.sqlite3", signer)
+    elif settings.session_provider is MetadataProvider.MEMORY:
+        from .meta.sqlite import SQLiteMetaStore
+
+        meta = SQLiteMetaStore(":memory:", signer)
+    else:
+        raise InvalidArgumentError(f"session provider {settings.session_provider.value} is not available yet")
+    return blobs, meta

@@ -1,0 +1,95 @@
+"""The error family of the store.
+
+Every failure a caller can meet is one of these, so an API user can catch
+``ArtifactStoreError`` and the mount can turn each into one errno
+(``fusefs/errnos.py`` is the only place that mapping lives).
+"""
+
+from __future__ import annotations
+
+
+class ArtifactStoreError(Exception):
+    """Base of every error the store raises on purpose."""
+
+
+class ArtifactNotFoundError(ArtifactStoreError):
+    """No artifact, file or directory by that id or name."""
+
+
+class ArtifactExpiredError(ArtifactNotFoundError):
+    """It existed, but its TTL (or its session's) has run out."""
+
+
+class ArtifactCorruptedError(ArtifactStoreError):
+    """Stored bytes or a metadata record failed their digest or signature."""
+
+
+class AccessDeniedError(ArtifactStoreError):
+    """The caller's session or user may not do this to that artifact."""
+
+
+class OwnershipChangeError(AccessDeniedError):
+    """Changing owner or group of a node the caller does not own (EPERM)."""
+
+
+class ProviderError(ArtifactStoreError):
+    """A storage backend failed after bounded retries."""
+
+
+class SessionError(ArtifactStoreError):
+    """The session system failed, or a session is unknown or expired."""
+
+
+class QuotaExceededError(ArtifactStoreError):
+    """A user's or session's byte or file-count quota would be exceeded."""
+
+
+class ArtifactTooLargeError(ArtifactStoreError):
+    """The artifact is larger than the configured maximum size."""
+
+
+class InvalidArgumentError(ArtifactStoreError, ValueError):
+    """An argument is malformed: bad TTL, unknown scope, non-JSON meta, ..."""
+
+
+class InvalidNameError(InvalidArgumentError):
+    """A name or id is not allowed: '..', NUL, '/' in a component, empty."""
+
+
+class NameTooLongError(InvalidNameError):
+    """A name component or id is longer than its limit."""
+
+
+class StoreClosedError(ArtifactStoreError):
+    """The store was closed; open a new one."""
+
+
+# Tree errors: what a filesystem can say that an artifact API rarely needs.
+
+
+class AlreadyExistsError(ArtifactStoreError):
+    """The name is taken (O_EXCL, mkdir, RENAME_NOREPLACE)."""
+
+
+class NotADirectoryError_(ArtifactStoreError):
+    """A path component is a file where a directory was needed."""
+
+
+class IsADirectoryError_(ArtifactStoreError):
+    """A directory was given where a file was needed."""
+
+
+class DirectoryNotEmptyError(ArtifactStoreError):
+    """rmdir or rename onto a directory that still has entries."""
+
+
+class CrossScopeError(ArtifactStoreError):
+    """A rename or move between scopes; the mount answers EXDEV."""
+
+
+class ReadOnlyError(AccessDeniedError):
+    """A place in the tree that nobody writes to (the root, ``sessions/``)."""
+
+
+class NotSupportedError(ArtifactStoreError):
+    """An operation this store does not offer (e.g. RENAME_EXCHANGE)."""

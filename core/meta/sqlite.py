@@ -1,0 +1,289 @@
+"""Metadata in SQLite: the embedded default, and (on ``:memory:``) the memory backend.
+
+Calls run inline on the event loop: a WAL commit with ``synchronous=NORMAL``
+takes tens of microseconds, far less than a hop to a worker thread would.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ..errors import AlreadyExistsError, ArtifactCorruptedError, DirectoryNotEmptyError, IsADirectoryError_
+from ..errors import NotADirectoryError_, ProviderError, StoreClosedError
+from ..models import Scope, Usage
+from ..nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
+from ..signing import RecordSigner
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS node (
+    ino INTEGER PRIMARY KEY,
+    parent INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    is_dir INTEGER NOT NULL,
+    artifact_id TEXT,
+    sandbox_id TEXT,
+    scope TEXT,
+    session_id TEXT,
+    user_id TEXT,
+    usage_key TEXT,
+    size INTEGER NOT NULL,
+    expires_at INTEGER,
+    record BLOB NOT NULL,
+    sig TEXT NOT NULL,
+    UNIQUE (parent, name)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS node_artifact ON node(artifact_id) WHERE artifact_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS node_user ON node(sandbox_id, user_id) WHERE artifact_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS node_session ON node(sandbox_id, session_id) WHERE artifact_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS node_scope ON node(sandbox_id, scope) WHERE artifact_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS node_expiry ON node(expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS usage (key TEXT PRIMARY KEY, bytes INTEGER NOT NULL, files INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counter (name, value) VALUES ('ino', 1);
+"""
+
+_COLUMNS = "ino, record, sig"
+
+
+class SQLiteMetaStore:
+    def __init__(self, path: Path | str, signer: RecordSigner) -> None:
+        self._path = str(path)
+        self._signer = signer
+        self._db: sqlite3.Connection | None = None
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=10)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        db.executescript(_SCHEMA)
+        self._db = db
+        if await self.get(ROOT_INO) is None:
+            root = new_node(parent=0, name="", kind=NodeKind.DIR, mode=0o755, role=NodeRole.ROOT, now_ns=0)
+            root.ino = ROOT_INO
+            with self._tx() as db:
+                self._write(db, root, insert=True)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreClosedError("the metadata store is closed")
+        return self._db
+
+    def _tx(self) -> "_Transaction":
+        return _Transaction(self.db)
+
+    # -- records
+
+    def _load(self, row: tuple[int, bytes, str] | None) -> Node | None:
+        if row is None:
+            return None
+        ino, record, sig = row
+        if not self._signer.verify(record, sig):
+            raise ArtifactCorruptedError(f"the metadata record of inode {ino} fails its signature")
+        try:
+            node = Node.model_validate_json(record)
+        except ValidationError as exc:
+            raise ArtifactCorruptedError(f"the metadata record of inode {ino} is unreadable") from exc
+        if node.ino != ino:
+            raise ArtifactCorruptedError(f"the metadata record of inode {ino} names inode {node.ino}")
+        return node
+
+    def _write(self, db: sqlite3.Connection, node: Node, *, insert: bool) -> None:
+        record = node.model_dump_json(exclude_defaults=False).encode()
+        space = node.space
+        art = node.artifact
+        values = (
+            node.parent,
+            node.name,
+            int(node.is_dir),
+            art.artifact_id if art else None,
+            space.sandbox_id if space else None,
+            space.scope.value if space else None,
+            space.session_id if space else None,
+            space.user_id if space else None,
+            space.usage_key if (space and node.is_file) else None,
+            node.size,
+            node.expires_at_ns,
+            record,
+            self._signer.sign(record),
+        )
+        if insert:
+            db.execute(
+                "INSERT INTO node (ino, parent, name, is_dir, artifact_id, sandbox_id, scope, session_id,"
+                " user_id, usage_key, size, expires_at, record, sig) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (node.ino, *values),
+            )
+        else:
+            cur = db.execute(
+                "UPDATE node SET parent=?, name=?, is_dir=?, artifact_id=?, sandbox_id=?, scope=?, session_id=?,"
+                " user_id=?, usage_key=?, size=?, expires_at=?, record=?, sig=? WHERE ino=?",
+                (*values, node.ino),
+            )
+            if cur.rowcount != 1:
+                raise ProviderError(f"inode {node.ino} vanished during an update")
+
+    def _charge(self, db: sqlite3.Connection, node: Node, sign: int) -> None:
+        if node.is_file and node.space is not None:
+            db.execute(
+                "INSERT INTO usage (key, bytes, files) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE"
+                " SET bytes = bytes + excluded.bytes, files = files + excluded.files",
+                (node.space.usage_key, sign * node.size, sign),
+            )
+
+    def _one(self, sql: str, args: tuple) -> Node | None:
+        return self._load(self.db.execute(sql, args).fetchone())
+
+    def _many(self, sql: str, args: tuple) -> list[Node]:
+        return [n for n in map(self._load, self.db.execute(sql, args).fetchall()) if n is not None]
+
+    # -- reads
+
+    async def get(self, ino: int) -> Node | None:
+        return self._one(f"SELECT {_COLUMNS} FROM node WHERE ino=?", (ino,))
+
+    async def lookup(self, parent: int, name: str) -> Node | None:
+        return self._one(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (parent, name))
+
+    async def children(self, parent: int) -> list[Node]:
+        return self._many(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND ino!=? ORDER BY name", (parent, ROOT_INO))
+
+    async def find_artifact(self, artifact_id: str) -> Node | None:
+        return self._one(f"SELECT {_COLUMNS} FROM node WHERE artifact_id=?", (artifact_id,))
+
+    async def search(
+        self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
+    ) -> list[Node]:
+        sql = f"SELECT {_COLUMNS} FROM node WHERE artifact_id IS NOT NULL AND sandbox_id=?"
+        args: list[object] = [sandbox_id]
+        for column, value in (("scope", scope.value if scope else None), ("session_id", session_id), ("user_id", user_id)):
+            if value is not None:
+                sql += f" AND {column}=?"
+                args.append(value)
+        return self._many(sql, tuple(args))
+
+    async def expired(self, now_ns: int, limit: int = 1000) -> list[Node]:
+        return self._many(
+            f"SELECT {_COLUMNS} FROM node WHERE expires_at IS NOT NULL AND expires_at<=? LIMIT ?", (now_ns, limit)
+        )
+
+    async def usage(self, usage_key: str) -> Usage:
+        row = self.db.execute("SELECT bytes, files FROM usage WHERE key=?", (usage_key,)).fetchone()
+        return Usage(bytes=row[0], files=row[1]) if row else Usage()
+
+    async def totals(self) -> Usage:
+        row = self.db.execute("SELECT COALESCE(SUM(bytes),0), COALESCE(SUM(files),0) FROM usage").fetchone()
+        return Usage(bytes=row[0], files=row[1])
+
+    # -- changes
+
+    async def insert(self, node: Node, *, replace: bool = False) -> tuple[Node, Node | None]:
+        with self._tx() as db:
+            parent = self._load(db.execute(f"SELECT {_COLUMNS} FROM node WHERE ino=?", (node.parent,)).fetchone())
+            if parent is None:
+                raise ProviderError(f"parent inode {node.parent} does not exist")
+            if not parent.is_dir:
+                raise NotADirectoryError_(f"inode {parent.ino} is not a directory")
+            old = self._load(
+                db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (node.parent, node.name)).fetchone()
+            )
+            if old is not None:
+                if not replace:
+                    raise AlreadyExistsError(f"{node.name!r} exists")
+                if old.is_dir:
+                    raise IsADirectoryError_(f"{node.name!r} is a directory")
+                db.execute("DELETE FROM node WHERE ino=?", (old.ino,))
+                self._charge(db, old, -1)
+            # A counter, never MAX(ino)+1: a freed number must not come back while a kernel may hold it.
+            node.ino = db.execute("UPDATE counter SET value = value + 1 WHERE name='ino' RETURNING value").fetchone()[0]
+            self._write(db, node, insert=True)
+            self._charge(db, node, +1)
+        return node, old
+
+    async def update(self, node: Node) -> None:
+        with self._tx() as db:
+            old = self._load(db.execute(f"SELECT {_COLUMNS} FROM node WHERE ino=?", (node.ino,)).fetchone())
+            if old is None:
+                raise ProviderError(f"inode {node.ino} vanished during an update")
+            self._write(db, node, insert=False)
+            self._charge(db, old, -1)
+            self._charge(db, node, +1)
+
+    async def rename(self, node: Node, new_parent: int, new_name: str, *, replace: bool) -> Node | None:
+        with self._tx() as db:
+            old = self._load(
+                db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (new_parent, new_name)).fetchone()
+            )
+            if old is not None and old.ino != node.ino:
+                if not replace:
+                    raise AlreadyExistsError(f"{new_name!r} exists")
+                if old.is_dir and not node.is_dir:
+                    raise IsADirectoryError_(f"{new_name!r} is a directory")
+                if node.is_dir and not old.is_dir:
+                    raise NotADirectoryError_(f"{new_name!r} is not a directory")
+                if old.is_dir and db.execute("SELECT 1 FROM node WHERE parent=? LIMIT 1", (old.ino,)).fetchone():
+                    raise DirectoryNotEmptyError(f"{new_name!r} is not empty")
+                db.execute("DELETE FROM node WHERE ino=?", (old.ino,))
+                self._charge(db, old, -1)
+            elif old is not None:
+                old = None  # renaming onto itself
+            node.parent, node.name = new_parent, new_name
+            self._write(db, node, insert=False)
+        return old
+
+    async def exchange(self, a: Node, b: Node) -> None:
+        with self._tx() as db:
+            (a.parent, a.name), (b.parent, b.name) = (b.parent, b.name), (a.parent, a.name)
+            # Park one side so the UNIQUE(parent, name) constraint never sees both at once.
+            db.execute("UPDATE node SET parent=-1 WHERE ino=?", (a.ino,))
+            self._write(db, b, insert=False)
+            self._write(db, a, insert=False)
+
+    async def remove(self, node: Node) -> None:
+        with self._tx() as db:
+            if node.is_dir and db.execute("SELECT 1 FROM node WHERE parent=? LIMIT 1", (node.ino,)).fetchone():
+                raise DirectoryNotEmptyError(f"{node.name!r} is not empty")
+            current = self._load(db.execute(f"SELECT {_COLUMNS} FROM node WHERE ino=?", (node.ino,)).fetchone())
+            if current is None:
+                return
+            db.execute("DELETE FROM node WHERE ino=?", (node.ino,))
+            self._charge(db, current, -1)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise ProviderError(f"metadata store: {exc}") from exc
+        return self._db
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as err:
+                self._db.execute("ROLLBACK")
+                raise ProviderError(f"metadata store: {err}") from err
+            return False
+        self._db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise ProviderError(f"metadata store: {exc}") from exc
+        return False

@@ -1,0 +1,132 @@
+"""Public pydantic models and enums of the artifact API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Scope(str, Enum):
+    """Where an artifact lives and who may touch it (DESIGN §7)."""
+
+    SESSION = "session"
+    USER = "user"
+    SANDBOX = "sandbox"
+
+
+class StorageProvider(str, Enum):
+    MEMORY = "memory"
+    FILESYSTEM = "filesystem"
+    S3 = "s3"
+
+
+class MetadataProvider(str, Enum):
+    MEMORY = "memory"
+    SQLITE = "sqlite"
+    REDIS = "redis"
+
+
+class _Mapping(BaseModel):
+    """A model that also answers ``obj["field"]`` and ``obj.get()``.
+
+    The reference API returned dicts; code written for it indexes results.
+    """
+
+    def __getitem__(self, key: str) -> Any:
+        if key in type(self).model_fields:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in type(self).model_fields
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default) if key in self else default
+
+    def keys(self) -> list[str]:
+        return list(type(self).model_fields)
+
+
+class GridKey(_Mapping):
+    """A parsed ``grid/{sandbox}/{sessions/<id>|users/<id>|shared}/{artifact_id}``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sandbox_id: str
+    scope: Scope
+    session_id: str | None = None
+    user_id: str | None = None
+    artifact_id: str | None = None
+    subpath: str | None = None
+
+
+class ArtifactMetadata(_Mapping):
+    """Everything the store knows about one artifact."""
+
+    artifact_id: str
+    sandbox_id: str
+    session_id: str | None
+    user_id: str | None
+    scope: Scope
+    key: str
+    filename: str
+    mime: str
+    summary: str
+    meta: dict[str, Any] = Field(default_factory=dict)
+    bytes: int
+    sha256: str
+    version: int
+    stored_at: datetime
+    updated_at: datetime
+    ttl: int | None
+    expires_at: datetime | None
+
+
+class SessionInfo(_Mapping):
+    session_id: str
+    sandbox_id: str
+    user_id: str | None = None
+    created_at: datetime
+    expires_at: datetime | None
+    custom_metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+ProgressCallback = Callable[[int, int | None], Any]
+
+
+class StreamUploadRequest(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    data_stream: AsyncIterator[bytes] | Any
+    mime: str = "application/octet-stream"
+    summary: str = ""
+    filename: str | None = None
+    meta: dict[str, Any] | None = None
+    session_id: str | None = None
+    user_id: str | None = None
+    scope: Scope | str = Scope.SESSION
+    ttl: int | None | Literal["default"] = "default"  # None: never expires
+    content_length: int | None = None
+    progress_callback: ProgressCallback | None = None
+
+
+class StreamDownloadRequest(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    artifact_id: str
+    session_id: str | None = None
+    user_id: str | None = None
+    chunk_size: int = Field(default=65536, gt=0, le=64 * 1024 * 1024)
+    progress_callback: ProgressCallback | None = None
+    verify: bool = True
+
+
+class Usage(BaseModel):
+    """Bytes and artifact count charged to one user or session."""
+
+    bytes: int = 0
+    files: int = 0

@@ -1,0 +1,505 @@
+"""The tree of artifacts: every change to nodes and blobs goes through here.
+
+Both faces of the store stand on this layer: :class:`core.store.ArtifactStore`
+(artifact ids, the reference API) and the mount (inodes). It keeps the layout
+of DESIGN §2, hides expired nodes, enforces size limits and quotas, and
+keeps blobs and metadata in step: a blob is written under a fresh key first,
+the metadata commit makes it visible, and only then is the old blob removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import AsyncIterable, Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from . import grid
+from .blobs.base import BlobStore
+from .clock import Clock
+from .errors import (
+    ArtifactExpiredError,
+    ArtifactNotFoundError,
+    ArtifactTooLargeError,
+    CrossScopeError,
+    InvalidArgumentError,
+    IsADirectoryError_,
+    NotADirectoryError_,
+    QuotaExceededError,
+    ReadOnlyError,
+)
+from .meta.base import MetaStore
+from .models import Scope
+from .nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+NS = 1_000_000_000
+GiB = 1 << 30
+
+
+class Limits(BaseModel):
+    """Sizes, quotas and default lifetimes; ``None`` means unlimited."""
+
+    max_artifact_bytes: int = 64 * GiB
+    session_quota_bytes: int | None = None
+    session_quota_files: int | None = None
+    user_quota_bytes: int | None = None
+    user_quota_files: int | None = None
+    session_ttl: int = 900
+    default_ttl: int = 900  # for session-scope artifacts stored without a ttl
+
+
+class Namespace:
+    def __init__(self, meta: MetaStore, blobs: BlobStore, clock: Clock, limits: Limits) -> None:
+        self.meta, self.blobs, self.clock, self.limits = meta, blobs, clock, limits
+
+    def now(self) -> int:
+        return self.clock.now_ns()
+
+    # -- reading the tree
+
+    def visible(self, node: Node | None) -> bool:
+        return node is not None and not node.expired(self.now())
+
+    async def get(self, ino: int) -> Node:
+        node = await self.meta.get(ino)
+        if not self.visible(node):
+            raise ArtifactNotFoundError(f"inode {ino} does not exist")
+        return node  # type: ignore[return-value]
+
+    async def find(self, parent: Node, name: str) -> Node | None:
+        node = await self.meta.lookup(parent.ino, name)
+        return node if self.visible(node) else None
+
+    async def child(self, parent: Node, name: str) -> Node:
+        node = await self.find(parent, name)
+        if node is None:
+            raise ArtifactNotFoundError(f"{name!r} not found")
+        return node
+
+    async def list(self, parent: Node) -> list[Node]:
+        now = self.now()
+        return [n for n in await self.meta.children(parent.ino) if not n.expired(now)]
+
+    async def artifact_node(self, artifact_id: str) -> Node:
+        grid.validate_id(artifact_id, "artifact id")
+        node = await self.meta.find_artifact(artifact_id)
+        if node is None:
+            raise ArtifactNotFoundError(f"artifact {artifact_id} not found")
+        if node.expired(self.now()):
+            raise ArtifactExpiredError(f"artifact {artifact_id} has expired")
+        return node
+
+    async def filename_of(self, node: Node) -> str:
+        parts = [node.name]
+        parent = await self.meta.get(node.parent)
+        while parent is not None and parent.role is NodeRole.ENTRY:
+            parts.append(parent.name)
+            parent = await self.meta.get(parent.parent)
+        return "/".join(reversed(parts))
+
+    # -- the fixed upper tree
+
+    async def _fixed_dir(self, parent: Node, name: str, role: NodeRole, space: Space | None = None) -> Node:
+        node = await self.meta.lookup(parent.ino, name)
+        if node is not None and not node.expired(self.now()):
+            return node
+        fresh = new_node(parent=parent.ino, name=name, kind=NodeKind.DIR, mode=0o755, now_ns=self.now(), role=role, space=space)
+        try:
+            node, _ = await self.meta.insert(fresh)
+        except Exception:
+            node = await self.meta.lookup(parent.ino, name)  # a racing creator won
+            if node is None:
+                raise
+        return node
+
+    async def sandbox(self, sandbox_id: str) -> Node:
+        grid.validate_id(sandbox_id, "sandbox id")
+        root = await self.meta.get(ROOT_INO)
+        assert root is not None
+        node = await self.meta.lookup(ROOT_INO, sandbox_id)
+        if node is not None:
+            return node
+        box = await self._fixed_dir(root, sandbox_id, NodeRole.SANDBOX)
+        await self._fixed_dir(box, grid.SESSIONS_DIR, NodeRole.SESSIONS)
+        await self._fixed_dir(box, grid.USERS_DIR, NodeRole.USERS)
+        await self._fixed_dir(box, grid.SHARED_DIR, NodeRole.SCOPE_ROOT, Space(sandbox_id=sandbox_id, scope=Scope.SANDBOX))
+        return box
+
+    async def scope_root(self, space: Space, *, create: bool = True, uid: int = 0, gid: int = 0) -> Node:
+        """The directory of a session, a user, or the shared scope."""
+        box = await self.sandbox(space.sandbox_id)
+        if space.scope is Scope.SANDBOX:
+            return await self.child(box, grid.SHARED_DIR)
+        holder = await self.child(box, grid.SESSIONS_DIR if space.scope is Scope.SESSION else grid.USERS_DIR)
+        name = space.session_id if space.scope is Scope.SESSION else space.user_id
+        assert name is not None
+        existing = await self.meta.lookup(holder.ino, name)
+        if existing is not None and existing.expired(self.now()):
+            await self.purge(existing)
+            existing = None
+        if existing is not None or not create:
+            if existing is None:
+                raise ArtifactNotFoundError(f"{space.scope.value} {name} does not exist")
+            return existing
+        node = new_node(
+            parent=holder.ino, name=name, kind=NodeKind.DIR, mode=0o755, now_ns=self.now(),
+            role=NodeRole.SCOPE_ROOT, space=space, uid=uid, gid=gid,
+        )
+        if space.scope is Scope.SESSION:
+            node.expires_at_ns = self.now() + self.limits.session_ttl * NS
+            node.session_meta = {"user_id": space.user_id, "custom_metadata": {}}
+        try:
+            node, _ = await self.meta.insert(node)
+        except Exception:
+            node = await self.meta.lookup(holder.ino, name)  # type: ignore[assignment]
+            if node is None:
+                raise
+        return node
+
+    async def session_root(self, sandbox_id: str, session_id: str) -> Node | None:
+        box = await self.sandbox(sandbox_id)
+        holder = await self.child(box, grid.SESSIONS_DIR)
+        return await self.meta.lookup(holder.ino, session_id)
+
+    async def cover_session(self, space: Space, expires_at_ns: int | None) -> None:
+        """Keep a session alive at least as long as the artifacts in it."""
+        if space.scope is not Scope.SESSION:
+            return
+        root = await self.scope_root(space)
+        if root.expires_at_ns is None:
+            return
+        if expires_at_ns is None or expires_at_ns > root.expires_at_ns:
+            root.expires_at_ns = expires_at_ns
+            await self.meta.update(root)
+
+    # -- creating entries
+
+    def entry_space(self, parent: Node, name: str) -> Space:
+        """The space a new entry under ``parent`` belongs to, or why none may be made."""
+        grid.validate_name(name)
+        if parent.kind is not NodeKind.DIR:
+            raise NotADirectoryError_(f"{parent.name!r} is not a directory")
+        if parent.role not in (NodeRole.SCOPE_ROOT, NodeRole.ENTRY) or parent.space is None:
+            raise ReadOnlyError(f"nothing but scope directories can be made in {parent.name or '/'!r}")
+        return parent.space
+
+    async def mkdir(self, parent: Node, name: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Node:
+        if parent.role in (NodeRole.SESSIONS, NodeRole.USERS, NodeRole.ROOT):
+            return await self._mkdir_fixed(parent, name, uid, gid)
+        space = self.entry_space(parent, name)
+        node = new_node(parent=parent.ino, name=name, kind=NodeKind.DIR, mode=mode & 0o7777, now_ns=self.now(),
+                        space=space, uid=uid, gid=gid)
+        node, _ = await self.meta.insert(node)
+        await self._touch_dir(parent)
+        return node
+
+    async def _mkdir_fixed(self, parent: Node, name: str, uid: int, gid: int) -> Node:
+        from .errors import AlreadyExistsError
+
+        if await self.find(parent, name) is not None:
+            raise AlreadyExistsError(f"{name!r} exists")
+        if parent.role is NodeRole.ROOT:
+            return await self.sandbox(name)
+        box = await self.get(parent.parent)
+        kind = grid.validate_id(name, "session id" if parent.role is NodeRole.SESSIONS else "user id")
+        if parent.role is NodeRole.SESSIONS:
+            space = Space(sandbox_id=box.name, scope=Scope.SESSION, session_id=kind)
+        else:
+            space = Space(sandbox_id=box.name, scope=Scope.USER, user_id=kind)
+        return await self.scope_root(space, uid=uid, gid=gid)
+
+    async def mkdirs(self, root: Node, parts: list[str], uid: int = 0, gid: int = 0) -> Node:
+        """``mkdir -p`` below a scope root; returns the last directory."""
+        node = root
+        for part in parts:
+            found = await self.find(node, part)
+            if found is None:
+                try:
+                    found = await self.mkdir(node, part, 0o755, uid, gid)
+                except Exception:
+                    found = await self.find(node, part)  # made meanwhile by another writer
+                    if found is None:
+                        raise
+            if not found.is_dir:
+                raise NotADirectoryError_(f"{part!r} is a file, not a directory")
+            node = found
+        return node
+
+    def default_ttl(self, scope: Scope) -> int | None:
+        return self.limits.default_ttl if scope is Scope.SESSION else None
+
+    def new_artifact_id(self) -> str:
+        return secrets.token_hex(16)
+
+    def grid_key(self, node: Node) -> str:
+        assert node.space is not None and node.artifact is not None
+        return grid.grid_key(node.space.sandbox_id, node.space.scope, node.space.owner, node.artifact.artifact_id)
+
+    def blob_key_for(self, node: Node, version: int) -> str:
+        return f"{self.grid_key(node)}/v{version}-{secrets.token_hex(4)}"
+
+    def file_node(
+        self, parent: Node, name: str, *, mode: int = 0o644, uid: int = 0, gid: int = 0, ttl: int | None,
+        artifact_id: str | None = None, mime: str = "application/octet-stream", summary: str = "",
+        meta: dict[str, Any] | None = None,
+    ) -> Node:
+        """An empty file node, not yet stored."""
+        space = self.entry_space(parent, name)
+        node = new_node(parent=parent.ino, name=name, kind=NodeKind.FILE, mode=mode & 0o7777, now_ns=self.now(),
+                        space=space, uid=uid, gid=gid)
+        node.artifact = Artifact(
+            artifact_id=artifact_id or self.new_artifact_id(), mime=mime, summary=summary,
+            meta=meta or {}, sha256=EMPTY_SHA256, version=0, ttl=ttl,
+        )
+        node.expires_at_ns = None if ttl is None else self.now() + ttl * NS
+        return node
+
+    async def insert_file(self, node: Node, *, replace: bool) -> Node:
+        """Store a file node (empty, or with a blob already written for it)."""
+        assert node.space is not None
+        self.check_quota(node.space, await self._usage(node.space), node.size, 1)
+        await self.cover_session(node.space, node.expires_at_ns)
+        node, old = await self.meta.insert(node, replace=replace)
+        if old is not None:
+            await self.drop_blob(old)
+        parent = await self.meta.get(node.parent)
+        if parent is not None:
+            await self._touch_dir(parent)
+        return node
+
+    async def symlink(self, parent: Node, name: str, target: str, uid: int = 0, gid: int = 0) -> Node:
+        space = self.entry_space(parent, name)
+        if not target or "\0" in target or len(target.encode("utf-8", "surrogateescape")) > grid.MAX_PATH_BYTES:
+            raise InvalidArgumentError("bad symlink target")
+        node = new_node(parent=parent.ino, name=name, kind=NodeKind.SYMLINK, mode=0o777, now_ns=self.now(),
+                        space=space, uid=uid, gid=gid)
+        node.target = target
+        node.size = len(target.encode("utf-8", "surrogateescape"))
+        node, _ = await self.meta.insert(node)
+        await self._touch_dir(parent)
+        return node
+
+    # -- blobs of a file
+
+    async def write_blob(
+        self, node: Node, chunks: AsyncIterable[bytes], *, progress: Callable[[int], Any] | None = None
+    ) -> tuple[str | None, int, str]:
+        """Stream ``chunks`` into a new blob for ``node``; returns (key, size, sha256).
+
+        The size limit is enforced while bytes arrive, so an oversized stream
+        is cut off and discarded, never stored.
+        """
+        assert node.artifact is not None
+        digest = hashlib.sha256()
+        size = 0
+        key = self.blob_key_for(node, node.artifact.version + 1)
+        writer = await self.blobs.writer(key)
+        try:
+            async for chunk in chunks:
+                if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                    raise InvalidArgumentError(f"stream yielded {type(chunk).__name__}, not bytes")
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if size > self.limits.max_artifact_bytes:
+                    raise ArtifactTooLargeError(
+                        f"artifact exceeds the size limit of {self.limits.max_artifact_bytes} bytes"
+                    )
+                digest.update(chunk)
+                await writer.write(bytes(chunk))
+                if progress is not None:
+                    progress(size)
+            if size == 0:
+                await writer.abort()
+                return None, 0, EMPTY_SHA256
+            await writer.commit()
+        except BaseException:
+            await writer.abort()
+            raise
+        return key, size, digest.hexdigest()
+
+    async def put_blob(self, node: Node, data: bytes) -> tuple[str | None, int, str]:
+        """The one-shot form of :meth:`write_blob` for bytes already in memory."""
+        assert node.artifact is not None
+        if len(data) > self.limits.max_artifact_bytes:
+            raise ArtifactTooLargeError(f"artifact exceeds the size limit of {self.limits.max_artifact_bytes} bytes")
+        if not data:
+            return None, 0, EMPTY_SHA256
+        key = self.blob_key_for(node, node.artifact.version + 1)
+        await self.blobs.put(key, data)
+        return key, len(data), hashlib.sha256(data).hexdigest()
+
+    async def put_spool(self, node: Node, path: Path, size: int, sha256: str) -> str | None:
+        """Publish a finished local spool file as the next blob of ``node``."""
+        assert node.artifact is not None
+        if size == 0:
+            path.unlink(missing_ok=True)
+            return None
+        key = self.blob_key_for(node, node.artifact.version + 1)
+        await self.blobs.put_file(key, path)
+        return key
+
+    def set_content(self, node: Node, key: str | None, size: int, sha256: str) -> Node:
+        """Point ``node`` at a new version (in memory; :meth:`commit` stores it)."""
+        assert node.artifact is not None
+        if size > self.limits.max_artifact_bytes:
+            raise ArtifactTooLargeError(f"artifact exceeds the size limit of {self.limits.max_artifact_bytes} bytes")
+        now = self.now()
+        node.artifact.blob_key, node.artifact.sha256 = key, sha256
+        node.artifact.version += 1
+        node.size = size
+        node.mtime_ns = node.ctime_ns = now
+        return node
+
+    async def commit(self, node: Node, *, old_blob: str | None) -> Node:
+        """Store a changed file node; on success the superseded blob goes.
+
+        If the commit fails, the new blob is deleted instead, so nothing half
+        done stays visible or leaks.
+        """
+        assert node.space is not None and node.artifact is not None
+        current = await self.meta.get(node.ino)
+        if current is None:
+            await self._delete_blob(node.artifact.blob_key)
+            raise ArtifactNotFoundError(f"{node.name!r} was removed while being written")
+        try:
+            self.check_quota(node.space, await self._usage(node.space), node.size - current.size, 0)
+            await self.meta.update(node)
+        except BaseException:
+            if node.artifact.blob_key != old_blob:
+                await self._delete_blob(node.artifact.blob_key)
+            raise
+        if old_blob is not None and old_blob != node.artifact.blob_key:
+            await self._delete_blob(old_blob)
+        return node
+
+    async def update_node(self, node: Node) -> Node:
+        """Store attribute changes of a node (mode, times, metadata fields)."""
+        node.ctime_ns = self.now()
+        await self.meta.update(node)
+        return node
+
+    async def drop_blob(self, node: Node) -> None:
+        if node.artifact is not None:
+            await self._delete_blob(node.artifact.blob_key)
+
+    async def _delete_blob(self, key: str | None) -> None:
+        if key is not None:
+            await self.blobs.delete(key)
+
+    # -- quotas
+
+    async def _usage(self, space: Space):
+        return await self.meta.usage(space.usage_key)
+
+    def check_quota(self, space: Space, usage, add_bytes: int, add_files: int) -> None:
+        if space.scope is Scope.SESSION:
+            max_bytes, max_files, who = self.limits.session_quota_bytes, self.limits.session_quota_files, "session"
+        elif space.scope is Scope.USER:
+            max_bytes, max_files, who = self.limits.user_quota_bytes, self.limits.user_quota_files, "user"
+        else:
+            return
+        if max_bytes is not None and add_bytes > 0 and usage.bytes + add_bytes > max_bytes:
+            raise QuotaExceededError(f"{who} {space.owner} would use {usage.bytes + add_bytes} of {max_bytes} bytes")
+        if max_files is not None and add_files > 0 and usage.files + add_files > max_files:
+            raise QuotaExceededError(f"{who} {space.owner} would hold {usage.files + add_files} of {max_files} files")
+
+    # -- removing and moving
+
+    async def unlink(self, node: Node) -> None:
+        if node.is_dir:
+            raise IsADirectoryError_(f"{node.name!r} is a directory")
+        if node.role is not NodeRole.ENTRY:
+            raise ReadOnlyError(f"{node.name!r} cannot be removed")
+        await self.meta.remove(node)
+        await self.drop_blob(node)
+        parent = await self.meta.get(node.parent)
+        if parent is not None:
+            await self._touch_dir(parent)
+
+    async def rmdir(self, node: Node) -> None:
+        if not node.is_dir:
+            raise NotADirectoryError_(f"{node.name!r} is not a directory")
+        if node.role not in (NodeRole.ENTRY, NodeRole.SCOPE_ROOT) or (
+            node.space is not None and node.space.scope is Scope.SANDBOX and node.role is NodeRole.SCOPE_ROOT
+        ):
+            raise ReadOnlyError(f"{node.name!r} cannot be removed")
+        await self.meta.remove(node)
+        parent = await self.meta.get(node.parent)
+        if parent is not None:
+            await self._touch_dir(parent)
+
+    async def rename(self, node: Node, new_parent: Node, new_name: str, *, replace: bool = True) -> None:
+        if node.role is not NodeRole.ENTRY:
+            raise ReadOnlyError(f"{node.name!r} cannot be renamed")
+        space = self.entry_space(new_parent, new_name)
+        if node.space is None or space.usage_key != node.space.usage_key:
+            raise CrossScopeError("rename across scopes")
+        if node.is_dir:
+            await self._refuse_own_subtree(node, new_parent)
+        old_parent_ino = node.parent
+        replaced = await self.meta.rename(node, new_parent.ino, new_name, replace=replace)
+        if replaced is not None:
+            await self.drop_blob(replaced)
+        node.ctime_ns = self.now()
+        await self.meta.update(node)
+        await self._touch_dir(new_parent)
+        if old_parent_ino != new_parent.ino:
+            old_parent = await self.meta.get(old_parent_ino)
+            if old_parent is not None:
+                await self._touch_dir(old_parent)
+
+    async def exchange(self, a: Node, b: Node) -> None:
+        if a.role is not NodeRole.ENTRY or b.role is not NodeRole.ENTRY:
+            raise ReadOnlyError("only entries below a scope can be exchanged")
+        if a.space is None or b.space is None or a.space.usage_key != b.space.usage_key:
+            raise CrossScopeError("exchange across scopes")
+        if a.is_dir:
+            await self._refuse_own_subtree(a, await self.get(b.parent))
+        if b.is_dir:
+            await self._refuse_own_subtree(b, await self.get(a.parent))
+        await self.meta.exchange(a, b)
+
+    async def _refuse_own_subtree(self, node: Node, new_parent: Node) -> None:
+        cursor: Node | None = new_parent
+        while cursor is not None and cursor.role is NodeRole.ENTRY:
+            if cursor.ino == node.ino:
+                raise InvalidArgumentError("cannot move a directory into itself")
+            cursor = await self.meta.get(cursor.parent)
+
+    async def purge(self, node: Node) -> int:
+        """Remove a whole subtree with its blobs; returns the files removed."""
+        removed = 0
+        if node.is_dir:
+            for child in await self.meta.children(node.ino):
+                removed += await self.purge(child)
+        await self.meta.remove(node)
+        if node.is_file:
+            await self.drop_blob(node)
+            removed += 1
+        return removed
+
+    async def _touch_dir(self, parent: Node) -> None:
+        if parent.role in (NodeRole.ENTRY, NodeRole.SCOPE_ROOT):
+            fresh = await self.meta.get(parent.ino)
+            if fresh is not None:
+                fresh.mtime_ns = fresh.ctime_ns = self.now()
+                await self.meta.update(fresh)
+
+    # -- expiry
+
+    async def collect_expired(self) -> int:
+        """Delete expired artifacts, sessions and their blobs; returns artifacts removed."""
+        removed = 0
+        while True:
+            batch = await self.meta.expired(self.now())
+            if not batch:
+                return removed
+            for node in batch:
+                if await self.meta.get(node.ino) is not None:
+                    removed += await self.purge(node)
+

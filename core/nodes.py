@@ -1,0 +1,133 @@
+"""The metadata model: a tree of nodes, as JuiceFS keeps one in Redis.
+
+Every directory, file and symlink is a :class:`Node`; a file node carries the
+artifact fields. A node records its single parent and its name there, so an
+artifact's filename is derived by walking up to its scope root and a rename
+of a directory is one record change, whatever lies below it.
+"""
+
+from __future__ import annotations
+
+import stat
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .models import Scope
+
+ROOT_INO = 1
+
+
+class NodeKind(str, Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+class NodeRole(str, Enum):
+    """What a node is for in the fixed upper part of the tree (DESIGN §2)."""
+
+    ROOT = "root"  # the mount's root: one directory per sandbox
+    SANDBOX = "sandbox"  # <sandbox>/: sessions/, users/, shared/
+    SESSIONS = "sessions"  # <sandbox>/sessions/: one directory per session
+    USERS = "users"  # <sandbox>/users/: one directory per user
+    SCOPE_ROOT = "scope_root"  # a session's, a user's, or the shared directory
+    ENTRY = "entry"  # anything an artifact user created below a scope root
+
+
+class Space(BaseModel):
+    """The scope a node belongs to: whose it is, and whose quota it uses."""
+
+    sandbox_id: str
+    scope: Scope
+    session_id: str | None = None
+    user_id: str | None = None
+
+    @property
+    def owner(self) -> str | None:
+        return self.session_id if self.scope is Scope.SESSION else self.user_id if self.scope is Scope.USER else None
+
+    @property
+    def usage_key(self) -> str:
+        """The account a node's bytes and count are charged to."""
+        return f"{self.sandbox_id}/{self.scope.value}/{self.owner or ''}"
+
+
+class Artifact(BaseModel):
+    """The artifact half of a file node."""
+
+    artifact_id: str
+    mime: str = "application/octet-stream"
+    summary: str = ""
+    meta: dict[str, Any] = Field(default_factory=dict)
+    sha256: str
+    version: int = 1
+    blob_key: str | None = None  # None while the file is empty
+    ttl: int | None = None
+
+
+class Node(BaseModel):
+    ino: int = 0
+    parent: int
+    name: str
+    kind: NodeKind
+    role: NodeRole = NodeRole.ENTRY
+    space: Space | None = None  # set on scope roots and everything below them
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    crtime_ns: int
+    expires_at_ns: int | None = None
+    target: str | None = None  # symlinks
+    xattrs: dict[str, str] = Field(default_factory=dict)  # user.* names -> hex bytes
+    artifact: Artifact | None = None  # files
+    session_meta: dict[str, Any] | None = None  # session scope roots
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is NodeKind.DIR
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind is NodeKind.FILE
+
+    def expired(self, now_ns: int) -> bool:
+        return self.expires_at_ns is not None and self.expires_at_ns <= now_ns
+
+    @property
+    def st_mode(self) -> int:
+        kind_bits = {NodeKind.FILE: stat.S_IFREG, NodeKind.DIR: stat.S_IFDIR, NodeKind.SYMLINK: stat.S_IFLNK}
+        return kind_bits[self.kind] | (self.mode & 0o7777)
+
+
+def new_node(
+    *,
+    parent: int,
+    name: str,
+    kind: NodeKind,
+    mode: int,
+    now_ns: int,
+    role: NodeRole = NodeRole.ENTRY,
+    space: Space | None = None,
+    uid: int = 0,
+    gid: int = 0,
+) -> Node:
+    return Node(
+        parent=parent,
+        name=name,
+        kind=kind,
+        role=role,
+        space=space,
+        mode=mode,
+        uid=uid,
+        gid=gid,
+        atime_ns=now_ns,
+        mtime_ns=now_ns,
+        ctime_ns=now_ns,
+        crtime_ns=now_ns,
+    )

@@ -1,0 +1,62 @@
+"""HMAC signatures of metadata records (DESIGN §6).
+
+A record whose signature does not match was edited outside the store, or
+damaged; it is reported as corrupted and never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+KEY_ENV = "ARTIFACT_SIGNING_KEY"
+KEY_FILE = "signing.key"
+
+
+class RecordSigner:
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the signing key must be at least 16 bytes")
+        self._key = key
+
+    def sign(self, record: bytes) -> str:
+        return hmac.new(self._key, record, hashlib.sha256).hexdigest()
+
+    def verify(self, record: bytes, signature: str) -> bool:
+        return hmac.compare_digest(self.sign(record), signature)
+
+
+def load_signing_key(data_dir: Path | None) -> bytes:
+    """The key from ``ARTIFACT_SIGNING_KEY``, else one kept in the data dir.
+
+    Without either, a key is made for this process only, which suits the
+    memory backends: their records die with the process anyway.
+    """
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return env.encode()
+    if data_dir is None:
+        return secrets.token_bytes(32)
+    path = data_dir / KEY_FILE
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32).encode()
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # the first process to get here wins
+    except FileExistsError:
+        pass
+    os.unlink(tmp)
+    return path.read_bytes()

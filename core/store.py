@@ -1,0 +1,795 @@
+"""``ArtifactStore``: the public async API, with the reference API's names.
+
+Policy lives here (who may do what, sessions, TTL defaults, argument checks);
+tree and blob mechanics live in :mod:`core.namespace`. Works when awaited
+from trio and from asyncio: everything below uses anyio, never one loop's API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import re
+import secrets
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+
+from . import grid
+from .access import Principal, check_read, check_write
+from .blobs.base import BlobStore
+from .clock import Clock, SystemClock
+from .config import Settings, build_backends
+from .errors import (
+    AccessDeniedError,
+    AlreadyExistsError,
+    ArtifactCorruptedError,
+    ArtifactNotFoundError,
+    ArtifactStoreError,
+    ArtifactTooLargeError,
+    InvalidArgumentError,
+    SessionError,
+    StoreClosedError,
+)
+from .meta.base import MetaStore
+from .models import ArtifactMetadata, GridKey, Scope, SessionInfo, StreamDownloadRequest, StreamUploadRequest
+from .namespace import NS, Limits, Namespace
+from .nodes import Node, NodeRole, Space
+
+DEFAULT: Literal["default"] = "default"
+TTLArg = int | None | Literal["default"]
+
+MAX_META_BYTES = 64 * 1024
+MAX_SUMMARY_CHARS = 4096
+_MIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}(;.{0,200})?")
+_BATCH_CONCURRENCY = 16
+_READ_CHUNK = 1 << 20
+
+
+def _dt(ns: int | None) -> datetime | None:
+    return None if ns is None else datetime.fromtimestamp(ns / NS, tz=timezone.utc)
+
+
+class ArtifactStore:
+    """An artifact store over one blob backend and one metadata backend.
+
+    With no arguments it keeps everything in memory (the reference's zero
+    configuration). ``admin=True`` grants the capability to write the shared
+    (sandbox) scope.
+    """
+
+    def __init__(
+        self,
+        storage_provider: str | None = None,
+        session_provider: str | None = None,
+        bucket: str | None = None,
+        sandbox_id: str | None = None,
+        fs_root: str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        blob_store: BlobStore | None = None,
+        meta_store: MetaStore | None = None,
+        clock: Clock | None = None,
+        limits: Limits | None = None,
+        admin: bool = False,
+        **unused: Any,
+    ) -> None:
+        self.settings = settings or Settings.from_env(
+            storage_provider=storage_provider, session_provider=session_provider,
+            bucket=bucket, sandbox_id=sandbox_id, fs_root=fs_root,
+        )
+        if limits is not None:
+            self.settings = self.settings.model_copy(update={"limits": limits})
+        self.sandbox_id = grid.validate_id(self.settings.sandbox_id, "sandbox id")
+        if blob_store is None or meta_store is None:
+            built_blobs, built_meta = build_backends(self.settings)
+            blob_store, meta_store = blob_store or built_blobs, meta_store or built_meta
+        self.ns = Namespace(meta_store, blob_store, clock or SystemClock(), self.settings.limits)
+        self.admin = admin
+        self._state: Literal["new", "open", "closed"] = "new"
+        self._opening: anyio.Lock | None = None
+
+    # -- lifecycle
+
+    async def __aenter__(self) -> "ArtifactStore":
+        await self._ready()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _ready(self) -> Namespace:
+        if self._state == "open":
+            return self.ns
+        if self._state == "closed":
+            raise StoreClosedError("this ArtifactStore is closed")
+        if self._opening is None:
+            self._opening = anyio.Lock()
+        async with self._opening:
+            if self._state == "new":
+                await self.ns.blobs.open()
+                await self.ns.meta.open()
+                await self.ns.sandbox(self.sandbox_id)
+                self._state = "open"
+        if self._state != "open":
+            raise StoreClosedError("this ArtifactStore is closed")
+        return self.ns
+
+    async def close(self) -> None:
+        if self._state == "open":
+            await self.ns.meta.close()
+            await self.ns.blobs.close()
+        self._state = "closed"
+
+    # -- argument checks
+
+    def _principal(self, session_id: str | None, user_id: str | None) -> Principal:
+        if session_id is not None:
+            grid.validate_id(session_id, "session id")
+        if user_id is not None:
+            grid.validate_id(user_id, "user id")
+        trusted = session_id is None and user_id is None
+        return Principal(session_id=session_id, user_id=user_id, admin=self.admin, trusted=trusted)
+
+    @staticmethod
+    def _scope(scope: Scope | str) -> Scope:
+        try:
+            return Scope(scope)
+        except ValueError:
+            raise InvalidArgumentError(f"unknown scope {scope!r}; one of {[s.value for s in Scope]}") from None
+
+    def _ttl(self, ttl: TTLArg, scope: Scope) -> int | None:
+        if ttl == DEFAULT:
+            return self.ns.default_ttl(scope)
+        if ttl is None:
+            return None
+        if isinstance(ttl, bool) or not isinstance(ttl, int):
+            raise InvalidArgumentError(f"ttl must be a whole number of seconds or None, got {ttl!r:.40}")
+        if ttl <= 0:
+            raise InvalidArgumentError(f"ttl must be positive, got {ttl}")
+        return ttl
+
+    @staticmethod
+    def _meta(meta: Any) -> dict[str, Any]:
+        if meta is None:
+            return {}
+        if not isinstance(meta, dict):
+            raise InvalidArgumentError(f"meta must be a dict, got {type(meta).__name__}")
+        try:
+            encoded = json.dumps(meta, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"meta is not JSON-serialisable: {exc}") from None
+        if len(encoded) > MAX_META_BYTES:
+            raise InvalidArgumentError(f"meta is {len(encoded)} bytes as JSON, the limit is {MAX_META_BYTES}")
+        return json.loads(encoded)
+
+    @staticmethod
+    def _mime(mime: Any, filename: str | None) -> str:
+        if mime is None:
+            guessed = mimetypes.guess_type(filename or "")[0]
+            return guessed or "application/octet-stream"
+        if not isinstance(mime, str) or not _MIME_RE.fullmatch(mime):
+            raise InvalidArgumentError(f"mime {mime!r:.60} is not a MIME type like 'text/plain'")
+        return mime
+
+    @staticmethod
+    def _summary(summary: Any) -> str:
+        if summary is None:
+            return ""
+        if not isinstance(summary, str) or len(summary) > MAX_SUMMARY_CHARS or "\0" in summary:
+            raise InvalidArgumentError(f"summary must be text of at most {MAX_SUMMARY_CHARS} characters")
+        return summary
+
+    @staticmethod
+    def _bytes(data: Any) -> bytes:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            return bytes(data)
+        raise InvalidArgumentError(f"data must be bytes, got {type(data).__name__}")
+
+    # -- sessions
+
+    async def create_session(
+        self, user_id: str | None = None, ttl_hours: float | None = None, custom_metadata: dict[str, Any] | None = None
+    ) -> str:
+        ns = await self._ready()
+        if user_id is not None:
+            grid.validate_id(user_id, "user id")
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", user_id)[:60] if user_id else "anon"
+        session_id = f"sess-{stem}-{int(time.time())}-{secrets.token_hex(4)}"
+        root = await ns.scope_root(Space(sandbox_id=self.sandbox_id, scope=Scope.SESSION, session_id=session_id, user_id=user_id))
+        root.session_meta = {"user_id": user_id, "custom_metadata": self._meta(custom_metadata)}
+        if ttl_hours is not None:
+            root.expires_at_ns = ns.now() + self._hours(ttl_hours)
+        await ns.meta.update(root)
+        return session_id
+
+    @staticmethod
+    def _hours(hours: Any) -> int:
+        if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0:
+            raise InvalidArgumentError(f"hours must be a positive number, got {hours!r:.40}")
+        return int(hours * 3600 * NS)
+
+    async def _session_space(self, session_id: str | None, user_id: str | None) -> Space:
+        """The space of an existing (or new) session, checked against ``user_id``."""
+        ns = await self._ready()
+        if session_id is None:
+            session_id = await self.create_session(user_id=user_id)
+        grid.validate_id(session_id, "session id")
+        root = await ns.session_root(self.sandbox_id, session_id)
+        if root is not None and root.expired(ns.now()):
+            await ns.purge(root)
+            root = None
+        if root is None:
+            space = Space(sandbox_id=self.sandbox_id, scope=Scope.SESSION, session_id=session_id, user_id=user_id)
+            root = await ns.scope_root(space)
+        assert root.space is not None
+        owner = root.space.user_id
+        if user_id is not None and owner is not None and owner != user_id:
+            raise AccessDeniedError(f"session {session_id} belongs to another user")
+        return root.space
+
+    async def _live_session(self, session_id: str) -> Node:
+        ns = await self._ready()
+        grid.validate_id(session_id, "session id")
+        root = await ns.session_root(self.sandbox_id, session_id)
+        if root is None:
+            raise SessionError(f"session {session_id} does not exist")
+        if root.expired(ns.now()):
+            raise SessionError(f"session {session_id} has expired")
+        return root
+
+    async def get_session_info(self, session_id: str) -> SessionInfo:
+        root = await self._live_session(session_id)
+        info = root.session_meta or {}
+        assert root.space is not None
+        return SessionInfo(
+            session_id=session_id, sandbox_id=self.sandbox_id, user_id=root.space.user_id,
+            created_at=_dt(root.crtime_ns), expires_at=_dt(root.expires_at_ns),
+            custom_metadata=info.get("custom_metadata") or {},
+        )
+
+    async def extend_session_ttl(self, session_id: str, additional_hours: float = 1) -> bool:
+        root = await self._live_session(session_id)
+        if root.expires_at_ns is not None:
+            root.expires_at_ns += self._hours(additional_hours)
+            await self.ns.meta.update(root)
+        return True
+
+    async def delete_session(self, session_id: str) -> int:
+        """Remove a session and everything in it; returns the artifacts removed."""
+        root = await self._live_session(session_id)
+        return await self.ns.purge(root)
+
+    async def cleanup_expired_sessions(self) -> int:
+        """Delete expired artifacts and sessions with their blobs; returns artifacts removed."""
+        ns = await self._ready()
+        return await ns.collect_expired()
+
+    # -- reading
+
+    async def _node(self, artifact_id: str, session_id: str | None, user_id: str | None, *, write: bool = False) -> Node:
+        ns = await self._ready()
+        who = self._principal(session_id, user_id)
+        node = await ns.artifact_node(artifact_id)
+        assert node.space is not None
+        (check_write if write else check_read)(who, node.space, f"artifact {artifact_id}")
+        return node
+
+    async def _describe(self, node: Node) -> ArtifactMetadata:
+        art, space = node.artifact, node.space
+        assert art is not None and space is not None
+        return ArtifactMetadata(
+            artifact_id=art.artifact_id, sandbox_id=space.sandbox_id, session_id=space.session_id,
+            user_id=space.user_id, scope=space.scope, key=self.ns.grid_key(node),
+            filename=await self.ns.filename_of(node), mime=art.mime, summary=art.summary, meta=art.meta,
+            bytes=node.size, sha256=art.sha256, version=art.version, stored_at=_dt(node.crtime_ns),
+            updated_at=_dt(node.ctime_ns), ttl=art.ttl, expires_at=_dt(node.expires_at_ns),
+        )
+
+    async def metadata(self, artifact_id: str, *, session_id: str | None = None, user_id: str | None = None) -> ArtifactMetadata:
+        return await self._describe(await self._node(artifact_id, session_id, user_id))
+
+    async def exists(self, artifact_id: str, *, session_id: str | None = None, user_id: str | None = None) -> bool:
+        try:
+            await self._node(artifact_id, session_id, user_id)
+        except ArtifactNotFoundError:
+            return False
+        return True
+
+    async def _chunks(self, node: Node, chunk_size: int, verify: bool) -> AsyncIterator[bytes]:
+        """The bytes of ``node``'s current version, checked against its SHA-256 at the end."""
+        art = node.artifact
+        assert art is not None
+        if art.blob_key is None:
+            if verify and art.sha256 != hashlib.sha256(b"").hexdigest():
+                raise ArtifactCorruptedError(f"artifact {art.artifact_id} has lost its bytes")
+            return
+        digest = hashlib.sha256()
+        reader = await self.ns.blobs.reader(art.blob_key)
+        try:
+            offset = 0
+            while offset < node.size:
+                chunk = await reader.read(offset, min(chunk_size, node.size - offset))
+                if not chunk:
+                    break
+                offset += len(chunk)
+                if verify:
+                    digest.update(chunk)
+                yield chunk
+            tail = await reader.read(node.size, 1)
+        finally:
+            await reader.close()
+        if offset != node.size or tail:
+            raise ArtifactCorruptedError(f"artifact {art.artifact_id} is stored with a different size")
+        if verify and digest.hexdigest() != art.sha256:
+            raise ArtifactCorruptedError(f"artifact {art.artifact_id} fails its SHA-256 check")
+
+    async def retrieve(self, artifact_id: str, *, session_id: str | None = None, user_id: str | None = None) -> bytes:
+        node = await self._node(artifact_id, session_id, user_id)
+        out = bytearray()
+        async for chunk in self._chunks(node, max(node.size, 1), verify=True):
+            out += chunk
+        return bytes(out)
+
+    async def read_file(
+        self, artifact_id: str, *, as_text: bool = False, encoding: str = "utf-8",
+        session_id: str | None = None, user_id: str | None = None,
+    ) -> bytes | str:
+        data = await self.retrieve(artifact_id, session_id=session_id, user_id=user_id)
+        if not as_text:
+            return data
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise InvalidArgumentError(f"artifact {artifact_id} is not valid {encoding} text: {exc}") from None
+
+    # -- storing
+
+    async def _prepare(
+        self, *, filename: str | None, mime: Any, summary: Any, meta: Any, session_id: str | None,
+        user_id: str | None, scope: Scope | str, ttl: TTLArg,
+    ) -> Node:
+        """A new, not yet stored file node, with every argument checked first."""
+        ns = await self._ready()
+        scope = self._scope(scope)
+        ttl = self._ttl(ttl, scope)
+        meta = self._meta(meta)
+        parts = grid.split_filename(filename) if filename is not None else None
+        mime = self._mime(mime, filename)
+        summary = self._summary(summary)
+        who = self._principal(session_id, user_id)
+        if scope is Scope.SESSION:
+            space = await self._session_space(session_id, user_id)
+            who = who.model_copy(update={"session_id": space.session_id, "trusted": who.trusted or session_id is None})
+        elif scope is Scope.USER:
+            if user_id is None:
+                raise InvalidArgumentError("scope='user' needs a user_id")
+            space = Space(sandbox_id=self.sandbox_id, scope=Scope.USER, user_id=user_id)
+        else:
+            space = Space(sandbox_id=self.sandbox_id, scope=Scope.SANDBOX)
+        check_write(who, space, "store")
+        artifact_id = ns.new_artifact_id()
+        root = await ns.scope_root(space)
+        parts = parts or [artifact_id]
+        parent = await ns.mkdirs(root, parts[:-1])
+        return ns.file_node(parent, parts[-1], ttl=ttl, artifact_id=artifact_id, mime=mime, summary=summary, meta=meta)
+
+    async def _insert(self, node: Node, key: str | None, size: int, sha256: str) -> str:
+        self.ns.set_content(node, key, size, sha256)
+        try:
+            node = await self.ns.insert_file(node, replace=True)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if key is not None:
+                    await self.ns.blobs.delete(key)
+            raise
+        assert node.artifact is not None
+        return node.artifact.artifact_id
+
+    async def store(
+        self, data: bytes, *, mime: str | None = None, summary: str = "", filename: str | None = None,
+        meta: dict[str, Any] | None = None, session_id: str | None = None, user_id: str | None = None,
+        scope: Scope | str = Scope.SESSION, ttl: TTLArg = DEFAULT,
+    ) -> str:
+        """Store ``data``; returns the new artifact id.
+
+        A ``filename`` that already names a file in that scope replaces it,
+        as copying over a file would.
+        """
+        data = self._bytes(data)
+        node = await self._prepare(filename=filename, mime=mime, summary=summary, meta=meta, session_id=session_id,
+                                   user_id=user_id, scope=scope, ttl=ttl)
+        key, size, sha256 = await self.ns.put_blob(node, data)
+        return await self._insert(node, key, size, sha256)
+
+    async def write_file(
+        self, content: str | bytes, *, filename: str, mime: str = "text/plain", summary: str = "",
+        session_id: str | None = None, user_id: str | None = None, meta: dict[str, Any] | None = None,
+        encoding: str = "utf-8", scope: Scope | str = Scope.SESSION, ttl: TTLArg = DEFAULT,
+        overwrite_artifact_id: str | None = None,
+    ) -> str:
+        if isinstance(content, str):
+            content = content.encode(encoding)
+        if overwrite_artifact_id is not None:
+            await self.update_file(overwrite_artifact_id, data=content, mime=mime, summary=summary or None,
+                                   meta=meta, session_id=session_id, user_id=user_id)
+            return overwrite_artifact_id
+        return await self.store(content, mime=mime, summary=summary, filename=filename, meta=meta,
+                                session_id=session_id, user_id=user_id, scope=scope, ttl=ttl)
+
+    async def stream_upload(self, request: StreamUploadRequest) -> str:
+        limit = self.ns.limits.max_artifact_bytes
+        if request.content_length is not None:
+            if request.content_length < 0:
+                raise InvalidArgumentError("content_length must not be negative")
+            if request.content_length > limit:
+                raise ArtifactTooLargeError(f"content_length {request.content_length} exceeds the limit of {limit} bytes")
+        node = await self._prepare(filename=request.filename, mime=request.mime, summary=request.summary,
+                                   meta=request.meta, session_id=request.session_id, user_id=request.user_id,
+                                   scope=request.scope, ttl=request.ttl)
+        total = request.content_length
+        callback = request.progress_callback
+        progress = (lambda sent: callback(sent, total)) if callback else None
+        key, size, sha256 = await self.ns.write_blob(node, _aiter(request.data_stream), progress=progress)
+        if total is not None and size != total:
+            if key is not None:
+                await self.ns.blobs.delete(key)
+            raise InvalidArgumentError(f"the stream carried {size} bytes, content_length said {total}")
+        return await self._insert(node, key, size, sha256)
+
+    async def stream_download(self, request: StreamDownloadRequest) -> AsyncIterator[bytes]:
+        node = await self._node(request.artifact_id, request.session_id, request.user_id)
+        sent = 0
+        async for chunk in self._chunks(node, request.chunk_size, verify=request.verify):
+            sent += len(chunk)
+            yield chunk
+            if request.progress_callback is not None:
+                request.progress_callback(sent, node.size)
+
+    async def store_batch(
+        self, items: list[dict[str, Any]], session_id: str | None = None, ttl: TTLArg = DEFAULT,
+        *, user_id: str | None = None, scope: Scope | str = Scope.SESSION,
+    ) -> list[str]:
+        """Store several artifacts, all or none: on any failure the ones stored are removed."""
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise InvalidArgumentError("store_batch takes a list of dicts")
+        allowed = {"data", "mime", "summary", "filename", "meta", "ttl", "scope", "user_id"}
+        for i, item in enumerate(items):
+            unknown = set(item) - allowed
+            if unknown or "data" not in item:
+                raise InvalidArgumentError(f"batch item {i}: needs 'data'; unknown keys {sorted(unknown)}")
+            self._bytes(item["data"])
+            self._meta(item.get("meta"))
+            self._mime(item.get("mime"), item.get("filename"))
+            if item.get("filename") is not None:
+                grid.split_filename(item["filename"])
+        if not items:
+            return []
+        scope = self._scope(scope)
+        if scope is Scope.SESSION and session_id is None:
+            session_id = await self.create_session(user_id=user_id)
+        ids: list[str | None] = [None] * len(items)
+        limiter = anyio.Semaphore(_BATCH_CONCURRENCY)
+
+        async def one(i: int, item: dict[str, Any]) -> None:
+            async with limiter:
+                ids[i] = await self.store(
+                    item["data"], mime=item.get("mime"), summary=item.get("summary", ""), filename=item.get("filename"),
+                    meta=item.get("meta"), session_id=session_id, user_id=item.get("user_id", user_id),
+                    scope=item.get("scope", scope), ttl=item.get("ttl", ttl),
+                )
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, item in enumerate(items):
+                    tg.start_soon(one, i, item)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                for artifact_id in ids:
+                    if artifact_id is not None:
+                        try:
+                            await self.ns.purge(await self.ns.artifact_node(artifact_id))
+                        except ArtifactStoreError:
+                            pass
+            raise _first_error(exc) from None
+        return [i for i in ids if i is not None]
+
+    # -- changing
+
+    async def update_file(
+        self, artifact_id: str, *, data: bytes | None = None, meta: dict[str, Any] | None = None,
+        filename: str | None = None, summary: str | None = None, mime: str | None = None,
+        session_id: str | None = None, user_id: str | None = None,
+    ) -> bool:
+        """Write a new version and/or change metadata; ``meta`` is merged into the old."""
+        node = await self._node(artifact_id, session_id, user_id, write=True)
+        if data is not None:
+            data = self._bytes(data)
+        self._apply_fields(node, summary=summary, mime=mime, meta=meta, merge=True)
+        if data is not None:
+            old_blob = node.artifact.blob_key  # type: ignore[union-attr]
+            key, size, sha256 = await self.ns.put_blob(node, data)
+            self.ns.set_content(node, key, size, sha256)
+            await self.ns.commit(node, old_blob=old_blob)
+        else:
+            await self.ns.update_node(node)
+        if filename is not None:
+            await self._rename(node, filename)
+        return True
+
+    def _apply_fields(self, node: Node, *, summary: Any, mime: Any, meta: Any, merge: bool) -> None:
+        art = node.artifact
+        assert art is not None
+        if summary is not None:
+            art.summary = self._summary(summary)
+        if mime is not None:
+            art.mime = self._mime(mime, None)
+        if meta is not None:
+            meta = self._meta(meta)
+            art.meta = self._meta({**art.meta, **meta}) if merge else meta
+
+    async def update_metadata(
+        self, artifact_id: str, *, summary: str | None = None, meta: dict[str, Any] | None = None,
+        merge: bool = True, mime: str | None = None, filename: str | None = None, ttl: TTLArg = DEFAULT,
+        session_id: str | None = None, user_id: str | None = None, **unused: Any,
+    ) -> ArtifactMetadata:
+        node = await self._node(artifact_id, session_id, user_id, write=True)
+        self._apply_fields(node, summary=summary, mime=mime, meta=meta, merge=merge)
+        if ttl != DEFAULT:
+            self._set_ttl(node, self._ttl(ttl, node.space.scope))  # type: ignore[union-attr]
+            await self.ns.cover_session(node.space, node.expires_at_ns)  # type: ignore[arg-type]
+        await self.ns.update_node(node)
+        if filename is not None:
+            await self._rename(node, filename)
+        return await self._describe(await self.ns.artifact_node(artifact_id))
+
+    def _set_ttl(self, node: Node, ttl: int | None) -> None:
+        assert node.artifact is not None
+        node.artifact.ttl = ttl
+        node.expires_at_ns = None if ttl is None else self.ns.now() + ttl * NS
+
+    async def extend_ttl(
+        self, artifact_id: str, additional_seconds: int, *, session_id: str | None = None, user_id: str | None = None
+    ) -> ArtifactMetadata:
+        if isinstance(additional_seconds, bool) or not isinstance(additional_seconds, int) or additional_seconds <= 0:
+            raise InvalidArgumentError(f"additional_seconds must be a positive whole number, got {additional_seconds!r:.40}")
+        node = await self._node(artifact_id, session_id, user_id, write=True)
+        assert node.artifact is not None and node.space is not None
+        if node.expires_at_ns is not None:
+            node.expires_at_ns += additional_seconds * NS
+            node.artifact.ttl = (node.artifact.ttl or 0) + additional_seconds
+            await self.ns.cover_session(node.space, node.expires_at_ns)
+            await self.ns.update_node(node)
+        return await self._describe(node)
+
+    async def _rename(self, node: Node, filename: str) -> None:
+        parts = grid.split_filename(filename)
+        assert node.space is not None
+        root = await self.ns.scope_root(node.space)
+        parent = await self.ns.mkdirs(root, parts[:-1])
+        fresh = await self.ns.get(node.ino)
+        await self.ns.rename(fresh, parent, parts[-1], replace=True)
+
+    async def delete(self, artifact_id: str, *, session_id: str | None = None, user_id: str | None = None) -> bool:
+        try:
+            node = await self._node(artifact_id, session_id, user_id, write=True)
+        except ArtifactNotFoundError:
+            return False
+        await self.ns.unlink(node)
+        return True
+
+    def _same_session(self, node: Node, target_session_id: str | None, verb: str) -> None:
+        assert node.space is not None
+        if target_session_id is not None and target_session_id != node.space.session_id:
+            raise AccessDeniedError(f"{verb} across sessions is not allowed")
+
+    async def copy_file(
+        self, artifact_id: str, *, new_filename: str | None = None, target_session_id: str | None = None,
+        new_meta: dict[str, Any] | None = None, summary: str | None = None,
+        session_id: str | None = None, user_id: str | None = None,
+    ) -> str:
+        """Copy within the same session or user space; returns the new id."""
+        node = await self._node(artifact_id, session_id, user_id)
+        self._same_session(node, target_session_id, "copy")
+        art, space = node.artifact, node.space
+        assert art is not None and space is not None
+        who = self._principal(session_id, user_id)
+        check_write(who, space, f"copy of {artifact_id}")
+        filename = new_filename or await self._copy_name(node)
+        new_meta = self._meta(new_meta)
+        root = await self.ns.scope_root(space)
+        parts = grid.split_filename(filename)
+        parent = await self.ns.mkdirs(root, parts[:-1])
+        copy = self.ns.file_node(
+            parent, parts[-1], ttl=art.ttl, mime=art.mime,
+            summary=art.summary if summary is None else self._summary(summary), meta={**art.meta, **new_meta},
+        )
+        copy.mode = node.mode
+        key, size, sha256 = await self.ns.write_blob(copy, self._chunks(node, _READ_CHUNK, verify=True))
+        return await self._insert(copy, key, size, sha256)
+
+    async def _copy_name(self, node: Node) -> str:
+        name = await self.ns.filename_of(node)
+        stem, dot, ext = name.rpartition(".")
+        if not stem or "/" in ext:
+            stem, dot, ext = name, "", ""
+        parent = await self.ns.get(node.parent)
+        for n in range(1, 10_000):
+            candidate = f"{stem}_copy{n if n > 1 else ''}{dot}{ext}"
+            if await self.ns.find(parent, candidate.rpartition("/")[2]) is None:
+                return candidate
+        raise AlreadyExistsError("no free name for the copy")
+
+    async def move_file(
+        self, artifact_id: str, *, new_filename: str | None = None, new_session_id: str | None = None,
+        new_meta: dict[str, Any] | None = None, session_id: str | None = None, user_id: str | None = None,
+    ) -> ArtifactMetadata:
+        node = await self._node(artifact_id, session_id, user_id, write=True)
+        self._same_session(node, new_session_id, "move")
+        if new_meta is not None:
+            self._apply_fields(node, summary=None, mime=None, meta=new_meta, merge=True)
+            await self.ns.update_node(node)
+        if new_filename is not None:
+            await self._rename(node, new_filename)
+        return await self._describe(await self.ns.artifact_node(artifact_id))
+
+    # -- listing and searching
+
+    async def _walk(self, root: Node) -> list[Node]:
+        files: list[Node] = []
+        stack = [root]
+        while stack:
+            for child in await self.ns.list(stack.pop()):
+                if child.is_dir:
+                    stack.append(child)
+                elif child.is_file:
+                    files.append(child)
+        return files
+
+    async def _session_files(self, session_id: str) -> list[ArtifactMetadata]:
+        ns = await self._ready()
+        grid.validate_id(session_id, "session id")
+        root = await ns.session_root(self.sandbox_id, session_id)
+        if not ns.visible(root):
+            return []
+        found = [await self._describe(n) for n in await self._walk(root)]  # type: ignore[arg-type]
+        return sorted(found, key=lambda m: m.filename)
+
+    async def list_by_session(self, session_id: str, limit: int | None = None) -> list[ArtifactMetadata]:
+        return _limit(await self._session_files(session_id), limit)
+
+    async def list_files(self, session_id: str, prefix: str = "", limit: int | None = None) -> list[ArtifactMetadata]:
+        return _limit([m for m in await self._session_files(session_id) if m.filename.startswith(prefix)], limit)
+
+    async def get_directory_contents(
+        self, session_id: str, directory_prefix: str = "", limit: int | None = None
+    ) -> list[ArtifactMetadata]:
+        """The files directly inside one directory of a session (not below it)."""
+        prefix = directory_prefix.rstrip("/")
+        prefix = f"{prefix}/" if prefix else ""
+        found = [
+            m for m in await self._session_files(session_id)
+            if m.filename.startswith(prefix) and "/" not in m.filename[len(prefix):]
+        ]
+        return _limit(found, limit)
+
+    async def search(
+        self, *, user_id: str | None = None, scope: Scope | str | None = None, mime_prefix: str | None = None,
+        meta_filter: dict[str, Any] | None = None, session_id: str | None = None, limit: int | None = None,
+    ) -> list[ArtifactMetadata]:
+        ns = await self._ready()
+        scope = self._scope(scope) if scope is not None else None
+        if user_id is not None:
+            grid.validate_id(user_id, "user id")
+        if session_id is not None:
+            grid.validate_id(session_id, "session id")
+        meta_filter = self._meta(meta_filter)
+        now = ns.now()
+        nodes = await ns.meta.search(self.sandbox_id, scope=scope, session_id=session_id, user_id=user_id)
+        found = []
+        for node in nodes:
+            art = node.artifact
+            if node.expired(now) or art is None:
+                continue
+            if mime_prefix and not art.mime.startswith(mime_prefix):
+                continue
+            if any(art.meta.get(k, _MISSING) != v for k, v in meta_filter.items()):
+                continue
+            found.append(await self._describe(node))
+        found.sort(key=lambda m: (m.stored_at, m.artifact_id))
+        return _limit(found, limit)
+
+    # -- the grid and the store itself
+
+    def parse_grid_key(self, key: str) -> GridKey:
+        return grid.parse_grid_key(key)
+
+    def get_canonical_prefix(self, session_id: str) -> str:
+        return grid.scope_prefix(self.sandbox_id, Scope.SESSION, grid.validate_id(session_id, "session id")) + "/"
+
+    def generate_artifact_key(self, session_id: str, artifact_id: str) -> str:
+        return grid.grid_key(self.sandbox_id, Scope.SESSION, grid.validate_id(session_id, "session id"),
+                             grid.validate_id(artifact_id, "artifact id"))
+
+    async def get_sandbox_info(self) -> dict[str, Any]:
+        await self._ready()
+        return {
+            "sandbox_id": self.sandbox_id,
+            "grid_prefix_pattern": f"grid/{self.sandbox_id}/",
+            "session_prefix_pattern": f"grid/{self.sandbox_id}/sessions/{{session_id}}/",
+            "user_prefix_pattern": f"grid/{self.sandbox_id}/users/{{user_id}}/",
+            "shared_prefix": f"grid/{self.sandbox_id}/shared/",
+            "storage_provider": self.settings.storage_provider.value,
+            "session_provider": self.settings.session_provider.value,
+        }
+
+    async def get_stats(self) -> dict[str, Any]:
+        ns = await self._ready()
+        totals = await ns.meta.totals()
+        return {
+            "storage_provider": self.settings.storage_provider.value,
+            "session_provider": self.settings.session_provider.value,
+            "bucket": self.settings.bucket,
+            "sandbox_id": self.sandbox_id,
+            "artifacts": totals.files,
+            "bytes": totals.bytes,
+            "session_manager": {"default_session_ttl": ns.limits.session_ttl, "default_ttl": ns.limits.default_ttl},
+            "limits": ns.limits.model_dump(),
+        }
+
+    async def validate_configuration(self) -> dict[str, Any]:
+        """Probe both backends; never raises for a backend fault, reports it."""
+        result: dict[str, Any] = {}
+        try:
+            ns = await self._ready()
+        except StoreClosedError:
+            raise
+        except ArtifactStoreError as exc:
+            error = {"status": "error", "message": str(exc)}
+            return {"storage": error, "session": error, "session_manager": error}
+        try:
+            await ns.blobs.check()
+            result["storage"] = {"status": "ok", "provider": self.settings.storage_provider.value}
+        except ArtifactStoreError as exc:
+            result["storage"] = {"status": "error", "provider": self.settings.storage_provider.value, "message": str(exc)}
+        try:
+            await ns.meta.get(1)
+            result["session"] = {"status": "ok", "provider": self.settings.session_provider.value}
+        except ArtifactStoreError as exc:
+            result["session"] = {"status": "error", "provider": self.settings.session_provider.value, "message": str(exc)}
+        result["session_manager"] = {"status": result["session"]["status"], "sandbox_id": self.sandbox_id}
+        return result
+
+
+_MISSING = object()
+
+
+def _limit(items: list[ArtifactMetadata], limit: int | None) -> list[ArtifactMetadata]:
+    if limit is None:
+        return items
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidArgumentError(f"limit must be a non-negative whole number, got {limit!r:.40}")
+    return items[:limit]
+
+
+async def _aiter(stream: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterator[bytes]:
+    if hasattr(stream, "__aiter__"):
+        async for chunk in stream:  # type: ignore[union-attr]
+            yield chunk
+    elif hasattr(stream, "__iter__") and not isinstance(stream, (bytes, bytearray, str)):
+        for chunk in stream:  # type: ignore[union-attr]
+            yield chunk
+    else:
+        raise InvalidArgumentError("data_stream must be an (async) iterable of bytes")
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The first real error inside an exception group from a task group."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,1 @@
+"""artifactfs mount: the pyfuse3 face of the store (depends on core, never the reverse)."""
