@@ -21,6 +21,7 @@ from . import grid
 from .blobs.base import BlobStore
 from .clock import Clock
 from .errors import (
+    AlreadyExistsError,
     ArtifactExpiredError,
     ArtifactNotFoundError,
     ArtifactTooLargeError,
@@ -110,7 +111,7 @@ class Namespace:
         fresh = new_node(parent=parent.ino, name=name, kind=NodeKind.DIR, mode=0o755, now_ns=self.now(), role=role, space=space)
         try:
             node, _ = await self.meta.insert(fresh)
-        except Exception:
+        except AlreadyExistsError:
             node = await self.meta.lookup(parent.ino, name)  # a racing creator won
             if node is None:
                 raise
@@ -154,7 +155,7 @@ class Namespace:
             node.session_meta = {"user_id": space.user_id, "custom_metadata": {}}
         try:
             node, _ = await self.meta.insert(node)
-        except Exception:
+        except AlreadyExistsError:
             node = await self.meta.lookup(holder.ino, name)  # type: ignore[assignment]
             if node is None:
                 raise
@@ -198,8 +199,6 @@ class Namespace:
         return node
 
     async def _mkdir_fixed(self, parent: Node, name: str, uid: int, gid: int) -> Node:
-        from .errors import AlreadyExistsError
-
         if await self.find(parent, name) is not None:
             raise AlreadyExistsError(f"{name!r} exists")
         if parent.role is NodeRole.ROOT:
@@ -220,7 +219,7 @@ class Namespace:
             if found is None:
                 try:
                     found = await self.mkdir(node, part, 0o755, uid, gid)
-                except Exception:
+                except AlreadyExistsError:
                     found = await self.find(node, part)  # made meanwhile by another writer
                     if found is None:
                         raise
