@@ -260,7 +260,9 @@ class Namespace:
     async def insert_file(self, node: Node, *, replace: bool) -> Node:
         """Store a file node (empty, or with a blob already written for it)."""
         assert node.space is not None
-        self.check_quota(node.space, await self._usage(node.space), node.size, 1)
+        old = await self.meta.lookup(node.parent, node.name) if replace else None
+        replaced = old if old is not None and old.is_file else None  # a replaced file gives its room back
+        await self.ensure_room(node.space, node.size - (replaced.size if replaced else 0), 0 if replaced else 1)
         await self.cover_session(node.space, node.expires_at_ns)
         node, old = await self.meta.insert(node, replace=replace)
         if old is not None:
@@ -366,7 +368,7 @@ class Namespace:
             await self._delete_blob(node.artifact.blob_key)
             raise ArtifactNotFoundError(f"{node.name!r} was removed while being written")
         try:
-            self.check_quota(node.space, await self._usage(node.space), node.size - current.size, 0)
+            await self.ensure_room(node.space, node.size - current.size, 0)
             await self.meta.update(node)
         except BaseException:
             if node.artifact.blob_key != old_blob:
@@ -394,6 +396,19 @@ class Namespace:
 
     async def _usage(self, space: Space):
         return await self.meta.usage(space.usage_key)
+
+    async def ensure_room(self, space: Space, add_bytes: int, add_files: int) -> None:
+        """Raise QuotaExceededError unless ``space`` can take this much more.
+
+        Expired artifacts are charged until collected; when they stand in the
+        way they are collected first, so an invisible file never holds a quota.
+        """
+        try:
+            self.check_quota(space, await self._usage(space), add_bytes, add_files)
+        except QuotaExceededError:
+            if not await self.collect_expired():
+                raise
+            self.check_quota(space, await self._usage(space), add_bytes, add_files)
 
     def check_quota(self, space: Space, usage, add_bytes: int, add_files: int) -> None:
         if space.scope is Scope.SESSION:

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import anyio
 
@@ -39,7 +39,7 @@ from .errors import (
 from .meta.base import MetaStore
 from .models import ArtifactMetadata, GridKey, Scope, SessionInfo, StreamDownloadRequest, StreamUploadRequest
 from .namespace import NS, Limits, Namespace
-from .nodes import Node, NodeRole, Space
+from .nodes import Node, NodeKind, NodeRole, Space, new_node
 
 DEFAULT: Literal["default"] = "default"
 TTLArg = int | None | Literal["default"]
@@ -199,14 +199,20 @@ class ArtifactStore:
         ns = await self._ready()
         if user_id is not None:
             grid.validate_id(user_id, "user id")
-        stem = re.sub(r"[^A-Za-z0-9._-]", "_", user_id)[:60] if user_id else "anon"
-        session_id = f"sess-{stem}-{int(time.time())}-{secrets.token_hex(4)}"
+        custom_metadata = self._meta(custom_metadata)
+        lifetime = self._hours(ttl_hours) if ttl_hours is not None else None
+        session_id = self._new_session_id(user_id)
         root = await ns.scope_root(Space(sandbox_id=self.sandbox_id, scope=Scope.SESSION, session_id=session_id, user_id=user_id))
-        root.session_meta = {"user_id": user_id, "custom_metadata": self._meta(custom_metadata)}
-        if ttl_hours is not None:
-            root.expires_at_ns = ns.now() + self._hours(ttl_hours)
+        root.session_meta = {"user_id": user_id, "custom_metadata": custom_metadata}
+        if lifetime is not None:
+            root.expires_at_ns = ns.now() + lifetime
         await ns.meta.update(root)
         return session_id
+
+    @staticmethod
+    def _new_session_id(user_id: str | None) -> str:
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", user_id)[:60] if user_id else "anon"
+        return f"sess-{stem}-{int(time.time())}-{secrets.token_hex(4)}"
 
     @staticmethod
     def _hours(hours: Any) -> int:
@@ -215,18 +221,18 @@ class ArtifactStore:
         return int(hours * 3600 * NS)
 
     async def _session_space(self, session_id: str | None, user_id: str | None) -> Space:
-        """The space of an existing (or new) session, checked against ``user_id``."""
+        """The space of an existing session, or of a new one, checked against ``user_id``.
+
+        Nothing is created here: a new session comes into being with its first
+        artifact (:meth:`_insert`), so a refused store leaves no empty session.
+        """
         ns = await self._ready()
         if session_id is None:
-            session_id = await self.create_session(user_id=user_id)
+            session_id = self._new_session_id(user_id)
         grid.validate_id(session_id, "session id")
         root = await ns.session_root(self.sandbox_id, session_id)
-        if root is not None and root.expired(ns.now()):
-            await ns.purge(root)
-            root = None
-        if root is None:
-            space = Space(sandbox_id=self.sandbox_id, scope=Scope.SESSION, session_id=session_id, user_id=user_id)
-            root = await ns.scope_root(space)
+        if root is None or root.expired(ns.now()):  # an expired one is replaced when the artifact goes in
+            return Space(sandbox_id=self.sandbox_id, scope=Scope.SESSION, session_id=session_id, user_id=user_id)
         assert root.space is not None
         owner = root.space.user_id
         if user_id is not None and owner is not None and owner != user_id:
@@ -374,19 +380,42 @@ class ArtifactStore:
             space = Space(sandbox_id=self.sandbox_id, scope=Scope.SANDBOX)
         check_write(who, space, "store")
         artifact_id = ns.new_artifact_id()
-        root = await ns.scope_root(space)
         parts = parts or [artifact_id]
-        parent = await ns.mkdirs(root, parts[:-1])
-        return ns.file_node(parent, parts[-1], ttl=ttl, artifact_id=artifact_id, mime=mime, summary=summary, meta=meta)
+        node = ns.file_node(_unplaced(space), parts[-1], ttl=ttl, artifact_id=artifact_id, mime=mime, summary=summary,
+                            meta=meta)
+        return _Draft(node, parts[:-1])
 
-    async def _insert(self, node: Node, key: str | None, size: int, sha256: str) -> str:
-        self.ns.set_content(node, key, size, sha256)
+    async def _occupant(self, space: Space, dirs: list[str], name: str) -> Node | None:
+        """The file a new one at ``dirs/name`` would replace, if there is one (expired or not)."""
+        ns = self.ns
         try:
-            node = await self.ns.insert_file(node, replace=True)
+            cursor = await ns.scope_root(space, create=False)
+            for part in dirs:
+                cursor = await ns.child(cursor, part)
+        except ArtifactNotFoundError:
+            return None
+        old = await ns.meta.lookup(cursor.ino, name)
+        return old if old is not None and old.is_file else None
+
+    async def _insert(self, draft: _Draft, key: str | None, size: int, sha256: str) -> str:
+        """Put a drafted file into the tree, pointing at its stored blob.
+
+        Room is checked before the session or any directory is made, so a
+        refusal leaves nothing behind; on any failure the blob goes too.
+        """
+        ns, node = self.ns, draft.node
+        assert node.space is not None
+        try:
+            ns.set_content(node, key, size, sha256)
+            replaced = await self._occupant(node.space, draft.dirs, node.name)
+            await ns.ensure_room(node.space, size - (replaced.size if replaced else 0), 0 if replaced else 1)
+            parent = await ns.mkdirs(await ns.scope_root(node.space), draft.dirs)
+            node.parent = parent.ino
+            node = await ns.insert_file(node, replace=True)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 if key is not None:
-                    await self.ns.blobs.delete(key)
+                    await ns.blobs.delete(key)
             raise
         assert node.artifact is not None
         return node.artifact.artifact_id
@@ -402,10 +431,10 @@ class ArtifactStore:
         as copying over a file would.
         """
         data = self._bytes(data)
-        node = await self._prepare(filename=filename, mime=mime, summary=summary, meta=meta, session_id=session_id,
-                                   user_id=user_id, scope=scope, ttl=ttl)
-        key, size, sha256 = await self.ns.put_blob(node, data)
-        return await self._insert(node, key, size, sha256)
+        draft = await self._prepare(filename=filename, mime=mime, summary=summary, meta=meta, session_id=session_id,
+                                    user_id=user_id, scope=scope, ttl=ttl)
+        key, size, sha256 = await self.ns.put_blob(draft.node, data)
+        return await self._insert(draft, key, size, sha256)
 
     async def write_file(
         self, content: str | bytes, *, filename: str, mime: str = "text/plain", summary: str = "",
@@ -429,18 +458,18 @@ class ArtifactStore:
                 raise InvalidArgumentError("content_length must not be negative")
             if request.content_length > limit:
                 raise ArtifactTooLargeError(f"content_length {request.content_length} exceeds the limit of {limit} bytes")
-        node = await self._prepare(filename=request.filename, mime=request.mime, summary=request.summary,
-                                   meta=request.meta, session_id=request.session_id, user_id=request.user_id,
-                                   scope=request.scope, ttl=request.ttl)
+        draft = await self._prepare(filename=request.filename, mime=request.mime, summary=request.summary,
+                                    meta=request.meta, session_id=request.session_id, user_id=request.user_id,
+                                    scope=request.scope, ttl=request.ttl)
         total = request.content_length
         callback = request.progress_callback
         progress = (lambda sent: callback(sent, total)) if callback else None
-        key, size, sha256 = await self.ns.write_blob(node, _aiter(request.data_stream), progress=progress)
+        key, size, sha256 = await self.ns.write_blob(draft.node, _aiter(request.data_stream), progress=progress)
         if total is not None and size != total:
             if key is not None:
                 await self.ns.blobs.delete(key)
             raise InvalidArgumentError(f"the stream carried {size} bytes, content_length said {total}")
-        return await self._insert(node, key, size, sha256)
+        return await self._insert(draft, key, size, sha256)
 
     async def stream_download(self, request: StreamDownloadRequest) -> AsyncIterator[bytes]:
         node = await self._node(request.artifact_id, request.session_id, request.user_id)
@@ -472,17 +501,23 @@ class ArtifactStore:
             return []
         scope = self._scope(scope)
         if scope is Scope.SESSION and session_id is None:
-            session_id = await self.create_session(user_id=user_id)
+            session_id = self._new_session_id(user_id)  # made with the first artifact, like any new session
+        drafts = [
+            await self._prepare(
+                filename=item.get("filename"), mime=item.get("mime"), summary=item.get("summary", ""),
+                meta=item.get("meta"), session_id=session_id, user_id=item.get("user_id", user_id),
+                scope=item.get("scope", scope), ttl=item.get("ttl", ttl),
+            )
+            for item in items
+        ]
+        await self._ensure_batch_room(drafts, [len(item["data"]) for item in items])
         ids: list[str | None] = [None] * len(items)
         limiter = anyio.Semaphore(_BATCH_CONCURRENCY)
 
         async def one(i: int, item: dict[str, Any]) -> None:
             async with limiter:
-                ids[i] = await self.store(
-                    item["data"], mime=item.get("mime"), summary=item.get("summary", ""), filename=item.get("filename"),
-                    meta=item.get("meta"), session_id=session_id, user_id=item.get("user_id", user_id),
-                    scope=item.get("scope", scope), ttl=item.get("ttl", ttl),
-                )
+                key, size, sha256 = await self.ns.put_blob(drafts[i].node, self._bytes(item["data"]))
+                ids[i] = await self._insert(drafts[i], key, size, sha256)
 
         try:
             async with anyio.create_task_group() as tg:
@@ -498,6 +533,21 @@ class ArtifactStore:
                             pass
             raise _first_error(exc) from None
         return [i for i in ids if i is not None]
+
+    async def _ensure_batch_room(self, drafts: list[_Draft], sizes: list[int]) -> None:
+        """Refuse a batch that cannot fit whole, before any of it is written."""
+        limit = self.ns.limits.max_artifact_bytes
+        need: dict[str, tuple[Space, int, int]] = {}
+        for draft, size in zip(drafts, sizes):
+            if size > limit:
+                raise ArtifactTooLargeError(f"a batch item of {size} bytes exceeds the size limit of {limit} bytes")
+            space = draft.node.space
+            assert space is not None
+            old = await self._occupant(space, draft.dirs, draft.node.name)
+            _, add_bytes, add_files = need.get(space.usage_key, (space, 0, 0))
+            need[space.usage_key] = (space, add_bytes + size - (old.size if old else 0), add_files + (0 if old else 1))
+        for space, add_bytes, add_files in need.values():
+            await self.ns.ensure_room(space, add_bytes, add_files)
 
     # -- changing
 
@@ -601,17 +651,15 @@ class ArtifactStore:
         who = self._principal(session_id, user_id)
         check_write(who, space, f"copy of {artifact_id}")
         filename = new_filename or await self._copy_name(node)
-        new_meta = self._meta(new_meta)
-        root = await self.ns.scope_root(space)
+        meta = self._meta({**art.meta, **self._meta(new_meta)})
         parts = grid.split_filename(filename)
-        parent = await self.ns.mkdirs(root, parts[:-1])
         copy = self.ns.file_node(
-            parent, parts[-1], ttl=art.ttl, mime=art.mime,
-            summary=art.summary if summary is None else self._summary(summary), meta={**art.meta, **new_meta},
+            _unplaced(space), parts[-1], ttl=art.ttl, mime=art.mime,
+            summary=art.summary if summary is None else self._summary(summary), meta=meta,
         )
         copy.mode = node.mode
         key, size, sha256 = await self.ns.write_blob(copy, self._chunks(node, _READ_CHUNK, verify=True))
-        return await self._insert(copy, key, size, sha256)
+        return await self._insert(_Draft(copy, parts[:-1]), key, size, sha256)
 
     async def _copy_name(self, node: Node) -> str:
         name = await self.ns.filename_of(node)
@@ -767,6 +815,22 @@ class ArtifactStore:
 
 
 _MISSING = object()
+
+
+class _Draft(NamedTuple):
+    """A new file, checked and named but not yet in the tree.
+
+    Its session, directories and entry are made only once its bytes are
+    stored, so a refused or failed store leaves no trace.
+    """
+
+    node: Node
+    dirs: list[str]
+
+
+def _unplaced(space: Space) -> Node:
+    """Stands in for the directory of a drafted file until :meth:`ArtifactStore._insert` makes the real one."""
+    return new_node(parent=0, name="", kind=NodeKind.DIR, mode=0o755, now_ns=0, role=NodeRole.SCOPE_ROOT, space=space)
 
 
 def _limit(items: list[ArtifactMetadata], limit: int | None) -> list[ArtifactMetadata]:

@@ -1,0 +1,110 @@
+"""Looking under an ArtifactStore: raw node and blob counts, and ways to damage them.
+
+Tests use these to check what the API cannot show: that a refused call left
+no node or blob behind, that cleanup really removed bytes from the backend,
+and that damage done outside the store is caught. Each helper knows the
+concrete embedded backends; a new backend adds its branch here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from core import ArtifactStore
+from core.blobs.filesystem import FilesystemBlobStore
+from core.blobs.memory import MemoryBlobStore
+from core.meta.sqlite import SQLiteMetaStore
+from core.nodes import ROOT_INO, Node
+
+
+async def all_nodes(store: ArtifactStore) -> list[Node]:
+    """Every node of the tree, expired ones included, found by walking it from the root."""
+    meta = store.ns.meta
+    root = await meta.get(ROOT_INO)
+    assert root is not None
+    found, stack = [root], [root]
+    while stack:
+        for child in await meta.children(stack.pop().ino):
+            found.append(child)
+            if child.is_dir:
+                stack.append(child)
+    return found
+
+
+async def node_count(store: ArtifactStore) -> int:
+    return len(await all_nodes(store))
+
+
+async def blob_keys(store: ArtifactStore) -> set[str]:
+    """Blob keys as the backend itself holds them (not as the metadata believes)."""
+    blobs = store.ns.blobs
+    if isinstance(blobs, FilesystemBlobStore):
+        return {str(p.relative_to(blobs.blob_dir)) for p in blobs.blob_dir.rglob("*") if p.is_file()}
+    if isinstance(blobs, MemoryBlobStore):
+        return set(blobs._blobs)
+    return {key async for key in blobs.keys()}
+
+
+def staging_files(store: ArtifactStore) -> list[Path]:
+    """Half-written blobs left in the filesystem backend's staging area."""
+    blobs = store.ns.blobs
+    if isinstance(blobs, FilesystemBlobStore):
+        return sorted(blobs.staging_dir.glob("*"))
+    return []
+
+
+async def footprint(store: ArtifactStore) -> tuple[int, frozenset[str], tuple[Path, ...]]:
+    """What a refused operation must leave exactly as it found it."""
+    return await node_count(store), frozenset(await blob_keys(store)), tuple(staging_files(store))
+
+
+async def blob_key_of(store: ArtifactStore, artifact_id: str) -> str:
+    node = await store.ns.meta.find_artifact(artifact_id)
+    assert node is not None and node.artifact is not None and node.artifact.blob_key is not None
+    return node.artifact.blob_key
+
+
+def flip_blob_byte(store: ArtifactStore, key: str, offset: int = 0) -> None:
+    """Damage a stored blob in place, as a failing disk or an operator would."""
+    blobs = store.ns.blobs
+    if isinstance(blobs, MemoryBlobStore):
+        blobs.corrupt(key, offset)
+        return
+    if isinstance(blobs, FilesystemBlobStore):
+        path = blobs.blob_dir / key
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        return
+    raise NotImplementedError(f"no way to damage blobs of {type(blobs).__name__} yet")
+
+
+def _sqlite_path(store: ArtifactStore) -> str:
+    meta = store.ns.meta
+    assert isinstance(meta, SQLiteMetaStore)
+    return meta._path
+
+
+def edit_record(store: ArtifactStore, ino: int, old: bytes, new: bytes) -> None:
+    """Rewrite part of a node's signed record behind the store's back (signature untouched)."""
+    meta = store.ns.meta
+    if not isinstance(meta, SQLiteMetaStore):
+        raise NotImplementedError(f"no way to edit records of {type(meta).__name__} yet")
+    path = _sqlite_path(store)
+    if path == ":memory:":
+        db = meta.db  # an in-memory database is reachable only through the store's own connection
+        close = False
+    else:
+        db = sqlite3.connect(path, isolation_level=None)
+        close = True
+    try:
+        (record,) = db.execute("SELECT record FROM node WHERE ino=?", (ino,)).fetchone()
+        record = bytes(record)
+        assert old in record, f"{old!r} not in the record of inode {ino}"
+        db.execute("UPDATE node SET record=? WHERE ino=?", (record.replace(old, new, 1), ino))
+    finally:
+        if close:
+            db.close()
