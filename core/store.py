@@ -316,7 +316,18 @@ class ArtifactStore:
                 raise ArtifactCorruptedError(f"artifact {art.artifact_id} has lost its bytes")
             return
         digest = hashlib.sha256()
-        reader = await self.ns.blobs.reader(art.blob_key)
+        try:
+            reader = await self.ns.blobs.reader(art.blob_key)
+        except ArtifactNotFoundError:
+            # Gone under a live record is damage, unless an update or delete just raced this read.
+            fresh = await self.ns.meta.get(node.ino)
+            if fresh is None or fresh.artifact is None or fresh.artifact.artifact_id != art.artifact_id:
+                raise ArtifactNotFoundError(f"artifact {art.artifact_id} was deleted") from None
+            if fresh.artifact.blob_key == art.blob_key:
+                raise ArtifactCorruptedError(f"artifact {art.artifact_id} has lost its bytes") from None
+            async for chunk in self._chunks(fresh, chunk_size, verify):
+                yield chunk
+            return
         try:
             offset = 0
             while offset < node.size:
