@@ -7,7 +7,9 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
+from .errors import InvalidArgumentError
 
 
 class Scope(str, Enum):
@@ -98,7 +100,20 @@ class SessionInfo(_Mapping):
 ProgressCallback = Callable[[int, int | None], Any]
 
 
-class StreamUploadRequest(BaseModel):
+class _Request(BaseModel):
+    """A request model whose bad fields raise InvalidArgumentError, like a bad keyword argument would.
+
+    Callers catch the store's error family; pydantic's own error would slip past them.
+    """
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InvalidArgumentError(f"invalid {type(self).__name__}: {exc}") from None
+
+
+class StreamUploadRequest(_Request):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     data_stream: AsyncIterator[bytes] | Any
@@ -109,12 +124,12 @@ class StreamUploadRequest(BaseModel):
     session_id: str | None = None
     user_id: str | None = None
     scope: Scope | str = Scope.SESSION
-    ttl: int | None | Literal["default"] = "default"  # None: never expires
-    content_length: int | None = None
+    ttl: StrictInt | None | Literal["default"] = "default"  # None: never expires; True is not 1 second
+    content_length: StrictInt | None = None
     progress_callback: ProgressCallback | None = None
 
 
-class StreamDownloadRequest(BaseModel):
+class StreamDownloadRequest(_Request):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     artifact_id: str

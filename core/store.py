@@ -171,7 +171,7 @@ class ArtifactStore:
     @staticmethod
     def _mime(mime: Any, filename: str | None) -> str:
         if mime is None:
-            guessed = mimetypes.guess_type(filename or "")[0]
+            guessed = mimetypes.guess_type(filename if isinstance(filename, str) else "")[0]
             return guessed or "application/octet-stream"
         if not isinstance(mime, str) or not _MIME_RE.fullmatch(mime):
             raise InvalidArgumentError(f"mime {mime!r:.60} is not a MIME type like 'text/plain'")
@@ -362,6 +362,8 @@ class ArtifactStore:
             return data
         try:
             return data.decode(encoding)
+        except LookupError:
+            raise InvalidArgumentError(f"unknown text encoding {encoding!r:.40}") from None
         except UnicodeDecodeError as exc:
             raise InvalidArgumentError(f"artifact {artifact_id} is not valid {encoding} text: {exc}") from None
 
@@ -571,6 +573,8 @@ class ArtifactStore:
         node = await self._node(artifact_id, session_id, user_id, write=True)
         if data is not None:
             data = self._bytes(data)
+        if filename is not None:
+            grid.split_filename(filename)  # a bad new name must refuse the whole update, not half of it
         self._apply_fields(node, summary=summary, mime=mime, meta=meta, merge=True)
         if data is not None:
             old_blob = node.artifact.blob_key  # type: ignore[union-attr]
@@ -600,6 +604,8 @@ class ArtifactStore:
         session_id: str | None = None, user_id: str | None = None, **unused: Any,
     ) -> ArtifactMetadata:
         node = await self._node(artifact_id, session_id, user_id, write=True)
+        if filename is not None:
+            grid.split_filename(filename)
         self._apply_fields(node, summary=summary, mime=mime, meta=meta, merge=merge)
         if ttl != DEFAULT:
             self._set_ttl(node, self._ttl(ttl, node.space.scope))  # type: ignore[union-attr]
@@ -646,6 +652,8 @@ class ArtifactStore:
 
     def _same_session(self, node: Node, target_session_id: str | None, verb: str) -> None:
         assert node.space is not None
+        if target_session_id is not None:
+            grid.validate_id(target_session_id, "session id")
         if target_session_id is not None and target_session_id != node.space.session_id:
             raise AccessDeniedError(f"{verb} across sessions is not allowed")
 
@@ -661,7 +669,7 @@ class ArtifactStore:
         assert art is not None and space is not None
         who = self._principal(session_id, user_id)
         check_write(who, space, f"copy of {artifact_id}")
-        filename = new_filename or await self._copy_name(node)
+        filename = new_filename if new_filename is not None else await self._copy_name(node)
         meta = self._meta({**art.meta, **self._meta(new_meta)})
         parts = grid.split_filename(filename)
         copy = self.ns.file_node(
@@ -690,6 +698,8 @@ class ArtifactStore:
     ) -> ArtifactMetadata:
         node = await self._node(artifact_id, session_id, user_id, write=True)
         self._same_session(node, new_session_id, "move")
+        if new_filename is not None:
+            grid.split_filename(new_filename)
         if new_meta is not None:
             self._apply_fields(node, summary=None, mime=None, meta=new_meta, merge=True)
             await self.ns.update_node(node)
