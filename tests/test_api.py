@@ -585,3 +585,25 @@ async def test_close(backend: str, tmp_path, clock: ManualClock, limits) -> None
         assert await s2.exists(await s2.store(b"y"))
     with pytest.raises(StoreClosedError):
         await s2.store(b"z")
+
+
+async def test_cancelled_upload_leaves_nothing(store: ArtifactStore) -> None:
+    import trio
+
+    session = await store.create_session()
+    before = await footprint(store)
+    flowing = trio.Event()
+
+    async def endless():
+        while True:
+            yield b"e" * 65536
+            flowing.set()
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.stream_upload, StreamUploadRequest(data_stream=endless(), session_id=session,
+                                                                    filename="never/finished.bin"))
+        with trio.fail_after(30):
+            await flowing.wait()
+        nursery.cancel_scope.cancel()
+    assert await footprint(store) == before
