@@ -16,6 +16,7 @@ from .errors import (
     StoreClosedError,
 )
 from .models import ArtifactMetadata, GridKey, Scope, SessionInfo, StreamDownloadRequest, StreamUploadRequest
+from .models import MultipartUploadCompleteRequest, MultipartUploadInitRequest, MultipartUploadPart
 from .namespace import Limits
 from .store import ArtifactStore
 
@@ -25,4 +26,5 @@ __all__ = [
     "InvalidArgumentError", "InvalidNameError", "Limits", "NameTooLongError", "ProviderError",
     "QuotaExceededError", "Scope", "SessionError", "SessionInfo", "StoreClosedError",
     "StreamDownloadRequest", "StreamUploadRequest",
+    "MultipartUploadCompleteRequest", "MultipartUploadInitRequest", "MultipartUploadPart",
 ]

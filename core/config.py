@@ -17,6 +17,7 @@ from .errors import InvalidArgumentError
 from .meta.base import MetaStore
 from .models import MetadataProvider, StorageProvider
 from .namespace import Limits
+from .presign import PresignSettings
 from .signing import RecordSigner, load_signing_key
 
 _STORAGE_ALIASES = {
@@ -45,6 +46,7 @@ class Settings(BaseModel):
     s3_region: str = "us-east-1"
     s3_sse_algorithm: str | None = None
     limits: Limits = Field(default_factory=Limits)
+    presign: PresignSettings = Field(default_factory=PresignSettings)
 
     @field_validator("storage_provider", mode="before")
     @classmethod
@@ -93,6 +95,7 @@ class Settings(BaseModel):
         ):
             if env.get(name):
                 values[key] = env[name]
+        values["presign"] = PresignSettings.from_env()
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls.model_validate(values)

@@ -93,3 +93,26 @@ class ReadOnlyError(AccessDeniedError):
 
 class NotSupportedError(ArtifactStoreError):
     """An operation this store does not offer (e.g. RENAME_EXCHANGE)."""
+
+
+# Presigned URLs and uploads.
+
+
+class UrlRefusedError(AccessDeniedError):
+    """A presigned URL that does not grant this request: expired, tampered, wrong method or key."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UploadNotFoundError(ArtifactNotFoundError):
+    """No open upload by that id: never made, already finished, aborted, or expired."""
+
+
+class InvalidPartError(InvalidArgumentError):
+    """A multipart completion names a part that was not uploaded, or gives another ETag."""
+
+
+class UploadConflictError(ArtifactStoreError):
+    """The upload is being completed by another call at this moment."""

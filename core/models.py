@@ -145,3 +145,33 @@ class Usage(BaseModel):
 
     bytes: int = 0
     files: int = 0
+
+
+class MultipartUploadInitRequest(BaseModel):
+    """Where a multipart upload's artifact will live, and what it will be."""
+
+    filename: str
+    mime_type: str = "application/octet-stream"
+    summary: str = ""
+    meta: dict[str, Any] | None = None
+    session_id: str | None = None
+    user_id: str | None = None
+    scope: Scope | str = Scope.SESSION
+    ttl: int | None | Literal["default"] = "default"  # of the artifact; None: never expires
+    max_bytes: int | None = Field(default=None, gt=0)  # signed into every part URL
+
+
+class MultipartUploadPart(BaseModel):
+    """One uploaded part, as the client saw it: its number and the ETag its PUT returned."""
+
+    PartNumber: int = Field(ge=1, le=10_000)
+    ETag: str
+
+
+class MultipartUploadCompleteRequest(BaseModel):
+    upload_id: str
+    parts: list[MultipartUploadPart]
+    summary: str | None = None  # None keeps the one given at initiation
+    meta: dict[str, Any] | None = None
+    session_id: str | None = None  # when given, must be allowed to write the upload's scope
+    user_id: str | None = None

@@ -38,8 +38,11 @@ from .errors import (
 )
 from .meta.base import MetaStore
 from .models import ArtifactMetadata, GridKey, Scope, SessionInfo, StreamDownloadRequest, StreamUploadRequest
+from .models import MultipartUploadCompleteRequest, MultipartUploadInitRequest
 from .namespace import NS, Limits, Namespace
 from .nodes import Node, NodeKind, NodeRole, Space, new_node
+from .presign_api import PresignApi
+from .transfers import Transfers
 
 DEFAULT: Literal["default"] = "default"
 TTLArg = int | None | Literal["default"]
@@ -274,7 +277,9 @@ class ArtifactStore:
     async def cleanup_expired_sessions(self) -> int:
         """Delete expired artifacts and sessions with their blobs; returns artifacts removed."""
         ns = await self._ready()
-        return await ns.collect_expired()
+        removed = await ns.collect_expired()
+        await self.transfers.collect_expired()  # uploads never registered or completed
+        return removed
 
     # -- reading
 
@@ -833,6 +838,84 @@ class ArtifactStore:
             result["session"] = {"status": "error", "provider": self.settings.session_provider.value, "message": str(exc)}
         result["session_manager"] = {"status": result["session"]["status"], "sandbox_id": self.sandbox_id}
         return result
+
+    # -- presigned URLs and uploads: rules in core/presign_api.py, mechanics in core/transfers.py
+
+    @property
+    def transfers(self) -> Transfers:
+        """This store's signed URLs and open uploads; the presign service serves from it."""
+        if "_transfers" not in self.__dict__:
+            self.__dict__["_transfers"] = Transfers.for_settings(self.ns, self.settings)
+        return self.__dict__["_transfers"]
+
+    @property
+    def _presign(self) -> PresignApi:
+        return PresignApi(self)
+
+    async def presign(self, artifact_id: str, expires: int = 3600, *, session_id: str | None = None,
+                      user_id: str | None = None) -> str:
+        """A URL that downloads the artifact (GET, Range, HEAD) until ``expires`` seconds from now."""
+        return await self._presign.presign(artifact_id, expires, session_id, user_id)
+
+    async def presign_short(self, artifact_id: str, *, session_id: str | None = None, user_id: str | None = None) -> str:
+        return await self.presign(artifact_id, 15 * 60, session_id=session_id, user_id=user_id)
+
+    async def presign_medium(self, artifact_id: str, *, session_id: str | None = None, user_id: str | None = None) -> str:
+        return await self.presign(artifact_id, 3600, session_id=session_id, user_id=user_id)
+
+    async def presign_long(self, artifact_id: str, *, session_id: str | None = None, user_id: str | None = None) -> str:
+        return await self.presign(artifact_id, 24 * 3600, session_id=session_id, user_id=user_id)
+
+    async def presign_upload(
+        self, session_id: str | None = None, filename: str | None = None, mime_type: str | None = None,
+        expires: int = 3600, *, user_id: str | None = None, scope: Scope | str = Scope.SESSION, ttl: TTLArg = DEFAULT,
+        max_bytes: int | None = None,
+    ) -> tuple[str, str]:
+        """A PUT URL for new bytes; returns (url, artifact_id). The artifact appears on register_uploaded_artifact."""
+        return await self._presign.presign_upload(
+            session_id=session_id, user_id=user_id, filename=filename, mime=mime_type, expires=expires, scope=scope,
+            ttl=ttl, max_bytes=max_bytes, summary="", meta=None, publish_on_upload=False,
+        )
+
+    async def register_uploaded_artifact(
+        self, artifact_id: str, *, mime: str | None = None, summary: str | None = None, filename: str | None = None,
+        meta: dict[str, Any] | None = None, ttl: TTLArg = DEFAULT, session_id: str | None = None,
+        user_id: str | None = None,
+    ) -> bool:
+        """Publish what was PUT to a presign_upload URL; fields left None keep the upload's."""
+        return await self._presign.register(
+            artifact_id, mime=mime, summary=summary, filename=filename, meta=meta, ttl=ttl, ttl_given=ttl != DEFAULT,
+            session_id=session_id, user_id=user_id,
+        )
+
+    async def presign_upload_and_register(
+        self, mime: str | None = None, summary: str = "", filename: str | None = None, session_id: str | None = None,
+        meta: dict[str, Any] | None = None, expires: int = 3600, *, user_id: str | None = None,
+        scope: Scope | str = Scope.SESSION, ttl: TTLArg = DEFAULT, max_bytes: int | None = None,
+    ) -> tuple[str, str]:
+        """A PUT URL whose upload publishes the artifact by itself; returns (url, artifact_id)."""
+        return await self._presign.presign_upload(
+            session_id=session_id, user_id=user_id, filename=filename, mime=mime, expires=expires, scope=scope,
+            ttl=ttl, max_bytes=max_bytes, summary=summary, meta=meta, publish_on_upload=True,
+        )
+
+    async def initiate_multipart_upload(self, request: MultipartUploadInitRequest) -> dict[str, Any]:
+        """Open a multipart upload; returns {"upload_id", "artifact_id", "key", ...}."""
+        return await self._presign.initiate_multipart(request)
+
+    async def get_part_upload_url(self, upload_id: str, part_number: int, expires: int = 3600) -> str:
+        """A PUT URL for one part; its response carries the ETag to list on completion."""
+        return await self._presign.part_url(upload_id, part_number, expires)
+
+    async def complete_multipart_upload(self, request: MultipartUploadCompleteRequest) -> str:
+        """Publish the listed parts, in order, as the artifact; returns its id."""
+        return await self._presign.complete_multipart(request)
+
+    async def abort_multipart_upload(self, upload_id: str, *, session_id: str | None = None,
+                                     user_id: str | None = None) -> bool:
+        """Drop an open multipart upload and its parts; False when there was none."""
+        return await self._presign.abort_multipart(upload_id, session_id, user_id)
+
 
 
 _MISSING = object()

@@ -1,0 +1,427 @@
+"""Bytes in and out through presigned URLs: the mechanics under the presign API.
+
+:class:`Transfers` signs URLs, keeps open uploads (:mod:`core.uploads`),
+takes in the bytes a PUT carries, publishes finished uploads as artifacts and
+hands the HTTP service what it needs to answer a GET. It knows nothing of
+who is asking: access rules are checked by the API (:mod:`core.presign_api`)
+when a URL is issued, and a URL then grants exactly what it was signed for.
+
+It stands on a :class:`~core.namespace.Namespace` alone, so the mount can
+build one for its own tree (``Transfers.for_settings(ns, settings)``) to
+answer ``getfattr -n user.artifact.presign`` and to run the service in its
+own process (``artifactfs mount --serve``).
+
+Publishing follows the namespace's rule: bytes first, under a fresh key, then
+one metadata commit makes them visible. A one-part upload is published by
+adopting the part's blob (no copy); several parts are streamed into a new
+blob, each part checked against its SHA-256 on the way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+from pydantic import BaseModel
+
+from . import grid
+from .config import Settings
+from .errors import (
+    ArtifactCorruptedError,
+    ArtifactNotFoundError,
+    ArtifactStoreError,
+    ArtifactTooLargeError,
+    InvalidArgumentError,
+    InvalidPartError,
+    UploadConflictError,
+    UploadNotFoundError,
+)
+from .blobs.base import BlobStore
+from .models import StorageProvider
+from .namespace import NS, Namespace
+from .nodes import Node, Space
+from .presign import MAX_PARTS, PresignSettings, Target, TargetKind, UrlSigner, check_expires, derive_key
+from .signing import RecordSigner, load_signing_key
+from .uploads import (
+    DirUploadRegistry,
+    MemoryUploadRegistry,
+    PartRecord,
+    UploadKind,
+    UploadRecord,
+    UploadRegistry,
+    UploadState,
+    newest_parts,
+)
+
+CHUNK = 1 << 20
+MAX_PART_BYTES = 5 << 30  # as on S3
+STALE_COMPLETION_S = 3600  # a completion older than this died with its process
+LEFTOVER_AGE_S = 3600
+
+
+class Download(BaseModel):
+    """One artifact version, as the service streams it."""
+
+    artifact_id: str
+    blob_key: str | None
+    size: int
+    sha256: str
+    mime: str
+    name: str
+    mtime_ns: int
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.sha256}"'
+
+    async def chunks(self, blobs: BlobStore, start: int, end: int, *, verify: bool) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)``; with ``verify`` (whole blob) checked against the SHA-256.
+
+        The check happens before the last chunk is handed out, so a client
+        of a corrupted artifact never receives a complete body.
+        """
+        digest = hashlib.sha256() if verify else None
+        if self.blob_key is None or end <= start:
+            self._check(digest)
+            return
+        reader = await blobs.reader(self.blob_key)
+        try:
+            offset = start
+            while offset < end:
+                chunk = await reader.read(offset, min(CHUNK, end - offset))
+                if not chunk:
+                    raise ArtifactCorruptedError(f"artifact {self.artifact_id} is shorter than recorded")
+                offset += len(chunk)
+                if digest is not None:
+                    digest.update(chunk)
+                    if offset >= end:
+                        self._check(digest)
+                yield chunk
+        finally:
+            with anyio.CancelScope(shield=True):
+                await reader.close()
+
+    def _check(self, digest: Any) -> None:
+        if digest is not None and digest.hexdigest() != self.sha256:
+            raise ArtifactCorruptedError(f"artifact {self.artifact_id} fails its SHA-256 check")
+
+
+class Publish(BaseModel):
+    """Fields given when an upload is registered or completed; None keeps the upload's own."""
+
+    mime: str | None = None
+    summary: str | None = None
+    filename: str | None = None
+    meta: dict[str, Any] | None = None
+    ttl: int | None = None
+    ttl_given: bool = False
+
+
+def normalise_etag(etag: str) -> str:
+    etag = etag.strip()
+    if etag.startswith("W/"):
+        etag = etag[2:]
+    return etag.strip('"').lower()
+
+
+class Transfers:
+    def __init__(self, ns: Namespace, settings: PresignSettings, signing_key: bytes, registry: UploadRegistry) -> None:
+        self.ns, self.settings, self.registry = ns, settings, registry
+        self.signer = UrlSigner(signing_key, settings.url)
+
+    @classmethod
+    def for_settings(cls, ns: Namespace, settings: Settings, signing_key: bytes | None = None) -> "Transfers":
+        """Transfers for a store built from ``settings``; uploads are kept beside its data."""
+        key = signing_key if signing_key is not None else load_signing_key(settings.data_dir)
+        registry: UploadRegistry
+        if settings.data_dir is not None and settings.storage_provider is not StorageProvider.MEMORY:
+            registry = DirUploadRegistry(settings.data_dir / "uploads", RecordSigner(derive_key(key, "upload-record/v1")))
+        else:
+            registry = MemoryUploadRegistry()
+        return cls(ns, settings.presign, key, registry)
+
+    @property
+    def base_url(self) -> str:
+        return self.signer.base_url
+
+    @base_url.setter
+    def base_url(self, url: str) -> None:
+        """Where clients reach the service; set by the runner once it has bound its port."""
+        self.signer.base_url = url.rstrip("/")
+
+    def _url_expiry(self, expires: int) -> int:
+        return self.ns.now() // NS + check_expires(expires)
+
+    # -- downloads
+
+    async def download_url(self, artifact_id: str, expires: int) -> str:
+        """A GET URL for an artifact; whoever calls this has checked access already."""
+        return self.signer.sign(Target(kind=TargetKind.OBJECT, ident=artifact_id), self._url_expiry(expires))
+
+    async def download(self, artifact_id: str) -> Download:
+        node = await self.ns.artifact_node(artifact_id)
+        art = node.artifact
+        assert art is not None
+        return Download(
+            artifact_id=artifact_id, blob_key=art.blob_key, size=node.size, sha256=art.sha256, mime=art.mime,
+            name=node.name, mtime_ns=node.mtime_ns,
+        )
+
+    # -- opening uploads
+
+    async def open_upload(
+        self, *, kind: UploadKind, space: Space, filename: str | None, mime: str, summary: str, meta: dict[str, Any],
+        ttl: int | None, max_bytes: int | None = None, publish_on_upload: bool = False, url_expires_at: int | None = None,
+    ) -> UploadRecord:
+        now = self.ns.now()
+        if kind is UploadKind.SINGLE:
+            assert url_expires_at is not None
+            expires_at_ns = url_expires_at * NS + self.settings.register_grace * NS
+        else:
+            expires_at_ns = now + self.settings.multipart_window * NS
+        artifact_id = self.ns.new_artifact_id()
+        # A single upload is addressed by its artifact id, as register_uploaded_artifact is.
+        upload_id = artifact_id if kind is UploadKind.SINGLE else secrets.token_hex(16)
+        prefix = grid.grid_key(space.sandbox_id, space.scope, space.owner, artifact_id)
+        record = UploadRecord(
+            upload_id=upload_id, kind=kind, artifact_id=artifact_id, space=space, filename=filename, mime=mime,
+            summary=summary, meta=meta, ttl=ttl, publish_on_upload=publish_on_upload, max_bytes=max_bytes,
+            blob_prefix=f"{prefix}/up-{upload_id}", created_at_ns=now, expires_at_ns=expires_at_ns,
+            state_since_ns=now,
+        )
+        await self.registry.create(record)
+        return record
+
+    def upload_url(self, record: UploadRecord, url_expires_at: int) -> str:
+        return self.signer.sign(Target(kind=TargetKind.UPLOAD, ident=record.upload_id), url_expires_at,
+                                max_bytes=record.max_bytes)
+
+    async def open_record(self, upload_id: str, kind: UploadKind) -> UploadRecord:
+        """An upload that still accepts bytes."""
+        grid.validate_id(upload_id, "upload id")
+        record = await self.registry.get(upload_id)
+        if record is None or record.kind is not kind:
+            raise UploadNotFoundError(f"upload {upload_id} does not exist")
+        if record.expires_at_ns <= self.ns.now():
+            raise UploadNotFoundError(f"upload {upload_id} has expired")
+        if record.state is not UploadState.OPEN:
+            raise UploadConflictError(f"upload {upload_id} is being completed")
+        return record
+
+    async def part_url(self, upload_id: str, part_number: int, expires: int) -> str:
+        if isinstance(part_number, bool) or not isinstance(part_number, int) or not 1 <= part_number <= MAX_PARTS:
+            raise InvalidArgumentError(f"part_number must be 1 to {MAX_PARTS}, got {part_number!r:.40}")
+        record = await self.open_record(upload_id, UploadKind.MULTIPART)
+        target = Target(kind=TargetKind.PART, ident=record.upload_id, part_number=part_number)
+        return self.signer.sign(target, self._url_expiry(expires), max_bytes=record.max_bytes)
+
+    # -- receiving bytes (the service's PUT)
+
+    async def receive(
+        self, target: Target, body: AsyncIterable[bytes], *, content_length: int | None, url_max_bytes: int | None
+    ) -> PartRecord:
+        """Store the body of a PUT as a part of its upload; a single upload may publish at once."""
+        kind = UploadKind.SINGLE if target.kind is TargetKind.UPLOAD else UploadKind.MULTIPART
+        record = await self.open_record(target.ident, kind)
+        limits = [self.ns.limits.max_artifact_bytes, url_max_bytes, record.max_bytes]
+        if kind is UploadKind.MULTIPART:
+            limits.append(MAX_PART_BYTES)
+        limit = min(n for n in limits if n is not None)
+        if content_length is not None and content_length > limit:
+            raise ArtifactTooLargeError(f"{content_length} bytes is more than the {limit} this upload accepts")
+        number = target.part_number or 1
+        token = secrets.token_hex(6)
+        key = f"{record.blob_prefix}-{number:05d}-{token}"
+        size, sha256 = await self._store_stream(key, body, limit)
+        if content_length is not None and size != content_length:
+            await self._delete(key if size else None)
+            raise InvalidArgumentError(f"the body carried {size} bytes, Content-Length said {content_length}")
+        part = PartRecord(part_number=number, blob_key=key if size else None, size=size, sha256=sha256,
+                          stored_at_ns=self.ns.now(), token=token)
+        try:
+            added = await self.registry.add_part(record.upload_id, part)
+        except BaseException:
+            await self._delete(part.blob_key)
+            raise
+        if not added:
+            await self._delete(part.blob_key)
+            raise UploadNotFoundError(f"upload {record.upload_id} was finished or aborted meanwhile")
+        if record.publish_on_upload:
+            await self.complete(record.upload_id, None, Publish())
+        return part
+
+    async def _store_stream(self, key: str, body: AsyncIterable[bytes], limit: int) -> tuple[int, str]:
+        digest = hashlib.sha256()
+        size = 0
+        writer = await self.ns.blobs.writer(key)
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if size > limit:
+                    raise ArtifactTooLargeError(f"the body is more than the {limit} bytes this upload accepts")
+                digest.update(chunk)
+                await writer.write(chunk)
+            if size:
+                await writer.commit()
+            else:
+                await writer.abort()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await writer.abort()
+            raise
+        return size, digest.hexdigest()
+
+    async def _delete(self, key: str | None) -> None:
+        if key is not None:
+            with anyio.CancelScope(shield=True):
+                await self.ns.blobs.delete(key)
+
+    # -- publishing
+
+    async def complete(self, upload_id: str, listed: Sequence[tuple[int, str]] | None, fields: Publish) -> str:
+        """Publish an upload as its artifact; returns the artifact id.
+
+        ``listed`` is the multipart client's (part number, ETag) list; None
+        publishes a single upload's newest PUT. Any refusal leaves the upload
+        open and nothing published.
+        """
+        grid.validate_id(upload_id, "upload id")
+        record, parts = await self.registry.begin_complete(upload_id, self.ns.now())
+        composed: str | None = None
+        try:
+            if record.expires_at_ns <= self.ns.now():
+                raise UploadNotFoundError(f"upload {upload_id} has expired")
+            chosen = self._choose(record, parts, listed)
+            node = await self._file_node(record, fields)
+            if len(chosen) == 1:
+                key, size, sha256 = chosen[0].blob_key, chosen[0].size, chosen[0].sha256
+            else:
+                key, size, sha256 = await self.ns.write_blob(node, self._joined(chosen))
+                composed = key
+            self.ns.set_content(node, key, size, sha256)
+            await self.ns.insert_file(node, replace=True)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._delete(composed)
+                await self.registry.reopen(upload_id, self.ns.now())
+            raise
+        with anyio.CancelScope(shield=True):
+            removed = await self.registry.remove(upload_id, only_open=False)
+            if removed is not None:
+                await self._drop_parts(removed[1], keep=key)
+        return record.artifact_id
+
+    def _choose(self, record: UploadRecord, parts: list[PartRecord], listed: Sequence[tuple[int, str]] | None) -> list[PartRecord]:
+        newest = newest_parts(parts)
+        if record.kind is UploadKind.SINGLE:
+            if 1 not in newest:
+                raise ArtifactNotFoundError(f"nothing has been uploaded for artifact {record.artifact_id} yet")
+            return [newest[1]]
+        if listed is None or not listed:
+            raise InvalidPartError("a multipart upload is completed with the list of its parts")
+        numbers = [n for n, _ in listed]
+        if numbers != sorted(set(numbers)):
+            raise InvalidPartError("parts must be listed once each, in ascending PartNumber order")
+        chosen = []
+        for number, etag in listed:
+            part = newest.get(number)
+            if part is None:
+                raise InvalidPartError(f"part {number} was never uploaded")
+            if normalise_etag(etag) != part.sha256:
+                raise InvalidPartError(f"part {number}: ETag {etag!r:.80} is not the uploaded part's {part.etag}")
+            chosen.append(part)
+        for part in chosen[:-1]:
+            if part.size < self.settings.min_part_bytes:
+                raise InvalidPartError(
+                    f"part {part.part_number} is {part.size} bytes; every part but the last needs "
+                    f"at least {self.settings.min_part_bytes}"
+                )
+        total = sum(p.size for p in chosen)
+        if total > self.ns.limits.max_artifact_bytes:
+            raise ArtifactTooLargeError(f"the parts add up to {total} bytes, the limit is {self.ns.limits.max_artifact_bytes}")
+        return chosen
+
+    async def _joined(self, parts: list[PartRecord]) -> AsyncIterator[bytes]:
+        """The parts one after the other, each checked against its SHA-256."""
+        for part in parts:
+            if part.blob_key is None:
+                continue
+            digest = hashlib.sha256()
+            reader = await self.ns.blobs.reader(part.blob_key)
+            try:
+                offset = 0
+                while offset < part.size:
+                    chunk = await reader.read(offset, min(CHUNK, part.size - offset))
+                    if not chunk:
+                        break
+                    offset += len(chunk)
+                    digest.update(chunk)
+                    yield chunk
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await reader.close()
+            if offset != part.size or digest.hexdigest() != part.sha256:
+                raise ArtifactCorruptedError(f"staged part {part.part_number} no longer matches its SHA-256")
+
+    async def _file_node(self, record: UploadRecord, fields: Publish) -> Node:
+        filename = fields.filename if fields.filename is not None else record.filename
+        names = grid.split_filename(filename) if filename is not None else [record.artifact_id]
+        root = await self.ns.scope_root(record.space)
+        parent = await self.ns.mkdirs(root, names[:-1])
+        return self.ns.file_node(
+            parent, names[-1], ttl=fields.ttl if fields.ttl_given else record.ttl, artifact_id=record.artifact_id,
+            mime=fields.mime or record.mime, summary=record.summary if fields.summary is None else fields.summary,
+            meta=record.meta if fields.meta is None else fields.meta,
+        )
+
+    async def _drop_parts(self, parts: list[PartRecord], keep: str | None) -> None:
+        for part in parts:
+            if part.blob_key is not None and part.blob_key != keep:
+                try:
+                    await self.ns.blobs.delete(part.blob_key)
+                except ArtifactStoreError:
+                    pass  # left for the blob sweep; the upload itself is gone
+
+    # -- ending uploads
+
+    async def abort(self, upload_id: str) -> bool:
+        """Forget an open upload and its bytes; False when there was none."""
+        grid.validate_id(upload_id, "upload id")
+        removed = await self.registry.remove(upload_id, only_open=True)
+        if removed is None:
+            return False
+        await self._drop_parts(removed[1], keep=None)
+        return True
+
+    async def collect_expired(self) -> int:
+        """Remove uploads past their window with their bytes; returns how many."""
+        now = self.ns.now()
+        collected = 0
+        for upload_id in await self.registry.ids():
+            try:
+                record = await self.registry.get(upload_id)
+            except ArtifactCorruptedError:
+                await self.registry.discard(upload_id)
+                continue
+            if record is None or record.expires_at_ns > now:
+                continue
+            if record.state is UploadState.COMPLETING and now - record.state_since_ns < STALE_COMPLETION_S * NS:
+                continue
+            removed = await self.registry.remove(upload_id, only_open=False)
+            if removed is None:
+                continue
+            await self._drop_parts(removed[1], keep=await self._published_blob(record.artifact_id))
+            collected += 1
+        await self.registry.sweep(time.time() - LEFTOVER_AGE_S)
+        return collected
+
+    async def _published_blob(self, artifact_id: str) -> str | None:
+        """The blob a published artifact stands on, so a completion cut short by a crash loses nothing."""
+        node = await self.ns.meta.find_artifact(artifact_id)
+        return None if node is None or node.artifact is None else node.artifact.blob_key
