@@ -367,15 +367,21 @@ class Namespace:
         if current is None:
             await self._delete_blob(node.artifact.blob_key)
             raise ArtifactNotFoundError(f"{node.name!r} was removed while being written")
+        # Another writer may have committed since this version began: the last commit wins, so its
+        # version number must still go up and the blob it published is superseded too.
+        superseded = {old_blob}
+        if current.artifact is not None:
+            superseded.add(current.artifact.blob_key)
+            node.artifact.version = max(node.artifact.version, current.artifact.version + 1)
         try:
             await self.ensure_room(node.space, node.size - current.size, 0)
             await self.meta.update(node)
         except BaseException:
-            if node.artifact.blob_key != old_blob:
+            if node.artifact.blob_key not in superseded:
                 await self._delete_blob(node.artifact.blob_key)
             raise
-        if old_blob is not None and old_blob != node.artifact.blob_key:
-            await self._delete_blob(old_blob)
+        for key in superseded - {node.artifact.blob_key, None}:
+            await self._delete_blob(key)
         return node
 
     async def update_node(self, node: Node) -> Node:
