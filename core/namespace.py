@@ -15,6 +15,7 @@ from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 from pydantic import BaseModel
 
 from . import grid
@@ -56,6 +57,7 @@ class Limits(BaseModel):
 class Namespace:
     def __init__(self, meta: MetaStore, blobs: BlobStore, clock: Clock, limits: Limits) -> None:
         self.meta, self.blobs, self.clock, self.limits = meta, blobs, clock, limits
+        self._commit_locks: dict[int, anyio.Lock] = {}
 
     def now(self) -> int:
         return self.clock.now_ns()
@@ -362,6 +364,18 @@ class Namespace:
         If the commit fails, the new blob is deleted instead, so nothing half
         done stays visible or leaks.
         """
+        assert node.space is not None and node.artifact is not None
+        # Commits of one file in this process take turns, so none reads a version another is replacing.
+        # (Writers in other processes race as before: that needs a conditional update in the MetaStore.)
+        lock = self._commit_locks.setdefault(node.ino, anyio.Lock())
+        try:
+            async with lock:
+                return await self._commit(node, old_blob)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._commit_locks.pop(node.ino, None)
+
+    async def _commit(self, node: Node, old_blob: str | None) -> Node:
         assert node.space is not None and node.artifact is not None
         current = await self.meta.get(node.ino)
         if current is None:
