@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
 from .blobs.base import BlobStore
 from .errors import InvalidArgumentError
@@ -45,6 +45,10 @@ class Settings(BaseModel):
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_sse_algorithm: str | None = None
+    s3_sse_kms_key_id: str | None = None
+    s3_prefix: str = ""  # key prefix inside the bucket, so several stores can share one
+    redis_prefix: str = "artifactfs"  # key prefix in Redis; give it a {hash tag} on Redis Cluster
+    signing_key: SecretStr | None = None  # every host on one Redis must share it
     limits: Limits = Field(default_factory=Limits)
     presign: PresignSettings = Field(default_factory=PresignSettings)
 
@@ -91,7 +95,9 @@ class Settings(BaseModel):
             ("ARTIFACT_FS_ROOT", "fs_root"), ("ARTIFACT_SQLITE_PATH", "sqlite_path"),
             ("ARTIFACT_BUCKET", "bucket"), ("SESSION_REDIS_URL", "redis_url"),
             ("S3_ENDPOINT_URL", "s3_endpoint_url"), ("AWS_REGION", "s3_region"),
-            ("S3_SSE_ALGORITHM", "s3_sse_algorithm"),
+            ("S3_SSE_ALGORITHM", "s3_sse_algorithm"), ("S3_SSE_KMS_KEY_ID", "s3_sse_kms_key_id"),
+            ("ARTIFACT_S3_PREFIX", "s3_prefix"), ("ARTIFACT_REDIS_PREFIX", "redis_prefix"),
+            ("ARTIFACT_SIGNING_KEY", "signing_key"),
         ):
             if env.get(name):
                 values[key] = env[name]
@@ -103,9 +109,18 @@ class Settings(BaseModel):
             raise InvalidArgumentError(f"invalid configuration: {exc}") from exc
 
 
+def _signing_key(settings: Settings) -> bytes:
+    if settings.signing_key is not None:
+        return settings.signing_key.get_secret_value().encode()
+    if settings.session_provider is MetadataProvider.REDIS:
+        # A key made up per host would make every other host's records look forged.
+        raise InvalidArgumentError("SESSION_PROVIDER=redis needs ARTIFACT_SIGNING_KEY, the same on every host")
+    return load_signing_key(settings.data_dir)
+
+
 def build_backends(settings: Settings) -> tuple[BlobStore, MetaStore]:
     """The blob and metadata stores that ``settings`` names."""
-    signer = RecordSigner(load_signing_key(settings.data_dir))
+    signer = RecordSigner(_signing_key(settings))
     blobs: BlobStore
     if settings.storage_provider is StorageProvider.FILESYSTEM:
         from .blobs.filesystem import FilesystemBlobStore
@@ -115,6 +130,14 @@ def build_backends(settings: Settings) -> tuple[BlobStore, MetaStore]:
         from .blobs.memory import MemoryBlobStore
 
         blobs = MemoryBlobStore()
+    elif settings.storage_provider is StorageProvider.S3:
+        from .blobs.s3 import S3BlobStore
+
+        blobs = S3BlobStore(
+            settings.bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region, sse_algorithm=settings.s3_sse_algorithm,
+            sse_kms_key_id=settings.s3_sse_kms_key_id,
+        )
     else:
         raise InvalidArgumentError(f"storage provider {settings.storage_provider.value} is not available yet")
     meta: MetaStore
@@ -126,6 +149,12 @@ def build_backends(settings: Settings) -> tuple[BlobStore, MetaStore]:
         from .meta.sqlite import SQLiteMetaStore
 
         meta = SQLiteMetaStore(":memory:", signer)
+    elif settings.session_provider is MetadataProvider.REDIS:
+        from .meta.redis import RedisMetaStore
+
+        if not settings.redis_url:
+            raise InvalidArgumentError("SESSION_PROVIDER=redis needs SESSION_REDIS_URL")
+        meta = RedisMetaStore(settings.redis_url, signer, prefix=settings.redis_prefix)
     else:
         raise InvalidArgumentError(f"session provider {settings.session_provider.value} is not available yet")
     return blobs, meta

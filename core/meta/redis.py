@@ -1,0 +1,336 @@
+"""Metadata in Redis: one store shared by every mount and library user on every host.
+
+The layout and the atomic ops live in :mod:`core.meta.redis_lua`; this module
+signs and verifies records, turns script answers into the store's errors, and
+runs every call through the asyncio bridge with bounded retries.
+
+Reads that touch many inodes (a directory listing, a search, the expiry
+sweep) read one map or set, then fetch the records in one pipelined round
+trip: no Lua script holds the server for a 100,000-entry listing, and a
+record moved or removed between the two steps is simply left out.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError, TryAgainError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import aio_bridge
+from ..errors import AlreadyExistsError, ArtifactCorruptedError, DirectoryNotEmptyError, IsADirectoryError_
+from ..errors import NotADirectoryError_, ProviderError, StoreClosedError
+from ..models import Scope, Usage
+from ..nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
+from ..retry import RetryPolicy, retrying
+from ..signing import RecordSigner
+from .redis_lua import SCRIPT
+
+T = TypeVar("T")
+
+_KIND_CODE = {NodeKind.DIR: "d", NodeKind.FILE: "f", NodeKind.SYMLINK: "l"}
+_INO_BATCH = 64  # inode numbers reserved per INCRBY; unused ones are simply skipped
+_MAX_CONFLICTS = 16  # replace attempts that meet a new occupant each time
+
+_ERRORS: dict[bytes, Callable[[str], Exception]] = {
+    b"noparent": lambda what: ProviderError(f"{what}: the parent directory does not exist"),
+    b"notdir": lambda what: NotADirectoryError_(f"{what}: not a directory"),
+    b"exists": lambda what: AlreadyExistsError(f"{what} exists"),
+    b"isdir": lambda what: IsADirectoryError_(f"{what} is a directory"),
+    b"notempty": lambda what: DirectoryNotEmptyError(f"{what} is not empty"),
+    b"vanished": lambda what: ProviderError(f"{what}: the inode vanished during the change"),
+    b"taken": lambda what: ProviderError(f"{what}: the target name was taken meanwhile"),
+    b"dupid": lambda what: ProviderError(f"{what}: the artifact id is held by another inode"),
+}
+
+
+def _transient(exc: BaseException) -> bool:
+    """Faults worth another try: the server is away, restarting, or failing over."""
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, ReadOnlyError, TryAgainError)) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("LOADING")
+    )
+
+
+def _name(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def index_tags(node: Node) -> list[str]:
+    """The search sets an artifact belongs to; '/' cannot occur in an id."""
+    space = node.space
+    if node.artifact is None or space is None:
+        return []
+    box = space.sandbox_id
+    tags = [f"sb:{box}", f"sc:{box}/{space.scope.value}"]
+    if space.session_id is not None:
+        tags.append(f"se:{box}/{space.session_id}")
+    if space.user_id is not None:
+        tags.append(f"us:{box}/{space.user_id}")
+    return tags
+
+
+class RedisMetaStore:
+    """A :class:`~core.meta.base.MetaStore` on one Redis server (or Sentinel/Cluster URL).
+
+    ``prefix`` names this store's keys, so several stores can share a server;
+    give it a hash tag (``{artifactfs}``) on Redis Cluster so one script's keys
+    share a slot. With ``notify`` every change is announced on ``<prefix>:events``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        signer: RecordSigner,
+        *,
+        prefix: str = "artifactfs",
+        retry: RetryPolicy | None = None,
+        notify: bool = False,
+        max_connections: int = 64,
+        socket_timeout: float = 5.0,
+    ) -> None:
+        self.url, self.prefix, self.notify = url, prefix, notify
+        self._signer = signer
+        self._retry = retry or RetryPolicy()
+        self._max_connections, self._socket_timeout = max_connections, socket_timeout
+        self._clients: aio_bridge.LoopLocal[tuple[aioredis.Redis, object]] = aio_bridge.LoopLocal(
+            self._connect, self._disconnect
+        )
+        self._inos: deque[int] = deque()
+        self._ino_lock = threading.Lock()  # the store may be used from two loops (caller's and bridge's)
+        self._open = False
+
+    # -- keys
+
+    def key(self, *parts: object) -> str:
+        return ":".join([self.prefix, *map(str, parts)])
+
+    # -- connections
+
+    async def _connect(self) -> tuple[aioredis.Redis, object]:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self._max_connections,
+            timeout=self._socket_timeout * 2,
+            socket_timeout=self._socket_timeout,
+            socket_connect_timeout=self._socket_timeout,
+            retry=Retry(NoBackoff(), 0),  # retries are ours: bounded, and counted per operation
+        )
+        client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        return client, client.register_script(SCRIPT)
+
+    async def _disconnect(self, value: tuple[aioredis.Redis, object]) -> None:
+        client, _ = value
+        await client.aclose()
+        await client.connection_pool.disconnect()
+
+    async def _call(self, what: str, fn: Callable[[aioredis.Redis, object], Awaitable[T]]) -> T:
+        """Run ``fn(client, script)`` on an asyncio loop, retrying transient faults."""
+        if not self._open:
+            raise StoreClosedError("the metadata store is closed")
+
+        async def attempt() -> T:
+            client, script = await self._clients.get()
+            return await fn(client, script)
+
+        async def in_loop() -> T:
+            return await retrying(attempt, policy=self._retry, transient=_transient, what=f"redis {what}")
+
+        try:
+            return await aio_bridge.run(in_loop)
+        except ResponseError as exc:
+            raise ProviderError(f"redis {what}: {exc}") from exc
+
+    async def _script(self, what: str, op: str, *args: object) -> list:
+        keys = [self.prefix]
+        argv = [op, "1" if self.notify else "0", *args]
+        return await self._call(what, lambda client, script: script(keys=keys, args=argv, client=client))
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        self._open = True
+        try:
+            if await self.get(ROOT_INO) is None:
+                root = new_node(parent=0, name="", kind=NodeKind.DIR, mode=0o755, role=NodeRole.ROOT, now_ns=0)
+                root.ino = ROOT_INO
+                await self._script("init", "init", *self._args(root))
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        self._open = False
+        await self._clients.dispose_all()
+
+    # -- records
+
+    def _args(self, node: Node) -> list[object]:
+        record = node.model_dump_json().encode()
+        art, space = node.artifact, node.space
+        return [
+            node.ino,
+            record,
+            self._signer.sign(record),
+            node.parent,
+            _name(node.name),
+            _KIND_CODE[node.kind],
+            art.artifact_id if art else "",
+            "\n".join(index_tags(node)),
+            space.usage_key if (space is not None and node.is_file) else "",
+            node.size,
+            "" if node.expires_at_ns is None else node.expires_at_ns,
+        ]
+
+    def _load(self, ino: int | bytes, record: bytes | None, sig: bytes | None) -> Node | None:
+        ino = int(ino)
+        if record is None and sig is None:
+            return None
+        if record is None or sig is None or not self._signer.verify(record, sig.decode("ascii", "replace")):
+            raise ArtifactCorruptedError(f"the metadata record of inode {ino} fails its signature")
+        try:
+            node = Node.model_validate_json(record)
+        except ValidationError as exc:
+            raise ArtifactCorruptedError(f"the metadata record of inode {ino} is unreadable") from exc
+        if node.ino != ino:
+            raise ArtifactCorruptedError(f"the metadata record of inode {ino} names inode {node.ino}")
+        return node
+
+    def _load_reply(self, reply: list) -> Node | None:
+        return self._load(*reply) if reply else None
+
+    async def _load_many(self, what: str, inos: Sequence[int | bytes]) -> list[Node]:
+        """Records of ``inos`` in one pipelined round trip; vanished ones are left out."""
+        if not inos:
+            return []
+        record_key = self.key
+
+        async def fetch(client: aioredis.Redis, _script: object) -> list:
+            async with client.pipeline(transaction=False) as pipe:
+                for ino in inos:
+                    pipe.hmget(record_key("i", int(ino)), "rec", "sig")
+                return await pipe.execute()
+
+        rows = await self._call(what, fetch)
+        return [n for n in (self._load(ino, *row) for ino, row in zip(inos, rows)) if n is not None]
+
+    async def _new_ino(self) -> int:
+        with self._ino_lock:
+            if self._inos:
+                return self._inos.popleft()
+        high = await self._call("allocate inode", lambda client, _s: client.incrby(self.key("ino"), _INO_BATCH))
+        with self._ino_lock:
+            self._inos.extend(range(high - _INO_BATCH + 2, high + 1))
+        return high - _INO_BATCH + 1
+
+    @staticmethod
+    def _check(reply: list, what: str) -> list:
+        if reply and reply[0] == b"ERR":
+            raise _ERRORS.get(reply[1], lambda w: ProviderError(f"{w}: {reply[1]!r}"))(what)
+        return reply
+
+    # -- reads
+
+    async def get(self, ino: int) -> Node | None:
+        row = await self._call("get", lambda client, _s: client.hmget(self.key("i", ino), "rec", "sig"))
+        return self._load(ino, *row)
+
+    async def lookup(self, parent: int, name: str) -> Node | None:
+        return self._load_reply(await self._script("lookup", "lookup", parent, _name(name)))
+
+    async def children(self, parent: int) -> list[Node]:
+        entries = await self._call("list", lambda client, _s: client.hvals(self.key("d", parent)))
+        nodes = [n for n in await self._load_many("list", entries) if n.parent == parent]
+        return sorted(nodes, key=lambda n: _name(n.name))
+
+    async def find_artifact(self, artifact_id: str) -> Node | None:
+        return self._load_reply(await self._script("find", "find", artifact_id))
+
+    async def search(
+        self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
+    ) -> list[Node]:
+        if session_id is not None:
+            tag = f"se:{sandbox_id}/{session_id}"
+        elif user_id is not None:
+            tag = f"us:{sandbox_id}/{user_id}"
+        elif scope is not None:
+            tag = f"sc:{sandbox_id}/{scope.value}"
+        else:
+            tag = f"sb:{sandbox_id}"
+        members = await self._call("search", lambda client, _s: client.smembers(self.key("x", tag)))
+        inos = sorted(int(m) for m in members)
+        return [
+            n
+            for n in await self._load_many("search", inos)
+            if n.artifact is not None
+            and n.space is not None
+            and n.space.sandbox_id == sandbox_id
+            and (scope is None or n.space.scope is scope)
+            and (session_id is None or n.space.session_id == session_id)
+            and (user_id is None or n.space.user_id == user_id)
+        ]
+
+    async def expired(self, now_ns: int, limit: int = 1000) -> list[Node]:
+        inos = await self._call(
+            "expired", lambda client, _s: client.zrangebyscore(self.key("exp"), "-inf", now_ns, start=0, num=limit)
+        )
+        # Scores are doubles; the exact test is on the record.
+        return [n for n in await self._load_many("expired", inos) if n.expired(now_ns)]
+
+    async def usage(self, usage_key: str) -> Usage:
+        async def read(client: aioredis.Redis, _s: object) -> tuple:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hget(self.key("ub"), usage_key)
+                pipe.hget(self.key("uf"), usage_key)
+                return await pipe.execute()
+
+        size, files = await self._call("usage", read)
+        return Usage(bytes=int(size or 0), files=int(files or 0))
+
+    async def totals(self) -> Usage:
+        size, files = await self._call("totals", lambda client, _s: client.hmget(self.key("tot"), "bytes", "files"))
+        return Usage(bytes=int(size or 0), files=int(files or 0))
+
+    # -- changes
+
+    async def _replacing(self, what: str, op: str, flags: list[object], node: Node) -> Node | None:
+        """Run an op that may replace an entry, verifying the record it replaces first."""
+        expect = b""
+        for _ in range(_MAX_CONFLICTS):
+            reply = self._check(await self._script(what, op, *flags, expect, *self._args(node)), what)
+            if reply[0] == b"CONFLICT":
+                self._load(reply[1], reply[2], reply[3])  # refuses a corrupted record before it is touched
+                expect = reply[1]
+                continue
+            return self._load(reply[1], reply[2], reply[3]) if len(reply) > 1 else None
+        raise ProviderError(f"{what}: the entry kept changing under {_MAX_CONFLICTS} attempts")
+
+    async def insert(self, node: Node, *, replace: bool = False) -> tuple[Node, Node | None]:
+        node.ino = await self._new_ino()
+        old = await self._replacing(repr(node.name), "insert", ["1" if replace else "0"], node)
+        return node, old
+
+    async def update(self, node: Node) -> None:
+        self._check(await self._script(f"inode {node.ino}", "update", *self._args(node)), f"inode {node.ino}")
+
+    async def rename(self, node: Node, new_parent: int, new_name: str, *, replace: bool) -> Node | None:
+        moved = node.model_copy(update={"parent": new_parent, "name": new_name})
+        old = await self._replacing(repr(new_name), "rename", ["1" if replace else "0"], moved)
+        node.parent, node.name = new_parent, new_name
+        return old
+
+    async def exchange(self, a: Node, b: Node) -> None:
+        a2 = a.model_copy(update={"parent": b.parent, "name": b.name})
+        b2 = b.model_copy(update={"parent": a.parent, "name": a.name})
+        self._check(await self._script("exchange", "exchange", *self._args(a2), *self._args(b2)), "exchange")
+        (a.parent, a.name), (b.parent, b.name) = (a2.parent, a2.name), (b2.parent, b2.name)
+
+    async def remove(self, node: Node) -> None:
+        self._check(await self._script(repr(node.name), "remove", node.ino), repr(node.name))
