@@ -9,8 +9,9 @@ import pytest
 
 from core import ArtifactStore, Limits
 from core.clock import ManualClock
+from servers import moto_server, redis_server, redis_s3_settings  # noqa: F401 (session fixtures)
 
-BACKENDS = ["memory", "fs-sqlite"]
+BACKENDS = ["memory", "fs-sqlite", "redis-s3"]
 
 
 @pytest.fixture
@@ -31,11 +32,16 @@ def make_store(backend: str, root: Path, clock: ManualClock, limits: Limits, **k
         return ArtifactStore(
             storage_provider="filesystem", session_provider="sqlite", fs_root=root, clock=clock, limits=limits, **kw
         )
+    if backend == "redis-s3":  # the session's redis-server and moto, with key prefixes of this root's own
+        return ArtifactStore(settings=redis_s3_settings(root), clock=clock, limits=limits, **kw)
     raise ValueError(backend)
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis-s3":
+        request.getfixturevalue("redis_server")
+        request.getfixturevalue("moto_server")
     return request.param
 
 

@@ -9,11 +9,18 @@ concrete embedded backends; a new backend adds its branch here.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+
+import boto3
+import redis
+from botocore.config import Config
 
 from core import ArtifactStore
 from core.blobs.filesystem import FilesystemBlobStore
 from core.blobs.memory import MemoryBlobStore
+from core.blobs.s3 import S3BlobStore
+from core.meta.redis import RedisMetaStore
 from core.meta.sqlite import SQLiteMetaStore
 from core.nodes import ROOT_INO, Node
 
@@ -79,7 +86,44 @@ def flip_blob_byte(store: ArtifactStore, key: str, offset: int = 0) -> None:
             f.seek(offset)
             f.write(bytes([byte[0] ^ 0xFF]))
         return
+    if isinstance(blobs, S3BlobStore):
+        rewrite_blob(store, key, lambda data: data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1 :])
+        return
     raise NotImplementedError(f"no way to damage blobs of {type(blobs).__name__} yet")
+
+
+def _s3(blobs: S3BlobStore):
+    return boto3.client("s3", endpoint_url=blobs.endpoint_url, region_name=blobs.region,
+                        config=Config(s3={"addressing_style": "path"}))
+
+
+def rewrite_blob(store: ArtifactStore, key: str, change: Callable[[bytes], bytes]) -> None:
+    """Replace a stored blob's bytes with ``change(bytes)`` behind the store's back."""
+    blobs = store.ns.blobs
+    if isinstance(blobs, MemoryBlobStore):
+        blobs._blobs[key] = change(blobs._blobs[key])
+    elif isinstance(blobs, FilesystemBlobStore):
+        path = blobs.blob_dir / key
+        path.write_bytes(change(path.read_bytes()))
+    elif isinstance(blobs, S3BlobStore):
+        s3 = _s3(blobs)
+        data = s3.get_object(Bucket=blobs.bucket, Key=blobs.object_key(key))["Body"].read()
+        s3.put_object(Bucket=blobs.bucket, Key=blobs.object_key(key), Body=change(data))
+    else:
+        raise NotImplementedError(f"no way to rewrite blobs of {type(blobs).__name__} yet")
+
+
+def remove_blob(store: ArtifactStore, key: str) -> None:
+    """Lose a stored blob behind the store's back."""
+    blobs = store.ns.blobs
+    if isinstance(blobs, MemoryBlobStore):
+        del blobs._blobs[key]
+    elif isinstance(blobs, FilesystemBlobStore):
+        (blobs.blob_dir / key).unlink()
+    elif isinstance(blobs, S3BlobStore):
+        _s3(blobs).delete_object(Bucket=blobs.bucket, Key=blobs.object_key(key))
+    else:
+        raise NotImplementedError(f"no way to remove blobs of {type(blobs).__name__} yet")
 
 
 def _sqlite_path(store: ArtifactStore) -> str:
@@ -91,6 +135,12 @@ def _sqlite_path(store: ArtifactStore) -> str:
 def edit_record(store: ArtifactStore, ino: int, old: bytes, new: bytes) -> None:
     """Rewrite part of a node's signed record behind the store's back (signature untouched)."""
     meta = store.ns.meta
+    if isinstance(meta, RedisMetaStore):
+        with redis.Redis.from_url(meta.url) as client:
+            record = client.hget(meta.key("i", ino), "rec")
+            assert record is not None and old in record, f"{old!r} not in the record of inode {ino}"
+            client.hset(meta.key("i", ino), "rec", record.replace(old, new, 1))
+        return
     if not isinstance(meta, SQLiteMetaStore):
         raise NotImplementedError(f"no way to edit records of {type(meta).__name__} yet")
     path = _sqlite_path(store)

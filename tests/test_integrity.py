@@ -9,9 +9,7 @@ from core import (
     ArtifactStore,
     StreamDownloadRequest,
 )
-from core.blobs.filesystem import FilesystemBlobStore
-from core.blobs.memory import MemoryBlobStore
-from storeprobe import blob_key_of, edit_record, flip_blob_byte, footprint
+from storeprobe import blob_key_of, edit_record, flip_blob_byte, footprint, remove_blob, rewrite_blob
 
 PAYLOAD = bytes(range(256)) * 1024  # 256 KiB: several chunks of a stream
 
@@ -54,15 +52,8 @@ async def test_flipped_byte_found_by_the_stream_too(store: ArtifactStore) -> Non
 async def test_blob_of_another_size(store: ArtifactStore) -> None:
     short = await store.store(PAYLOAD, filename="short")
     long = await store.store(PAYLOAD, filename="long")
-    blobs = store.ns.blobs
     for file_id, change in ((short, lambda b: b[:-1]), (long, lambda b: b + b"!")):
-        key = await blob_key_of(store, file_id)
-        if isinstance(blobs, MemoryBlobStore):
-            blobs._blobs[key] = change(blobs._blobs[key])
-        else:
-            assert isinstance(blobs, FilesystemBlobStore)
-            path = blobs.blob_dir / key
-            path.write_bytes(change(path.read_bytes()))
+        rewrite_blob(store, await blob_key_of(store, file_id), change)
         with pytest.raises(ArtifactCorruptedError):
             await store.retrieve(file_id)
         with pytest.raises(ArtifactCorruptedError):
@@ -71,13 +62,7 @@ async def test_blob_of_another_size(store: ArtifactStore) -> None:
 
 async def test_missing_blob_is_corruption_not_absence(store: ArtifactStore) -> None:
     file_id = await store.store(PAYLOAD, filename="lost.bin")
-    key = await blob_key_of(store, file_id)
-    blobs = store.ns.blobs
-    if isinstance(blobs, MemoryBlobStore):
-        del blobs._blobs[key]
-    else:
-        assert isinstance(blobs, FilesystemBlobStore)
-        (blobs.blob_dir / key).unlink()
+    remove_blob(store, await blob_key_of(store, file_id))
     assert await store.exists(file_id)  # it is listed, so reading it must not say "no such artifact"
     with pytest.raises(ArtifactCorruptedError):
         await store.retrieve(file_id)
