@@ -26,6 +26,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
 import anyio
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import BaseModel
 
 from . import grid
@@ -61,6 +63,7 @@ CHUNK = 1 << 20
 MAX_PART_BYTES = 5 << 30  # as on S3
 STALE_COMPLETION_S = 3600  # a completion older than this died with its process
 LEFTOVER_AGE_S = 3600
+DEFAULT_URL_SECONDS = 3600  # presign_medium, and the mount's user.artifact.presign
 
 
 class Download(BaseModel):
@@ -78,32 +81,35 @@ class Download(BaseModel):
     def etag(self) -> str:
         return f'"{self.sha256}"'
 
-    async def chunks(self, blobs: BlobStore, start: int, end: int, *, verify: bool) -> AsyncIterator[bytes]:
-        """Bytes ``[start, end)``; with ``verify`` (whole blob) checked against the SHA-256.
+    async def pump(self, blobs: BlobStore, start: int, end: int, verify: bool, out: MemoryObjectSendStream[bytes]) -> None:
+        """Send bytes ``[start, end)`` into ``out``; with ``verify`` (the whole blob) check the SHA-256.
 
-        The check happens before the last chunk is handed out, so a client
-        of a corrupted artifact never receives a complete body.
+        Reading and hashing run in worker threads while the caller sends the
+        previous chunk, so the digest costs little wall time. The check comes
+        before the last chunk is handed over: a client of a corrupted
+        artifact never receives a complete body.
         """
         digest = hashlib.sha256() if verify else None
-        if self.blob_key is None or end <= start:
-            self._check(digest)
-            return
-        reader = await blobs.reader(self.blob_key)
-        try:
-            offset = start
-            while offset < end:
-                chunk = await reader.read(offset, min(CHUNK, end - offset))
-                if not chunk:
-                    raise ArtifactCorruptedError(f"artifact {self.artifact_id} is shorter than recorded")
-                offset += len(chunk)
-                if digest is not None:
-                    digest.update(chunk)
-                    if offset >= end:
-                        self._check(digest)
-                yield chunk
-        finally:
-            with anyio.CancelScope(shield=True):
-                await reader.close()
+        async with out:
+            if self.blob_key is None or end <= start:
+                self._check(digest)
+                return
+            reader = await blobs.reader(self.blob_key)
+            try:
+                offset = start
+                while offset < end:
+                    chunk = await reader.read(offset, min(CHUNK, end - offset))
+                    if not chunk:
+                        raise ArtifactCorruptedError(f"artifact {self.artifact_id} is shorter than recorded")
+                    offset += len(chunk)
+                    if digest is not None:
+                        await anyio.to_thread.run_sync(digest.update, chunk)
+                        if offset >= end:
+                            self._check(digest)
+                    await out.send(chunk)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await reader.close()
 
     def _check(self, digest: Any) -> None:
         if digest is not None and digest.hexdigest() != self.sha256:
@@ -126,6 +132,13 @@ def normalise_etag(etag: str) -> str:
     if etag.startswith("W/"):
         etag = etag[2:]
     return etag.strip('"').lower()
+
+
+def _sole(group: BaseExceptionGroup) -> BaseException:
+    """The error a task group failed with, unwrapped when it is the only one."""
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]
+    return group
 
 
 class Transfers:
@@ -157,6 +170,12 @@ class Transfers:
         return self.ns.now() // NS + check_expires(expires)
 
     # -- downloads
+
+    async def url_for(self, node: Node) -> str:
+        """``user.artifact.presign`` in the mount (``fusefs.xattrs.Presigner``): a GET URL for the default hour."""
+        if node.artifact is None:
+            raise InvalidArgumentError(f"{node.name!r} is not a file")
+        return await self.download_url(node.artifact.artifact_id, DEFAULT_URL_SECONDS)
 
     async def download_url(self, artifact_id: str, expires: int) -> str:
         """A GET URL for an artifact; whoever calls this has checked access already."""
@@ -255,18 +274,42 @@ class Transfers:
         return part
 
     async def _store_stream(self, key: str, body: AsyncIterable[bytes], limit: int) -> tuple[int, str]:
+        """Write a request body to a new blob; returns (size, sha256).
+
+        The body arrives in small pieces; they are gathered into 1 MiB
+        buffers that a second task hashes (in a worker thread) and writes
+        while the next buffer fills. At most two buffers wait: memory stays
+        bounded whatever the size.
+        """
         digest = hashlib.sha256()
         size = 0
         writer = await self.ns.blobs.writer(key)
+        to_disk, from_net = anyio.create_memory_object_stream[bytearray](1)
+
+        async def drain() -> None:
+            async with from_net:
+                async for buf in from_net:
+                    await anyio.to_thread.run_sync(digest.update, buf)
+                    await writer.write(bytes(buf))
+
         try:
-            async for chunk in body:
-                if not chunk:
-                    continue
-                size += len(chunk)
-                if size > limit:
-                    raise ArtifactTooLargeError(f"the body is more than the {limit} bytes this upload accepts")
-                digest.update(chunk)
-                await writer.write(chunk)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(drain)
+                    async with to_disk:
+                        buf = bytearray()
+                        async for chunk in body:
+                            size += len(chunk)
+                            if size > limit:
+                                raise ArtifactTooLargeError(f"the body is more than the {limit} bytes this upload accepts")
+                            buf += chunk
+                            if len(buf) >= CHUNK:
+                                await to_disk.send(buf)
+                                buf = bytearray()
+                        if buf:
+                            await to_disk.send(buf)
+            except BaseExceptionGroup as group:
+                raise _sole(group) from None
             if size:
                 await writer.commit()
             else:

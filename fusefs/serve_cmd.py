@@ -1,0 +1,115 @@
+"""``artifactfs serve``: the presign HTTP service for a data dir, as its own process.
+
+It opens the same backends a mount of that data dir uses (filesystem blobs
+and SQLite metadata by default, or what ``ARTIFACT_PROVIDER`` and friends
+name) and serves presigned URLs that any store on that data dir signs: the
+signing key lives in the data dir, so the application and this process agree
+on it without configuration.
+
+To run the service inside a mount instead (``artifactfs mount --serve``), the
+mount starts :func:`core.presign_service.serve` in its own trio nursery with
+``Transfers.for_settings(namespace, settings)``; see :func:`run_service`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from core.clock import SystemClock
+from core.config import Settings, build_backends
+from core.errors import ArtifactStoreError
+from core.models import StorageProvider
+from core.namespace import Namespace
+from core.presign_service import serve
+from core.transfers import Transfers
+
+from .options import default_data_dir
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="artifactfs serve", description="Serve presigned URLs for a data dir over HTTP.")
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=None, help="the store's data dir (default: as for mount)")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1, or $ARTIFACT_SERVE_HOST)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8470, or $ARTIFACT_SERVE_PORT; 0 picks one)")
+    p.add_argument("--public-url", default=None,
+                   help="the URL clients use to reach this service, when not http://HOST:PORT (a proxy in front)")
+
+
+def settings_for(data_dir: Path | None, public_url: str | None = None) -> Settings:
+    """The embedded default on ``data_dir`` unless the environment names other backends."""
+    settings = Settings.from_env(fs_root=data_dir or default_data_dir())
+    defaults: dict[str, object] = {}
+    if "storage_provider" not in settings.model_fields_set:
+        defaults["storage_provider"] = StorageProvider.FILESYSTEM
+    if "session_provider" not in settings.model_fields_set:
+        defaults["session_provider"] = "sqlite"
+    settings = Settings.model_validate({**settings.model_dump(), **defaults})
+    if public_url:
+        settings.presign.base_url = public_url
+    return settings
+
+
+async def run_service(
+    settings: Settings, host: str | None, port: int | None, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Open the backends ``settings`` names and serve until cancelled; reports the URL once listening."""
+    blobs, meta = build_backends(settings)
+    await blobs.open()
+    await meta.open()
+    try:
+        ns = Namespace(meta, blobs, SystemClock(), settings.limits)
+        transfers = Transfers.for_settings(ns, settings)
+        await serve(transfers, host, port, task_status=task_status)
+    finally:
+        with trio.CancelScope(shield=True):
+            await meta.close()
+            await blobs.close()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    settings = settings_for(args.data_dir, args.public_url)
+    if settings.storage_provider is StorageProvider.MEMORY:
+        raise SystemExit(
+            "artifactfs serve: the memory backend keeps artifacts inside one process; "
+            "serve them from that process with core.presign_service.serve(store.transfers)"
+        )
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(run_service, settings, args.host, args.port)
+        print(f"artifactfs serve: {url} (data dir {settings.fs_root})", flush=True)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """Entry point for ``artifactfs serve``; returns the exit status."""
+    args = parser().parse_args(argv)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run with already-parsed arguments (the ``artifactfs`` CLI's subcommand)."""
+    try:
+        trio.run(_main, args)
+    except ArtifactStoreError as exc:
+        print(f"artifactfs serve: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"artifactfs serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main())

@@ -1,0 +1,161 @@
+"""``artifactfs serve`` as its own process on a data dir, and an application process beside it.
+
+The two agree on the signing key and on open uploads only through the data
+dir, as they would in production; bytes move with curl and httpx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from core import ArtifactStore, MultipartUploadCompleteRequest, MultipartUploadInitRequest, MultipartUploadPart
+from core.config import Settings
+
+MiB = 1 << 20
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[str], url: str, data_dir: Path) -> None:
+        self.proc, self.url, self.data_dir = proc, url, data_dir
+
+    def peak_rss_kib(self) -> int:
+        return _status_kib(self.proc.pid, "VmHWM")
+
+    def rss_kib(self) -> int:
+        return _status_kib(self.proc.pid, "VmRSS")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARTIFACT_", "SESSION_", "S3_"))}
+    return {**env, **extra}
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    data_dir = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusefs.serve_cmd", "--data-dir", str(data_dir), "--port", "0"],
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # printed once listening; EOF if it died
+        assert line.startswith("artifactfs serve: http://127.0.0.1:"), (line, proc.stderr.read() if not line else "")
+        yield Served(proc, line.split()[2], data_dir)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            status = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert status == 0, proc.stderr.read()
+
+
+@pytest.fixture
+async def app_store(served: Served) -> AsyncIterator[ArtifactStore]:
+    """The application's store on the service's data dir, signing URLs that point at it."""
+    settings = Settings(storage_provider="filesystem", session_provider="sqlite", fs_root=served.data_dir)
+    settings.presign.base_url = served.url
+    async with ArtifactStore(settings=settings) as store:
+        yield store
+
+
+async def curl(*args: str) -> bytes:
+    return (await trio.run_process(["curl", "-sSf", *args], capture_stdout=True)).stdout
+
+
+async def test_curl_download_and_upload_across_processes(app_store: ArtifactStore, tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB + 1)
+    artifact_id = await app_store.store(data, filename="report.bin", user_id="alice", scope="user")
+    url = await app_store.presign(artifact_id, user_id="alice")
+    assert await curl(url) == data
+    assert await curl("-r", "100-", url) == data[100:]
+
+    source = tmp_path / "upload.bin"
+    source.write_bytes(os.urandom(2 * MiB + 5))
+    put_url, uploaded = await app_store.presign_upload(user_id="alice", scope="user", filename="from-curl.bin")
+    await curl("-T", str(source), put_url)
+    await app_store.register_uploaded_artifact(uploaded, summary="via curl")
+    meta = await app_store.metadata(uploaded)
+    assert meta.sha256 == hashlib.sha256(source.read_bytes()).hexdigest() and meta.summary == "via curl"
+
+    tampered = url.replace("exp=", "exp=1")
+    response = await trio.run_process(["curl", "-sS", "-w", "%{http_code}", tampered], capture_stdout=True)
+    assert response.stdout == b"403 bad signature\n403"
+
+
+async def test_multipart_across_processes(app_store: ArtifactStore) -> None:
+    info = await app_store.initiate_multipart_upload(MultipartUploadInitRequest(filename="mp.bin"))
+    chunks = [os.urandom(5 * MiB), os.urandom(777)]
+    parts = []
+    async with httpx.AsyncClient(trust_env=False) as http:
+        for n in (2, 1):
+            response = await http.put(await app_store.get_part_upload_url(info["upload_id"], n), content=chunks[n - 1])
+            parts.append(MultipartUploadPart(PartNumber=n, ETag=response.headers["etag"]))
+    parts.reverse()
+    artifact_id = await app_store.complete_multipart_upload(
+        MultipartUploadCompleteRequest(upload_id=info["upload_id"], parts=parts))
+    assert await app_store.retrieve(artifact_id) == b"".join(chunks)
+
+
+async def test_open_upload_survives_a_restart_of_the_application(served: Served) -> None:
+    settings = Settings(storage_provider="filesystem", session_provider="sqlite", fs_root=served.data_dir)
+    settings.presign.base_url = served.url
+    async with ArtifactStore(settings=settings) as store:
+        put_url, artifact_id = await store.presign_upload(filename="later.txt", user_id="u", scope="user")
+    async with httpx.AsyncClient(trust_env=False) as http:
+        assert (await http.put(put_url, content=b"written while the app was down")).status_code == 200
+    async with ArtifactStore(settings=settings) as store:
+        await store.register_uploaded_artifact(artifact_id)
+        assert await store.retrieve(artifact_id) == b"written while the app was down"
+
+
+async def test_service_memory_stays_bounded(app_store: ArtifactStore, served: Served) -> None:
+    """256 MiB up and down through the service; its peak RSS grows by a small fraction of that."""
+    size, digest = 256 * MiB, hashlib.sha256()
+    baseline = served.rss_kib()
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(size // MiB):
+            chunk = os.urandom(MiB)
+            digest.update(chunk)
+            yield chunk
+
+    url, artifact_id = await app_store.presign_upload(filename="big.bin", user_id="u", scope="user")
+    async with httpx.AsyncClient(trust_env=False, timeout=120) as http:
+        assert (await http.put(url, content=body())).status_code == 200
+        await app_store.register_uploaded_artifact(artifact_id)
+        down = hashlib.sha256()
+        async with http.stream("GET", await app_store.presign(artifact_id)) as response:
+            async for chunk in response.aiter_raw():
+                down.update(chunk)
+    assert down.hexdigest() == digest.hexdigest() == (await app_store.metadata(artifact_id)).sha256
+    grown_mib = (served.peak_rss_kib() - baseline) / 1024
+    print(f"service peak RSS grew by {grown_mib:.1f} MiB")
+    assert grown_mib < 48, f"the service grew by {grown_mib:.0f} MiB while moving 256 MiB"
+
+
+def test_serve_refuses_the_memory_backend(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fusefs.serve_cmd", "--data-dir", str(tmp_path), "--port", "0"],
+        cwd=REPO, env=_env(ARTIFACT_PROVIDER="memory"), capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0 and "memory backend" in proc.stderr
