@@ -34,7 +34,7 @@ from .errors import (
     ReadOnlyError,
 )
 from .meta.base import MetaStore
-from .models import Scope
+from .models import Scope, Usage
 from .nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -190,9 +190,12 @@ class Namespace:
             raise ReadOnlyError(f"nothing but scope directories can be made in {parent.name or '/'!r}")
         return parent.space
 
-    async def mkdir(self, parent: Node, name: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Node:
+    async def mkdir(
+        self, parent: Node, name: str, mode: int = 0o755, uid: int = 0, gid: int = 0, *, session_user: str | None = None
+    ) -> Node:
+        """A directory; in ``sessions/`` a new session (of ``session_user``), in ``users/`` a user space."""
         if parent.role in (NodeRole.SESSIONS, NodeRole.USERS, NodeRole.ROOT):
-            return await self._mkdir_fixed(parent, name, uid, gid)
+            return await self._mkdir_fixed(parent, name, uid, gid, session_user)
         space = self.entry_space(parent, name)
         node = new_node(parent=parent.ino, name=name, kind=NodeKind.DIR, mode=mode & 0o7777, now_ns=self.now(),
                         space=space, uid=uid, gid=gid)
@@ -200,7 +203,7 @@ class Namespace:
         await self._touch_dir(parent)
         return node
 
-    async def _mkdir_fixed(self, parent: Node, name: str, uid: int, gid: int) -> Node:
+    async def _mkdir_fixed(self, parent: Node, name: str, uid: int, gid: int, session_user: str | None) -> Node:
         if await self.find(parent, name) is not None:
             raise AlreadyExistsError(f"{name!r} exists")
         if parent.role is NodeRole.ROOT:
@@ -208,7 +211,7 @@ class Namespace:
         box = await self.get(parent.parent)
         kind = grid.validate_id(name, "session id" if parent.role is NodeRole.SESSIONS else "user id")
         if parent.role is NodeRole.SESSIONS:
-            space = Space(sandbox_id=box.name, scope=Scope.SESSION, session_id=kind)
+            space = Space(sandbox_id=box.name, scope=Scope.SESSION, session_id=kind, user_id=session_user)
         else:
             space = Space(sandbox_id=box.name, scope=Scope.USER, user_id=kind)
         return await self.scope_root(space, uid=uid, gid=gid)
@@ -441,6 +444,21 @@ class Namespace:
             raise QuotaExceededError(f"{who} {space.owner} would use {usage.bytes + add_bytes} of {max_bytes} bytes")
         if max_files is not None and add_files > 0 and usage.files + add_files > max_files:
             raise QuotaExceededError(f"{who} {space.owner} would hold {usage.files + add_files} of {max_files} files")
+
+    async def headroom(self, space: Space) -> tuple[Usage, int | None, int | None]:
+        """What ``space`` uses, and the bytes and files its quota still allows (None: no quota)."""
+        usage = await self._usage(space)
+        if space.scope is Scope.SESSION:
+            max_bytes, max_files = self.limits.session_quota_bytes, self.limits.session_quota_files
+        elif space.scope is Scope.USER:
+            max_bytes, max_files = self.limits.user_quota_bytes, self.limits.user_quota_files
+        else:
+            return usage, None, None
+        return (
+            usage,
+            None if max_bytes is None else max(0, max_bytes - usage.bytes),
+            None if max_files is None else max(0, max_files - usage.files),
+        )
 
     # -- removing and moving
 

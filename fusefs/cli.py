@@ -1,0 +1,107 @@
+"""The ``artifactfs`` command line: parsing only; :mod:`fusefs.mount` does the work.
+
+    artifactfs mount MOUNTPOINT [--sandbox S] [--data-dir D] [--foreground] [-o allow_other]
+                                [--map-user NAME=UID ...] [--admin-uid UID ...]
+    artifactfs umount MOUNTPOINT
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from core.errors import InvalidArgumentError
+
+from .options import DATA_DIR_ENV, MountOptions, default_data_dir
+
+SUPPORTED_FUSE_OPTIONS = ("allow_other",)
+
+
+def _user_uid(text: str) -> tuple[str, int]:
+    name, sep, uid = text.partition("=")
+    if not sep or not name or not uid.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME=UID, got {text!r}")
+    return name, int(uid)
+
+
+def _uid(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a numeric uid, got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="artifactfs", description="Mount an artifact store as a filesystem.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = commands.add_parser("mount", help="mount the store at MOUNTPOINT")
+    mount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    mount.add_argument("--sandbox", metavar="S", help="show only sandbox S, at the mount's root")
+    mount.add_argument(
+        "--data-dir", type=Path, metavar="D",
+        help=f"where blobs and metadata live (default: ${DATA_DIR_ENV}, else {default_data_dir()})",
+    )
+    mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground until unmounted")
+    mount.add_argument(
+        "-o", dest="fuse_options", action="append", default=[], metavar="OPT[,OPT]",
+        help=f"FUSE mount options; supported: {', '.join(SUPPORTED_FUSE_OPTIONS)}",
+    )
+    mount.add_argument(
+        "--map-user", dest="map_user", action="append", default=[], type=_user_uid, metavar="NAME=UID",
+        help="with allow_other: uid UID is user NAME and reaches users/NAME",
+    )
+    mount.add_argument(
+        "--admin-uid", dest="admin_uids", action="append", default=[], type=_uid, metavar="UID",
+        help="with allow_other: UID may write shared/ and reach every scope (root always may)",
+    )
+    mount.add_argument("--debug", action="store_true", help="verbose logging to the mount's log file")
+
+    umount = commands.add_parser("umount", help="unmount MOUNTPOINT and wait for its process to finish")
+    umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    return parser
+
+
+def mount_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MountOptions:
+    fuse = [opt.strip() for group in args.fuse_options for opt in group.split(",") if opt.strip()]
+    unknown = sorted(set(fuse) - set(SUPPORTED_FUSE_OPTIONS))
+    if unknown:
+        parser.error(f"unsupported mount option(s) {', '.join(unknown)}; supported: {', '.join(SUPPORTED_FUSE_OPTIONS)}")
+    users: dict[str, int] = {}
+    for name, uid in args.map_user:
+        if users.get(name, uid) != uid:
+            parser.error(f"user {name} is mapped to two uids")
+        users[name] = uid
+    values: dict[str, object] = {
+        "mountpoint": args.mountpoint, "sandbox": args.sandbox, "foreground": args.foreground,
+        "allow_other": "allow_other" in fuse, "user_uids": users, "admin_uids": frozenset(args.admin_uids),
+        "debug": args.debug,
+    }
+    if args.data_dir is not None:
+        values["data_dir"] = args.data_dir
+    try:
+        return MountOptions.model_validate(values)
+    except (ValidationError, InvalidArgumentError) as exc:
+        parser.error(str(exc))
+        raise  # parser.error exits
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    from . import mount as lifecycle  # imported here: `artifactfs --help` stays fast
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if args.command == "mount":
+        return lifecycle.mount(mount_options(args, parser), say=say)
+    return lifecycle.umount(args.mountpoint, say=say)
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,128 @@
+"""The one place where store errors become errno values (DESIGN §8).
+
+Every FUSE handler runs inside :func:`fuse_call`: a typed store error becomes
+``FUSEError(errno)``, and anything unexpected is logged with its traceback
+and answered with ``EIO``, so no request can take the mount down.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import pyfuse3
+
+from core.errors import (
+    AccessDeniedError,
+    AlreadyExistsError,
+    ArtifactCorruptedError,
+    ArtifactNotFoundError,
+    ArtifactStoreError,
+    ArtifactTooLargeError,
+    CrossScopeError,
+    DirectoryNotEmptyError,
+    InvalidArgumentError,
+    InvalidNameError,
+    IsADirectoryError_,
+    NameTooLongError,
+    NotADirectoryError_,
+    NotSupportedError,
+    OwnershipChangeError,
+    ProviderError,
+    QuotaExceededError,
+    ReadOnlyError,
+    SessionError,
+    StoreClosedError,
+)
+
+log = logging.getLogger("artifactfs.mount")
+
+# Looked up along the exception's MRO, so a subclass may be more specific than its base
+# (NameTooLongError before InvalidNameError, OwnershipChangeError before AccessDeniedError).
+ERRNO_OF: dict[type[ArtifactStoreError], int] = {
+    ArtifactNotFoundError: errno.ENOENT,  # and ArtifactExpiredError
+    OwnershipChangeError: errno.EPERM,
+    # The fixed upper tree (mount root, sessions/, users/): nobody may write there, which a real
+    # filesystem reports as a permission problem on the directory.
+    ReadOnlyError: errno.EACCES,
+    AccessDeniedError: errno.EACCES,
+    QuotaExceededError: errno.EDQUOT,
+    ArtifactTooLargeError: errno.EFBIG,
+    ArtifactCorruptedError: errno.EIO,
+    ProviderError: errno.EIO,
+    SessionError: errno.EIO,
+    StoreClosedError: errno.EIO,
+    CrossScopeError: errno.EXDEV,
+    NameTooLongError: errno.ENAMETOOLONG,
+    InvalidNameError: errno.EINVAL,
+    InvalidArgumentError: errno.EINVAL,
+    AlreadyExistsError: errno.EEXIST,
+    NotADirectoryError_: errno.ENOTDIR,
+    IsADirectoryError_: errno.EISDIR,
+    DirectoryNotEmptyError: errno.ENOTEMPTY,
+    NotSupportedError: errno.EOPNOTSUPP,
+}
+
+# OS errors of the mount's own local files (the write spool) that mean what they say.
+_PASSED_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+
+
+def errno_of(exc: ArtifactStoreError) -> int:
+    for klass in type(exc).__mro__:
+        found = ERRNO_OF.get(klass)  # type: ignore[arg-type]
+        if found is not None:
+            return found
+    return errno.EIO
+
+
+class _Trace:
+    """Whether every request is logged (``--debug``); read on each call, so kept to one attribute."""
+
+    enabled = False
+
+
+trace = _Trace()
+
+def _brief(arg: object) -> str:
+    if isinstance(arg, pyfuse3.RequestContext):
+        return f"uid={arg.uid}"
+    if isinstance(arg, bytes) and len(arg) > 64:
+        return f"<{len(arg)} bytes>"
+    return repr(arg)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fuse_call(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Run a FUSE handler so that every failure leaves it as a ``FUSEError``."""
+    name = handler.__name__
+
+    @functools.wraps(handler)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        if trace.enabled:
+            log.debug("%s(%s)", name, ", ".join(map(_brief, args[1:])))
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except ArtifactStoreError as exc:
+            code = errno_of(exc)
+            if code == errno.EIO:
+                log.error("%s: %s: %s", name, type(exc).__name__, exc)
+            raise pyfuse3.FUSEError(code) from None
+        except OSError as exc:
+            if exc.errno in _PASSED_OS_ERRNOS:
+                log.warning("%s: %s", name, exc)
+                raise pyfuse3.FUSEError(exc.errno) from None
+            log.exception("%s: unexpected OS error, answered EIO", name)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("%s: unexpected error, answered EIO", name)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return guarded

@@ -1,0 +1,396 @@
+"""The life of a mount: claim the data dir, mount, serve, unmount cleanly.
+
+``mount()`` returns only once the filesystem answers (in daemon mode the
+parent waits for the child to say so), so ``artifactfs mount X && ls X``
+works, and a failure is an exit status and a sentence, not a hang.
+
+One mount per data dir: the mount holds an ``flock`` on ``mount.lock`` for
+its whole life. The library never takes that lock, so applications keep
+using the same store (SQLite in WAL mode, blobs by key) next to the mount.
+
+SIGTERM or SIGINT stop the request loop and unmount. Writes that were
+published are in the store; writes still staged in a file nobody closed
+are discarded (the old version stays, as after a crash), never half-applied.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from core.clock import SystemClock
+from core.config import Settings, build_backends
+from core.errors import ArtifactStoreError
+from core.namespace import Namespace
+from core.nodes import ROOT_INO
+
+from .callers import Callers
+from .errnos import trace
+from .operations import Operations
+from .options import MountOptions
+
+log = logging.getLogger("artifactfs.mount")
+
+LOCK_FILE = "mount.lock"
+LOG_FILE = "mount.log"
+SPOOL_DIR = "spool"
+FS_TYPE = "artifactfs"
+READY_TIMEOUT = 30.0
+UMOUNT_WAIT = 60.0
+
+
+class MountError(Exception):
+    """A mount that cannot go ahead, with a sentence for the user."""
+
+
+# -- the data dir
+
+
+class DataDirLock:
+    """The one-mount-per-data-dir claim: an ``flock`` on ``mount.lock``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self, mountpoint: Path) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").split("\n")
+            os.close(fd)
+            pid, where = (holder + ["?", "?"])[:2]
+            raise MountError(
+                f"the data dir {self.path.parent} is already mounted (pid {pid or '?'} at {where or '?'}); "
+                f"unmount it first: artifactfs umount {where or 'MOUNTPOINT'}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n{mountpoint}\n".encode(), 0)
+        self._fd = fd
+
+    def record_pid(self) -> None:
+        """After a fork, name the process that really holds the mount."""
+        assert self._fd is not None
+        holder = os.pread(self._fd, 4096, 0).decode().split("\n")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n{holder[1]}\n".encode(), 0)
+
+    def forget(self) -> None:
+        """Close our descriptor without unlocking (the forked child keeps the lock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self.forget()
+
+    @staticmethod
+    def wait_released(data_dir: Path, timeout: float) -> bool:
+        """Wait (bounded) until no mount holds ``data_dir``."""
+        path = data_dir / LOCK_FILE
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def settings_for(options: MountOptions) -> Settings:
+    """The store a mount serves: filesystem blobs + SQLite in the data dir unless the environment says otherwise."""
+    overrides: dict[str, object] = {"fs_root": options.data_dir}
+    if not os.environ.get("ARTIFACT_PROVIDER"):
+        overrides["storage_provider"] = "filesystem"
+    if not os.environ.get("SESSION_PROVIDER"):
+        overrides["session_provider"] = "sqlite"
+    if options.sandbox is not None:
+        overrides["sandbox_id"] = options.sandbox
+    return Settings.from_env(**overrides)
+
+
+def _check_mountpoint(path: Path) -> None:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise MountError(f"the mountpoint {path} does not exist (mkdir -p {path})") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise MountError(f"{path} is a dead mount; clear it with: artifactfs umount {path}") from None
+        raise MountError(f"cannot use {path} as mountpoint: {exc.strerror}") from None
+    if not os.path.isdir(path):
+        raise MountError(f"the mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"{path} is already a mount point; unmount it first")
+
+
+def _fuse_options(options: MountOptions) -> set[str]:
+    # default_permissions: the kernel checks mode bits and ownership for every caller (fast,
+    # exact POSIX semantics); fusefs.callers adds the scope rules on top.
+    fuse = set(pyfuse3.default_options) | {f"subtype={FS_TYPE}"}
+    data_dir = str(options.data_dir)
+    safe = not any(c in data_dir for c in ",\\ \t\n")
+    fuse.add(f"fsname={FS_TYPE}:{data_dir}" if safe else f"fsname={FS_TYPE}")  # lets `umount` find the data dir
+    if options.allow_other:
+        fuse.add("allow_other")
+    return fuse
+
+
+def _setup_logging(data_dir: Path, *, foreground: bool, debug: bool) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    file_handler = logging.FileHandler(data_dir / LOG_FILE)
+    file_handler.setFormatter(fmt)
+    root.addHandler(file_handler)
+    if foreground:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(fmt)
+        root.addHandler(console)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    trace.enabled = debug
+
+
+# -- serving
+
+
+class _Notify:
+    """How the serving process reports ready or failed: to a waiting parent, or to no one."""
+
+    def __init__(self, pipe_fd: int | None = None) -> None:
+        self._fd = pipe_fd
+
+    def _send(self, message: str) -> None:
+        if self._fd is not None:
+            try:
+                os.write(self._fd, message.encode())
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def ready(self) -> None:
+        self._send("ok\n")
+
+    def failed(self, message: str) -> None:
+        self._send(f"error: {message}\n")
+
+
+async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> None:
+    blobs, meta = build_backends(settings)
+    await blobs.open()
+    await meta.open()
+    try:
+        ns = Namespace(meta, blobs, SystemClock(), settings.limits)
+        box = await ns.sandbox(settings.sandbox_id)
+        spool_dir = options.data_dir / SPOOL_DIR
+        shutil.rmtree(spool_dir, ignore_errors=True)  # staged writes of a mount that died; we hold the lock
+        spool_dir.mkdir(mode=0o700)
+        callers = Callers(
+            ns, enforce=options.allow_other, mount_uid=os.getuid(), admin_uids=options.admin_uids,
+            user_uids=options.user_uids,
+        )
+        ops = Operations(
+            ns, root_ino=box.ino if options.sandbox else ROOT_INO, sandbox_id=settings.sandbox_id,
+            callers=callers, data_dir=options.data_dir, spool_dir=spool_dir,
+        )
+        try:
+            pyfuse3.init(ops, str(options.mountpoint_abs), _fuse_options(options))
+        except RuntimeError as exc:
+            raise MountError(f"the kernel refused the mount at {options.mountpoint_abs} ({exc})") from None
+        stopped_by_us = False
+        try:
+            async with trio.open_nursery() as nursery:
+                ops.start(nursery)
+
+                async def serve_requests() -> None:
+                    await pyfuse3.main()
+                    nursery.cancel_scope.cancel()  # unmounted: stop the signal watcher and background work
+
+                async def watch_signals() -> None:
+                    nonlocal stopped_by_us
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                        async for signum in signals:
+                            log.info("%s: unmounting", signal.Signals(signum).name)
+                            stopped_by_us = True
+                            pyfuse3.terminate()
+                            return
+
+                nursery.start_soon(serve_requests)
+                nursery.start_soon(watch_signals)
+                await _wait_answering(options.mountpoint_abs)
+                log.info("mounted %s at %s", options.data_dir, options.mountpoint_abs)
+                notify.ready()
+        finally:
+            with trio.CancelScope(shield=True):
+                await ops.shutdown()
+            pyfuse3.close(unmount=stopped_by_us)
+            log.info("unmounted %s", options.mountpoint_abs)
+    finally:
+        await meta.close()
+        await blobs.close()
+
+
+async def _wait_answering(mountpoint: Path) -> None:
+    """Return once the mount answers a stat: the kernel mount is there and we serve it."""
+    with trio.move_on_after(READY_TIMEOUT) as waited:
+        await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    if waited.cancelled_caught:
+        raise MountError(f"the mount at {mountpoint} did not answer within {READY_TIMEOUT:.0f} s")
+
+
+def _serve_until_unmounted(options: MountOptions, notify: _Notify) -> int:
+    try:
+        settings = settings_for(options)
+        trio.run(_serve, options, settings, notify)
+    except (MountError, ArtifactStoreError) as exc:
+        log.error("mount failed: %s", exc)
+        notify.failed(str(exc))
+        return 1
+    except BaseException:
+        log.exception("the mount failed")
+        notify.failed(f"unexpected error; see {options.data_dir / LOG_FILE}")
+        return 1
+    return 0
+
+
+# -- the commands
+
+
+def mount(options: MountOptions, *, say: Callable[[str], None]) -> int:
+    """Mount; returns the exit status. ``say`` prints a line for the user."""
+    mountpoint = options.mountpoint_abs
+    options = options.model_copy(update={"mountpoint": mountpoint, "data_dir": options.data_dir.absolute()})
+    try:
+        _check_mountpoint(mountpoint)
+        options.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = DataDirLock(options.data_dir)
+        lock.acquire(mountpoint)
+    except MountError as exc:
+        say(f"artifactfs: {exc}")
+        return 1
+    except OSError as exc:
+        say(f"artifactfs: cannot use the data dir {options.data_dir}: {exc.strerror}")
+        return 1
+    _setup_logging(options.data_dir, foreground=options.foreground, debug=options.debug)
+    if options.foreground:
+        try:
+            return _serve_until_unmounted(options, _Notify())
+        finally:
+            lock.release()
+    return _daemonize(options, lock, say)
+
+
+def _daemonize(options: MountOptions, lock: DataDirLock, say: Callable[[str], None]) -> int:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid > 0:  # the parent: wait for the child's word
+        os.close(write_end)
+        lock.forget()
+        with os.fdopen(read_end, "rb") as pipe:
+            answer = pipe.read().decode(errors="replace").strip()
+        if answer == "ok":
+            return 0
+        if answer.startswith("error: "):
+            say(f"artifactfs: {answer[len('error: '):]}")
+        else:
+            say(f"artifactfs: the mount process died while mounting; see {options.data_dir / LOG_FILE}")
+        os.waitpid(pid, 0)
+        return 1
+    # the child: a session of its own, no terminal, a log file for stderr once running
+    os.close(read_end)
+    code = 1
+    try:
+        os.setsid()
+        os.chdir("/")
+        lock.record_pid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        notify = _Notify(write_end)
+        original_ready = notify.ready
+
+        def ready() -> None:  # stderr goes to the log once the parent is gone
+            original_ready()
+            logfile = os.open(options.data_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.dup2(logfile, 2)
+            os.close(logfile)
+
+        notify.ready = ready  # type: ignore[method-assign]
+        code = _serve_until_unmounted(options, notify)
+    finally:
+        lock.release()
+        os._exit(code)
+
+
+def umount(mountpoint: Path, *, say: Callable[[str], None]) -> int:
+    """Unmount, then wait for the mount process to finish and free its data dir."""
+    path = Path(os.path.abspath(mountpoint))
+    entry = _mount_entry(path)
+    if entry is None:
+        say(f"artifactfs: {path} is not mounted")
+        return 1
+    fstype, source = entry
+    if not fstype.startswith("fuse"):
+        say(f"artifactfs: {path} is a {fstype} mount, not an artifactfs one")
+        return 1
+    done = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = done.stderr.strip() or f"fusermount3 exited {done.returncode}"
+        hint = ""
+        if "busy" in reason.lower():
+            hint = " (a process still uses it: close its files or leave the directory, or detach lazily with fusermount3 -uz)"
+        say(f"artifactfs: cannot unmount {path}: {reason}{hint}")
+        return 1
+    prefix = f"{FS_TYPE}:"
+    if source.startswith(prefix):
+        data_dir = Path(source[len(prefix) :])
+        if not DataDirLock.wait_released(data_dir, UMOUNT_WAIT):
+            say(f"artifactfs: unmounted {path}, but its process still holds {data_dir} after {UMOUNT_WAIT:.0f} s")
+            return 1
+    return 0
+
+
+def _mount_entry(path: Path) -> tuple[str, str] | None:
+    """(filesystem type, source) of the mount at ``path``, from /proc/self/mountinfo."""
+    found = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) < 10 or _unescape(fields[4]) != str(path):
+                continue
+            rest = fields[fields.index("-") + 1 :]
+            found = (rest[0], _unescape(rest[1]))
+    return found
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code in ("\\040", "\\011", "\\012", "\\134"):
+        field = field.replace(code, chr(int(code[1:], 8)))
+    return field

@@ -1,0 +1,336 @@
+"""Open files: the state every descriptor of one file in this mount shares.
+
+All descriptors of a file share one :class:`OpenFile`, so they see each
+other's writes as on a local disk. Until something is written, reads go to
+the committed blob (:class:`ReadAhead`). The first write (or truncate)
+starts a :class:`Spool`: the old bytes are copied in only when the write
+needs them (never after ``O_TRUNC`` or for a new file). Closing or syncing
+a descriptor that may write *publishes* the spool: the bytes become a new
+blob and the node points at it in one metadata commit
+(``Namespace.put_spool`` + ``set_content`` + ``commit``). Every other face
+of the store sees the old version until that commit, and the new one after.
+
+A file removed while open keeps its open state here: it can still be read
+and written, and publishing it then quietly discards the bytes, as a local
+disk drops the data of an unlinked file at its last close.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from core.errors import ArtifactCorruptedError, ArtifactNotFoundError, ArtifactTooLargeError
+from core.namespace import Namespace
+from core.nodes import Node
+
+from .readahead import ReadAhead
+from .spool import Spool
+
+log = logging.getLogger("artifactfs.mount")
+
+_SEEN_MAX = 1 << 20
+
+
+class KernelCache(Enum):
+    KEEP = "keep"  # the kernel's pages are of this very version
+    DROP = "drop"  # nothing known: start afresh
+    STALE = "stale"  # the kernel saw another version: drop pages and refetch attributes
+
+
+class OpenFile:
+    def __init__(self, node: Node, files: "OpenFiles") -> None:
+        self.ino = node.ino
+        self.node = node  # as of the last open or publish: the committed version read from
+        self.files = files
+        self.opens = 0
+        self.spool: Spool | None = None
+        self.mtime_ns = node.mtime_ns  # moves with writes before they are published
+        self.removed = False
+        self._reader: ReadAhead | None = None
+        self._lock = trio.Lock()  # spool start, truncate, publish: never interleaved
+
+    @property
+    def size(self) -> int:
+        return self.spool.size if self.spool is not None else self.node.size
+
+    @property
+    def version(self) -> int:
+        assert self.node.artifact is not None
+        return self.node.artifact.version
+
+    # -- reading
+
+    async def read(self, offset: int, length: int) -> bytes | memoryview:
+        if self.spool is not None:
+            return self.spool.read(offset, length)
+        reader = self._reader or await self._open_reader()
+        return await reader.read(offset, length)
+
+    async def _open_reader(self) -> ReadAhead:
+        art = self.node.artifact
+        assert art is not None
+        if art.blob_key is None:
+            return _EMPTY
+        try:
+            blob = await self.files.ns.blobs.reader(art.blob_key)
+        except ArtifactNotFoundError:
+            raise ArtifactCorruptedError(f"the blob of inode {self.ino} is missing") from None
+        self._reader = ReadAhead(blob, self.node.size, art.sha256, self.files.spawn)
+        return self._reader
+
+    async def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
+
+    # -- writing
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if offset + len(data) > self.files.ns.limits.max_artifact_bytes:
+            raise ArtifactTooLargeError(f"a file may hold {self.files.ns.limits.max_artifact_bytes} bytes")
+        if self.spool is None or self._lock.locked():
+            async with self._lock:
+                overwrites_all = offset == 0 and len(data) >= self.node.size
+                await self._spool(0 if overwrites_all else self.node.size)
+                self._write(offset, data)
+        else:  # the common case: no await between the check and the write
+            self._write(offset, data)
+
+    def _write(self, offset: int, data: bytes) -> None:
+        assert self.spool is not None
+        self.spool.write(offset, data)
+        self.spool.hash_ahead(self.files.spawn)
+        self.mtime_ns = self.files.ns.now()
+
+    async def truncate(self, size: int) -> None:
+        if size > self.files.ns.limits.max_artifact_bytes:
+            raise ArtifactTooLargeError(f"a file may hold {self.files.ns.limits.max_artifact_bytes} bytes")
+        async with self._lock:
+            if self.spool is None and size == self.node.size:
+                return
+            spool = await self._spool(min(size, self.node.size))
+            spool.truncate(size)
+            self.mtime_ns = self.files.ns.now()
+
+    async def _spool(self, keep: int) -> Spool:
+        """The spool, started with the first ``keep`` committed bytes if there is none yet."""
+        if self.spool is not None:
+            return self.spool
+        spool = Spool.create(self.files.spool_dir)
+        try:
+            art = self.node.artifact
+            assert art is not None
+            if keep > 0 and art.blob_key is not None:
+                blob = await self.files.ns.blobs.reader(art.blob_key)
+                try:
+                    await spool.copy_from(blob, keep)
+                finally:
+                    await blob.close()
+            elif keep > 0:
+                spool.truncate(keep)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await spool.discard()
+            raise
+        self.spool = spool
+        await self._close_reader()
+        return spool
+
+    # -- publishing
+
+    async def publish(self) -> None:
+        """Make what was written the file's new version, in one commit."""
+        async with self._lock:
+            spool = self.spool
+            if spool is None:
+                return
+            if self.removed:
+                await self._drop_spool()
+                return
+            sha256 = await spool.sha256()
+            size = spool.size
+            try:
+                key = await self.files.ns.put_spool(self.node, spool.path, size, sha256)
+            except BaseException:
+                if not spool.path.exists():  # the blob store took the file, then failed
+                    await self._drop_spool()
+                    self.files.forget_cache(self.ino)
+                raise
+            # Until the commit is done, reads keep going to the spool's (unchanged) bytes.
+            try:
+                committed = await self._commit(key, size, sha256)
+            except BaseException:
+                self.files.forget_cache(self.ino)  # the kernel holds pages of a version that never was
+                raise
+            finally:
+                self.spool = None
+                with trio.CancelScope(shield=True):
+                    await spool.close()
+            if committed is not None:
+                self.node = committed
+                self.files.saw(self.ino, self.version)
+
+    async def _commit(self, key: str | None, size: int, sha256: str) -> Node | None:
+        """Point the node at the new blob; None if the file was removed meanwhile."""
+        ns = self.files.ns
+        try:
+            node = await ns.get(self.ino)  # fresh: a rename or chmod made meanwhile must survive
+        except ArtifactNotFoundError:
+            node = self.node  # commit() finds it gone and deletes the new blob
+        old_blob = node.artifact.blob_key if node.artifact is not None else None
+        ns.set_content(node, key, size, sha256)
+        node.mtime_ns = self.mtime_ns  # the time of the last write, or what utime set after it
+        try:
+            return await ns.commit(node, old_blob=old_blob)
+        except ArtifactNotFoundError:
+            self.removed = True
+            log.debug("inode %d was removed while open; its last writes are dropped", self.ino)
+            return None
+
+    async def _drop_spool(self) -> None:
+        spool, self.spool = self.spool, None
+        if spool is not None:
+            with trio.CancelScope(shield=True):
+                await spool.discard()
+
+    def refresh(self, node: Node) -> None:
+        """A newer version was committed elsewhere and nothing is pending here: read that one."""
+        if self.spool is None:
+            self.node, self.mtime_ns = node, node.mtime_ns
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                self.files.spawn(reader.close)
+
+    def set_times(self, node: Node) -> None:
+        """Attributes changed through the mount (chmod, utime) while open."""
+        self.mtime_ns = node.mtime_ns
+        self.node = self.node.model_copy(
+            update={"mode": node.mode, "uid": node.uid, "gid": node.gid, "atime_ns": node.atime_ns,
+                    "mtime_ns": node.mtime_ns, "ctime_ns": node.ctime_ns}
+        )
+
+    async def close(self) -> None:
+        """The last descriptor is gone: anything not published is discarded."""
+        await self._drop_spool()
+        with trio.CancelScope(shield=True):
+            await self._close_reader()
+
+
+class _EmptyReader:
+    async def read(self, offset: int, length: int) -> bytes:
+        return b""
+
+    async def close(self) -> None:
+        pass
+
+
+_EMPTY: Any = _EmptyReader()
+
+
+class Handle:
+    __slots__ = ("file", "writable")
+
+    def __init__(self, file: OpenFile, writable: bool) -> None:
+        self.file, self.writable = file, writable
+
+
+class OpenFiles:
+    """Open files by inode, handles by number, and what the kernel's page cache holds."""
+
+    def __init__(
+        self, ns: Namespace, spool_dir: Path, spawn: Callable[..., Any], invalidate: Callable[[int], None]
+    ) -> None:
+        self.ns, self.spool_dir, self.spawn, self.invalidate = ns, spool_dir, spawn, invalidate
+        self._files: dict[int, OpenFile] = {}
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        # ino -> the file version the kernel last got attributes or pages of. It decides at open
+        # whether the kernel keeps its page cache (same version) or must drop it and refetch the
+        # attributes (a version committed through another face since).
+        self._seen: dict[int, int] = {}
+
+    def get(self, ino: int) -> OpenFile | None:
+        return self._files.get(ino)
+
+    def handle(self, fh: int) -> Handle:
+        return self._handles[fh]
+
+    def forget_cache(self, ino: int) -> None:
+        """The kernel's pages of ``ino`` are wrong: drop them now, and never keep them at the next open."""
+        self._seen.pop(ino, None)
+        self.invalidate(ino)
+
+    def saw(self, ino: int, version: int) -> None:
+        """The kernel was shown this version of ``ino`` (attributes, or pages it wrote)."""
+        if len(self._seen) >= _SEEN_MAX and ino not in self._seen:
+            self._seen.clear()  # forgetting only costs a dropped page cache at the next open
+        self._seen[ino] = version
+
+    def _attach(self, node: Node) -> OpenFile:
+        file = self._files.get(node.ino)
+        if file is None:
+            file = self._files[node.ino] = OpenFile(node, self)
+        elif node.artifact is not None and file.node.artifact is not None and node.artifact.version != file.version:
+            file.refresh(node)
+        file.opens += 1
+        return file
+
+    def open(self, node: Node, writable: bool) -> tuple[int, OpenFile, KernelCache]:
+        """A new handle on ``node``, and what the kernel may keep of what it cached."""
+        file = self._attach(node)
+        seen = self._seen.get(node.ino)
+        if file.spool is not None or seen == file.version:
+            cache = KernelCache.KEEP
+        else:
+            cache = KernelCache.DROP if seen is None else KernelCache.STALE
+        self.saw(node.ino, file.version)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = Handle(file, writable)
+        return fh, file, cache
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh)
+        await self._let_go(handle.file, publish=handle.writable)
+
+    async def _let_go(self, file: OpenFile, *, publish: bool) -> None:
+        file.opens -= 1
+        try:
+            if publish or file.opens == 0:
+                await file.publish()
+        finally:
+            if file.opens == 0:
+                del self._files[file.ino]
+                await file.close()
+
+    async def truncate(self, node: Node, size: int, *, publish: bool) -> OpenFile:
+        """Truncate through the open state (made for the purpose if the file is closed)."""
+        file = self._attach(node)
+        try:
+            await file.truncate(size)
+        except BaseException:
+            await self._let_go(file, publish=False)
+            raise
+        await self._let_go(file, publish=publish)
+        return file
+
+    def removed(self, ino: int) -> None:
+        file = self._files.get(ino)
+        if file is not None:
+            file.removed = True
+
+    async def close_all(self) -> int:
+        """At unmount: what was never published is discarded. Returns how many files that was."""
+        dropped = 0
+        for file in list(self._files.values()):
+            dropped += file.spool is not None
+            await file.close()
+        self._files.clear()
+        self._handles.clear()
+        return dropped

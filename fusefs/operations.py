@@ -1,0 +1,445 @@
+"""The FUSE request handlers: where each kernel request becomes a tree operation.
+
+Each handler resolves its inode numbers to nodes, checks the caller
+(:mod:`fusefs.callers`), and makes one :class:`core.namespace.Namespace`
+call (or hands an open file's bytes to :mod:`fusefs.openfiles`). Errors are
+mapped to errno values by :func:`fusefs.errnos.fuse_call`, which guards
+every handler.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mimetypes
+import os
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from core import grid
+from core.errors import InvalidArgumentError, InvalidNameError, IsADirectoryError_, NotADirectoryError_, ReadOnlyError
+from core.namespace import Namespace
+from core.models import Scope
+from core.nodes import Node, NodeKind, NodeRole, Space
+
+from .attrs import Attributes, Inodes
+from .callers import Callers
+from .errnos import fuse_call
+from .openfiles import KernelCache, OpenFiles
+from .xattrs import PREFIX as XATTR_USER_PREFIX
+from .xattrs import Presigner, Xattrs
+
+log = logging.getLogger("artifactfs.mount")
+
+_DOT, _DOTDOT = b".", b".."
+
+
+def _name(raw: bytes) -> str:
+    """A directory entry name from the kernel, checked as the tree checks names."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidNameError("names must be UTF-8") from None
+    return grid.validate_name(name)
+
+
+def _text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgumentError(f"{what} must be UTF-8") from None
+
+
+def guess_mime(name: str) -> str:
+    return mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+
+
+class _Directory:
+    __slots__ = ("node", "entries")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.entries: list[tuple[bytes, Node]] | None = None
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False  # writes must reach the spool in order, and close must publish them
+    enable_acl = False
+
+    def __init__(
+        self, ns: Namespace, *, root_ino: int, sandbox_id: str, callers: Callers, data_dir: Path, spool_dir: Path,
+        presigner: Presigner | None = None,
+    ) -> None:
+        super().__init__()
+        self.ns = ns
+        self.sandbox_id = sandbox_id  # whose users' quotas statfs reports
+        self.data_dir = data_dir
+        self.inodes = Inodes(root_ino)
+        self.callers = callers
+        self.attrs = Attributes(self.inodes, callers, os.getgid())
+        self.xattrs = Xattrs(presigner)
+        self.files = OpenFiles(ns, spool_dir, self._spawn, self._invalidate)
+        self._dirs: dict[int, _Directory] = {}
+        self._next_dir = 1
+        self._nursery: trio.Nursery | None = None
+
+    # -- the mount's background work
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Background tasks (readahead, hashing, cache invalidation) run in ``nursery``."""
+        self._nursery = nursery
+
+    def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        assert self._nursery is not None, "Operations.start() was not called"
+        self._nursery.start_soon(self._background, fn, args)
+
+    @staticmethod
+    async def _background(fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("background task %s failed", getattr(fn, "__qualname__", fn))
+
+    def _invalidate(self, ino: int) -> None:
+        """Drop the kernel's cached pages and attributes of ``ino`` (from a thread: it may block)."""
+        self._spawn(trio.to_thread.run_sync, _invalidate_inode, self.inodes.fuse(ino), False)
+
+    async def shutdown(self) -> None:
+        dropped = await self.files.close_all()
+        if dropped:
+            log.warning("unmount: %d file(s) still open with unpublished writes; those writes were discarded", dropped)
+
+    # -- helpers
+
+    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        now = self.ns.now()
+        if node.kind is NodeKind.FILE:
+            file = self.files.get(node.ino)
+            if file is not None and file.spool is not None:
+                return self.attrs.of(node, now, size=file.size, mtime_ns=file.mtime_ns)
+            assert node.artifact is not None
+            self.files.saw(node.ino, node.artifact.version)
+        return self.attrs.of(node, now)
+
+    async def _node(self, inode: int) -> Node:
+        return await self.ns.get(self.inodes.node(inode))
+
+    async def _parent_of(self, node: Node) -> Node:
+        return node if node.ino == self.inodes.root_ino else await self.ns.get(node.parent)
+
+    # -- lookups and attributes
+
+    @fuse_call
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = await self._node(parent_inode)
+        if name == _DOT:
+            return self._attr(parent)
+        if name == _DOTDOT:
+            return self._attr(await self._parent_of(parent))
+        await self.callers.check(ctx.uid, parent, write=False)
+        return self._attr(await self.ns.child(parent, _name(name)))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        pass  # nodes live in the store, not in this process: nothing to free
+
+    @fuse_call
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        file = self.files.get(self.inodes.node(inode))
+        if file is not None:  # open here: its own state is the newest, even after an unlink
+            return self.attrs.of(file.node, self.ns.now(), size=file.size, mtime_ns=file.mtime_ns)
+        return self._attr(await self._node(inode))
+
+    @fuse_call
+    async def setattr(
+        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = await self._node(inode)
+        await self.callers.check(ctx.uid, node, write=True)
+        if fields.update_size:
+            if node.is_dir:
+                raise IsADirectoryError_(f"{node.name!r} is a directory")
+            if not node.is_file:
+                raise InvalidArgumentError("only files have a size to set")
+            # Through a descriptor (ftruncate) the change is published with the file's next
+            # close; by path (truncate) it is published before we answer.
+            await self.files.truncate(node, attr.st_size, publish=fh is None)
+            node = await self._node(inode)
+        if fields.update_mode or fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime:
+            if node.role not in (NodeRole.ENTRY, NodeRole.SCOPE_ROOT):
+                raise ReadOnlyError(f"{node.name or '/'!r} is part of the fixed tree")
+            if fields.update_mode:
+                node.mode = attr.st_mode & 0o7777
+            if fields.update_uid:
+                node.uid = attr.st_uid
+            if fields.update_gid:
+                node.gid = attr.st_gid
+            if fields.update_atime:
+                node.atime_ns = attr.st_atime_ns
+            if fields.update_mtime:
+                node.mtime_ns = attr.st_mtime_ns
+            node = await self.ns.update_node(node)
+            if fields.update_uid and node.role is NodeRole.SCOPE_ROOT:
+                self.callers.forget_session(node)
+            file = self.files.get(node.ino)
+            if file is not None:
+                file.set_times(node)
+        return self._attr(node)
+
+    # -- directories
+
+    @fuse_call
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = await self._node(inode)
+        if not node.is_dir:
+            raise NotADirectoryError_(f"{node.name!r} is not a directory")
+        await self.callers.check(ctx.uid, node, write=False)
+        fh = self._next_dir
+        self._next_dir += 1
+        self._dirs[fh] = _Directory(node)
+        return fh
+
+    @fuse_call
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        directory = self._dirs[fh]
+        if start_id == 0 or directory.entries is None:  # a fresh listing, or rewinddir()
+            node = directory.node
+            children = await self.ns.list(node)
+            directory.entries = [(_DOT, node), (_DOTDOT, await self._parent_of(node))]
+            directory.entries += [(child.name.encode(), child) for child in children]
+        entries = directory.entries
+        for index in range(start_id, len(entries)):
+            name, node = entries[index]
+            if not pyfuse3.readdir_reply(token, name, self._attr(node), index + 1):
+                break
+
+    @fuse_call
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @fuse_call
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        pass  # every directory change was committed before its request was answered
+
+    @fuse_call
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = await self._node(parent_inode)
+        entry = _name(name)
+        if parent.role in (NodeRole.ROOT, NodeRole.SESSIONS, NodeRole.USERS):
+            self.callers.check_new_scope(ctx.uid, parent, entry)
+        else:
+            await self.callers.check(ctx.uid, parent, write=True)
+        return self._attr(
+            await self.ns.mkdir(parent, entry, mode, ctx.uid, ctx.gid, session_user=self.callers.session_user(ctx.uid))
+        )
+
+    @fuse_call
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = await self._node(parent_inode)
+        node = await self.ns.child(parent, _name(name))
+        await self.callers.check(ctx.uid, parent if parent.space is not None else node, write=True)
+        await self.ns.rmdir(node)
+        if node.role is NodeRole.SCOPE_ROOT:
+            self.callers.forget_session(node)
+
+    # -- files
+
+    @fuse_call
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node = await self._new_file(parent_inode, name, mode, ctx)
+        fh, _, _ = self.files.open(node, writable=True)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attr(node)
+
+    @fuse_call
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+            raise pyfuse3.FUSEError(errno.EPERM)  # devices, FIFOs and sockets are not artifacts
+        return self._attr(await self._new_file(parent_inode, name, mode, ctx))
+
+    async def _new_file(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> Node:
+        """An empty artifact: owner and scope from the directory, MIME type from the name."""
+        parent = await self._node(parent_inode)
+        entry = _name(name)
+        await self.callers.check(ctx.uid, parent, write=True)
+        space = self.ns.entry_space(parent, entry)  # refuses the fixed tree
+        node = self.ns.file_node(
+            parent, entry, mode=mode, uid=ctx.uid, gid=ctx.gid, ttl=self.ns.default_ttl(space.scope),
+            mime=guess_mime(entry),
+        )
+        return await self.ns.insert_file(node, replace=False)
+
+    @fuse_call
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = await self._node(inode)  # always the store's newest version: close-to-open
+        if node.is_dir:
+            raise IsADirectoryError_(f"{node.name!r} is a directory")
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        await self.callers.check(ctx.uid, node, write=writable or bool(flags & os.O_TRUNC))
+        fh, file, cache = self.files.open(node, writable)
+        if writable and flags & os.O_TRUNC:
+            try:
+                await file.truncate(0)
+            except BaseException:
+                await self.files.release(fh)
+                raise
+        if cache is KernelCache.STALE:  # committed through another face since the kernel looked
+            _invalidate_inode(inode, True)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=cache is KernelCache.KEEP)
+
+    @fuse_call
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        return await self.files.handle(fh).file.read(off, size)
+
+    @fuse_call
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        await self.files.handle(fh).file.write(off, buf)
+        return len(buf)
+
+    @fuse_call
+    async def flush(self, fh: int) -> None:
+        handle = self.files.handle(fh)
+        if handle.writable:
+            await handle.file.publish()
+
+    @fuse_call
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self.files.handle(fh)
+        if handle.writable:
+            await handle.file.publish()
+
+    @fuse_call
+    async def release(self, fh: int) -> None:
+        await self.files.release(fh)
+
+    @fuse_call
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = await self._node(parent_inode)
+        await self.callers.check(ctx.uid, parent, write=True)
+        node = await self.ns.child(parent, _name(name))
+        await self.ns.unlink(node)
+        self.files.removed(node.ino)
+
+    @fuse_call
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        old_parent = await self._node(parent_inode_old)
+        new_parent = old_parent if parent_inode_new == parent_inode_old else await self._node(parent_inode_new)
+        await self.callers.check(ctx.uid, old_parent, write=True)
+        await self.callers.check(ctx.uid, new_parent, write=True)
+        node = await self.ns.child(old_parent, _name(name_old))
+        new_name = _name(name_new)
+        target = await self.ns.find(new_parent, new_name)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            if target is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            await self.ns.exchange(node, target)
+            return
+        if flags & ~pyfuse3.RENAME_NOREPLACE:
+            raise InvalidArgumentError(f"unknown rename flags {flags:#x}")
+        await self.ns.rename(node, new_parent, new_name, replace=not flags & pyfuse3.RENAME_NOREPLACE)
+        if target is not None and target.ino != node.ino:
+            self.files.removed(target.ino)
+        await self._reguess_mime(node.ino, node.name, new_name)
+
+    async def _reguess_mime(self, ino: int, old_name: str, new_name: str) -> None:
+        """A MIME type guessed from a temporary name (``.x.pdf.Ab12``) follows the final one."""
+        node = await self.ns.get(ino)
+        art = node.artifact
+        if art is not None and art.mime == guess_mime(old_name) and art.mime != guess_mime(new_name):
+            art.mime = guess_mime(new_name)
+            await self.ns.update_node(node)
+
+    @fuse_call
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)  # link(2): "the filesystem does not support hard links"
+
+    @fuse_call
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = await self._node(parent_inode)
+        await self.callers.check(ctx.uid, parent, write=True)
+        return self._attr(await self.ns.symlink(parent, _name(name), _text(target, "a symlink target"), ctx.uid, ctx.gid))
+
+    @fuse_call
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = await self._node(inode)
+        if node.target is None:
+            raise InvalidArgumentError(f"{node.name!r} is not a symlink")
+        return node.target.encode()
+
+    # -- the filesystem
+
+    @fuse_call
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        disk = os.statvfs(self.data_dir)
+        stats = pyfuse3.StatvfsData()
+        stats.f_bsize, stats.f_frsize = disk.f_bsize, disk.f_frsize
+        stats.f_blocks, stats.f_bfree, stats.f_bavail = disk.f_blocks, disk.f_bfree, disk.f_bavail
+        stats.f_files, stats.f_ffree, stats.f_favail = disk.f_files, disk.f_ffree, disk.f_favail
+        stats.f_namemax = grid.MAX_NAME_BYTES
+        user = self.callers.session_user(ctx.uid) if self.callers.enforce else None
+        if user is not None:  # a uid with one user: its quota is what it may still fill
+            used, bytes_left, files_left = await self.ns.headroom(
+                Space(sandbox_id=self.sandbox_id, scope=Scope.USER, user_id=user)
+            )
+            if bytes_left is not None:
+                stats.f_bfree = stats.f_bavail = min(stats.f_bavail, bytes_left // disk.f_frsize)
+                stats.f_blocks = min(stats.f_blocks, used.bytes // disk.f_frsize + stats.f_bavail)
+            if files_left is not None:
+                stats.f_ffree = stats.f_favail = min(stats.f_favail, files_left)
+                stats.f_files = min(stats.f_files, used.files + stats.f_favail)
+        return stats
+
+    # -- extended attributes
+
+    @fuse_call
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(XATTR_USER_PREFIX.encode()):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # asked before every write (security.capability): stay cheap
+        node = await self._node(inode)
+        await self.callers.check(ctx.uid, node, write=False)
+        return await self.xattrs.get(node, _text(name, "an attribute name"), self.ns.now())
+
+    @fuse_call
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = await self._node(inode)
+        await self.callers.check(ctx.uid, node, write=True)
+        expires = node.expires_at_ns
+        self.xattrs.set(node, _text(name, "an attribute name"), value, self.ns.now())
+        if node.expires_at_ns != expires and node.space is not None:
+            await self.ns.cover_session(node.space, node.expires_at_ns)
+        await self.ns.update_node(node)
+
+    @fuse_call
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        node = await self._node(inode)
+        await self.callers.check(ctx.uid, node, write=False)
+        return self.xattrs.names(node)
+
+    @fuse_call
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = await self._node(inode)
+        await self.callers.check(ctx.uid, node, write=True)
+        self.xattrs.remove(node, _text(name, "an attribute name"))
+        await self.ns.update_node(node)
+
+
+def _invalidate_inode(fuse_ino: int, attr_only: bool) -> None:
+    try:
+        pyfuse3.invalidate_inode(fuse_ino, attr_only)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:  # ENOENT: the kernel holds nothing of it
+            log.warning("invalidating inode %d: %s", fuse_ino, exc)

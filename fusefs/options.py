@@ -1,0 +1,55 @@
+"""What a mount is asked to be: the parsed command line, shared by the CLI and the mount."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core import grid
+
+DATA_DIR_ENV = "ARTIFACT_FS_ROOT"
+SYSTEM_DATA_DIR = Path("/var/lib/artifactfs")
+
+
+def default_data_dir() -> Path:
+    """``$ARTIFACT_FS_ROOT``, else the system location for root, else the user's own."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return SYSTEM_DATA_DIR
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "artifactfs"
+
+
+class MountOptions(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    mountpoint: Path
+    data_dir: Path = Field(default_factory=default_data_dir)
+    sandbox: str | None = None  # None: the root shows every sandbox
+    foreground: bool = False
+    allow_other: bool = False
+    user_uids: dict[str, int] = Field(default_factory=dict)  # --map-user NAME=UID
+    admin_uids: frozenset[int] = frozenset()
+    debug: bool = False
+
+    @field_validator("sandbox")
+    @classmethod
+    def _sandbox(cls, value: str | None) -> str | None:
+        return None if value is None else grid.validate_id(value, "sandbox id")
+
+    @field_validator("user_uids")
+    @classmethod
+    def _users(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, uid in value.items():
+            grid.validate_id(name, "user id")
+            if uid < 0:
+                raise ValueError(f"uid {uid} of user {name} is negative")
+        return value
+
+    @property
+    def mountpoint_abs(self) -> Path:
+        return Path(os.path.abspath(self.mountpoint))

@@ -1,0 +1,188 @@
+"""Ranged reads of one committed blob, with readahead for sequential readers.
+
+A blob version never changes, so what was fetched stays right for as long as
+the file is open. The blob is seen as a row of ``WINDOW``-sized chunks; a
+reader that keeps to the chunk it read last (or the next one) is
+sequential, and for it the following ``DEPTH`` chunks are fetched in the
+background while the kernel is still asking for the current one. Anything
+else is a plain ranged read. Memory per open file stays under about
+``WINDOW * 3 * DEPTH`` (chunks fetched ahead plus chunks waiting to be hashed).
+
+A reader that goes from offset 0 to the end in order has read the whole
+artifact, so its SHA-256 is checked (DESIGN §6): each fetched chunk is
+hashed in a worker thread, in order, while the reader moves on, and the
+read that reaches the end waits for the verdict. A mismatch fails that read
+with ``ArtifactCorruptedError`` (``EIO``), so ``cat`` or ``cp`` of a damaged
+artifact fails instead of passing the damage on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from core.blobs.base import BlobReader
+from core.errors import ArtifactCorruptedError
+
+WINDOW = 1 << 20
+DEPTH = 4
+
+
+class _Dropped(Exception):
+    """A prefetch was called off because the reader moved elsewhere."""
+
+
+class _Chunk:
+    __slots__ = ("data", "error", "ready", "scope")
+
+    def __init__(self) -> None:
+        self.data: bytes = b""
+        self.error: BaseException | None = None
+        self.ready = trio.Event()
+        self.scope = trio.CancelScope()
+
+
+class ReadAhead:
+    def __init__(self, reader: BlobReader, size: int, sha256: str, spawn: Callable[..., Any]) -> None:
+        self._reader, self._size, self._spawn = reader, size, spawn
+        self._chunks: dict[int, _Chunk] = {}
+        self._last = -1  # the chunk the previous read ended in
+        self._users = 0  # fetches and reads using the blob reader now
+        self._idle = trio.Event()
+        self._idle.set()
+        # verification of a whole, in-order read
+        self._expected = sha256
+        self._verifying = size > 0
+        self._digest = hashlib.sha256()
+        self._verified = 0  # chunks hashed so far
+        self._progress = trio.Event()
+        self._chunk_count = (size + WINDOW - 1) // WINDOW
+
+    async def read(self, offset: int, length: int) -> bytes | memoryview:
+        if offset >= self._size or length <= 0:
+            return b""
+        self._enter()
+        try:
+            return await self._read(offset, length)
+        finally:
+            self._leave()
+
+    async def _read(self, offset: int, length: int) -> bytes | memoryview:
+        length = min(length, self._size - offset)
+        first, last = offset // WINDOW, (offset + length - 1) // WINDOW
+        # the kernel's concurrent readahead requests may arrive a little out of order
+        sequential = self._last - 1 <= first <= self._last + 1
+        self._last = max(self._last, last)
+        if not sequential:
+            self._stop_verifying()
+            self._drop(lambda index: True)
+            return await self._reader.read(offset, length)
+        while self._verifying and first - self._verified > 2 * DEPTH:
+            await self._progress.wait()  # hashing lags behind: hold the reader, not the chunks
+        self._drop(lambda index: index < first)
+        for index in range(first, min(last + DEPTH, self._chunk_count - 1) + 1):
+            if index not in self._chunks:
+                self._fetch_soon(index)
+        parts = [await self._chunk(index) for index in range(first, last + 1)]
+        if offset + length == self._size:
+            await self._verdict()
+        start = offset - first * WINDOW
+        if len(parts) == 1:
+            return memoryview(parts[0])[start : start + length]
+        return b"".join(parts)[start : start + length]
+
+    async def _chunk(self, index: int) -> bytes:
+        chunk = self._chunks.get(index)
+        if chunk is None:  # dropped by a concurrent read meanwhile
+            chunk = self._fetch_soon(index)
+        await chunk.ready.wait()
+        if isinstance(chunk.error, _Dropped):  # another reader jumped away; fetch it ourselves
+            offset = index * WINDOW
+            return bytes(await self._reader.read(offset, min(WINDOW, self._size - offset)))
+        if chunk.error is not None:
+            self._chunks.pop(index, None)
+            raise chunk.error
+        return chunk.data
+
+    def _enter(self) -> None:
+        """One more fetch or read is using the blob reader."""
+        self._users += 1
+        if self._users == 1:
+            self._idle = trio.Event()
+
+    def _leave(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            self._idle.set()
+
+    def _fetch_soon(self, index: int) -> _Chunk:
+        chunk = self._chunks[index] = _Chunk()
+        self._enter()
+        self._spawn(self._fetch, index, chunk)
+        return chunk
+
+    async def _fetch(self, index: int, chunk: _Chunk) -> None:
+        offset = index * WINDOW
+        expected = min(WINDOW, self._size - offset)
+        try:
+            with chunk.scope:
+                chunk.data = bytes(await self._reader.read(offset, expected))
+                if len(chunk.data) != expected:
+                    raise ArtifactCorruptedError(f"a blob is shorter than its artifact ({offset + len(chunk.data)} bytes)")
+            if chunk.scope.cancelled_caught:
+                chunk.error = _Dropped()
+        except Exception as exc:  # handed to the reader that waits for this chunk
+            chunk.error = exc
+        finally:
+            chunk.ready.set()
+        try:
+            if chunk.error is None:
+                await self._hash_in_order(index, chunk.data)
+            else:
+                self._stop_verifying()
+        finally:
+            self._leave()
+
+    # -- verification
+
+    async def _hash_in_order(self, index: int, data: bytes) -> None:
+        while self._verifying and self._verified < index:
+            await self._progress.wait()
+        if not self._verifying or self._verified != index:
+            return
+        await trio.to_thread.run_sync(self._digest.update, data)
+        self._verified = index + 1
+        self._wake()
+
+    def _wake(self) -> None:
+        progress, self._progress = self._progress, trio.Event()
+        progress.set()
+
+    def _stop_verifying(self) -> None:
+        if self._verifying:
+            self._verifying = False
+            self._wake()
+
+    async def _verdict(self) -> None:
+        while self._verifying and self._verified < self._chunk_count:
+            await self._progress.wait()
+        if self._verifying and self._digest.hexdigest() != self._expected:
+            raise ArtifactCorruptedError("the artifact fails its SHA-256 check")
+
+    # -- the end
+
+    def _drop(self, which: Callable[[int], bool]) -> None:
+        for index in [i for i in self._chunks if which(i)]:
+            chunk = self._chunks.pop(index)
+            if not chunk.ready.is_set():
+                chunk.scope.cancel()
+
+    async def close(self) -> None:
+        """Stop the fetches, wait until none is using the reader, close it."""
+        self._stop_verifying()
+        self._drop(lambda index: True)
+        await self._idle.wait()
+        await self._reader.close()
