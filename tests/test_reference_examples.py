@@ -3,9 +3,8 @@
 Each snippet is copied unchanged apart from the import line (``from core import ...``
 instead of ``from chuk_artifacts import ...``) and emoji in ``print`` strings that
 the reference copy carries mis-encoded. Names a snippet uses without defining
-them (``pdf_bytes``, ``session_id`` ...) are defined just before it. Lines that
-call presigned URLs are left out where noted: they belong to their own issue.
-After each snippet, assertions check that it did what its comments promise.
+them (``pdf_bytes``, ``session_id`` ...) are defined just before it. After each
+snippet, assertions check that it did what its comments promise.
 """
 
 from __future__ import annotations
@@ -64,7 +63,7 @@ async def test_quick_start(provider: str) -> None:
         )
 
         # Generate secure download URL (15 minutes)
-        # [left out: `url = await store.presign_short(file_id)` (presigned URLs are their own issue)]
+        url = await store.presign_short(file_id)
 
         # Read file content
         text = await store.read_file(file_id, as_text=True)
@@ -77,7 +76,7 @@ async def test_quick_start(provider: str) -> None:
             summary="Updated greeting"
         )
     # ---- end of snippet ----
-    assert text == "Hello, world!"
+    assert text == "Hello, world!" and "://" in url
     if provider != "memory":  # a persistent store shows the update after the snippet closed it
         async with ArtifactStore() as store:
             meta = await store.metadata(file_id)
