@@ -185,7 +185,7 @@ class PresignSettings(BaseModel):
         return self.base_url or f"http://{self.host}:{self.port}"
 
     @classmethod
-    def from_env(cls) -> "PresignSettings":
+    def from_env(cls) -> PresignSettings:
         values: dict[str, str] = {}
         for name, key in (
             ("ARTIFACT_PRESIGN_URL", "base_url"), ("ARTIFACT_SERVE_HOST", "host"), ("ARTIFACT_SERVE_PORT", "port"),

@@ -8,7 +8,7 @@ expires, and nothing else; the HTTP service never consults sessions.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -40,7 +40,7 @@ def _validated(model: type[M], value: Any) -> M:
 class PresignApi:
     """What :class:`~core.store.ArtifactStore`'s presign methods do."""
 
-    def __init__(self, store: "ArtifactStore") -> None:
+    def __init__(self, store: ArtifactStore) -> None:
         self.store = store
 
     async def _transfers(self) -> Transfers:
@@ -73,7 +73,7 @@ class PresignApi:
         return space
 
     def _fields(
-        self, *, filename: str | None, mime: str | None, summary: Any, meta: Any, scope: Scope | str, ttl: "TTLArg",
+        self, *, filename: str | None, mime: str | None, summary: Any, meta: Any, scope: Scope | str, ttl: TTLArg,
         max_bytes: Any,
     ) -> dict[str, Any]:
         """Every argument checked before anything is created, so a refusal leaves no trace."""
@@ -90,7 +90,7 @@ class PresignApi:
 
     async def presign_upload(
         self, *, session_id: str | None, user_id: str | None, filename: str | None, mime: str | None, expires: int,
-        scope: Scope | str, ttl: "TTLArg", max_bytes: int | None, summary: str, meta: dict[str, Any] | None,
+        scope: Scope | str, ttl: TTLArg, max_bytes: int | None, summary: str, meta: dict[str, Any] | None,
         publish_on_upload: bool,
     ) -> tuple[str, str]:
         check_expires(expires)
@@ -119,7 +119,7 @@ class PresignApi:
 
     async def register(
         self, artifact_id: str, *, mime: str | None, summary: str | None, filename: str | None,
-        meta: dict[str, Any] | None, ttl: "TTLArg", ttl_given: bool, session_id: str | None, user_id: str | None,
+        meta: dict[str, Any] | None, ttl: TTLArg, ttl_given: bool, session_id: str | None, user_id: str | None,
     ) -> bool:
         store = self.store
         if filename is not None:
@@ -155,7 +155,7 @@ class PresignApi:
             "session_id": space.session_id,
             "user_id": space.user_id,
             "filename": record.filename,
-            "expires_at": datetime.fromtimestamp(record.expires_at_ns / NS, tz=timezone.utc).isoformat(),
+            "expires_at": datetime.fromtimestamp(record.expires_at_ns / NS, tz=UTC).isoformat(),
             "min_part_bytes": transfers.settings.min_part_bytes,
             "max_parts": MAX_PARTS,
         }

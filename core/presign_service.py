@@ -297,9 +297,11 @@ async def serve(
     import sniffio
 
     if sniffio.current_async_library() == "trio":
-        from hypercorn.trio import serve as hypercorn_serve, tcp_server
+        from hypercorn.trio import serve as hypercorn_serve
+        from hypercorn.trio import tcp_server
     else:
-        from hypercorn.asyncio import serve as hypercorn_serve, tcp_server  # type: ignore[assignment,no-redef]
+        from hypercorn.asyncio import serve as hypercorn_serve  # type: ignore[assignment,no-redef]
+        from hypercorn.asyncio import tcp_server
     # hypercorn reads a socket 64 KiB at a time and hands each read to the app as
     # one message; for multi-MiB bodies that per-message cost is most of an
     # upload's CPU time. Larger reads (a module setting, so process-wide) keep

@@ -31,7 +31,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import BaseModel
 
 from . import grid
+from .blobs.base import BlobStore
 from .config import Settings
+from .config import _signing_key as store_signing_key
 from .errors import (
     ArtifactCorruptedError,
     ArtifactNotFoundError,
@@ -42,12 +44,11 @@ from .errors import (
     UploadConflictError,
     UploadNotFoundError,
 )
-from .blobs.base import BlobStore
 from .models import StorageProvider
 from .namespace import NS, Namespace
 from .nodes import Node, Space
 from .presign import MAX_PARTS, PresignSettings, Target, TargetKind, UrlSigner, check_expires, derive_key
-from .signing import RecordSigner, load_signing_key
+from .signing import RecordSigner
 from .uploads import (
     DirUploadRegistry,
     MemoryUploadRegistry,
@@ -129,8 +130,7 @@ class Publish(BaseModel):
 
 def normalise_etag(etag: str) -> str:
     etag = etag.strip()
-    if etag.startswith("W/"):
-        etag = etag[2:]
+    etag = etag.removeprefix("W/")
     return etag.strip('"').lower()
 
 
@@ -147,9 +147,10 @@ class Transfers:
         self.signer = UrlSigner(signing_key, settings.url)
 
     @classmethod
-    def for_settings(cls, ns: Namespace, settings: Settings, signing_key: bytes | None = None) -> "Transfers":
+    def for_settings(cls, ns: Namespace, settings: Settings, signing_key: bytes | None = None) -> Transfers:
         """Transfers for a store built from ``settings``; uploads are kept beside its data."""
-        key = signing_key if signing_key is not None else load_signing_key(settings.data_dir)
+        # The key metadata records are signed with: every process on this store agrees on it.
+        key = signing_key if signing_key is not None else store_signing_key(settings)
         registry: UploadRegistry
         if settings.data_dir is not None and settings.storage_provider is not StorageProvider.MEMORY:
             registry = DirUploadRegistry(settings.data_dir / "uploads", RecordSigner(derive_key(key, "upload-record/v1")))

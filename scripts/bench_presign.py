@@ -26,12 +26,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import trio  # noqa: E402
+import trio
+from bench_common import MB, Context, MiB, Section, Table, filesystem_of
 
-from bench_common import MB, MiB, Context, Section, Table, filesystem_of  # noqa: E402
-from core import ArtifactStore, MultipartUploadCompleteRequest, MultipartUploadInitRequest  # noqa: E402
-from core import MultipartUploadPart  # noqa: E402
-from core.config import Settings  # noqa: E402
+from core import (
+    ArtifactStore,
+    MultipartUploadCompleteRequest,
+    MultipartUploadInitRequest,
+    MultipartUploadPart,
+)
+from core.config import Settings
 
 SIZE = 256 * MiB
 PART = 32 * MiB
@@ -135,11 +139,10 @@ def blob_path(store: ArtifactStore, blob_key: str) -> Path:
 async def measure(ctx: Context, work: Path, url: str, data_dir: Path) -> Table:
     source = work / "source.bin"
     with open(source, "wb") as f:
-        for _ in range(SIZE // MiB):
-            f.write(os.urandom(MiB))
+        f.writelines(os.urandom(MiB) for _ in range(SIZE // MiB))
     settings = Settings(storage_provider="filesystem", session_provider="sqlite", fs_root=data_dir)
     settings.presign.base_url = url
-    rate = lambda seconds: SIZE / MB / seconds  # noqa: E731
+    rate = lambda seconds: SIZE / MB / seconds
     table = Table(title=f"presigned URLs, {SIZE // MiB} MiB artifact, embedded default ({filesystem_of(work)})",
                   key_columns=["operation"], ref_columns=["disk"])
     async with ArtifactStore(settings=settings) as store:

@@ -25,8 +25,8 @@ from core import (
     MultipartUploadCompleteRequest,
     MultipartUploadInitRequest,
     MultipartUploadPart,
+    presign_service,
 )
-from core import presign_service
 from core.clock import ManualClock
 from core.errors import ArtifactNotFoundError, InvalidPartError, UploadConflictError, UploadNotFoundError
 
@@ -281,6 +281,8 @@ async def test_upload_over_its_limit_writes_nothing(store: ArtifactStore, http: 
     assert (await http.put(url, content=body())).status_code == 413  # refused while streaming
     assert await footprint(store) == before
     assert (await http.put(url, content=b"z" * 1000)).status_code == 200
+    await store.register_uploaded_artifact(artifact_id)
+    assert await store.retrieve(artifact_id) == b"z" * 1000
 
 
 async def test_upload_beyond_the_store_size_limit(store: ArtifactStore, http: httpx.AsyncClient) -> None:
@@ -392,7 +394,7 @@ async def test_multipart_wrong_etag_publishes_nothing(store: ArtifactStore, http
     info = await store.initiate_multipart_upload(MultipartUploadInitRequest(filename="etag.bin"))
     upload_id = info["upload_id"]
     e1 = await put_part(http, store, upload_id, 1, os.urandom(5 * MiB))
-    e2 = await put_part(http, store, upload_id, 2, b"two")
+    await put_part(http, store, upload_id, 2, b"two")  # its real ETag is never listed
     before = await footprint(store)
     wrong = '"' + hashlib.sha256(b"something else").hexdigest() + '"'
     with pytest.raises(InvalidPartError, match="part 2: ETag"):
@@ -461,7 +463,7 @@ async def test_parts_refused_while_completing(store: ArtifactStore, http: httpx.
 async def test_expired_urls_are_refused(store: ArtifactStore, clock: ManualClock, http: httpx.AsyncClient) -> None:
     artifact_id = await store.store(b"data", filename="e.txt", ttl=None, user_id="u", scope="user")
     get_url = await store.presign(artifact_id, expires=60)
-    put_url, upload_artifact = await store.presign_upload(filename="up.txt", user_id="u", scope="user", expires=60)
+    put_url, _ = await store.presign_upload(filename="up.txt", user_id="u", scope="user", expires=60)
     info = await store.initiate_multipart_upload(MultipartUploadInitRequest(filename="m.bin", user_id="u", scope="user"))
     part_url = await store.get_part_upload_url(info["upload_id"], 1, expires=60)
     clock.advance(60)
@@ -484,6 +486,8 @@ async def test_flipped_signature_is_refused(store: ArtifactStore, http: httpx.As
         assert (response.status_code, response.text) == (403, "403 bad signature\n")
     assert (await http.get(get_url.replace("exp=", "exp=9"))).text == "403 bad signature\n"
     assert await footprint(store) == before
+    with pytest.raises(ArtifactNotFoundError, match="nothing has been uploaded"):
+        await store.register_uploaded_artifact(artifact_id)
 
 
 async def test_url_reused_for_another_key(store: ArtifactStore, http: httpx.AsyncClient) -> None:

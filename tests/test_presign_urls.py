@@ -70,9 +70,9 @@ def test_dropping_the_limit_is_refused() -> None:
 
 
 def test_url_replayed_on_another_target() -> None:
-    path, query = split(UrlSigner(KEY, "http://h").sign(OBJ, NOW + 60))
+    _, query = split(UrlSigner(KEY, "http://h").sign(OBJ, NOW + 60))
     assert refusal("GET", "/v1/objects/a2", query) == Refusal.OTHER_KEY.value
-    part_path, part_query = split(UrlSigner(KEY, "http://h").sign(PART, NOW + 60))
+    _, part_query = split(UrlSigner(KEY, "http://h").sign(PART, NOW + 60))
     assert refusal("PUT", "/v1/uploads/up1/parts/8", part_query) == Refusal.OTHER_KEY.value
     assert refusal("PUT", "/v1/uploads/up1", part_query) == Refusal.OTHER_KEY.value
     # A forged fingerprint for the new path still lacks the signature for it.
@@ -104,3 +104,19 @@ def test_expires_bounds() -> None:
     for bad in (0, -5, 7 * 24 * 3600 + 1, 1.5, True, "60"):
         with pytest.raises(InvalidArgumentError):
             check_expires(bad)
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.config import Settings
+    from core.presign import PresignSettings
+
+    assert PresignSettings().url == "http://127.0.0.1:8470"
+    monkeypatch.setenv("ARTIFACT_SERVE_HOST", "0.0.0.0")
+    monkeypatch.setenv("ARTIFACT_SERVE_PORT", "9000")
+    assert Settings.from_env().presign.url == "http://0.0.0.0:9000"
+    monkeypatch.setenv("ARTIFACT_PRESIGN_URL", "https://files.example.com/")
+    assert Settings.from_env().presign.url == "https://files.example.com/"
+    assert UrlSigner(KEY, Settings.from_env().presign.url).sign(OBJ, NOW).startswith("https://files.example.com/v1/objects/a1?")
+    monkeypatch.setenv("ARTIFACT_SERVE_PORT", "http")
+    with pytest.raises(InvalidArgumentError, match="presign"):
+        Settings.from_env()
