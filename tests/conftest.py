@@ -9,9 +9,8 @@ import pytest
 
 from core import ArtifactStore, Limits
 from core.clock import ManualClock
-from servers import moto_server, redis_server, redis_s3_settings  # noqa: F401 (session fixtures)
-
-BACKENDS = ["memory", "fs-sqlite", "redis-s3"]
+from servers import moto_server, redis_server  # noqa: F401 (session fixtures)
+from storekit import BACKENDS, make_store
 
 
 @pytest.fixture
@@ -22,19 +21,6 @@ def clock() -> ManualClock:
 @pytest.fixture
 def limits() -> Limits:
     return Limits()
-
-
-def make_store(backend: str, root: Path, clock: ManualClock, limits: Limits, **kw) -> ArtifactStore:
-    """A store on ``backend`` ("memory" or "fs-sqlite") rooted at ``root``."""
-    if backend == "memory":
-        return ArtifactStore(storage_provider="memory", session_provider="memory", clock=clock, limits=limits, **kw)
-    if backend == "fs-sqlite":
-        return ArtifactStore(
-            storage_provider="filesystem", session_provider="sqlite", fs_root=root, clock=clock, limits=limits, **kw
-        )
-    if backend == "redis-s3":  # the session's redis-server and moto, with key prefixes of this root's own
-        return ArtifactStore(settings=redis_s3_settings(root), clock=clock, limits=limits, **kw)
-    raise ValueError(backend)
 
 
 @pytest.fixture(params=BACKENDS)

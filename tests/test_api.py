@@ -571,7 +571,7 @@ async def test_session_of_another_user_refused(store: ArtifactStore) -> None:
 
 
 async def test_close(backend: str, tmp_path, clock: ManualClock, limits) -> None:
-    from conftest import make_store
+    from storekit import make_store
 
     store = make_store(backend, tmp_path / "data", clock, limits)
     file_id = await store.store(b"lazy open")  # usable without ``async with``

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_store
+from storekit import make_store
 from core import (
     AccessDeniedError,
     ArtifactCorruptedError,

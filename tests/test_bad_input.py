@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import make_store
+from storekit import make_store
 from core import (
     ArtifactStore,
     ArtifactStoreError,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_store
+from storekit import make_store
 from core import (
     ArtifactStore,
     ArtifactTooLargeError,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACKENDS, make_store
+from storekit import BACKENDS, make_store
 from core import ArtifactCorruptedError, ArtifactStore, Limits, SessionError
 from core.clock import ManualClock
 from storeprobe import all_nodes, blob_keys

@@ -1,0 +1,28 @@
+"""Building a store on each backend the suites run on.
+
+Kept out of conftest.py so test modules can import it by a name that is
+unique in the tree (tests/fuse has a conftest of its own).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core import ArtifactStore, Limits
+from core.clock import ManualClock
+from servers import redis_s3_settings
+
+BACKENDS = ["memory", "fs-sqlite", "redis-s3"]
+
+
+def make_store(backend: str, root: Path, clock: ManualClock, limits: Limits, **kw) -> ArtifactStore:
+    """A store on ``backend`` rooted at ``root`` (its data dir, or its key prefixes on redis-s3)."""
+    if backend == "memory":
+        return ArtifactStore(storage_provider="memory", session_provider="memory", clock=clock, limits=limits, **kw)
+    if backend == "fs-sqlite":
+        return ArtifactStore(
+            storage_provider="filesystem", session_provider="sqlite", fs_root=root, clock=clock, limits=limits, **kw
+        )
+    if backend == "redis-s3":  # the session's redis-server and moto, with key prefixes of this root's own
+        return ArtifactStore(settings=redis_s3_settings(root), clock=clock, limits=limits, **kw)
+    raise ValueError(backend)
