@@ -3,6 +3,7 @@
     artifactfs mount MOUNTPOINT [--sandbox S] [--data-dir D] [--foreground] [-o allow_other]
                                 [--map-user NAME=UID ...] [--admin-uid UID ...]
     artifactfs umount MOUNTPOINT
+    artifactfs serve [--data-dir D] [--host H] [--port N] [--public-url URL]   (fusefs.serve_cmd)
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     umount = commands.add_parser("umount", help="unmount MOUNTPOINT and wait for its process to finish")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+
+    from .serve_cmd import add_arguments as serve_arguments
+
+    serve = commands.add_parser("serve", help="serve the presigned URLs of a data dir over HTTP")
+    serve_arguments(serve)
     return parser
 
 
@@ -98,6 +104,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    if args.command == "serve":
+        from .serve_cmd import run as serve
+
+        return serve(args)
     if args.command == "mount":
         return lifecycle.mount(mount_options(args, parser), say=say)
     return lifecycle.umount(args.mountpoint, say=say)

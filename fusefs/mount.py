@@ -35,6 +35,7 @@ from core.config import Settings, build_backends
 from core.errors import ArtifactStoreError
 from core.namespace import Namespace
 from core.nodes import ROOT_INO
+from core.transfers import Transfers
 
 from .callers import Callers
 from .errnos import trace
@@ -217,6 +218,7 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
         ops = Operations(
             ns, root_ino=box.ino if options.sandbox else ROOT_INO, sandbox_id=settings.sandbox_id,
             callers=callers, data_dir=options.data_dir, spool_dir=spool_dir,
+            presigner=Transfers.for_settings(ns, settings),  # user.artifact.presign; served by `artifactfs serve`
         )
         try:
             pyfuse3.init(ops, str(options.mountpoint_abs), _fuse_options(options))

@@ -1,0 +1,77 @@
+"""The command line: daemon and foreground mounts, refusals with clear messages, clean stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from mounting import EXIT_TIMEOUT, Mount, artifactfs, is_mounted, start_mount
+
+
+def test_daemon_mount_is_ready_when_the_command_returns(tmp_path: Path) -> None:
+    mnt, data = tmp_path / "mnt", tmp_path / "data"
+    mnt.mkdir()
+    done = artifactfs("mount", mnt, "--data-dir", data, "--sandbox", "app")
+    try:
+        assert done.returncode == 0, done.stderr
+        assert sorted(os.listdir(mnt)) == ["sessions", "shared", "users"]  # no wait needed
+        (mnt / "shared" / "f.txt").write_text("daemon")
+        assert (data / "mount.log").exists()
+    finally:
+        stopped = artifactfs("umount", mnt)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not is_mounted(mnt)
+    again = start_mount(mnt, data)  # umount returned only after the data dir was free
+    try:
+        assert (mnt / "shared" / "f.txt").read_text() == "daemon"
+    finally:
+        again.stop()
+
+
+def test_a_second_mount_of_one_data_dir_is_refused(mount: Mount, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    for extra in ([], ["--foreground"]):
+        done = artifactfs("mount", other, "--data-dir", mount.data_dir, *extra)
+        assert done.returncode == 1
+        assert "already mounted" in done.stderr and str(mount.mountpoint) in done.stderr, done.stderr
+    assert not is_mounted(other)
+    (mount / "shared" / "still.txt").write_text("fine")  # the first mount is unharmed
+    assert (mount / "shared" / "still.txt").read_text() == "fine"
+
+
+def test_mount_errors_are_sentences_and_exit_statuses(tmp_path: Path) -> None:
+    done = artifactfs("mount", tmp_path / "missing", "--data-dir", tmp_path / "data")
+    assert done.returncode == 1 and "does not exist" in done.stderr
+    done = artifactfs("umount", tmp_path)
+    assert done.returncode == 1 and "is not mounted" in done.stderr
+    done = artifactfs("mount", tmp_path, "-o", "writeback_cache")
+    assert done.returncode == 2 and "unsupported mount option" in done.stderr
+    done = artifactfs("mount", tmp_path, "--map-user", "alice")
+    assert done.returncode == 2 and "NAME=UID" in done.stderr
+    done = artifactfs("mount", tmp_path, "--sandbox", "no/such")
+    assert done.returncode == 2 and "sandbox id" in done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_unmounts_and_discards_unpublished_writes(mount: Mount, alice: Path, signum: int) -> None:
+    (alice / "kept.txt").write_text("published")
+    (alice / "open.txt").write_text("old version")
+    writer = open(alice / "open.txt", "r+b")
+    writer.write(b"half-written new version")
+    writer.flush()  # reached the mount, never closed
+    mount.process.send_signal(signum)
+    assert mount.process.wait(timeout=EXIT_TIMEOUT) == 0, mount.log_text()
+    mount.stopped = True
+    assert not is_mounted(mount.mountpoint)
+    with pytest.raises(OSError):
+        writer.close()  # the mount is gone
+    assert "were discarded" in mount.log_text()
+    async with mount.store() as store:
+        files = {m.filename: m for m in await store.search(user_id="alice")}
+        assert await store.read_file(files["kept.txt"].artifact_id) == b"published"
+        assert await store.read_file(files["open.txt"].artifact_id) == b"old version"
+    assert os.listdir(mount.data_dir / "spool") == []

@@ -1,0 +1,112 @@
+"""Bad input and forbidden places: each gets the errno a real filesystem gives, and changes nothing."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from mounting import Mount
+
+_libc = ctypes.CDLL(None, use_errno=True)
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+AT_FDCWD = -100
+
+
+def renameat2(old: Path, new: Path, flags: int) -> None:
+    if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def snapshot(root: Path) -> list[tuple[str, int]]:
+    """Every path below ``root`` with its size: what 'nothing changed' compares."""
+    return sorted((str(p.relative_to(root)), p.lstat().st_size) for p in root.rglob("*"))
+
+
+def fails_with(code: int, action, *args) -> None:
+    with pytest.raises(OSError) as caught:
+        action(*args)
+    assert caught.value.errno == code, f"{errno.errorcode.get(caught.value.errno)} instead of {errno.errorcode[code]}"
+
+
+def test_names_over_255_bytes(mount: Mount, alice: Path) -> None:
+    before = snapshot(mount.mountpoint)
+    fails_with(errno.ENAMETOOLONG, open, alice / ("x" * 256), "w")
+    fails_with(errno.ENAMETOOLONG, os.mkdir, alice / ("é" * 128))  # 256 bytes in UTF-8
+    fails_with(errno.ENAMETOOLONG, os.stat, alice / ("y" * 300))
+    (alice / ("z" * 255)).write_text("the longest name there is")
+    assert snapshot(mount.mountpoint) == before + [("users/alice/" + "z" * 255, 25)]
+
+
+def test_dot_names_slashes_and_nul(mount: Mount, alice: Path) -> None:
+    (alice / "sub").mkdir()
+    before = snapshot(mount.mountpoint)
+    fails_with(errno.EEXIST, os.mkdir, alice / "..")
+    fails_with(errno.EISDIR, open, alice / "..", "w")
+    fails_with(errno.ENOENT, open, alice / "no-such-dir" / "f", "w")  # a '/' in a name is a path
+    with pytest.raises(ValueError):  # a NUL never reaches the kernel
+        open(alice / "a\0b", "w")
+    fails_with(errno.EINVAL, open, os.fsencode(alice) + b"/not-utf8-\xff", "w")
+    assert snapshot(mount.mountpoint) == before
+
+
+def test_nothing_but_scope_directories_in_the_fixed_tree(mount: Mount) -> None:
+    before = snapshot(mount.mountpoint)
+    fails_with(errno.EACCES, open, mount / "stray.txt", "w")  # the sandbox root
+    fails_with(errno.EACCES, os.mkdir, mount / "newdir")
+    fails_with(errno.EACCES, open, mount / "sessions" / "stray.txt", "w")
+    fails_with(errno.EACCES, open, mount / "users" / "stray.txt", "w")
+    fails_with(errno.EACCES, os.symlink, "x", mount / "sessions" / "link")
+    fails_with(errno.EACCES, os.rmdir, mount / "shared")
+    fails_with(errno.EACCES, os.rename, mount / "sessions", mount / "sessions2")
+    fails_with(errno.EINVAL, os.mkdir, mount / "sessions" / "bad id!")  # ids are stricter than names
+    assert snapshot(mount.mountpoint) == before
+
+
+@pytest.mark.parametrize("mount", [{"sandbox": None}], indirect=True)
+def test_the_root_of_an_all_sandboxes_mount_holds_sandboxes(mount: Mount) -> None:
+    assert os.listdir(mount.mountpoint) == ["default"]
+    fails_with(errno.EACCES, open, mount / "stray.txt", "w")
+    os.mkdir(mount / "second")
+    assert sorted(os.listdir(mount / "second")) == ["sessions", "shared", "users"]
+
+
+def test_directory_errors(mount: Mount, alice: Path) -> None:
+    (alice / "full").mkdir()
+    (alice / "full" / "f").write_text("f")
+    (alice / "file").write_text("x")
+    before = snapshot(mount.mountpoint)
+    fails_with(errno.ENOTEMPTY, os.rmdir, alice / "full")
+    fails_with(errno.ENOTDIR, os.rmdir, alice / "file")
+    fails_with(errno.EISDIR, os.unlink, alice / "full")
+    fails_with(errno.EEXIST, os.mkdir, alice / "full")
+    fails_with(errno.ENOTDIR, open, alice / "file" / "below", "w")
+    fails_with(errno.EINVAL, os.rename, alice / "full", alice / "full" / "inside")
+    (alice / "empty").mkdir()
+    fails_with(errno.ENOTEMPTY, os.rename, alice / "empty", alice / "full")
+    os.rmdir(alice / "empty")
+    assert snapshot(mount.mountpoint) == before
+
+
+def test_rename_flags(mount: Mount, alice: Path) -> None:
+    (alice / "a").write_text("A")
+    (alice / "b").write_text("BB")
+    fails_with(errno.EEXIST, renameat2, alice / "a", alice / "b", RENAME_NOREPLACE)
+    assert ((alice / "a").read_text(), (alice / "b").read_text()) == ("A", "BB")
+    renameat2(alice / "a", alice / "c", RENAME_NOREPLACE)
+    renameat2(alice / "c", alice / "b", RENAME_EXCHANGE)
+    assert ((alice / "b").read_text(), (alice / "c").read_text()) == ("A", "BB")
+    fails_with(errno.ENOENT, renameat2, alice / "b", alice / "nothing", RENAME_EXCHANGE)
+
+
+def test_what_artifacts_cannot_be(mount: Mount, alice: Path) -> None:
+    (alice / "f").write_text("f")
+    before = snapshot(mount.mountpoint)
+    fails_with(errno.EPERM, os.link, alice / "f", alice / "hard")
+    fails_with(errno.EPERM, os.mkfifo, alice / "fifo")
+    fails_with(errno.EXDEV, os.rename, alice / "f", mount / "shared" / "f")
+    assert snapshot(mount.mountpoint) == before

@@ -1,0 +1,79 @@
+"""Presigned URLs through a real mount: ``getfattr -n user.artifact.presign`` then curl.
+
+The mount signs; ``artifactfs serve`` on the same data dir answers; a library
+store on that data dir registers a presigned upload, and the file appears in
+the mount. Three processes, one data dir, one key.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mounting import REPO, MountFactory
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """``artifactfs serve`` on a fresh data dir: (its URL, the data dir)."""
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARTIFACT_", "SESSION_", "S3_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusefs", "serve", "--data-dir", str(data_dir), "--port", "0"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("artifactfs serve: http://"), proc.stderr.read() if not line else line
+        yield line.split()[2], data_dir
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+
+
+def curl(*args: str) -> bytes:
+    return subprocess.run(["curl", "-sSf", *args], capture_output=True, check=True, timeout=60).stdout
+
+
+async def test_getfattr_presign_then_curl(mount_factory: MountFactory, service: tuple[str, Path]) -> None:
+    url, data_dir = service
+    env = {**os.environ, "ARTIFACT_PRESIGN_URL": url}
+    mount = mount_factory(data_dir=data_dir, env=env)
+    data = os.urandom(3 * MiB + 17)
+    path = mount.user_dir("alice") / "report.bin"
+    path.write_bytes(data)
+
+    presigned = subprocess.run(
+        ["getfattr", "--only-values", "-n", "user.artifact.presign", str(path)], capture_output=True, text=True,
+        check=True,
+    ).stdout
+    assert presigned.startswith(f"{url}/v1/objects/")
+    assert "user.artifact.presign" in subprocess.run(["getfattr", "-d", "-m", "-", str(path)], capture_output=True,
+                                                     text=True, check=True).stdout
+    assert curl(presigned) == data
+    assert curl("-r", "1000-1999", presigned) == data[1000:2000]
+
+    # A presigned PUT, registered through the library, appears in the mount.
+    async with mount.store() as store:
+        put_url, artifact_id = await store.presign_upload(user_id="alice", scope="user", filename="inbox/upload.bin")
+        assert put_url.startswith(url)
+        uploaded = os.urandom(MiB + 1)
+        source = mount.mountpoint.parent / "upload-source.bin"
+        source.write_bytes(uploaded)
+        curl("-T", str(source), put_url)
+        assert not (mount.user_dir("alice") / "inbox" / "upload.bin").exists()
+        await store.register_uploaded_artifact(artifact_id)
+    assert (mount.user_dir("alice") / "inbox" / "upload.bin").read_bytes() == uploaded
+    xattr_id = subprocess.run(
+        ["getfattr", "--only-values", "-n", "user.artifact.id", str(mount.user_dir("alice") / "inbox" / "upload.bin")],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert xattr_id == artifact_id
