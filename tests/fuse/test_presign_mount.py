@@ -11,14 +11,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from mounting import REPO, MountFactory
+from mounting import REPO, Mount
 
 MiB = 1 << 20
+MountFactory = Callable[..., Mount]
 
 
 @pytest.fixture
@@ -43,8 +44,11 @@ def curl(*args: str) -> bytes:
     return subprocess.run(["curl", "-sSf", *args], capture_output=True, check=True, timeout=60).stdout
 
 
-async def test_getfattr_presign_then_curl(mount_factory: MountFactory, service: tuple[str, Path]) -> None:
+async def test_getfattr_presign_then_curl(
+    mount_factory: MountFactory, service: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, data_dir = service
+    monkeypatch.setenv("ARTIFACT_PRESIGN_URL", url)  # for the library store below
     env = {**os.environ, "ARTIFACT_PRESIGN_URL": url}
     mount = mount_factory(data_dir=data_dir, env=env)
     data = os.urandom(3 * MiB + 17)
