@@ -12,7 +12,7 @@ import pytest
 
 from mounting import Mount
 
-FIELDS = ["expires_at", "id", "meta", "mime", "sha256", "summary", "ttl"]
+FIELDS = ["expires_at", "id", "meta", "mime", "presign", "sha256", "summary", "ttl"]
 
 
 def getfattr(mount: Mount, path: str, name: str) -> str:
@@ -45,6 +45,7 @@ async def test_getfattr_shows_every_field_and_they_match_the_library(mount: Moun
     assert shown["user.artifact.meta"] == "{}"
     assert shown["user.artifact.summary"] == ""
     assert shown["user.artifact.expires_at"] == "" and shown["user.artifact.ttl"] == ""  # user files live on
+    assert "/v1/objects/" in shown["user.artifact.presign"]  # a download URL; tests/fuse/test_presign_mount.py uses it
     async with mount.store() as store:
         meta = await store.metadata(shown["user.artifact.id"])
     assert (meta.filename, meta.user_id, meta.sha256) == ("notes.txt", "alice", shown["user.artifact.sha256"])
