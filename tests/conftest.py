@@ -9,7 +9,7 @@ import pytest
 
 from core import ArtifactStore, Limits
 from core.clock import ManualClock
-from servers import moto_server, redis_server  # noqa: F401 (session fixtures)
+from servers import moto_server, own_moto, own_redis, redis_server  # noqa: F401 (fixtures)
 from storekit import BACKENDS, make_store
 
 

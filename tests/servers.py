@@ -85,11 +85,11 @@ class Server:
 
     def start(self) -> None:
         assert self.proc is None, f"{self.name} is running"
-        log = open(self.workdir / f"{self.name}.log", "ab")
-        self.proc = subprocess.Popen(
-            self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
-        )
-        log.close()
+        with open(self.workdir / f"{self.name}.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 (only prctl runs before exec)
+            )
         wait_until(lambda: self.ready() or self.proc.poll() is not None, 30, f"{self.name} to start")
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.workdir}")
@@ -144,8 +144,8 @@ class RedisServer(Server):
         except redis.exceptions.RedisError:
             return False
 
-    def restart(self) -> None:
-        """``SHUTDOWN SAVE`` and start again from the snapshot: a restart that loses nothing."""
+    def shutdown_saving(self) -> None:
+        """``SHUTDOWN SAVE``: the server writes every key to its snapshot and exits; start() loads it."""
         assert self.proc is not None
         with self.client() as client:
             try:
@@ -154,6 +154,10 @@ class RedisServer(Server):
                 pass  # the server closed the connection on its way out
         self.proc.wait(30)
         self.stop()
+
+    def restart(self) -> None:
+        """A restart that loses nothing."""
+        self.shutdown_saving()
         self.start()
 
 
@@ -226,12 +230,38 @@ def redis_s3_settings(root: Path, **overrides: object) -> Settings:
     except KeyError:
         raise RuntimeError("request the redis_server and moto_server fixtures first") from None
     prefix = store_prefix(root)
-    values: dict[str, object] = dict(
-        storage_provider="s3", session_provider="redis", fs_root=root, bucket=BUCKET,
-        redis_url=redis_srv.url, redis_prefix=prefix, s3_endpoint_url=moto_srv.endpoint,  # type: ignore[attr-defined]
-        s3_prefix=prefix + "/", s3_sse_algorithm="AES256",
-    )
+    assert isinstance(redis_srv, RedisServer) and isinstance(moto_srv, MotoServer)
+    values: dict[str, object] = {
+        "storage_provider": "s3", "session_provider": "redis", "fs_root": root, "bucket": BUCKET,
+        "redis_url": redis_srv.url, "redis_prefix": prefix, "s3_endpoint_url": moto_srv.endpoint,
+        "s3_prefix": prefix + "/", "s3_sse_algorithm": "AES256",
+    }
     if not os.environ.get("ARTIFACT_SIGNING_KEY"):  # Redis needs a configured key; a test may set its own
         values["signing_key"] = SIGNING_KEY
     values.update(overrides)
     return Settings.from_env(**values)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, for tests that stop it or read its command counts."""
+    server = RedisServer(tmp_path / "own-redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_moto(tmp_path: Path) -> Iterator[MotoServer]:
+    """A moto server of the test's own, for tests that stop or freeze it."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in AWS_ENV.items():
+            env.setenv(name, value)
+        server = MotoServer(tmp_path / "own-moto")
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()

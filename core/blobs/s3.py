@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -134,6 +134,7 @@ class S3BlobStore:
             tcp_keepalive=True,
         )
         self.retry = retry or RetryPolicy()
+        self.list_page_size = 1000  # S3's own maximum; tests make it small to walk pages
         self._clients: aio_bridge.LoopLocal[tuple[Any, contextlib.AsyncExitStack]] = aio_bridge.LoopLocal(
             self._connect, self._disconnect
         )
@@ -201,7 +202,7 @@ class S3BlobStore:
 
     # -- writing
 
-    async def writer(self, key: str) -> "S3Writer":
+    async def writer(self, key: str) -> S3Writer:
         if not self._open:
             raise StoreClosedError("the blob store is closed")
         return S3Writer(self, key)
@@ -228,8 +229,8 @@ class S3BlobStore:
         else:
             writer = S3Writer(self, key)
             try:
-                with open(path, "rb") as src:
-                    while chunk := await anyio.to_thread.run_sync(src.read, self.part_size):
+                async with await anyio.open_file(path, "rb") as src:
+                    while chunk := await src.read(self.part_size):
                         await writer.write(chunk)
                 await writer.commit()
             except BaseException:
@@ -239,7 +240,7 @@ class S3BlobStore:
 
     # -- reading
 
-    async def reader(self, key: str) -> "S3Reader":
+    async def reader(self, key: str) -> S3Reader:
         """A reader of ``key``; a missing blob raises ArtifactNotFoundError here, not at the first read."""
         head = await self.call(key, lambda c: c.head_object(Bucket=self.bucket, Key=self.object_key(key)))
         return S3Reader(self, key, int(head["ContentLength"]))
@@ -258,7 +259,7 @@ class S3BlobStore:
                 return
 
     async def _list_page(self, client: Any, prefix: str, token: str | None) -> dict:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.object_key(prefix)}
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.object_key(prefix), "MaxKeys": self.list_page_size}
         if token:
             args["ContinuationToken"] = token
         return await client.list_objects_v2(**args)
@@ -295,7 +296,7 @@ class S3BlobStore:
 
     async def abort_incomplete(self, older_than: timedelta = timedelta(days=1)) -> int:
         """Abort uploads started before ``older_than`` ago; returns how many."""
-        cutoff = datetime.now(timezone.utc) - older_than
+        cutoff = datetime.now(UTC) - older_than
         stale = [u for u in await self.incomplete_uploads() if u.initiated <= cutoff]
         for upload in stale:
             await self.abort_upload(upload.key, upload.upload_id)
@@ -320,11 +321,12 @@ class S3Writer:
         self._size += len(data)
         part_size = self._store.part_size
         while len(self._buf) >= part_size:
-            part = bytes(memoryview(self._buf)[:part_size])
-            del self._buf[:part_size]
+            # Hand the buffer itself over as the part: only the overhang (less than a write) is copied.
+            part, self._buf = self._buf, bytearray(memoryview(self._buf)[part_size:])
+            del part[part_size:]
             await self._send(part)
 
-    async def _send(self, part: bytes) -> None:
+    async def _send(self, part: bytes | bytearray) -> None:
         if self._upload is None:
             self._upload = await aio_bridge.run(_Multipart.start, self._store, self._key)
         await aio_bridge.run(self._upload.add_part, part)
@@ -363,14 +365,14 @@ class _Multipart:
         self.next_number = 1
 
     @classmethod
-    async def start(cls, store: S3BlobStore, key: str) -> "_Multipart":
+    async def start(cls, store: S3BlobStore, key: str) -> _Multipart:
         reply = await store.retried(
             f"{key} (start upload)",
             lambda c: c.create_multipart_upload(Bucket=store.bucket, Key=store.object_key(key), **store._sse),
         )
         return cls(store, key, reply["UploadId"])
 
-    async def add_part(self, data: bytes) -> None:
+    async def add_part(self, data: bytes | bytearray) -> None:
         """Start uploading ``data`` as the next part, after waiting for room."""
         await self._settle(self.store.max_inflight_parts - 1)
         number = self.next_number
@@ -379,7 +381,7 @@ class _Multipart:
         self.next_number += 1
         self.inflight.add(asyncio.create_task(self._upload(number, data)))
 
-    async def _upload(self, number: int, data: bytes) -> None:
+    async def _upload(self, number: int, data: bytes | bytearray) -> None:
         reply = await self.store.retried(
             f"{self.key} (part {number})",
             lambda c: c.upload_part(

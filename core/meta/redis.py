@@ -12,11 +12,13 @@ record moved or removed between the two steps is simply left out.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+import anyio
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.asyncio.retry import Retry
@@ -26,8 +28,15 @@ from redis.exceptions import ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import aio_bridge
-from ..errors import AlreadyExistsError, ArtifactCorruptedError, DirectoryNotEmptyError, IsADirectoryError_
-from ..errors import NotADirectoryError_, ProviderError, StoreClosedError
+from ..errors import (
+    AlreadyExistsError,
+    ArtifactCorruptedError,
+    DirectoryNotEmptyError,
+    IsADirectoryError_,
+    NotADirectoryError_,
+    ProviderError,
+    StoreClosedError,
+)
 from ..models import Scope, Usage
 from ..nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
 from ..retry import RetryPolicy, retrying
@@ -38,7 +47,7 @@ T = TypeVar("T")
 
 _KIND_CODE = {NodeKind.DIR: "d", NodeKind.FILE: "f", NodeKind.SYMLINK: "l"}
 _INO_BATCH = 64  # inode numbers reserved per INCRBY; unused ones are simply skipped
-_MAX_CONFLICTS = 16  # replace attempts that meet a new occupant each time
+_MAX_CONFLICTS = 100  # replace attempts that meet a new occupant each time (heavy contention on one name)
 
 _ERRORS: dict[bytes, Callable[[str], Exception]] = {
     b"noparent": lambda what: ProviderError(f"{what}: the parent directory does not exist"),
@@ -303,10 +312,12 @@ class RedisMetaStore:
     async def _replacing(self, what: str, op: str, flags: list[object], node: Node) -> Node | None:
         """Run an op that may replace an entry, verifying the record it replaces first."""
         expect = b""
-        for _ in range(_MAX_CONFLICTS):
+        for attempt in range(_MAX_CONFLICTS):
             reply = self._check(await self._script(what, op, *flags, expect, *self._args(node)), what)
             if reply[0] == b"CONFLICT":
                 self._load(reply[1], reply[2], reply[3])  # refuses a corrupted record before it is touched
+                if expect:  # raced by another replacer: back off a little so one of us gets through
+                    await anyio.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
                 expect = reply[1]
                 continue
             return self._load(reply[1], reply[2], reply[3]) if len(reply) > 1 else None

@@ -1,0 +1,424 @@
+"""RedisMetaStore on a real redis-server: atomicity, indexes instead of scans, faults.
+
+The core suite already runs the whole API on Redis + S3 (backend "redis-s3");
+these tests look at what only this backend has: races between clients, the
+key layout staying consistent, command counts, outages of the server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+import pytest
+import redis
+from servers import RedisServer
+
+from core.errors import (
+    AlreadyExistsError,
+    ArtifactCorruptedError,
+    ArtifactStoreError,
+    ProviderError,
+)
+from core.meta.redis import RedisMetaStore
+from core.meta.sqlite import SQLiteMetaStore
+from core.models import Scope, Usage
+from core.nodes import ROOT_INO, Artifact, Node, NodeKind, Space, new_node
+from core.retry import RetryPolicy
+from core.signing import RecordSigner
+
+SIGNER = RecordSigner(b"redis-meta-test-key-0123456789")
+ALICE = Space(sandbox_id="box", scope=Scope.USER, user_id="alice")
+BOB = Space(sandbox_id="box", scope=Scope.USER, user_id="bob")
+FAST_RETRY = RetryPolicy(attempts=3, first_delay=0.01, max_delay=0.05)
+
+
+def a_file(parent: int, name: str, *, size: int = 0, space: Space = ALICE, expires: int | None = None) -> Node:
+    node = new_node(parent=parent, name=name, kind=NodeKind.FILE, mode=0o644, now_ns=1, space=space)
+    node.artifact = Artifact(artifact_id=uuid.uuid4().hex, sha256="0" * 64)
+    node.size, node.expires_at_ns = size, expires
+    return node
+
+
+def a_dir(parent: int, name: str, space: Space = ALICE) -> Node:
+    return new_node(parent=parent, name=name, kind=NodeKind.DIR, mode=0o755, now_ns=1, space=space)
+
+
+def redis_store(server: RedisServer, prefix: str | None = None, **kw) -> RedisMetaStore:
+    return RedisMetaStore(server.url, SIGNER, prefix=prefix or f"rm-{uuid.uuid4().hex[:12]}", **kw)
+
+
+@pytest.fixture
+async def meta(redis_server: RedisServer) -> AsyncIterator[RedisMetaStore]:
+    store = redis_store(redis_server)
+    await store.open()
+    yield store
+    await store.close()
+
+
+def assert_consistent(url: str, prefix: str) -> None:
+    """Every key of the layout agrees with every other (read with SCAN: tests only)."""
+    r = redis.Redis.from_url(url)
+    inodes = {int(k.rsplit(b":", 1)[1]): r.hgetall(k) for k in r.scan_iter(f"{prefix}:i:*")}
+    dirs = {int(k.rsplit(b":", 1)[1]): r.hgetall(k) for k in r.scan_iter(f"{prefix}:d:*")}
+    for parent, entries in dirs.items():
+        assert inodes[parent][b"k"] == b"d"
+        for name, ino in entries.items():
+            record = inodes[int(ino)]
+            assert (record[b"p"], record[b"n"]) == (str(parent).encode(), name)
+    for ino, record in inodes.items():
+        if ino != ROOT_INO:
+            assert dirs[int(record[b"p"])][record[b"n"]] == str(ino).encode()
+    assert r.hgetall(f"{prefix}:art") == {h[b"a"]: str(i).encode() for i, h in inodes.items() if h[b"a"]}
+    assert {m: s for m, s in r.zrange(f"{prefix}:exp", 0, -1, withscores=True)} == {
+        str(i).encode(): float(h[b"ex"]) for i, h in inodes.items() if h[b"ex"]
+    }
+    tags: dict[bytes, set[bytes]] = {}
+    for ino, record in inodes.items():
+        for tag in filter(None, record[b"ix"].split(b"\n")):
+            tags.setdefault(tag, set()).add(str(ino).encode())
+    for key in r.scan_iter(f"{prefix}:x:*"):
+        assert r.smembers(key) == tags.pop(key[len(prefix) + 3 :], set())
+    assert not tags
+    files: Counter[bytes] = Counter()
+    size: Counter[bytes] = Counter()
+    for record in inodes.values():
+        if record[b"uk"]:
+            files[record[b"uk"]] += 1
+            size[record[b"uk"]] += int(record[b"sz"])
+    assert {k: int(v) for k, v in r.hgetall(f"{prefix}:uf").items() if int(v)} == dict(files)
+    assert {k: int(v) for k, v in r.hgetall(f"{prefix}:ub").items() if int(v)} == {k: v for k, v in size.items() if v}
+    totals = r.hgetall(f"{prefix}:tot")
+    assert int(totals.get(b"files", 0)) == sum(files.values()) and int(totals.get(b"bytes", 0)) == sum(size.values())
+
+
+# -- the same semantics as the SQLite reference
+
+
+async def scenario(meta) -> list[str]:
+    """A run of tree changes, legal and not; returns what each step did."""
+    log: list[str] = []
+
+    async def step(what: str, call: Callable[[], Awaitable[object]]) -> object:
+        try:
+            result = await call()
+        except ArtifactStoreError as exc:
+            log.append(f"{what}: {type(exc).__name__}")
+            return None
+        log.append(f"{what}: ok")
+        return result
+
+    d, _ = await meta.insert(a_dir(ROOT_INO, "d"))
+    e, _ = await meta.insert(a_dir(ROOT_INO, "e"))
+    f, _ = await meta.insert(a_file(ROOT_INO, "f", size=10))
+    await step("insert f again", lambda: meta.insert(a_file(ROOT_INO, "f")))
+    replaced = await step("insert f replacing", lambda: meta.insert(a_file(ROOT_INO, "f", size=7), replace=True))
+    log.append(f"replaced {replaced[1].ino == f.ino}")  # type: ignore[index]
+    f = replaced[0]  # type: ignore[index]
+    await step("file over dir", lambda: meta.insert(a_file(ROOT_INO, "d"), replace=True))
+    await step("insert below a file", lambda: meta.insert(a_file(f.ino, "x")))
+    await step("insert below nothing", lambda: meta.insert(a_file(999_999, "x")))
+    inner, _ = await meta.insert(a_file(d.ino, "inner", size=3))
+    await step("rename file onto dir", lambda: meta.rename(f, ROOT_INO, "d", replace=True))
+    await step("rename dir onto file", lambda: meta.rename(e, ROOT_INO, "f", replace=True))
+    await step("rename dir onto non-empty dir", lambda: meta.rename(e, ROOT_INO, "d", replace=True))
+    await step("rename f to g", lambda: meta.rename(f, ROOT_INO, "g", replace=False))
+    log.append(f"rename onto itself returns {await meta.rename(f, ROOT_INO, 'g', replace=True)}")
+    h, _ = await meta.insert(a_file(ROOT_INO, "h", size=5))
+    await step("rename h onto g, no replace", lambda: meta.rename(h, ROOT_INO, "g", replace=False))
+    gone = await meta.rename(h, ROOT_INO, "g", replace=True)
+    log.append(f"rename h onto g replaced f: {gone is not None and gone.ino == f.ino}")
+    await step("exchange", lambda: meta.exchange(h, inner))
+    await step("remove non-empty dir", lambda: meta.remove(d))
+    await step("remove a file", lambda: meta.remove(inner))
+    await step("remove it again", lambda: meta.remove(inner))
+    await step("remove the emptied dir", lambda: meta.remove(d))
+    await step("rename dir e into place of removed d", lambda: meta.rename(e, ROOT_INO, "d", replace=False))
+    h.size, h.name = 50, "g"
+    await step("update h", lambda: meta.update(h))
+    log.append(f"usage {await meta.usage(ALICE.usage_key)} totals {await meta.totals()}")
+    return log
+
+
+async def tree(meta) -> list[tuple[str, str, int]]:
+    out: list[tuple[str, str, int]] = []
+
+    async def walk(ino: int, path: str) -> None:
+        for child in await meta.children(ino):
+            out.append((f"{path}/{child.name}", child.kind.value, child.size))
+            if child.is_dir:
+                await walk(child.ino, f"{path}/{child.name}")
+
+    await walk(ROOT_INO, "")
+    return out
+
+
+async def test_same_answers_as_sqlite(meta: RedisMetaStore) -> None:
+    reference = SQLiteMetaStore(":memory:", SIGNER)
+    await reference.open()
+    try:
+        expected = await scenario(reference)
+        assert await scenario(meta) == expected
+        assert await tree(meta) == await tree(reference)
+    finally:
+        await reference.close()
+    assert "insert f again: AlreadyExistsError" in expected and "remove non-empty dir: DirectoryNotEmptyError" in expected
+    assert_consistent(meta.url, meta.prefix)
+
+
+# -- races between clients
+
+
+async def test_concurrent_creates_of_one_name_one_wins(redis_server: RedisServer) -> None:
+    prefix = f"race-{uuid.uuid4().hex[:8]}"
+    stores = [redis_store(redis_server, prefix) for _ in range(4)]  # four "hosts"
+    outcomes: list[str] = []
+
+    async def create(store: RedisMetaStore) -> None:
+        try:
+            await store.insert(a_file(ROOT_INO, "contested", size=1))
+            outcomes.append("won")
+        except AlreadyExistsError:
+            outcomes.append("lost")
+
+    for store in stores:
+        await store.open()
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(create, stores[i % 4])
+        assert Counter(outcomes) == {"won": 1, "lost": 39}
+        assert [n.name for n in await stores[0].children(ROOT_INO)] == ["contested"]
+        assert await stores[1].usage(ALICE.usage_key) == Usage(bytes=1, files=1)
+        assert_consistent(redis_server.url, prefix)
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_rename_racing_an_insert(meta: RedisMetaStore, redis_server: RedisServer) -> None:
+    other = redis_store(redis_server, meta.prefix)
+    await other.open()
+    try:
+        async def rename(src: Node, target: str, results: list[str]) -> None:
+            try:
+                await meta.rename(src, ROOT_INO, target, replace=False)
+                results.append("rename")
+            except AlreadyExistsError:
+                results.append("-")
+
+        async def insert(target: str, results: list[str]) -> None:
+            try:
+                await other.insert(a_file(ROOT_INO, target, size=3))
+                results.append("insert")
+            except AlreadyExistsError:
+                results.append("-")
+
+        for round_ in range(25):
+            src, _ = await meta.insert(a_file(ROOT_INO, f"src{round_}", size=2))
+            results: list[str] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(rename, src, f"dst{round_}", results)
+                tg.start_soon(insert, f"dst{round_}", results)
+            assert sorted(results) in (["-", "rename"], ["-", "insert"])
+        assert_consistent(meta.url, meta.prefix)
+    finally:
+        await other.close()
+
+
+async def test_concurrent_replaces_hand_back_every_replaced_node_once(meta: RedisMetaStore) -> None:
+    """Each replace verifies the record it removes; racing replacers never lose or double one."""
+    made: list[int] = []
+    replaced: list[int] = []
+
+    async def replace(size: int) -> None:
+        node, old = await meta.insert(a_file(ROOT_INO, "hot", size=size), replace=True)
+        made.append(node.ino)
+        if old is not None:
+            replaced.append(old.ino)
+
+    async with anyio.create_task_group() as tg:
+        for size in range(1, 61):
+            tg.start_soon(replace, size)
+    (survivor,) = await meta.children(ROOT_INO)
+    assert sorted(replaced + [survivor.ino]) == sorted(made)
+    assert await meta.usage(ALICE.usage_key) == Usage(bytes=survivor.size, files=1)
+    assert_consistent(meta.url, meta.prefix)
+
+
+async def test_inode_numbers_are_never_handed_out_twice(meta: RedisMetaStore, redis_server: RedisServer) -> None:
+    first, _ = await meta.insert(a_file(ROOT_INO, "a"))
+    await meta.remove(first)
+    second, _ = await meta.insert(a_file(ROOT_INO, "a"))
+    assert second.ino > first.ino
+    other = redis_store(redis_server, meta.prefix)  # another host on the same store
+    await other.open()
+    try:
+        inos: list[int] = []
+
+        async def make(store: RedisMetaStore, name: str) -> None:
+            inos.append((await store.insert(a_file(ROOT_INO, name)))[0].ino)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(150):
+                tg.start_soon(make, (meta, other)[i % 2], f"n{i}")
+        assert len(set(inos)) == 150 and first.ino not in inos and second.ino not in inos
+    finally:
+        await other.close()
+
+
+# -- records are verified before anything acts on them
+
+
+async def test_a_forged_record_is_not_replaced_or_trusted(meta: RedisMetaStore) -> None:
+    victim, _ = await meta.insert(a_file(ROOT_INO, "victim", size=4))
+    with redis.Redis.from_url(meta.url) as r:
+        record = r.hget(meta.key("i", victim.ino), "rec")
+        r.hset(meta.key("i", victim.ino), "rec", record.replace(b'"size":4', b'"size":5'))
+    with pytest.raises(ArtifactCorruptedError):
+        await meta.get(victim.ino)
+    with pytest.raises(ArtifactCorruptedError):
+        await meta.insert(a_file(ROOT_INO, "victim"), replace=True)
+    mover, _ = await meta.insert(a_file(ROOT_INO, "mover"))
+    with pytest.raises(ArtifactCorruptedError):
+        await meta.rename(mover, ROOT_INO, "victim", replace=True)
+    with redis.Redis.from_url(meta.url) as r:  # refused before any change: the entry still names the victim
+        assert r.hget(meta.key("d", ROOT_INO), "victim") == str(victim.ino).encode()
+        assert r.hget(meta.key("d", ROOT_INO), "mover") == str(mover.ino).encode()
+
+
+# -- indexes, never scans
+
+
+def command_counts(server: RedisServer) -> dict[str, int]:
+    with server.client() as r:
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in r.info("commandstats").items()}
+
+
+def assert_no_scans(counts: dict[str, int]) -> None:
+    assert not {"scan", "keys", "hscan", "sscan", "zscan"} & set(counts), counts
+
+
+async def test_listing_ten_thousand_entries_reads_one_map(own_redis: RedisServer) -> None:
+    meta = redis_store(own_redis)
+    await meta.open()
+    try:
+        big, _ = await meta.insert(a_dir(ROOT_INO, "big"))
+        limiter = anyio.Semaphore(48)
+
+        async def make(i: int) -> None:
+            async with limiter:
+                await meta.insert(a_file(big.ino, f"f{i:05d}", size=i))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(10_000):
+                tg.start_soon(make, i)
+        with own_redis.client() as r:
+            r.config_resetstat()
+        listing = await meta.children(big.ino)
+        counts = command_counts(own_redis)
+    finally:
+        await meta.close()
+    assert [n.name for n in listing] == [f"f{i:05d}" for i in range(10_000)]
+    assert_no_scans(counts)
+    assert counts.get("hvals") == 1 and counts.get("hmget") == 10_000  # one map, then the records, pipelined
+
+
+async def test_search_and_expiry_read_indexes(own_redis: RedisServer) -> None:
+    meta = redis_store(own_redis)
+    await meta.open()
+    try:
+        for i in range(30):
+            await meta.insert(a_file(ROOT_INO, f"a{i}", space=ALICE, expires=1000 + i))
+            await meta.insert(a_file(ROOT_INO, f"b{i}", space=BOB))
+        with own_redis.client() as r:
+            r.config_resetstat()
+        alice = await meta.search("box", scope=None, session_id=None, user_id="alice")
+        users = await meta.search("box", scope=Scope.USER, session_id=None, user_id=None)
+        nobody = await meta.search("other-box", scope=None, session_id=None, user_id="alice")
+        due = await meta.expired(1009, limit=1000)
+        first = await meta.expired(1009, limit=3)
+        counts = command_counts(own_redis)
+    finally:
+        await meta.close()
+    assert sorted(n.name for n in alice) == sorted(f"a{i}" for i in range(30))
+    assert len(users) == 60 and nobody == []
+    assert [n.name for n in due] == [f"a{i}" for i in range(10)]  # in expiry order, none due later
+    assert [n.name for n in first] == ["a0", "a1", "a2"]
+    assert_no_scans(counts)
+
+
+async def test_expiry_index_follows_every_change(meta: RedisMetaStore) -> None:
+    soon, _ = await meta.insert(a_file(ROOT_INO, "soon", expires=100))
+    later, _ = await meta.insert(a_file(ROOT_INO, "later", expires=200))
+    await meta.insert(a_file(ROOT_INO, "never"))
+    assert [n.name for n in await meta.expired(150)] == ["soon"]
+    soon.expires_at_ns = 300  # a TTL extended
+    await meta.update(soon)
+    assert [n.name for n in await meta.expired(250)] == ["later"]
+    await meta.remove(later)
+    assert [n.name for n in await meta.expired(10**19)] == ["soon"]
+    soon.expires_at_ns = None  # made permanent
+    await meta.update(soon)
+    assert await meta.expired(10**19) == []
+    assert_consistent(meta.url, meta.prefix)
+
+
+async def test_changes_are_announced_when_asked(redis_server: RedisServer) -> None:
+    meta = redis_store(redis_server, notify=True)
+    listener = redis_server.client().pubsub()
+    listener.subscribe(meta.key("events"))
+    assert listener.get_message(timeout=5)["type"] == "subscribe"
+    await meta.open()
+    try:
+        node, _ = await meta.insert(a_file(ROOT_INO, "news"))
+        await meta.rename(node, ROOT_INO, "renamed", replace=False)
+        await meta.remove(node)
+    finally:
+        await meta.close()
+    notices = [listener.get_message(timeout=5)["data"].split(b"\0") for _ in range(3)]
+    listener.close()
+    ino = str(node.ino).encode()
+    assert notices[0] == [b"insert", b"e1/news", b"i1"]
+    assert notices[1] == [b"rename", b"e1/news", b"e1/renamed", b"i" + ino]
+    assert notices[2] == [b"remove", b"e1/renamed", b"i" + ino]
+
+
+# -- faults: bounded retries, a clear error, and the same store working again
+
+
+async def test_server_gone_then_back(own_redis: RedisServer) -> None:
+    meta = redis_store(own_redis, retry=FAST_RETRY, socket_timeout=1.0)
+    await meta.open()
+    try:
+        kept, _ = await meta.insert(a_file(ROOT_INO, "kept", size=9))
+        own_redis.shutdown_saving()
+        with pytest.raises(ProviderError, match="after 3 attempts"):
+            await meta.get(kept.ino)
+        with pytest.raises(ProviderError):
+            await meta.insert(a_file(ROOT_INO, "during"))
+        own_redis.start()
+        assert await meta.get(kept.ino) == kept  # the same store object, no reopen
+        await meta.insert(a_file(ROOT_INO, "after"))
+        assert [n.name for n in await meta.children(ROOT_INO)] == ["after", "kept"]
+    finally:
+        await meta.close()
+    assert_consistent(own_redis.url, meta.prefix)
+
+
+async def test_server_hung_then_thawed(own_redis: RedisServer) -> None:
+    meta = redis_store(own_redis, retry=FAST_RETRY, socket_timeout=0.3)
+    await meta.open()
+    try:
+        kept, _ = await meta.insert(a_file(ROOT_INO, "kept"))
+        own_redis.freeze()
+        try:
+            with pytest.raises(ProviderError):
+                await meta.lookup(ROOT_INO, "kept")
+        finally:
+            own_redis.thaw()
+        assert await meta.lookup(ROOT_INO, "kept") == kept
+    finally:
+        await meta.close()
