@@ -225,16 +225,19 @@ def store_prefix(root: Path) -> str:
 
 def redis_s3_settings(root: Path, **overrides: object) -> Settings:
     """Settings of a Redis + S3 store on the session's servers, keyed by ``root``."""
-    try:
-        redis_srv, moto_srv = _RUNNING["redis"], _RUNNING["moto"]
-    except KeyError:
-        raise RuntimeError("request the redis_server and moto_server fixtures first") from None
+    def url(name: str, setting: str) -> object:
+        if setting in overrides:
+            return overrides[setting]
+        server = _RUNNING.get(name)
+        if server is None:
+            raise RuntimeError(f"request the {name}_server fixture first (or pass {setting})")
+        return server.url if isinstance(server, RedisServer) else server.endpoint  # type: ignore[attr-defined]
+
     prefix = store_prefix(root)
-    assert isinstance(redis_srv, RedisServer) and isinstance(moto_srv, MotoServer)
     values: dict[str, object] = {
         "storage_provider": "s3", "session_provider": "redis", "fs_root": root, "bucket": BUCKET,
-        "redis_url": redis_srv.url, "redis_prefix": prefix, "s3_endpoint_url": moto_srv.endpoint,
-        "s3_prefix": prefix + "/", "s3_sse_algorithm": "AES256",
+        "redis_url": url("redis", "redis_url"), "redis_prefix": prefix,
+        "s3_endpoint_url": url("moto", "s3_endpoint_url"), "s3_prefix": prefix + "/", "s3_sse_algorithm": "AES256",
     }
     if not os.environ.get("ARTIFACT_SIGNING_KEY"):  # Redis needs a configured key; a test may set its own
         values["signing_key"] = SIGNING_KEY

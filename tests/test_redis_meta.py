@@ -10,12 +10,14 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import anyio
 import pytest
 import redis
-from servers import RedisServer
+from servers import MotoServer, RedisServer, redis_s3_settings
 
+from core import ArtifactStore
 from core.errors import (
     AlreadyExistsError,
     ArtifactCorruptedError,
@@ -422,3 +424,47 @@ async def test_server_hung_then_thawed(own_redis: RedisServer) -> None:
         assert await meta.lookup(ROOT_INO, "kept") == kept
     finally:
         await meta.close()
+
+
+async def test_restarts_during_writes_lose_nothing_acknowledged(own_redis: RedisServer, moto_server: MotoServer,
+                                                                tmp_path: Path) -> None:
+    """Writers keep storing while Redis restarts twice: each call succeeds or says ProviderError;
+    every acknowledged artifact is there afterwards, and nothing listed fails its SHA-256."""
+    settings = redis_s3_settings(tmp_path / "data", redis_url=own_redis.url)
+    assert settings.signing_key is not None
+    meta = RedisMetaStore(own_redis.url, RecordSigner(settings.signing_key.get_secret_value().encode()),
+                          prefix=settings.redis_prefix, retry=RetryPolicy(attempts=4, first_delay=0.05),
+                          socket_timeout=2.0)
+    stored: dict[str, bytes] = {}
+    failures: list[ProviderError] = []
+    attempts = 0
+    progress, restarted = anyio.Event(), anyio.Event()
+
+    async def writer(store: ArtifactStore, who: int) -> None:
+        nonlocal attempts
+        i = 0
+        while not restarted.is_set() or i < 15:  # before, through and after both restarts
+            data = f"writer {who} artifact {i} ".encode() * 50
+            attempts += 1
+            try:
+                stored[await store.store(data, filename=f"w{who}/a{i}", user_id="u", scope="user")] = data
+            except ProviderError as exc:
+                failures.append(exc)
+            i += 1
+            if len(stored) >= 6:
+                progress.set()
+
+    async with ArtifactStore(settings=settings, meta_store=meta) as store:
+        async with anyio.create_task_group() as tg:
+            for who in range(3):
+                tg.start_soon(writer, store, who)
+            await progress.wait()
+            await anyio.to_thread.run_sync(own_redis.restart)
+            await anyio.to_thread.run_sync(own_redis.restart)
+            restarted.set()
+        for file_id, data in stored.items():
+            assert await store.retrieve(file_id, user_id="u") == data
+        for found in await store.search(user_id="u"):  # acknowledged or not, whatever is listed is whole
+            await store.retrieve(found.artifact_id, user_id="u")
+    assert len(stored) + len(failures) == attempts and len(stored) >= 45
+    assert_consistent(own_redis.url, settings.redis_prefix)
