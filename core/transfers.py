@@ -61,6 +61,7 @@ from .uploads import (
 )
 
 CHUNK = 1 << 20
+JOIN_CHUNK = 4 << 20
 MAX_PART_BYTES = 5 << 30  # as on S3
 STALE_COMPLETION_S = 3600  # a completion older than this died with its process
 LEFTOVER_AGE_S = 3600
@@ -346,8 +347,8 @@ class Transfers:
             if len(chosen) == 1:
                 key, size, sha256 = chosen[0].blob_key, chosen[0].size, chosen[0].sha256
             else:
-                key, size, sha256 = await self.ns.write_blob(node, self._joined(chosen))
-                composed = key
+                composed = self.ns.blob_key_for(node, node.artifact.version + 1)  # type: ignore[union-attr]
+                key, size, sha256 = await self._compose(composed, chosen)
             self.ns.set_content(node, key, size, sha256)
             await self.ns.insert_file(node, replace=True)
         except BaseException:
@@ -391,27 +392,60 @@ class Transfers:
             raise ArtifactTooLargeError(f"the parts add up to {total} bytes, the limit is {self.ns.limits.max_artifact_bytes}")
         return chosen
 
-    async def _joined(self, parts: list[PartRecord]) -> AsyncIterator[bytes]:
-        """The parts one after the other, each checked against its SHA-256."""
-        for part in parts:
-            if part.blob_key is None:
-                continue
-            digest = hashlib.sha256()
-            reader = await self.ns.blobs.reader(part.blob_key)
+    async def _compose(self, key: str, parts: list[PartRecord]) -> tuple[str | None, int, str]:
+        """Join the parts into a new blob at ``key``; returns (key, size, sha256).
+
+        A reader task streams the parts, checking each against its own
+        SHA-256, while this task hashes the whole and writes it: the two
+        digests run in worker threads side by side.
+        """
+        digest = hashlib.sha256()
+        size = 0
+        writer = await self.ns.blobs.writer(key)
+        chunks_in, chunks_out = anyio.create_memory_object_stream[bytes](2)
+        try:
             try:
-                offset = 0
-                while offset < part.size:
-                    chunk = await reader.read(offset, min(CHUNK, part.size - offset))
-                    if not chunk:
-                        break
-                    offset += len(chunk)
-                    digest.update(chunk)
-                    yield chunk
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await reader.close()
-            if offset != part.size or digest.hexdigest() != part.sha256:
-                raise ArtifactCorruptedError(f"staged part {part.part_number} no longer matches its SHA-256")
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._read_parts, parts, chunks_in)
+                    async with chunks_out:
+                        async for chunk in chunks_out:
+                            await anyio.to_thread.run_sync(digest.update, chunk)
+                            await writer.write(chunk)
+                            size += len(chunk)
+            except BaseExceptionGroup as group:
+                raise _sole(group) from None
+            if not size:
+                await writer.abort()
+                return None, 0, digest.hexdigest()
+            await writer.commit()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await writer.abort()
+            raise
+        return key, size, digest.hexdigest()
+
+    async def _read_parts(self, parts: list[PartRecord], out: MemoryObjectSendStream[bytes]) -> None:
+        """The parts one after the other into ``out``, each checked against its SHA-256."""
+        async with out:
+            for part in parts:
+                if part.blob_key is None:
+                    continue
+                digest = hashlib.sha256()
+                reader = await self.ns.blobs.reader(part.blob_key)
+                try:
+                    offset = 0
+                    while offset < part.size:
+                        chunk = await reader.read(offset, min(JOIN_CHUNK, part.size - offset))
+                        if not chunk:
+                            break
+                        offset += len(chunk)
+                        await anyio.to_thread.run_sync(digest.update, chunk)
+                        await out.send(chunk)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await reader.close()
+                if offset != part.size or digest.hexdigest() != part.sha256:
+                    raise ArtifactCorruptedError(f"staged part {part.part_number} no longer matches its SHA-256")
 
     async def _file_node(self, record: UploadRecord, fields: Publish) -> Node:
         filename = fields.filename if fields.filename is not None else record.filename

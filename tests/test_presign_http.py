@@ -28,7 +28,13 @@ from core import (
     presign_service,
 )
 from core.clock import ManualClock
-from core.errors import ArtifactNotFoundError, InvalidPartError, UploadConflictError, UploadNotFoundError
+from core.errors import (
+    ArtifactCorruptedError,
+    ArtifactNotFoundError,
+    InvalidPartError,
+    UploadConflictError,
+    UploadNotFoundError,
+)
 
 MiB = 1 << 20
 
@@ -163,15 +169,7 @@ async def test_download_of_a_corrupted_blob_is_cut_off(store: ArtifactStore, htt
     data = os.urandom(3 * MiB)
     artifact_id = await store.store(data, filename="c.bin")
     node = await store.ns.artifact_node(artifact_id)
-    key = node.artifact.blob_key
-    if store.settings.storage_provider.value == "memory":
-        store.ns.blobs.corrupt(key, 2 * MiB)
-    else:
-        with open(store.ns.blobs.path_of(key), "r+b") as f:
-            f.seek(2 * MiB)
-            byte = f.read(1)
-            f.seek(2 * MiB)
-            f.write(bytes([byte[0] ^ 0xFF]))
+    corrupt_blob(store, node.artifact.blob_key, 2 * MiB)
     url = await store.presign(artifact_id)
     with pytest.raises(httpx.RemoteProtocolError):
         await http.get(url)  # the full read fails its SHA-256 at the end: the body never completes
@@ -421,6 +419,32 @@ async def test_multipart_small_part_is_refused(store: ArtifactStore, http: httpx
     with pytest.raises(InvalidPartError, match="part 1 is 4 bytes"):
         await store.complete_multipart_upload(MultipartUploadCompleteRequest(upload_id=info["upload_id"], parts=parts))
     assert not await store.exists(info["artifact_id"])
+
+
+def corrupt_blob(store: ArtifactStore, key: str, offset: int) -> None:
+    if store.settings.storage_provider.value == "memory":
+        store.ns.blobs.corrupt(key, offset)
+        return
+    with open(store.ns.blobs.path_of(key), "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+async def test_multipart_corrupted_part_publishes_nothing(store: ArtifactStore, http: httpx.AsyncClient) -> None:
+    info = await store.initiate_multipart_upload(MultipartUploadInitRequest(filename="rot.bin"))
+    upload_id = info["upload_id"]
+    listed = [MultipartUploadPart(PartNumber=n, ETag=await put_part(http, store, upload_id, n, os.urandom(5 * MiB)))
+              for n in (1, 2)]
+    _, parts = await store.transfers.registry.begin_complete(upload_id, store.ns.now())
+    await store.transfers.registry.reopen(upload_id, store.ns.now())
+    corrupt_blob(store, next(p.blob_key for p in parts if p.part_number == 2), 3 * MiB)
+    before = await footprint(store)
+    with pytest.raises(ArtifactCorruptedError, match="part 2"):
+        await store.complete_multipart_upload(MultipartUploadCompleteRequest(upload_id=upload_id, parts=listed))
+    assert not await store.exists(info["artifact_id"])
+    assert await footprint(store) == before  # the joined blob was discarded; the parts stay for a retry or gc
 
 
 async def test_multipart_abort(store: ArtifactStore, http: httpx.AsyncClient) -> None:
