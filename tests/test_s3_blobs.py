@@ -214,6 +214,12 @@ async def test_sequential_reads_stream_ahead(blobs: S3BlobStore) -> None:
     assert calls == ["bytes=0-262143", f"bytes=262144-{262144 + 4 * MiB - 1}"]
 
 
+async def test_a_missing_bucket_is_a_provider_error(moto_server: MotoServer) -> None:
+    store = S3BlobStore("no-such-bucket", endpoint_url=moto_server.endpoint, retry=FAST_RETRY)
+    with pytest.raises(ProviderError, match="no-such-bucket does not exist"):
+        await store.open()
+
+
 async def test_a_missing_blob_is_not_found_at_open(blobs: S3BlobStore) -> None:
     with pytest.raises(ArtifactNotFoundError):
         await blobs.reader("never-written")

@@ -198,7 +198,10 @@ class S3BlobStore:
         await self._clients.dispose_all()
 
     async def check(self) -> None:
-        await self.call(f"bucket {self.bucket}", lambda c: c.head_bucket(Bucket=self.bucket))
+        try:
+            await self.call(f"bucket {self.bucket}", lambda c: c.head_bucket(Bucket=self.bucket))
+        except ArtifactNotFoundError:
+            raise ProviderError(f"s3 bucket {self.bucket} does not exist") from None
 
     # -- writing
 
