@@ -109,7 +109,8 @@ class Settings(BaseModel):
             raise InvalidArgumentError(f"invalid configuration: {exc}") from exc
 
 
-def _signing_key(settings: Settings) -> bytes:
+def signing_key(settings: Settings) -> bytes:
+    """The one HMAC key of a deployment: metadata records and presigned URLs both use it."""
     if settings.signing_key is not None:
         return settings.signing_key.get_secret_value().encode()
     if settings.session_provider is MetadataProvider.REDIS:
@@ -120,7 +121,7 @@ def _signing_key(settings: Settings) -> bytes:
 
 def build_backends(settings: Settings) -> tuple[BlobStore, MetaStore]:
     """The blob and metadata stores that ``settings`` names."""
-    signer = RecordSigner(_signing_key(settings))
+    signer = RecordSigner(signing_key(settings))
     blobs: BlobStore
     if settings.storage_provider is StorageProvider.FILESYSTEM:
         from .blobs.filesystem import FilesystemBlobStore

@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from . import grid
 from .blobs.base import BlobStore
 from .config import Settings
-from .config import _signing_key as store_signing_key
+from .config import signing_key as store_signing_key
 from .errors import (
     ArtifactCorruptedError,
     ArtifactNotFoundError,
