@@ -361,7 +361,7 @@ def umount(mountpoint: Path, *, say: Callable[[str], None]) -> int:
     if not fstype.startswith("fuse"):
         say(f"artifactfs: {path} is a {fstype} mount, not an artifactfs one")
         return 1
-    done = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, text=True)
+    done = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         reason = done.stderr.strip() or f"fusermount3 exited {done.returncode}"
         hint = ""

@@ -3,12 +3,13 @@
 All descriptors of a file share one :class:`OpenFile`, so they see each
 other's writes as on a local disk. Until something is written, reads go to
 the committed blob (:class:`ReadAhead`). The first write (or truncate)
-starts a :class:`Spool`: the old bytes are copied in only when the write
-needs them (never after ``O_TRUNC`` or for a new file). Closing or syncing
-a descriptor that may write *publishes* the spool: the bytes become a new
-blob and the node points at it in one metadata commit
-(``Namespace.put_spool`` + ``set_content`` + ``commit``). Every other face
-of the store sees the old version until that commit, and the new one after.
+starts a spool (:mod:`fusefs.spool`): the old bytes are copied in only when
+the write needs them (never after ``O_TRUNC`` or for a new file). Closing or
+syncing a descriptor that may write *publishes* the spool: the bytes become
+a new blob and the node points at it in one metadata commit
+(``Namespace.put_spool`` or ``put_blob``, then ``set_content`` + ``commit``).
+Every other face of the store sees the old version until that commit, and
+the new one after.
 
 A file removed while open keeps its open state here: it can still be read
 and written, and publishing it then quietly discards the bytes, as a local
@@ -30,11 +31,12 @@ from core.namespace import Namespace
 from core.nodes import Node
 
 from .readahead import ReadAhead
-from .spool import Spool
+from .spool import MEMORY_LIMIT, FileSpool, MemoryBudget, MemorySpool, Spool
 
 log = logging.getLogger("artifactfs.mount")
 
 _SEEN_MAX = 1 << 20
+MEMORY_BUDGET = 64 << 20  # small files being written are spooled in memory, up to this much in all
 
 
 class KernelCache(Enum):
@@ -44,7 +46,7 @@ class KernelCache(Enum):
 
 
 class OpenFile:
-    def __init__(self, node: Node, files: "OpenFiles") -> None:
+    def __init__(self, node: Node, files: OpenFiles) -> None:
         self.ino = node.ino
         self.node = node  # as of the last open or publish: the committed version read from
         self.files = files
@@ -92,20 +94,25 @@ class OpenFile:
     # -- writing
 
     async def write(self, offset: int, data: bytes) -> None:
-        if offset + len(data) > self.files.ns.limits.max_artifact_bytes:
+        end = offset + len(data)
+        if end > self.files.ns.limits.max_artifact_bytes:
             raise ArtifactTooLargeError(f"a file may hold {self.files.ns.limits.max_artifact_bytes} bytes")
         if self.spool is None or self._lock.locked():
             async with self._lock:
                 overwrites_all = offset == 0 and len(data) >= self.node.size
-                await self._spool(0 if overwrites_all else self.node.size)
+                await self._spool(0 if overwrites_all else self.node.size, end)
                 self._write(offset, data)
         else:  # the common case: no await between the check and the write
             self._write(offset, data)
 
     def _write(self, offset: int, data: bytes) -> None:
-        assert self.spool is not None
-        self.spool.write(offset, data)
-        self.spool.hash_ahead(self.files.spawn)
+        spool = self.spool
+        assert spool is not None
+        if not spool.fits(offset + len(data)):
+            assert isinstance(spool, MemorySpool)
+            spool = self.spool = spool.spill(self.files.spool_dir)
+        spool.write(offset, data)
+        spool.hash_ahead(self.files.spawn)
         self.mtime_ns = self.files.ns.now()
 
     async def truncate(self, size: int) -> None:
@@ -114,26 +121,39 @@ class OpenFile:
         async with self._lock:
             if self.spool is None and size == self.node.size:
                 return
-            spool = await self._spool(min(size, self.node.size))
+            spool = await self._spool(min(size, self.node.size), size)
+            if not spool.fits(size):
+                assert isinstance(spool, MemorySpool)
+                spool = self.spool = spool.spill(self.files.spool_dir)
             spool.truncate(size)
             self.mtime_ns = self.files.ns.now()
 
-    async def _spool(self, keep: int) -> Spool:
-        """The spool, started with the first ``keep`` committed bytes if there is none yet."""
+    async def _spool(self, keep: int, reach: int) -> Spool:
+        """The spool, started with the first ``keep`` committed bytes if there is none yet.
+
+        ``reach`` is how far the first change goes: whether memory will do.
+        """
         if self.spool is not None:
             return self.spool
-        spool = Spool.create(self.files.spool_dir)
+        art = self.node.artifact
+        assert art is not None
+        spool: Spool
+        if max(keep, reach) <= MEMORY_LIMIT and self.files.memory.take():
+            spool = MemorySpool(self.files.memory)
+        else:
+            spool = FileSpool.create(self.files.spool_dir)
         try:
-            art = self.node.artifact
-            assert art is not None
             if keep > 0 and art.blob_key is not None:
                 blob = await self.files.ns.blobs.reader(art.blob_key)
                 try:
-                    await spool.copy_from(blob, keep)
+                    if isinstance(spool, FileSpool):
+                        await spool.copy_from(blob, keep)
+                    else:
+                        spool.write(0, await blob.read(0, keep))
                 finally:
                     await blob.close()
-            elif keep > 0:
-                spool.truncate(keep)
+            if keep > spool.size:
+                spool.truncate(keep)  # a short blob or none: the rest reads as zeros
         except BaseException:
             with trio.CancelScope(shield=True):
                 await spool.discard()
@@ -153,12 +173,10 @@ class OpenFile:
             if self.removed:
                 await self._drop_spool()
                 return
-            sha256 = await spool.sha256()
-            size = spool.size
             try:
-                key = await self.files.ns.put_spool(self.node, spool.path, size, sha256)
+                key, size, sha256 = await spool.publish(self.files.ns, self.node)
             except BaseException:
-                if not spool.path.exists():  # the blob store took the file, then failed
+                if spool.taken():  # the blob store took the file, then failed
                     await self._drop_spool()
                     self.files.forget_cache(self.ino)
                 raise
@@ -217,9 +235,11 @@ class OpenFile:
 
     async def close(self) -> None:
         """The last descriptor is gone: anything not published is discarded."""
-        await self._drop_spool()
-        with trio.CancelScope(shield=True):
-            await self._close_reader()
+        if self.spool is not None:
+            await self._drop_spool()
+        if self._reader is not None:
+            with trio.CancelScope(shield=True):
+                await self._close_reader()
 
 
 class _EmptyReader:
@@ -247,6 +267,7 @@ class OpenFiles:
         self, ns: Namespace, spool_dir: Path, spawn: Callable[..., Any], invalidate: Callable[[int], None]
     ) -> None:
         self.ns, self.spool_dir, self.spawn, self.invalidate = ns, spool_dir, spawn, invalidate
+        self.memory = MemoryBudget(MEMORY_BUDGET)
         self._files: dict[int, OpenFile] = {}
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
@@ -302,7 +323,7 @@ class OpenFiles:
     async def _let_go(self, file: OpenFile, *, publish: bool) -> None:
         file.opens -= 1
         try:
-            if publish or file.opens == 0:
+            if (publish or file.opens == 0) and file.spool is not None:
                 await file.publish()
         finally:
             if file.opens == 0:

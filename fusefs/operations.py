@@ -23,8 +23,8 @@ import trio
 
 from core import grid
 from core.errors import InvalidArgumentError, InvalidNameError, IsADirectoryError_, NotADirectoryError_, ReadOnlyError
-from core.namespace import Namespace
 from core.models import Scope
+from core.namespace import Namespace
 from core.nodes import Node, NodeKind, NodeRole, Space
 
 from .attrs import Attributes, Inodes
@@ -37,6 +37,7 @@ from .xattrs import Presigner, Xattrs
 log = logging.getLogger("artifactfs.mount")
 
 _DOT, _DOTDOT = b".", b".."
+_USER_XATTRS = XATTR_USER_PREFIX.encode()
 
 
 def _name(raw: bytes) -> str:
@@ -60,7 +61,7 @@ def guess_mime(name: str) -> str:
 
 
 class _Directory:
-    __slots__ = ("node", "entries")
+    __slots__ = ("entries", "node")
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -407,8 +408,11 @@ class Operations(pyfuse3.Operations):
 
     @fuse_call
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if not name.startswith(XATTR_USER_PREFIX.encode()):
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # asked before every write (security.capability): stay cheap
+        if not name.startswith(_USER_XATTRS):
+            # Only user.* is supported. Saying so (rather than "no such attribute") lets ls -l and
+            # cp stop asking for security.selinux and ACLs per file: they remember it per device.
+            # The kernel's security.capability check before each write takes it as "none".
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         node = await self._node(inode)
         await self.callers.check(ctx.uid, node, write=False)
         return await self.xattrs.get(node, _text(name, "an attribute name"), self.ns.now())

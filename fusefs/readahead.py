@@ -8,8 +8,9 @@ background while the kernel is still asking for the current one. Anything
 else is a plain ranged read. Memory per open file stays under about
 ``WINDOW * 3 * DEPTH`` (chunks fetched ahead plus chunks waiting to be hashed).
 
-A reader that goes from offset 0 to the end in order has read the whole
-artifact, so its SHA-256 is checked (DESIGN §6): each fetched chunk is
+A small blob (``SMALL``) is read whole at the first read and checked at
+once. For a larger one, a reader that goes from offset 0 to the end in order
+has read the whole artifact, so its SHA-256 is checked (DESIGN §6): each fetched chunk is
 hashed in a worker thread, in order, while the reader moves on, and the
 read that reaches the end waits for the verdict. A mismatch fails that read
 with ``ArtifactCorruptedError`` (``EIO``), so ``cat`` or ``cp`` of a damaged
@@ -29,6 +30,7 @@ from core.errors import ArtifactCorruptedError
 
 WINDOW = 1 << 20
 DEPTH = 4
+SMALL = 128 * 1024  # a blob this small is read whole at the first read: one request, checked at once
 
 
 class _Dropped(Exception):
@@ -60,6 +62,7 @@ class ReadAhead:
         self._verified = 0  # chunks hashed so far
         self._progress = trio.Event()
         self._chunk_count = (size + WINDOW - 1) // WINDOW
+        self._whole: bytes | None = None  # all of a small blob
 
     async def read(self, offset: int, length: int) -> bytes | memoryview:
         if offset >= self._size or length <= 0:
@@ -71,6 +74,9 @@ class ReadAhead:
             self._leave()
 
     async def _read(self, offset: int, length: int) -> bytes | memoryview:
+        if self._size <= SMALL:
+            whole = self._whole if self._whole is not None else await self._read_whole()
+            return memoryview(whole)[offset : offset + length]
         length = min(length, self._size - offset)
         first, last = offset // WINDOW, (offset + length - 1) // WINDOW
         # the kernel's concurrent readahead requests may arrive a little out of order
@@ -134,7 +140,7 @@ class ReadAhead:
                     raise ArtifactCorruptedError(f"a blob is shorter than its artifact ({offset + len(chunk.data)} bytes)")
             if chunk.scope.cancelled_caught:
                 chunk.error = _Dropped()
-        except Exception as exc:  # handed to the reader that waits for this chunk
+        except Exception as exc:  # noqa: BLE001 - handed to the reader that waits for this chunk
             chunk.error = exc
         finally:
             chunk.ready.set()
@@ -145,6 +151,14 @@ class ReadAhead:
                 self._stop_verifying()
         finally:
             self._leave()
+
+    async def _read_whole(self) -> bytes:
+        """A small blob is read, and checked, in one go at the first read."""
+        data = bytes(await self._reader.read(0, self._size))
+        if len(data) != self._size or hashlib.sha256(data).hexdigest() != self._expected:
+            raise ArtifactCorruptedError("the artifact fails its SHA-256 check")
+        self._whole = data
+        return data
 
     # -- verification
 
@@ -184,5 +198,6 @@ class ReadAhead:
         """Stop the fetches, wait until none is using the reader, close it."""
         self._stop_verifying()
         self._drop(lambda index: True)
-        await self._idle.wait()
+        if not self._idle.is_set():
+            await self._idle.wait()
         await self._reader.close()

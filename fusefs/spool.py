@@ -1,14 +1,21 @@
-"""The local staging file of a version being written (DESIGN §3).
+"""Where a version being written waits until it is published (DESIGN §3).
 
-Writes land here at their offsets and become visible to the rest of the
-store only when the open file publishes the spool as a new blob. The
-SHA-256 of the new version is computed while the writer works when it
-writes sequentially from offset 0 (the common case: ``cp``, ``dd``, ``tar``,
-``>>`` after the old bytes are copied in): a background thread hashes what
-has been written so far, reading it back from the page cache, so the
-writer never waits for the digest. Any other pattern (an overwrite, a hole,
-a shrinking truncate) drops that digest, and publishing hashes the whole
-spool in one streaming pass instead.
+Writes land in a spool at their offsets and reach the rest of the store
+only when the open file publishes the spool as a new blob.
+
+A small file (the common case: configs, notes, outputs of a tool) is spooled
+in memory, up to ``MEMORY_LIMIT`` bytes and within a mount-wide budget: it
+then costs no local file of its own, only the blob the store writes anyway.
+Anything larger goes to a :class:`FileSpool`, a private file in the data dir,
+so memory stays bounded whatever the size of the file.
+
+A file spool computes the SHA-256 of the new version while the writer works
+when it writes sequentially from offset 0 (``cp``, ``dd``, ``tar``, ``>>``
+after the old bytes were copied in): a background thread hashes what has
+been written so far, reading it back from the page cache, so the writer
+never waits for the digest. Any other pattern (an overwrite, a hole, a
+shrinking truncate) drops that digest, and publishing hashes the whole spool
+in one streaming pass instead.
 """
 
 from __future__ import annotations
@@ -24,11 +31,15 @@ from typing import Any
 import trio
 
 from core.blobs.base import BlobReader
+from core.namespace import Namespace
+from core.nodes import Node
 
 log = logging.getLogger("artifactfs.mount")
 
 CHUNK = 1 << 20
+MEMORY_LIMIT = 256 * 1024  # a file this small is spooled in memory
 HASH_AHEAD_BYTES = 4 << 20  # start the background hasher once this much is waiting
+HASH_INLINE_BYTES = 256 * 1024  # less than this is hashed on the event loop: cheaper than a thread hop
 
 
 def _hash_file(fd: int, digest: Any, start: int, end: int) -> int:
@@ -50,7 +61,84 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-class Spool:
+class MemorySpool:
+    def __init__(self, budget: MemoryBudget) -> None:
+        self._budget: MemoryBudget | None = budget
+        self._data = bytearray()
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def fits(self, end: int) -> bool:
+        return end <= MEMORY_LIMIT
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        if offset > len(self._data):
+            self._data.extend(bytes(offset - len(self._data)))  # a hole reads as zeros
+        self._data[offset : offset + len(data)] = data
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self._data[offset : offset + length])
+
+    def truncate(self, size: int) -> None:
+        if size < len(self._data):
+            del self._data[size:]
+        else:
+            self._data.extend(bytes(size - len(self._data)))
+
+    def hash_ahead(self, spawn: Callable[..., Any]) -> None:
+        pass
+
+    async def publish(self, ns: Namespace, node: Node) -> tuple[str | None, int, str]:
+        """Store the bytes as the next blob of ``node``: (key, size, sha256)."""
+        return await ns.put_blob(node, bytes(self._data))
+
+    def taken(self) -> bool:
+        return False  # a failed put leaves the bytes here, to try again
+
+    def spill(self, directory: Path) -> FileSpool:
+        """The same bytes in a file spool, for a file that outgrew memory; this one is closed."""
+        spool = FileSpool.create(directory)
+        try:
+            spool.write(0, self._data)
+        except BaseException:
+            spool.close_now()
+            os.unlink(spool.path)
+            raise
+        self.close_now()
+        return spool
+
+    def close_now(self) -> None:
+        if self._budget is not None:
+            self._data = bytearray()
+            self._budget.release()
+            self._budget = None
+
+    async def close(self) -> None:
+        self.close_now()
+
+    async def discard(self) -> None:
+        self.close_now()
+
+
+class MemoryBudget:
+    """How many memory spools may exist at once in this mount."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self._free = total_bytes // MEMORY_LIMIT
+
+    def take(self) -> bool:
+        if self._free <= 0:
+            return False
+        self._free -= 1
+        return True
+
+    def release(self) -> None:
+        self._free += 1
+
+
+class FileSpool:
     def __init__(self, path: Path, fd: int) -> None:
         self.path, self.fd = path, fd
         self.size = 0
@@ -60,10 +148,13 @@ class Spool:
         self._hasher: trio.Event | None = None  # set when the running background hasher stops
 
     @classmethod
-    def create(cls, directory: Path) -> "Spool":
+    def create(cls, directory: Path) -> FileSpool:
         path = directory / f"{uuid.uuid4().hex}.spool"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return cls(path, fd)
+
+    def fits(self, end: int) -> bool:
+        return True
 
     # -- bytes
 
@@ -134,21 +225,40 @@ class Spool:
             self._digest, self._hashed, self._sequential = hashlib.sha256(), 0, True
         digest = self._digest.copy()  # a failed publish may be retried after more writes
         end = self.size
-        reached = await trio.to_thread.run_sync(_hash_file, self.fd, digest, self._hashed, end)
+        if end - self._hashed <= HASH_INLINE_BYTES:
+            reached = _hash_file(self.fd, digest, self._hashed, end)
+        else:
+            reached = await trio.to_thread.run_sync(_hash_file, self.fd, digest, self._hashed, end)
         if reached != end:
             raise OSError(5, f"spool {self.path} is shorter than its size")  # errno 5: EIO
         return digest.hexdigest()
 
+    async def publish(self, ns: Namespace, node: Node) -> tuple[str | None, int, str]:
+        """Hand the file to the blob store as the next blob of ``node``: (key, size, sha256).
+
+        On success the file belongs to the blob store; the descriptor stays
+        open (reads may still use it) until :meth:`close`.
+        """
+        sha256 = await self.sha256()
+        return await ns.put_spool(node, self.path, self.size, sha256), self.size, sha256
+
+    def taken(self) -> bool:
+        """Whether the blob store took the file (even if it failed afterwards)."""
+        return not self.path.exists()
+
     # -- the end
+
+    def close_now(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     async def close(self) -> None:
         """Close the file (never under a hasher thread still reading it)."""
         self._sequential = False
         if self._hasher is not None:
             await self._hasher.wait()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.close_now()
 
     async def discard(self) -> None:
         await self.close()
@@ -156,3 +266,6 @@ class Spool:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+Spool = MemorySpool | FileSpool

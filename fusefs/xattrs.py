@@ -16,7 +16,7 @@ import errno
 import json
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Protocol
 
@@ -87,7 +87,7 @@ class Xattrs:
 
     async def get(self, node: Node, name: str, now_ns: int) -> bytes:
         if not name.startswith(PREFIX):
-            raise _absent()
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         if not name.startswith(ARTIFACT_PREFIX):
             stored = node.xattrs.get(name)
             if stored is None:
@@ -110,7 +110,7 @@ class Xattrs:
         if field is Field.EXPIRES_AT:
             if node.expires_at_ns is None:
                 return b""
-            return datetime.fromtimestamp(node.expires_at_ns / NS, tz=timezone.utc).isoformat().encode()
+            return datetime.fromtimestamp(node.expires_at_ns / NS, tz=UTC).isoformat().encode()
         if field is Field.TTL:
             if node.expires_at_ns is None:
                 return b""

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from mounting import Mount, start_mount
 
 MountFactory = Callable[..., Mount]

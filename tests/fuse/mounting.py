@@ -34,7 +34,7 @@ def artifactfs(*args: str | os.PathLike[str], env: dict[str, str] | None = None,
     """Run the ``artifactfs`` command (as ``python -m fusefs``) and capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "fusefs", *map(str, args)], capture_output=True, text=True, cwd=REPO,
-        env=env, **kwargs,
+        env=env, check=False, **kwargs,
     )
 
 
@@ -82,7 +82,9 @@ class Mount:
 
     def sh(self, script: str, *, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
         """Run a shell command line with the mount as working directory."""
-        done = subprocess.run(["bash", "-c", script], cwd=self.mountpoint, capture_output=True, text=True, **kwargs)
+        done = subprocess.run(
+            ["bash", "-c", script], cwd=self.mountpoint, capture_output=True, text=True, check=False, **kwargs
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"`{script}` exited {done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr}")
         return done
@@ -114,7 +116,7 @@ class Mount:
 
     def kill(self) -> None:
         """Last resort after a failure: detach the mount and kill the process."""
-        subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True)
+        subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True, check=False)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=EXIT_TIMEOUT)
