@@ -49,6 +49,7 @@ LOG_FILE = "mount.log"
 SPOOL_DIR = "spool"
 FS_TYPE = "artifactfs"
 READY_TIMEOUT = 30.0
+READ_AHEAD_KB = 1024
 UMOUNT_WAIT = 60.0
 
 
@@ -245,6 +246,7 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
                 nursery.start_soon(serve_requests)
                 nursery.start_soon(watch_signals)
                 await _wait_answering(options.mountpoint_abs)
+                _widen_readahead(options.mountpoint_abs)
                 log.info("mounted %s at %s", options.data_dir, options.mountpoint_abs)
                 notify.ready()
         finally:
@@ -263,6 +265,22 @@ async def _wait_answering(mountpoint: Path) -> None:
         await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     if waited.cancelled_caught:
         raise MountError(f"the mount at {mountpoint} did not answer within {READY_TIMEOUT:.0f} s")
+
+
+def _widen_readahead(mountpoint: Path) -> None:
+    """Let the kernel read ahead ``READ_AHEAD_KB`` at a time from this mount (best effort, root only).
+
+    The kernel gives a new FUSE mount 128 KiB of readahead, so a sequential
+    reader costs one request per 128-256 KiB; with 1 MiB it is one per MiB,
+    the largest a request can be, and the per-request cost of a Python
+    filesystem is paid a quarter as often.
+    """
+    device = os.stat(mountpoint).st_dev
+    knob = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    try:
+        knob.write_text(f"{READ_AHEAD_KB}\n")
+    except OSError as exc:
+        log.info("kernel readahead left at its default (%s: %s)", knob, exc.strerror)
 
 
 def _serve_until_unmounted(options: MountOptions, notify: _Notify) -> int:

@@ -60,6 +60,7 @@ class ReadAhead:
         self._verifying = size > 0
         self._digest = hashlib.sha256()
         self._verified = 0  # chunks hashed so far
+        self._claimed = 0  # chunks hashed or being hashed: a chunk fetched twice is hashed once
         self._progress = trio.Event()
         self._chunk_count = (size + WINDOW - 1) // WINDOW
         self._whole: bytes | None = None  # all of a small blob
@@ -88,7 +89,7 @@ class ReadAhead:
             return await self._reader.read(offset, length)
         while self._verifying and first - self._verified > 2 * DEPTH:
             await self._progress.wait()  # hashing lags behind: hold the reader, not the chunks
-        self._drop(lambda index: index < first)
+        self._drop(lambda index: index < first - 1)  # one behind: requests may come a little out of order
         for index in range(first, min(last + DEPTH, self._chunk_count - 1) + 1):
             if index not in self._chunks:
                 self._fetch_soon(index)
@@ -165,8 +166,9 @@ class ReadAhead:
     async def _hash_in_order(self, index: int, data: bytes) -> None:
         while self._verifying and self._verified < index:
             await self._progress.wait()
-        if not self._verifying or self._verified != index:
-            return
+        if not self._verifying or self._verified != index or self._claimed > index:
+            return  # not our turn, or a second fetch of a chunk that is being hashed
+        self._claimed = index + 1
         await trio.to_thread.run_sync(self._digest.update, data)
         self._verified = index + 1
         self._wake()
