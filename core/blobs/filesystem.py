@@ -14,10 +14,12 @@ started, which is what lets 64 concurrent stores beat 64 lone ones.
 from __future__ import annotations
 
 import os
+import concurrent.futures
+import ctypes
 import threading
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import anyio.to_thread
@@ -25,7 +27,10 @@ import anyio.to_thread
 from ..errors import ArtifactNotFoundError, ProviderError
 
 _WRITE_BUFFER = 1 << 20
-_PUT_THREADS = 64  # a batch's blobs are fsynced in parallel so the filesystem merges their journal commits
+_IO_THREADS = 64  # a batch's blobs are fsynced in parallel so the filesystem merges their journal commits
+_INLINE_READ = 128 * 1024  # smaller reads run on the event loop: cheaper than a thread hop
+_WRITEBACK_STEP = 8 << 20  # a streamed blob has its writeback started every this many bytes
+_SYNC_FILE_RANGE_WRITE = 2
 _KNOWN_DIRS_MAX = 100_000  # directories known to exist durably; forgotten wholesale past this
 
 
@@ -97,7 +102,7 @@ class FilesystemBlobStore:
         self._known_dirs: set[str] = {self._blob_root}
         self._put_queue: list[_Put] = []
         self._put_running: anyio.Event | None = None
-        self._put_pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None  # batched puts, write-behind, read-ahead
 
     def _path(self, key: str) -> str:
         # Keys are built from validated ids, but a key is never trusted to stay inside:
@@ -120,9 +125,14 @@ class FilesystemBlobStore:
         self._known_dirs = {self._blob_root}
 
     async def close(self) -> None:
-        if self._put_pool is not None:
-            self._put_pool.shutdown(wait=False)
-            self._put_pool = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def io_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="blob-io")
+        return self._pool
 
     def _ensure_dir(self, path: str) -> None:
         """Make ``path`` exist durably: created if missing, its entry fsynced into its parent."""
@@ -186,9 +196,7 @@ class FilesystemBlobStore:
         if len(batch) == 1:
             self._put_one(batch[0])
             return
-        if self._put_pool is None:
-            self._put_pool = ThreadPoolExecutor(_PUT_THREADS, thread_name_prefix="blob-put")
-        for _ in self._put_pool.map(self._put_one, batch):
+        for _ in self.io_pool().map(self._put_one, batch):
             pass
 
     def _put_one(self, job: "_Put") -> None:
@@ -230,7 +238,7 @@ class FilesystemBlobStore:
             raise ArtifactNotFoundError(f"blob {key} is missing") from None
         except OSError as exc:
             raise ProviderError(f"blob {key}: {exc}") from exc
-        return _FileReader(fd)
+        return _FileReader(fd, self)
 
     async def delete(self, key: str) -> None:
         try:
@@ -277,27 +285,73 @@ class _Put:
         self.done = False
 
 
+def _writeback_starter():
+    """``sync_file_range(SYNC_FILE_RANGE_WRITE)`` where libc has it, else nothing."""
+    try:
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return lambda fd, offset, length: None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return lambda fd, offset, length: func(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+# Starts writing a range of a file to disk without waiting (a hint: errors surface at fsync).
+# A streamed blob's final fsync then waits for its last few MiB, not for all of it.
+_start_writeback = _writeback_starter()
+
+
+async def _settled(pending: Future) -> object:
+    """The result of a pool job, waiting in a worker thread only if it is not done yet."""
+    if not pending.done():
+        await anyio.to_thread.run_sync(concurrent.futures.wait, [pending])
+    try:
+        return pending.result()
+    except OSError as exc:
+        raise _mapped(exc) from exc
+
+
 class _FileWriter:
+    """Streams into a staging file; the buffer before last is written while the next one fills.
+
+    Hashing a 1 MiB chunk on the event loop takes longer than writing it to
+    the page cache, so with one write in flight (write-behind) the writes
+    cost the loop nothing, not even a thread hop, in the common case.
+    """
+
     def __init__(self, store: FilesystemBlobStore, key: str) -> None:
         self._store, self._key = store, key
         self._tmp = store.staging_path()
         self._fd: int | None = None
         self._buf = bytearray()
+        self._inflight: Future | None = None
+        self._written = self._kicked = 0  # bytes written; bytes whose writeback was started
 
-    def _flush(self, buf: bytes) -> None:
+    def _flush(self, buf: bytes | bytearray) -> None:
         if self._fd is None:
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         view = memoryview(buf)
         while view:
             view = view[os.write(self._fd, view) :]
+        self._written += len(buf)
+        if self._written - self._kicked >= _WRITEBACK_STEP:
+            _start_writeback(self._fd, self._kicked, self._written - self._kicked)
+            self._kicked = self._written
+
+    async def _settle(self) -> None:
+        pending, self._inflight = self._inflight, None
+        if pending is not None:
+            await _settled(pending)
 
     async def write(self, data: bytes) -> None:
         self._buf += data
         if len(self._buf) >= _WRITE_BUFFER:
             buf, self._buf = self._buf, bytearray()
-            await _run(self._flush, buf)
+            await self._settle()
+            self._inflight = self._store.io_pool().submit(self._flush, buf)
 
     async def commit(self) -> None:
+        await self._settle()
         buf, self._buf = self._buf, bytearray()
 
         def work() -> None:
@@ -312,6 +366,9 @@ class _FileWriter:
 
     async def abort(self) -> None:
         self._buf = bytearray()
+        pending, self._inflight = self._inflight, None
+        if pending is not None:
+            concurrent.futures.wait([pending])  # at most one buffer: the staging file goes now, not later
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -322,17 +379,43 @@ class _FileWriter:
 
 
 class _FileReader:
-    def __init__(self, fd: int) -> None:
+    """Ranged reads; a sequential reader gets its next chunk read ahead in a pool thread.
+
+    A stream download hashes each chunk on the event loop; meanwhile the
+    next one is read, so the loop rarely waits for the disk or pays a hop.
+    """
+
+    def __init__(self, fd: int, store: FilesystemBlobStore) -> None:
         self._fd: int | None = fd
+        self._store = store
+        self._next = 0  # where a sequential reader reads next
+        self._ahead: tuple[int, int, Future] | None = None  # (offset, length, job)
 
     async def read(self, offset: int, length: int) -> bytes:
         if self._fd is None:
             raise ProviderError("blob reader is closed")
-        if length <= 128 * 1024:
+        if length <= _INLINE_READ:
             return os.pread(self._fd, length, offset)
-        return await _run(os.pread, self._fd, length, offset)
+        ahead = self._ahead
+        if ahead is not None and ahead[:2] == (offset, length):
+            self._ahead = None
+            data = await _settled(ahead[2])  # blobs never change, so read-ahead bytes are never stale
+        else:
+            if ahead is not None and (ahead[2].cancel() or ahead[2].done()):
+                self._ahead = None  # a wrong guess; one still reading stays until it ends (close() waits for it)
+            data = await _run(os.pread, self._fd, length, offset)
+        sequential = offset == self._next
+        self._next = offset + len(data)
+        if sequential and len(data) == length and self._ahead is None:
+            self._ahead = (self._next, length, self._store.io_pool().submit(os.pread, self._fd, length, self._next))
+        return data  # type: ignore[return-value]
 
     async def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and not ahead[2].cancel() and not ahead[2].done():
+            ahead[2].add_done_callback(lambda _job: os.close(fd))  # still reading: close after it
+        else:
+            os.close(fd)
