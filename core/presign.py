@@ -25,7 +25,8 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from datetime import timedelta
 from enum import Enum
 from typing import Protocol, runtime_checkable
 from urllib.parse import quote, urlencode
@@ -199,28 +200,70 @@ class PresignSettings(BaseModel):
             raise InvalidArgumentError(f"invalid presign configuration: {exc}") from None
 
 
+class NativePart(BaseModel, frozen=True):
+    """One part of a backend multipart upload, as the backend lists it."""
+
+    part_number: int
+    etag: str  # as the backend quotes it
+    size: int
+
+
+class NativeObject(BaseModel, frozen=True):
+    """What the backend holds under a key: its size, its own ETag and (when hashed) its SHA-256."""
+
+    size: int
+    etag: str
+    sha256: str | None = None
+
+
 @runtime_checkable
 class NativePresign(Protocol):
     """What a blob store offers when its own endpoint honours signed URLs (S3).
 
     When the store's :class:`~core.blobs.base.BlobStore` also implements this,
     :class:`core.transfers.Transfers` hands out the backend's URLs instead of
-    the service's, and completes uploads with the backend's own multipart
-    calls; the records, access checks and publishing stay the same.
+    the service's (:mod:`core.native_uploads`); the records, access checks and
+    publishing stay the same.
+
+    Every upload, a single presigned PUT included, is a backend multipart
+    upload straight to the blob key the artifact will be published under: a
+    part URL dies with its upload when it is completed or aborted, so no URL
+    can overwrite a published blob afterwards (a plain PutObject URL could,
+    until it expires). Signing is local; creating an upload is one request.
     """
 
-    async def presign_get(self, key: str, expires: int, *, mime: str, filename: str) -> str: ...
+    min_part_bytes: int  # the backend's smallest part but the last
 
-    async def presign_put(self, key: str, expires: int) -> str: ...
+    async def presign_get(self, key: str | None, expires: int, *, mime: str, filename: str) -> str:
+        """A GET URL of ``key`` (None: an empty artifact) that answers with ``mime`` and ``filename``."""
+        ...
 
-    async def create_multipart(self, key: str) -> str:
+    async def create_multipart(self, key: str, *, mime: str) -> str:
         """Start a native multipart upload for ``key``; returns its native id."""
         ...
 
     async def presign_part(self, key: str, native_id: str, part_number: int, expires: int) -> str: ...
 
-    async def complete_multipart(self, key: str, native_id: str, parts: list[tuple[int, str]]) -> None:
-        """Join the (part number, ETag) parts; the backend refuses unknown parts or ETags."""
+    async def list_parts(self, key: str, native_id: str) -> list[NativePart] | None:
+        """The parts uploaded so far, by number; None when the upload is gone (completed or aborted)."""
         ...
 
-    async def abort_multipart(self, key: str, native_id: str) -> None: ...
+    async def complete_multipart(self, key: str, native_id: str, parts: list[tuple[int, str]]) -> None:
+        """Join the (part number, ETag) parts; InvalidPartError when the backend refuses them."""
+        ...
+
+    async def abort_multipart(self, key: str, native_id: str) -> None:
+        """Drop the upload and its parts; an upload already gone is no error."""
+        ...
+
+    async def stat(self, key: str) -> NativeObject | None:
+        """The object under ``key`` without reading it; None when there is none."""
+        ...
+
+    async def digest(self, key: str) -> NativeObject:
+        """Read the object back once, in bounded memory, for its size and SHA-256."""
+        ...
+
+    async def abort_incomplete(self, older_than: timedelta, spare: Collection[str] = ()) -> int:
+        """Abort native uploads started before ``older_than`` ago, except the ``spare`` ids; returns how many."""
+        ...

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +40,7 @@ from pydantic import BaseModel
 from .. import aio_bridge
 from ..errors import ArtifactNotFoundError, ProviderError, StoreClosedError
 from ..retry import RetryPolicy, retrying
+from .s3_presign import S3Presign
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -93,8 +94,12 @@ class IncompleteUpload(BaseModel):
     initiated: datetime
 
 
-class S3BlobStore:
-    """A :class:`~core.blobs.base.BlobStore` on one bucket, below an optional key prefix."""
+class S3BlobStore(S3Presign):
+    """A :class:`~core.blobs.base.BlobStore` on one bucket, below an optional key prefix.
+
+    It is a :class:`~core.presign.NativePresign` too (:mod:`core.blobs.s3_presign`):
+    presigned URLs are S3's own, and ``abort_incomplete`` (``gc``) lives there.
+    """
 
     def __init__(
         self,
@@ -127,6 +132,7 @@ class S3BlobStore:
         style = "path" if (path_style if path_style is not None else endpoint_url is not None) else "auto"
         self._config = Config(
             s3={"addressing_style": style},
+            signature_version="s3v4",  # presigned URLs too (botocore would sign those with SigV2 here)
             retries={"total_max_attempts": 1},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -296,14 +302,6 @@ class S3BlobStore:
                 await c.abort_multipart_upload(Bucket=self.bucket, Key=self.object_key(key), UploadId=upload_id)
 
         await self.call(f"abort {key}", abort)
-
-    async def abort_incomplete(self, older_than: timedelta = timedelta(days=1)) -> int:
-        """Abort uploads started before ``older_than`` ago; returns how many."""
-        cutoff = datetime.now(UTC) - older_than
-        stale = [u for u in await self.incomplete_uploads() if u.initiated <= cutoff]
-        for upload in stale:
-            await self.abort_upload(upload.key, upload.upload_id)
-        return len(stale)
 
 
 class S3Writer:
