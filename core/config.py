@@ -19,6 +19,7 @@ from .models import MetadataProvider, StorageProvider
 from .namespace import Limits
 from .presign import PresignSettings
 from .signing import RecordSigner, load_signing_key
+from .uploads import DirUploadRegistry, MemoryUploadRegistry, UploadRegistry
 
 _STORAGE_ALIASES = {
     "memory": StorageProvider.MEMORY, "vfs-memory": StorageProvider.MEMORY,
@@ -117,6 +118,24 @@ def signing_key(settings: Settings) -> bytes:
         # A key made up per host would make every other host's records look forged.
         raise InvalidArgumentError("SESSION_PROVIDER=redis needs ARTIFACT_SIGNING_KEY, the same on every host")
     return load_signing_key(settings.data_dir)
+
+
+def build_upload_registry(settings: Settings, meta: MetaStore, signer: RecordSigner) -> UploadRegistry:
+    """Where open presigned uploads are kept: beside the metadata, seen by every process that shares it.
+
+    Redis metadata keeps them in Redis (:mod:`core.meta.redis_uploads`), so
+    every host on one Redis and one bucket can complete or abort any of them;
+    a data dir keeps them as files there; memory stores keep them in memory.
+    """
+    if settings.session_provider is MetadataProvider.REDIS:
+        from .meta.redis import RedisMetaStore
+        from .meta.redis_uploads import RedisUploadRegistry
+
+        if isinstance(meta, RedisMetaStore):
+            return RedisUploadRegistry(meta, signer)
+    if settings.data_dir is not None and settings.storage_provider is not StorageProvider.MEMORY:
+        return DirUploadRegistry(settings.data_dir / "uploads", signer)
+    return MemoryUploadRegistry()
 
 
 def build_backends(settings: Settings) -> tuple[BlobStore, MetaStore]:

@@ -63,6 +63,7 @@ class UploadRecord(BaseModel):
     state: UploadState = UploadState.OPEN
     state_since_ns: int
     native_id: str | None = None  # the backend's own multipart id (S3), when it has one
+    native_key: str | None = None  # the blob key that native upload writes: the artifact's, once published
 
 
 class PartRecord(BaseModel):
@@ -77,6 +78,13 @@ class PartRecord(BaseModel):
     @property
     def etag(self) -> str:
         return f'"{self.sha256}"'
+
+
+def normalise_etag(etag: str) -> str:
+    """An ETag as clients quote it (``"..."``, ``W/"..."``, any case), reduced to compare."""
+    etag = etag.strip()
+    etag = etag.removeprefix("W/")
+    return etag.strip('"').lower()
 
 
 def newest_parts(parts: list[PartRecord]) -> dict[int, PartRecord]:
