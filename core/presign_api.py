@@ -51,8 +51,8 @@ class PresignApi:
 
     async def presign(self, artifact_id: str, expires: int, session_id: str | None, user_id: str | None) -> str:
         check_expires(expires)
-        await self.store._node(artifact_id, session_id, user_id)  # read access, or AccessDeniedError
-        return await (await self._transfers()).download_url(artifact_id, expires)
+        node = await self.store._node(artifact_id, session_id, user_id)  # read access, or AccessDeniedError
+        return await (await self._transfers()).node_url(node, expires)
 
     # -- uploads
 
@@ -104,7 +104,7 @@ class PresignApi:
             meta=f["meta"], ttl=f["ttl"], max_bytes=f["max_bytes"], publish_on_upload=publish_on_upload,
             url_expires_at=url_expires_at,
         )
-        return transfers.upload_url(record, url_expires_at), record.artifact_id
+        return await transfers.upload_url(record, url_expires_at), record.artifact_id
 
     async def _record(self, upload_id: str, kind: UploadKind, session_id: str | None, user_id: str | None) -> UploadRecord:
         transfers = await self._transfers()
@@ -156,7 +156,7 @@ class PresignApi:
             "user_id": space.user_id,
             "filename": record.filename,
             "expires_at": datetime.fromtimestamp(record.expires_at_ns / NS, tz=UTC).isoformat(),
-            "min_part_bytes": transfers.settings.min_part_bytes,
+            "min_part_bytes": transfers.min_part_bytes,
             "max_parts": MAX_PARTS,
         }
 

@@ -29,6 +29,7 @@ from .errors import (
     AccessDeniedError,
     AlreadyExistsError,
     ArtifactCorruptedError,
+    ArtifactExpiredError,
     ArtifactNotFoundError,
     ArtifactStoreError,
     ArtifactTooLargeError,
@@ -286,7 +287,13 @@ class ArtifactStore:
     async def _node(self, artifact_id: str, session_id: str | None, user_id: str | None, *, write: bool = False) -> Node:
         ns = await self._ready()
         who = self._principal(session_id, user_id)
-        node = await ns.artifact_node(artifact_id)
+        try:
+            node = await ns.artifact_node(artifact_id)
+        except ArtifactNotFoundError as exc:
+            # On S3 an upload that publishes itself is published when it is first asked for.
+            if isinstance(exc, ArtifactExpiredError) or not await self.transfers.settle(artifact_id):
+                raise
+            node = await ns.artifact_node(artifact_id)
         assert node.space is not None
         (check_write if write else check_read)(who, node.space, f"artifact {artifact_id}")
         return node

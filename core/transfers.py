@@ -11,6 +11,11 @@ build one for its own tree (``Transfers.for_settings(ns, settings)``) to
 answer ``getfattr -n user.artifact.presign`` and to run the service in its
 own process (``artifactfs mount --serve``).
 
+On a backend that signs its own URLs (S3, a
+:class:`~core.presign.NativePresign`) every URL is the backend's and the
+bytes never pass through here: :mod:`core.native_uploads` does that half,
+behind the same methods, records and errors.
+
 Publishing follows the namespace's rule: bytes first, under a fresh key, then
 one metadata commit makes them visible. A one-part upload is published by
 adopting the part's blob (no copy); several parts are streamed into a new
@@ -20,6 +25,7 @@ blob, each part checked against its SHA-256 on the way.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
@@ -32,7 +38,7 @@ from pydantic import BaseModel
 
 from . import grid
 from .blobs.base import BlobStore
-from .config import Settings
+from .config import Settings, build_upload_registry
 from .config import signing_key as store_signing_key
 from .errors import (
     ArtifactCorruptedError,
@@ -44,21 +50,22 @@ from .errors import (
     UploadConflictError,
     UploadNotFoundError,
 )
-from .models import StorageProvider
 from .namespace import NS, Namespace
 from .nodes import Node, Space
-from .presign import MAX_PARTS, PresignSettings, Target, TargetKind, UrlSigner, check_expires, derive_key
+from .native_uploads import NativeUploads
+from .presign import MAX_PARTS, NativePresign, PresignSettings, Target, TargetKind, UrlSigner, check_expires, derive_key
 from .signing import RecordSigner
 from .uploads import (
-    DirUploadRegistry,
-    MemoryUploadRegistry,
     PartRecord,
     UploadKind,
     UploadRecord,
     UploadRegistry,
     UploadState,
     newest_parts,
+    normalise_etag,
 )
+
+log = logging.getLogger("artifactfs.transfers")
 
 CHUNK = 1 << 20
 JOIN_CHUNK = 4 << 20
@@ -129,12 +136,6 @@ class Publish(BaseModel):
     ttl_given: bool = False
 
 
-def normalise_etag(etag: str) -> str:
-    etag = etag.strip()
-    etag = etag.removeprefix("W/")
-    return etag.strip('"').lower()
-
-
 def _sole(group: BaseExceptionGroup) -> BaseException:
     """The error a task group failed with, unwrapped when it is the only one."""
     while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
@@ -146,18 +147,23 @@ class Transfers:
     def __init__(self, ns: Namespace, settings: PresignSettings, signing_key: bytes, registry: UploadRegistry) -> None:
         self.ns, self.settings, self.registry = ns, settings, registry
         self.signer = UrlSigner(signing_key, settings.url)
+        # The backend's own URLs when it has them (S3); the service's otherwise.
+        self.native = (
+            NativeUploads(ns, ns.blobs, registry, settings, self._file_node) if isinstance(ns.blobs, NativePresign) else None
+        )
 
     @classmethod
     def for_settings(cls, ns: Namespace, settings: Settings, signing_key: bytes | None = None) -> Transfers:
-        """Transfers for a store built from ``settings``; uploads are kept beside its data."""
+        """Transfers for a store built from ``settings``; uploads are kept beside its metadata."""
         # The key metadata records are signed with: every process on this store agrees on it.
         key = signing_key if signing_key is not None else store_signing_key(settings)
-        registry: UploadRegistry
-        if settings.data_dir is not None and settings.storage_provider is not StorageProvider.MEMORY:
-            registry = DirUploadRegistry(settings.data_dir / "uploads", RecordSigner(derive_key(key, "upload-record/v1")))
-        else:
-            registry = MemoryUploadRegistry()
+        registry = build_upload_registry(settings, ns.meta, RecordSigner(derive_key(key, "upload-record/v1")))
         return cls(ns, settings.presign, key, registry)
+
+    @property
+    def min_part_bytes(self) -> int:
+        """The smallest part but the last a multipart upload accepts."""
+        return self.native.min_part_bytes if self.native is not None else self.settings.min_part_bytes
 
     @property
     def base_url(self) -> str:
@@ -177,11 +183,20 @@ class Transfers:
         """``user.artifact.presign`` in the mount (``fusefs.xattrs.Presigner``): a GET URL for the default hour."""
         if node.artifact is None:
             raise InvalidArgumentError(f"{node.name!r} is not a file")
-        return await self.download_url(node.artifact.artifact_id, DEFAULT_URL_SECONDS)
+        return await self.node_url(node, DEFAULT_URL_SECONDS)
 
     async def download_url(self, artifact_id: str, expires: int) -> str:
         """A GET URL for an artifact; whoever calls this has checked access already."""
+        if self.native is not None:
+            return await self.node_url(await self.ns.artifact_node(artifact_id), expires)
         return self.signer.sign(Target(kind=TargetKind.OBJECT, ident=artifact_id), self._url_expiry(expires))
+
+    async def node_url(self, node: Node, expires: int) -> str:
+        """A GET URL for a file node already looked up (and access-checked) by the caller."""
+        assert node.artifact is not None
+        if self.native is not None:
+            return await self.native.download_url(node, check_expires(expires))
+        return self.signer.sign(Target(kind=TargetKind.OBJECT, ident=node.artifact.artifact_id), self._url_expiry(expires))
 
     async def download(self, artifact_id: str) -> Download:
         node = await self.ns.artifact_node(artifact_id)
@@ -214,10 +229,15 @@ class Transfers:
             blob_prefix=f"{prefix}/up-{upload_id}", created_at_ns=now, expires_at_ns=expires_at_ns,
             state_since_ns=now,
         )
+        if self.native is not None:
+            return await self.native.start(record)
         await self.registry.create(record)
         return record
 
-    def upload_url(self, record: UploadRecord, url_expires_at: int) -> str:
+    async def upload_url(self, record: UploadRecord, url_expires_at: int) -> str:
+        """The PUT URL of a single upload (on S3: part 1 of its upload, the one part it has)."""
+        if self.native is not None:
+            return await self.native.part_url(record, 1, url_expires_at - self.ns.now() // NS)
         return self.signer.sign(Target(kind=TargetKind.UPLOAD, ident=record.upload_id), url_expires_at,
                                 max_bytes=record.max_bytes)
 
@@ -237,6 +257,8 @@ class Transfers:
         if isinstance(part_number, bool) or not isinstance(part_number, int) or not 1 <= part_number <= MAX_PARTS:
             raise InvalidArgumentError(f"part_number must be 1 to {MAX_PARTS}, got {part_number!r:.40}")
         record = await self.open_record(upload_id, UploadKind.MULTIPART)
+        if self.native is not None:
+            return await self.native.part_url(record, part_number, check_expires(expires))
         target = Target(kind=TargetKind.PART, ident=record.upload_id, part_number=part_number)
         return self.signer.sign(target, self._url_expiry(expires), max_bytes=record.max_bytes)
 
@@ -248,6 +270,8 @@ class Transfers:
         """Store the body of a PUT as a part of its upload; a single upload may publish at once."""
         kind = UploadKind.SINGLE if target.kind is TargetKind.UPLOAD else UploadKind.MULTIPART
         record = await self.open_record(target.ident, kind)
+        if record.native_id is not None:  # its bytes go to the backend's own URLs, never through here
+            raise UploadNotFoundError(f"upload {record.upload_id} takes its bytes at the backend's URLs")
         limits = [self.ns.limits.max_artifact_bytes, url_max_bytes, record.max_bytes]
         if kind is UploadKind.MULTIPART:
             limits.append(MAX_PART_BYTES)
@@ -338,6 +362,11 @@ class Transfers:
         """
         grid.validate_id(upload_id, "upload id")
         record, parts = await self.registry.begin_complete(upload_id, self.ns.now())
+        if record.native_id is not None:
+            if self.native is None:
+                await self.registry.reopen(upload_id, self.ns.now())
+                raise UploadNotFoundError(f"upload {upload_id} was made on a backend this store does not use")
+            return await self.native.complete(record, listed, fields)
         composed: str | None = None
         try:
             if record.expires_at_ns <= self.ns.now():
@@ -474,7 +503,32 @@ class Transfers:
         removed = await self.registry.remove(upload_id, only_open=True)
         if removed is None:
             return False
-        await self._drop_parts(removed[1], keep=None)
+        await self._drop(*removed, keep=None)
+        return True
+
+    async def _drop(self, record: UploadRecord, parts: list[PartRecord], keep: str | None) -> None:
+        """The bytes of a removed upload: its native upload, or its staged parts."""
+        if record.native_id is not None and self.native is not None:
+            await self.native.drop(record)
+        else:
+            await self._drop_parts(parts, keep=keep)
+
+    async def settle(self, artifact_id: str) -> bool:
+        """Publish a presign_upload_and_register upload whose bytes S3 has; False when there is none to publish.
+
+        The service publishes such an upload when its PUT ends; S3 tells
+        nobody, so the store publishes it when the artifact is first asked
+        for (and ``gc`` publishes those nobody asked for).
+        """
+        if self.native is None:
+            return False
+        record = await self.registry.get(artifact_id)
+        if record is None or not record.publish_on_upload or record.state is not UploadState.OPEN:
+            return False
+        try:
+            await self.complete(record.upload_id, None, Publish())
+        except (ArtifactNotFoundError, UploadConflictError):  # no bytes yet, or another caller is publishing it
+            return False
         return True
 
     async def collect_expired(self) -> int:
@@ -487,17 +541,42 @@ class Transfers:
             except ArtifactCorruptedError:
                 await self.registry.discard(upload_id)
                 continue
-            if record is None or record.expires_at_ns > now:
+            if record is None:
+                continue
+            if record.expires_at_ns > now:
+                if record.native_id is not None and record.publish_on_upload:
+                    await self._settle_quietly(record.upload_id)
                 continue
             if record.state is UploadState.COMPLETING and now - record.state_since_ns < STALE_COMPLETION_S * NS:
                 continue
             removed = await self.registry.remove(upload_id, only_open=False)
             if removed is None:
                 continue
-            await self._drop_parts(removed[1], keep=await self._published_blob(record.artifact_id))
+            await self._drop(*removed, keep=await self._published_blob(record.artifact_id))
             collected += 1
         await self.registry.sweep(time.time() - LEFTOVER_AGE_S)
+        if self.native is not None:
+            await self.native.abort_leftovers(await self._live_native_ids())
         return collected
+
+    async def _settle_quietly(self, upload_id: str) -> None:
+        """gc's settle: an upload that cannot be published (too large, over quota) waits for its expiry."""
+        try:
+            await self.settle(upload_id)
+        except ArtifactStoreError as exc:
+            log.info("upload %s is not published: %s", upload_id, exc)
+
+    async def _live_native_ids(self) -> set[str]:
+        """The backend upload ids open records still own: gc must not abort those, however old."""
+        live = set()
+        for upload_id in await self.registry.ids():
+            try:
+                record = await self.registry.get(upload_id)
+            except ArtifactCorruptedError:
+                continue
+            if record is not None and record.native_id is not None:
+                live.add(record.native_id)
+        return live
 
     async def _published_blob(self, artifact_id: str) -> str | None:
         """The blob a published artifact stands on, so a completion cut short by a crash loses nothing."""
