@@ -41,15 +41,14 @@ from .errors import (
     InvalidPartError,
     UploadNotFoundError,
 )
-from .namespace import NS, Namespace
+from .namespace import EMPTY_SHA256, NS, Namespace
 from .nodes import Node
-from .presign import NativeObject, NativePart, NativePresign, PresignSettings
+from .presign import NativePart, NativePresign, PresignSettings
 from .uploads import UploadKind, UploadRecord, UploadRegistry, normalise_etag
 
 if TYPE_CHECKING:
     from .transfers import Publish
 
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 STALE_UPLOAD_AGE = timedelta(days=1)  # an S3 upload no record knows, older than this, is a crash's leftover
 
 
@@ -62,7 +61,8 @@ def multipart_etag(etags: Sequence[str]) -> str | None:
     md5s = [normalise_etag(e) for e in etags]
     if not md5s or any(len(m) != 32 or any(c not in "0123456789abcdef" for c in m) for m in md5s):
         return None
-    return f"{hashlib.md5(b''.join(bytes.fromhex(m) for m in md5s)).hexdigest()}-{len(md5s)}"
+    digest = hashlib.md5(b"".join(bytes.fromhex(m) for m in md5s), usedforsecurity=False)
+    return f"{digest.hexdigest()}-{len(md5s)}"
 
 
 class NativeUploads:
@@ -178,8 +178,8 @@ class NativeUploads:
         replaced = old if old is not None and old.is_file else None
         await self.ns.ensure_room(node.space, size - (replaced.size if replaced else 0), 0 if replaced else 1)
 
-    async def _joined_before(self, record: UploadRecord, listed: Sequence[tuple[int, str]] | None) -> NativeObject:
-        """The object an earlier completion had S3 join, whose publishing then failed."""
+    async def _joined_before(self, record: UploadRecord, listed: Sequence[tuple[int, str]] | None) -> None:
+        """Check the object an earlier completion had S3 join (its publishing then failed) is these parts."""
         assert record.native_key is not None
         obj = await self.backend.stat(record.native_key)
         if obj is None:
@@ -190,7 +190,6 @@ class NativeUploads:
             expected = multipart_etag([etag for _, etag in listed])
             if expected is not None and normalise_etag(obj.etag) != expected:
                 raise InvalidPartError("the upload was already joined from other parts than these")
-        return obj
 
     # -- pending publish-on-upload, ending uploads
 

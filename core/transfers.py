@@ -51,8 +51,8 @@ from .errors import (
     UploadNotFoundError,
 )
 from .namespace import NS, Namespace
-from .nodes import Node, Space
 from .native_uploads import NativeUploads
+from .nodes import Node, Space
 from .presign import MAX_PARTS, NativePresign, PresignSettings, Target, TargetKind, UrlSigner, check_expires, derive_key
 from .signing import RecordSigner
 from .uploads import (
