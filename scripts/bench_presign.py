@@ -1,4 +1,4 @@
-"""Presigned URLs on the embedded default: MB/s through ``artifactfs serve`` vs the disk under it.
+"""Presigned URLs: MB/s through ``artifactfs serve`` (embedded default) and through S3's own URLs (moto), vs the disk.
 
 A 256 MiB artifact on filesystem blobs + SQLite in a data dir under
 ``--work-dir``. The service runs as its own process (as in production) and
@@ -7,7 +7,13 @@ References: the same bytes read straight from the blob file (dd, 1 MiB
 blocks), and a write of the same size with fsync (the service fsyncs every
 blob before it answers). "cold" drops the page cache first (needs root).
 
-Standalone: ``.venv/bin/python scripts/bench_presign.py`` prints the table;
+The second table does the same on Redis + S3: a private redis-server and
+moto in server mode on 127.0.0.1 (the test fixtures' servers), S3's own
+presigned URLs, curl talking to moto directly. It measures moto more than
+artifactfs (DESIGN §9): moto keeps every object in memory, answers a
+ranged GET by copying the object, and joins multipart uploads in memory.
+
+Standalone: ``.venv/bin/python scripts/bench_presign.py`` prints the tables;
 ``scripts/bench --only presign`` runs it as a section.
 """
 
@@ -25,9 +31,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the test fixtures' redis-server and moto
 
 import trio
 from bench_common import MB, Context, MiB, Section, Table, filesystem_of, median
+from servers import AWS_ENV, SIGNING_KEY, MotoServer, RedisServer, redis_s3_settings
 
 from core import (
     ArtifactStore,
@@ -116,6 +124,16 @@ class Bench:
                 dst.write(src.read(PART))
         return part
 
+    async def put_then_register(self) -> tuple[float, float]:
+        """A presigned PUT, then register, timed apart: (seconds of the PUT, seconds of the register)."""
+        url, artifact_id = await self.store.presign_upload(filename=f"put-{artifact_id_hint()}.bin", user_id="bench",
+                                                            scope="user")
+        started = time.perf_counter()
+        await curl("-T", str(self.source), "-o", "/dev/null", url)
+        put_done = time.perf_counter()
+        await self.store.register_uploaded_artifact(artifact_id)
+        return put_done - started, time.perf_counter() - put_done
+
     async def download(self, artifact_id: str, byte_range: str | None = None) -> float:
         url = await self.store.presign(artifact_id)
         ranged = ["-H", f"Range: {byte_range}"] if byte_range else []
@@ -137,10 +155,16 @@ def blob_path(store: ArtifactStore, blob_key: str) -> Path:
     return store.ns.blobs.path_of(blob_key)  # type: ignore[attr-defined]
 
 
-async def measure(ctx: Context, work: Path, url: str, data_dir: Path) -> Table:
+def make_source(work: Path) -> Path:
     source = work / "source.bin"
-    with open(source, "wb") as f:
-        f.writelines(os.urandom(MiB) for _ in range(SIZE // MiB))
+    if not source.exists():
+        with open(source, "wb") as f:
+            f.writelines(os.urandom(MiB) for _ in range(SIZE // MiB))
+    return source
+
+
+async def measure(ctx: Context, work: Path, url: str, data_dir: Path) -> Table:
+    source = make_source(work)
     settings = Settings(storage_provider="filesystem", session_provider="sqlite", fs_root=data_dir)
     settings.presign.base_url = url
     rate = lambda seconds: SIZE / MB / seconds
@@ -188,6 +212,69 @@ async def measure(ctx: Context, work: Path, url: str, data_dir: Path) -> Table:
     return table
 
 
+async def measure_moto(ctx: Context, work: Path) -> Table:
+    """The same transfers through S3's own presigned URLs on moto, metadata in Redis."""
+    source = make_source(work)
+    rate = lambda seconds: SIZE / MB / seconds
+    table = Table(title=f"presigned URLs, {SIZE // MiB} MiB artifact, Redis + S3 on moto (S3's own URLs)",
+                  key_columns=["operation"], ref_columns=["disk"])
+    redis_server, moto = RedisServer(work / "redis"), MotoServer(work / "moto")
+    old_env = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    redis_server.start()
+    moto.start()
+    try:
+        settings = redis_s3_settings(work / "s3store", redis_url=redis_server.url, s3_endpoint_url=moto.endpoint,
+                                     signing_key=SIGNING_KEY)
+        async with ArtifactStore(settings=settings) as store:
+            bench = Bench(store, work, source)
+            puts, registers, ups, ids = [], [], [], []
+            for _ in range(ctx.repeat):
+                put_s, register_s = await bench.put_then_register()
+                puts.append(rate(put_s))
+                registers.append(rate(register_s))
+                ups.append(rate(put_s + register_s))
+            ids = [m.artifact_id for m in await store.search(user_id="bench")]
+            disk_writes = [rate(dd_write(work / "dd.bin")) for _ in range(ctx.repeat)]
+            table.add(["upload: presigned PUT + register"], ups, "MB/s", disk=median(disk_writes))
+            table.add(["  of which the PUT (curl -> moto)"], puts, "MB/s", disk=median(disk_writes))
+            table.add(["  of which register (S3 complete + read back for SHA-256)"], registers, "MB/s")
+            for n in range(1, SIZE // PART + 1):
+                bench.part_file(n)
+            mps = [rate((await bench.multipart())[0]) for _ in range(ctx.repeat)]
+            table.add([f"upload: multipart {SIZE // PART} x {PART // MiB} MiB, {PART_STREAMS} streams + complete"],
+                      mps, "MB/s", disk=median(disk_writes))
+            warm_disk = [rate(dd_read(source)) for _ in range(ctx.repeat)]
+            gets = [rate(await bench.download(ids[0])) for _ in range(ctx.repeat)]
+            table.add(["download: presigned GET"], gets, "MB/s", disk=median(warm_disk))
+            ranged = [rate(await bench.download(ids[0], "bytes=0-")) for _ in range(ctx.repeat)]
+            table.add(["download: GET Range bytes=0-"], ranged, "MB/s", disk=median(warm_disk))
+    finally:
+        moto.stop()
+        redis_server.stop()
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    table.notes += [
+        (f"moto {_moto_version()} in server mode and redis-server on 127.0.0.1; client: curl straight to moto; "
+         f"median of {ctx.repeat} runs; disk: dd bs=1M of the same bytes from a warm file (read) / a new file "
+         "with conv=fsync (write)"),
+        ("moto keeps objects in Python memory and serves one request at a time per connection: these rows "
+         "measure moto (DESIGN §9), not S3; a GET is S3's own, so no SHA-256 is checked on the way out"),
+        ("register = S3 CompleteMultipartUpload (moto joins the parts in memory) + one streaming GET hashed "
+         "for the SHA-256; every upload goes to the final blob key, so nothing is copied"),
+    ]
+    return table
+
+
+def _moto_version() -> str:
+    from importlib.metadata import version
+
+    return version("moto")
+
+
 def run(ctx: Context) -> Iterator[Table]:
     work = Path(tempfile.mkdtemp(prefix="artifactfs-bench-presign-", dir=ctx.work_dir))
     data_dir = work / "data"
@@ -201,6 +288,7 @@ def run(ctx: Context) -> Iterator[Table]:
         if not line.startswith("artifactfs serve: "):
             raise RuntimeError(f"artifactfs serve did not start: {line!r}")
         yield trio.run(measure, ctx, work, line.split()[2], data_dir)
+        yield trio.run(measure_moto, ctx, work)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -208,7 +296,7 @@ def run(ctx: Context) -> Iterator[Table]:
             shutil.rmtree(work, ignore_errors=True)
 
 
-SECTION = Section("presign", "MB/s through presigned URLs (artifactfs serve) vs the disk, 256 MiB", run)
+SECTION = Section("presign", "MB/s through presigned URLs (artifactfs serve; S3's own on moto) vs the disk, 256 MiB", run)
 
 if __name__ == "__main__":
     for table in run(Context()):
