@@ -448,12 +448,22 @@ class Namespace:
         Expired artifacts are charged until collected; when they stand in the
         way they are collected first, so an invisible file never holds a quota.
         """
+        if not self._has_quota(space.scope):
+            return  # nothing to check: save the usage read (two per store)
         try:
             self.check_quota(space, await self._usage(space), add_bytes, add_files)
         except QuotaExceededError:
             if not await self.collect_expired():
                 raise
             self.check_quota(space, await self._usage(space), add_bytes, add_files)
+
+    def _has_quota(self, scope: Scope) -> bool:
+        limits = self.limits
+        if scope is Scope.SESSION:
+            return limits.session_quota_bytes is not None or limits.session_quota_files is not None
+        if scope is Scope.USER:
+            return limits.user_quota_bytes is not None or limits.user_quota_files is not None
+        return False
 
     def check_quota(self, space: Space, usage, add_bytes: int, add_files: int) -> None:
         if space.scope is Scope.SESSION:
