@@ -27,7 +27,9 @@ A node made by the library (or by the tree itself) carries uid 0. Without
 ``allow_other`` that is shown as the mounting user, whose store it is; with
 it, as the uid mapped to the node's user when there is one. With
 ``allow_other``, ``sessions/``, ``users/`` and ``shared/`` are shown
-``1777`` so the kernel lets every uid try, and :mod:`fusefs.callers` decides.
+``1777`` so the kernel lets every uid try, and :mod:`fusefs.callers` decides;
+entries inside a user's or a session's space are then never cached as
+entries, so no uid reaches one through a lookup another uid made.
 """
 
 from __future__ import annotations
@@ -104,4 +106,9 @@ class Attributes:
         if node.expires_at_ns is not None:
             timeout = min(timeout, max(0.0, (node.expires_at_ns - now_ns) / _NS))
         attr.attr_timeout = attr.entry_timeout = timeout
+        if self._open_dirs and node.role is NodeRole.ENTRY and node.space is not None and node.space.owner is not None:
+            # The kernel's dentry cache is shared by every uid: an entry it holds would let any uid
+            # reach it without asking us. Inside a user's or a session's space each path walk must
+            # come here, where fusefs.callers checks the calling uid.
+            attr.entry_timeout = 0
         return attr
