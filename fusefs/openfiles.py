@@ -162,6 +162,15 @@ class OpenFile:
         await self._close_reader()
         return spool
 
+    async def hold_bytes(self) -> None:
+        """The file is about to be removed: its descriptors keep its bytes, as on a local disk.
+
+        Removing it drops its blob, so the committed bytes are copied into the spool first
+        (the data of a file unlinked while open is rarely large, and never lost).
+        """
+        async with self._lock:
+            await self._spool(self.node.size, self.node.size)
+
     # -- publishing
 
     async def publish(self) -> None:
@@ -170,8 +179,7 @@ class OpenFile:
             spool = self.spool
             if spool is None:
                 return
-            if self.removed:
-                await self._drop_spool()
+            if self.removed:  # nowhere to publish to; descriptors still open keep the bytes until the last close
                 return
             try:
                 key, size, sha256 = await spool.publish(self.files.ns, self.node)
@@ -340,6 +348,12 @@ class OpenFiles:
             raise
         await self._let_go(file, publish=publish)
         return file
+
+    async def removing(self, ino: int) -> None:
+        """``ino`` is about to be unlinked or replaced: an open file keeps what it holds."""
+        file = self._files.get(ino)
+        if file is not None and not file.removed:
+            await file.hold_bytes()
 
     def removed(self, ino: int) -> None:
         file = self._files.get(ino)

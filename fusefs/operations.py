@@ -30,7 +30,7 @@ from core.nodes import Node, NodeKind, NodeRole, Space
 from .attrs import Attributes, Inodes
 from .callers import Callers
 from .errnos import fuse_call
-from .openfiles import KernelCache, OpenFiles
+from .openfiles import KernelCache, OpenFile, OpenFiles
 from .xattrs import PREFIX as XATTR_USER_PREFIX
 from .xattrs import Presigner, Xattrs
 
@@ -161,6 +161,9 @@ class Operations(pyfuse3.Operations):
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        file = self.files.get(self.inodes.node(inode))
+        if file is not None and file.removed:  # ftruncate, fchmod, futimens of an unlinked open file
+            return await self._setattr_removed(file, attr, fields, ctx)
         node = await self._node(inode)
         await self.callers.check(ctx.uid, node, write=True)
         if fields.update_size:
@@ -189,9 +192,31 @@ class Operations(pyfuse3.Operations):
             if fields.update_uid and node.role is NodeRole.SCOPE_ROOT:
                 self.callers.forget_session(node)
             file = self.files.get(node.ino)
-            if file is not None:
-                file.set_times(node)
+            if file is not None:  # unpublished writes keep their mtime unless this sets one
+                file.set_times(node if fields.update_mtime else node.model_copy(update={"mtime_ns": file.mtime_ns}))
         return self._attr(node)
+
+    async def _setattr_removed(
+        self, file: OpenFile, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """A file removed while open lives on in its open state alone, as on a local disk, until closed."""
+        await self.callers.check(ctx.uid, file.node, write=True)
+        if fields.update_size:
+            await file.truncate(attr.st_size)
+        changes: dict[str, int] = {}
+        if fields.update_mode:
+            changes["mode"] = attr.st_mode & 0o7777
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+        if changes:
+            file.set_times(file.node.model_copy(update={"mtime_ns": file.mtime_ns, **changes, "ctime_ns": self.ns.now()}))
+        return self.attrs.of(file.node, self.ns.now(), size=file.size, mtime_ns=file.mtime_ns)
 
     # -- directories
 
@@ -327,6 +352,8 @@ class Operations(pyfuse3.Operations):
         parent = await self._node(parent_inode)
         await self.callers.check(ctx.uid, parent, write=True)
         node = await self.ns.child(parent, _name(name))
+        if node.is_file:
+            await self.files.removing(node.ino)
         await self.ns.unlink(node)
         self.files.removed(node.ino)
 
@@ -349,6 +376,8 @@ class Operations(pyfuse3.Operations):
             return
         if flags & ~pyfuse3.RENAME_NOREPLACE:
             raise InvalidArgumentError(f"unknown rename flags {flags:#x}")
+        if target is not None and target.is_file and target.ino != node.ino and not flags & pyfuse3.RENAME_NOREPLACE:
+            await self.files.removing(target.ino)
         await self.ns.rename(node, new_parent, new_name, replace=not flags & pyfuse3.RENAME_NOREPLACE)
         if target is not None and target.ino != node.ino:
             self.files.removed(target.ino)
