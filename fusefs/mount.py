@@ -30,7 +30,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from core.clock import SystemClock
+from core.clock import clock_from_env
 from core.config import Settings, build_backends
 from core.errors import ArtifactStoreError
 from core.namespace import Namespace
@@ -138,6 +138,7 @@ def settings_for(options: MountOptions) -> Settings:
 def _check_mountpoint(path: Path) -> None:
     try:
         os.stat(path)
+        os.statvfs(path)  # a dead FUSE mount may still answer stat from the kernel's cache; statfs asks it
     except FileNotFoundError:
         raise MountError(f"the mountpoint {path} does not exist (mkdir -p {path})") from None
     except OSError as exc:
@@ -147,7 +148,7 @@ def _check_mountpoint(path: Path) -> None:
     if not os.path.isdir(path):
         raise MountError(f"the mountpoint {path} is not a directory")
     if os.path.ismount(path):
-        raise MountError(f"{path} is already a mount point; unmount it first")
+        raise MountError(f"{path} is already a mount point; unmount it first (artifactfs umount {path})")
 
 
 def _fuse_options(options: MountOptions) -> set[str]:
@@ -207,7 +208,7 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
     await blobs.open()
     await meta.open()
     try:
-        ns = Namespace(meta, blobs, SystemClock(), settings.limits)
+        ns = Namespace(meta, blobs, clock_from_env(), settings.limits)
         box = await ns.sandbox(settings.sandbox_id)
         spool_dir = options.data_dir / SPOOL_DIR
         shutil.rmtree(spool_dir, ignore_errors=True)  # staged writes of a mount that died; we hold the lock
