@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from mounting import Mount
 
 GiB = 1 << 30
