@@ -68,6 +68,9 @@ class Namespace:
         self.meta, self.blobs, self.clock, self.limits = meta, blobs, clock, limits
         self._commit_locks: dict[int, anyio.Lock] = {}
         self._fixed_inos: dict[str, _FixedInos] = {}
+        # A backend that can change a parent's mtime and a session's expiry inside the insert or
+        # remove itself (SQLite) saves two transactions per store; others get them one by one.
+        self._fused = bool(getattr(meta, "fuses_directory_updates", False))
 
     def now(self) -> int:
         return self.clock.now_ns()
@@ -191,14 +194,43 @@ class Namespace:
 
     async def cover_session(self, space: Space, expires_at_ns: int | None) -> None:
         """Keep a session alive at least as long as the artifacts in it."""
+        root = await self._cover_root(space, expires_at_ns)
+        if root is not None:
+            await self.meta.update(root)
+
+    async def _cover_root(self, space: Space, expires_at_ns: int | None) -> Node | None:
+        """The session root with its expiry moved out to ``expires_at_ns``, if it has to move."""
         if space.scope is not Scope.SESSION:
-            return
+            return None
         root = await self.scope_root(space)
         if root.expires_at_ns is None:
-            return
+            return None
         if expires_at_ns is None or expires_at_ns > root.expires_at_ns:
             root.expires_at_ns = expires_at_ns
-            await self.meta.update(root)
+            return root
+        return None
+
+    async def _insert(self, node: Node, *, replace: bool = False, cover: Node | None = None) -> tuple[Node, Node | None]:
+        """``meta.insert``, then the parent's mtime; ``cover`` (a session root) is stored first.
+
+        Where the backend can, all of it is one transaction.
+        """
+        if self._fused:
+            covering = None if cover is None else (cover.ino, cover.expires_at_ns)
+            return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering)  # type: ignore[call-arg]
+        if cover is not None:
+            await self.meta.update(cover)
+        node, old = await self.meta.insert(node, replace=replace)
+        await self._touch_ino(node.parent)
+        return node, old
+
+    async def _remove(self, node: Node) -> None:
+        """``meta.remove``, then the parent's mtime (one transaction where the backend can)."""
+        if self._fused:
+            await self.meta.remove(node, touch_ns=self.now())  # type: ignore[call-arg]
+            return
+        await self.meta.remove(node)
+        await self._touch_ino(node.parent)
 
     # -- creating entries
 
@@ -220,8 +252,7 @@ class Namespace:
         space = self.entry_space(parent, name)
         node = new_node(parent=parent.ino, name=name, kind=NodeKind.DIR, mode=mode & 0o7777, now_ns=self.now(),
                         space=space, uid=uid, gid=gid)
-        node, _ = await self.meta.insert(node)
-        await self._touch_dir(parent)
+        node, _ = await self._insert(node)
         return node
 
     async def _mkdir_fixed(self, parent: Node, name: str, uid: int, gid: int, session_user: str | None) -> Node:
@@ -292,11 +323,9 @@ class Namespace:
         old = await self.meta.lookup(node.parent, node.name) if replace else None
         replaced = old if old is not None and old.is_file else None  # a replaced file gives its room back
         await self.ensure_room(node.space, node.size - (replaced.size if replaced else 0), 0 if replaced else 1)
-        await self.cover_session(node.space, node.expires_at_ns)
-        node, old = await self.meta.insert(node, replace=replace)
+        node, old = await self._insert(node, replace=replace, cover=await self._cover_root(node.space, node.expires_at_ns))
         if old is not None:
             await self.drop_blob(old)
-        await self._touch_ino(node.parent)
         return node
 
     async def symlink(self, parent: Node, name: str, target: str, uid: int = 0, gid: int = 0) -> Node:
@@ -307,8 +336,7 @@ class Namespace:
                         space=space, uid=uid, gid=gid)
         node.target = target
         node.size = len(target.encode("utf-8", "surrogateescape"))
-        node, _ = await self.meta.insert(node)
-        await self._touch_dir(parent)
+        node, _ = await self._insert(node)
         return node
 
     # -- blobs of a file
@@ -499,9 +527,8 @@ class Namespace:
             raise IsADirectoryError_(f"{node.name!r} is a directory")
         if node.role is not NodeRole.ENTRY:
             raise ReadOnlyError(f"{node.name!r} cannot be removed")
-        await self.meta.remove(node)
+        await self._remove(node)
         await self.drop_blob(node)
-        await self._touch_ino(node.parent)
 
     async def rmdir(self, node: Node) -> None:
         if not node.is_dir:
@@ -510,8 +537,7 @@ class Namespace:
             node.space is not None and node.space.scope is Scope.SANDBOX and node.role is NodeRole.SCOPE_ROOT
         ):
             raise ReadOnlyError(f"{node.name!r} cannot be removed")
-        await self.meta.remove(node)
-        await self._touch_ino(node.parent)
+        await self._remove(node)
 
     async def rename(self, node: Node, new_parent: Node, new_name: str, *, replace: bool = True) -> None:
         if node.role is not NodeRole.ENTRY:

@@ -53,6 +53,7 @@ _FIELDS_SQL = ", ".join(_FIELDS)
 _USAGE_KEY_AT, _SIZE_AT = _FIELDS.index("usage_key"), _FIELDS.index("size")
 _UPDATE_SQL: dict[tuple[int, ...], str] = {}  # changed field positions -> UPDATE statement
 _INO_BLOCK = 64  # inode numbers reserved per counter update
+_TOUCHED_ROLES = (NodeRole.ENTRY, NodeRole.SCOPE_ROOT)  # directories whose mtime follows their entries
 
 
 class SQLiteMetaStore:
@@ -231,7 +232,30 @@ class SQLiteMetaStore:
         self._ino_next += 1
         return ino
 
-    async def insert(self, node: Node, *, replace: bool = False) -> tuple[Node, Node | None]:
+    # Namespace reads this: insert() and remove() take ``touch_ns`` (and insert ``cover``) so the
+    # parent's mtime and a session's expiry change in the same transaction, not in two more.
+    fuses_directory_updates = True
+
+    def _load_for_update(self, db: sqlite3.Connection, ino: int) -> tuple[Node | None, tuple]:
+        """A node read inside a transaction, with its stored columns (to narrow the rewrite)."""
+        row = db.execute(f"SELECT {_COLUMNS}, {_FIELDS_SQL} FROM node WHERE ino=?", (ino,)).fetchone()
+        if row is None:
+            return None, ()
+        return self._load(row[:3]), row[3:]
+
+    def _touch(self, db: sqlite3.Connection, ino: int, now_ns: int) -> None:
+        """Set a directory's mtime/ctime, if it is one a user made or a scope root (as Namespace does)."""
+        parent, fields = self._load_for_update(db, ino)
+        if parent is not None and parent.role in _TOUCHED_ROLES:
+            parent.mtime_ns = parent.ctime_ns = now_ns
+            self._write(db, parent, insert=False, old=fields)
+
+    async def insert(
+        self, node: Node, *, replace: bool = False, touch_ns: int | None = None,
+        cover: tuple[int, int | None] | None = None,
+    ) -> tuple[Node, Node | None]:
+        """The protocol's insert; ``touch_ns`` also sets the parent's mtime/ctime, ``cover``
+        = (ino, expires_at_ns) also moves that session root's expiry out to cover the node."""
         ino = self._next_ino()
         with self._tx() as db:
             # The parent's kind is a column: no need to check and decode its whole record here.
@@ -253,6 +277,20 @@ class SQLiteMetaStore:
             node.ino = ino
             self._write(db, node, insert=True)
             self._charge(db, node, +1)
+            dirty: dict[int, tuple[Node, tuple]] = {}  # one read and one write even when root and parent are one
+            if cover is not None:
+                root, fields = self._load_for_update(db, cover[0])
+                until = cover[1]
+                if root is not None and root.expires_at_ns is not None and (until is None or until > root.expires_at_ns):
+                    root.expires_at_ns = until
+                    dirty[root.ino] = (root, fields)
+            if touch_ns is not None:
+                directory, fields = dirty.get(node.parent) or self._load_for_update(db, node.parent)
+                if directory is not None and directory.role in _TOUCHED_ROLES:
+                    directory.mtime_ns = directory.ctime_ns = touch_ns
+                    dirty[directory.ino] = (directory, fields)
+            for changed, fields in dirty.values():
+                self._write(db, changed, insert=False, old=fields)
         return node, old
 
     async def update(self, node: Node) -> None:
@@ -301,15 +339,18 @@ class SQLiteMetaStore:
             self._write(db, b, insert=False)
             self._write(db, a, insert=False)
 
-    async def remove(self, node: Node) -> None:
+    async def remove(self, node: Node, *, touch_ns: int | None = None) -> None:
+        """The protocol's remove; ``touch_ns`` also sets the parent's mtime/ctime."""
         with self._tx() as db:
             if node.is_dir and db.execute("SELECT 1 FROM node WHERE parent=? LIMIT 1", (node.ino,)).fetchone():
                 raise DirectoryNotEmptyError(f"{node.name!r} is not empty")
-            current = db.execute("SELECT usage_key, size FROM node WHERE ino=?", (node.ino,)).fetchone()
+            current = db.execute("SELECT usage_key, size, parent FROM node WHERE ino=?", (node.ino,)).fetchone()
             if current is None:
                 return
             db.execute("DELETE FROM node WHERE ino=?", (node.ino,))
             self._account(db, current[0], -current[1], -1)
+            if touch_ns is not None:
+                self._touch(db, current[2], touch_ns)
 
 
 class _Transaction:
