@@ -120,6 +120,7 @@ class OpenFile:
             raise ArtifactTooLargeError(f"a file may hold {self.files.ns.limits.max_artifact_bytes} bytes")
         async with self._lock:
             if self.spool is None and size == self.node.size:
+                await self._touch()
                 return
             spool = await self._spool(min(size, self.node.size), size)
             if not spool.fits(size):
@@ -127,6 +128,19 @@ class OpenFile:
                 spool = self.spool = spool.spill(self.files.spool_dir)
             spool.truncate(size)
             self.mtime_ns = self.files.ns.now()
+
+    async def _touch(self) -> None:
+        """A truncate that leaves the size as it is still sets the mtime, as truncate(2) and O_TRUNC do."""
+        ns = self.files.ns
+        self.mtime_ns = ns.now()
+        if self.removed:
+            return
+        try:
+            node = await ns.get(self.ino)
+        except ArtifactNotFoundError:
+            return
+        node.mtime_ns = self.mtime_ns
+        self.set_times(await ns.update_node(node))
 
     async def _spool(self, keep: int, reach: int) -> Spool:
         """The spool, started with the first ``keep`` committed bytes if there is none yet.

@@ -312,7 +312,7 @@ class MountModel(RuleBasedStateMachine):
     @rule(path=st.sampled_from(PATHS), mtime=st.sampled_from(EXPLICIT_TIMES), follow=st.booleans())
     def utime(self, path: str, mtime: int, follow: bool) -> None:
         self.both(lambda root: os.utime(root / path, ns=(mtime - 1, mtime), follow_symlinks=follow))
-        self.both(lambda root: os.lstat(root / path).st_mtime_ns)
+        self.both(lambda root: os.stat(root / path, follow_symlinks=follow).st_mtime_ns)
 
     @rule(path=st.sampled_from(PATHS), value=st.sampled_from((b"", b"x", b"note \xff\x00 binary", b"v" * 3000)))
     def setxattr(self, path: str, value: bytes) -> None:
@@ -347,9 +347,13 @@ class MountModel(RuleBasedStateMachine):
         shutil.rmtree(self.l, ignore_errors=True)
 
 
+# CI runs the same 100 sequences every time. To hunt for more, run with a random search of any size:
+#   MODEL_HUNT_EXAMPLES=2000 .venv/bin/python -m pytest tests/fuse/test_fuse_model.py
+HUNT_EXAMPLES = int(os.environ.get("MODEL_HUNT_EXAMPLES", "0"))
 CI_RUN = settings(
-    max_examples=100, stateful_step_count=50, deadline=None, derandomize=True, database=None,
-    suppress_health_check=list(HealthCheck), print_blob=True, report_multiple_bugs=False,
+    max_examples=HUNT_EXAMPLES or 100, stateful_step_count=80 if HUNT_EXAMPLES else 50, deadline=None,
+    derandomize=not HUNT_EXAMPLES, database=None, suppress_health_check=list(HealthCheck), print_blob=True,
+    report_multiple_bugs=False,
 )
 
 
@@ -366,6 +370,7 @@ def model(mount: Mount, alice: Path, tmp_path: Path) -> type[MountModel]:
     return Model
 
 
+@pytest.mark.embedded_only("thousands of operations: on Redis + S3 their cost would be moto's")
 def test_the_mount_behaves_like_the_local_disk(model: type[MountModel]) -> None:
     run_state_machine_as_test(model, settings=CI_RUN)
 
@@ -448,5 +453,27 @@ def test_fsync_of_an_unlinked_open_file_keeps_its_bytes(model: type[MountModel])
         m.fsync_fd(index=0)
         m.read_fd(index=0, offset=0, length=4096)
         m.open_descriptors_agree()
+
+    replay(model, steps)
+
+
+@pytest.mark.parametrize("how", ["truncate", "ftruncate", "O_TRUNC"])
+def test_a_truncate_to_the_same_size_still_sets_the_mtime(model: type[MountModel], how: str) -> None:
+    """Was: the explicit mtime stayed, where truncate(2), ftruncate(2) and O_TRUNC set it to now."""
+
+    def steps(m: MountModel) -> None:
+        m.truncate(path="a", size=0)
+        m.utime(path="a", mtime=EXPLICIT_TIMES[0], follow=False)
+        if how == "truncate":
+            m.truncate(path="a", size=0)
+        elif how == "ftruncate":
+            m.open_fd(path="a", how="rw")
+            m.ftruncate_fd(index=0, size=0)
+            m.same_tree()
+            m.close_fd(index=0)
+        else:
+            m.open_fd(path="a", how="rw-trunc")
+            m.same_tree()
+            m.close_fd(index=0)
 
     replay(model, steps)
