@@ -149,3 +149,17 @@ def test_other_namespaces_are_not_supported(mount: Mount, alice: Path) -> None:
     (alice / "s.txt").write_text("s")
     done = mount.sh("setfattr -n trusted.x -v 1 users/alice/s.txt", check=False)
     assert done.returncode != 0 and "Operation not supported" in done.stderr
+    # Said for reads too, so ls -l and cp remember it per device instead of asking for every file.
+    done = mount.sh("getfattr -n security.selinux users/alice/s.txt", check=False)
+    assert done.returncode != 0 and "Operation not supported" in done.stderr
+
+
+def test_ls_l_does_not_ask_for_security_attributes_per_file(mount_factory) -> None:
+    mount = mount_factory(args=["--debug"])  # --debug logs every request
+    alice = mount.user_dir("alice")
+    for i in range(50):
+        (alice / f"f{i}").write_text("x")
+    before = mount.log_text().count(" getxattr(")
+    listing = mount.sh("ls -l users/alice").stdout
+    assert listing.count(" f") == 50
+    assert mount.log_text().count(" getxattr(") - before <= 4  # not 2 per file: ls remembers ENOTSUP
