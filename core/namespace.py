@@ -194,33 +194,47 @@ class Namespace:
 
     async def cover_session(self, space: Space, expires_at_ns: int | None) -> None:
         """Keep a session alive at least as long as the artifacts in it."""
-        root = await self._cover_root(space, expires_at_ns)
-        if root is not None:
-            await self.meta.update(root)
+        cover = await self._cover_root(space, expires_at_ns)
+        if cover is not None:
+            await self.meta.update(cover[0])
 
-    async def _cover_root(self, space: Space, expires_at_ns: int | None) -> Node | None:
-        """The session root with its expiry moved out to ``expires_at_ns``, if it has to move."""
+    async def _cover_root(self, space: Space, expires_at_ns: int | None) -> tuple[Node, int | None] | None:
+        """The session root with its expiry moved out to ``expires_at_ns``, and the expiry it had,
+        if it has to move."""
         if space.scope is not Scope.SESSION:
             return None
         root = await self.scope_root(space)
         if root.expires_at_ns is None:
             return None
         if expires_at_ns is None or expires_at_ns > root.expires_at_ns:
-            root.expires_at_ns = expires_at_ns
-            return root
+            was, root.expires_at_ns = root.expires_at_ns, expires_at_ns
+            return root, was
         return None
 
-    async def _insert(self, node: Node, *, replace: bool = False, cover: Node | None = None) -> tuple[Node, Node | None]:
-        """``meta.insert``, then the parent's mtime; ``cover`` (a session root) is stored first.
+    async def _insert(
+        self, node: Node, *, replace: bool = False, cover: tuple[Node, int | None] | None = None
+    ) -> tuple[Node, Node | None]:
+        """``meta.insert``, then the parent's mtime; ``cover`` (see _cover_root) is stored first.
 
         Where the backend can, all of it is one transaction.
         """
         if self._fused:
-            covering = None if cover is None else (cover.ino, cover.expires_at_ns)
+            covering = None if cover is None else (cover[0].ino, cover[0].expires_at_ns)
             return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering)  # type: ignore[call-arg]
-        if cover is not None:
-            await self.meta.update(cover)
-        node, old = await self.meta.insert(node, replace=replace)
+        if cover is None:
+            node, old = await self.meta.insert(node, replace=replace)
+        else:
+            root, was = cover
+            await self.meta.update(root)  # first: an artifact never outlives its session, even after a crash
+            try:
+                node, old = await self.meta.insert(node, replace=replace)
+            except BaseException:
+                with anyio.CancelScope(shield=True):  # a refused insert must not stretch the session
+                    fresh = await self.meta.get(root.ino)
+                    if fresh is not None and fresh.expires_at_ns == root.expires_at_ns:
+                        fresh.expires_at_ns = was
+                        await self.meta.update(fresh)
+                raise
         await self._touch_ino(node.parent)
         return node, old
 
