@@ -145,11 +145,27 @@ def machine_line() -> str:
     return f"python {sys.version.split()[0]}, {os.cpu_count()} cpus ({cpu})"
 
 
+def load_line() -> str:
+    """How busy the machine is: figures taken while something else runs are not comparable."""
+    parts = []
+    try:
+        parts.append("load " + " ".join(Path("/proc/loadavg").read_text().split()[:3]))
+    except OSError:
+        pass
+    for what in ("cpu", "io"):
+        try:
+            some = Path(f"/proc/pressure/{what}").read_text().splitlines()[0].split()
+            parts.append(f"{what} pressure {some[1].split('=')[1]}%")  # "some avg10=..."
+        except (OSError, IndexError):
+            pass
+    return ", ".join(parts) or "machine load unknown"
+
+
 def write_json(path: Path, tables: list[Table]) -> None:
     path.write_text(json.dumps([t.model_dump() for t in tables], indent=1, default=str))
 
 
 __all__ = [
     "MB", "MiB", "KiB", "Context", "Row", "Table", "Section", "median", "repeat", "Stopwatch",
-    "filesystem_of", "machine_line", "write_json",
+    "filesystem_of", "machine_line", "load_line", "write_json",
 ]

@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # sections import bench_common as a sibling
 sys.path.insert(0, str(HERE.parent))  # and the project's packages (core, fusefs)
 
-from bench_common import Context, Section, Table, machine_line, write_json  # noqa: E402
+from bench_common import Context, Section, Table, load_line, machine_line, write_json  # noqa: E402
 
 _NOT_SECTIONS = {"bench_common", "bench_main"}
 
@@ -60,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# artifactfs bench: {machine_line()}; median of {ctx.repeat} runs", flush=True)
     tables: list[Table] = []
     for name in chosen:
-        started = time.perf_counter()
+        started, load_before = time.perf_counter(), load_line()
         for table in sections[name].run(ctx):
             tables.append(table)
             print(table.render(), flush=True)
-        print(f"   (section {name}: {time.perf_counter() - started:.0f} s)\n", flush=True)
+        print(f"   (section {name}: {time.perf_counter() - started:.0f} s; before: {load_before}; after: {load_line()})\n",
+              flush=True)
     if args.json:
         write_json(args.json, tables)
     return 0
