@@ -88,6 +88,7 @@ class Operations(pyfuse3.Operations):
         self.files = OpenFiles(ns, spool_dir, self._spawn, self._invalidate)
         self._dirs: dict[int, _Directory] = {}
         self._next_dir = 1
+        self._removed_dirs: dict[int, Node] = {}  # ino -> a directory removed while open here, as it was
         self._nursery: trio.Nursery | None = None
 
     # -- the mount's background work
@@ -154,6 +155,9 @@ class Operations(pyfuse3.Operations):
         file = self.files.get(self.inodes.node(inode))
         if file is not None:  # open here: its own state is the newest, even after an unlink
             return self.attrs.of(file.node, self.ns.now(), size=file.size, mtime_ns=file.mtime_ns)
+        removed_dir = self._removed_dirs.get(self.inodes.node(inode))
+        if removed_dir is not None:  # fstat of an open directory that is gone, as on a local disk
+            return self._attr(removed_dir)
         return self._attr(await self._node(inode))
 
     @fuse_call
@@ -247,7 +251,15 @@ class Operations(pyfuse3.Operations):
 
     @fuse_call
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        directory = self._dirs.pop(fh, None)
+        if directory is not None and directory.node.ino in self._removed_dirs:
+            if not any(d.node.ino == directory.node.ino for d in self._dirs.values()):
+                del self._removed_dirs[directory.node.ino]
+
+    def _dir_removed(self, node: Node) -> None:
+        """``node`` (a directory) is gone; descriptors still open on it keep its attributes."""
+        if any(d.node.ino == node.ino for d in self._dirs.values()):
+            self._removed_dirs[node.ino] = node
 
     @fuse_call
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
@@ -271,6 +283,7 @@ class Operations(pyfuse3.Operations):
         node = await self.ns.child(parent, _name(name))
         await self.callers.check(ctx.uid, parent if parent.space is not None else node, write=True)
         await self.ns.rmdir(node)
+        self._dir_removed(node)
         if node.role is NodeRole.SCOPE_ROOT:
             self.callers.forget_session(node)
 
@@ -381,6 +394,8 @@ class Operations(pyfuse3.Operations):
         await self.ns.rename(node, new_parent, new_name, replace=not flags & pyfuse3.RENAME_NOREPLACE)
         if target is not None and target.ino != node.ino:
             self.files.removed(target.ino)
+            if target.is_dir:
+                self._dir_removed(target)
         await self._reguess_mime(node.ino, node.name, new_name)
 
     async def _reguess_mime(self, ino: int, old_name: str, new_name: str) -> None:

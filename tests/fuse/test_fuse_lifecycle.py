@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 from mounting import EXIT_TIMEOUT, LOG_ALARMS, Mount, artifactfs, is_mounted, start_mount, wait_for
+from worlds import StoreWorld
+
+from core import ArtifactStore
 
 MiB = 1 << 20
 
@@ -80,13 +83,9 @@ def check_log(data_dir: Path, text: str) -> None:
     assert not alarms, f"the mount at {data_dir} logged errors:\n{text}"
 
 
-async def library_files(data_dir: Path, sandbox: str = "app") -> dict[str, bytes]:
+async def library_files(store: ArtifactStore) -> dict[str, bytes]:
     """Every user artifact of alice by filename, read whole (a whole read checks its SHA-256)."""
-    from core import ArtifactStore
-
-    async with ArtifactStore(
-        storage_provider="filesystem", session_provider="sqlite", fs_root=data_dir, sandbox_id=sandbox
-    ) as store:
+    async with store:
         found = await store.search(user_id="alice")
         files = {}
         for meta in found:
@@ -100,10 +99,10 @@ async def library_files(data_dir: Path, sandbox: str = "app") -> dict[str, bytes
 
 
 @pytest.fixture
-def daemon_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+def daemon_mount(tmp_path: Path, world: StoreWorld) -> Iterator[tuple[Path, Path]]:
     mnt, data = tmp_path / "dmnt", tmp_path / "ddata"
     mnt.mkdir()
-    done = artifactfs("mount", mnt, "--data-dir", data, "--sandbox", "app")
+    done = artifactfs("mount", mnt, "--data-dir", data, "--sandbox", "app", env=world.mount_env(data))
     assert done.returncode == 0, done.stderr
     try:
         yield mnt, data
@@ -116,13 +115,15 @@ def daemon_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     ("mode", "signum"),
     [("foreground", signal.SIGTERM), ("foreground", signal.SIGINT), ("daemon", signal.SIGTERM)],
 )
-async def test_a_signal_mid_write_commits_nothing_partial(mode: str, signum: int, tmp_path: Path, request) -> None:
+async def test_a_signal_mid_write_commits_nothing_partial(
+    mode: str, signum: int, tmp_path: Path, world: StoreWorld, request: pytest.FixtureRequest
+) -> None:
     if mode == "daemon":
         mnt, data = request.getfixturevalue("daemon_mount")
         pid = int((data / "mount.lock").read_text().split()[0])
         foreground = None
     else:
-        foreground = start_mount(tmp_path / "mnt", tmp_path / "data")
+        foreground = start_mount(tmp_path / "mnt", tmp_path / "data", world=world)
         mnt, data, pid = foreground.mountpoint, foreground.data_dir, foreground.process.pid
     alice = mnt / "users" / "alice"
     alice.mkdir()
@@ -150,7 +151,7 @@ async def test_a_signal_mid_write_commits_nothing_partial(mode: str, signum: int
     check_log(data, log)
     assert "2 file(s) still open with unpublished writes" in log
     assert os.listdir(data / "spool") == []
-    files = await library_files(data)
+    files = await library_files(world.store(data, "app"))
     # the old version, the file that was closed, and the new file as created (empty) or not at all
     assert files.pop("big.bin") == old
     assert files.pop("done.bin") == b"closed before the signal"
@@ -186,7 +187,7 @@ async def test_a_lazy_unmount_with_open_files_corrupts_nothing(mount: Mount, ali
     mount.stopped = True
     check_log(mount.data_dir, mount.log_text())
     assert "discarded" not in mount.log_text()
-    assert await library_files(mount.data_dir) == {"r.bin": committed, "w.bin": fresh, "log.txt": b"line 1\nline 2\n"}
+    assert await library_files(mount.store()) == {"r.bin": committed, "w.bin": fresh, "log.txt": b"line 1\nline 2\n"}
     assert os.listdir(mount.data_dir / "spool") == []
 
 
@@ -222,7 +223,7 @@ async def test_a_killed_mount_is_cleared_and_remounted_without_leftovers(mount_f
     assert (second / "users/alice/big.bin").read_bytes() == b"old version"
     assert os.listdir(second.data_dir / "spool") == []
     second.stop()
-    assert await library_files(second.data_dir) == {"big.bin": b"old version"}
+    assert await library_files(second.store()) == {"big.bin": b"old version"}
 
 
 # -- unmounting

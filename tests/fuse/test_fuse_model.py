@@ -477,3 +477,19 @@ def test_a_truncate_to_the_same_size_still_sets_the_mtime(model: type[MountModel
             m.close_fd(index=0)
 
     replay(model, steps)
+
+
+@pytest.mark.parametrize("remove", ["rmdir", "rename onto"])
+def test_a_directory_removed_while_open_can_still_be_fstat(model: type[MountModel], remove: str) -> None:
+    """Was ESTALE: fstat of an open directory that rmdir or a rename over it removed."""
+
+    def steps(m: MountModel) -> None:
+        m.open_fd(path="e", how="r")
+        if remove == "rmdir":
+            m.rmdir(path="e")
+        else:
+            m.rename(src="d", dst="e", flags=0)
+        m.open_descriptors_agree()
+        m.both_fd(0, lambda fd: (stat.S_IMODE(os.fstat(fd).st_mode), os.fstat(fd).st_mtime_ns > 0))
+
+    replay(model, steps)
