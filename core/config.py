@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
 from .blobs.base import BlobStore
+from .changes import ChangeFeed
 from .errors import InvalidArgumentError
 from .meta.base import MetaStore
 from .models import MetadataProvider, StorageProvider
@@ -49,6 +50,7 @@ class Settings(BaseModel):
     s3_sse_kms_key_id: str | None = None
     s3_prefix: str = ""  # key prefix inside the bucket, so several stores can share one
     redis_prefix: str = "artifactfs"  # key prefix in Redis; give it a {hash tag} on Redis Cluster
+    redis_notify: bool = True  # announce every change on <prefix>:events (mounts follow them); see README
     signing_key: SecretStr | None = None  # every host on one Redis must share it
     limits: Limits = Field(default_factory=Limits)
     presign: PresignSettings = Field(default_factory=PresignSettings)
@@ -98,7 +100,7 @@ class Settings(BaseModel):
             ("S3_ENDPOINT_URL", "s3_endpoint_url"), ("AWS_REGION", "s3_region"),
             ("S3_SSE_ALGORITHM", "s3_sse_algorithm"), ("S3_SSE_KMS_KEY_ID", "s3_sse_kms_key_id"),
             ("ARTIFACT_S3_PREFIX", "s3_prefix"), ("ARTIFACT_REDIS_PREFIX", "redis_prefix"),
-            ("ARTIFACT_SIGNING_KEY", "signing_key"),
+            ("ARTIFACT_SIGNING_KEY", "signing_key"), ("ARTIFACT_REDIS_NOTIFY", "redis_notify"),
         ):
             if env.get(name):
                 values[key] = env[name]
@@ -174,7 +176,23 @@ def build_backends(settings: Settings) -> tuple[BlobStore, MetaStore]:
 
         if not settings.redis_url:
             raise InvalidArgumentError("SESSION_PROVIDER=redis needs SESSION_REDIS_URL")
-        meta = RedisMetaStore(settings.redis_url, signer, prefix=settings.redis_prefix)
+        meta = RedisMetaStore(settings.redis_url, signer, prefix=settings.redis_prefix, notify=settings.redis_notify)
     else:
         raise InvalidArgumentError(f"session provider {settings.session_provider.value} is not available yet")
     return blobs, meta
+
+
+def build_change_feed(meta: MetaStore) -> ChangeFeed | None:
+    """The change notices of ``meta``, if other processes may change it behind this one's back.
+
+    Only a Redis store is shared by processes that cannot see each other
+    (other hosts); the embedded stores are one data dir, and their other
+    faces live with the time-bounded caches the mount keeps anyway.
+    """
+    from .meta.redis import RedisMetaStore
+
+    if isinstance(meta, RedisMetaStore):
+        from .meta.redis_events import RedisChangeFeed
+
+        return RedisChangeFeed(meta)
+    return None

@@ -382,10 +382,10 @@ async def test_changes_are_announced_when_asked(redis_server: RedisServer) -> No
         await meta.close()
     notices = [listener.get_message(timeout=5)["data"].split(b"\0") for _ in range(3)]
     listener.close()
-    ino = str(node.ino).encode()
-    assert notices[0] == [b"insert", b"e1/news", b"i1"]
-    assert notices[1] == [b"rename", b"e1/news", b"e1/renamed", b"i" + ino]
-    assert notices[2] == [b"remove", b"e1/renamed", b"i" + ino]
+    ino, origin = str(node.ino).encode(), b"o" + meta.origin.encode()  # origin: which store instance asked
+    assert notices[0] == [b"insert", b"e1/news", b"i1", origin]
+    assert notices[1] == [b"rename", b"e1/news", b"e1/renamed", b"i" + ino, origin]
+    assert notices[2] == [b"remove", b"e1/renamed", b"i" + ino, origin]
 
 
 # -- faults: bounded retries, a clear error, and the same store working again

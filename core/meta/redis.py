@@ -13,6 +13,7 @@ record moved or removed between the two steps is simply left out.
 from __future__ import annotations
 
 import random
+import secrets
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -91,7 +92,9 @@ class RedisMetaStore:
 
     ``prefix`` names this store's keys, so several stores can share a server;
     give it a hash tag (``{artifactfs}``) on Redis Cluster so one script's keys
-    share a slot. With ``notify`` every change is announced on ``<prefix>:events``.
+    share a slot. With ``notify`` every change is announced on ``<prefix>:events``,
+    stamped with ``origin`` (unique per instance) so a process can tell its own
+    changes from others' (:mod:`core.meta.redis_events`).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class RedisMetaStore:
         socket_timeout: float = 5.0,
     ) -> None:
         self.url, self.prefix, self.notify = url, prefix, notify
+        self.origin = secrets.token_hex(6)
         self._signer = signer
         self._retry = retry or RetryPolicy()
         self._max_connections, self._socket_timeout = max_connections, socket_timeout
@@ -159,7 +163,7 @@ class RedisMetaStore:
 
     async def _script(self, what: str, op: str, *args: object) -> list:
         keys = [self.prefix]
-        argv = [op, "1" if self.notify else "0", *args]
+        argv = [op, "1" + self.origin if self.notify else "0", *args]
         return await self._call(what, lambda client, script: script(keys=keys, args=argv, client=client))
 
     # -- lifecycle

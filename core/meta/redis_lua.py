@@ -22,15 +22,17 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
 ``P:events``        chan   change notices (when the store is made with notify)
 ==================  =====  ====================================================
 
-``ARGV[1]`` names the op, ``ARGV[2]`` is ``1`` to publish a change notice, and
-a node travels as 11 values: ino, then the fields in ``FIELDS`` order.
+``ARGV[1]`` names the op, ``ARGV[2]`` is ``1`` to publish a change notice
+(``1<origin>`` to stamp it with the store instance that asked), ``0`` not to,
+and a node travels as 11 values: ino, then the fields in ``FIELDS`` order.
 
 Ops that may replace an entry (insert with replace, rename) take the ino the
 caller expects there, whose record the caller has verified; if another is
 there they change nothing and answer ``CONFLICT`` with its record, so no
 record is ever acted on unverified. Ops are idempotent, so a retry after a
 lost reply does no harm. A change notice is the op name, then entries
-``e<parent>/<name>`` and inodes ``i<ino>``, joined by NUL.
+``e<parent>/<name>`` and inodes ``i<ino>``, then the origin ``o<origin>`` if
+one was given, joined by NUL (:mod:`core.meta.redis_events` reads them).
 """
 
 FIELDS = ("rec", "sig", "p", "n", "k", "a", "ix", "uk", "sz", "ex")
@@ -38,7 +40,8 @@ NODE_ARGS = 1 + len(FIELDS)
 
 SCRIPT = r"""
 local P = KEYS[1]
-local notify = ARGV[2] == '1'
+local notify = string.sub(ARGV[2], 1, 1) == '1'
+local origin = string.sub(ARGV[2], 2)
 local FIELDS = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex'}
 local NODE_ARGS = 11
 
@@ -113,7 +116,9 @@ local notice = {ARGV[1]}
 local function entry(n) notice[#notice + 1] = 'e' .. n.p .. '/' .. n.n end
 local function inode(ino) notice[#notice + 1] = 'i' .. ino end
 local function publish()
-  if notify then redis.call('PUBLISH', P .. ':events', table.concat(notice, '\0')) end
+  if not notify then return end
+  if origin ~= '' then notice[#notice + 1] = 'o' .. origin end
+  redis.call('PUBLISH', P .. ':events', table.concat(notice, '\0'))
 end
 
 local function replaced_reply(ino, old)

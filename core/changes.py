@@ -1,0 +1,60 @@
+"""Change notices: how one process learns that another changed the tree.
+
+A metadata store shared by several processes (Redis, one server for many
+hosts) announces every committed change. Whoever keeps copies of the tree
+(a mount's kernel caches) follows the announcements and drops what they
+name. Notices are hints, never the truth: one may be lost (a reconnect), so
+followers must also bound how long they trust a copy on their own.
+
+A :class:`Change` names what moved in the two shapes a cache holds:
+directory *entries* (a parent inode and a name, whose mapping to a child
+changed or went) and *inodes* (whose record, content or existence changed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+
+class ChangeOp(str, Enum):
+    INSERT = "insert"
+    UPDATE = "update"
+    RENAME = "rename"
+    EXCHANGE = "exchange"
+    REMOVE = "remove"
+    RESYNC = "resync"  # not a change: notices may have been lost (the feed reconnected); trust no copy
+    OTHER = "other"  # an op this version does not know: its entries and inodes still count
+
+
+# A frozen dataclass, not a pydantic model: a busy store announces thousands of these a second.
+@dataclass(frozen=True, slots=True)
+class Change:
+    op: ChangeOp
+    entries: tuple[tuple[int, bytes], ...] = ()  # (parent ino, raw name)
+    inodes: tuple[int, ...] = ()
+    origin: str = ""  # the store instance that made it; "" when it did not say
+
+
+RESYNC = Change(ChangeOp.RESYNC)
+
+
+class ChangeFeed(Protocol):
+    """The changes announced on one store, as they come.
+
+    Used from one event loop (the one that opened it). ``next_batch`` waits for
+    at least one change and never fails for a lost connection: it reconnects,
+    with backoff, for as long as it is awaited, and reports the gap as
+    :data:`RESYNC`.
+    """
+
+    origin: str  # what this process's own store writes into its notices
+
+    async def open(self) -> None:
+        """Subscribe; changes committed after this returns are delivered."""
+
+    async def next_batch(self) -> list[Change]:
+        """The next changes, in the order they were committed (at least one)."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,140 @@
+"""Change notices of a Redis store, followed through :class:`core.meta.redis_events.RedisChangeFeed`.
+
+Against a real redis-server, from trio (through the asyncio bridge) and from
+asyncio directly: changes arrive in commit order, stamped with the origin of
+the store that made them; a store made not to notify says nothing; a
+restarted server costs the follower a RESYNC, never its subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import anyio
+from servers import RedisServer
+
+from core.changes import RESYNC, Change, ChangeOp
+from core.config import Settings, build_backends, build_change_feed
+from core.meta.redis import RedisMetaStore
+from core.meta.redis_events import RedisChangeFeed, parse_notice
+from core.nodes import ROOT_INO, Artifact, Node, NodeKind, new_node
+from core.retry import RetryPolicy
+from core.signing import RecordSigner
+
+SIGNER = RecordSigner(b"k" * 32)
+WAIT = 10  # seconds: bounded waits for what must arrive
+
+
+def a_file(name: str) -> Node:
+    node = new_node(parent=ROOT_INO, name=name, kind=NodeKind.FILE, mode=0o644, now_ns=1)
+    node.artifact = Artifact(artifact_id=uuid.uuid4().hex, sha256="0" * 64)
+    return node
+
+
+def store(server: RedisServer, prefix: str, **kw) -> RedisMetaStore:
+    return RedisMetaStore(server.url, SIGNER, prefix=prefix, **kw)
+
+
+async def collect(feed: RedisChangeFeed, count: int) -> list[Change]:
+    got: list[Change] = []
+    with anyio.fail_after(WAIT):
+        while len(got) < count:
+            got += await feed.next_batch()
+    return got
+
+
+def test_a_notice_is_parsed_item_by_item() -> None:
+    raw = b"\0".join([b"rename", b"e12/caf\xc3\xa9 \xe2\x82\xac.txt", b"e7/x", b"i99", b"zfuture", b"oabc123"])
+    assert parse_notice(raw) == Change(ChangeOp.RENAME, ((12, "café €.txt".encode()), (7, b"x")), (99,), "abc123")
+    assert parse_notice(b"compact\0i5").op is ChangeOp.OTHER  # an op a newer script may send
+    assert parse_notice(b"remove\0ibad\0i6").inodes == (6,)  # a malformed item is skipped, not fatal
+
+
+async def test_changes_arrive_in_order_with_their_origin(redis_server: RedisServer) -> None:
+    prefix = f"ev-{uuid.uuid4().hex[:8]}"
+    writer, other = store(redis_server, prefix, notify=True), store(redis_server, prefix, notify=True)
+    feed = RedisChangeFeed(store(redis_server, prefix))
+    await feed.open()
+    await writer.open()
+    await other.open()
+    try:
+        node, _ = await writer.insert(a_file("a"))
+        await writer.rename(node, ROOT_INO, "b", replace=False)
+        await other.remove(node)
+        got = await collect(feed, 3)
+    finally:
+        await feed.close()
+        await writer.close()
+        await other.close()
+    assert [c.op for c in got] == [ChangeOp.INSERT, ChangeOp.RENAME, ChangeOp.REMOVE]
+    assert got[0].entries == ((ROOT_INO, b"a"),) and got[0].inodes == (ROOT_INO,)
+    assert got[1].entries == ((ROOT_INO, b"a"), (ROOT_INO, b"b")) and got[1].inodes == (node.ino,)
+    assert [c.origin for c in got] == [writer.origin, writer.origin, other.origin]
+    assert writer.origin != other.origin != feed.origin
+
+
+async def test_a_store_told_not_to_notify_says_nothing(redis_server: RedisServer) -> None:
+    prefix = f"ev-{uuid.uuid4().hex[:8]}"
+    quiet, loud = store(redis_server, prefix, notify=False), store(redis_server, prefix, notify=True)
+    feed = RedisChangeFeed(loud)
+    await feed.open()
+    await quiet.open()
+    await loud.open()
+    try:
+        await quiet.insert(a_file("unheard"))
+        await loud.insert(a_file("heard"))  # the first notice to arrive must be this one
+        (first,) = (await collect(feed, 1))[:1]
+    finally:
+        await feed.close()
+        await quiet.close()
+        await loud.close()
+    assert first.entries == ((ROOT_INO, b"heard"),)
+
+
+def test_settings_notify_by_default_and_build_a_feed_for_redis(redis_server: RedisServer) -> None:
+    base = {"session_provider": "redis", "redis_url": redis_server.url, "signing_key": "k" * 32}
+    _, meta = build_backends(Settings(**base))
+    assert isinstance(meta, RedisMetaStore) and meta.notify
+    assert isinstance(build_change_feed(meta), RedisChangeFeed)
+    _, quiet = build_backends(Settings.from_env(**base, redis_notify="0"))
+    assert isinstance(quiet, RedisMetaStore) and not quiet.notify
+    _, embedded = build_backends(Settings(session_provider="memory"))
+    assert build_change_feed(embedded) is None
+
+
+async def test_a_restarted_server_costs_a_resync_not_the_subscription(own_redis: RedisServer) -> None:
+    prefix = f"ev-{uuid.uuid4().hex[:8]}"
+    writer = store(own_redis, prefix, notify=True, retry=RetryPolicy(attempts=40, first_delay=0.05, max_delay=0.2))
+    feed = RedisChangeFeed(writer)
+    await feed.open()
+    await writer.open()
+    try:
+        await writer.insert(a_file("before"))
+        assert [c.op for c in await collect(feed, 1)] == [ChangeOp.INSERT]
+        await anyio.to_thread.run_sync(own_redis.restart)  # notices sent meanwhile would be lost
+        assert await collect(feed, 1) == [RESYNC]  # said once it is subscribed again
+        await writer.insert(a_file("after"))
+        (after,) = await collect(feed, 1)
+        assert after.entries == ((ROOT_INO, b"after"),)
+    finally:
+        await feed.close()
+        await writer.close()
+
+
+def test_the_feed_works_from_asyncio_directly(redis_server: RedisServer) -> None:
+    async def main() -> tuple[list[Change], str]:
+        prefix = f"ev-{uuid.uuid4().hex[:8]}"
+        writer = store(redis_server, prefix, notify=True)
+        feed = RedisChangeFeed(writer)
+        await feed.open()
+        await writer.open()
+        try:
+            await writer.insert(a_file("x"))
+            return await asyncio.wait_for(feed.next_batch(), WAIT), writer.origin
+        finally:
+            await feed.close()
+            await writer.close()
+
+    got, origin = asyncio.run(main())
+    assert [(c.op, c.origin) for c in got] == [(ChangeOp.INSERT, origin)]
