@@ -67,6 +67,7 @@ class Attributes:
         self.callers = callers
         self.mount_gid = mount_gid
         self._open_dirs = callers.enforce
+        self.cache_seconds = CACHE_SECONDS  # shorter on a mount that follows other hosts (fusefs.invalidation)
 
     def _owner(self, node: Node) -> tuple[int, int]:
         if node.uid != 0:
@@ -102,7 +103,7 @@ class Attributes:
         attr.st_mtime_ns = node.mtime_ns if mtime_ns is None else mtime_ns
         attr.st_ctime_ns = node.ctime_ns
         attr.st_birthtime_ns = node.crtime_ns
-        timeout = CACHE_SECONDS
+        timeout = self.cache_seconds
         if node.expires_at_ns is not None:
             timeout = min(timeout, max(0.0, (node.expires_at_ns - now_ns) / _NS))
         attr.attr_timeout = attr.entry_timeout = timeout

@@ -77,6 +77,10 @@ class Callers:
         """A session root was removed or changed owner."""
         self._creators.pop(node.ino, None)
 
+    def changed_elsewhere(self, ino: int) -> None:
+        """Another process changed inode ``ino``: if it is a session root, its owner is read afresh."""
+        self._creators.pop(ino, None)
+
     async def check(self, uid: int, node: Node, *, write: bool) -> None:
         """May ``uid`` read (or change) ``node`` and what is directly inside it?"""
         if not self.enforce or uid in self._admins:

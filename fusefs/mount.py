@@ -31,7 +31,7 @@ import pyfuse3
 import trio
 
 from core.clock import clock_from_env
-from core.config import Settings, build_backends
+from core.config import Settings, build_backends, build_change_feed
 from core.errors import ArtifactStoreError
 from core.namespace import Namespace
 from core.nodes import ROOT_INO
@@ -39,6 +39,7 @@ from core.transfers import Transfers
 
 from .callers import Callers
 from .errnos import trace
+from .invalidation import ChangeFollower, followed_cache_seconds
 from .operations import Operations
 from .options import MountOptions
 
@@ -207,7 +208,10 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
     blobs, meta = build_backends(settings)
     await blobs.open()
     await meta.open()
+    feed = build_change_feed(meta)  # other hosts' changes, on a shared store (fusefs.invalidation)
     try:
+        if feed is not None:
+            await feed.open()  # before the mount answers: nothing committed after that is missed
         ns = Namespace(meta, blobs, clock_from_env(), settings.limits)
         box = await ns.sandbox(settings.sandbox_id)
         spool_dir = options.data_dir / SPOOL_DIR
@@ -222,6 +226,10 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
             callers=callers, data_dir=options.data_dir, spool_dir=spool_dir,
             presigner=Transfers.for_settings(ns, settings),  # user.artifact.presign; served by `artifactfs serve`
         )
+        follower = None
+        if feed is not None:
+            follower = ChangeFollower(feed, ops.inodes, callers.changed_elsewhere)
+            ops.attrs.cache_seconds = followed_cache_seconds()
         try:
             pyfuse3.init(ops, str(options.mountpoint_abs), _fuse_options(options))
         except RuntimeError as exc:
@@ -230,9 +238,13 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
         try:
             async with trio.open_nursery() as nursery:
                 ops.start(nursery)
+                if follower is not None:
+                    nursery.start_soon(follower.run)
 
                 async def serve_requests() -> None:
                     await pyfuse3.main()
+                    if follower is not None:
+                        follower.stop()  # no kernel call may reach a session that is ending
                     nursery.cancel_scope.cancel()  # unmounted: stop the signal watcher and background work
 
                 async def watch_signals() -> None:
@@ -253,9 +265,13 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
         finally:
             with trio.CancelScope(shield=True):
                 await ops.shutdown()
+                if follower is not None:
+                    await follower.join()
             pyfuse3.close(unmount=stopped_by_us)
             log.info("unmounted %s", options.mountpoint_abs)
     finally:
+        if feed is not None:
+            await feed.close()
         await meta.close()
         await blobs.close()
 

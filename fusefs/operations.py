@@ -22,7 +22,14 @@ import pyfuse3
 import trio
 
 from core import grid
-from core.errors import InvalidArgumentError, InvalidNameError, IsADirectoryError_, NotADirectoryError_, ReadOnlyError
+from core.errors import (
+    ArtifactNotFoundError,
+    InvalidArgumentError,
+    InvalidNameError,
+    IsADirectoryError_,
+    NotADirectoryError_,
+    ReadOnlyError,
+)
 from core.models import Scope
 from core.namespace import Namespace
 from core.nodes import Node, NodeKind, NodeRole, Space
@@ -132,6 +139,18 @@ class Operations(pyfuse3.Operations):
     async def _node(self, inode: int) -> Node:
         return await self.ns.get(self.inodes.node(inode))
 
+    async def _named(self, inode: int) -> Node:
+        """The node of an inode the kernel reached through a name it caches.
+
+        If the store no longer has it, another host removed or replaced it behind that
+        name: ESTALE makes the kernel look the name up again and retry (open, stat), as
+        over NFS, instead of failing on a name that may well exist.
+        """
+        try:
+            return await self._node(inode)
+        except ArtifactNotFoundError:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+
     async def _parent_of(self, node: Node) -> Node:
         return node if node.ino == self.inodes.root_ino else await self.ns.get(node.parent)
 
@@ -158,7 +177,7 @@ class Operations(pyfuse3.Operations):
         removed_dir = self._removed_dirs.get(self.inodes.node(inode))
         if removed_dir is not None:  # fstat of an open directory that is gone, as on a local disk
             return self._attr(removed_dir)
-        return self._attr(await self._node(inode))
+        return self._attr(await self._named(inode))
 
     @fuse_call
     async def setattr(
@@ -319,7 +338,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_call
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = await self._node(inode)  # always the store's newest version: close-to-open
+        node = await self._named(inode)  # always the store's newest version: close-to-open
         if node.is_dir:
             raise IsADirectoryError_(f"{node.name!r} is a directory")
         writable = flags & os.O_ACCMODE != os.O_RDONLY

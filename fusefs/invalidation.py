@@ -1,0 +1,190 @@
+"""Keeping the kernel's caches in step with changes made by other processes.
+
+Several mounts (on several hosts) can share one Redis store. The kernel of
+each caches directory entries and attributes for as long as the mount says
+(:mod:`fusefs.attrs`) and file pages while a file's version is unchanged
+(:mod:`fusefs.openfiles`). A change committed through another mount, or
+through the library on another host, must not stay hidden behind those
+caches: the store announces every change (:mod:`core.changes`), and a
+:class:`ChangeFollower` running in the mount's nursery turns each
+announcement into ``pyfuse3.invalidate_entry`` (the names whose mapping
+changed) and ``pyfuse3.invalidate_inode`` (attributes and pages of the
+inodes whose record or content changed). Changes this mount made itself are
+recognised by their origin and skipped: the kernel learnt of them in the
+reply that made them.
+
+Why a thread of its own. ``invalidate_entry`` waits until any request the
+kernel has in flight on that directory or entry is answered, and
+``invalidate_inode`` waits for pages being read in. Those requests are
+answered by the mount's trio loop, so a call made from that loop could wait
+for itself. A :class:`KernelInvalidator` thread makes the calls instead,
+coalescing what piled up while it was busy (a ``cp -r`` of 10,000 files in
+another mount is 10,000 notices, each entry invalidated once).
+
+Notices are hints: one may be lost (Redis restarted, a reconnect). So a
+mount that follows changes also trusts its kernel caches for at most
+:data:`FOLLOWED_CACHE_SECONDS`; and ``open`` always asks the store
+(close-to-open), answering ``ESTALE`` for an inode that is gone so that the
+kernel looks the name up again.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from core.changes import Change, ChangeFeed, ChangeOp
+from core.nodes import ROOT_INO
+
+from .attrs import Inodes
+
+log = logging.getLogger("artifactfs.mount")
+
+# How long the kernel may answer from its caches on a mount that follows changes. It bounds how
+# late a change is seen when its notice is lost: an entry or attribute cached just before another
+# host's change is dropped by the kernel at most this long after it. Notices usually make it
+# milliseconds; one second keeps `ls -l` of a large directory served from the kernel's cache
+# (readdirplus fills it, and the `lstat` of each entry follows within the second).
+FOLLOWED_CACHE_SECONDS = 1.0
+# Tests only: a longer lifetime, so that a test can show the notices alone keep the caches right.
+TEST_CACHE_ENV = "ARTIFACTFS_TEST_CACHE_SECONDS"
+JOIN_TIMEOUT = 5.0  # at unmount, how long to wait for an invalidation the kernel holds up
+_GONE = (errno.ENOTCONN, errno.ENODEV, errno.EBADF)  # the session ended: nothing left to invalidate
+
+
+def followed_cache_seconds() -> float:
+    return float(os.environ.get(TEST_CACHE_ENV) or FOLLOWED_CACHE_SECONDS)
+
+
+class KernelInvalidator:
+    """Invalidates kernel cache entries from a thread of its own, coalescing duplicates."""
+
+    def __init__(self, inodes: Inodes) -> None:
+        self._inodes = inodes
+        self._cond = threading.Condition()
+        self._entries: dict[tuple[int, bytes], None] = {}  # insertion-ordered sets
+        self._inos: dict[int, None] = {}
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="artifactfs-invalidate", daemon=True)
+        self.calls = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, change: Change) -> None:
+        with self._cond:
+            for parent, name in change.entries:
+                self._entries[(parent, name)] = None
+            for ino in change.inodes:
+                self._inos[ino] = None
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Make no more kernel calls (the FUSE session is ending); the thread then exits."""
+        with self._cond:
+            self._closing = True
+            self._entries.clear()
+            self._inos.clear()
+            self._cond.notify()
+
+    def join(self, timeout: float) -> bool:
+        """Wait (bounded) for the thread; False if a kernel call still holds it."""
+        if self._thread.ident is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _fuse_ino(self, ino: int) -> int | None:
+        """The kernel's number for node ``ino``, or None if this mount cannot show it.
+
+        A mount of one sandbox shows that sandbox as inode 1, so the store's own
+        root (also 1) is not in it: its number must not reach the kernel.
+        """
+        if ino == self._inodes.root_ino:
+            return pyfuse3.ROOT_INODE
+        if ino == ROOT_INO:
+            return None
+        return ino
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._closing or self._entries or self._inos):
+                    self._cond.wait()
+                if self._closing:
+                    return
+                entries, self._entries = self._entries, {}
+                inos, self._inos = self._inos, {}
+            for parent, name in entries:
+                fuse_parent = self._fuse_ino(parent)
+                if fuse_parent is not None and not self._call(pyfuse3.invalidate_entry, fuse_parent, name):
+                    return
+            for ino in inos:
+                fuse_ino = self._fuse_ino(ino)
+                if fuse_ino is not None and not self._call(pyfuse3.invalidate_inode, fuse_ino, False):
+                    return
+
+    def _call(self, fn: Callable[..., None], *args: object) -> bool:
+        """One kernel call; False once the session is gone (or closing)."""
+        if self._closing:
+            return False
+        try:
+            fn(*args)
+        except OSError as exc:
+            if exc.errno in _GONE:
+                return False
+            if exc.errno != errno.ENOENT:  # ENOENT: the kernel holds nothing of it, the common case
+                log.warning("%s%r: %s", fn.__name__, args, exc)
+        self.calls += 1
+        return True
+
+
+class ChangeFollower:
+    """The mount's background task that follows the store's change notices."""
+
+    def __init__(self, feed: ChangeFeed, inodes: Inodes, changed: Callable[[int], None] | None = None) -> None:
+        self._feed = feed
+        self._kernel = KernelInvalidator(inodes)
+        self._changed = changed  # told of every inode changed elsewhere (cached owners and such)
+        self.own = self.foreign = 0
+
+    async def run(self) -> None:
+        self._kernel.start()
+        while True:
+            try:
+                batch = await self._feed.next_batch()
+            except Exception:  # the feed reconnects by itself; anything else must not end the mount
+                log.warning("reading change notices failed; trying again", exc_info=True)
+                await trio.sleep(1.0)
+                continue
+            for change in batch:
+                self._take(change)
+
+    def _take(self, change: Change) -> None:
+        if change.op is ChangeOp.RESYNC:
+            log.info("change notices may have been lost; cached entries expire within %.0f s", FOLLOWED_CACHE_SECONDS)
+            return
+        if change.origin and change.origin == self._feed.origin:
+            self.own += 1
+            return
+        self.foreign += 1
+        if self._changed is not None:
+            for ino in change.inodes:
+                self._changed(ino)
+        self._kernel.submit(change)
+
+    def stop(self) -> None:
+        """The FUSE session is ending: no kernel call may start after this."""
+        self._kernel.close()
+
+    async def join(self) -> None:
+        self._kernel.close()
+        if not await trio.to_thread.run_sync(self._kernel.join, JOIN_TIMEOUT):
+            log.warning("a kernel cache invalidation was still pending at unmount")
+        log.info("change notices: %d from elsewhere followed, %d of our own skipped", self.foreign, self.own)
