@@ -56,6 +56,7 @@ class OpenFile:
         self.removed = False
         self._reader: ReadAhead | None = None
         self._lock = trio.Lock()  # spool start, truncate, publish: never interleaved
+        self._opening = trio.Lock()  # the kernel's first reads come several at once: one reader for all
 
     @property
     def size(self) -> int:
@@ -75,16 +76,21 @@ class OpenFile:
         return await reader.read(offset, length)
 
     async def _open_reader(self) -> ReadAhead:
-        art = self.node.artifact
-        assert art is not None
-        if art.blob_key is None:
-            return _EMPTY
-        try:
-            blob = await self.files.ns.blobs.reader(art.blob_key)
-        except ArtifactNotFoundError:
-            raise ArtifactCorruptedError(f"the blob of inode {self.ino} is missing") from None
-        self._reader = ReadAhead(blob, self.node.size, art.sha256, self.files.spawn)
-        return self._reader
+        # Opening a blob reader may wait (an S3 request): reads arriving meanwhile must share the one
+        # it opens. Two readers would each see half the reads, and neither a whole, checked read.
+        async with self._opening:
+            if self._reader is not None:
+                return self._reader
+            art = self.node.artifact
+            assert art is not None
+            if art.blob_key is None:
+                return _EMPTY
+            try:
+                blob = await self.files.ns.blobs.reader(art.blob_key)
+            except ArtifactNotFoundError:
+                raise ArtifactCorruptedError(f"the blob of inode {self.ino} is missing") from None
+            self._reader = ReadAhead(blob, self.node.size, art.sha256, self.files.spawn)
+            return self._reader
 
     async def _close_reader(self) -> None:
         reader, self._reader = self._reader, None

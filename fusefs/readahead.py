@@ -51,7 +51,9 @@ class ReadAhead:
     def __init__(self, reader: BlobReader, size: int, sha256: str, spawn: Callable[..., Any]) -> None:
         self._reader, self._size, self._spawn = reader, size, spawn
         self._chunks: dict[int, _Chunk] = {}
-        self._last = -1  # the chunk the previous read ended in
+        # The chunk the previous read ended in. It starts at 0, not -1: the kernel's first requests
+        # come together and may be served in any order, so a first read of chunk 1 is sequential too.
+        self._last = 0
         self._users = 0  # fetches and reads using the blob reader now
         self._idle = trio.Event()
         self._idle.set()
@@ -89,7 +91,10 @@ class ReadAhead:
             return await self._reader.read(offset, length)
         while self._verifying and first - self._verified > 2 * DEPTH:
             await self._progress.wait()  # hashing lags behind: hold the reader, not the chunks
-        self._drop(lambda index: index < first - 1)  # one behind: requests may come a little out of order
+        # One behind: requests may come a little out of order. Chunks further behind are forgotten but
+        # not called off: one still in flight has a reader waiting for it (the kernel's requests overtake
+        # each other when fetches are slow, as on S3), and the whole-read check needs it hashed.
+        self._drop(lambda index: index < first - 1, cancel=False)
         for index in range(first, min(last + DEPTH, self._chunk_count - 1) + 1):
             if index not in self._chunks:
                 self._fetch_soon(index)
@@ -190,10 +195,10 @@ class ReadAhead:
 
     # -- the end
 
-    def _drop(self, which: Callable[[int], bool]) -> None:
+    def _drop(self, which: Callable[[int], bool], *, cancel: bool = True) -> None:
         for index in [i for i in self._chunks if which(i)]:
             chunk = self._chunks.pop(index)
-            if not chunk.ready.is_set():
+            if cancel and not chunk.ready.is_set():
                 chunk.scope.cancel()
 
     async def close(self) -> None:
