@@ -9,6 +9,12 @@ through indirect parametrization::
 ``mount_factory`` makes more mounts (another data dir, the same one again
 after a remount, ...); every mount it made is unmounted and checked at
 teardown: the process must exit 0 and its log must be free of errors.
+
+Both run every test twice: on the embedded default and on Redis + S3 (the
+session's redis-server and moto, a key prefix per data dir; see
+``worlds.py``). A test marked ``embedded_only`` (or ``slow``) runs on the
+embedded default alone: the multi-GiB and many-example tests, whose cost on
+moto would be moto's, and tests about the data dir's own files.
 """
 
 from __future__ import annotations
@@ -18,15 +24,43 @@ from pathlib import Path
 
 import pytest
 from mounting import Mount, start_mount
+from worlds import EMBEDDED, StoreWorld, WorldKind
 
 MountFactory = Callable[..., Mount]
+EMBEDDED_ONLY = ("embedded_only", "slow")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "embedded_only(reason): mount tests run on the embedded default alone")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "world" in metafunc.fixturenames:
+        pinned = any(metafunc.definition.get_closest_marker(name) for name in EMBEDDED_ONLY)
+        kinds = [WorldKind.EMBEDDED] if pinned else list(WorldKind)
+        metafunc.parametrize("world", kinds, indirect=True, ids=[k.value for k in kinds])
 
 
 @pytest.fixture
-def mount_factory(tmp_path: Path) -> Iterator[MountFactory]:
+def world(request: pytest.FixtureRequest) -> Iterator[StoreWorld]:
+    """Where the mounts of this test keep their store."""
+    kind = getattr(request, "param", WorldKind.EMBEDDED)
+    if kind is WorldKind.EMBEDDED:
+        yield EMBEDDED
+        return
+    made = StoreWorld(kind, redis=request.getfixturevalue("redis_server"), moto=request.getfixturevalue("moto_server"))
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+@pytest.fixture
+def mount_factory(tmp_path: Path, world: StoreWorld) -> Iterator[MountFactory]:
     made: list[Mount] = []
 
     def make(name: str = "mnt", *, data_dir: Path | None = None, **options) -> Mount:
+        options.setdefault("world", world)
         mount = start_mount(tmp_path / name, data_dir or tmp_path / f"{name}-data", **options)
         made.append(mount)
         return mount

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worlds import EMBEDDED, StoreWorld
+
 from core import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,6 +62,7 @@ class Mount:
     process: subprocess.Popen
     stderr_path: Path
     check_log: bool = True
+    world: StoreWorld = EMBEDDED  # where its store lives (tests/fuse/worlds.py)
     stopped: bool = field(default=False, init=False)
 
     def __truediv__(self, relative: str) -> Path:
@@ -74,11 +77,8 @@ class Mount:
         return text + self.stderr_path.read_text(errors="replace")
 
     def store(self, **kwargs) -> ArtifactStore:
-        """The library face of the same data dir (usable while the mount runs)."""
-        return ArtifactStore(
-            storage_provider="filesystem", session_provider="sqlite", fs_root=self.data_dir,
-            sandbox_id=self.sandbox or "default", **kwargs,
-        )
+        """The library face of the same store (usable while the mount runs)."""
+        return self.world.store(self.data_dir, self.sandbox or "default", **kwargs)
 
     def sh(self, script: str, *, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
         """Run a shell command line with the mount as working directory."""
@@ -124,10 +124,14 @@ class Mount:
 
 def start_mount(
     mountpoint: Path, data_dir: Path, *, sandbox: str | None = "app", args: Sequence[str] = (),
-    env: dict[str, str] | None = None, check_log: bool = True,
+    env: dict[str, str] | None = None, check_log: bool = True, world: StoreWorld = EMBEDDED,
 ) -> Mount:
-    """Mount ``data_dir`` at ``mountpoint`` in the foreground (in a subprocess) and wait until it answers."""
+    """Mount ``data_dir`` at ``mountpoint`` in the foreground (in a subprocess) and wait until it answers.
+
+    ``env`` is the base environment (default: ours); ``world`` adds where the store lives.
+    """
     mountpoint.mkdir(parents=True, exist_ok=True)
+    env = world.mount_env(data_dir, env)
     command = [sys.executable, "-m", "fusefs", "mount", str(mountpoint), "--data-dir", str(data_dir), "--foreground"]
     if sandbox is not None:
         command += ["--sandbox", sandbox]
@@ -135,7 +139,7 @@ def start_mount(
     stderr_path = mountpoint.parent / f"{mountpoint.name}.stderr"
     with open(stderr_path, "wb") as stderr:
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
-    mount = Mount(mountpoint, data_dir, sandbox, process, stderr_path, check_log)
+    mount = Mount(mountpoint, data_dir, sandbox, process, stderr_path, check_log, world)
 
     def answering() -> bool:
         if process.poll() is not None:
