@@ -383,6 +383,8 @@ class _FileReader:
 
     A stream download hashes each chunk on the event loop; meanwhile the
     next one is read, so the loop rarely waits for the disk or pays a hop.
+    A reader that asks faster than the read-ahead delivers (no hashing) gets
+    plain reads instead: waiting on a pool thread costs a hop and a thread more.
     """
 
     def __init__(self, fd: int, store: FilesystemBlobStore) -> None:
@@ -390,6 +392,7 @@ class _FileReader:
         self._store = store
         self._next = 0  # where a sequential reader reads next
         self._ahead: tuple[int, int, Future] | None = None  # (offset, length, job)
+        self._read_ahead = True  # until the reader outpaces it
 
     async def read(self, offset: int, length: int) -> bytes:
         if self._fd is None:
@@ -399,6 +402,8 @@ class _FileReader:
         ahead = self._ahead
         if ahead is not None and ahead[:2] == (offset, length):
             self._ahead = None
+            if not ahead[2].done():
+                self._read_ahead = False
             data = await _settled(ahead[2])  # blobs never change, so read-ahead bytes are never stale
         else:
             if ahead is not None and (ahead[2].cancel() or ahead[2].done()):
@@ -406,7 +411,7 @@ class _FileReader:
             data = await _run(os.pread, self._fd, length, offset)
         sequential = offset == self._next
         self._next = offset + len(data)
-        if sequential and len(data) == length and self._ahead is None:
+        if sequential and len(data) == length and self._ahead is None and self._read_ahead:
             self._ahead = (self._next, length, self._store.io_pool().submit(os.pread, self._fd, length, self._next))
         return data  # type: ignore[return-value]
 
