@@ -583,6 +583,9 @@ class Namespace:
         if b.is_dir:
             await self._refuse_own_subtree(b, await self.get(a.parent))
         await self.meta.exchange(a, b)
+        await self._touch_ino(a.parent)  # both directories changed, as a rename changes its two
+        if b.parent != a.parent:
+            await self._touch_ino(b.parent)
 
     async def _refuse_own_subtree(self, node: Node, new_parent: Node) -> None:
         cursor: Node | None = new_parent

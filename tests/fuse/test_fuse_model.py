@@ -493,3 +493,17 @@ def test_a_directory_removed_while_open_can_still_be_fstat(model: type[MountMode
         m.both_fd(0, lambda fd: (stat.S_IMODE(os.fstat(fd).st_mode), os.fstat(fd).st_mtime_ns > 0))
 
     replay(model, steps)
+
+
+def test_rename_exchange_updates_both_directories(model: type[MountModel]) -> None:
+    """Was: RENAME_EXCHANGE left the mtime of the directories whose entries it swapped."""
+
+    def steps(m: MountModel) -> None:
+        m.utime(path="d", mtime=EXPLICIT_TIMES[0], follow=False)
+        m.utime(path="e", mtime=EXPLICIT_TIMES[1], follow=False)
+        m.rename(src="d/a", dst="a", flags=RENAME_EXCHANGE)
+        m.same_tree()
+        m.rename(src="e", dst="d/a", flags=RENAME_EXCHANGE)
+        m.same_tree()
+
+    replay(model, steps)
