@@ -100,8 +100,8 @@ class FilesystemBlobStore:
         self._staging_root = os.path.abspath(self.staging_dir)
         self._dir_sync = _DirSync()
         self._known_dirs: set[str] = {self._blob_root}
-        self._put_queue: list[_Put] = []
-        self._put_running: anyio.Event | None = None
+        self._queue: list[_Job] = []
+        self._batch_running: anyio.Event | None = None
         self._pool: ThreadPoolExecutor | None = None  # batched puts, write-behind, read-ahead
 
     def _path(self, key: str) -> str:
@@ -167,58 +167,75 @@ class FilesystemBlobStore:
         return _FileWriter(self, key)
 
     async def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key``; concurrent puts share one worker-thread job.
+        """Store ``data`` under ``key``; concurrent puts (and deletes) share one worker-thread job.
 
         A thread hop costs the event loop 60-130 us under trio, more than a
-        1 KiB store's own CPU, so puts that arrive while a batch is running
+        1 KiB store's own CPU, so jobs that arrive while a batch is running
         wait and go together in the next one (group commit). In the batch each
         blob is still written, fsynced and renamed on its own, in parallel, so
         their fsyncs (and directory fsyncs, see _DirSync) share journal commits.
         """
         self._path(key)  # refuse a bad key before queueing it
-        job = _Put(key, data)
-        self._put_queue.append(job)
+        await self._submit(_Job(key, data))
+
+    async def _submit(self, job: "_Job") -> None:
+        self._queue.append(job)
         while not job.done:
-            if self._put_running is not None:
-                await self._put_running.wait()
+            if self._batch_running is not None:
+                await self._batch_running.wait()
                 continue
-            batch, self._put_queue = self._put_queue, []
-            self._put_running = anyio.Event()
+            batch, self._queue = self._queue, []
+            self._batch_running = anyio.Event()
             try:
-                await anyio.to_thread.run_sync(self._put_batch, batch)
+                await anyio.to_thread.run_sync(self._run_batch, batch)
             finally:
-                running, self._put_running = self._put_running, None
+                running, self._batch_running = self._batch_running, None
                 running.set()
         if job.error is not None:
             raise _mapped(job.error)
 
-    def _put_batch(self, batch: list["_Put"]) -> None:
+    def _run_batch(self, batch: list["_Job"]) -> None:
         if len(batch) == 1:
-            self._put_one(batch[0])
+            self._run_job(batch[0])
             return
-        for _ in self.io_pool().map(self._put_one, batch):
+        for _ in self.io_pool().map(self._run_job, batch):
             pass
 
-    def _put_one(self, job: "_Put") -> None:
+    def _run_job(self, job: "_Job") -> None:
+        try:
+            if job.data is None:
+                self._delete_one(job.key)
+            else:
+                self._put_one(job.key, job.data)
+        except OSError as exc:
+            job.error = exc
+        finally:
+            job.done = True
+
+    def _delete_one(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def _put_one(self, key: str, data: bytes) -> None:
         tmp = self.staging_path()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(job.data)
+                view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._publish(tmp, job.key)
-        except OSError as exc:
-            job.error = exc
+            self._publish(tmp, key)
+        except OSError:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-        finally:
-            job.done = True
+            raise
 
     async def put_file(self, key: str, path: Path) -> None:
         def work() -> None:
@@ -241,12 +258,10 @@ class FilesystemBlobStore:
         return _FileReader(fd, self)
 
     async def delete(self, key: str) -> None:
-        try:
-            os.unlink(self._path(key))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise ProviderError(f"blob {key}: {exc}") from exc
+        """Unlink in a worker thread, batched like puts: an unlink can block for milliseconds
+        (measured 1.7 ms on ext4 mounted with ``discard``), far too long for the event loop."""
+        self._path(key)
+        await self._submit(_Job(key, None))
 
     async def keys(self, prefix: str = "") -> AsyncIterator[str]:
         base = self.blob_dir
@@ -274,12 +289,12 @@ async def _run(fn, *args):
         raise _mapped(exc) from exc
 
 
-class _Put:
-    """One queued :meth:`FilesystemBlobStore.put`."""
+class _Job:
+    """One queued put (``data``) or delete (``data`` is None)."""
 
     __slots__ = ("key", "data", "error", "done")
 
-    def __init__(self, key: str, data: bytes) -> None:
+    def __init__(self, key: str, data: bytes | None) -> None:
         self.key, self.data = key, data
         self.error: OSError | None = None
         self.done = False
