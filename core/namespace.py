@@ -392,26 +392,34 @@ class Namespace:
             raise
         return key, size, digest.hexdigest()
 
-    async def put_blob(self, node: Node, data: bytes) -> tuple[str | None, int, str]:
-        """The one-shot form of :meth:`write_blob` for bytes already in memory."""
+    async def put_blob(self, node: Node, data: bytes, *, durable: bool = True) -> tuple[str | None, int, str]:
+        """The one-shot form of :meth:`write_blob` for bytes already in memory.
+
+        ``durable=False`` is the mount's close(): published atomically, made
+        durable by the next :meth:`sync_blobs` (fsync, or the mount's timer).
+        """
         assert node.artifact is not None
         if len(data) > self.limits.max_artifact_bytes:
             raise ArtifactTooLargeError(f"artifact exceeds the size limit of {self.limits.max_artifact_bytes} bytes")
         if not data:
             return None, 0, EMPTY_SHA256
         key = self.blob_key_for(node, node.artifact.version + 1)
-        await self.blobs.put(key, data)
+        await self.blobs.put(key, data, durable=durable)
         return key, len(data), hashlib.sha256(data).hexdigest()
 
-    async def put_spool(self, node: Node, path: Path, size: int, sha256: str) -> str | None:
+    async def put_spool(self, node: Node, path: Path, size: int, sha256: str, *, durable: bool = True) -> str | None:
         """Publish a finished local spool file as the next blob of ``node``."""
         assert node.artifact is not None
         if size == 0:
             path.unlink(missing_ok=True)
             return None
         key = self.blob_key_for(node, node.artifact.version + 1)
-        await self.blobs.put_file(key, path)
+        await self.blobs.put_file(key, path, durable=durable)
         return key
+
+    async def sync_blobs(self) -> None:
+        """Make every blob published with ``durable=False`` durable."""
+        await self.blobs.sync()
 
     def set_content(self, node: Node, key: str | None, size: int, sha256: str) -> Node:
         """Point ``node`` at a new version (in memory; :meth:`commit` stores it)."""

@@ -193,8 +193,13 @@ class OpenFile:
 
     # -- publishing
 
-    async def publish(self) -> None:
-        """Make what was written the file's new version, in one commit."""
+    async def publish(self, *, durable: bool = False) -> None:
+        """Make what was written the file's new version, in one commit.
+
+        As on a local disk, close() publishes without waiting for stable
+        storage (the mount syncs within a few seconds); fsync() passes
+        ``durable=True``.
+        """
         async with self._lock:
             spool = self.spool
             if spool is None:
@@ -202,7 +207,7 @@ class OpenFile:
             if self.removed:  # nowhere to publish to; descriptors still open keep the bytes until the last close
                 return
             try:
-                key, size, sha256 = await spool.publish(self.files.ns, self.node)
+                key, size, sha256 = await spool.publish(self.files.ns, self.node, durable=durable)
             except BaseException:
                 if spool.taken():  # the blob store took the file, then failed
                     await self._drop_spool()
@@ -354,7 +359,9 @@ class OpenFiles:
             if (publish or file.opens == 0) and file.spool is not None:
                 await file.publish()
         finally:
-            if file.opens == 0:
+            # Another handle may have come and gone while this one published (a slow S3): only the
+            # first to find the file unused, and still ours, lets it go.
+            if file.opens == 0 and self._files.get(file.ino) is file:
                 del self._files[file.ino]
                 await file.close()
 

@@ -44,6 +44,10 @@ from .xattrs import Presigner, Xattrs
 log = logging.getLogger("artifactfs.mount")
 
 _DOT, _DOTDOT = b".", b".."
+
+# close() publishes a file without waiting for stable storage; this bounds how long
+# it may stay only in the page cache (fsync() makes it durable at once).
+SYNC_SECONDS = 5.0
 _USER_XATTRS = XATTR_USER_PREFIX.encode()
 
 
@@ -101,8 +105,18 @@ class Operations(pyfuse3.Operations):
     # -- the mount's background work
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Background tasks (readahead, hashing, cache invalidation) run in ``nursery``."""
+        """Background tasks (readahead, hashing, cache invalidation, syncing) run in ``nursery``."""
         self._nursery = nursery
+        nursery.start_soon(self._sync_periodically)
+
+    async def _sync_periodically(self) -> None:
+        """Closed files become durable within SYNC_SECONDS, as ext4's commit interval bounds it."""
+        while True:
+            await trio.sleep(SYNC_SECONDS)
+            try:
+                await self.ns.sync_blobs()
+            except Exception:
+                log.exception("background sync of published blobs failed; retrying in %s s", SYNC_SECONDS)
 
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         assert self._nursery is not None, "Operations.start() was not called"
@@ -123,6 +137,7 @@ class Operations(pyfuse3.Operations):
         dropped = await self.files.close_all()
         if dropped:
             log.warning("unmount: %d file(s) still open with unpublished writes; those writes were discarded", dropped)
+        await self.ns.sync_blobs()
 
     # -- helpers
 
@@ -373,7 +388,8 @@ class Operations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self.files.handle(fh)
         if handle.writable:
-            await handle.file.publish()
+            await handle.file.publish(durable=True)
+        await self.ns.sync_blobs()  # versions published by earlier closes, too
 
     @fuse_call
     async def release(self, fh: int) -> None:

@@ -111,9 +111,9 @@ class MemorySpool:
     def hash_ahead(self, spawn: Callable[..., Any]) -> None:
         pass
 
-    async def publish(self, ns: Namespace, node: Node) -> tuple[str | None, int, str]:
+    async def publish(self, ns: Namespace, node: Node, *, durable: bool) -> tuple[str | None, int, str]:
         """Store the bytes as the next blob of ``node``: (key, size, sha256)."""
-        return await ns.put_blob(node, bytes(self._data))
+        return await ns.put_blob(node, bytes(self._data), durable=durable)
 
     def taken(self) -> bool:
         return False  # a failed put leaves the bytes here, to try again
@@ -254,14 +254,14 @@ class FileSpool:
             raise OSError(5, f"spool {self.path} is shorter than its size")  # errno 5: EIO
         return digest.hexdigest()
 
-    async def publish(self, ns: Namespace, node: Node) -> tuple[str | None, int, str]:
+    async def publish(self, ns: Namespace, node: Node, *, durable: bool) -> tuple[str | None, int, str]:
         """Hand the file to the blob store as the next blob of ``node``: (key, size, sha256).
 
         On success the file belongs to the blob store; the descriptor stays
         open (reads may still use it) until :meth:`close`.
         """
         sha256 = await self.sha256()
-        return await ns.put_spool(node, self.path, self.size, sha256), self.size, sha256
+        return await ns.put_spool(node, self.path, self.size, sha256, durable=durable), self.size, sha256
 
     def taken(self) -> bool:
         """Whether the blob store took the file (even if it failed afterwards)."""

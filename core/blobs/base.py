@@ -34,10 +34,20 @@ class BlobStore(Protocol):
 
     async def writer(self, key: str) -> BlobWriter: ...
 
-    async def put(self, key: str, data: bytes) -> None: ...
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Store ``data`` under ``key``, atomically.
 
-    async def put_file(self, key: str, path: Path) -> None:
+        ``durable=False`` publishes without waiting for stable storage, as a
+        local disk does on close(); :meth:`sync` makes such blobs durable.
+        """
+        ...
+
+    async def put_file(self, key: str, path: Path, *, durable: bool = True) -> None:
         """Publish a finished local file under ``key``; the file is consumed."""
+        ...
+
+    async def sync(self) -> None:
+        """Make every blob published so far with ``durable=False`` durable."""
         ...
 
     async def reader(self, key: str) -> BlobReader: ...

@@ -34,6 +34,14 @@ _SYNC_FILE_RANGE_WRITE = 2
 _KNOWN_DIRS_MAX = 100_000  # directories known to exist durably; forgotten wholesale past this
 
 
+def _fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -103,6 +111,7 @@ class FilesystemBlobStore:
         self._queue: list[_Job] = []
         self._batch_running: anyio.Event | None = None
         self._pool: ThreadPoolExecutor | None = None  # batched puts, write-behind, read-ahead
+        self._unsynced: list[str] = []  # blobs published with durable=False, until sync()
 
     def _path(self, key: str) -> str:
         # Keys are built from validated ids, but a key is never trusted to stay inside:
@@ -149,7 +158,7 @@ class FilesystemBlobStore:
             self._known_dirs = {self._blob_root}
         self._known_dirs.add(path)
 
-    def _publish(self, tmp: Path | str, key: str) -> None:
+    def _publish(self, tmp: Path | str, key: str, durable: bool = True) -> None:
         final = self._path(key)
         directory = os.path.dirname(final)
         try:
@@ -161,12 +170,15 @@ class FilesystemBlobStore:
             self._known_dirs = {self._blob_root}  # a directory made earlier was removed since: make it again
             self._ensure_dir(directory)
             os.rename(tmp, final)
-        self._dir_sync.sync(directory)
+        if durable:
+            self._dir_sync.sync(directory)
+        else:
+            self._unsynced.append(final)
 
     async def writer(self, key: str) -> "_FileWriter":
         return _FileWriter(self, key)
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         """Store ``data`` under ``key``; concurrent puts (and deletes) share one worker-thread job.
 
         A thread hop costs the event loop 60-130 us under trio, more than a
@@ -176,7 +188,7 @@ class FilesystemBlobStore:
         their fsyncs (and directory fsyncs, see _DirSync) share journal commits.
         """
         self._path(key)  # refuse a bad key before queueing it
-        await self._submit(_Job(key, data))
+        await self._submit(_Job(key, data, durable))
 
     async def _submit(self, job: "_Job") -> None:
         self._queue.append(job)
@@ -206,7 +218,7 @@ class FilesystemBlobStore:
             if job.data is None:
                 self._delete_one(job.key)
             else:
-                self._put_one(job.key, job.data)
+                self._put_one(job.key, job.data, job.durable)
         except OSError as exc:
             job.error = exc
         finally:
@@ -218,7 +230,7 @@ class FilesystemBlobStore:
         except FileNotFoundError:
             pass
 
-    def _put_one(self, key: str, data: bytes) -> None:
+    def _put_one(self, key: str, data: bytes, durable: bool) -> None:
         tmp = self.staging_path()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -226,10 +238,11 @@ class FilesystemBlobStore:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            self._publish(tmp, key)
+            self._publish(tmp, key, durable)
         except OSError:
             try:
                 os.unlink(tmp)
@@ -237,14 +250,27 @@ class FilesystemBlobStore:
                 pass
             raise
 
-    async def put_file(self, key: str, path: Path) -> None:
+    async def put_file(self, key: str, path: Path, *, durable: bool = True) -> None:
         def work() -> None:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._publish(path, key)
+            if durable:
+                _fsync_file(path)
+            self._publish(path, key, durable)
+
+        await _run(work)
+
+    async def sync(self) -> None:
+        pending, self._unsynced = self._unsynced, []
+        if not pending:
+            return
+
+        def work() -> None:
+            for path in pending:
+                try:
+                    _fsync_file(path)
+                except FileNotFoundError:
+                    pass  # replaced or deleted since: nothing left to make durable
+            for directory in {os.path.dirname(p) for p in pending}:
+                self._dir_sync.sync(directory)
 
         await _run(work)
 
@@ -292,10 +318,10 @@ async def _run(fn, *args):
 class _Job:
     """One queued put (``data``) or delete (``data`` is None)."""
 
-    __slots__ = ("key", "data", "error", "done")
+    __slots__ = ("key", "data", "durable", "error", "done")
 
-    def __init__(self, key: str, data: bytes | None) -> None:
-        self.key, self.data = key, data
+    def __init__(self, key: str, data: bytes | None, durable: bool = True) -> None:
+        self.key, self.data, self.durable = key, data, durable
         self.error: OSError | None = None
         self.done = False
 

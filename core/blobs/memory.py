@@ -21,12 +21,15 @@ class MemoryBlobStore:
     async def writer(self, key: str) -> "_MemoryWriter":
         return _MemoryWriter(self._blobs, key)
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         self._blobs[key] = bytes(data)
 
-    async def put_file(self, key: str, path: Path) -> None:
+    async def put_file(self, key: str, path: Path, *, durable: bool = True) -> None:
         self._blobs[key] = path.read_bytes()
         path.unlink()
+
+    async def sync(self) -> None:
+        pass  # nothing here outlives the process anyway
 
     async def reader(self, key: str) -> "_MemoryReader":
         try:

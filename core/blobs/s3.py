@@ -216,7 +216,8 @@ class S3BlobStore(S3Presign):
             raise StoreClosedError("the blob store is closed")
         return S3Writer(self, key)
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Every write S3 acknowledges is durable, so ``durable`` changes nothing here."""
         if len(data) > self.part_size:
             writer = S3Writer(self, key)
             try:
@@ -230,7 +231,10 @@ class S3BlobStore(S3Presign):
             key, lambda c: c.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=bytes(data), **self._sse)
         )
 
-    async def put_file(self, key: str, path: Path) -> None:
+    async def sync(self) -> None:
+        pass
+
+    async def put_file(self, key: str, path: Path, *, durable: bool = True) -> None:
         """Stream a finished local file up, one part in memory at a time; then delete it."""
         size = os.stat(path).st_size
         if size <= self.part_size:
