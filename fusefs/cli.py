@@ -1,7 +1,7 @@
 """The ``artifactfs`` command line: parsing only; :mod:`fusefs.mount` does the work.
 
     artifactfs mount MOUNTPOINT [--sandbox S] [--data-dir D] [--foreground] [-o allow_other]
-                                [--map-user NAME=UID ...] [--admin-uid UID ...]
+                                [--map-user NAME=UID ...] [--admin-uid UID ...] [--serve [HOST:PORT]]
     artifactfs umount MOUNTPOINT
     artifactfs serve [--data-dir D] [--host H] [--port N] [--public-url URL]   (fusefs.serve_cmd)
 """
@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--admin-uid", dest="admin_uids", action="append", default=[], type=_uid, metavar="UID",
         help="with allow_other: UID may write shared/ and reach every scope (root always may)",
     )
+    mount.add_argument(
+        "--serve", nargs="?", const="", default=None, metavar="HOST:PORT",
+        help="also serve presigned URLs (user.artifact.presign) from the mount process "
+             "(default address 127.0.0.1:8470, or $ARTIFACT_SERVE_HOST/$ARTIFACT_SERVE_PORT)",
+    )
     mount.add_argument("--debug", action="store_true", help="verbose logging to the mount's log file")
 
     umount = commands.add_parser("umount", help="unmount MOUNTPOINT and wait for its process to finish")
@@ -84,7 +89,7 @@ def mount_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     values: dict[str, object] = {
         "mountpoint": args.mountpoint, "sandbox": args.sandbox, "foreground": args.foreground,
         "allow_other": "allow_other" in fuse, "user_uids": users, "admin_uids": frozenset(args.admin_uids),
-        "debug": args.debug,
+        "debug": args.debug, "serve": args.serve,
     }
     if args.data_dir is not None:
         values["data_dir"] = args.data_dir

@@ -35,6 +35,7 @@ from core.config import Settings, build_backends, build_change_feed
 from core.errors import ArtifactStoreError
 from core.namespace import Namespace
 from core.nodes import ROOT_INO
+from core.presign_service import serve as serve_presigned
 from core.transfers import Transfers
 
 from .callers import Callers
@@ -221,10 +222,11 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
             ns, enforce=options.allow_other, mount_uid=os.getuid(), admin_uids=options.admin_uids,
             user_uids=options.user_uids,
         )
+        transfers = Transfers.for_settings(ns, settings)  # user.artifact.presign: served by --serve or `artifactfs serve`
         ops = Operations(
             ns, root_ino=box.ino if options.sandbox else ROOT_INO, sandbox_id=settings.sandbox_id,
             callers=callers, data_dir=options.data_dir, spool_dir=spool_dir,
-            presigner=Transfers.for_settings(ns, settings),  # user.artifact.presign; served by `artifactfs serve`
+            presigner=transfers,
         )
         follower = None
         if feed is not None:
@@ -258,6 +260,9 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
 
                 nursery.start_soon(serve_requests)
                 nursery.start_soon(watch_signals)
+                if options.serve is not None:
+                    url = await nursery.start(serve_presigned, transfers, *options.serve_address)
+                    log.info("presigned URLs served at %s", url)
                 await _wait_answering(options.mountpoint_abs)
                 _widen_readahead(options.mountpoint_abs)
                 log.info("mounted %s at %s", options.data_dir, options.mountpoint_abs)

@@ -35,6 +35,24 @@ class MountOptions(BaseModel):
     user_uids: dict[str, int] = Field(default_factory=dict)  # --map-user NAME=UID
     admin_uids: frozenset[int] = frozenset()
     debug: bool = False
+    serve: str | None = None  # --serve: None off, "" the default address, else HOST:PORT
+
+    @field_validator("serve")
+    @classmethod
+    def _serve(cls, value: str | None) -> str | None:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"--serve takes HOST:PORT, got {value!r}")
+        return value
+
+    @property
+    def serve_address(self) -> tuple[str | None, int | None]:
+        """(host, port) for the presign service; None picks the configured default."""
+        if not self.serve:
+            return None, None
+        host, _, port = self.serve.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @field_validator("sandbox")
     @classmethod

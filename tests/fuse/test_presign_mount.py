@@ -82,3 +82,30 @@ async def test_getfattr_presign_then_curl(
         capture_output=True, text=True, check=True,
     ).stdout
     assert xattr_id == artifact_id
+
+
+@pytest.mark.embedded_only("the mount's own service answers for its data dir; on S3 the URLs are S3's own")
+async def test_mount_serve_answers_its_own_presigned_urls(mount_factory: MountFactory) -> None:
+    """``artifactfs mount --serve``: getfattr hands out a URL that curl downloads, with no other process."""
+    env = {k: v for k, v in os.environ.items() if k != "ARTIFACT_PRESIGN_URL"}
+    mount = mount_factory(args=["--serve", "127.0.0.1:0"], env=env)
+    data = os.urandom(2 * MiB + 5)
+    path = mount.user_dir("alice") / "served.bin"
+    path.write_bytes(data)
+
+    url = subprocess.run(
+        ["getfattr", "--only-values", "-n", "user.artifact.presign", str(path)], capture_output=True, text=True,
+        check=True,
+    ).stdout
+    assert url.startswith("http://127.0.0.1:") and ":0/" not in url  # the bound port, not the one asked for
+    assert curl(url) == data
+    assert curl("-r", "1000-1999", url) == data[1000:2000]
+    assert subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", url[:-1] + ("A" if url[-1] != "A" else "B")],
+                          capture_output=True, text=True, timeout=60).stdout == "403"
+
+
+def test_mount_serve_refuses_a_bad_address(tmp_path: Path) -> None:
+    from mounting import artifactfs
+
+    done = artifactfs("mount", tmp_path / "mnt", "--data-dir", tmp_path / "data", "--serve", "nonsense")
+    assert done.returncode == 2 and "HOST:PORT" in done.stderr and "Traceback" not in done.stderr
