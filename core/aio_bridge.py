@@ -16,6 +16,7 @@ it, so backends keep one per loop in a :class:`LoopLocal`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Generic, ParamSpec, TypeVar
@@ -56,6 +57,7 @@ class _PortalThread:
                 started = threading.Event()
 
                 async def serve() -> None:
+                    asyncio.get_running_loop().set_exception_handler(_quiet_connection_errors)
                     async with BlockingPortal() as portal:
                         ready.append((portal, asyncio.get_running_loop()))
                         started.set()
@@ -78,6 +80,21 @@ class _PortalThread:
 
 
 _THREAD = _PortalThread()
+log = logging.getLogger("artifactfs.bridge")
+
+
+def _quiet_connection_errors(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """A connection reset under an HTTP client's own background task is one line, not a traceback.
+
+    aiohttp leaves the exception of its request-writing task unretrieved when the
+    server drops the connection; the request itself fails too, and is retried and
+    reported by the backend (core.retry). Anything else goes to asyncio's handler.
+    """
+    exc = context.get("exception")
+    if isinstance(exc, ConnectionError):  # aiohttp's ClientConnectionResetError is one
+        log.warning("%s: %r", context.get("message", "connection error"), exc)
+        return
+    loop.default_exception_handler(context)
 
 
 async def run(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
