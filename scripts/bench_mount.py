@@ -39,7 +39,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from bench_common import MB, Context, KiB, MiB, Section, Table, filesystem_of, median
+from bench_common import MB, Context, KiB, MiB, Section, Table, filesystem_of, load_line, median
 
 EXAMPLES = Path("/usr/share/doc/libfuse3-dev/examples")
 PASSTHROUGH = "passthrough_ll"  # low-level API like pyfuse3; passthrough.c sets every cache timeout to 0
@@ -107,11 +107,6 @@ def drop_caches() -> None:
     """Write back and forget the page cache, dentries and inodes (needs root: cold figures depend on it)."""
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def load_average() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def reset_peak_rss(pid: int | None) -> None:
@@ -564,7 +559,7 @@ def run(ctx: Context, workload: Workload | None = None) -> Iterator[Table]:
     w = workload or Workload()
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="artifactfs-bench-mount-", dir=ctx.work_dir))
-    load_before = load_average()
+    load_before = load_line()
     targets: list[Target] = []
     try:
         binary = build_passthrough(base)
@@ -583,8 +578,7 @@ def run(ctx: Context, workload: Workload | None = None) -> Iterator[Table]:
         table = build_table(f"mount: artifactfs (embedded default) vs libfuse {PASSTHROUGH} vs native, "
                             f"{filesystem_of(base)}", w, "artifactfs", ["passthrough", "native"], samples)
         table.notes += [
-            (f"median of {ctx.repeat} interleaved runs ({elapsed:.0f} s); load average {load_before} before, "
-            f"{load_average()} after (1/5/15 min, {os.cpu_count()} cpus)"),
+            f"median of {ctx.repeat} interleaved runs ({elapsed:.0f} s); before: {load_before}; after: {load_line()}",
             (f"passthrough: libfuse's {PASSTHROUGH}.c example built with cc -O2 at bench time, -o cache=always "
             "(keeps the page cache across opens, as artifactfs does); native: the directory under it"),
             "cold: page cache dropped (echo 3 > drop_caches) and the mount remounted; warm: read again at once",

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the test fixtures' redis-server and moto
 
 import anyio
-from bench_common import Context, MiB, Section, Table, median
+from bench_common import Context, MiB, Section, Table, load_line, median
 from bench_core import CONCURRENCY, OPS, PUBLISHED, measure_store, run_store
 from bench_mount import (
     ArtifactfsTarget,
@@ -50,7 +50,6 @@ from bench_mount import (
     Workload,
     build_table,
     figure_specs,
-    load_average,
     measure,
     remove_work_dir,
     stop_all,
@@ -247,7 +246,7 @@ def library_table(ctx: Context, base: Path, settings: Settings) -> Table:
                   published=PUBLISHED[op.split()[0]])
     table.notes += [
         (f"1 KiB items; median of {ctx.repeat} runs of {ctx.seconds:g} s ({elapsed:.0f} s in all); "
-        f"load average {load_average()}"),
+        f"{load_line()}"),
         ("Redis + S3: redis-server and stock-behaving moto on 127.0.0.1 (every ranged GET copies the whole object: "
         "the stream_download rows measure moto); embedded: filesystem blobs + SQLite on the same disk"),
         "published: S3 + Redis at 128 concurrent tasks (streams: 10 MB on the memory provider)",
@@ -267,7 +266,7 @@ def run(ctx: Context, workload: Workload | None = None) -> Iterator[Table]:
     os.environ.update(AWS_ENV)  # the bucket checks and the library's aioboto3 use them
     redis, moto = RedisServer(base / "redis"), BenchMoto(base / "moto")
     targets: list[Target] = []
-    load_before = load_average()
+    load_before = load_line()
     try:
         redis.start()
         moto.start()
@@ -281,8 +280,7 @@ def run(ctx: Context, workload: Workload | None = None) -> Iterator[Table]:
         table = build_table(f"peers: the mount workload on Redis + S3 (moto): artifactfs vs {' and '.join(PEERS)}",
                             w, "artifactfs", PEERS, samples)
         table.notes += [
-            (f"median of {ctx.repeat} interleaved runs ({elapsed:.0f} s); load average {load_before} before, "
-            f"{load_average()} after (1/5/15 min, {os.cpu_count()} cpus)"),
+            f"median of {ctx.repeat} interleaved runs ({elapsed:.0f} s); before: {load_before}; after: {load_line()}",
             (f"scaled down from the mount section (moto is slow): {w.seq_label} instead of 1 GiB, "
             f"{w.files:,} small files instead of 10,000"),
             ("all three on one moto server and one bucket (own prefixes), path-style, dummy credentials; "
