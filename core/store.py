@@ -924,7 +924,6 @@ class ArtifactStore:
         return await self._presign.abort_multipart(upload_id, session_id, user_id)
 
 
-
 _MISSING = object()
 
 
