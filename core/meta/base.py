@@ -10,8 +10,29 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from pydantic import ValidationError
+
+from ..errors import ArtifactCorruptedError
 from ..models import Scope, Usage
 from ..nodes import Node
+from ..signing import RecordSigner
+
+
+def decode_record(signer: RecordSigner, ino: int, record: bytes | None, sig: str | None) -> Node:
+    """A stored node record, trusted only once its signature and inode number check out.
+
+    Every backend loads records through here, so a record edited outside
+    the store reads as corrupted the same way everywhere (DESIGN §6).
+    """
+    if record is None or sig is None or not signer.verify(record, sig):
+        raise ArtifactCorruptedError(f"the metadata record of inode {ino} fails its signature")
+    try:
+        node = Node.model_validate_json(record)
+    except ValidationError as exc:
+        raise ArtifactCorruptedError(f"the metadata record of inode {ino} is unreadable") from exc
+    if node.ino != ino:
+        raise ArtifactCorruptedError(f"the metadata record of inode {ino} names inode {node.ino}")
+    return node
 
 
 class MetaStore(Protocol):

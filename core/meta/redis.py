@@ -21,7 +21,6 @@ from typing import TypeVar
 
 import anyio
 import redis.asyncio as aioredis
-from pydantic import ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,7 +30,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import aio_bridge
 from ..errors import (
     AlreadyExistsError,
-    ArtifactCorruptedError,
     DirectoryNotEmptyError,
     IsADirectoryError_,
     NotADirectoryError_,
@@ -42,6 +40,7 @@ from ..models import Scope, Usage
 from ..nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
 from ..retry import RetryPolicy, retrying
 from ..signing import RecordSigner
+from .base import decode_record
 from .redis_lua import SCRIPT
 
 T = TypeVar("T")
@@ -206,15 +205,7 @@ class RedisMetaStore:
         ino = int(ino)
         if record is None and sig is None:
             return None
-        if record is None or sig is None or not self._signer.verify(record, sig.decode("ascii", "replace")):
-            raise ArtifactCorruptedError(f"the metadata record of inode {ino} fails its signature")
-        try:
-            node = Node.model_validate_json(record)
-        except ValidationError as exc:
-            raise ArtifactCorruptedError(f"the metadata record of inode {ino} is unreadable") from exc
-        if node.ino != ino:
-            raise ArtifactCorruptedError(f"the metadata record of inode {ino} names inode {node.ino}")
-        return node
+        return decode_record(self._signer, ino, record, sig.decode("ascii", "replace") if sig is not None else None)
 
     def _load_reply(self, reply: list) -> Node | None:
         return self._load(*reply) if reply else None

@@ -9,13 +9,13 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from pydantic import ValidationError
 
-from ..errors import AlreadyExistsError, ArtifactCorruptedError, DirectoryNotEmptyError, IsADirectoryError_
+from ..errors import AlreadyExistsError, DirectoryNotEmptyError, IsADirectoryError_
 from ..errors import NotADirectoryError_, ProviderError, StoreClosedError
 from ..models import Scope, Usage
 from ..nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
 from ..signing import RecordSigner
+from .base import decode_record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS node (
@@ -103,15 +103,7 @@ class SQLiteMetaStore:
         if row is None:
             return None
         ino, record, sig = row
-        if not self._signer.verify(record, sig):
-            raise ArtifactCorruptedError(f"the metadata record of inode {ino} fails its signature")
-        try:
-            node = Node.model_validate_json(record)
-        except ValidationError as exc:
-            raise ArtifactCorruptedError(f"the metadata record of inode {ino} is unreadable") from exc
-        if node.ino != ino:
-            raise ArtifactCorruptedError(f"the metadata record of inode {ino} names inode {node.ino}")
-        return node
+        return decode_record(self._signer, ino, record, sig)
 
     def _write(self, db: sqlite3.Connection, node: Node, *, insert: bool, old: tuple | None = None) -> None:
         """Insert or rewrite ``node``'s row; ``old`` (its ``_FIELDS`` as stored) narrows an update.
