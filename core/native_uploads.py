@@ -35,7 +35,6 @@ import anyio
 
 from . import grid
 from .errors import (
-    ArtifactNotFoundError,
     ArtifactStoreError,
     ArtifactTooLargeError,
     InvalidPartError,
@@ -44,7 +43,7 @@ from .errors import (
 from .namespace import EMPTY_SHA256, NS, Namespace
 from .nodes import Node
 from .presign import NativePart, NativePresign, PresignSettings
-from .uploads import UploadKind, UploadRecord, UploadRegistry, normalise_etag
+from .uploads import UploadKind, UploadRecord, UploadRegistry, choose_parts, normalise_etag
 
 if TYPE_CHECKING:
     from .transfers import Publish
@@ -140,31 +139,7 @@ class NativeUploads:
 
     def _choose(self, record: UploadRecord, parts: list[NativePart], listed: Sequence[tuple[int, str]] | None) -> list[NativePart]:
         """The parts to join, after every check S3 would make, with errors that name the part."""
-        uploaded = {p.part_number: p for p in parts}
-        if record.kind is UploadKind.SINGLE:
-            if 1 not in uploaded:
-                raise ArtifactNotFoundError(f"nothing has been uploaded for artifact {record.artifact_id} yet")
-            chosen = [uploaded[1]]
-        else:
-            if not listed:
-                raise InvalidPartError("a multipart upload is completed with the list of its parts")
-            numbers = [n for n, _ in listed]
-            if numbers != sorted(set(numbers)):
-                raise InvalidPartError("parts must be listed once each, in ascending PartNumber order")
-            chosen = []
-            for number, etag in listed:
-                part = uploaded.get(number)
-                if part is None:
-                    raise InvalidPartError(f"part {number} was never uploaded")
-                if normalise_etag(etag) != normalise_etag(part.etag):
-                    raise InvalidPartError(f"part {number}: ETag {etag!r:.80} is not the uploaded part's {part.etag}")
-                chosen.append(part)
-            for part in chosen[:-1]:
-                if part.size < self.min_part_bytes:
-                    raise InvalidPartError(
-                        f"part {part.part_number} is {part.size} bytes; every part but the last needs "
-                        f"at least {self.min_part_bytes}"
-                    )
+        chosen = choose_parts(record, {p.part_number: p for p in parts}, listed, self.min_part_bytes)
         total = sum(p.size for p in chosen)
         for limit, what in ((self.ns.limits.max_artifact_bytes, "the size limit"), (record.max_bytes, "this upload's limit")):
             if limit is not None and total > limit:

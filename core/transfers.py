@@ -28,7 +28,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, Sequence
 from typing import Any
 
 import anyio
@@ -46,7 +46,6 @@ from .errors import (
     ArtifactStoreError,
     ArtifactTooLargeError,
     InvalidArgumentError,
-    InvalidPartError,
     UploadConflictError,
     UploadNotFoundError,
 )
@@ -61,8 +60,8 @@ from .uploads import (
     UploadRecord,
     UploadRegistry,
     UploadState,
+    choose_parts,
     newest_parts,
-    normalise_etag,
 )
 
 log = logging.getLogger("artifactfs.transfers")
@@ -392,30 +391,7 @@ class Transfers:
         return record.artifact_id
 
     def _choose(self, record: UploadRecord, parts: list[PartRecord], listed: Sequence[tuple[int, str]] | None) -> list[PartRecord]:
-        newest = newest_parts(parts)
-        if record.kind is UploadKind.SINGLE:
-            if 1 not in newest:
-                raise ArtifactNotFoundError(f"nothing has been uploaded for artifact {record.artifact_id} yet")
-            return [newest[1]]
-        if listed is None or not listed:
-            raise InvalidPartError("a multipart upload is completed with the list of its parts")
-        numbers = [n for n, _ in listed]
-        if numbers != sorted(set(numbers)):
-            raise InvalidPartError("parts must be listed once each, in ascending PartNumber order")
-        chosen = []
-        for number, etag in listed:
-            part = newest.get(number)
-            if part is None:
-                raise InvalidPartError(f"part {number} was never uploaded")
-            if normalise_etag(etag) != part.sha256:
-                raise InvalidPartError(f"part {number}: ETag {etag!r:.80} is not the uploaded part's {part.etag}")
-            chosen.append(part)
-        for part in chosen[:-1]:
-            if part.size < self.settings.min_part_bytes:
-                raise InvalidPartError(
-                    f"part {part.part_number} is {part.size} bytes; every part but the last needs "
-                    f"at least {self.settings.min_part_bytes}"
-                )
+        chosen = choose_parts(record, newest_parts(parts), listed, self.settings.min_part_bytes)
         total = sum(p.size for p in chosen)
         if total > self.ns.limits.max_artifact_bytes:
             raise ArtifactTooLargeError(f"the parts add up to {total} bytes, the limit is {self.ns.limits.max_artifact_bytes}")

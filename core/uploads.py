@@ -22,12 +22,13 @@ import secrets
 import shutil
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 from pydantic import BaseModel, Field, ValidationError
 
-from .errors import ArtifactCorruptedError, UploadConflictError, UploadNotFoundError
+from .errors import ArtifactCorruptedError, ArtifactNotFoundError, InvalidPartError, UploadConflictError, UploadNotFoundError
 from .nodes import Space
 from .signing import RecordSigner
 
@@ -85,6 +86,55 @@ def normalise_etag(etag: str) -> str:
     etag = etag.strip()
     etag = etag.removeprefix("W/")
     return etag.strip('"').lower()
+
+
+class UploadedPart(Protocol):
+    """What completion needs of a part, whether this store or S3 holds it."""
+
+    @property
+    def part_number(self) -> int: ...
+
+    @property
+    def etag(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+PartT = TypeVar("PartT", bound=UploadedPart)
+
+
+def choose_parts(
+    record: "UploadRecord", uploaded: Mapping[int, PartT], listed: Sequence[tuple[int, str]] | None, min_part_bytes: int
+) -> list[PartT]:
+    """The parts a completion joins, after every check S3 makes, with errors that name the part.
+
+    One rule for both paths (the embedded service and S3's native uploads), so
+    code tested against one behaves the same against the other.
+    """
+    if record.kind is UploadKind.SINGLE:
+        if 1 not in uploaded:
+            raise ArtifactNotFoundError(f"nothing has been uploaded for artifact {record.artifact_id} yet")
+        return [uploaded[1]]
+    if not listed:
+        raise InvalidPartError("a multipart upload is completed with the list of its parts")
+    numbers = [n for n, _ in listed]
+    if numbers != sorted(set(numbers)):
+        raise InvalidPartError("parts must be listed once each, in ascending PartNumber order")
+    chosen = []
+    for number, etag in listed:
+        part = uploaded.get(number)
+        if part is None:
+            raise InvalidPartError(f"part {number} was never uploaded")
+        if normalise_etag(etag) != normalise_etag(part.etag):
+            raise InvalidPartError(f"part {number}: ETag {etag!r:.80} is not the uploaded part's {part.etag}")
+        chosen.append(part)
+    for part in chosen[:-1]:
+        if part.size < min_part_bytes:
+            raise InvalidPartError(
+                f"part {part.part_number} is {part.size} bytes; every part but the last needs at least {min_part_bytes}"
+            )
+    return chosen
 
 
 def newest_parts(parts: list[PartRecord]) -> dict[int, PartRecord]:
