@@ -582,8 +582,9 @@ def run(ctx: Context, workload: Workload | None = None) -> Iterator[Table]:
             (f"passthrough: libfuse's {PASSTHROUGH}.c example built with cc -O2 at bench time, -o cache=always "
             "(keeps the page cache across opens, as artifactfs does); native: the directory under it"),
             "cold: page cache dropped (echo 3 > drop_caches) and the mount remounted; warm: read again at once",
-            ("create: open(O_CREAT|O_TRUNC) + one 4 KiB write + close per file, no fsync (artifactfs publishes "
-            "on close); stat / read / ls -l run after a remount + drop_caches"),
+            ("create: open(O_CREAT|O_TRUNC) + one 4 KiB write + close per file, no fsync, as cp or tar do "
+            "(artifactfs publishes at close and makes it durable in the background); stat / read / ls -l run "
+            "after a remount + drop_caches"),
             "x col = how many times better than col: measured / col for rates, col / measured for s and MiB",
             *notes,
             *(n for t in targets for n in t.notes()),
