@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mounting import Mount, is_mounted
 from uidkit import ALICE, BOB, as_uid, shared_mount
+from worlds import StoreWorld
 
 
 def in_namespace(script: str, **kwargs) -> subprocess.CompletedProcess:
@@ -89,9 +90,9 @@ def test_a_read_only_volume_refuses_writes(mount: Mount, alice: Path, tmp_path: 
     assert os.listdir(alice) == ["config.json"]
 
 
-def test_a_volume_used_by_a_container_running_as_a_mapped_uid(tmp_path: Path) -> None:
+def test_a_volume_used_by_a_container_running_as_a_mapped_uid(tmp_path: Path, world: StoreWorld) -> None:
     """``docker run --user 5101 -v <mount>/users/alice:/data``: the container's uid is alice."""
-    with shared_mount(tmp_path / "data") as mount:
+    with shared_mount(tmp_path / "data", world) as mount:
         (mount / "users/alice").mkdir()
         (mount / "users/bob").mkdir()
         volume, elsewhere = mount.mountpoint.parent / "alice-data", mount.mountpoint.parent / "bob-data"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from mounting import Mount, start_mount, wait_for
+from worlds import StoreWorld
 
 from core import ArtifactStore
 from core.clock import TEST_CLOCK_ENV, ManualClock
@@ -45,8 +46,10 @@ def mount_clock(tmp_path: Path) -> MovableClock:
 
 
 @pytest.fixture
-def timed_mount(tmp_path: Path, mount_clock: MovableClock):
-    mount = start_mount(tmp_path / "mnt", tmp_path / "data", env={**os.environ, TEST_CLOCK_ENV: str(mount_clock.path)})
+def timed_mount(tmp_path: Path, mount_clock: MovableClock, world: StoreWorld):
+    mount = start_mount(
+        tmp_path / "mnt", tmp_path / "data", env={**os.environ, TEST_CLOCK_ENV: str(mount_clock.path)}, world=world
+    )
     try:
         yield mount
     finally:

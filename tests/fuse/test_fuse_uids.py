@@ -16,11 +16,12 @@ import pytest
 from mounting import Mount
 from uidkit import ADMIN, ALICE, BOB, OK, STRANGER, as_uid, denied, probe
 from uidkit import shared_mount as start_shared_mount
+from worlds import StoreWorld
 
 
 @pytest.fixture
-def shared_mount(tmp_path: Path) -> Iterator[Mount]:
-    with start_shared_mount(tmp_path / "data") as mount:
+def shared_mount(tmp_path: Path, world: StoreWorld) -> Iterator[Mount]:
+    with start_shared_mount(tmp_path / "data", world) as mount:
         yield mount
 
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mounting import Mount, start_mount
+from worlds import EMBEDDED, StoreWorld
 
 ALICE, BOB, ADMIN, STRANGER = 5101, 5102, 5103, 5104  # STRANGER is in no map
 
@@ -97,7 +98,7 @@ OK = ("ok", None)
 
 
 @contextmanager
-def shared_mount(data_dir: Path) -> Iterator[Mount]:
+def shared_mount(data_dir: Path, world: StoreWorld = EMBEDDED) -> Iterator[Mount]:
     """A mount with allow_other and a uid map, in a directory every uid can traverse."""
     public = Path(tempfile.mkdtemp(prefix="artifactfs-uids-", dir="/tmp"))
     public.chmod(0o755)
@@ -105,6 +106,7 @@ def shared_mount(data_dir: Path) -> Iterator[Mount]:
         public / "mnt", data_dir,
         args=["-o", "allow_other", "--map-user", f"alice={ALICE}", "--map-user", f"bob={BOB}",
               "--admin-uid", str(ADMIN)],
+        world=world,
     )
     try:
         yield mount
