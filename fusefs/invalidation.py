@@ -79,6 +79,8 @@ class KernelInvalidator:
 
     def submit(self, change: Change) -> None:
         with self._cond:
+            if self._closing:  # the session is gone (or going): nothing to keep for it
+                return
             for parent, name in change.entries:
                 self._entries[(parent, name)] = None
             for ino in change.inodes:
@@ -138,6 +140,7 @@ class KernelInvalidator:
             fn(*args)
         except OSError as exc:
             if exc.errno in _GONE:
+                self._closing = True  # detached (a lazy unmount): later notices are dropped, not hoarded
                 return False
             if exc.errno != errno.ENOENT:  # ENOENT: the kernel holds nothing of it, the common case
                 log.warning("%s%r: %s", fn.__name__, args, exc)

@@ -25,13 +25,14 @@ import contextlib
 import os
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mounting import Mount, start_mount
+from mounting import Mount, start_mount, wait_for
 from servers import MotoServer, RedisServer
 from worlds import StoreWorld, WorldKind
 
@@ -306,3 +307,45 @@ def test_each_mount_skips_its_own_notices(tmp_path_factory: pytest.TempPathFacto
     a_counts, b_counts = (tuple(map(int, followed.search(text).groups())) for text in (a_log, b_log))  # type: ignore[union-attr]
     assert a_counts[0] == 0 and a_counts[1] >= 21, a_log  # mkdir users/alice, mkdir own, 20 creates
     assert b_counts[0] >= 21 and b_counts[1] == 0, b_log
+
+
+# -- the invalidation thread on its own (the kernel calls recorded instead of made)
+
+
+def test_invalidations_are_coalesced_and_mapped_to_the_kernels_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import pyfuse3
+
+    from core.changes import Change, ChangeOp
+    from fusefs.attrs import Inodes
+    from fusefs.invalidation import KernelInvalidator
+
+    calls: list[tuple] = []
+    gate = threading.Event()
+
+    def entry(parent: int, name: bytes) -> None:
+        gate.wait(10)  # the first call holds the thread while more changes pile up
+        calls.append(("entry", parent, name))
+        if name == b"gone":
+            raise OSError(errno.ENOTCONN, "the session ended")
+
+    monkeypatch.setattr(pyfuse3, "invalidate_entry", entry)
+    monkeypatch.setattr(pyfuse3, "invalidate_inode", lambda ino, attr_only: calls.append(("inode", ino, attr_only)))
+    kernel = KernelInvalidator(Inodes(root_ino=42))  # a mount of one sandbox, whose node is 42
+    kernel.start()
+    kernel.submit(Change(ChangeOp.INSERT, ((42, b"first"),), (42,)))
+    wait_for(lambda: not kernel._entries, 10, "the thread to take the first change")
+    for _ in range(3):  # the same change three times while the thread is busy: done once
+        kernel.submit(Change(ChangeOp.UPDATE, ((7, b"f"),), (9,)))
+    kernel.submit(Change(ChangeOp.RENAME, ((1, b"app"), (7, b"g")), (1,)))  # the store's root is not in this mount
+    gate.set()
+    wait_for(lambda: kernel.calls == 5, 10, "the invalidations")
+    assert calls == [
+        ("entry", 1, b"first"), ("inode", 1, False),  # node 42 is the kernel's 1
+        ("entry", 7, b"f"), ("entry", 7, b"g"), ("inode", 9, False),  # once each; nothing of the store's root
+    ]
+    kernel.submit(Change(ChangeOp.REMOVE, ((7, b"gone"),), ()))  # the session is gone: the thread stops
+    assert kernel.join(10)
+    kernel.submit(Change(ChangeOp.REMOVE, ((7, b"later"),), ()))
+    assert not kernel._entries  # nothing hoarded for a session that is gone
