@@ -371,7 +371,12 @@ class Operations(pyfuse3.Operations):
 
     @fuse_call
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        return await self.files.handle(fh).file.read(off, size)
+        try:
+            return await self.files.handle(fh).file.read(off, size)
+        except ArtifactNotFoundError:
+            # The version this descriptor reads was replaced or removed through another mount,
+            # which dropped its blob: the handle is stale (as over NFS), not the name missing.
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
 
     @fuse_call
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -22,6 +22,7 @@ Three configurations of the same two mounts show which mechanism does what:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import subprocess
@@ -309,12 +310,29 @@ def test_each_mount_skips_its_own_notices(tmp_path_factory: pytest.TempPathFacto
     assert b_counts[0] >= 21 and b_counts[1] == 0, b_log
 
 
+def test_a_descriptor_open_across_a_replace_in_the_other_mount(pair: Pair) -> None:
+    """B reads a file A replaces meanwhile: B's descriptor reads the old version whole, or fails with
+    ESTALE once that version's bytes are gone (as over NFS); never new bytes, never a mix, never
+    ENOENT. The next open reads the new version."""
+    a, b = pair.both("open-across")
+    old, new = os.urandom(12 << 20), os.urandom(12 << 20)
+    _write(a / "f", old)
+    with open(b / "f", "rb") as reader:
+        head = reader.read(1 << 20)
+        _write(a / "f", new)
+        try:
+            rest = reader.read()
+        except OSError as exc:
+            assert exc.errno == errno.ESTALE, exc
+        else:
+            assert head + rest == old
+    seen_within(lambda: (b / "f").read_bytes() == new)
+
+
 # -- the invalidation thread on its own (the kernel calls recorded instead of made)
 
 
 def test_invalidations_are_coalesced_and_mapped_to_the_kernels_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-
     import pyfuse3
 
     from core.changes import Change, ChangeOp
