@@ -58,19 +58,7 @@ class PresignApi:
 
     async def _space(self, scope: Scope, session_id: str | None, user_id: str | None) -> Space:
         """The space an upload will land in, once the caller may write there."""
-        store = self.store
-        who = store._principal(session_id, user_id)
-        if scope is Scope.SESSION:
-            space = await store._session_space(session_id, user_id)
-            who = who.model_copy(update={"session_id": space.session_id, "trusted": who.trusted or session_id is None})
-        elif scope is Scope.USER:
-            if user_id is None:
-                raise InvalidArgumentError("scope='user' needs a user_id")
-            space = Space(sandbox_id=store.sandbox_id, scope=Scope.USER, user_id=user_id)
-        else:
-            space = Space(sandbox_id=store.sandbox_id, scope=Scope.SANDBOX)
-        check_write(who, space, "upload")
-        return space
+        return await self.store._writable_space(scope, session_id, user_id, "upload")
 
     def _fields(
         self, *, filename: str | None, mime: str | None, summary: Any, meta: Any, scope: Scope | str, ttl: TTLArg,

@@ -381,6 +381,21 @@ class ArtifactStore:
 
     # -- storing
 
+    async def _writable_space(self, scope: Scope, session_id: str | None, user_id: str | None, what: str) -> Space:
+        """The space a new artifact (or upload) of ``scope`` lands in, once the caller may write there."""
+        who = self._principal(session_id, user_id)
+        if scope is Scope.SESSION:
+            space = await self._session_space(session_id, user_id)
+            who = who.model_copy(update={"session_id": space.session_id, "trusted": who.trusted or session_id is None})
+        elif scope is Scope.USER:
+            if user_id is None:
+                raise InvalidArgumentError("scope='user' needs a user_id")
+            space = Space(sandbox_id=self.sandbox_id, scope=Scope.USER, user_id=user_id)
+        else:
+            space = Space(sandbox_id=self.sandbox_id, scope=Scope.SANDBOX)
+        check_write(who, space, what)
+        return space
+
     async def _prepare(
         self, *, filename: str | None, mime: Any, summary: Any, meta: Any, session_id: str | None,
         user_id: str | None, scope: Scope | str, ttl: TTLArg,
@@ -393,17 +408,7 @@ class ArtifactStore:
         parts = grid.split_filename(filename) if filename is not None else None
         mime = self._mime(mime, filename)
         summary = self._summary(summary)
-        who = self._principal(session_id, user_id)
-        if scope is Scope.SESSION:
-            space = await self._session_space(session_id, user_id)
-            who = who.model_copy(update={"session_id": space.session_id, "trusted": who.trusted or session_id is None})
-        elif scope is Scope.USER:
-            if user_id is None:
-                raise InvalidArgumentError("scope='user' needs a user_id")
-            space = Space(sandbox_id=self.sandbox_id, scope=Scope.USER, user_id=user_id)
-        else:
-            space = Space(sandbox_id=self.sandbox_id, scope=Scope.SANDBOX)
-        check_write(who, space, "store")
+        space = await self._writable_space(scope, session_id, user_id, "store")
         artifact_id = ns.new_artifact_id()
         parts = parts or [artifact_id]
         node = ns.file_node(_unplaced(space), parts[-1], ttl=ttl, artifact_id=artifact_id, mime=mime, summary=summary,
