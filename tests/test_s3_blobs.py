@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 from servers import BUCKET, MotoServer, RedisServer, redis_s3_settings
 
@@ -302,3 +303,28 @@ async def test_endpoint_gone_mid_upload_publishes_nothing(redis_server: RedisSer
         assert [m.artifact_id for m in await store.search(user_id="u")] == [kept]  # nothing half-written shows
         fresh = await store.store(b"after the outage", user_id="u", scope="user")
         assert await store.retrieve(fresh, user_id="u") == b"after the outage"
+
+
+async def test_concurrent_reads_of_one_reader(blobs: S3BlobStore) -> None:
+    """Was: two reads of one range at once read one streaming body together, and one waited forever
+    or left its connection unclosed (the mount's readahead reads a file's chunks concurrently, a
+    chunk sometimes twice)."""
+    data = random.Random(13).randbytes(6 * MiB)
+    await blobs.put("c", data)
+    for _ in range(5):
+        reader = await blobs.reader("c")
+        got: list[tuple[int, bytes]] = []
+        try:
+            assert await reader.read(0, MiB) == data[:MiB]
+            assert await reader.read(MiB, MiB) == data[MiB : 2 * MiB]  # a stream now stands at 2 MiB
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tasks:
+                    for chunk in (2, 2, 2, 3, 2, 5, 4):
+
+                        async def read(offset: int = chunk * MiB) -> None:
+                            got.append((offset, await reader.read(offset, MiB)))
+
+                        tasks.start_soon(read)
+        finally:
+            await reader.close()
+        assert len(got) == 7 and all(part == data[offset : offset + MiB] for offset, part in got)

@@ -467,6 +467,9 @@ class _Ranges:
         self.window = self.FIRST_WINDOW
         self.body: Any = None
         self.body_pos = self.body_end = 0
+        # One stream, one read at a time: two reads of one body split its bytes between them, or
+        # one waits forever (the mount's readahead reads a file's chunks concurrently).
+        self.lock = asyncio.Lock()
 
     async def _open(self, c: Any, start: int, end: int) -> bool:
         """Open a GET of bytes ``[start, end)``; False when ``start`` is past the end."""
@@ -520,7 +523,8 @@ class _Ranges:
                 raise
 
         if length > 0:
-            await self.store.retried(f"{self.key} @{offset}", fill)
+            async with self.lock:
+                await self.store.retried(f"{self.key} @{offset}", fill)
         return bytes(out)
 
     def _drop_body(self) -> None:
