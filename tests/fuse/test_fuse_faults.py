@@ -42,6 +42,7 @@ from worlds import StoreWorld, WorldKind
 
 KiB = 1 << 10
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+ABSENT = "absent"  # a file whose create failed
 CALL_BOUND = 60.0  # a call that takes longer than this has hung: the test fails
 PHASE_TIMEOUT = 60.0  # bounded waits for the workload to reach each phase
 
@@ -114,7 +115,7 @@ class Workload:
                 with self._lock:
                     self.tally.failed_writes[name] = digest
                     self.tally.errors.append(("write", exc.errno or 0))
-                    self.known[name] = {EMPTY_SHA256, digest}  # see check_store
+                    self.known[name] = {ABSENT, EMPTY_SHA256, digest}  # not created, created empty, or whole
                 continue
             with self._lock:
                 self.tally.ok_writes[name] = digest
@@ -128,6 +129,12 @@ class Workload:
                 allowed = set(self.known[name])
             try:
                 data = self._timed(Path.read_bytes, self.root / name)
+            except FileNotFoundError:
+                if ABSENT in allowed:  # its create failed
+                    continue
+                with self._lock:
+                    self.tally.wrong.append(f"{name} is missing")
+                continue
             except OSError as exc:
                 with self._lock:
                     self.tally.errors.append(("read", exc.errno or 0))
