@@ -329,7 +329,13 @@ class ArtifactStore:
             return
         digest = hashlib.sha256()
         try:
-            reader = await self.ns.blobs.reader(art.blob_key)
+            # Given the size, a remote store makes no request before the first read: a missing blob shows there.
+            reader = await self.ns.blobs.reader(art.blob_key, size=node.size)
+            try:
+                chunk = await reader.read(0, min(chunk_size, node.size))
+            except BaseException:
+                await reader.close()
+                raise
         except ArtifactNotFoundError:
             # Gone under a live record is damage, unless an update or delete just raced this read.
             fresh = await self.ns.meta.get(node.ino)
@@ -342,14 +348,14 @@ class ArtifactStore:
             return
         try:
             offset = 0
-            while offset < node.size:
-                chunk = await reader.read(offset, min(chunk_size, node.size - offset))
-                if not chunk:
-                    break
+            while chunk:
                 offset += len(chunk)
                 if verify:
                     digest.update(chunk)
                 yield chunk
+                if offset >= node.size:
+                    break
+                chunk = await reader.read(offset, min(chunk_size, node.size - offset))
             tail = await reader.read(node.size, 1)
         finally:
             await reader.close()

@@ -73,7 +73,10 @@ class OpenFile:
         if self.spool is not None:
             return self.spool.read(offset, length)
         reader = self._reader or await self._open_reader()
-        return await reader.read(offset, length)
+        try:
+            return await reader.read(offset, length)
+        except ArtifactNotFoundError:  # a remote blob store finds a missing blob at the first read
+            raise ArtifactCorruptedError(f"the blob of inode {self.ino} is missing") from None
 
     async def _open_reader(self) -> ReadAhead:
         # Opening a blob reader may wait (an S3 request): reads arriving meanwhile must share the one
@@ -86,7 +89,7 @@ class OpenFile:
             if art.blob_key is None:
                 return _EMPTY
             try:
-                blob = await self.files.ns.blobs.reader(art.blob_key)
+                blob = await self.files.ns.blobs.reader(art.blob_key, size=self.node.size)
             except ArtifactNotFoundError:
                 raise ArtifactCorruptedError(f"the blob of inode {self.ino} is missing") from None
             self._reader = ReadAhead(blob, self.node.size, art.sha256, self.files.spawn)
@@ -164,7 +167,7 @@ class OpenFile:
             spool = FileSpool.create(self.files.spool_dir)
         try:
             if keep > 0 and art.blob_key is not None:
-                blob = await self.files.ns.blobs.reader(art.blob_key)
+                blob = await self.files.ns.blobs.reader(art.blob_key, size=self.node.size)
                 try:
                     if isinstance(spool, FileSpool):
                         await spool.copy_from(blob, keep)
@@ -276,7 +279,7 @@ class OpenFile:
 
 
 class _EmptyReader:
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int, *, ahead: bool = False) -> bytes:
         return b""
 
     async def close(self) -> None:

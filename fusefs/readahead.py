@@ -141,7 +141,7 @@ class ReadAhead:
         expected = min(WINDOW, self._size - offset)
         try:
             with chunk.scope:
-                chunk.data = bytes(await self._reader.read(offset, expected))
+                chunk.data = bytes(await self._reader.read(offset, expected, ahead=True))
                 if len(chunk.data) != expected:
                     raise ArtifactCorruptedError(f"a blob is shorter than its artifact ({offset + len(chunk.data)} bytes)")
             if chunk.scope.cancelled_caught:

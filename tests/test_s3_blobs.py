@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -58,8 +59,14 @@ def body(server: MotoServer, store: S3BlobStore, key: str) -> bytes:
 async def get_calls(store: S3BlobStore) -> list[str]:
     """Every GetObject the store's client sends from now on, by its Range."""
     calls: list[str] = []
-    client = await aio_bridge.run(store.client)
-    client.meta.events.register("before-call.s3.GetObject", lambda params, **_: calls.append(params["headers"]["Range"]))
+    http = await aio_bridge.run(store._https.get)
+    get_range = http.get_range
+
+    async def counted(key: str, start: int, end: int) -> Any:
+        calls.append(f"bytes={start}-{end - 1}")
+        return await get_range(key, start, end)
+
+    http.get_range = counted  # type: ignore[method-assign]
     return calls
 
 
@@ -87,6 +94,24 @@ async def test_no_encryption_header_unless_configured(moto_server: MotoServer) -
     finally:
         await plain.close()
     assert "ServerSideEncryption" not in head(moto_server, plain, "k")
+
+
+async def test_keys_s3_must_decode_land_where_botocore_finds_them(blobs: S3BlobStore, moto_server: MotoServer) -> None:
+    """Our requests encode the key themselves; botocore (another client) must find each object by its name."""
+    keys = ["with space/and+plus=equals&.txt", "naïve résumé ✓", "tilde~star*paren(1)quote'colon:comma,at@"]
+    for n, key in enumerate(keys):
+        await blobs.put(key, b"small %d" % n)
+        await blobs.put(key + ".big", b"b" * (blobs.part_size + n))  # multipart
+    for n, key in enumerate(keys):
+        assert body(moto_server, blobs, key) == b"small %d" % n
+        assert len(body(moto_server, blobs, key + ".big")) == blobs.part_size + n
+        reader = await blobs.reader(key)
+        try:
+            assert await reader.read(0, 100) == b"small %d" % n
+        finally:
+            await reader.close()
+        await blobs.delete(key)
+    assert sorted([k async for k in blobs.keys()]) == sorted(key + ".big" for key in keys)
 
 
 async def test_parts_go_out_while_writing_and_memory_stays_bounded(blobs: S3BlobStore, moto_server: MotoServer) -> None:
@@ -211,8 +236,31 @@ async def test_sequential_reads_stream_ahead(blobs: S3BlobStore) -> None:
     finally:
         await reader.close()
     assert bytes(got) == data
-    # The first read is exact; the second opens one stream that serves every later read.
-    assert calls == ["bytes=0-262143", f"bytes=262144-{262144 + 4 * MiB - 1}"]
+    # The first read is exact; the second opens one stream (to the end here) that serves every later read.
+    assert calls == ["bytes=0-262143", f"bytes=262144-{len(data) - 1}"]
+
+
+async def test_overlapping_reads_out_of_order_share_one_stream(blobs: S3BlobStore) -> None:
+    """A prefetcher's chunk reads overlap and reach the reader in any order: one GET serves them all."""
+    data = random.Random(14).randbytes(6 * MiB + 5)
+    await blobs.put("o", data)
+    calls = await get_calls(blobs)
+    reader = await blobs.reader("o", size=len(data))
+    got: dict[int, bytes] = {}
+
+    async def chunk(index: int) -> None:
+        got[index] = await reader.read(index * MiB, MiB, ahead=True)
+
+    try:
+        for batch in ([2, 0, 1], [5, 3, 4, 6]):  # later chunks first, as overtaking requests arrive
+            async with anyio.create_task_group() as tg:
+                for index in batch:
+                    tg.start_soon(chunk, index)
+                    await anyio.sleep(0)  # each queues on the reader before the next starts
+    finally:
+        await reader.close()
+    assert b"".join(got[i] for i in range(7)) == data
+    assert calls == [f"bytes=0-{8 * MiB - 1 if len(data) > 8 * MiB else len(data) - 1}"]
 
 
 async def test_a_missing_bucket_is_a_provider_error(moto_server: MotoServer) -> None:

@@ -274,7 +274,7 @@ class FilesystemBlobStore:
 
         await _run(work)
 
-    async def reader(self, key: str) -> "_FileReader":
+    async def reader(self, key: str, size: int | None = None) -> "_FileReader":
         try:
             fd = os.open(self._path(key), os.O_RDONLY)
         except FileNotFoundError:
@@ -435,7 +435,7 @@ class _FileReader:
         self._ahead: tuple[int, int, Future] | None = None  # (offset, length, job)
         self._read_ahead = True  # until the reader outpaces it
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int, *, ahead: bool = False) -> bytes:
         if self._fd is None:
             raise ProviderError("blob reader is closed")
         if length <= _INLINE_READ:

@@ -31,7 +31,7 @@ class MemoryBlobStore:
     async def sync(self) -> None:
         pass  # nothing here outlives the process anyway
 
-    async def reader(self, key: str) -> "_MemoryReader":
+    async def reader(self, key: str, size: int | None = None) -> "_MemoryReader":
         try:
             return _MemoryReader(self._blobs[key])
         except KeyError:
@@ -74,7 +74,7 @@ class _MemoryReader:
     def __init__(self, data: bytes) -> None:
         self._data = memoryview(data)
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int, *, ahead: bool = False) -> bytes:
         return bytes(self._data[offset : offset + length])
 
     async def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Blobs in S3 or any S3-compatible store (MinIO, Ceph RGW, IBM COS) via aioboto3.
+"""Blobs in S3 or any S3-compatible store (MinIO, Ceph RGW, IBM COS).
 
 Writes stream: bytes gather into one part in the writer; a full part goes out
 as an UploadPart task while the writer keeps filling the next, and at most
@@ -13,10 +13,14 @@ ended opens a streaming GET over a readahead window that doubles up to
 ``max_readahead``, and later sequential reads are served from that one
 response as its bytes arrive.
 
-Every network call runs on an asyncio loop through :mod:`core.aio_bridge`,
-once per call (never per byte), with bounded retries on timeouts, dropped
-connections, 5xx and throttling (botocore's own retries are switched off, so
-the count is ours and a dead endpoint fails in seconds).
+Object reads, writes and deletes go out through :mod:`core.blobs.s3_http`
+(our own signed aiohttp requests: botocore costs ~2 ms of CPU per request);
+listings, ``gc`` and presigned URLs through aioboto3, whose client is made
+only when one of those is first used. Every network call runs on an asyncio
+loop through :mod:`core.aio_bridge`, once per call (never per byte), with
+bounded retries on timeouts, dropped connections, 5xx and throttling
+(botocore's own retries are switched off, so the count is ours and a dead
+endpoint fails in seconds).
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aioboto3
 import aiohttp
 import anyio.to_thread
 import botocore.exceptions
@@ -40,6 +44,7 @@ from pydantic import BaseModel
 from .. import aio_bridge
 from ..errors import ArtifactNotFoundError, ProviderError, StoreClosedError
 from ..retry import RetryPolicy, retrying
+from .s3_http import S3Error, S3Http
 from .s3_presign import S3Presign
 
 T = TypeVar("T")
@@ -65,6 +70,8 @@ def _code(exc: botocore.exceptions.ClientError) -> str:
 
 
 def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, S3Error):
+        return exc.status >= 500 or exc.status == 429 or exc.code in _TRANSIENT_CODES
     if isinstance(exc, botocore.exceptions.ClientError):
         return _status(exc) >= 500 or _status(exc) == 429 or _code(exc) in _TRANSIENT_CODES
     return isinstance(
@@ -81,9 +88,16 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _not_found(exc: BaseException) -> bool:
+    if isinstance(exc, S3Error):
+        return exc.code in _NOT_FOUND_CODES or exc.status == 404 and exc.code != "NoSuchBucket"
     return isinstance(exc, botocore.exceptions.ClientError) and (
         _code(exc) in _NOT_FOUND_CODES or _status(exc) == 404 and _code(exc) != "NoSuchBucket"
     )
+
+
+def _dns_compatible(bucket: str) -> bool:
+    """Whether the bucket name can be a host name label (virtual-host addressing)."""
+    return re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", bucket) is not None
 
 
 class IncompleteUpload(BaseModel):
@@ -113,7 +127,7 @@ class S3BlobStore(S3Presign):
         sse_kms_key_id: str | None = None,
         part_size: int = 8 * MiB,
         max_inflight_parts: int = 2,
-        max_readahead: int = 64 * MiB,
+        max_readahead: int = 1 << 30,
         retry: RetryPolicy | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
@@ -123,13 +137,23 @@ class S3BlobStore(S3Presign):
         self.bucket, self.prefix = bucket, prefix
         self.endpoint_url, self.region = endpoint_url, region
         self.part_size, self.max_inflight_parts, self.max_readahead = part_size, max(1, max_inflight_parts), max_readahead
-        self._sse: dict[str, str] = {}
+        self._sse: dict[str, str] = {}  # as botocore's parameters
+        self._sse_headers: dict[str, str] = {}  # as headers of our own requests
         if sse_algorithm:
             self._sse["ServerSideEncryption"] = sse_algorithm
+            self._sse_headers["x-amz-server-side-encryption"] = sse_algorithm
             if sse_kms_key_id:
                 self._sse["SSEKMSKeyId"] = sse_kms_key_id
+                self._sse_headers["x-amz-server-side-encryption-aws-kms-key-id"] = sse_kms_key_id
         # S3-compatible stores rarely serve virtual-host names: path style whenever an endpoint is given.
-        style = "path" if (path_style if path_style is not None else endpoint_url is not None) else "auto"
+        # A bucket name that is no DNS label (dots, capitals) has to go in the path too.
+        use_path = path_style if path_style is not None else endpoint_url is not None
+        use_path = use_path or not _dns_compatible(bucket)
+        style = "path" if use_path else "auto"
+        self._http_args: dict[str, Any] = dict(
+            endpoint_url=endpoint_url, region=region, path_style=use_path, connect_timeout=connect_timeout,
+            read_timeout=read_timeout, max_connections=32,
+        )
         self._config = Config(
             s3={"addressing_style": style},
             signature_version="s3v4",  # presigned URLs too (botocore would sign those with SigV2 here)
@@ -144,6 +168,7 @@ class S3BlobStore(S3Presign):
         self._clients: aio_bridge.LoopLocal[tuple[Any, contextlib.AsyncExitStack]] = aio_bridge.LoopLocal(
             self._connect, self._disconnect
         )
+        self._https: aio_bridge.LoopLocal[S3Http] = aio_bridge.LoopLocal(self._connect_http, S3Http.close)
         self._open = False
 
     # -- plumbing
@@ -152,6 +177,8 @@ class S3BlobStore(S3Presign):
         return self.prefix + key
 
     async def _connect(self) -> tuple[Any, contextlib.AsyncExitStack]:
+        import aioboto3  # a client's service model weighs ~16 MiB: loaded only when first needed
+
         stack = contextlib.AsyncExitStack()
         client = await stack.enter_async_context(
             aioboto3.Session().client(
@@ -164,18 +191,33 @@ class S3BlobStore(S3Presign):
     async def _disconnect(value: tuple[Any, contextlib.AsyncExitStack]) -> None:
         await value[1].aclose()
 
+    async def _connect_http(self) -> S3Http:
+        http = S3Http(self.bucket, **self._http_args)
+        await http.open()
+        return http
+
     async def client(self) -> Any:
-        """The S3 client of the running asyncio loop."""
+        """The botocore S3 client of the running asyncio loop."""
         return (await self._clients.get())[0]
 
     async def retried(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """``fn(client)`` with bounded retries; runs on an asyncio loop."""
+        """``fn(botocore client)`` with bounded retries; runs on an asyncio loop."""
+        return await self._retrying(what, fn, self.client)
 
+    async def sent(self, what: str, fn: Callable[[S3Http], Awaitable[T]]) -> T:
+        """``fn(S3Http)`` with bounded retries; runs on an asyncio loop."""
+        return await self._retrying(what, fn, self._https.get)
+
+    async def _retrying(self, what: str, fn: Callable[[Any], Awaitable[T]], via: Callable[[], Awaitable[Any]]) -> T:
         async def attempt() -> T:
-            return await fn(await self.client())
+            return await fn(await via())
 
         try:
             return await retrying(attempt, policy=self.retry, transient=_transient, what=f"s3 {what}")
+        except S3Error as exc:
+            if _not_found(exc):
+                raise ArtifactNotFoundError(f"blob {what}: not found") from exc
+            raise ProviderError(f"s3 {what}: {exc}") from exc
         except botocore.exceptions.ClientError as exc:
             if _not_found(exc):
                 raise ArtifactNotFoundError(f"blob {what}: not found") from exc
@@ -185,9 +227,17 @@ class S3BlobStore(S3Presign):
 
     async def call(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         """:meth:`retried`, from whatever loop the caller runs on."""
+        self._check_open()
+        return await aio_bridge.run(self.retried, what, fn)
+
+    async def send(self, what: str, fn: Callable[[S3Http], Awaitable[T]]) -> T:
+        """:meth:`sent`, from whatever loop the caller runs on."""
+        self._check_open()
+        return await aio_bridge.run(self.sent, what, fn)
+
+    def _check_open(self) -> None:
         if not self._open:
             raise StoreClosedError("the blob store is closed")
-        return await aio_bridge.run(self.retried, what, fn)
 
     # -- lifecycle
 
@@ -201,11 +251,12 @@ class S3BlobStore(S3Presign):
 
     async def close(self) -> None:
         self._open = False
+        await self._https.dispose_all()
         await self._clients.dispose_all()
 
     async def check(self) -> None:
         try:
-            await self.call(f"bucket {self.bucket}", lambda c: c.head_bucket(Bucket=self.bucket))
+            await self.send(f"bucket {self.bucket}", S3Http.head_bucket)
         except ArtifactNotFoundError:
             raise ProviderError(f"s3 bucket {self.bucket} does not exist") from None
 
@@ -227,39 +278,49 @@ class S3BlobStore(S3Presign):
                 await writer.abort()
                 raise
             return
-        await self.call(
-            key, lambda c: c.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=bytes(data), **self._sse)
-        )
+        await self.send(key, lambda h: h.put_object(self.object_key(key), data, self._sse_headers))
 
     async def sync(self) -> None:
         pass
 
     async def put_file(self, key: str, path: Path, *, durable: bool = True) -> None:
-        """Stream a finished local file up, one part in memory at a time; then delete it."""
+        """Send a finished local file up, then delete it.
+
+        A part is read from the file only when there is room for it to go out,
+        straight into its request: at most ``max_inflight_parts`` parts are in memory.
+        """
         size = os.stat(path).st_size
         if size <= self.part_size:
             await self.put(key, await anyio.to_thread.run_sync(Path(path).read_bytes))
         else:
-            writer = S3Writer(self, key)
+            upload = await aio_bridge.run(_Multipart.start, self, key)
             try:
                 async with await anyio.open_file(path, "rb") as src:
-                    while chunk := await src.read(self.part_size):
-                        await writer.write(chunk)
-                await writer.commit()
+                    while True:
+                        await aio_bridge.run(upload.room)
+                        if not (part := await src.read(self.part_size)):
+                            break
+                        await aio_bridge.run(upload.add_part, part)
+                        del part
+                await aio_bridge.run(upload.complete, size)
             except BaseException:
-                await writer.abort()
+                with anyio.CancelScope(shield=True):
+                    await aio_bridge.run(upload.abort)
                 raise
         os.unlink(path)
 
     # -- reading
 
-    async def reader(self, key: str) -> S3Reader:
-        """A reader of ``key``; a missing blob raises ArtifactNotFoundError here, not at the first read."""
-        head = await self.call(key, lambda c: c.head_object(Bucket=self.bucket, Key=self.object_key(key)))
-        return S3Reader(self, key, int(head["ContentLength"]))
+    async def reader(self, key: str, size: int | None = None) -> S3Reader:
+        """A reader of ``key``. Given its ``size``, no request goes out until the first read (and a
+        missing blob raises ArtifactNotFoundError there); without, a HEAD finds both out now."""
+        if size is None:
+            head = await self.send(key, lambda h: h.head_object(self.object_key(key)))
+            size = int(head["Content-Length"])
+        return S3Reader(self, key, size)
 
     async def delete(self, key: str) -> None:
-        await self.call(key, lambda c: c.delete_object(Bucket=self.bucket, Key=self.object_key(key)))
+        await self.send(key, lambda h: h.delete_object(self.object_key(key)))
 
     async def keys(self, prefix: str = "") -> AsyncIterator[str]:
         token: str | None = None
@@ -371,15 +432,18 @@ class _Multipart:
 
     @classmethod
     async def start(cls, store: S3BlobStore, key: str) -> _Multipart:
-        reply = await store.retried(
-            f"{key} (start upload)",
-            lambda c: c.create_multipart_upload(Bucket=store.bucket, Key=store.object_key(key), **store._sse),
+        upload_id = await store.sent(
+            f"{key} (start upload)", lambda h: h.create_multipart(store.object_key(key), store._sse_headers)
         )
-        return cls(store, key, reply["UploadId"])
+        return cls(store, key, upload_id)
+
+    async def room(self) -> None:
+        """Wait until another part may go out; a failed part raises here."""
+        await self._settle(self.store.max_inflight_parts - 1)
 
     async def add_part(self, data: bytes | bytearray) -> None:
         """Start uploading ``data`` as the next part, after waiting for room."""
-        await self._settle(self.store.max_inflight_parts - 1)
+        await self.room()
         number = self.next_number
         if number > _MAX_PARTS:
             raise ProviderError(f"blob {self.key} needs more than {_MAX_PARTS} parts; raise part_size")
@@ -387,13 +451,9 @@ class _Multipart:
         self.inflight.add(asyncio.create_task(self._upload(number, data)))
 
     async def _upload(self, number: int, data: bytes | bytearray) -> None:
-        reply = await self.store.retried(
-            f"{self.key} (part {number})",
-            lambda c: c.upload_part(
-                Bucket=self.store.bucket, Key=self.object_key, UploadId=self.upload_id, PartNumber=number, Body=data
-            ),
+        self.etags[number] = await self.store.sent(
+            f"{self.key} (part {number})", lambda h: h.upload_part(self.object_key, self.upload_id, number, data)
         )
-        self.etags[number] = reply["ETag"]
 
     async def _settle(self, allowed: int) -> None:
         """Wait until at most ``allowed`` parts are in flight; a failed part raises here."""
@@ -405,25 +465,22 @@ class _Multipart:
 
     async def complete(self, size: int) -> None:
         await self._settle(0)
-        parts = [{"PartNumber": n, "ETag": self.etags[n]} for n in sorted(self.etags)]
-        if [p["PartNumber"] for p in parts] != list(range(1, self.next_number)):
+        parts = sorted(self.etags.items())
+        if [number for number, _ in parts] != list(range(1, self.next_number)):
             raise ProviderError(f"blob {self.key}: parts are missing")
-        store = self.store
 
-        async def finish(c: Any) -> None:
+        async def finish(h: S3Http) -> None:
             try:
-                await c.complete_multipart_upload(
-                    Bucket=store.bucket, Key=self.object_key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
-                )
-            except botocore.exceptions.ClientError as exc:
+                await h.complete_multipart(self.object_key, self.upload_id, parts)
+            except S3Error as exc:
                 # A retry after a lost reply finds the upload gone: it is done if the object is whole.
-                if _code(exc) != "NoSuchUpload":
+                if exc.code != "NoSuchUpload":
                     raise
-                head = await c.head_object(Bucket=store.bucket, Key=self.object_key)
-                if head["ContentLength"] != size:
+                head = await h.head_object(self.object_key)
+                if int(head["Content-Length"]) != size:
                     raise
 
-        await store.retried(f"{self.key} (complete upload)", finish)
+        await self.store.sent(f"{self.key} (complete upload)", finish)
 
     async def abort(self) -> None:
         for task in self.inflight:
@@ -431,11 +488,8 @@ class _Multipart:
         await asyncio.gather(*self.inflight, return_exceptions=True)
         self.inflight.clear()
         try:
-            await self.store.retried(
-                f"{self.key} (abort upload)",
-                lambda c: c.abort_multipart_upload(
-                    Bucket=self.store.bucket, Key=self.object_key, UploadId=self.upload_id
-                ),
+            await self.store.sent(
+                f"{self.key} (abort upload)", lambda h: h.abort_multipart(self.object_key, self.upload_id)
             )
         except Exception as exc:  # gc finds it later through incomplete_uploads()
             log.warning("could not abort upload %s of blob %s: %s", self.upload_id, self.key, exc)
@@ -447,8 +501,8 @@ class S3Reader:
     def __init__(self, store: S3BlobStore, key: str, size: int) -> None:
         self._ranges = _Ranges(store, key, size)
 
-    async def read(self, offset: int, length: int) -> bytes:
-        return await aio_bridge.run(self._ranges.read, offset, length)
+    async def read(self, offset: int, length: int, *, ahead: bool = False) -> bytes:
+        return await aio_bridge.run(self._ranges.read, offset, length, ahead)
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -456,42 +510,101 @@ class S3Reader:
 
 
 class _Ranges:
-    """Ranged GETs, with a streaming readahead window for sequential reads."""
+    """Ranged GETs, with a streaming readahead window for sequential reads.
 
-    FIRST_WINDOW = 4 * MiB
+    A prefetcher (the mount's readahead) fetches a file's next chunks at once,
+    so its reads reach the stream a little out of order. One of those (``ahead``)
+    that lands a short way past the stream does not abandon it: the bytes it
+    skips are kept aside (at most ``STASH_BYTES``) for the read that asked for
+    them and comes next. Any other read is taken at its word: exact, unless it
+    continues where the last one ended.
+    """
+
+    FIRST_WINDOW = 8 * MiB
+    GROWTH = 4  # each sequential GET asks for this many times more than the last
+    STASH_BYTES = 8 * MiB
 
     def __init__(self, store: S3BlobStore, key: str, size: int) -> None:
         self.store, self.key = store, key
-        self.size: int | None = size  # from HEAD; a blob is immutable, so it stays true
+        self.size: int | None = size  # as recorded; a blob is immutable, so it stays true
         self.pos = -1  # just past the last byte handed out
         self.window = self.FIRST_WINDOW
         self.body: Any = None
         self.body_pos = self.body_end = 0
+        self.stash: dict[int, bytes] = {}  # offset -> bytes a read skipped over
+        self.stashed = 0
         # One stream, one read at a time: two reads of one body split its bytes between them, or
         # one waits forever (the mount's readahead reads a file's chunks concurrently).
         self.lock = asyncio.Lock()
 
-    async def _open(self, c: Any, start: int, end: int) -> bool:
+    def _unstash(self, at: int, want: int) -> bytes | None:
+        """Up to ``want`` stashed bytes from ``at``, or None; what is taken is forgotten."""
+        for start, data in self.stash.items():
+            if start <= at < start + len(data):
+                del self.stash[start]
+                cut = at - start
+                taken = data[cut : cut + want]
+                if cut:
+                    self.stash[start] = data[:cut]
+                if cut + len(taken) < len(data):
+                    self.stash[at + len(taken)] = data[cut + len(taken) :]
+                self.stashed -= len(taken)
+                return taken
+        return None
+
+    async def _skip_to(self, at: int) -> bool:
+        """Keep the open stream's bytes up to ``at`` aside; False when the stream ends first."""
+        gap = at - self.body_pos
+        if self.body is None or gap <= 0 or at >= self.body_end:
+            return False
+        data = bytearray()
+        while len(data) < gap:
+            chunk = await self.body.content.read(gap - len(data))
+            if not chunk:
+                break
+            data += chunk
+        self.stash[self.body_pos] = bytes(data)
+        self.stashed += len(data)
+        self.body_pos += len(data)
+        self.pos = self.body_pos
+        return self.body_pos == at
+
+    def _near(self, at: int, ahead: bool) -> bool:
+        """A prefetcher's read a little past the stream, whose skipped bytes fit aside."""
+        gap = at - max(self.pos, 0)
+        return ahead and 0 <= gap and self.stashed + gap <= self.STASH_BYTES
+
+    def _plan(self, at: int, want: int, ahead: bool) -> tuple[int, int]:
+        """The range of a new GET for a read of ``want`` bytes at ``at``."""
+        start, end = at, at + want
+        if at == self.pos or self._near(at, ahead):  # sequential: stream ahead, from where the stream ended
+            start = max(self.pos, 0)
+            end = max(end, start + self.window)
+            self.window = min(self.window * self.GROWTH, self.store.max_readahead)
+        else:  # a jump: what was kept aside is for a reader that is gone
+            self.stash.clear()
+            self.stashed = 0
+        return start, end if self.size is None else min(end, self.size)
+
+    async def _open(self, h: S3Http, start: int, end: int) -> bool:
         """Open a GET of bytes ``[start, end)``; False when ``start`` is past the end."""
         try:
-            reply = await c.get_object(
-                Bucket=self.store.bucket, Key=self.store.object_key(self.key), Range=f"bytes={start}-{end - 1}"
-            )
-        except botocore.exceptions.ClientError as exc:
-            if _code(exc) == "InvalidRange" or _status(exc) == 416:
+            reply = await h.get_range(self.store.object_key(self.key), start, end)
+        except S3Error as exc:
+            if exc.code == "InvalidRange" or exc.status == 416:
                 self.size = start if self.size is None else self.size
                 return False
             raise
-        total = str(reply.get("ContentRange", "")).rpartition("/")[2]
+        total = reply.headers.get("Content-Range", "").rpartition("/")[2]
         if total.isdigit():
             self.size = int(total)
-        self.body, self.body_pos, self.body_end = reply["Body"], start, min(end, self.size or end)
+        self.body, self.body_pos, self.body_end = reply, start, min(end, self.size or end)
         return True
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int, ahead: bool) -> bytes:
         out = bytearray()
 
-        async def fill(c: Any) -> None:
+        async def fill(h: S3Http) -> None:
             """Fetch the rest of the request; a retry resumes after the bytes already got."""
             try:
                 while len(out) < length:
@@ -500,15 +613,18 @@ class _Ranges:
                         want = min(want, self.size - at)
                     if want <= 0:
                         return
-                    if self.body is None or self.body_pos != at:
+                    kept = self._unstash(at, want)
+                    if kept is not None:
+                        out.extend(kept)
+                        continue
+                    if self.body is None or self.body_pos != at and not (
+                        self._near(at, ahead) and await self._skip_to(at)
+                    ):
                         self._drop_body()
-                        span = want
-                        if at == self.pos:  # sequential: stream ahead
-                            span = max(want, self.window)
-                            self.window = min(self.window * 2, self.store.max_readahead)
-                        if not await self._open(c, at, at + span):
-                            return
-                    chunk = await self.body.read(min(want, self.body_end - self.body_pos))
+                        start, end = self._plan(at, want, ahead)
+                        if not await self._open(h, start, end) or start < at and not await self._skip_to(at):
+                            return  # the blob ends before ``at``
+                    chunk = await self.body.content.read(min(want, self.body_end - self.body_pos))
                     if not chunk:  # the blob ends here
                         self.size = at
                         self._drop_body()
@@ -524,13 +640,14 @@ class _Ranges:
 
         if length > 0:
             async with self.lock:
-                await self.store.retried(f"{self.key} @{offset}", fill)
+                await self.store.sent(f"{self.key} @{offset}", fill)
         return bytes(out)
 
     def _drop_body(self) -> None:
         if self.body is not None:
-            self.body.close()
+            self.body.release()  # a body read to its end gives its connection back; any other is closed
             self.body = None
 
     async def close(self) -> None:
         self._drop_body()
+        self.stash.clear()

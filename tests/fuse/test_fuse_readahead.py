@@ -19,7 +19,7 @@ class MemoryBlob:
     def __init__(self, data: bytes) -> None:
         self.data, self.reads, self.closed = data, 0, False
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int, *, ahead: bool = False) -> bytes:
         self.reads += 1
         await trio.lowlevel.checkpoint()
         return self.data[offset : offset + length]
@@ -83,7 +83,7 @@ class GatedBlob(MemoryBlob):
         super().__init__(data)
         self.gate = trio.Event()
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int, *, ahead: bool = False) -> bytes:
         if offset == WINDOW and not self.gate.is_set():
             await self.gate.wait()
         return await super().read(offset, length)
@@ -123,7 +123,7 @@ class SlowBlobs:
     def __init__(self, data: bytes) -> None:
         self.data, self.opened = data, 0
 
-    async def reader(self, key: str) -> MemoryBlob:
+    async def reader(self, key: str, size: int | None = None) -> MemoryBlob:
         self.opened += 1
         for _ in range(3):
             await trio.lowlevel.checkpoint()
