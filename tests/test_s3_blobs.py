@@ -32,6 +32,7 @@ FAST_RETRY = RetryPolicy(attempts=3, first_delay=0.01, max_delay=0.05)
 
 def s3_store(server: MotoServer, **kw) -> S3BlobStore:
     kw.setdefault("part_size", 5 * MiB)
+    kw.setdefault("file_part_size", 5 * MiB)
     kw.setdefault("sse_algorithm", "AES256")
     return S3BlobStore(BUCKET, prefix=f"s3t-{uuid.uuid4().hex[:12]}/", endpoint_url=server.endpoint, **kw)
 
@@ -151,10 +152,18 @@ async def test_parts_go_out_while_writing_and_memory_stays_bounded(blobs: S3Blob
 
 
 async def test_put_file_streams_a_local_file_up(blobs: S3BlobStore, moto_server: MotoServer, tmp_path: Path) -> None:
+    """Parts go out as regions of the file: memory holds a chunk per part in flight, not the parts."""
     data = random.Random(3).randbytes(12 * MiB + 5)
     path = tmp_path / "spool"
     path.write_bytes(data)
-    await blobs.put_file("from-file", path)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        await blobs.put_file("from-file", path)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * MiB, f"sending 12 MiB from a file held {peak / MiB:.1f} MiB"  # 3 parts x (1 MiB + its copy)
     assert not path.exists()  # consumed, as the protocol says
     assert head(moto_server, blobs, "from-file")["ETag"].endswith('-3"')
     assert body(moto_server, blobs, "from-file") == data

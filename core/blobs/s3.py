@@ -44,13 +44,16 @@ from pydantic import BaseModel
 from .. import aio_bridge
 from ..errors import ArtifactNotFoundError, ProviderError, StoreClosedError
 from ..retry import RetryPolicy, retrying
-from .s3_http import S3Error, S3Http
+from .s3_http import Body, FileRegion, S3Error, S3Http
 from .s3_presign import S3Presign
 
 T = TypeVar("T")
 MiB = 1 << 20
 S3_MIN_PART = 5 * MiB  # S3's smallest part but the last
 _MAX_PARTS = 10_000
+# A part sent from a file costs a chunk of memory, not its size (s3_http.FileRegion), so such parts are
+# bigger and more go at once (moto, 256 MiB: 8 MiB x 2 in flight 108-157 MB/s, 16 MiB x 4 136-174 MB/s).
+FILE_PARTS_IN_FLIGHT = 4
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +129,16 @@ class S3BlobStore(S3Presign):
         sse_algorithm: str | None = None,
         sse_kms_key_id: str | None = None,
         part_size: int = 8 * MiB,
+        file_part_size: int = 16 * MiB,
         max_inflight_parts: int = 2,
         max_readahead: int = 1 << 30,
         retry: RetryPolicy | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
     ) -> None:
-        if part_size < S3_MIN_PART:
-            raise ValueError(f"part_size must be at least {S3_MIN_PART} bytes (S3's minimum)")
+        if min(part_size, file_part_size) < S3_MIN_PART:
+            raise ValueError(f"part sizes must be at least {S3_MIN_PART} bytes (S3's minimum)")
+        self.file_part_size = file_part_size
         self.bucket, self.prefix = bucket, prefix
         self.endpoint_url, self.region = endpoint_url, region
         self.part_size, self.max_inflight_parts, self.max_readahead = part_size, max(1, max_inflight_parts), max_readahead
@@ -286,22 +291,19 @@ class S3BlobStore(S3Presign):
     async def put_file(self, key: str, path: Path, *, durable: bool = True) -> None:
         """Send a finished local file up, then delete it.
 
-        A part is read from the file only when there is room for it to go out,
-        straight into its request: at most ``max_inflight_parts`` parts are in memory.
+        Each part goes out as a region of the file, read a chunk at a time as the
+        request is sent: memory stays at a chunk per part in flight, whatever the part size.
         """
         size = os.stat(path).st_size
         if size <= self.part_size:
             await self.put(key, await anyio.to_thread.run_sync(Path(path).read_bytes))
         else:
-            upload = await aio_bridge.run(_Multipart.start, self, key)
+            part_size = max(self.file_part_size, -(-size // _MAX_PARTS))
+            upload = await aio_bridge.run(_Multipart.start, self, key, FILE_PARTS_IN_FLIGHT)
             try:
-                async with await anyio.open_file(path, "rb") as src:
-                    while True:
-                        await aio_bridge.run(upload.room)
-                        if not (part := await src.read(self.part_size)):
-                            break
-                        await aio_bridge.run(upload.add_part, part)
-                        del part
+                for offset in range(0, size, part_size):
+                    region = FileRegion(str(path), offset, min(part_size, size - offset))
+                    await aio_bridge.run(upload.add_part, region)
                 await aio_bridge.run(upload.complete, size)
             except BaseException:
                 with anyio.CancelScope(shield=True):
@@ -423,34 +425,30 @@ class S3Writer:
 class _Multipart:
     """One multipart upload; lives and runs on an asyncio loop."""
 
-    def __init__(self, store: S3BlobStore, key: str, upload_id: str) -> None:
-        self.store, self.key, self.upload_id = store, key, upload_id
+    def __init__(self, store: S3BlobStore, key: str, upload_id: str, in_flight: int) -> None:
+        self.store, self.key, self.upload_id, self.in_flight = store, key, upload_id, in_flight
         self.object_key = store.object_key(key)
         self.etags: dict[int, str] = {}
         self.inflight: set[asyncio.Task[None]] = set()
         self.next_number = 1
 
     @classmethod
-    async def start(cls, store: S3BlobStore, key: str) -> _Multipart:
+    async def start(cls, store: S3BlobStore, key: str, in_flight: int | None = None) -> _Multipart:
         upload_id = await store.sent(
             f"{key} (start upload)", lambda h: h.create_multipart(store.object_key(key), store._sse_headers)
         )
-        return cls(store, key, upload_id)
+        return cls(store, key, upload_id, in_flight or store.max_inflight_parts)
 
-    async def room(self) -> None:
-        """Wait until another part may go out; a failed part raises here."""
-        await self._settle(self.store.max_inflight_parts - 1)
-
-    async def add_part(self, data: bytes | bytearray) -> None:
+    async def add_part(self, data: Body) -> None:
         """Start uploading ``data`` as the next part, after waiting for room."""
-        await self.room()
+        await self._settle(self.in_flight - 1)
         number = self.next_number
         if number > _MAX_PARTS:
             raise ProviderError(f"blob {self.key} needs more than {_MAX_PARTS} parts; raise part_size")
         self.next_number += 1
         self.inflight.add(asyncio.create_task(self._upload(number, data)))
 
-    async def _upload(self, number: int, data: bytes | bytearray) -> None:
+    async def _upload(self, number: int, data: Body) -> None:
         self.etags[number] = await self.store.sent(
             f"{self.key} (part {number})", lambda h: h.upload_part(self.object_key, self.upload_id, number, data)
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,8 +29,50 @@ from yarl import URL
 from ..errors import ProviderError
 from .sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials, canonical_query, sign, uri_encode
 
-Body = bytes | bytearray | memoryview
 HASH_IN_THREAD = 256 * 1024  # a bigger body is hashed off the event loop
+FILE_CHUNK = 1 << 20  # a file region goes out this much at a time
+
+
+class FileRegion:
+    """``length`` bytes of a local file from ``offset``: a request body that is never whole in memory.
+
+    A part read into memory, then into the socket's send buffer (asyncio copies
+    what the socket cannot take at once), costs twice its size while it is in
+    flight; a region costs one chunk.
+    """
+
+    __slots__ = ("path", "offset", "length")
+
+    def __init__(self, path: str, offset: int, length: int) -> None:
+        self.path, self.offset, self.length = path, offset, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _chunks(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as src:
+            src.seek(self.offset)
+            left = self.length
+            while left > 0:
+                chunk = src.read(min(FILE_CHUNK, left))
+                if not chunk:
+                    raise ProviderError(f"{self.path} ended {left} bytes before the part it was to send")
+                left -= len(chunk)
+                yield chunk
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for chunk in self._chunks():
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        chunks = self._chunks()
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield chunk
+
+
+Body = bytes | bytearray | memoryview | FileRegion
 
 
 class S3Error(Exception):
@@ -109,6 +151,8 @@ class S3Http:
             return UNSIGNED_PAYLOAD
         if not body:
             return EMPTY_SHA256
+        if isinstance(body, FileRegion):
+            return await asyncio.to_thread(body.sha256)
         if len(body) < HASH_IN_THREAD:
             return hashlib.sha256(body).hexdigest()
         return await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
@@ -132,8 +176,12 @@ class S3Http:
             method, key, query or {}, headers or {}, await self._payload_hash(body),
             Credentials(frozen.access_key, frozen.secret_key, frozen.token), datetime.now(UTC),
         )
+        data: Any = body or None
+        if isinstance(body, FileRegion):
+            data = body.stream()
+            signed["content-length"] = str(body.length)  # S3 takes no chunked bodies
         response = await self._session.request(
-            method, URL(url, encoded=True), headers=signed, data=body or None,
+            method, URL(url, encoded=True), headers=signed, data=data,
             skip_auto_headers=("Content-Type", "Accept-Encoding"),
         )
         if response.status >= 300:
