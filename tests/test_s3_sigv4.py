@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from botocore.auth import S3SigV4Auth
@@ -18,8 +19,10 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
 
-from core.blobs.s3_http import S3Http
+from core import aio_bridge
+from core.blobs.s3_http import S3Http, resolve_credentials
 from core.blobs.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials
+from core.errors import ProviderError
 
 NOW = datetime(2026, 11, 21, 9, 30, 5, tzinfo=UTC)
 AWKWARD_KEYS = [
@@ -103,3 +106,37 @@ def test_urls_name_the_bucket_and_key_as_s3_expects() -> None:
     url, signed = http(None, path_style=False).prepare("GET", "k", {"uploads": ""}, {}, EMPTY_SHA256, creds, NOW)
     assert url == "https://my-bucket.s3.eu-west-1.amazonaws.com/k?uploads="
     assert "host" not in signed  # the HTTP client sets Host from the URL, the same value that was signed
+
+
+# -- whose keys sign
+
+
+def _no_env_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, profile: str) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "credentials").write_text(profile)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask, here
+
+
+async def test_keys_come_from_the_environment_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ENVKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "envtoken")
+    keys = await aio_bridge.run(resolve_credentials)
+    assert (keys.access_key, keys.secret_key, keys.token) == ("ENVKEY", "envsecret", "envtoken")
+
+
+async def test_without_them_botocores_chain_finds_a_profile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _no_env_keys(monkeypatch, tmp_path, "[default]\naws_access_key_id = PROFILEKEY\naws_secret_access_key = psecret\n")
+    client = http("http://127.0.0.1:9", path_style=True)
+    client._credentials = await aio_bridge.run(resolve_credentials)
+    keys = await aio_bridge.run(client._frozen)
+    assert (keys.access_key, keys.secret_key) == ("PROFILEKEY", "psecret")
+
+
+async def test_no_keys_anywhere_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _no_env_keys(monkeypatch, tmp_path, "")
+    with pytest.raises(ProviderError, match="no AWS credentials"):
+        await aio_bridge.run(resolve_credentials)

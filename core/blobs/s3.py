@@ -38,7 +38,6 @@ from typing import Any, TypeVar
 import aiohttp
 import anyio.to_thread
 import botocore.exceptions
-from botocore.config import Config
 from pydantic import BaseModel
 
 from .. import aio_bridge
@@ -159,7 +158,7 @@ class S3BlobStore(S3Presign):
             endpoint_url=endpoint_url, region=region, path_style=use_path, connect_timeout=connect_timeout,
             read_timeout=read_timeout, max_connections=32,
         )
-        self._config = Config(
+        self._botocore_config: dict[str, Any] = dict(
             s3={"addressing_style": style},
             signature_version="s3v4",  # presigned URLs too (botocore would sign those with SigV2 here)
             retries={"total_max_attempts": 1},
@@ -182,12 +181,13 @@ class S3BlobStore(S3Presign):
         return self.prefix + key
 
     async def _connect(self) -> tuple[Any, contextlib.AsyncExitStack]:
-        import aioboto3  # a client's service model weighs ~16 MiB: loaded only when first needed
+        import aioboto3  # with a client's service model, ~20 MiB: loaded only when first needed
+        from botocore.config import Config
 
         stack = contextlib.AsyncExitStack()
         client = await stack.enter_async_context(
             aioboto3.Session().client(
-                "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=self._config
+                "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=Config(**self._botocore_config)
             )
         )
         return client, stack

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
@@ -128,16 +129,12 @@ class S3Http:
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
-        self._credentials: Any = None  # botocore's (possibly refreshing) credentials object
+        self._credentials: Any = None  # ours from the environment, or botocore's (refreshing) object
 
     # -- plumbing
 
     async def open(self) -> None:
-        from aiobotocore.session import AioSession  # credentials only: no service model is loaded
-
-        self._credentials = await AioSession().get_credentials()
-        if self._credentials is None:
-            raise ProviderError("no AWS credentials found (environment, profile or instance role)")
+        self._credentials = await resolve_credentials()
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, auto_decompress=False)
 
@@ -145,6 +142,13 @@ class S3Http:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def _frozen(self) -> Credentials:
+        keys = self._credentials
+        if isinstance(keys, Credentials):
+            return keys
+        frozen = await keys.get_frozen_credentials()  # botocore's refresh happens here
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
     async def _payload_hash(self, body: Body) -> str:
         if not self._sign_payload:
@@ -171,10 +175,9 @@ class S3Http:
         The response is returned unread: the caller reads (or streams) the body and releases it.
         """
         assert self._session is not None, "S3Http.open() was not called"
-        frozen = await self._credentials.get_frozen_credentials()
         url, signed = self.prepare(
-            method, key, query or {}, headers or {}, await self._payload_hash(body),
-            Credentials(frozen.access_key, frozen.secret_key, frozen.token), datetime.now(UTC),
+            method, key, query or {}, headers or {}, await self._payload_hash(body), await self._frozen(),
+            datetime.now(UTC),
         )
         data: Any = body or None
         if isinstance(body, FileRegion):
@@ -262,6 +265,20 @@ class S3Http:
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self._done("DELETE", key, query={"uploadId": upload_id})
+
+
+async def resolve_credentials() -> Any:
+    """Keys from the environment, where botocore looks first; else botocore's whole chain (profile,
+    SSO, instance role), which refreshes what expires. That chain weighs ~7 MiB, so only then."""
+    access, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if access and secret:
+        return Credentials(access, secret, os.environ.get("AWS_SESSION_TOKEN") or os.environ.get("AWS_SECURITY_TOKEN"))
+    from aiobotocore.session import AioSession
+
+    found = await AioSession().get_credentials()
+    if found is None:
+        raise ProviderError("no AWS credentials found (environment, profile or instance role)")
+    return found
 
 
 def _xml_text(text: str) -> str:
