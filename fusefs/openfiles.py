@@ -75,8 +75,19 @@ class OpenFile:
         reader = self._reader or await self._open_reader()
         try:
             return await reader.read(offset, length)
-        except ArtifactNotFoundError:  # a remote blob store finds a missing blob at the first read
-            raise ArtifactCorruptedError(f"the blob of inode {self.ino} is missing") from None
+        except ArtifactNotFoundError:
+            if await self._names_our_blob():  # damage: EIO
+                raise ArtifactCorruptedError(f"the blob of inode {self.ino} is missing") from None
+            raise  # another mount replaced or removed this version, and its blob went with it: stale
+
+    async def _names_our_blob(self) -> bool:
+        """Whether the file's record still names the blob this descriptor reads."""
+        try:
+            current = await self.files.ns.get(self.ino)
+        except ArtifactNotFoundError:
+            return False
+        ours, now = self.node.artifact, current.artifact
+        return ours is not None and now is not None and ours.blob_key == now.blob_key
 
     async def _open_reader(self) -> ReadAhead:
         # Opening a blob reader may wait (an S3 request): reads arriving meanwhile must share the one
