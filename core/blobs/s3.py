@@ -9,9 +9,12 @@ listed and aborted by :meth:`S3BlobStore.abort_incomplete` (``gc``).
 
 Reads are ranged GETs. The first read of a reader fetches exactly what was
 asked (random access stays cheap); a read that continues where the last one
-ended opens a streaming GET over a readahead window that doubles up to
-``max_readahead``, and later sequential reads are served from that one
-response as its bytes arrive.
+ended opens a streaming GET over a first window of 8 MiB, and the next one
+streams on to the end of the blob (or ``max_readahead``): later sequential
+reads are served from that response as its bytes arrive, and a reader that
+stops early costs what the connection had buffered when it is closed. Every
+GET is a request to pay for, and stock moto copies the whole object for each
+(DESIGN §9), so a long sequential read makes as few as it can.
 
 Object reads, writes and deletes go out through :mod:`core.blobs.s3_http`
 (our own signed aiohttp requests: botocore costs ~2 ms of CPU per request);
@@ -518,8 +521,7 @@ class _Ranges:
     continues where the last one ended.
     """
 
-    FIRST_WINDOW = 8 * MiB
-    GROWTH = 4  # each sequential GET asks for this many times more than the last
+    FIRST_WINDOW = 8 * MiB  # then to the end: a file read this far is likely read whole
     STASH_BYTES = 8 * MiB
 
     def __init__(self, store: S3BlobStore, key: str, size: int) -> None:
@@ -578,7 +580,7 @@ class _Ranges:
         if at == self.pos or self._near(at, ahead):  # sequential: stream ahead, from where the stream ended
             start = max(self.pos, 0)
             end = max(end, start + self.window)
-            self.window = min(self.window * self.GROWTH, self.store.max_readahead)
+            self.window = self.store.max_readahead
         else:  # a jump: what was kept aside is for a reader that is gone
             self.stash.clear()
             self.stashed = 0
