@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,16 +30,18 @@ from .errors import (
     InvalidArgumentError,
     IsADirectoryError_,
     NotADirectoryError_,
+    ProviderError,
     QuotaExceededError,
     ReadOnlyError,
 )
-from .meta.base import MetaStore
+from .meta.base import Cover, MetaStore
 from .models import Scope, Usage
 from .nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 NS = 1_000_000_000
 GiB = 1 << 30
+_MAX_COMMIT_RACES = 100  # commits of one file that each find another version came first
 
 
 class Limits(BaseModel):
@@ -68,9 +70,6 @@ class Namespace:
         self.meta, self.blobs, self.clock, self.limits = meta, blobs, clock, limits
         self._commit_locks: dict[int, anyio.Lock] = {}
         self._fixed_inos: dict[str, _FixedInos] = {}
-        # A backend that can change a parent's mtime and a session's expiry inside the insert or
-        # remove itself (SQLite) saves two transactions per store; others get them one by one.
-        self._fused = bool(getattr(meta, "fuses_directory_updates", False))
 
     def now(self) -> int:
         return self.clock.now_ns()
@@ -95,6 +94,17 @@ class Namespace:
         if node is None:
             raise ArtifactNotFoundError(f"{name!r} not found")
         return node
+
+    async def entry(self, parent_ino: int, name: str) -> tuple[Node, Node | None]:
+        """Directory ``parent_ino`` and its entry ``name`` (None if there is none), read together.
+
+        One read where :meth:`get` then :meth:`find` would be two: a path
+        walk's every step needs both the directory and the entry.
+        """
+        parent, node = await self.meta.entry(parent_ino, name)
+        if not self.visible(parent):
+            raise ArtifactNotFoundError(f"inode {parent_ino} does not exist")
+        return parent, node if self.visible(node) else None  # type: ignore[return-value]
 
     async def list(self, parent: Node) -> list[Node]:
         now = self.now()
@@ -194,57 +204,30 @@ class Namespace:
 
     async def cover_session(self, space: Space, expires_at_ns: int | None) -> None:
         """Keep a session alive at least as long as the artifacts in it."""
-        cover = await self._cover_root(space, expires_at_ns)
-        if cover is not None:
-            await self.meta.update(cover[0])
+        root = await self._session_cover(space)
+        if root is not None and (expires_at_ns is None or expires_at_ns > root.expires_at_ns):  # type: ignore[operator]
+            root.expires_at_ns = expires_at_ns
+            await self.meta.update(root)
 
-    async def _cover_root(self, space: Space, expires_at_ns: int | None) -> tuple[Node, int | None] | None:
-        """The session root with its expiry moved out to ``expires_at_ns``, and the expiry it had,
-        if it has to move."""
+    async def _session_cover(self, space: Space, parent: Node | None = None) -> Node | None:
+        """The root of ``space`` if it is a session's, which expires: what an artifact in it must not outlive.
+
+        ``parent``, the directory a new node goes into as the caller read it, saves reading
+        the root again when it is the root (the insert checks the root's expiry as it is then).
+        """
         if space.scope is not Scope.SESSION:
             return None
-        root = await self.scope_root(space)
-        if root.expires_at_ns is None:
-            return None
-        if expires_at_ns is None or expires_at_ns > root.expires_at_ns:
-            was, root.expires_at_ns = root.expires_at_ns, expires_at_ns
-            return root, was
-        return None
-
-    async def _insert(
-        self, node: Node, *, replace: bool = False, cover: tuple[Node, int | None] | None = None
-    ) -> tuple[Node, Node | None]:
-        """``meta.insert``, then the parent's mtime; ``cover`` (see _cover_root) is stored first.
-
-        Where the backend can, all of it is one transaction.
-        """
-        if self._fused:
-            covering = None if cover is None else (cover[0].ino, cover[0].expires_at_ns)
-            return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering)  # type: ignore[call-arg]
-        if cover is None:
-            node, old = await self.meta.insert(node, replace=replace)
+        if parent is not None and parent.role is NodeRole.SCOPE_ROOT and parent.space == space:
+            root = parent
         else:
-            root, was = cover
-            await self.meta.update(root)  # first: an artifact never outlives its session, even after a crash
-            try:
-                node, old = await self.meta.insert(node, replace=replace)
-            except BaseException:
-                with anyio.CancelScope(shield=True):  # a refused insert must not stretch the session
-                    fresh = await self.meta.get(root.ino)
-                    if fresh is not None and fresh.expires_at_ns == root.expires_at_ns:
-                        fresh.expires_at_ns = was
-                        await self.meta.update(fresh)
-                raise
-        await self._touch_ino(node.parent)
-        return node, old
+            root = await self.scope_root(space)
+        return root if root.expires_at_ns is not None else None
 
-    async def _remove(self, node: Node) -> None:
-        """``meta.remove``, then the parent's mtime (one transaction where the backend can)."""
-        if self._fused:
-            await self.meta.remove(node, touch_ns=self.now())  # type: ignore[call-arg]
-            return
-        await self.meta.remove(node)
-        await self._touch_ino(node.parent)
+    async def _insert(self, node: Node, *, replace: bool = False, cover: Node | None = None) -> tuple[Node, Node | None]:
+        """``meta.insert`` with the parent's new times and, if ``cover`` (a session root) expires
+        before the node, that root's later expiry, in one transaction."""
+        covering = None if cover is None else Cover(cover)
+        return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering)
 
     # -- creating entries
 
@@ -331,13 +314,16 @@ class Namespace:
         node.expires_at_ns = None if ttl is None else self.now() + ttl * NS
         return node
 
-    async def insert_file(self, node: Node, *, replace: bool) -> Node:
-        """Store a file node (empty, or with a blob already written for it)."""
+    async def insert_file(self, node: Node, *, replace: bool, parent: Node | None = None) -> Node:
+        """Store a file node (empty, or with a blob already written for it); ``parent`` is its
+        directory, if the caller has just read it."""
         assert node.space is not None
-        old = await self.meta.lookup(node.parent, node.name) if replace else None
-        replaced = old if old is not None and old.is_file else None  # a replaced file gives its room back
-        await self.ensure_room(node.space, node.size - (replaced.size if replaced else 0), 0 if replaced else 1)
-        node, old = await self._insert(node, replace=replace, cover=await self._cover_root(node.space, node.expires_at_ns))
+        if self._has_quota(node.space.scope):
+            old = await self.meta.lookup(node.parent, node.name) if replace else None
+            replaced = old if old is not None and old.is_file else None  # a replaced file gives its room back
+            await self.ensure_room(node.space, node.size - (replaced.size if replaced else 0), 0 if replaced else 1)
+        cover = await self._session_cover(node.space, parent)
+        node, old = await self._insert(node, replace=replace, cover=cover)
         if old is not None:
             await self.drop_blob(old)
         return node
@@ -440,8 +426,8 @@ class Namespace:
         done stays visible or leaks.
         """
         assert node.space is not None and node.artifact is not None
-        # Commits of one file in this process take turns, so none reads a version another is replacing.
-        # (Writers in other processes race as before: that needs a conditional update in the MetaStore.)
+        # Commits of one file in this process take turns, so they never meet in the store; writers in
+        # other processes meet in its conditional commit (meta.commit), and the later one goes again.
         lock = self._commit_locks.setdefault(node.ino, anyio.Lock())
         try:
             async with lock:
@@ -451,25 +437,45 @@ class Namespace:
                 self._commit_locks.pop(node.ino, None)
 
     async def _commit(self, node: Node, old_blob: str | None) -> Node:
+        """One conditional write when no other version came meanwhile (the usual case).
+
+        If another writer committed since this version began, the last commit
+        wins: its version number must still go up past the one it replaces,
+        and the blob that one published is superseded too.
+        """
         assert node.space is not None and node.artifact is not None
-        current = await self.meta.get(node.ino)
-        if current is None:
-            await self._delete_blob(node.artifact.blob_key)
-            raise ArtifactNotFoundError(f"{node.name!r} was removed while being written")
-        # Another writer may have committed since this version began: the last commit wins, so its
-        # version number must still go up and the blob it published is superseded too.
+        art = node.artifact
+        base = art.version - 1  # set_content moved the version one past the one it began from
         superseded = {old_blob}
-        if current.artifact is not None:
+
+        def supersede(current: Node) -> int:
+            assert current.artifact is not None
             superseded.add(current.artifact.blob_key)
-            node.artifact.version = max(node.artifact.version, current.artifact.version + 1)
+            art.version = max(art.version, current.artifact.version + 1)
+            return current.artifact.version
+
         try:
-            await self.ensure_room(node.space, node.size - current.size, 0)
-            await self.meta.update(node)
+            if self._has_quota(node.space.scope):  # the room it takes is measured against what it replaces
+                current = await self.meta.get(node.ino)
+                if current is None:
+                    raise ArtifactNotFoundError(f"inode {node.ino} was removed")
+                base = supersede(current)
+                await self.ensure_room(node.space, node.size - current.size, 0)
+            for _ in range(_MAX_COMMIT_RACES):
+                current = await self.meta.commit(node, base_version=base)
+                if current is None:
+                    break
+                base = supersede(current)
+            else:
+                raise ProviderError(f"{node.name!r}: other versions kept coming, {_MAX_COMMIT_RACES} times")
+        except ArtifactNotFoundError:
+            await self._delete_blob(art.blob_key)
+            raise ArtifactNotFoundError(f"{node.name!r} was removed while being written") from None
         except BaseException:
-            if node.artifact.blob_key not in superseded:
-                await self._delete_blob(node.artifact.blob_key)
+            if art.blob_key not in superseded:
+                await self._delete_blob(art.blob_key)
             raise
-        for key in superseded - {node.artifact.blob_key, None}:
+        for key in superseded - {art.blob_key, None}:
             await self._delete_blob(key)
         return node
 
@@ -549,7 +555,7 @@ class Namespace:
             raise IsADirectoryError_(f"{node.name!r} is a directory")
         if node.role is not NodeRole.ENTRY:
             raise ReadOnlyError(f"{node.name!r} cannot be removed")
-        await self._remove(node)
+        await self.meta.remove(node, touch_ns=self.now())
         await self.drop_blob(node)
 
     async def rmdir(self, node: Node) -> None:
@@ -559,27 +565,35 @@ class Namespace:
             node.space is not None and node.space.scope is Scope.SANDBOX and node.role is NodeRole.SCOPE_ROOT
         ):
             raise ReadOnlyError(f"{node.name!r} cannot be removed")
-        await self._remove(node)
+        await self.meta.remove(node, touch_ns=self.now())
 
-    async def rename(self, node: Node, new_parent: Node, new_name: str, *, replace: bool = True) -> None:
+    async def rename(
+        self, node: Node, new_parent: Node, new_name: str, *, replace: bool = True,
+        replacing: Callable[[Node], Awaitable[object]] | None = None,
+    ) -> Node | None:
+        """Move ``node``; returns the node it replaced, if any.
+
+        ``replacing`` is called with that node after the move and before its
+        blob goes: an open descriptor of it may still copy its bytes.
+        """
         if node.role is not NodeRole.ENTRY:
             raise ReadOnlyError(f"{node.name!r} cannot be renamed")
         space = self.entry_space(new_parent, new_name)
         if node.space is None or space.usage_key != node.space.usage_key:
             raise CrossScopeError("rename across scopes")
-        if node.is_dir:
+        if node.is_dir and new_parent.ino != node.parent:  # within its own directory it cannot go below itself
             await self._refuse_own_subtree(node, new_parent)
-        old_parent_ino = node.parent
-        replaced = await self.meta.rename(node, new_parent.ino, new_name, replace=replace)
+        now = self.now()
+        moved = node.model_copy(update={"ctime_ns": now})
+        replaced = await self.meta.rename(moved, new_parent.ino, new_name, replace=replace, touch_ns=now)
+        node.parent, node.name, node.ctime_ns = moved.parent, moved.name, now
         if replaced is not None:
-            await self.drop_blob(replaced)
-        node.ctime_ns = self.now()
-        await self.meta.update(node)
-        await self._touch_dir(new_parent)
-        if old_parent_ino != new_parent.ino:
-            old_parent = await self.meta.get(old_parent_ino)
-            if old_parent is not None:
-                await self._touch_dir(old_parent)
+            try:
+                if replacing is not None:
+                    await replacing(replaced)
+            finally:
+                await self.drop_blob(replaced)
+        return replaced
 
     async def exchange(self, a: Node, b: Node) -> None:
         if a.role is not NodeRole.ENTRY or b.role is not NodeRole.ENTRY:
@@ -590,10 +604,7 @@ class Namespace:
             await self._refuse_own_subtree(a, await self.get(b.parent))
         if b.is_dir:
             await self._refuse_own_subtree(b, await self.get(a.parent))
-        await self.meta.exchange(a, b)
-        await self._touch_ino(a.parent)  # both directories changed, as a rename changes its two
-        if b.parent != a.parent:
-            await self._touch_ino(b.parent)
+        await self.meta.exchange(a, b, touch_ns=self.now())  # both directories change, as a rename changes its two
 
     async def _refuse_own_subtree(self, node: Node, new_parent: Node) -> None:
         cursor: Node | None = new_parent
@@ -613,17 +624,6 @@ class Namespace:
             await self.drop_blob(node)
             removed += 1
         return removed
-
-    async def _touch_dir(self, parent: Node) -> None:
-        if parent.role in (NodeRole.ENTRY, NodeRole.SCOPE_ROOT):
-            await self._touch_ino(parent.ino)
-
-    async def _touch_ino(self, ino: int) -> None:
-        """Set a directory's mtime/ctime to now, read fresh so no concurrent change is undone."""
-        fresh = await self.meta.get(ino)
-        if fresh is not None and fresh.role in (NodeRole.ENTRY, NodeRole.SCOPE_ROOT):
-            fresh.mtime_ns = fresh.ctime_ns = self.now()
-            await self.meta.update(fresh)
 
     # -- expiry
 

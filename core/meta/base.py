@@ -4,11 +4,18 @@ Each method that changes more than one record is one transaction in the
 backend. Usage (bytes and file count per user or session) is kept by the
 backend in the same transaction as the change that alters it, so quotas
 never drift from what is stored.
+
+A new, removed or renamed entry sets its directory's mtime and ctime in the
+same transaction when the caller passes ``touch_ns`` (the time to set).
+Only the directories whose times follow their entries get it: a scope root
+and the directories below one, never the fixed tree above (``sessions/``,
+``users/``, a sandbox). For a remote store each call is a round trip, so
+everything one change needs travels in one call.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pydantic import ValidationError
 
@@ -35,6 +42,18 @@ def decode_record(signer: RecordSigner, ino: int, record: bytes | None, sig: str
     return node
 
 
+class Cover(NamedTuple):
+    """A session root to move out so it expires no sooner than the node an insert adds.
+
+    ``root`` is the root as the caller read it. The store applies the cover
+    only if the root still needs it, in the insert's own transaction, so an
+    artifact never outlives its session and a refused insert stretches
+    nothing.
+    """
+
+    root: Node
+
+
 class MetaStore(Protocol):
     async def open(self) -> None: ...
 
@@ -43,6 +62,10 @@ class MetaStore(Protocol):
     async def get(self, ino: int) -> Node | None: ...
 
     async def lookup(self, parent: int, name: str) -> Node | None: ...
+
+    async def entry(self, parent: int, name: str) -> tuple[Node | None, Node | None]:
+        """Directory ``parent`` and its entry ``name``, in one read (a lookup needs both)."""
+        ...
 
     async def children(self, parent: int) -> list[Node]: ...
 
@@ -54,32 +77,47 @@ class MetaStore(Protocol):
         """File nodes of a sandbox matching the given space fields (indexed)."""
         ...
 
-    async def insert(self, node: Node, *, replace: bool = False) -> tuple[Node, Node | None]:
+    async def insert(
+        self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None
+    ) -> tuple[Node, Node | None]:
         """Add ``node`` under ``node.parent``; returns it with its new ino.
 
         With ``replace`` an existing non-directory entry of that name is
         removed in the same transaction and returned; otherwise an existing
-        name raises :class:`AlreadyExistsError`.
+        name raises :class:`AlreadyExistsError`. A parent that does not
+        exist raises :class:`ArtifactNotFoundError`.
         """
         ...
 
     async def update(self, node: Node) -> None:
-        """Rewrite an existing node (attributes, a committed version)."""
+        """Rewrite an existing node (attributes)."""
         ...
 
-    async def rename(self, node: Node, new_parent: int, new_name: str, *, replace: bool) -> Node | None:
-        """Move ``node``; returns the node it replaced, if any.
+    async def commit(self, node: Node, *, base_version: int) -> Node | None:
+        """Rewrite file ``node`` with a new version, if the stored one is still ``base_version``.
 
-        Replacing a directory needs it empty (DirectoryNotEmptyError), and a
-        file cannot replace a directory or the reverse.
+        Returns None when done; else changes nothing and returns the stored
+        node (another version was committed meanwhile). A node that is gone
+        raises :class:`ArtifactNotFoundError`.
         """
         ...
 
-    async def exchange(self, a: Node, b: Node) -> None:
+    async def rename(
+        self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None
+    ) -> Node | None:
+        """Move ``node`` (as it is given, ctime and all); returns the node it replaced, if any.
+
+        Replacing a directory needs it empty (DirectoryNotEmptyError), and a
+        file cannot replace a directory or the reverse. ``touch_ns`` sets
+        the times of both directories.
+        """
+        ...
+
+    async def exchange(self, a: Node, b: Node, *, touch_ns: int | None = None) -> None:
         """Swap two entries atomically (RENAME_EXCHANGE)."""
         ...
 
-    async def remove(self, node: Node) -> None:
+    async def remove(self, node: Node, *, touch_ns: int | None = None) -> None:
         """Unlink ``node``; a directory must be empty."""
         ...
 

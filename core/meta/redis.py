@@ -7,7 +7,8 @@ runs every call through the asyncio bridge with bounded retries.
 Reads that touch many inodes (a directory listing, a search, the expiry
 sweep) read one map or set, then fetch the records in one pipelined round
 trip: no Lua script holds the server for a 100,000-entry listing, and a
-record moved or removed between the two steps is simply left out.
+record moved or removed between the two steps is simply left out. A small
+directory (most are) is listed by one script, records and all.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import aio_bridge
 from ..errors import (
     AlreadyExistsError,
+    ArtifactCorruptedError,
+    ArtifactNotFoundError,
     DirectoryNotEmptyError,
     IsADirectoryError_,
     NotADirectoryError_,
@@ -40,17 +43,19 @@ from ..models import Scope, Usage
 from ..nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
 from ..retry import RetryPolicy, retrying
 from ..signing import RecordSigner
-from .base import decode_record
-from .redis_lua import SCRIPT
+from .base import Cover, decode_record
+from .redis_lua import NO_TOUCH, SCRIPT
 
 T = TypeVar("T")
 
 _KIND_CODE = {NodeKind.DIR: "d", NodeKind.FILE: "f", NodeKind.SYMLINK: "l"}
 _INO_BATCH = 64  # inode numbers reserved per INCRBY; unused ones are simply skipped
 _MAX_CONFLICTS = 100  # replace attempts that meet a new occupant each time (heavy contention on one name)
+_READ = ("rec", "sig", "mt", "mts")  # what a reader fetches of an inode
+_LIST_INLINE = 256  # a listing of up to this many entries comes in one round trip, records and all
 
 _ERRORS: dict[bytes, Callable[[str], Exception]] = {
-    b"noparent": lambda what: ProviderError(f"{what}: the parent directory does not exist"),
+    b"noparent": lambda what: ArtifactNotFoundError(f"{what}: the parent directory does not exist"),
     b"notdir": lambda what: NotADirectoryError_(f"{what}: not a directory"),
     b"exists": lambda what: AlreadyExistsError(f"{what} exists"),
     b"isdir": lambda what: IsADirectoryError_(f"{what} is a directory"),
@@ -199,13 +204,36 @@ class RedisMetaStore:
             space.usage_key if (space is not None and node.is_file) else "",
             node.size,
             "" if node.expires_at_ns is None else node.expires_at_ns,
+            art.version if art else "",
         ]
 
-    def _load(self, ino: int | bytes, record: bytes | None, sig: bytes | None) -> Node | None:
+    @staticmethod
+    def touch_payload(ino: int, time_ns: int) -> bytes:
+        """What the signature of a directory's new mtime/ctime (``mt``) covers: that ino, that time.
+
+        Never a JSON object, so it cannot pass for a record, nor a record for it.
+        """
+        return b"mtime %d %d" % (ino, time_ns)
+
+    def _touch(self, ino: int, time_ns: int | None) -> list[object]:
+        """The script's ``touch`` arguments: directory ``ino`` gets mtime/ctime ``time_ns`` (None: no touch)."""
+        if time_ns is None:
+            return list(NO_TOUCH)
+        return [ino, time_ns, self._signer.sign(self.touch_payload(ino, time_ns))]
+
+    def _load(
+        self, ino: int | bytes, record: bytes | None, sig: bytes | None, mt: bytes | None = None,
+        mts: bytes | None = None,
+    ) -> Node | None:
         ino = int(ino)
         if record is None and sig is None:
             return None
-        return decode_record(self._signer, ino, record, sig.decode("ascii", "replace") if sig is not None else None)
+        node = decode_record(self._signer, ino, record, sig.decode("ascii", "replace") if sig is not None else None)
+        if mt:  # a directory's times, set by a change of its entries after the record was written
+            if not mts or not self._signer.verify(self.touch_payload(ino, int(mt)), mts.decode("ascii", "replace")):
+                raise ArtifactCorruptedError(f"the directory times of inode {ino} fail their signature")
+            node.mtime_ns = node.ctime_ns = int(mt)
+        return node
 
     def _load_reply(self, reply: list) -> Node | None:
         return self._load(*reply) if reply else None
@@ -219,7 +247,7 @@ class RedisMetaStore:
         async def fetch(client: aioredis.Redis, _script: object) -> list:
             async with client.pipeline(transaction=False) as pipe:
                 for ino in inos:
-                    pipe.hmget(record_key("i", int(ino)), "rec", "sig")
+                    pipe.hmget(record_key("i", int(ino)), *_READ)
                 return await pipe.execute()
 
         rows = await self._call(what, fetch)
@@ -243,15 +271,23 @@ class RedisMetaStore:
     # -- reads
 
     async def get(self, ino: int) -> Node | None:
-        row = await self._call("get", lambda client, _s: client.hmget(self.key("i", ino), "rec", "sig"))
+        row = await self._call("get", lambda client, _s: client.hmget(self.key("i", ino), *_READ))
         return self._load(ino, *row)
 
     async def lookup(self, parent: int, name: str) -> Node | None:
-        return self._load_reply(await self._script("lookup", "lookup", parent, _name(name)))
+        return self._load_reply(await self._script("lookup", "lookup", parent, _name(name), "0"))
+
+    async def entry(self, parent: int, name: str) -> tuple[Node | None, Node | None]:
+        reply = await self._script("lookup", "lookup", parent, _name(name), "1")
+        return self._load(*reply[:5]), self._load_reply(reply[5:])
 
     async def children(self, parent: int) -> list[Node]:
-        entries = await self._call("list", lambda client, _s: client.hvals(self.key("d", parent)))
-        nodes = [n for n in await self._load_many("list", entries) if n.parent == parent]
+        reply = await self._script("list", "list", parent, _LIST_INLINE)
+        if reply[0] == b"RECORDS":
+            loaded = (self._load(*reply[at : at + 5]) for at in range(1, len(reply), 5))
+            nodes = [n for n in loaded if n is not None and n.parent == parent]
+        else:
+            nodes = [n for n in await self._load_many("list", reply[1:]) if n.parent == parent]
         return sorted(nodes, key=lambda n: _name(n.name))
 
     async def find_artifact(self, artifact_id: str) -> Node | None:
@@ -304,39 +340,91 @@ class RedisMetaStore:
 
     # -- changes
 
-    async def _replacing(self, what: str, op: str, flags: list[object], node: Node) -> Node | None:
-        """Run an op that may replace an entry, verifying the record it replaces first."""
+    async def _replacing(
+        self, what: str, op: str, flag: bool, node: Node, touches: list[object], cover: Node | None = None
+    ) -> Node | None:
+        """Run an op that may replace an entry, verifying the record it replaces first.
+
+        ``cover`` is the session root as read, to be moved out to cover ``node`` (inserts only).
+        """
         expect = b""
         for attempt in range(_MAX_CONFLICTS):
-            reply = self._check(await self._script(what, op, *flags, expect, *self._args(node)), what)
+            args = ["1" if flag else "0", expect, *self._args(node), *touches, *self._cover_args(cover, node)]
+            reply = self._check(await self._script(what, op, *args), what)
             if reply[0] == b"CONFLICT":
-                self._load(reply[1], reply[2], reply[3])  # refuses a corrupted record before it is touched
+                self._load(*reply[1:])  # refuses a corrupted record before it is touched
                 if expect:  # raced by another replacer: back off a little so one of us gets through
-                    await anyio.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
+                    await self._back_off(attempt)
                 expect = reply[1]
                 continue
-            return self._load(reply[1], reply[2], reply[3]) if len(reply) > 1 else None
+            if reply[0] == b"STALE":  # the session root's expiry moved meanwhile: cover it as it is now
+                cover = self._load(*reply[1:])
+                continue
+            return self._load(*reply[1:]) if len(reply) > 1 else None
         raise ProviderError(f"{what}: the entry kept changing under {_MAX_CONFLICTS} attempts")
 
-    async def insert(self, node: Node, *, replace: bool = False) -> tuple[Node, Node | None]:
+    @staticmethod
+    async def _back_off(attempt: int) -> None:
+        await anyio.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
+
+    def _cover_args(self, root: Node | None, node: Node) -> list[object]:
+        """The insert's cover: ``root`` (as read) made to expire no sooner than ``node``.
+
+        Sent even when the root as read lives long enough: the script decides
+        on the root as it is then, which another host may have moved since.
+        """
+        if root is None or root.expires_at_ns is None:
+            return []
+        moved = root.model_copy(update={"expires_at_ns": node.expires_at_ns})
+        return [root.expires_at_ns, *self._args(moved)]
+
+    @staticmethod
+    def _touches(node: Node) -> bool:
+        """Whether a change of ``node``'s entry sets its directory's times: only entries' directories
+        (a scope root or a directory in one) keep times that follow their entries."""
+        return node.role is NodeRole.ENTRY
+
+    async def insert(
+        self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None
+    ) -> tuple[Node, Node | None]:
         node.ino = await self._new_ino()
-        old = await self._replacing(repr(node.name), "insert", ["1" if replace else "0"], node)
+        touch = self._touch(node.parent, touch_ns if self._touches(node) else None)
+        root = cover.root if cover is not None else None
+        old = await self._replacing(repr(node.name), "insert", replace, node, touch, root)
         return node, old
 
     async def update(self, node: Node) -> None:
-        self._check(await self._script(f"inode {node.ino}", "update", *self._args(node)), f"inode {node.ino}")
+        what = f"inode {node.ino}"
+        self._check(await self._script(what, "update", *self._args(node), ""), what)
 
-    async def rename(self, node: Node, new_parent: int, new_name: str, *, replace: bool) -> Node | None:
+    async def commit(self, node: Node, *, base_version: int) -> Node | None:
+        what = f"inode {node.ino}"
+        reply = await self._script(what, "update", *self._args(node), base_version)
+        if reply[:2] == [b"ERR", b"vanished"]:
+            raise ArtifactNotFoundError(f"inode {node.ino} was removed")
+        self._check(reply, what)
+        return self._load(*reply[1:]) if reply[0] == b"CONFLICT" else None
+
+    async def rename(
+        self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None
+    ) -> Node | None:
         moved = node.model_copy(update={"parent": new_parent, "name": new_name})
-        old = await self._replacing(repr(new_name), "rename", ["1" if replace else "0"], moved)
+        time_ns = touch_ns if self._touches(node) else None
+        touches = [*self._touch(node.parent, time_ns), *self._touch(new_parent, time_ns)]
+        old = await self._replacing(repr(new_name), "rename", replace, moved, touches)
         node.parent, node.name = new_parent, new_name
         return old
 
-    async def exchange(self, a: Node, b: Node) -> None:
+    async def exchange(self, a: Node, b: Node, *, touch_ns: int | None = None) -> None:
         a2 = a.model_copy(update={"parent": b.parent, "name": b.name})
         b2 = b.model_copy(update={"parent": a.parent, "name": a.name})
-        self._check(await self._script("exchange", "exchange", *self._args(a2), *self._args(b2)), "exchange")
+        touches = [
+            *self._touch(a.parent, touch_ns if self._touches(a) else None),
+            *self._touch(b.parent, touch_ns if self._touches(b) else None),
+        ]
+        self._check(await self._script("exchange", "exchange", *self._args(a2), *self._args(b2), *touches), "exchange")
         (a.parent, a.name), (b.parent, b.name) = (a2.parent, a2.name), (b2.parent, b2.name)
 
-    async def remove(self, node: Node) -> None:
-        self._check(await self._script(repr(node.name), "remove", node.ino), repr(node.name))
+    async def remove(self, node: Node, *, touch_ns: int | None = None) -> None:
+        touch = self._touch(node.parent, touch_ns if self._touches(node) else None)
+        self._check(await self._script(repr(node.name), "remove", node.ino, *touch), repr(node.name))

@@ -9,13 +9,19 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-
-from ..errors import AlreadyExistsError, DirectoryNotEmptyError, IsADirectoryError_
-from ..errors import NotADirectoryError_, ProviderError, StoreClosedError
+from ..errors import (
+    AlreadyExistsError,
+    ArtifactNotFoundError,
+    DirectoryNotEmptyError,
+    IsADirectoryError_,
+    NotADirectoryError_,
+    ProviderError,
+    StoreClosedError,
+)
 from ..models import Scope, Usage
 from ..nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
 from ..signing import RecordSigner
-from .base import decode_record
+from .base import Cover, decode_record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS node (
@@ -94,7 +100,7 @@ class SQLiteMetaStore:
             raise StoreClosedError("the metadata store is closed")
         return self._db
 
-    def _tx(self) -> "_Transaction":
+    def _tx(self) -> _Transaction:
         return _Transaction(self.db)
 
     # -- records
@@ -176,6 +182,9 @@ class SQLiteMetaStore:
     async def lookup(self, parent: int, name: str) -> Node | None:
         return self._one(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (parent, name))
 
+    async def entry(self, parent: int, name: str) -> tuple[Node | None, Node | None]:
+        return await self.get(parent), await self.lookup(parent, name)
+
     async def children(self, parent: int) -> list[Node]:
         return self._many(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND ino!=? ORDER BY name", (parent, ROOT_INO))
 
@@ -224,10 +233,6 @@ class SQLiteMetaStore:
         self._ino_next += 1
         return ino
 
-    # Namespace reads this: insert() and remove() take ``touch_ns`` (and insert ``cover``) so the
-    # parent's mtime and a session's expiry change in the same transaction, not in two more.
-    fuses_directory_updates = True
-
     def _load_for_update(self, db: sqlite3.Connection, ino: int) -> tuple[Node | None, tuple]:
         """A node read inside a transaction, with its stored columns (to narrow the rewrite)."""
         row = db.execute(f"SELECT {_COLUMNS}, {_FIELDS_SQL} FROM node WHERE ino=?", (ino,)).fetchone()
@@ -243,17 +248,14 @@ class SQLiteMetaStore:
             self._write(db, parent, insert=False, old=fields)
 
     async def insert(
-        self, node: Node, *, replace: bool = False, touch_ns: int | None = None,
-        cover: tuple[int, int | None] | None = None,
+        self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None
     ) -> tuple[Node, Node | None]:
-        """The protocol's insert; ``touch_ns`` also sets the parent's mtime/ctime, ``cover``
-        = (ino, expires_at_ns) also moves that session root's expiry out to cover the node."""
         ino = self._next_ino()
         with self._tx() as db:
             # The parent's kind is a column: no need to check and decode its whole record here.
             parent = db.execute("SELECT is_dir FROM node WHERE ino=?", (node.parent,)).fetchone()
             if parent is None:
-                raise ProviderError(f"parent inode {node.parent} does not exist")
+                raise ArtifactNotFoundError(f"parent inode {node.parent} does not exist")
             if not parent[0]:
                 raise NotADirectoryError_(f"inode {node.parent} is not a directory")
             old = self._load(
@@ -271,8 +273,8 @@ class SQLiteMetaStore:
             self._charge(db, node, +1)
             dirty: dict[int, tuple[Node, tuple]] = {}  # one read and one write even when root and parent are one
             if cover is not None:
-                root, fields = self._load_for_update(db, cover[0])
-                until = cover[1]
+                root, fields = self._load_for_update(db, cover.root.ino)  # as it is now, not as the caller read it
+                until = node.expires_at_ns
                 if root is not None and root.expires_at_ns is not None and (until is None or until > root.expires_at_ns):
                     root.expires_at_ns = until
                     dirty[root.ino] = (root, fields)
@@ -291,16 +293,34 @@ class SQLiteMetaStore:
             row = db.execute(f"SELECT {_FIELDS_SQL} FROM node WHERE ino=?", (node.ino,)).fetchone()
             if row is None:
                 raise ProviderError(f"inode {node.ino} vanished during an update")
-            self._write(db, node, insert=False, old=row)
-            old_key, old_size = row[_USAGE_KEY_AT], row[_SIZE_AT]
-            new_key = node.space.usage_key if (node.is_file and node.space is not None) else None
-            if old_key == new_key:
-                self._account(db, new_key, node.size - old_size, 0)
-            else:
-                self._account(db, old_key, -old_size, -1)
-                self._account(db, new_key, node.size, +1)
+            self._rewrite(db, node, row)
 
-    async def rename(self, node: Node, new_parent: int, new_name: str, *, replace: bool) -> Node | None:
+    async def commit(self, node: Node, *, base_version: int) -> Node | None:
+        with self._tx() as db:
+            row = db.execute(f"SELECT {_COLUMNS}, {_FIELDS_SQL} FROM node WHERE ino=?", (node.ino,)).fetchone()
+            if row is None:
+                raise ArtifactNotFoundError(f"inode {node.ino} was removed")
+            current = self._load(row[:3])
+            assert current is not None
+            if current.artifact is not None and current.artifact.version != base_version:
+                return current
+            self._rewrite(db, node, row[3:])
+        return None
+
+    def _rewrite(self, db: sqlite3.Connection, node: Node, row: tuple) -> None:
+        """Write ``node`` over its row (``row``: its ``_FIELDS`` as stored), moving its usage charge."""
+        self._write(db, node, insert=False, old=row)
+        old_key, old_size = row[_USAGE_KEY_AT], row[_SIZE_AT]
+        new_key = node.space.usage_key if (node.is_file and node.space is not None) else None
+        if old_key == new_key:
+            self._account(db, new_key, node.size - old_size, 0)
+        else:
+            self._account(db, old_key, -old_size, -1)
+            self._account(db, new_key, node.size, +1)
+
+    async def rename(
+        self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None
+    ) -> Node | None:
         with self._tx() as db:
             old = self._load(
                 db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (new_parent, new_name)).fetchone()
@@ -318,18 +338,28 @@ class SQLiteMetaStore:
                 self._charge(db, old, -1)
             elif old is not None:
                 old = None  # renaming onto itself
-            node.parent, node.name = new_parent, new_name
             row = db.execute(f"SELECT {_FIELDS_SQL} FROM node WHERE ino=?", (node.ino,)).fetchone()
-            self._write(db, node, insert=False, old=row)
+            if row is None:
+                raise ProviderError(f"inode {node.ino} vanished during a rename")
+            old_parent = row[0]
+            moved = node.model_copy(update={"parent": new_parent, "name": new_name})
+            self._write(db, moved, insert=False, old=row)
+            if touch_ns is not None:
+                for directory in {old_parent, new_parent}:
+                    self._touch(db, directory, touch_ns)
+        node.parent, node.name = new_parent, new_name
         return old
 
-    async def exchange(self, a: Node, b: Node) -> None:
+    async def exchange(self, a: Node, b: Node, *, touch_ns: int | None = None) -> None:
         with self._tx() as db:
             (a.parent, a.name), (b.parent, b.name) = (b.parent, b.name), (a.parent, a.name)
             # Park one side so the UNIQUE(parent, name) constraint never sees both at once.
             db.execute("UPDATE node SET parent=-1 WHERE ino=?", (a.ino,))
             self._write(db, b, insert=False)
             self._write(db, a, insert=False)
+            if touch_ns is not None:
+                for directory in {a.parent, b.parent}:
+                    self._touch(db, directory, touch_ns)
 
     async def remove(self, node: Node, *, touch_ns: int | None = None) -> None:
         """The protocol's remove; ``touch_ns`` also sets the parent's mtime/ctime."""
