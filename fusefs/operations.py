@@ -76,7 +76,7 @@ class _Directory:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.entries: list[tuple[bytes, Node]] | None = None
+        self.entries: list[tuple[bytes, Node]] | None = None  # "..", second, holds this directory's node
 
 
 class Operations(pyfuse3.Operations):
@@ -169,17 +169,31 @@ class Operations(pyfuse3.Operations):
     async def _parent_of(self, node: Node) -> Node:
         return node if node.ino == self.inodes.root_ino else await self.ns.get(node.parent)
 
+    async def _entry(
+        self, parent_inode: int, raw: bytes, ctx: pyfuse3.RequestContext, *, write: bool
+    ) -> tuple[Node, Node | None]:
+        """A directory the caller may use and its entry ``raw`` (None if there is none), in one read."""
+        try:
+            name = _name(raw)
+        except InvalidNameError:
+            # The caller's access is refused before its name, as the VFS checks a directory before looking in it.
+            await self.callers.check(ctx.uid, await self._node(parent_inode), write=write)
+            raise
+        parent, node = await self.ns.entry(self.inodes.node(parent_inode), name)
+        await self.callers.check(ctx.uid, parent, write=write)
+        return parent, node
+
     # -- lookups and attributes
 
     @fuse_call
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        parent = await self._node(parent_inode)
-        if name == _DOT:
-            return self._attr(parent)
-        if name == _DOTDOT:
-            return self._attr(await self._parent_of(parent))
-        await self.callers.check(ctx.uid, parent, write=False)
-        return self._attr(await self.ns.child(parent, _name(name)))
+        if name in (_DOT, _DOTDOT):
+            parent = await self._node(parent_inode)
+            return self._attr(parent if name == _DOT else await self._parent_of(parent))
+        _, node = await self._entry(parent_inode, name, ctx, write=False)
+        if node is None:
+            raise ArtifactNotFoundError(f"{name!r} not found")
+        return self._attr(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         pass  # nodes live in the store, not in this process: nothing to free
@@ -275,13 +289,24 @@ class Operations(pyfuse3.Operations):
         if start_id == 0 or directory.entries is None:  # a fresh listing, or rewinddir()
             node = directory.node
             children = await self.ns.list(node)
-            directory.entries = [(_DOT, node), (_DOTDOT, await self._parent_of(node))]
+            directory.entries = [(_DOT, node), (_DOTDOT, node)]
             directory.entries += [(child.name.encode(), child) for child in children]
         entries = directory.entries
         for index in range(start_id, len(entries)):
             name, node = entries[index]
-            if not pyfuse3.readdir_reply(token, name, self._attr(node), index + 1):
+            attr = self._parent_entry(node) if index == 1 else self._attr(node)
+            if not pyfuse3.readdir_reply(token, name, attr, index + 1):
                 break
+
+    def _parent_entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        """The ``..`` of a listing: its inode number and type are all readdir tells (readdirplus
+        skips the attributes of ``.`` and ``..``), so the parent is not read for it."""
+        if node.ino == self.inodes.root_ino:
+            return self._attr(node)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = self.inodes.fuse(node.parent)
+        attr.st_mode = stat.S_IFDIR
+        return attr
 
     @fuse_call
     async def releasedir(self, fh: int) -> None:
@@ -313,8 +338,9 @@ class Operations(pyfuse3.Operations):
 
     @fuse_call
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        parent = await self._node(parent_inode)
-        node = await self.ns.child(parent, _name(name))
+        parent, node = await self.ns.entry(self.inodes.node(parent_inode), _name(name))
+        if node is None:
+            raise ArtifactNotFoundError(f"{name!r} not found")
         await self.callers.check(ctx.uid, parent if parent.space is not None else node, write=True)
         await self.ns.rmdir(node)
         self._dir_removed(node)
@@ -349,7 +375,7 @@ class Operations(pyfuse3.Operations):
             parent, entry, mode=mode, uid=ctx.uid, gid=ctx.gid, ttl=self.ns.default_ttl(space.scope),
             mime=guess_mime(entry),
         )
-        return await self.ns.insert_file(node, replace=False)
+        return await self.ns.insert_file(node, replace=False, parent=parent)
 
     @fuse_call
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -402,9 +428,9 @@ class Operations(pyfuse3.Operations):
 
     @fuse_call
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        parent = await self._node(parent_inode)
-        await self.callers.check(ctx.uid, parent, write=True)
-        node = await self.ns.child(parent, _name(name))
+        _, node = await self._entry(parent_inode, name, ctx, write=True)
+        if node is None:
+            raise ArtifactNotFoundError(f"{name!r} not found")
         if node.is_file:
             await self.files.removing(node.ino)
         await self.ns.unlink(node)
@@ -415,13 +441,15 @@ class Operations(pyfuse3.Operations):
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        old_parent = await self._node(parent_inode_old)
-        new_parent = old_parent if parent_inode_new == parent_inode_old else await self._node(parent_inode_new)
-        await self.callers.check(ctx.uid, old_parent, write=True)
-        await self.callers.check(ctx.uid, new_parent, write=True)
-        node = await self.ns.child(old_parent, _name(name_old))
+        old_parent, node = await self._entry(parent_inode_old, name_old, ctx, write=True)
+        target: Node | None = None
+        if parent_inode_new == parent_inode_old and not flags & pyfuse3.RENAME_EXCHANGE:
+            new_parent = old_parent  # the target, if any, comes back from the rename: no need to look it up first
+        else:
+            new_parent, target = await self._entry(parent_inode_new, name_new, ctx, write=True)
         new_name = _name(name_new)
-        target = await self.ns.find(new_parent, new_name)
+        if node is None:
+            raise ArtifactNotFoundError(f"{name_old!r} not found")
         if flags & pyfuse3.RENAME_EXCHANGE:
             if target is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -429,22 +457,34 @@ class Operations(pyfuse3.Operations):
             return
         if flags & ~pyfuse3.RENAME_NOREPLACE:
             raise InvalidArgumentError(f"unknown rename flags {flags:#x}")
-        if target is not None and target.is_file and target.ino != node.ino and not flags & pyfuse3.RENAME_NOREPLACE:
-            await self.files.removing(target.ino)
-        await self.ns.rename(node, new_parent, new_name, replace=not flags & pyfuse3.RENAME_NOREPLACE)
-        if target is not None and target.ino != node.ino:
-            self.files.removed(target.ino)
-            if target.is_dir:
-                self._dir_removed(target)
-        await self._reguess_mime(node.ino, node.name, new_name)
+        old_name = node.name
+        replaced = await self.ns.rename(
+            node, new_parent, new_name, replace=not flags & pyfuse3.RENAME_NOREPLACE, replacing=self._replacing
+        )
+        if replaced is not None:
+            self.files.removed(replaced.ino)
+            if replaced.is_dir:
+                self._dir_removed(replaced)
+        await self._reguess_mime(node, old_name)
 
-    async def _reguess_mime(self, ino: int, old_name: str, new_name: str) -> None:
+    async def _replacing(self, target: Node) -> None:
+        """A rename is replacing ``target``: a descriptor open on it keeps its bytes, as on a local disk."""
+        if target.is_file:
+            await self.files.removing(target.ino)
+
+    async def _reguess_mime(self, moved: Node, old_name: str) -> None:
         """A MIME type guessed from a temporary name (``.x.pdf.Ab12``) follows the final one."""
-        node = await self.ns.get(ino)
-        art = node.artifact
-        if art is not None and art.mime == guess_mime(old_name) and art.mime != guess_mime(new_name):
-            art.mime = guess_mime(new_name)
+        if not self._mime_follows(moved, old_name):
+            return
+        node = await self.ns.get(moved.ino)  # fresh: a version committed meanwhile must survive
+        if self._mime_follows(node, old_name):
+            node.artifact.mime = guess_mime(node.name)  # type: ignore[union-attr]
             await self.ns.update_node(node)
+
+    @staticmethod
+    def _mime_follows(node: Node, old_name: str) -> bool:
+        art = node.artifact
+        return art is not None and art.mime == guess_mime(old_name) and art.mime != guess_mime(node.name)
 
     @fuse_call
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
