@@ -32,6 +32,7 @@ from core.nodes import Node
 
 from .readahead import ReadAhead
 from .spool import MEMORY_LIMIT, FileSpool, MemoryBudget, MemorySpool, Spool
+from .writebehind import WriteBehind
 
 log = logging.getLogger("artifactfs.mount")
 
@@ -130,9 +131,9 @@ class OpenFile:
         assert spool is not None
         if not spool.fits(offset + len(data)):
             assert isinstance(spool, MemorySpool)
-            spool = self.spool = spool.spill(self.files.spool_dir)
+            spool = self.spool = self._send_behind(spool.spill(self.files.spool_dir))
         spool.write(offset, data)
-        spool.hash_ahead(self.files.spawn)
+        spool.keep_up(self.files.spawn)
         self.mtime_ns = self.files.ns.now()
 
     async def truncate(self, size: int) -> None:
@@ -175,7 +176,7 @@ class OpenFile:
         if max(keep, reach) <= MEMORY_LIMIT and self.files.memory.take():
             spool = MemorySpool(self.files.memory)
         else:
-            spool = FileSpool.create(self.files.spool_dir)
+            spool = self._send_behind(FileSpool.create(self.files.spool_dir))
         try:
             if keep > 0 and art.blob_key is not None:
                 blob = await self.files.ns.blobs.reader(art.blob_key, size=self.node.size)
@@ -194,6 +195,15 @@ class OpenFile:
             raise
         self.spool = spool
         await self._close_reader()
+        return spool
+
+    def _send_behind(self, spool: FileSpool) -> FileSpool:
+        """Let the spool send whole parts ahead of close, where the blob store takes them (S3)."""
+        ns, art = self.files.ns, self.node.artifact
+        assert art is not None
+        upload = ns.blobs.file_upload(ns.blob_key_for(self.node, art.version + 1))
+        if upload is not None:
+            spool.behind = WriteBehind(upload, str(spool.path))
         return spool
 
     async def hold_bytes(self) -> None:

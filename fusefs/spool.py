@@ -36,6 +36,8 @@ from core.blobs.base import BlobReader
 from core.namespace import Namespace
 from core.nodes import Node
 
+from .writebehind import WriteBehind
+
 log = logging.getLogger("artifactfs.mount")
 
 CHUNK = 1 << 20
@@ -108,7 +110,7 @@ class MemorySpool:
         else:
             self._data.extend(bytes(size - len(self._data)))
 
-    def hash_ahead(self, spawn: Callable[..., Any]) -> None:
+    def keep_up(self, spawn: Callable[..., Any]) -> None:
         pass
 
     async def publish(self, ns: Namespace, node: Node, *, durable: bool) -> tuple[str | None, int, str]:
@@ -163,7 +165,9 @@ class FileSpool:
     def __init__(self, path: Path, fd: int) -> None:
         self.path, self.fd = path, fd
         self.size = 0
-        self._sequential = True  # every write so far was appended at the end
+        self.behind: WriteBehind | None = None  # parts sent ahead of close, where the blob store takes them
+        self._appending = True  # every write so far landed at the end
+        self._sequential = True  # every write so far was appended at the end, as far as the digest knows
         self._digest: Any = hashlib.sha256()  # of [0, self._hashed) while sequential
         self._hashed = 0
         self._hasher: trio.Event | None = None  # set when the running background hasher stops
@@ -182,7 +186,9 @@ class FileSpool:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         _write_all(self.fd, data, offset)
         if offset != self.size:
-            self._sequential = False
+            self._sequential = self._appending = False
+        if self.behind is not None:
+            self.behind.touched(offset, offset + len(data))
         self.size = max(self.size, offset + len(data))
 
     def read(self, offset: int, length: int) -> bytes:
@@ -191,7 +197,9 @@ class FileSpool:
     def truncate(self, size: int) -> None:
         os.ftruncate(self.fd, size)
         if size < self.size:
-            self._sequential = False  # bytes already hashed may be gone
+            self._sequential = self._appending = False  # bytes already hashed (or sent) may be gone
+            if self.behind is not None:
+                self.behind.shrunk(size)
         self.size = size  # growing appends zeros: still a sequential file
 
     async def copy_from(self, reader: BlobReader, length: int) -> None:
@@ -215,11 +223,17 @@ class FileSpool:
 
     # -- the digest
 
-    def hash_ahead(self, spawn: Callable[..., Any]) -> None:
-        """Let a background thread catch up with a sequential writer."""
+    def keep_up(self, spawn: Callable[..., Any]) -> None:
+        """Let background work catch up with a sequential writer: the digest, and the parts that can go."""
         if self._sequential and self._hasher is None and self.size - self._hashed >= HASH_AHEAD_BYTES:
             self._hasher = trio.Event()
             spawn(self._hash_in_background)
+        if self.behind is not None:
+            self.behind.keep_up(self._written, spawn)
+
+    def _written(self) -> int | None:
+        """The size, while the writer appends (parts below it will not change); else None."""
+        return self.size if self._appending and self.fd >= 0 else None
 
     async def _hash_in_background(self) -> None:
         assert self._hasher is not None
@@ -261,6 +275,13 @@ class FileSpool:
         open (reads may still use it) until :meth:`close`.
         """
         sha256 = await self.sha256()
+        behind, self.behind = self.behind, None
+        if behind is not None:
+            if behind.usable(self.size):
+                await behind.finish(self.size)  # a failure leaves the spool here: a retry sends it whole
+                os.unlink(self.path)
+                return behind.upload.key, self.size, sha256
+            await behind.abort()
         return await ns.put_spool(node, self.path, self.size, sha256, durable=durable), self.size, sha256
 
     def taken(self) -> bool:
@@ -275,10 +296,14 @@ class FileSpool:
             self.fd = -1
 
     async def close(self) -> None:
-        """Close the file (never under a hasher thread still reading it)."""
-        self._sequential = False
+        """Close the file (never under a hasher thread still reading it), giving up parts sent ahead."""
+        self._sequential = self._appending = False
         if self._hasher is not None:
             await self._hasher.wait()
+        behind, self.behind = self.behind, None
+        if behind is not None:
+            with trio.CancelScope(shield=True):
+                await behind.abort()
         self.close_now()
 
     async def discard(self) -> None:

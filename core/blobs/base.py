@@ -29,6 +29,20 @@ class BlobReader(Protocol):
     async def close(self) -> None: ...
 
 
+class FileUpload(Protocol):
+    """A blob sent a part at a time from a local file that may still be growing."""
+
+    key: str
+    part_size: int
+    max_parts: int
+
+    async def send(self, index: int, path: str, length: int) -> None: ...
+
+    async def complete(self, count: int, size: int) -> None: ...
+
+    async def abort(self) -> None: ...
+
+
 class BlobStore(Protocol):
     async def open(self) -> None: ...
 
@@ -50,6 +64,11 @@ class BlobStore(Protocol):
 
     async def sync(self) -> None:
         """Make every blob published so far with ``durable=False`` durable."""
+        ...
+
+    def file_upload(self, key: str) -> FileUpload | None:
+        """A way to send a file that is still being written while it grows, where that pays (a
+        remote store: the bytes are on their way before close); None where it does not."""
         ...
 
     async def reader(self, key: str, size: int | None = None) -> BlobReader:

@@ -314,6 +314,10 @@ class S3BlobStore(S3Presign):
                 raise
         os.unlink(path)
 
+    def file_upload(self, key: str) -> S3FileUpload:
+        """Send a local file that is still being written part by part (see :class:`S3FileUpload`)."""
+        return S3FileUpload(self, key)
+
     # -- reading
 
     async def reader(self, key: str, size: int | None = None) -> S3Reader:
@@ -442,13 +446,16 @@ class _Multipart:
         )
         return cls(store, key, upload_id, in_flight or store.max_inflight_parts)
 
-    async def add_part(self, data: Body) -> None:
-        """Start uploading ``data`` as the next part, after waiting for room."""
+    async def add_part(self, data: Body, number: int | None = None) -> None:
+        """Start uploading ``data`` as part ``number`` (the next one by default), after waiting for room.
+
+        Sending a number again replaces that part (the last one sent wins).
+        """
         await self._settle(self.in_flight - 1)
-        number = self.next_number
+        number = number or self.next_number
         if number > _MAX_PARTS:
             raise ProviderError(f"blob {self.key} needs more than {_MAX_PARTS} parts; raise part_size")
-        self.next_number += 1
+        self.next_number = max(self.next_number, number + 1)
         self.inflight.add(asyncio.create_task(self._upload(number, data)))
 
     async def _upload(self, number: int, data: Body) -> None:
@@ -464,11 +471,13 @@ class _Multipart:
             for task in done:
                 task.result()
 
-    async def complete(self, size: int) -> None:
+    async def complete(self, size: int, count: int | None = None) -> None:
+        """Join parts 1 to ``count`` (every part sent, by default); parts beyond are dropped by S3."""
         await self._settle(0)
-        parts = sorted(self.etags.items())
-        if [number for number, _ in parts] != list(range(1, self.next_number)):
+        numbers = range(1, (count or self.next_number - 1) + 1)
+        if any(number not in self.etags for number in numbers):
             raise ProviderError(f"blob {self.key}: parts are missing")
+        parts = [(number, self.etags[number]) for number in numbers]
 
         async def finish(h: S3Http) -> None:
             try:
@@ -494,6 +503,42 @@ class _Multipart:
             )
         except Exception as exc:  # gc finds it later through incomplete_uploads()
             log.warning("could not abort upload %s of blob %s: %s", self.upload_id, self.key, exc)
+
+
+class S3FileUpload:
+    """A blob sent from a local file a part at a time, in any order, some of them while the file
+    is still being written (the mount's spool, ``fusefs/spool.py``, decides which and when).
+
+    Parts are ``part_size`` regions of the file (the last one shorter), read as they go out.
+    """
+
+    def __init__(self, store: S3BlobStore, key: str) -> None:
+        self.store, self.key = store, key
+        self.part_size = store.file_part_size
+        self.max_parts = _MAX_PARTS
+        self._upload: _Multipart | None = None
+
+    async def send(self, index: int, path: str, length: int) -> None:
+        """Start sending part ``index`` (from 0) of the file at ``path``; waits while enough are in flight.
+
+        A part that failed earlier raises here (or in :meth:`complete`).
+        """
+        if self._upload is None:
+            self._upload = await aio_bridge.run(_Multipart.start, self.store, self.key, FILE_PARTS_IN_FLIGHT)
+        region = FileRegion(path, index * self.part_size, length)
+        await aio_bridge.run(self._upload.add_part, region, index + 1)
+
+    async def complete(self, count: int, size: int) -> None:
+        """Make the blob of parts 0 to ``count - 1``, all sent (and any still going out done)."""
+        assert self._upload is not None, "complete() before any part was sent"
+        await aio_bridge.run(self._upload.complete, size, count)
+        self._upload = None
+
+    async def abort(self) -> None:
+        upload, self._upload = self._upload, None
+        if upload is not None:
+            with anyio.CancelScope(shield=True):
+                await aio_bridge.run(upload.abort)
 
 
 class S3Reader:
