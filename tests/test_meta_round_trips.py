@@ -191,6 +191,19 @@ async def test_a_directory_takes_the_time_of_every_change_of_its_entries(meta: A
     assert await times(home) == (clock.now_ns(),) * 2
 
 
+async def test_an_exchange_sets_the_times_of_both_directories(meta: Any, clock: ManualClock) -> None:
+    ns = namespace(meta, clock)
+    home = await user_home(ns)
+    other = await ns.mkdir(home, "other")
+    a, b = await new_file(ns, home, "a"), await new_file(ns, other, "b")
+    clock.advance(1)
+    await ns.exchange(a, b)
+    for directory in (home, other):
+        fresh = await ns.get(directory.ino)
+        assert (fresh.mtime_ns, fresh.ctime_ns) == (clock.now_ns(),) * 2
+    assert (await ns.entry(home.ino, "a"))[1].ino == b.ino  # type: ignore[union-attr]
+
+
 async def test_the_fixed_tree_keeps_its_times(meta: Any, clock: ManualClock) -> None:
     """``users/`` is not touched when a user's space is made, nor a sandbox when its fixed dirs are."""
     ns = namespace(meta, clock)
