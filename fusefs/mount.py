@@ -264,8 +264,8 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
                 if options.serve is not None:
                     url = await nursery.start(serve_presigned, transfers, *options.serve_address)
                     log.info("presigned URLs served at %s", url)
-                await _wait_answering(options.mountpoint_abs)
-                _widen_readahead(options.mountpoint_abs)
+                device = await _wait_answering(options.mountpoint_abs)
+                _widen_readahead(device)
                 log.info("mounted %s at %s", options.data_dir, options.mountpoint_abs)
                 notify.ready()
         finally:
@@ -282,15 +282,20 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
         await blobs.close()
 
 
-async def _wait_answering(mountpoint: Path) -> None:
-    """Return once the mount answers a stat: the kernel mount is there and we serve it."""
+async def _wait_answering(mountpoint: Path) -> int:
+    """Return the mount's device number once it answers a stat: the kernel mount is there and we serve it.
+
+    The stat runs in a thread, as must any look at the mountpoint from this process: on the
+    event loop it waits for an answer only the event loop can give.
+    """
     with trio.move_on_after(READY_TIMEOUT) as waited:
-        await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+        answer = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     if waited.cancelled_caught:
         raise MountError(f"the mount at {mountpoint} did not answer within {READY_TIMEOUT:.0f} s")
+    return answer.st_dev
 
 
-def _widen_readahead(mountpoint: Path) -> None:
+def _widen_readahead(device: int) -> None:
     """Let the kernel read ahead ``READ_AHEAD_KB`` at a time from this mount (best effort, root only).
 
     The kernel gives a new FUSE mount 128 KiB of readahead, so a sequential
@@ -298,7 +303,6 @@ def _widen_readahead(mountpoint: Path) -> None:
     the largest a request can be, and the per-request cost of a Python
     filesystem is paid a quarter as often.
     """
-    device = os.stat(mountpoint).st_dev
     knob = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
     try:
         knob.write_text(f"{READ_AHEAD_KB}\n")
