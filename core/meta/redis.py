@@ -52,7 +52,7 @@ _KIND_CODE = {NodeKind.DIR: "d", NodeKind.FILE: "f", NodeKind.SYMLINK: "l"}
 _INO_BATCH = 64  # inode numbers reserved per INCRBY; unused ones are simply skipped
 _MAX_CONFLICTS = 100  # replace attempts that meet a new occupant each time (heavy contention on one name)
 _READ = ("rec", "sig", "mt", "mts")  # what a reader fetches of an inode
-_LIST_INLINE = 256  # a listing of up to this many entries comes in one round trip, records and all
+_LIST_INLINE = 1024  # a listing of up to this many entries comes in one round trip, records and all (1,000: ~4 ms of server time)
 
 _ERRORS: dict[bytes, Callable[[str], Exception]] = {
     b"noparent": lambda what: ArtifactNotFoundError(f"{what}: the parent directory does not exist"),
