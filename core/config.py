@@ -49,6 +49,9 @@ class Settings(BaseModel):
     s3_sse_algorithm: str | None = None
     s3_sse_kms_key_id: str | None = None
     s3_prefix: str = ""  # key prefix inside the bucket, so several stores can share one
+    # Seconds to connect, and to wait for the next bytes of a reply; each attempt (of a few) waits this long.
+    s3_connect_timeout: float = Field(default=5.0, gt=0)
+    s3_read_timeout: float = Field(default=60.0, gt=0)
     redis_prefix: str = "artifactfs"  # key prefix in Redis; give it a {hash tag} on Redis Cluster
     redis_notify: bool = True  # announce every change on <prefix>:events (mounts follow them); see README
     signing_key: SecretStr | None = None  # every host on one Redis must share it
@@ -101,6 +104,7 @@ class Settings(BaseModel):
             ("S3_SSE_ALGORITHM", "s3_sse_algorithm"), ("S3_SSE_KMS_KEY_ID", "s3_sse_kms_key_id"),
             ("ARTIFACT_S3_PREFIX", "s3_prefix"), ("ARTIFACT_REDIS_PREFIX", "redis_prefix"),
             ("ARTIFACT_SIGNING_KEY", "signing_key"), ("ARTIFACT_REDIS_NOTIFY", "redis_notify"),
+            ("S3_CONNECT_TIMEOUT", "s3_connect_timeout"), ("S3_READ_TIMEOUT", "s3_read_timeout"),
         ):
             if env.get(name):
                 values[key] = env[name]
@@ -158,7 +162,8 @@ def build_backends(settings: Settings) -> tuple[BlobStore, MetaStore]:
         blobs = S3BlobStore(
             settings.bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region, sse_algorithm=settings.s3_sse_algorithm,
-            sse_kms_key_id=settings.s3_sse_kms_key_id,
+            sse_kms_key_id=settings.s3_sse_kms_key_id, connect_timeout=settings.s3_connect_timeout,
+            read_timeout=settings.s3_read_timeout,
         )
     else:
         raise InvalidArgumentError(f"storage provider {settings.storage_provider.value} is not available yet")

@@ -20,11 +20,12 @@ from typing import Any
 
 import anyio
 import pytest
-from servers import BUCKET, MotoServer, RedisServer, redis_s3_settings
+from servers import BUCKET, SIGNING_KEY, MotoServer, RedisServer, redis_s3_settings
 
 from core import ArtifactStore, StreamUploadRequest, aio_bridge
 from core.blobs.s3 import MiB, S3BlobStore
-from core.errors import ArtifactNotFoundError, ProviderError
+from core.config import Settings, build_backends
+from core.errors import ArtifactNotFoundError, InvalidArgumentError, ProviderError
 from core.retry import RetryPolicy
 
 FAST_RETRY = RetryPolicy(attempts=3, first_delay=0.01, max_delay=0.05)
@@ -385,3 +386,16 @@ async def test_concurrent_reads_of_one_reader(blobs: S3BlobStore) -> None:
         finally:
             await reader.close()
         assert len(got) == 7 and all(part == data[offset : offset + MiB] for offset, part in got)
+
+
+def test_timeouts_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung endpoint costs each attempt the read timeout: operators set it (S3_READ_TIMEOUT, S3_CONNECT_TIMEOUT)."""
+    monkeypatch.setenv("ARTIFACT_PROVIDER", "s3")
+    monkeypatch.setenv("S3_READ_TIMEOUT", "2.5")
+    monkeypatch.setenv("S3_CONNECT_TIMEOUT", "0.75")
+    blobs, _ = build_backends(Settings.from_env(signing_key=SIGNING_KEY))
+    assert isinstance(blobs, S3BlobStore)
+    assert (blobs._http_args["read_timeout"], blobs._http_args["connect_timeout"]) == (2.5, 0.75)
+    monkeypatch.setenv("S3_READ_TIMEOUT", "0")
+    with pytest.raises(InvalidArgumentError, match="s3_read_timeout"):
+        Settings.from_env()
