@@ -278,10 +278,15 @@ class FileSpool:
         behind, self.behind = self.behind, None
         if behind is not None:
             if behind.usable(self.size):
-                await behind.finish(self.size)  # a failure leaves the spool here: a retry sends it whole
-                os.unlink(self.path)
-                return behind.upload.key, self.size, sha256
-            await behind.abort()
+                try:
+                    await behind.finish(self.size)
+                except Exception as exc:  # noqa: BLE001 - e.g. a part refused because it changed on its way out
+                    log.info("the parts sent ahead of %s failed (%s); sending it whole", self.path, exc)
+                else:
+                    os.unlink(self.path)
+                    return behind.upload.key, self.size, sha256
+            else:
+                await behind.abort()
         return await ns.put_spool(node, self.path, self.size, sha256, durable=durable), self.size, sha256
 
     def taken(self) -> bool:

@@ -266,7 +266,7 @@ async def test_overlapping_reads_out_of_order_share_one_stream(blobs: S3BlobStor
             async with anyio.create_task_group() as tg:
                 for index in batch:
                     tg.start_soon(chunk, index)
-                    await anyio.sleep(0)  # each queues on the reader before the next starts
+                    await anyio.lowlevel.checkpoint()  # each queues on the reader before the next starts
     finally:
         await reader.close()
     assert b"".join(got[i] for i in range(7)) == data

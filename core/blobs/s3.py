@@ -157,19 +157,19 @@ class S3BlobStore(S3Presign):
         use_path = path_style if path_style is not None else endpoint_url is not None
         use_path = use_path or not _dns_compatible(bucket)
         style = "path" if use_path else "auto"
-        self._http_args: dict[str, Any] = dict(
-            endpoint_url=endpoint_url, region=region, path_style=use_path, connect_timeout=connect_timeout,
-            read_timeout=read_timeout, max_connections=32,
-        )
-        self._botocore_config: dict[str, Any] = dict(
-            s3={"addressing_style": style},
-            signature_version="s3v4",  # presigned URLs too (botocore would sign those with SigV2 here)
-            retries={"total_max_attempts": 1},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_pool_connections=32,
-            tcp_keepalive=True,
-        )
+        self._http_args: dict[str, Any] = {
+            "endpoint_url": endpoint_url, "region": region, "path_style": use_path,
+            "connect_timeout": connect_timeout, "read_timeout": read_timeout, "max_connections": 32,
+        }
+        self._botocore_config: dict[str, Any] = {
+            "s3": {"addressing_style": style},
+            "signature_version": "s3v4",  # presigned URLs too (botocore would sign those with SigV2 here)
+            "retries": {"total_max_attempts": 1},
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "max_pool_connections": 32,
+            "tcp_keepalive": True,
+        }
         self.retry = retry or RetryPolicy()
         self.list_page_size = 1000  # S3's own maximum; tests make it small to walk pages
         self._clients: aio_bridge.LoopLocal[tuple[Any, contextlib.AsyncExitStack]] = aio_bridge.LoopLocal(

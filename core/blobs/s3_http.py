@@ -42,7 +42,7 @@ class FileRegion:
     flight; a region costs one chunk.
     """
 
-    __slots__ = ("path", "offset", "length")
+    __slots__ = ("length", "offset", "path")
 
     def __init__(self, path: str, offset: int, length: int) -> None:
         self.path, self.offset, self.length = path, offset, length

@@ -15,9 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from mounting import Mount, start_mount
 from servers import BUCKET, MotoServer, RedisServer, wait_until
 from worlds import StoreWorld, WorldKind
+
+from core.errors import ProviderError
+from fusefs.spool import FileSpool
+from fusefs.writebehind import WriteBehind
 
 MiB = 1 << 20
 PART = 16 * MiB
@@ -138,3 +143,48 @@ def test_a_small_file_is_one_plain_put(s3_mount: tuple[Mount, StoreWorld], moto_
     path.write_bytes(data)
     assert path.read_bytes() == data
     assert "-" not in object_etag(moto_server, world, mount, "small.bin")
+
+
+# -- the spool's side on its own (a blob store that fails on cue)
+
+
+class FailingUpload:
+    """A FileUpload whose parts are taken and whose join fails, as when a part changed on its way out."""
+
+    key, part_size, max_parts = "early-key", PART, 10_000
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.aborted = False
+
+    async def send(self, index: int, path: str, length: int) -> None:
+        self.sent.append(index)
+
+    async def complete(self, count: int, size: int) -> None:
+        raise ProviderError("XAmzContentSHA256Mismatch")
+
+    async def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_failed_join_sends_the_file_whole(tmp_path: Path) -> None:
+    """Close must not fail because the early parts did: the whole file goes by the usual path."""
+    published: list[tuple[Path, int]] = []
+
+    class Namespace:
+        async def put_spool(self, node: object, path: Path, size: int, sha256: str, *, durable: bool) -> str:
+            published.append((path, size))
+            return "whole-key"
+
+    upload = FailingUpload()
+    spool = FileSpool.create(tmp_path)
+    spool.behind = WriteBehind(upload, str(spool.path))
+    async with trio.open_nursery() as nursery:
+        spool.write(0, os.urandom(PART + MiB))
+        spool.keep_up(nursery.start_soon)
+        await spool.behind.settle()
+        assert upload.sent == [0]
+        key, size, _ = await spool.publish(Namespace(), object(), durable=False)  # type: ignore[arg-type]
+    assert (key, size) == ("whole-key", PART + MiB) and published == [(spool.path, PART + MiB)]
+    assert upload.aborted
+    await spool.discard()
