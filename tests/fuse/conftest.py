@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mounting import Mount, start_mount
+from mounting import Mount, start_mount, stop_mounts
 from worlds import EMBEDDED, StoreWorld, WorldKind
 
 MountFactory = Callable[..., Mount]
@@ -66,14 +66,7 @@ def mount_factory(tmp_path: Path, world: StoreWorld) -> Iterator[MountFactory]:
         return mount
 
     yield make
-    failures = []
-    for mount in reversed(made):
-        try:
-            mount.stop()
-        except AssertionError as exc:
-            failures.append(exc)
-    if failures:
-        raise failures[0]
+    stop_mounts(made)
 
 
 @pytest.fixture

@@ -152,3 +152,15 @@ def start_mount(
         mount.kill()
         raise
     return mount
+
+
+def stop_mounts(mounts: Sequence[Mount]) -> None:
+    """Stop every mount, the newest first; the first one whose checks failed raises once all are down."""
+    failures = []
+    for mount in reversed(mounts):
+        try:
+            mount.stop()
+        except AssertionError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]

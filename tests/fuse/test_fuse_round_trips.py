@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mounting import Mount, start_mount
+from mounting import Mount, start_mount, stop_mounts
 from redis.exceptions import RedisError
 from servers import MotoServer, RedisServer
 from worlds import StoreWorld, WorldKind
@@ -208,16 +208,11 @@ def measured(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
         mimes = [os.getxattr(cold / f"cp{i}.pdf", "user.artifact.mime") for i in range(RUNS)]
         yield Measured(runs, mimes)
     finally:
-        failures = []
-        for mount in reversed(mounts):
-            try:
-                mount.stop()
-            except AssertionError as exc:
-                failures.append(exc)
-        trips.close()
-        world.cleanup()
-        if failures:
-            raise failures[0]
+        try:
+            stop_mounts(mounts)
+        finally:
+            trips.close()
+            world.cleanup()
 
 
 @pytest.mark.parametrize("what", sorted(BOUNDS))
