@@ -301,16 +301,14 @@ class S3BlobStore(S3Presign):
         if size <= self.part_size:
             await self.put(key, await anyio.to_thread.run_sync(Path(path).read_bytes))
         else:
-            part_size = max(self.file_part_size, -(-size // _MAX_PARTS))
-            upload = await aio_bridge.run(_Multipart.start, self, key, FILE_PARTS_IN_FLIGHT)
+            upload = S3FileUpload(self, key, part_size=max(self.file_part_size, -(-size // _MAX_PARTS)))
+            count = -(-size // upload.part_size)
             try:
-                for offset in range(0, size, part_size):
-                    region = FileRegion(str(path), offset, min(part_size, size - offset))
-                    await aio_bridge.run(upload.add_part, region)
-                await aio_bridge.run(upload.complete, size)
+                for index in range(count):
+                    await upload.send(index, str(path), min(upload.part_size, size - index * upload.part_size))
+                await upload.complete(count, size)
             except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await aio_bridge.run(upload.abort)
+                await upload.abort()
                 raise
         os.unlink(path)
 
@@ -512,9 +510,9 @@ class S3FileUpload:
     Parts are ``part_size`` regions of the file (the last one shorter), read as they go out.
     """
 
-    def __init__(self, store: S3BlobStore, key: str) -> None:
+    def __init__(self, store: S3BlobStore, key: str, *, part_size: int | None = None) -> None:
         self.store, self.key = store, key
-        self.part_size = store.file_part_size
+        self.part_size = part_size or store.file_part_size
         self.max_parts = _MAX_PARTS
         self._upload: _Multipart | None = None
 
