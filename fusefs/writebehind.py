@@ -33,17 +33,21 @@ class WriteBehind:
         self.upload, self.path = upload, path
         self.part = upload.part_size
         self.sent: set[int] = set()  # parts out (or going out) and not written into since
+        self._below = 0  # every part below this one is in ``sent``: where the search for the next starts
         self.failed = False
         self._pump: trio.Event | None = None  # set when the running sender stops
 
     def touched(self, start: int, end: int) -> None:
         """Bytes ``[start, end)`` were written: the parts they fall in must go again."""
         if self.sent and end > start:
-            self.sent.difference_update(range(start // self.part, (end - 1) // self.part + 1))
+            first = start // self.part
+            self.sent.difference_update(range(first, (end - 1) // self.part + 1))
+            self._below = min(self._below, first)
 
     def shrunk(self, size: int) -> None:
         """The file was cut to ``size``: a part reaching past it is not the part it was."""
         self.sent = {index for index in self.sent if (index + 1) * self.part <= size}
+        self._below = min(self._below, size // self.part)
 
     def keep_up(self, written: Callable[[], int | None], spawn: Callable[..., Any]) -> None:
         """Start sending the whole parts the writer left behind, unless a sender runs.
@@ -56,11 +60,10 @@ class WriteBehind:
             spawn(self._send_behind, written)
 
     def _next(self, size: int) -> int | None:
-        """The first whole part below ``size`` not out yet."""
-        for index in range(size // self.part):
-            if index not in self.sent:
-                return index
-        return None
+        """The first whole part below ``size`` not out yet (asked at every write: it starts where it left off)."""
+        while self._below in self.sent:
+            self._below += 1
+        return self._below if self._below < size // self.part else None
 
     async def _send_behind(self, written: Callable[[], int | None]) -> None:
         assert self._pump is not None
