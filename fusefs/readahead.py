@@ -9,17 +9,24 @@ else is a plain ranged read. Memory per open file stays under about
 ``WINDOW * 3 * DEPTH`` (chunks fetched ahead plus chunks waiting to be hashed).
 
 A small blob (``SMALL``) is read whole at the first read and checked at
-once. For a larger one, a reader that goes from offset 0 to the end in order
-has read the whole artifact, so its SHA-256 is checked (DESIGN §6): each fetched chunk is
+once. For a larger one, a reader that goes through the chunks in order has
+read the whole artifact, so its SHA-256 is checked (DESIGN §6): each fetched chunk is
 hashed in a worker thread, in order, while the reader moves on, and the
 read that reaches the end waits for the verdict. A mismatch fails that read
 with ``ArtifactCorruptedError`` (``EIO``), so ``cat`` or ``cp`` of a damaged
 artifact fails instead of passing the damage on.
+
+Whoever waits for the hashing (the read at the end, a reader held back, a
+fetched chunk waiting for its turn) first makes sure that the next chunk to
+hash is being fetched: a sequential reader that started in chunk 1 (the
+kernel's first read of a tail, ``git``'s first look at a pack) gets chunk 0
+fetched for the check instead of waiting for a read that never comes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -28,8 +35,11 @@ import trio
 from core.blobs.base import BlobReader
 from core.errors import ArtifactCorruptedError
 
+log = logging.getLogger("artifactfs.mount")
+
 WINDOW = 1 << 20
 DEPTH = 4
+CLOSE_WAIT = 5.0  # seconds close() waits for fetches to stop
 SMALL = 128 * 1024  # a blob this small is read whole at the first read: one request, checked at once
 
 
@@ -51,6 +61,7 @@ class ReadAhead:
     def __init__(self, reader: BlobReader, size: int, sha256: str, spawn: Callable[..., Any]) -> None:
         self._reader, self._size, self._spawn = reader, size, spawn
         self._chunks: dict[int, _Chunk] = {}
+        self._inflight: set[_Chunk] = set()  # fetches running, kept or not: close calls them all off
         # The chunk the previous read ended in. It starts at 0, not -1: the kernel's first requests
         # come together and may be served in any order, so a first read of chunk 1 is sequential too.
         self._last = 0
@@ -63,6 +74,7 @@ class ReadAhead:
         self._digest = hashlib.sha256()
         self._verified = 0  # chunks hashed so far
         self._claimed = 0  # chunks hashed or being hashed: a chunk fetched twice is hashed once
+        self._hashers: dict[int, int] = {}  # chunk -> fetches of it that will still offer it for hashing
         self._progress = trio.Event()
         self._chunk_count = (size + WINDOW - 1) // WINDOW
         self._whole: bytes | None = None  # all of a small blob
@@ -89,8 +101,7 @@ class ReadAhead:
             self._stop_verifying()
             self._drop(lambda index: True)
             return await self._reader.read(offset, length)
-        while self._verifying and first - self._verified > 2 * DEPTH:
-            await self._progress.wait()  # hashing lags behind: hold the reader, not the chunks
+        await self._hashed(first - 2 * DEPTH)  # hashing lags behind: hold the reader, not the chunks
         # One behind: requests may come a little out of order. Chunks further behind are forgotten but
         # not called off: one still in flight has a reader waiting for it (the kernel's requests overtake
         # each other when fetches are slow, as on S3), and the whole-read check needs it hashed.
@@ -132,7 +143,9 @@ class ReadAhead:
 
     def _fetch_soon(self, index: int) -> _Chunk:
         chunk = self._chunks[index] = _Chunk()
+        self._inflight.add(chunk)
         self._enter()
+        self._hashers[index] = self._hashers.get(index, 0) + 1
         self._spawn(self._fetch, index, chunk)
         return chunk
 
@@ -149,6 +162,7 @@ class ReadAhead:
         except Exception as exc:  # noqa: BLE001 - handed to the reader that waits for this chunk
             chunk.error = exc
         finally:
+            self._inflight.discard(chunk)
             chunk.ready.set()
         try:
             if chunk.error is None:
@@ -156,6 +170,9 @@ class ReadAhead:
             else:
                 self._stop_verifying()
         finally:
+            left = self._hashers.pop(index) - 1
+            if left:
+                self._hashers[index] = left
             self._leave()
 
     async def _read_whole(self) -> bytes:
@@ -170,7 +187,7 @@ class ReadAhead:
 
     async def _hash_in_order(self, index: int, data: bytes) -> None:
         while self._verifying and self._verified < index:
-            await self._progress.wait()
+            await self._next_hashed()
         if not self._verifying or self._verified != index or self._claimed > index:
             return  # not our turn, or a second fetch of a chunk that is being hashed
         self._claimed = index + 1
@@ -187,9 +204,19 @@ class ReadAhead:
             self._verifying = False
             self._wake()
 
+    async def _hashed(self, count: int) -> None:
+        """Return once the first ``count`` chunks are hashed (or the check is off)."""
+        while self._verifying and self._verified < count:
+            await self._next_hashed()
+
+    async def _next_hashed(self) -> None:
+        """Wait for one more chunk to be hashed, making sure that someone is fetching it."""
+        if not self._hashers.get(self._verified):
+            self._fetch_soon(self._verified)
+        await self._progress.wait()
+
     async def _verdict(self) -> None:
-        while self._verifying and self._verified < self._chunk_count:
-            await self._progress.wait()
+        await self._hashed(self._chunk_count)
         if self._verifying and self._digest.hexdigest() != self._expected:
             raise ArtifactCorruptedError("the artifact fails its SHA-256 check")
 
@@ -202,9 +229,18 @@ class ReadAhead:
                 chunk.scope.cancel()
 
     async def close(self) -> None:
-        """Stop the fetches, wait until none is using the reader, close it."""
+        """Stop the fetches, wait (bounded) until none is using the reader, close it.
+
+        A fetch stuck in a backend that ignores cancellation keeps the reader: it is left open
+        rather than closed under that fetch's feet, and the file's close goes on.
+        """
         self._stop_verifying()
         self._drop(lambda index: True)
-        if not self._idle.is_set():
+        for chunk in self._inflight:
+            chunk.scope.cancel()
+        with trio.move_on_after(CLOSE_WAIT):
             await self._idle.wait()
+        if not self._idle.is_set():
+            log.warning("a blob read did not stop within %.0f s of its file's close; its reader is left open", CLOSE_WAIT)
+            return
         await self._reader.close()
