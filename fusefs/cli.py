@@ -2,7 +2,7 @@
 
     artifactfs mount MOUNTPOINT [--sandbox S] [--data-dir D] [--foreground] [-o allow_other]
                                 [--map-user NAME=UID ...] [--admin-uid UID ...] [--serve [HOST:PORT]]
-    artifactfs umount MOUNTPOINT
+    artifactfs umount [--force] MOUNTPOINT
     artifactfs serve [--data-dir D] [--host H] [--port N] [--public-url URL]   (fusefs.serve_cmd)
 """
 
@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from core.errors import InvalidArgumentError
 
-from .options import DATA_DIR_ENV, MountOptions, default_data_dir
+from .options import DATA_DIR_ENV, MAX_REQUEST_TIMEOUT, REQUEST_TIMEOUT, MountOptions, default_data_dir
 
 SUPPORTED_FUSE_OPTIONS = ("allow_other",)
 
@@ -27,6 +27,16 @@ def _user_uid(text: str) -> tuple[str, int]:
     if not sep or not name or not uid.isdigit():
         raise argparse.ArgumentTypeError(f"expected NAME=UID, got {text!r}")
     return name, int(uid)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_REQUEST_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and {MAX_REQUEST_TIMEOUT:.0f}, got {text!r}")
+    return value
 
 
 def _uid(text: str) -> int:
@@ -64,10 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve presigned URLs (user.artifact.presign) from the mount process "
              "(default address 127.0.0.1:8470, or $ARTIFACT_SERVE_HOST/$ARTIFACT_SERVE_PORT)",
     )
+    mount.add_argument(
+        "--request-timeout", type=_seconds, default=REQUEST_TIMEOUT, metavar="SECONDS",
+        help=f"answer EIO to a request whose handler has not finished after SECONDS (default {REQUEST_TIMEOUT:.0f}; "
+             "a close gets one more second per MiB it still has to send)",
+    )
     mount.add_argument("--debug", action="store_true", help="verbose logging to the mount's log file")
 
     umount = commands.add_parser("umount", help="unmount MOUNTPOINT and wait for its process to finish")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    umount.add_argument(
+        "--force", action="store_true",
+        help="even while busy: detach, and stop the mount process (unpublished writes are discarded; "
+             "processes still using the mount get ENOTCONN)",
+    )
 
     from .serve_cmd import add_arguments as serve_arguments
 
@@ -89,7 +109,7 @@ def mount_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     values: dict[str, object] = {
         "mountpoint": args.mountpoint, "sandbox": args.sandbox, "foreground": args.foreground,
         "allow_other": "allow_other" in fuse, "user_uids": users, "admin_uids": frozenset(args.admin_uids),
-        "debug": args.debug, "serve": args.serve,
+        "debug": args.debug, "serve": args.serve, "request_timeout": args.request_timeout,
     }
     if args.data_dir is not None:
         values["data_dir"] = args.data_dir
@@ -115,7 +135,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "mount":
         return lifecycle.mount(mount_options(args, parser), say=say)
-    return lifecycle.umount(args.mountpoint, say=say)
+    return lifecycle.umount(args.mountpoint, say=say, force=args.force)
 
 
 def main() -> None:

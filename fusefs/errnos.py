@@ -2,7 +2,9 @@
 
 Every FUSE handler runs inside :func:`fuse_call`: a typed store error becomes
 ``FUSEError(errno)``, and anything unexpected is logged with its traceback
-and answered with ``EIO``, so no request can take the mount down.
+and answered with ``EIO``, so no request can take the mount down. The
+handler itself runs under the owner's :class:`fusefs.watchdog.Watchdog`, so
+no request can wait forever either.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import errno
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 import pyfuse3
 
@@ -37,6 +39,8 @@ from core.errors import (
     SessionError,
     StoreClosedError,
 )
+
+from .watchdog import Watchdog
 
 log = logging.getLogger("artifactfs.mount")
 
@@ -98,16 +102,30 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def describe(args: tuple[object, ...]) -> str:
+    """A request's arguments for the log (its handler's owner left out)."""
+    return ", ".join(map(_brief, args[1:]))
+
+
+class Guarded(Protocol):
+    """What owns guarded handlers: a watchdog that answers each request in time."""
+
+    watchdog: Watchdog
+
+
 def fuse_call(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Run a FUSE handler so that every failure leaves it as a ``FUSEError``."""
+    """Run a FUSE handler (a method of a :class:`Guarded`) so that every failure leaves it as a
+    ``FUSEError`` and every request is answered within the watchdog's bound."""
     name = handler.__name__
 
     @functools.wraps(handler)
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        assert not kwargs, "the kernel's requests come with positional arguments"
         if trace.enabled:
-            log.debug("%s(%s)", name, ", ".join(map(_brief, args[1:])))
+            log.debug("%s(%s)", name, describe(args))
+        owner: Guarded = args[0]  # type: ignore[assignment]
         try:
-            return await handler(*args, **kwargs)
+            return await owner.watchdog.answer(name, handler, args, lambda: describe(args))  # type: ignore[no-any-return]
         except pyfuse3.FUSEError:
             raise
         except ArtifactStoreError as exc:

@@ -8,9 +8,12 @@ One mount per data dir: the mount holds an ``flock`` on ``mount.lock`` for
 its whole life. The library never takes that lock, so applications keep
 using the same store (SQLite in WAL mode, blobs by key) next to the mount.
 
-SIGTERM or SIGINT stop the request loop and unmount. Writes that were
-published are in the store; writes still staged in a file nobody closed
-are discarded (the old version stays, as after a crash), never half-applied.
+SIGTERM or SIGINT stop the request loop and unmount within a bound, even
+with a request stuck in a backend or a file held open by a stopped process:
+requests still running are answered ``EIO`` (:mod:`fusefs.watchdog`), and
+the clean-up has ``SHUTDOWN_BOUND`` seconds. Writes that were published are
+in the store; writes still staged in a file nobody closed are discarded (the
+old version stays, as after a crash), never half-applied, and the log says so.
 """
 
 from __future__ import annotations
@@ -103,6 +106,30 @@ class DataDirLock:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             self.forget()
+
+    @staticmethod
+    def signal_holder(data_dir: Path, signum: int) -> bool:
+        """Send ``signum`` to the process that holds ``data_dir``; False if none does."""
+        path = data_dir / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return False  # nobody holds it
+            except BlockingIOError:
+                pid = os.pread(fd, 64, 0).split(b"\n", 1)[0]
+        finally:
+            os.close(fd)
+        if not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), signum)
+        except ProcessLookupError:
+            return False
+        return True
 
     @staticmethod
     def wait_released(data_dir: Path, timeout: float) -> bool:
@@ -227,7 +254,7 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
         ops = Operations(
             ns, root_ino=box.ino if options.sandbox else ROOT_INO, sandbox_id=settings.sandbox_id,
             callers=callers, data_dir=options.data_dir, spool_dir=spool_dir,
-            presigner=transfers,
+            presigner=transfers, request_timeout=options.request_timeout,
         )
         follower = None
         if feed is not None:
@@ -257,6 +284,7 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
                             log.info("%s: unmounting", signal.Signals(signum).name)
                             stopped_by_us = True
                             pyfuse3.terminate()
+                            ops.watchdog.stop()  # requests still running are answered now, not awaited
                             return
 
                 nursery.start_soon(serve_requests)
@@ -418,8 +446,13 @@ def _daemonize(options: MountOptions, lock: DataDirLock, say: Callable[[str], No
         os._exit(code)
 
 
-def umount(mountpoint: Path, *, say: Callable[[str], None]) -> int:
-    """Unmount, then wait for the mount process to finish and free its data dir."""
+def umount(mountpoint: Path, *, say: Callable[[str], None], force: bool = False) -> int:
+    """Unmount, then wait (bounded) for the mount process to finish and free its data dir.
+
+    ``force``: detach even while busy, and stop the mount process (SIGTERM): requests it is
+    still serving are answered ``EIO``, writes nobody closed are discarded (its log says so),
+    and processes still using the mount get ``ENOTCONN``.
+    """
     path = Path(os.path.abspath(mountpoint))
     entry = _mount_entry(path)
     if entry is None:
@@ -429,20 +462,28 @@ def umount(mountpoint: Path, *, say: Callable[[str], None]) -> int:
     if not fstype.startswith("fuse"):
         say(f"artifactfs: {path} is a {fstype} mount, not an artifactfs one")
         return 1
-    done = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, text=True, check=False)
+    prefix = f"{FS_TYPE}:"
+    data_dir = Path(source[len(prefix) :]) if source.startswith(prefix) else None
+    # --force: the mount process unmounts itself (lazily) on SIGTERM; signalled after a detach, it
+    # could find its signal watcher gone already and die mid-clean-up.
+    if force and data_dir is not None and DataDirLock.signal_holder(data_dir, signal.SIGTERM):
+        if DataDirLock.wait_released(data_dir, UMOUNT_WAIT):
+            return 0
+        say(f"artifactfs: the mount process of {path} still holds {data_dir} {UMOUNT_WAIT:.0f} s after SIGTERM")
+        return 1
+    command = ["fusermount3", "-uz" if force else "-u", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=UMOUNT_WAIT)
     if done.returncode != 0:
         reason = done.stderr.strip() or f"fusermount3 exited {done.returncode}"
         hint = ""
         if "busy" in reason.lower():
-            hint = " (a process still uses it: close its files or leave the directory, or detach lazily with fusermount3 -uz)"
+            hint = (" (a process still uses it: close its files or leave the directory, or stop the mount anyway"
+                    " with artifactfs umount --force)")
         say(f"artifactfs: cannot unmount {path}: {reason}{hint}")
         return 1
-    prefix = f"{FS_TYPE}:"
-    if source.startswith(prefix):
-        data_dir = Path(source[len(prefix) :])
-        if not DataDirLock.wait_released(data_dir, UMOUNT_WAIT):
-            say(f"artifactfs: unmounted {path}, but its process still holds {data_dir} after {UMOUNT_WAIT:.0f} s")
-            return 1
+    if data_dir is not None and not DataDirLock.wait_released(data_dir, UMOUNT_WAIT):
+        say(f"artifactfs: unmounted {path}, but its process still holds {data_dir} after {UMOUNT_WAIT:.0f} s")
+        return 1
     return 0
 
 

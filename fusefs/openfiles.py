@@ -339,6 +339,9 @@ class OpenFiles:
     def handle(self, fh: int) -> Handle:
         return self._handles[fh]
 
+    def find(self, fh: int) -> Handle | None:
+        return self._handles.get(fh)
+
     def forget_cache(self, ino: int) -> None:
         """The kernel's pages of ``ino`` are wrong: drop them now, and never keep them at the next open."""
         self._seen.pop(ino, None)

@@ -38,6 +38,8 @@ from .attrs import Attributes, Inodes
 from .callers import Callers
 from .errnos import fuse_call
 from .openfiles import KernelCache, OpenFile, OpenFiles
+from .options import REQUEST_TIMEOUT
+from .watchdog import Watchdog
 from .xattrs import PREFIX as XATTR_USER_PREFIX
 from .xattrs import Presigner, Xattrs
 
@@ -48,6 +50,10 @@ _DOT, _DOTDOT = b".", b".."
 # close() publishes a file without waiting for stable storage; this bounds how long
 # it may stay only in the page cache (fsync() makes it durable at once).
 SYNC_SECONDS = 5.0
+# A close or fsync may take longer than an ordinary request by the time its bytes need to go out.
+PUBLISH_BYTES_PER_SECOND = 1 << 20
+_PUBLISHING = frozenset({"flush", "fsync", "release"})
+SHUTDOWN_BOUND = 10.0  # seconds the clean-up at unmount may take
 _USER_XATTRS = XATTR_USER_PREFIX.encode()
 
 
@@ -86,10 +92,11 @@ class Operations(pyfuse3.Operations):
 
     def __init__(
         self, ns: Namespace, *, root_ino: int, sandbox_id: str, callers: Callers, data_dir: Path, spool_dir: Path,
-        presigner: Presigner | None = None,
+        presigner: Presigner | None = None, request_timeout: float | None = REQUEST_TIMEOUT,
     ) -> None:
         super().__init__()
         self.ns = ns
+        self.watchdog = Watchdog(request_timeout, allowance=self._publish_allowance)
         self.sandbox_id = sandbox_id  # whose users' quotas statfs reports
         self.data_dir = data_dir
         self.inodes = Inodes(root_ino)
@@ -133,11 +140,25 @@ class Operations(pyfuse3.Operations):
         """Drop the kernel's cached pages and attributes of ``ino`` (from a thread: it may block)."""
         self._spawn(trio.to_thread.run_sync, _invalidate_inode, self.inodes.fuse(ino), False)
 
-    async def shutdown(self) -> None:
-        dropped = await self.files.close_all()
-        if dropped:
-            log.warning("unmount: %d file(s) still open with unpublished writes; those writes were discarded", dropped)
-        await self.ns.sync_blobs()
+    def _publish_allowance(self, name: str, args: tuple[Any, ...]) -> float:
+        """Seconds a publishing request may take beyond the usual bound, by the bytes it has to send."""
+        if name not in _PUBLISHING:
+            return 0.0
+        handle = self.files.find(args[1])
+        spool = handle.file.spool if handle is not None else None
+        return spool.size / PUBLISH_BYTES_PER_SECOND if spool is not None else 0.0
+
+    async def shutdown(self, bound: float = SHUTDOWN_BOUND) -> None:
+        """Unmount: drop what was never published, sync what was; give up after ``bound`` seconds."""
+        with trio.move_on_after(bound) as waited:
+            dropped = await self.files.close_all()
+            if dropped:
+                log.warning(
+                    "unmount: %d file(s) still open with unpublished writes; those writes were discarded", dropped
+                )
+            await self.ns.sync_blobs()
+        if waited.cancelled_caught:
+            log.error("unmount: clean-up did not finish within %.0f s; left the rest undone", bound)
 
     # -- helpers
 
@@ -291,6 +312,8 @@ class Operations(pyfuse3.Operations):
             children = await self.ns.list(node)
             directory.entries = [(_DOT, node), (_DOTDOT, node)]
             directory.entries += [(child.name.encode(), child) for child in children]
+        # A request past its bound was answered already: its token must not be replied to again.
+        await trio.lowlevel.checkpoint_if_cancelled()
         entries = directory.entries
         for index in range(start_id, len(entries)):
             name, node = entries[index]

@@ -11,6 +11,8 @@ from core import grid
 
 DATA_DIR_ENV = "ARTIFACT_FS_ROOT"
 SYSTEM_DATA_DIR = Path("/var/lib/artifactfs")
+REQUEST_TIMEOUT = 120.0  # seconds a FUSE request may wait for its handler (fusefs.watchdog)
+MAX_REQUEST_TIMEOUT = 86400.0
 
 
 def default_data_dir() -> Path:
@@ -36,6 +38,7 @@ class MountOptions(BaseModel):
     admin_uids: frozenset[int] = frozenset()
     debug: bool = False
     serve: str | None = None  # --serve: None off, "" the default address, else HOST:PORT
+    request_timeout: float = Field(default=REQUEST_TIMEOUT, gt=0, le=MAX_REQUEST_TIMEOUT)  # --request-timeout SECONDS
 
     @field_validator("serve")
     @classmethod

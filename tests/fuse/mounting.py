@@ -54,6 +54,14 @@ def is_mounted(path: Path) -> bool:
         return any(line.split()[4] == str(path) for line in table)
 
 
+def abort_connection(connection: int) -> None:
+    """Fail every request of a FUSE connection (fusectl's ``abort``): frees processes stuck on it."""
+    connections = Path("/sys/fs/fuse/connections")
+    if not (connections / str(connection)).exists():
+        subprocess.run(["mount", "-t", "fusectl", "none", str(connections)], capture_output=True, check=False)
+    (connections / str(connection) / "abort").write_text("1")
+
+
 @dataclass
 class Mount:
     mountpoint: Path
@@ -88,6 +96,27 @@ class Mount:
         if check and done.returncode != 0:
             raise AssertionError(f"`{script}` exited {done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr}")
         return done
+
+    def run_bounded(self, argv: Sequence[str | os.PathLike[str]], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+        """Run a command that must finish within ``timeout`` seconds.
+
+        A process waiting on a FUSE request that is never answered cannot be killed: past the
+        bound, the mount's connection is aborted (the mount is dead then) and the test fails,
+        instead of the suite hanging.
+        """
+        connection = os.minor(os.stat(self.mountpoint).st_dev)
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                abort_connection(connection)
+                process.wait(timeout=EXIT_TIMEOUT)
+            raise AssertionError(f"{shlex.join(map(str, argv))} did not finish within {timeout:.0f} s") from None
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
     def user_dir(self, user: str) -> Path:
         path = self.mountpoint / "users" / user
