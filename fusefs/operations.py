@@ -230,17 +230,20 @@ class Operations(pyfuse3.Operations):
         if fields.update_mode or fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime:
             if node.role not in (NodeRole.ENTRY, NodeRole.SCOPE_ROOT):
                 raise ReadOnlyError(f"{node.name or '/'!r} is part of the fixed tree")
-            if fields.update_mode:
-                node.mode = attr.st_mode & 0o7777
-            if fields.update_uid:
-                node.uid = attr.st_uid
-            if fields.update_gid:
-                node.gid = attr.st_gid
-            if fields.update_atime:
-                node.atime_ns = attr.st_atime_ns
-            if fields.update_mtime:
-                node.mtime_ns = attr.st_mtime_ns
-            node = await self.ns.update_node(node)
+
+            def change(node: Node) -> None:
+                if fields.update_mode:
+                    node.mode = attr.st_mode & 0o7777
+                if fields.update_uid:
+                    node.uid = attr.st_uid
+                if fields.update_gid:
+                    node.gid = attr.st_gid
+                if fields.update_atime:
+                    node.atime_ns = attr.st_atime_ns
+                if fields.update_mtime:
+                    node.mtime_ns = attr.st_mtime_ns
+
+            node = await self.ns.update_node(node, change)
             if fields.update_uid and node.role is NodeRole.SCOPE_ROOT:
                 self.callers.forget_session(node)
             file = self.files.get(node.ino)
@@ -477,9 +480,13 @@ class Operations(pyfuse3.Operations):
         if not self._mime_follows(moved, old_name):
             return
         node = await self.ns.get(moved.ino)  # fresh: a version committed meanwhile must survive
+
+        def follow(node: Node) -> None:
+            if self._mime_follows(node, old_name):
+                node.artifact.mime = guess_mime(node.name)  # type: ignore[union-attr]
+
         if self._mime_follows(node, old_name):
-            node.artifact.mime = guess_mime(node.name)  # type: ignore[union-attr]
-            await self.ns.update_node(node)
+            await self.ns.update_node(node, follow)
 
     @staticmethod
     def _mime_follows(node: Node, old_name: str) -> bool:
@@ -545,11 +552,9 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = await self._node(inode)
         await self.callers.check(ctx.uid, node, write=True)
-        expires = node.expires_at_ns
-        self.xattrs.set(node, _text(name, "an attribute name"), value, self.ns.now())
-        if node.expires_at_ns != expires and node.space is not None:
-            await self.ns.cover_session(node.space, node.expires_at_ns)
-        await self.ns.update_node(node)
+        key, now = _text(name, "an attribute name"), self.ns.now()
+        # update_node moves the session out first if this moves the node's expiry (user.artifact.ttl)
+        await self.ns.update_node(node, lambda node: self.xattrs.set(node, key, value, now))
 
     @fuse_call
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -561,8 +566,8 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = await self._node(inode)
         await self.callers.check(ctx.uid, node, write=True)
-        self.xattrs.remove(node, _text(name, "an attribute name"))
-        await self.ns.update_node(node)
+        key = _text(name, "an attribute name")
+        await self.ns.update_node(node, lambda node: self.xattrs.remove(node, key))
 
 
 def _invalidate_inode(fuse_ino: int, attr_only: bool) -> None:
