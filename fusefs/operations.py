@@ -23,6 +23,7 @@ import trio
 
 from core import grid
 from core.errors import (
+    AlreadyExistsError,
     ArtifactNotFoundError,
     InvalidArgumentError,
     InvalidNameError,
@@ -49,6 +50,7 @@ _DOT, _DOTDOT = b".", b".."
 # it may stay only in the page cache (fsync() makes it durable at once).
 SYNC_SECONDS = 5.0
 _USER_XATTRS = XATTR_USER_PREFIX.encode()
+_CREATE_RACES = 10  # creates that find the name taken, then gone again, before they give up
 
 
 def _name(raw: bytes) -> str:
@@ -356,9 +358,21 @@ class Operations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        node = await self._new_file(parent_inode, name, mode, ctx)
-        fh, _, _ = self.files.open(node, writable=True)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attr(node)
+        for _ in range(_CREATE_RACES):
+            try:
+                node = await self._new_file(parent_inode, name, mode, ctx)
+            except AlreadyExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                # Made meanwhile by another host or process: O_CREAT without O_EXCL opens it, as open(2) does.
+                _, node = await self._entry(parent_inode, name, ctx, write=False)
+                if node is None:
+                    continue  # and removed again: create it after all
+                info = await self._open_node(self.inodes.fuse(node.ino), node, flags, ctx)
+                return info, self._attr(node)
+            fh, _, _ = self.files.open(node, writable=True)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attr(node)
+        raise AlreadyExistsError(f"{name!r} kept being made and removed by others")
 
     @fuse_call
     async def mknod(
@@ -383,6 +397,9 @@ class Operations(pyfuse3.Operations):
     @fuse_call
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = await self._named(inode)  # always the store's newest version: close-to-open
+        return await self._open_node(inode, node, flags, ctx)
+
+    async def _open_node(self, inode: int, node: Node, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if node.is_dir:
             raise IsADirectoryError_(f"{node.name!r} is a directory")
         writable = flags & os.O_ACCMODE != os.O_RDONLY

@@ -4,15 +4,17 @@ Each test forces one interleaving instead of hoping for it: host A reads a
 node, host B (a second metadata store instance on the same SQLite file or
 the same Redis keys) changes it, then A's stale operation runs. Where A's
 read and write happen inside one call (the library's update, the mount's
-chmod), a hook holds A's metadata call until B's step is done.
+create), a hook holds A's metadata call until B's step is done.
 
 What must hold: A never writes back the record it read over B's change
 (a new version, a rename), the blob A deletes is the one of the record it
-removed, and A gets the errno POSIX gives (ENOENT, not EIO).
+removed, and A gets the errno POSIX gives (ENOENT, not EIO; no EEXIST for
+O_CREAT without O_EXCL).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -298,3 +300,27 @@ async def test_a_delete_removes_the_bytes_written_meanwhile(libraries: tuple[Art
     assert await a.delete(artifact_id, user_id="alice")
     assert not await b.exists(artifact_id, user_id="alice")
     assert [key async for key in b.ns.blobs.keys()] == []  # noqa: SIM118 (a blob store, not a dict): nothing leaked
+
+
+# -- the mount: create(O_CREAT) racing another host's create
+
+
+async def test_o_creat_without_o_excl_opens_a_file_made_meanwhile(hosts: Hosts, tmp_path: Path) -> None:
+    """A mount's create() loses its insert to another host's create of the same name: without
+    O_EXCL it opens that file (open(2) never says EEXIST then); with O_EXCL it is EEXIST."""
+    a, b, _ = hosts
+    home = await a.scope_root(ALICE)
+    ops, ctx = mount(a, tmp_path)
+    theirs: list[Node] = []
+
+    async def b_creates(name: str) -> None:
+        theirs.append(await new_file(b, name, b"theirs"))
+
+    hold(a.meta, "insert", lambda: b_creates("f"))
+    info, attr = await ops.create(home.ino, b"f", 0o644, os.O_CREAT | os.O_WRONLY, ctx)  # type: ignore[arg-type]
+    assert attr.st_ino == theirs[0].ino
+    await ops.release(info.fh)
+    hold(a.meta, "insert", lambda: b_creates("g"))
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.create(home.ino, b"g", 0o644, os.O_CREAT | os.O_EXCL | os.O_WRONLY, ctx)  # type: ignore[arg-type]
+    assert refused.value.errno == errno.EEXIST
