@@ -36,6 +36,19 @@ class ProviderError(ArtifactStoreError):
     """A storage backend failed after bounded retries."""
 
 
+class StaleRecordError(ProviderError):
+    """A conditional metadata write found the record changed since it was read.
+
+    Nothing was written. ``current`` is the record as stored then, if the
+    backend had it at hand; the caller re-reads, re-applies its change and
+    tries again (only an exhausted retry loop lets this reach a user, as EIO).
+    """
+
+    def __init__(self, message: str, current: object | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
 class SessionError(ArtifactStoreError):
     """The session system failed, or a session is unknown or expired."""
 

@@ -33,6 +33,7 @@ from .errors import (
     ProviderError,
     QuotaExceededError,
     ReadOnlyError,
+    StaleRecordError,
 )
 from .meta.base import Cover, MetaStore
 from .models import Scope, Usage
@@ -42,6 +43,16 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 NS = 1_000_000_000
 GiB = 1 << 30
 _MAX_COMMIT_RACES = 100  # commits of one file that each find another version came first
+_MAX_RACES = 100  # conditional writes of one record that each find it changed meanwhile
+
+Change = Callable[[Node], object]  # applies one change to a node record, as read or as re-read
+
+
+def _adopt(node: Node, stored: Node) -> None:
+    """Make the caller's ``node`` object the record as stored (callers keep using their object)."""
+    if stored is not node:
+        for field in Node.model_fields:
+            setattr(node, field, getattr(stored, field))
 
 
 class Limits(BaseModel):
@@ -205,9 +216,13 @@ class Namespace:
     async def cover_session(self, space: Space, expires_at_ns: int | None) -> None:
         """Keep a session alive at least as long as the artifacts in it."""
         root = await self._session_cover(space)
+
+        def cover(root: Node) -> None:
+            if root.expires_at_ns is not None and (expires_at_ns is None or expires_at_ns > root.expires_at_ns):
+                root.expires_at_ns = expires_at_ns
+
         if root is not None and (expires_at_ns is None or expires_at_ns > root.expires_at_ns):  # type: ignore[operator]
-            root.expires_at_ns = expires_at_ns
-            await self.meta.update(root)
+            await self.update_node(root, cover, ctime=False)
 
     async def _session_cover(self, space: Space, parent: Node | None = None) -> Node | None:
         """The root of ``space`` if it is a session's, which expires: what an artifact in it must not outlive.
@@ -419,11 +434,15 @@ class Namespace:
         node.mtime_ns = node.ctime_ns = now
         return node
 
-    async def commit(self, node: Node, *, old_blob: str | None) -> Node:
+    async def commit(self, node: Node, *, old_blob: str | None, change: Change | None = None) -> Node:
         """Store a changed file node; on success the superseded blob goes.
 
-        If the commit fails, the new blob is deleted instead, so nothing half
-        done stays visible or leaks.
+        If the record changed since ``node`` was read (a rename, a chmod, a
+        version from another host), the new content (and ``change``, the
+        caller's other changes, if any) is applied to the record as it is
+        then, never ``node``'s stale name or attributes. On return ``node``
+        is the record as stored. If the commit fails, the new blob is
+        deleted instead, so nothing half done stays visible or leaks.
         """
         assert node.space is not None and node.artifact is not None
         # Commits of one file in this process take turns, so they never meet in the store; writers in
@@ -431,13 +450,13 @@ class Namespace:
         lock = self._commit_locks.setdefault(node.ino, anyio.Lock())
         try:
             async with lock:
-                return await self._commit(node, old_blob)
+                return await self._commit(node, old_blob, change)
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._commit_locks.pop(node.ino, None)
 
-    async def _commit(self, node: Node, old_blob: str | None) -> Node:
-        """One conditional write when no other version came meanwhile (the usual case).
+    async def _commit(self, node: Node, old_blob: str | None, change: Change | None) -> Node:
+        """One conditional write when the record did not change meanwhile (the usual case).
 
         If another writer committed since this version began, the last commit
         wins: its version number must still go up past the one it replaces,
@@ -447,11 +466,21 @@ class Namespace:
         art = node.artifact
         base = art.version - 1  # set_content moved the version one past the one it began from
         superseded = {old_blob}
+        attempt = node
 
-        def supersede(current: Node) -> int:
+        def rebase(current: Node) -> int:
+            """Next try: this content (and ``change``) on ``current``, the record as stored now."""
+            nonlocal attempt
             assert current.artifact is not None
             superseded.add(current.artifact.blob_key)
             art.version = max(art.version, current.artifact.version + 1)
+            attempt = current.model_copy(deep=True)
+            if change is not None:
+                change(attempt)
+            fresh = attempt.artifact
+            assert fresh is not None
+            fresh.blob_key, fresh.sha256, fresh.version = art.blob_key, art.sha256, art.version
+            attempt.size, attempt.mtime_ns, attempt.ctime_ns = node.size, node.mtime_ns, node.ctime_ns
             return current.artifact.version
 
         try:
@@ -459,13 +488,13 @@ class Namespace:
                 current = await self.meta.get(node.ino)
                 if current is None:
                     raise ArtifactNotFoundError(f"inode {node.ino} was removed")
-                base = supersede(current)
+                base = rebase(current)
                 await self.ensure_room(node.space, node.size - current.size, 0)
             for _ in range(_MAX_COMMIT_RACES):
-                current = await self.meta.commit(node, base_version=base)
+                current = await self.meta.commit(attempt, base_version=base)
                 if current is None:
                     break
-                base = supersede(current)
+                base = rebase(current)
             else:
                 raise ProviderError(f"{node.name!r}: other versions kept coming, {_MAX_COMMIT_RACES} times")
         except ArtifactNotFoundError:
@@ -477,13 +506,35 @@ class Namespace:
             raise
         for key in superseded - {art.blob_key, None}:
             await self._delete_blob(key)
+        _adopt(node, attempt)
         return node
 
-    async def update_node(self, node: Node) -> Node:
-        """Store attribute changes of a node (mode, times, metadata fields)."""
-        node.ctime_ns = self.now()
-        await self.meta.update(node)
-        return node
+    async def update_node(self, node: Node, change: Change, *, ctime: bool = True) -> Node:
+        """Apply ``change`` (mode, times, metadata fields) to ``node`` and store it; returns ``node``.
+
+        The write is conditional on the record ``node`` was read as: if it
+        changed meanwhile (a new version, a rename, another attribute), the
+        change is applied again to the record as it is then, never written
+        over it. An entry whose expiry the change moves out first moves its
+        session out (an artifact never outlives its session). ``ctime``: the
+        change sets the node's ctime.
+        """
+        for _ in range(_MAX_RACES):
+            expires = node.expires_at_ns
+            change(node)
+            if ctime:
+                node.ctime_ns = self.now()
+            if node.expires_at_ns != expires and node.role is NodeRole.ENTRY and node.space is not None:
+                await self.cover_session(node.space, node.expires_at_ns)
+            try:
+                await self.meta.update(node)
+                return node
+            except StaleRecordError as exc:
+                current = exc.current if isinstance(exc.current, Node) else await self.meta.get(node.ino)
+                if current is None:
+                    raise ArtifactNotFoundError(f"{node.name!r} was removed") from None
+                _adopt(node, current)
+        raise ProviderError(f"{node.name!r}: the record kept changing, {_MAX_RACES} times")
 
     async def drop_blob(self, node: Node) -> None:
         if node.artifact is not None:
@@ -555,8 +606,10 @@ class Namespace:
             raise IsADirectoryError_(f"{node.name!r} is a directory")
         if node.role is not NodeRole.ENTRY:
             raise ReadOnlyError(f"{node.name!r} cannot be removed")
-        await self.meta.remove(node, touch_ns=self.now())
-        await self.drop_blob(node)
+        removed = await self.meta.remove(node, touch_ns=self.now())
+        if removed is None:
+            raise ArtifactNotFoundError(f"{node.name!r} was removed or moved meanwhile")
+        await self.drop_blob(removed)  # the version removed, which may be newer than the one read
 
     async def rmdir(self, node: Node) -> None:
         if not node.is_dir:
@@ -565,7 +618,8 @@ class Namespace:
             node.space is not None and node.space.scope is Scope.SANDBOX and node.role is NodeRole.SCOPE_ROOT
         ):
             raise ReadOnlyError(f"{node.name!r} cannot be removed")
-        await self.meta.remove(node, touch_ns=self.now())
+        if await self.meta.remove(node, touch_ns=self.now()) is None:
+            raise ArtifactNotFoundError(f"{node.name!r} was removed or moved meanwhile")
 
     async def rename(
         self, node: Node, new_parent: Node, new_name: str, *, replace: bool = True,
@@ -585,8 +639,20 @@ class Namespace:
             await self._refuse_own_subtree(node, new_parent)
         now = self.now()
         moved = node.model_copy(update={"ctime_ns": now})
-        replaced = await self.meta.rename(moved, new_parent.ino, new_name, replace=replace, touch_ns=now)
-        node.parent, node.name, node.ctime_ns = moved.parent, moved.name, now
+        for _ in range(_MAX_RACES):
+            try:
+                replaced = await self.meta.rename(moved, new_parent.ino, new_name, replace=replace, touch_ns=now)
+                break
+            except StaleRecordError as exc:
+                # Changed since read: move it as it is now (a new version, a chmod must survive),
+                # unless it left the name the caller gave; then that name is gone, as POSIX says.
+                current = exc.current if isinstance(exc.current, Node) else await self.meta.get(node.ino)
+                if current is None or (current.parent, current.name) != (node.parent, node.name):
+                    raise ArtifactNotFoundError(f"{node.name!r} was moved or removed meanwhile") from None
+                moved = current.model_copy(update={"ctime_ns": now})
+        else:
+            raise ProviderError(f"{node.name!r}: the record kept changing, {_MAX_RACES} times")
+        _adopt(node, moved)
         if replaced is not None:
             try:
                 if replacing is not None:
@@ -604,7 +670,19 @@ class Namespace:
             await self._refuse_own_subtree(a, await self.get(b.parent))
         if b.is_dir:
             await self._refuse_own_subtree(b, await self.get(a.parent))
-        await self.meta.exchange(a, b, touch_ns=self.now())  # both directories change, as a rename changes its two
+        for _ in range(_MAX_RACES):
+            try:
+                # both directories change, as a rename changes its two
+                await self.meta.exchange(a, b, touch_ns=self.now())
+                return
+            except StaleRecordError:
+                # Exchange them as they are now, if each is still the entry the caller named.
+                for node in (a, b):
+                    current = await self.meta.get(node.ino)
+                    if current is None or (current.parent, current.name) != (node.parent, node.name):
+                        raise ArtifactNotFoundError(f"{node.name!r} was moved or removed meanwhile") from None
+                    _adopt(node, current)
+        raise ProviderError(f"exchange of {a.name!r}: the records kept changing, {_MAX_RACES} times")
 
     async def _refuse_own_subtree(self, node: Node, new_parent: Node) -> None:
         cursor: Node | None = new_parent
@@ -619,9 +697,9 @@ class Namespace:
         if node.is_dir:
             for child in await self.meta.children(node.ino):
                 removed += await self.purge(child)
-        await self.meta.remove(node)
-        if node.is_file:
-            await self.drop_blob(node)
+        gone = await self.meta.remove(node)
+        if gone is not None and gone.is_file:  # None: moved or removed meanwhile, not ours to purge
+            await self.drop_blob(gone)
             removed += 1
         return removed
 

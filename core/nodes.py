@@ -69,6 +69,9 @@ class Artifact(BaseModel):
 
 class Node(BaseModel):
     ino: int = 0
+    # The record's revision: every write of a record is conditional on the revision its writer read
+    # and stores the next one, so no change is ever written over one it did not see (issue #16).
+    rev: int = 0
     parent: int
     name: str
     kind: NodeKind

@@ -207,10 +207,13 @@ class ArtifactStore:
         lifetime = self._hours(ttl_hours) if ttl_hours is not None else None
         session_id = self._new_session_id(user_id)
         root = await ns.scope_root(Space(sandbox_id=self.sandbox_id, scope=Scope.SESSION, session_id=session_id, user_id=user_id))
-        root.session_meta = {"user_id": user_id, "custom_metadata": custom_metadata}
-        if lifetime is not None:
-            root.expires_at_ns = ns.now() + lifetime
-        await ns.meta.update(root)
+
+        def describe(root: Node) -> None:
+            root.session_meta = {"user_id": user_id, "custom_metadata": custom_metadata}
+            if lifetime is not None:
+                root.expires_at_ns = ns.now() + lifetime
+
+        await ns.update_node(root, describe, ctime=False)
         return session_id
 
     @staticmethod
@@ -266,8 +269,13 @@ class ArtifactStore:
     async def extend_session_ttl(self, session_id: str, additional_hours: float = 1) -> bool:
         root = await self._live_session(session_id)
         if root.expires_at_ns is not None:
-            root.expires_at_ns += self._hours(additional_hours)
-            await self.ns.meta.update(root)
+            more = self._hours(additional_hours)
+
+            def extend(root: Node) -> None:
+                if root.expires_at_ns is not None:
+                    root.expires_at_ns += more
+
+            await self.ns.update_node(root, extend, ctime=False)
         return True
 
     async def delete_session(self, session_id: str) -> int:
@@ -598,14 +606,17 @@ class ArtifactStore:
             data = self._bytes(data)
         if filename is not None:
             grid.split_filename(filename)  # a bad new name must refuse the whole update, not half of it
-        self._apply_fields(node, summary=summary, mime=mime, meta=meta, merge=True)
+        def fields(node: Node) -> None:
+            self._apply_fields(node, summary=summary, mime=mime, meta=meta, merge=True)
+
         if data is not None:
+            fields(node)  # a bad field refuses the update before any byte is written
             old_blob = node.artifact.blob_key  # type: ignore[union-attr]
             key, size, sha256 = await self.ns.put_blob(node, data)
             self.ns.set_content(node, key, size, sha256)
-            await self.ns.commit(node, old_blob=old_blob)
+            await self.ns.commit(node, old_blob=old_blob, change=fields)
         else:
-            await self.ns.update_node(node)
+            await self.ns.update_node(node, fields)
         if filename is not None:
             await self._rename(node, filename)
         return True
@@ -629,11 +640,14 @@ class ArtifactStore:
         node = await self._node(artifact_id, session_id, user_id, write=True)
         if filename is not None:
             grid.split_filename(filename)
-        self._apply_fields(node, summary=summary, mime=mime, meta=meta, merge=merge)
-        if ttl != DEFAULT:
-            self._set_ttl(node, self._ttl(ttl, node.space.scope))  # type: ignore[union-attr]
-            await self.ns.cover_session(node.space, node.expires_at_ns)  # type: ignore[arg-type]
-        await self.ns.update_node(node)
+        new_ttl = self._ttl(ttl, node.space.scope) if ttl != DEFAULT else None  # type: ignore[union-attr]
+
+        def change(node: Node) -> None:
+            self._apply_fields(node, summary=summary, mime=mime, meta=meta, merge=merge)
+            if ttl != DEFAULT:
+                self._set_ttl(node, new_ttl)
+
+        await self.ns.update_node(node, change)  # which moves the session out first if the ttl does
         if filename is not None:
             await self._rename(node, filename)
         return await self._describe(await self.ns.artifact_node(artifact_id))
@@ -651,10 +665,13 @@ class ArtifactStore:
         node = await self._node(artifact_id, session_id, user_id, write=True)
         assert node.artifact is not None and node.space is not None
         if node.expires_at_ns is not None:
-            node.expires_at_ns += additional_seconds * NS
-            node.artifact.ttl = (node.artifact.ttl or 0) + additional_seconds
-            await self.ns.cover_session(node.space, node.expires_at_ns)
-            await self.ns.update_node(node)
+
+            def extend(node: Node) -> None:
+                if node.expires_at_ns is not None and node.artifact is not None:
+                    node.expires_at_ns += additional_seconds * NS
+                    node.artifact.ttl = (node.artifact.ttl or 0) + additional_seconds
+
+            await self.ns.update_node(node, extend)  # which moves the session out first
         return await self._describe(node)
 
     async def _rename(self, node: Node, filename: str) -> None:
@@ -670,7 +687,10 @@ class ArtifactStore:
             node = await self._node(artifact_id, session_id, user_id, write=True)
         except ArtifactNotFoundError:
             return False
-        await self.ns.unlink(node)
+        try:
+            await self.ns.unlink(node)
+        except ArtifactNotFoundError:
+            return False  # removed (or moved) by another writer meanwhile
         return True
 
     def _same_session(self, node: Node, target_session_id: str | None, verb: str) -> None:
@@ -724,8 +744,9 @@ class ArtifactStore:
         if new_filename is not None:
             grid.split_filename(new_filename)
         if new_meta is not None:
-            self._apply_fields(node, summary=None, mime=None, meta=new_meta, merge=True)
-            await self.ns.update_node(node)
+            await self.ns.update_node(
+                node, lambda node: self._apply_fields(node, summary=None, mime=None, meta=new_meta, merge=True)
+            )
         if new_filename is not None:
             await self._rename(node, new_filename)
         return await self._describe(await self.ns.artifact_node(artifact_id))

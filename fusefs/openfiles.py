@@ -160,8 +160,12 @@ class OpenFile:
             node = await ns.get(self.ino)
         except ArtifactNotFoundError:
             return
-        node.mtime_ns = self.mtime_ns
-        self.set_times(await ns.update_node(node))
+        mtime_ns = self.mtime_ns
+
+        def touch(node: Node) -> None:
+            node.mtime_ns = mtime_ns
+
+        self.set_times(await ns.update_node(node, touch))
 
     async def _spool(self, keep: int, reach: int) -> Spool:
         """The spool, started with the first ``keep`` committed bytes if there is none yet.

@@ -23,6 +23,7 @@ import trio
 
 from core import grid
 from core.errors import (
+    AlreadyExistsError,
     ArtifactNotFoundError,
     InvalidArgumentError,
     InvalidNameError,
@@ -55,6 +56,7 @@ PUBLISH_BYTES_PER_SECOND = 1 << 20
 _PUBLISHING = frozenset({"flush", "fsync", "release"})
 SHUTDOWN_BOUND = 10.0  # seconds the clean-up at unmount may take
 _USER_XATTRS = XATTR_USER_PREFIX.encode()
+_CREATE_RACES = 10  # creates that find the name taken, then gone again, before they give up
 
 
 def _name(raw: bytes) -> str:
@@ -251,17 +253,20 @@ class Operations(pyfuse3.Operations):
         if fields.update_mode or fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime:
             if node.role not in (NodeRole.ENTRY, NodeRole.SCOPE_ROOT):
                 raise ReadOnlyError(f"{node.name or '/'!r} is part of the fixed tree")
-            if fields.update_mode:
-                node.mode = attr.st_mode & 0o7777
-            if fields.update_uid:
-                node.uid = attr.st_uid
-            if fields.update_gid:
-                node.gid = attr.st_gid
-            if fields.update_atime:
-                node.atime_ns = attr.st_atime_ns
-            if fields.update_mtime:
-                node.mtime_ns = attr.st_mtime_ns
-            node = await self.ns.update_node(node)
+
+            def change(node: Node) -> None:
+                if fields.update_mode:
+                    node.mode = attr.st_mode & 0o7777
+                if fields.update_uid:
+                    node.uid = attr.st_uid
+                if fields.update_gid:
+                    node.gid = attr.st_gid
+                if fields.update_atime:
+                    node.atime_ns = attr.st_atime_ns
+                if fields.update_mtime:
+                    node.mtime_ns = attr.st_mtime_ns
+
+            node = await self.ns.update_node(node, change)
             if fields.update_uid and node.role is NodeRole.SCOPE_ROOT:
                 self.callers.forget_session(node)
             file = self.files.get(node.ino)
@@ -376,9 +381,21 @@ class Operations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        node = await self._new_file(parent_inode, name, mode, ctx)
-        fh, _, _ = self.files.open(node, writable=True)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attr(node)
+        for _ in range(_CREATE_RACES):
+            try:
+                node = await self._new_file(parent_inode, name, mode, ctx)
+            except AlreadyExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                # Made meanwhile by another host or process: O_CREAT without O_EXCL opens it, as open(2) does.
+                _, node = await self._entry(parent_inode, name, ctx, write=False)
+                if node is None:
+                    continue  # and removed again: create it after all
+                info = await self._open_node(self.inodes.fuse(node.ino), node, flags, ctx)
+                return info, self._attr(node)
+            fh, _, _ = self.files.open(node, writable=True)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attr(node)
+        raise AlreadyExistsError(f"{name!r} kept being made and removed by others")
 
     @fuse_call
     async def mknod(
@@ -403,6 +420,9 @@ class Operations(pyfuse3.Operations):
     @fuse_call
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = await self._named(inode)  # always the store's newest version: close-to-open
+        return await self._open_node(inode, node, flags, ctx)
+
+    async def _open_node(self, inode: int, node: Node, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if node.is_dir:
             raise IsADirectoryError_(f"{node.name!r} is a directory")
         writable = flags & os.O_ACCMODE != os.O_RDONLY
@@ -500,9 +520,13 @@ class Operations(pyfuse3.Operations):
         if not self._mime_follows(moved, old_name):
             return
         node = await self.ns.get(moved.ino)  # fresh: a version committed meanwhile must survive
+
+        def follow(node: Node) -> None:
+            if self._mime_follows(node, old_name):
+                node.artifact.mime = guess_mime(node.name)  # type: ignore[union-attr]
+
         if self._mime_follows(node, old_name):
-            node.artifact.mime = guess_mime(node.name)  # type: ignore[union-attr]
-            await self.ns.update_node(node)
+            await self.ns.update_node(node, follow)
 
     @staticmethod
     def _mime_follows(node: Node, old_name: str) -> bool:
@@ -568,11 +592,9 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = await self._node(inode)
         await self.callers.check(ctx.uid, node, write=True)
-        expires = node.expires_at_ns
-        self.xattrs.set(node, _text(name, "an attribute name"), value, self.ns.now())
-        if node.expires_at_ns != expires and node.space is not None:
-            await self.ns.cover_session(node.space, node.expires_at_ns)
-        await self.ns.update_node(node)
+        key, now = _text(name, "an attribute name"), self.ns.now()
+        # update_node moves the session out first if this moves the node's expiry (user.artifact.ttl)
+        await self.ns.update_node(node, lambda node: self.xattrs.set(node, key, value, now))
 
     @fuse_call
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -584,8 +606,8 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = await self._node(inode)
         await self.callers.check(ctx.uid, node, write=True)
-        self.xattrs.remove(node, _text(name, "an attribute name"))
-        await self.ns.update_node(node)
+        key = _text(name, "an attribute name")
+        await self.ns.update_node(node, lambda node: self.xattrs.remove(node, key))
 
 
 def _invalidate_inode(fuse_ino: int, attr_only: bool) -> None:

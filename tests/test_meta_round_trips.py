@@ -179,8 +179,7 @@ async def test_a_directory_takes_the_time_of_every_change_of_its_entries(meta: A
     clock.advance(1)
     renamed_at = clock.now_ns()
     home = await ns.get(home.ino)
-    home.mode = 0o700
-    await ns.update_node(home)  # a record written after a touch keeps the touch's time
+    await ns.update_node(home, lambda home: setattr(home, "mode", 0o700))  # written after a touch, keeps its time
     assert (await ns.get(home.ino)).mtime_ns == renamed_at - NS
     clock.advance(1)
     await ns.unlink(made)
@@ -254,8 +253,8 @@ async def test_forged_directory_times_are_refused(redis_server: RedisServer, clo
 
 async def test_a_removal_touches_only_the_directory_the_entry_is_in(redis_server: RedisServer,
                                                                    clock: ManualClock) -> None:
-    """An entry moved by another host meanwhile: the remove's directory times were signed for the old
-    directory, and neither lands on the new one (where they would read as forged)."""
+    """An entry moved by another host meanwhile: the remove names the entry it read, which is gone
+    (ENOENT); the entry at its new name stays, and the new directory's times are not touched."""
     meta, other = redis_meta(redis_server), None
     await meta.open()
     try:
@@ -267,9 +266,10 @@ async def test_a_removal_touches_only_the_directory_the_entry_is_in(redis_server
         stale = await new_file(ns, home, "f")
         await ns_other.rename(await ns_other.get(stale.ino), await ns_other.get(there.ino), "f")
         clock.advance(1)
-        await ns.unlink(stale)  # still says its directory is home
+        with pytest.raises(ArtifactNotFoundError):  # home/f is gone: it is not unlinked at its new name
+            await ns.unlink(stale)  # still says its directory is home
         assert (await ns.get(there.ino)).mtime_ns < clock.now_ns()
-        assert [n.name for n in await ns.list(there)] == []
+        assert [n.name for n in await ns.list(there)] == ["f"]
     finally:
         await meta.close()
         if other is not None:
@@ -377,8 +377,9 @@ async def test_a_commit_retried_after_a_lost_reply_is_done_once(redis_server: Re
         made = await new_file(ns, await user_home(ns), "f")
         node = await ns.get(made.ino)
         ns.set_content(node, None, 0, node.artifact.sha256)  # type: ignore[union-attr]
+        again = node.model_copy(deep=True)  # what a retry sends: the same record, at the same revision
         assert await meta.commit(node, base_version=0) is None
-        assert await meta.commit(node, base_version=0) is None  # the same write again: no conflict with itself
+        assert await meta.commit(again, base_version=0) is None  # the same write again: no conflict with itself
         assert (await ns.get(made.ino)).artifact.version == 1  # type: ignore[union-attr]
     finally:
         await meta.close()

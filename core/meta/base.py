@@ -11,6 +11,14 @@ Only the directories whose times follow their entries get it: a scope root
 and the directories below one, never the fixed tree above (``sessions/``,
 ``users/``, a sandbox). For a remote store each call is a round trip, so
 everything one change needs travels in one call.
+
+No write is blind (issue #16). Every node record carries a revision
+(``Node.rev``) that each write of it bumps, and every op that rewrites a
+record the caller read (update, commit, rename, exchange) is conditional on
+that revision: if another writer (another host, another process) changed
+the record meanwhile, the op changes nothing and reports the record as it
+is now, for the caller to re-apply its own change to. A successful write
+sets the caller's ``node.rev`` to the revision it stored.
 """
 
 from __future__ import annotations
@@ -90,15 +98,20 @@ class MetaStore(Protocol):
         ...
 
     async def update(self, node: Node) -> None:
-        """Rewrite an existing node (attributes)."""
+        """Rewrite an existing node (attributes), if it is still at revision ``node.rev``.
+
+        Else changes nothing and raises :class:`StaleRecordError` with the
+        stored node. A node that is gone raises :class:`ArtifactNotFoundError`.
+        """
         ...
 
-    async def commit(self, node: Node, *, base_version: int) -> Node | None:
-        """Rewrite file ``node`` with a new version, if the stored one is still ``base_version``.
+    async def commit(self, node: Node, *, base_version: int | None) -> Node | None:
+        """Rewrite file ``node`` with a new version, if the stored one is still at revision
+        ``node.rev`` (and so still ``base_version``).
 
         Returns None when done; else changes nothing and returns the stored
-        node (another version was committed meanwhile). A node that is gone
-        raises :class:`ArtifactNotFoundError`.
+        node (another version was committed, or the node changed, meanwhile).
+        A node that is gone raises :class:`ArtifactNotFoundError`.
         """
         ...
 
@@ -107,6 +120,10 @@ class MetaStore(Protocol):
     ) -> Node | None:
         """Move ``node`` (as it is given, ctime and all); returns the node it replaced, if any.
 
+        Only if ``node`` is still at revision ``node.rev``: else nothing
+        changes and :class:`StaleRecordError` carries the stored node. A node
+        that is gone raises :class:`ArtifactNotFoundError`.
+
         Replacing a directory needs it empty (DirectoryNotEmptyError), and a
         file cannot replace a directory or the reverse. ``touch_ns`` sets
         the times of both directories.
@@ -114,11 +131,17 @@ class MetaStore(Protocol):
         ...
 
     async def exchange(self, a: Node, b: Node, *, touch_ns: int | None = None) -> None:
-        """Swap two entries atomically (RENAME_EXCHANGE)."""
+        """Swap two entries atomically (RENAME_EXCHANGE), if both are still at the revisions given
+        (else :class:`StaleRecordError`)."""
         ...
 
-    async def remove(self, node: Node, *, touch_ns: int | None = None) -> None:
-        """Unlink ``node``; a directory must be empty."""
+    async def remove(self, node: Node, *, touch_ns: int | None = None) -> Node | None:
+        """Unlink ``node`` if it is still the entry ``node.parent``/``node.name``; a directory must be empty.
+
+        Returns the record it removed, as stored then (its blob is the one to
+        delete, whatever version the caller read), or None if that entry no
+        longer names the inode (removed or moved meanwhile): nothing changes.
+        """
         ...
 
     async def expired(self, now_ns: int, limit: int = 1000) -> list[Node]: ...

@@ -37,6 +37,7 @@ from ..errors import (
     IsADirectoryError_,
     NotADirectoryError_,
     ProviderError,
+    StaleRecordError,
     StoreClosedError,
 )
 from ..models import Scope, Usage
@@ -60,7 +61,7 @@ _ERRORS: dict[bytes, Callable[[str], Exception]] = {
     b"exists": lambda what: AlreadyExistsError(f"{what} exists"),
     b"isdir": lambda what: IsADirectoryError_(f"{what} is a directory"),
     b"notempty": lambda what: DirectoryNotEmptyError(f"{what} is not empty"),
-    b"vanished": lambda what: ProviderError(f"{what}: the inode vanished during the change"),
+    b"vanished": lambda what: ArtifactNotFoundError(f"{what}: the inode was removed"),
     b"taken": lambda what: ProviderError(f"{what}: the target name was taken meanwhile"),
     b"dupid": lambda what: ProviderError(f"{what}: the artifact id is held by another inode"),
 }
@@ -205,6 +206,7 @@ class RedisMetaStore:
             node.size,
             "" if node.expires_at_ns is None else node.expires_at_ns,
             art.version if art else "",
+            node.rev,
         ]
 
     @staticmethod
@@ -341,15 +343,16 @@ class RedisMetaStore:
     # -- changes
 
     async def _replacing(
-        self, what: str, op: str, flag: bool, node: Node, touches: list[object], cover: Node | None = None
+        self, what: str, op: str, flag: bool, node: Node, extra: list[object], cover: Node | None = None
     ) -> Node | None:
         """Run an op that may replace an entry, verifying the record it replaces first.
 
-        ``cover`` is the session root as read, to be moved out to cover ``node`` (inserts only).
+        ``extra`` follows the node (a rename's revision, the touches). ``cover`` is the session root as
+        read, to be moved out to cover ``node`` (inserts only).
         """
         expect = b""
         for attempt in range(_MAX_CONFLICTS):
-            args = ["1" if flag else "0", expect, *self._args(node), *touches, *self._cover_args(cover, node)]
+            args = ["1" if flag else "0", expect, *self._args(node), *extra, *self._cover_args(cover, node)]
             reply = self._check(await self._script(what, op, *args), what)
             if reply[0] == b"CONFLICT":
                 self._load(*reply[1:])  # refuses a corrupted record before it is touched
@@ -357,7 +360,9 @@ class RedisMetaStore:
                     await self._back_off(attempt)
                 expect = reply[1]
                 continue
-            if reply[0] == b"STALE":  # the session root's expiry moved meanwhile: cover it as it is now
+            if reply[0] == b"STALE" and op == "rename":  # the node changed since its caller read it
+                raise StaleRecordError(f"{what}: inode {node.ino} changed since it was read", self._load(*reply[1:]))
+            if reply[0] == b"STALE":  # the session root changed meanwhile: cover it as it is now
                 cover = self._load(*reply[1:])
                 continue
             return self._load(*reply[1:]) if len(reply) > 1 else None
@@ -375,8 +380,8 @@ class RedisMetaStore:
         """
         if root is None or root.expires_at_ns is None:
             return []
-        moved = root.model_copy(update={"expires_at_ns": node.expires_at_ns})
-        return [root.expires_at_ns, *self._args(moved)]
+        moved = root.model_copy(update={"expires_at_ns": node.expires_at_ns, "rev": root.rev + 1})
+        return [root.rev, *self._args(moved)]
 
     @staticmethod
     def _touches(node: Node) -> bool:
@@ -394,37 +399,46 @@ class RedisMetaStore:
         return node, old
 
     async def update(self, node: Node) -> None:
-        what = f"inode {node.ino}"
-        self._check(await self._script(what, "update", *self._args(node), ""), what)
+        current = await self.commit(node, base_version=None)
+        if current is not None:
+            raise StaleRecordError(f"inode {node.ino} changed since it was read", current)
 
-    async def commit(self, node: Node, *, base_version: int) -> Node | None:
+    async def commit(self, node: Node, *, base_version: int | None) -> Node | None:
         what = f"inode {node.ino}"
-        reply = await self._script(what, "update", *self._args(node), base_version)
-        if reply[:2] == [b"ERR", b"vanished"]:
-            raise ArtifactNotFoundError(f"inode {node.ino} was removed")
-        self._check(reply, what)
-        return self._load(*reply[1:]) if reply[0] == b"CONFLICT" else None
+        written = node.model_copy(update={"rev": node.rev + 1})
+        expect = "" if base_version is None else base_version
+        reply = self._check(await self._script(what, "update", *self._args(written), node.rev, expect), what)
+        if reply[0] == b"CONFLICT":
+            return self._load(*reply[1:])
+        node.rev = written.rev
+        return None
 
     async def rename(
         self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None
     ) -> Node | None:
-        moved = node.model_copy(update={"parent": new_parent, "name": new_name})
+        moved = node.model_copy(update={"parent": new_parent, "name": new_name, "rev": node.rev + 1})
         time_ns = touch_ns if self._touches(node) else None
         touches = [*self._touch(node.parent, time_ns), *self._touch(new_parent, time_ns)]
-        old = await self._replacing(repr(new_name), "rename", replace, moved, touches)
-        node.parent, node.name = new_parent, new_name
+        old = await self._replacing(repr(new_name), "rename", replace, moved, [node.rev, *touches])
+        node.parent, node.name, node.rev = new_parent, new_name, moved.rev
         return old
 
     async def exchange(self, a: Node, b: Node, *, touch_ns: int | None = None) -> None:
-        a2 = a.model_copy(update={"parent": b.parent, "name": b.name})
-        b2 = b.model_copy(update={"parent": a.parent, "name": a.name})
+        a2 = a.model_copy(update={"parent": b.parent, "name": b.name, "rev": a.rev + 1})
+        b2 = b.model_copy(update={"parent": a.parent, "name": a.name, "rev": b.rev + 1})
         touches = [
             *self._touch(a.parent, touch_ns if self._touches(a) else None),
             *self._touch(b.parent, touch_ns if self._touches(b) else None),
         ]
-        self._check(await self._script("exchange", "exchange", *self._args(a2), *self._args(b2), *touches), "exchange")
-        (a.parent, a.name), (b.parent, b.name) = (a2.parent, a2.name), (b2.parent, b2.name)
+        args = [*self._args(a2), *self._args(b2), a.rev, b.rev, *touches]
+        reply = self._check(await self._script("exchange", "exchange", *args), "exchange")
+        if reply[0] == b"STALE":
+            raise StaleRecordError("exchange: an entry changed since it was read", self._load(*reply[1:]))
+        for node, done in ((a, a2), (b, b2)):
+            node.parent, node.name, node.rev = done.parent, done.name, done.rev
 
-    async def remove(self, node: Node, *, touch_ns: int | None = None) -> None:
+    async def remove(self, node: Node, *, touch_ns: int | None = None) -> Node | None:
         touch = self._touch(node.parent, touch_ns if self._touches(node) else None)
-        self._check(await self._script(repr(node.name), "remove", node.ino, *touch), repr(node.name))
+        what = repr(node.name)
+        reply = self._check(await self._script(what, "remove", node.ino, node.parent, _name(node.name), *touch), what)
+        return self._load(*reply[1:]) if len(reply) > 1 else None

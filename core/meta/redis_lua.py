@@ -11,7 +11,8 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
                            the plain fields the script needs: ``p`` parent,
                            ``n`` name, ``k`` kind (d/f/l), ``a`` artifact id,
                            ``ix`` index tags, ``uk`` usage key, ``sz``, ``ex``,
-                           ``v`` a file's version; and on a directory whose
+                           ``v`` a file's version, ``r`` the record's revision
+                           (absent on records older than it: 0); and on a directory whose
                            entries changed after its record was written,
                            ``mt`` its new mtime/ctime and ``mts`` that value's
                            own signature (see *Directory times* below)
@@ -28,19 +29,28 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
 
 ``ARGV[1]`` names the op, ``ARGV[2]`` is ``1`` to publish a change notice
 (``1<origin>`` to stamp it with the store instance that asked), ``0`` not to,
-and a node travels as 12 values: ino, then the fields in ``FIELDS`` order.
+and a node travels as 13 values: ino, then the fields in ``FIELDS`` order.
 A record travels back as ino, ``rec``, ``sig``, ``mt``, ``mts``.
 
 Ops that may replace an entry (insert with replace, rename) take the ino the
 caller expects there, whose record the caller has verified; if another is
 there they change nothing and answer ``CONFLICT`` with its record, so no
-record is ever acted on unverified. An update may name the version it
-replaces (a commit of new content): if another version was committed
-meanwhile it changes nothing and answers ``CONFLICT`` too. An insert may
-carry the session root rewritten to expire no sooner than the new node
-(its *cover*), with the expiry the caller read: if that moved and no longer
-covers the node, nothing changes and the answer is ``STALE`` with the root's
-record. Ops are idempotent, so a retry after a lost reply does no harm.
+record is ever acted on unverified.
+
+No record is written blind. A record carries its revision (``r``), and an
+op that rewrites one (update, rename, exchange, an insert's cover) takes
+the revision its caller read: if the record changed meanwhile (any change,
+by any host, bumps it) the op changes nothing and answers with the record
+as it is now (``CONFLICT`` from an update, ``STALE`` from the others), for
+the caller to re-apply its change to. An update may also name the version
+it replaces (a commit of new content). An insert may carry the session
+root rewritten to expire no sooner than the new node (its *cover*), with
+the revision of the root the caller read: if the root changed and no
+longer covers the node, the answer is ``STALE`` with the root's record. A
+remove names the entry (parent, name) the caller read, removes nothing if
+the inode is no longer there, and answers the record it removed. Ops are
+idempotent, so a retry after a lost reply does no harm (a rewrite whose
+very record is already stored is answered ``OK``).
 
 Directory times. A new, removed or renamed entry sets its directory's mtime
 and ctime in the same script. The script cannot re-sign the directory's
@@ -60,7 +70,7 @@ inodes ``i<ino>``, then the origin ``o<origin>`` if one was given, joined by
 NUL (:mod:`core.meta.redis_events` reads them).
 """
 
-FIELDS = ("rec", "sig", "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v")
+FIELDS = ("rec", "sig", "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r")
 NODE_ARGS = 1 + len(FIELDS)
 NO_TOUCH = ("", "", "")
 
@@ -68,9 +78,9 @@ SCRIPT = r"""
 local P = KEYS[1]
 local notify = string.sub(ARGV[2], 1, 1) == '1'
 local origin = string.sub(ARGV[2], 2)
-local FIELDS = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v'}
-local LOADED = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'mt', 'mts'}
-local NODE_ARGS = 12
+local FIELDS = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r'}
+local LOADED = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'mt', 'mts'}
+local NODE_ARGS = 13
 
 local function ikey(ino) return P .. ':i:' .. ino end
 local function dkey(ino) return P .. ':d:' .. ino end
@@ -96,6 +106,9 @@ local function fetch(ino)
 end
 
 local function record(n) return {n.ino, n.rec, n.sig, n.mt, n.mts} end
+
+-- whether stored record n is still at revision rev, as its writer read it (records older than revisions: 0)
+local function at_rev(n, rev) return (n.r == '' and '0' or n.r) == rev end
 
 local function answer(word, parts)
   local out = {word}
@@ -138,7 +151,7 @@ end
 
 local function store(n)
   redis.call('HSET', ikey(n.ino), 'rec', n.rec, 'sig', n.sig, 'p', n.p, 'n', n.n, 'k', n.k, 'a', n.a,
-             'ix', n.ix, 'uk', n.uk, 'sz', n.sz, 'ex', n.ex, 'v', n.v)
+             'ix', n.ix, 'uk', n.uk, 'sz', n.sz, 'ex', n.ex, 'v', n.v, 'r', n.r)
   redis.call('HDEL', ikey(n.ino), 'mt', 'mts')  -- the record carries the directory's times now
   if n.p ~= '0' then redis.call('HSET', dkey(n.p), n.n, n.ino) end
   index(n)
@@ -220,7 +233,7 @@ function ops.find()
   return fetch(ino)
 end
 
--- ARGV: replace, expect, node, touch (3), then optionally the cover: the root's expiry as read, the root
+-- ARGV: replace, expect, node, touch (3), then optionally the cover: the root's revision as read, the root
 function ops.insert()
   local replace, expect, n = ARGV[3] == '1', ARGV[4], argnode(5)
   local at = 5 + NODE_ARGS
@@ -242,8 +255,8 @@ function ops.insert()
     was = load(root.ino)
     if not was or was.ex == '' or (root.ex ~= '' and le(root.ex, was.ex)) then
       root = nil  -- gone (nothing left to outlive), or it lives long enough as it is
-    elseif was.ex ~= ARGV[at + 3] then
-      return answer('STALE', record(was))  -- it moved since the caller read it: cover it as it is now
+    elseif not at_rev(was, ARGV[at + 3]) then
+      return answer('STALE', record(was))  -- it changed since the caller read it: cover it as it is now
     end
   end
   if old then drop(old); inode(cur) end
@@ -255,15 +268,15 @@ function ops.insert()
   return replaced_reply(old)
 end
 
--- ARGV: node, then '' or the version the node's replaces (a commit)
+-- ARGV: node, the revision it replaces, then '' or the version it replaces (a commit)
 function ops.update()
   local n = argnode(3)
-  local expect = ARGV[3 + NODE_ARGS]
+  local rev, expect = ARGV[3 + NODE_ARGS], ARGV[4 + NODE_ARGS]
   local old = load(n.ino)
   if not old then return {'ERR', 'vanished'} end
-  if expect ~= '' then
-    if old.sig == n.sig then return {'OK'} end  -- this very commit, retried after a lost reply
-    if old.v ~= '' and old.v ~= expect then return answer('CONFLICT', record(old)) end
+  if old.sig == n.sig then return {'OK'} end  -- this very write, retried after a lost reply
+  if not at_rev(old, rev) or (expect ~= '' and old.v ~= '' and old.v ~= expect) then
+    return answer('CONFLICT', record(old))
   end
   local moved = old.p ~= n.p or old.n ~= n.n
   if moved then
@@ -278,12 +291,14 @@ function ops.update()
   return {'OK'}
 end
 
--- ARGV: replace, expect, node, touch of the old parent (3), touch of the new parent (3)
+-- ARGV: replace, expect, node, the revision it replaces, touch of the old parent (3), touch of the new parent (3)
 function ops.rename()
   local replace, expect, n = ARGV[3] == '1', ARGV[4], argnode(5)
-  local at = 5 + NODE_ARGS
+  local rev, at = ARGV[5 + NODE_ARGS], 6 + NODE_ARGS
   local cur = load(n.ino)
   if not cur then return {'ERR', 'vanished'} end
+  if cur.sig == n.sig then return {'OK'} end  -- this very move, retried after a lost reply
+  if not at_rev(cur, rev) then return answer('STALE', record(cur)) end
   local dst = redis.call('HGET', dkey(n.p), n.n)
   local old = dst and dst ~= n.ino and load(dst)
   if old then
@@ -305,11 +320,17 @@ function ops.rename()
   return replaced_reply(old)
 end
 
--- ARGV: a, b (each in the other's place), touch of a's old parent (3), touch of b's old parent (3)
+-- ARGV: a, b (each in the other's place), the revisions of a and b as read,
+-- touch of a's old parent (3), touch of b's old parent (3)
 function ops.exchange()
   local a, b = argnode(3), argnode(3 + NODE_ARGS)
+  local at = 3 + 2 * NODE_ARGS
   local ca, cb = load(a.ino), load(b.ino)
   if not ca or not cb then return {'ERR', 'vanished'} end
+  if ca.sig == a.sig and cb.sig == b.sig then return {'OK'} end  -- this very exchange, retried
+  if not at_rev(ca, ARGV[at]) then return answer('STALE', record(ca)) end
+  if not at_rev(cb, ARGV[at + 1]) then return answer('STALE', record(cb)) end
+  at = at + 2
   for _, n in ipairs({a, b}) do
     local slot = redis.call('HGET', dkey(n.p), n.n)
     if slot and slot ~= a.ino and slot ~= b.ino then return {'ERR', 'taken'} end
@@ -318,23 +339,22 @@ function ops.exchange()
   unindex(ca); unindex(cb)
   store(a); store(b)
   entry(a); entry(b); inode(a.ino); inode(b.ino)
-  local at = 3 + 2 * NODE_ARGS
   if touch(ca.p, at) then inode(ca.p) end
   if touch(cb.p, at + 3) and cb.p ~= ca.p then inode(cb.p) end
   publish()
   return {'OK'}
 end
 
--- ARGV: ino, touch of its parent (3)
+-- ARGV: ino, the parent and name the caller read it at, touch of its parent (3)
 function ops.remove()
   local cur = load(ARGV[3])
-  if not cur then return {'OK'} end
+  if not cur or cur.p ~= ARGV[4] or cur.n ~= ARGV[5] then return {'OK'} end  -- gone from there already
   if cur.k == 'd' and redis.call('HLEN', dkey(cur.ino)) > 0 then return {'ERR', 'notempty'} end
   drop(cur)
   entry(cur); inode(cur.ino)
-  if touch(cur.p, 4) then inode(cur.p) end
+  if touch(cur.p, 6) then inode(cur.p) end
   publish()
-  return {'OK'}
+  return answer('OK', record(cur))
 end
 
 local op = ops[ARGV[1]]

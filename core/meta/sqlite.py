@@ -16,6 +16,7 @@ from ..errors import (
     IsADirectoryError_,
     NotADirectoryError_,
     ProviderError,
+    StaleRecordError,
     StoreClosedError,
 )
 from ..models import Scope, Usage
@@ -245,6 +246,7 @@ class SQLiteMetaStore:
         parent, fields = self._load_for_update(db, ino)
         if parent is not None and parent.role in _TOUCHED_ROLES:
             parent.mtime_ns = parent.ctime_ns = now_ns
+            parent.rev += 1
             self._write(db, parent, insert=False, old=fields)
 
     async def insert(
@@ -277,34 +279,34 @@ class SQLiteMetaStore:
                 until = node.expires_at_ns
                 if root is not None and root.expires_at_ns is not None and (until is None or until > root.expires_at_ns):
                     root.expires_at_ns = until
+                    root.rev += 1
                     dirty[root.ino] = (root, fields)
             if touch_ns is not None:
                 directory, fields = dirty.get(node.parent) or self._load_for_update(db, node.parent)
                 if directory is not None and directory.role in _TOUCHED_ROLES:
                     directory.mtime_ns = directory.ctime_ns = touch_ns
+                    if directory.ino not in dirty:
+                        directory.rev += 1
                     dirty[directory.ino] = (directory, fields)
             for changed, fields in dirty.values():
                 self._write(db, changed, insert=False, old=fields)
         return node, old
 
     async def update(self, node: Node) -> None:
-        with self._tx() as db:
-            # What the old version was charged is in its columns; its record need not be decoded.
-            row = db.execute(f"SELECT {_FIELDS_SQL} FROM node WHERE ino=?", (node.ino,)).fetchone()
-            if row is None:
-                raise ProviderError(f"inode {node.ino} vanished during an update")
-            self._rewrite(db, node, row)
+        current = await self.commit(node, base_version=None)
+        if current is not None:
+            raise StaleRecordError(f"inode {node.ino} changed since it was read", current)
 
-    async def commit(self, node: Node, *, base_version: int) -> Node | None:
+    async def commit(self, node: Node, *, base_version: int | None) -> Node | None:
         with self._tx() as db:
-            row = db.execute(f"SELECT {_COLUMNS}, {_FIELDS_SQL} FROM node WHERE ino=?", (node.ino,)).fetchone()
-            if row is None:
+            current, row = self._load_for_update(db, node.ino)
+            if current is None:
                 raise ArtifactNotFoundError(f"inode {node.ino} was removed")
-            current = self._load(row[:3])
-            assert current is not None
-            if current.artifact is not None and current.artifact.version != base_version:
+            version = current.artifact.version if current.artifact is not None else None
+            if current.rev != node.rev or (base_version is not None and version not in (None, base_version)):
                 return current
-            self._rewrite(db, node, row[3:])
+            self._rewrite(db, _next_rev(node), row)
+        node.rev += 1
         return None
 
     def _rewrite(self, db: sqlite3.Connection, node: Node, row: tuple) -> None:
@@ -322,6 +324,11 @@ class SQLiteMetaStore:
         self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None
     ) -> Node | None:
         with self._tx() as db:
+            current, row = self._load_for_update(db, node.ino)
+            if current is None:
+                raise ArtifactNotFoundError(f"inode {node.ino} was removed")
+            if current.rev != node.rev:
+                raise StaleRecordError(f"inode {node.ino} changed since it was read", current)
             old = self._load(
                 db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (new_parent, new_name)).fetchone()
             )
@@ -338,41 +345,53 @@ class SQLiteMetaStore:
                 self._charge(db, old, -1)
             elif old is not None:
                 old = None  # renaming onto itself
-            row = db.execute(f"SELECT {_FIELDS_SQL} FROM node WHERE ino=?", (node.ino,)).fetchone()
-            if row is None:
-                raise ProviderError(f"inode {node.ino} vanished during a rename")
             old_parent = row[0]
-            moved = node.model_copy(update={"parent": new_parent, "name": new_name})
+            moved = node.model_copy(update={"parent": new_parent, "name": new_name, "rev": node.rev + 1})
             self._write(db, moved, insert=False, old=row)
             if touch_ns is not None:
                 for directory in {old_parent, new_parent}:
                     self._touch(db, directory, touch_ns)
-        node.parent, node.name = new_parent, new_name
+        node.parent, node.name, node.rev = new_parent, new_name, moved.rev
         return old
 
     async def exchange(self, a: Node, b: Node, *, touch_ns: int | None = None) -> None:
         with self._tx() as db:
-            (a.parent, a.name), (b.parent, b.name) = (b.parent, b.name), (a.parent, a.name)
+            for node in (a, b):
+                current, _ = self._load_for_update(db, node.ino)
+                if current is None:
+                    raise ArtifactNotFoundError(f"inode {node.ino} was removed")
+                if current.rev != node.rev:
+                    raise StaleRecordError(f"inode {node.ino} changed since it was read", current)
+            a2 = a.model_copy(update={"parent": b.parent, "name": b.name, "rev": a.rev + 1})
+            b2 = b.model_copy(update={"parent": a.parent, "name": a.name, "rev": b.rev + 1})
             # Park one side so the UNIQUE(parent, name) constraint never sees both at once.
             db.execute("UPDATE node SET parent=-1 WHERE ino=?", (a.ino,))
-            self._write(db, b, insert=False)
-            self._write(db, a, insert=False)
+            self._write(db, b2, insert=False)
+            self._write(db, a2, insert=False)
             if touch_ns is not None:
-                for directory in {a.parent, b.parent}:
+                for directory in {a2.parent, b2.parent}:
                     self._touch(db, directory, touch_ns)
+        for node, done in ((a, a2), (b, b2)):
+            node.parent, node.name, node.rev = done.parent, done.name, done.rev
 
-    async def remove(self, node: Node, *, touch_ns: int | None = None) -> None:
+    async def remove(self, node: Node, *, touch_ns: int | None = None) -> Node | None:
         """The protocol's remove; ``touch_ns`` also sets the parent's mtime/ctime."""
         with self._tx() as db:
-            if node.is_dir and db.execute("SELECT 1 FROM node WHERE parent=? LIMIT 1", (node.ino,)).fetchone():
+            current, row = self._load_for_update(db, node.ino)
+            if current is None or (current.parent, current.name) != (node.parent, node.name):
+                return None  # gone from that name already (removed, or moved by another writer)
+            if current.is_dir and db.execute("SELECT 1 FROM node WHERE parent=? LIMIT 1", (node.ino,)).fetchone():
                 raise DirectoryNotEmptyError(f"{node.name!r} is not empty")
-            current = db.execute("SELECT usage_key, size, parent FROM node WHERE ino=?", (node.ino,)).fetchone()
-            if current is None:
-                return
             db.execute("DELETE FROM node WHERE ino=?", (node.ino,))
-            self._account(db, current[0], -current[1], -1)
+            self._account(db, row[_USAGE_KEY_AT], -row[_SIZE_AT], -1)
             if touch_ns is not None:
-                self._touch(db, current[2], touch_ns)
+                self._touch(db, current.parent, touch_ns)
+        return current
+
+
+def _next_rev(node: Node) -> Node:
+    """``node`` as its conditional write stores it: at the revision after the one it was read at."""
+    return node.model_copy(update={"rev": node.rev + 1})
 
 
 class _Transaction:
