@@ -48,8 +48,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the test fixtures' redis-server and moto
 sys.path.insert(0, str(REPO / "tests" / "fuse"))  # ... and the mount environment of each world
 
-from servers import AWS_ENV, MotoServer, RedisServer  # noqa: E402
-from worlds import StoreWorld, WorldKind  # noqa: E402
+from servers import AWS_ENV, MotoServer, RedisServer
+from worlds import StoreWorld, WorldKind
 
 WORLDS = ("embedded", "redis-s3")
 TOOLS = ("fsx", "pjdfstest")
@@ -356,13 +356,13 @@ def run_tool(tool: str, world: World, base: Path, logs: Path, args: argparse.Nam
         state["runner"] = None
         result.rc = rc
         if tool == "fsx":
-            found = re.search(r"^fsx: (\d+)/(\d+) runs passed", text, re.M)
-            failed = re.findall(r"^fsx\[([^\]]+)\]: FAIL", text, re.M)
+            found = re.search(r"^fsx: (\d+)/(\d+) runs passed", text, re.MULTILINE)
+            failed = re.findall(r"^fsx\[([^\]]+)\]: FAIL", text, re.MULTILINE)
             result.figure = f"{found.group(1)}/{found.group(2)}" if found else f"no summary (rc={rc})"
             if failed:
                 result.figure += f" (failed: {', '.join(failed)})"
         else:
-            found = re.search(r"^pjdfstest: (\S+) files, (\S+) tests, (\d+) failed \((\d+) failing files", text, re.M)
+            found = re.search(r"^pjdfstest: (\S+) files, (\S+) tests, (\d+) failed \((\d+) failing files", text, re.MULTILINE)
             result.figure = (f"{found.group(3)}/{found.group(2)} failed in {found.group(4)}/{found.group(1)} files"
                              if found else f"no summary (rc={rc})")
         if not mount.alive():
@@ -416,7 +416,7 @@ def parse_args() -> argparse.Namespace:
                         help="where every output and mount log is kept")
     parser.add_argument("--mount-arg", action="append", default=[], metavar="ARG",
                         help="one more argument to `artifactfs mount`, e.g. --mount-arg=--debug (repeatable)")
-    parser.add_argument("--pjdfstest-timeout", type=float, default=float(os.environ.get("PJDFSTEST_TIMEOUT", 5400)),
+    parser.add_argument("--pjdfstest-timeout", type=float, default=float(os.environ.get("PJDFSTEST_TIMEOUT", "5400")),
                         metavar="SECONDS", help="stop pjdfstest after this long (default 5400, or $PJDFSTEST_TIMEOUT)")
     parser.add_argument("--keep", action="store_true", help="keep the data dirs (mount.log is kept in any case)")
     return parser.parse_args()

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from servers import redis_s3_settings
+
 from core import ArtifactStore, Limits
 from core.clock import ManualClock
-from servers import redis_s3_settings
+from core.namespace import Namespace
+from core.nodes import Node
 
 BACKENDS = ["memory", "fs-sqlite", "redis-s3"]
 
@@ -26,3 +29,12 @@ def make_store(backend: str, root: Path, clock: ManualClock, limits: Limits, **k
     if backend == "redis-s3":  # the session's redis-server and moto, with key prefixes of this root's own
         return ArtifactStore(settings=redis_s3_settings(root), clock=clock, limits=limits, **kw)
     raise ValueError(backend)
+
+
+async def commit_bytes(ns: Namespace, ino: int, data: bytes) -> Node:
+    """What the mount does at close: the file's fresh node, a new blob, one commit."""
+    node = await ns.get(ino)
+    old_blob = node.artifact.blob_key  # type: ignore[union-attr]
+    key, size, sha256 = await ns.put_blob(node, data)
+    ns.set_content(node, key, size, sha256)
+    return await ns.commit(node, old_blob=old_blob)

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import pyfuse3
 import pytest
 from servers import RedisServer
-from storekit import make_store
+from storekit import commit_bytes, make_store
 
 from core import ArtifactStore, Limits
 from core.blobs.memory import MemoryBlobStore
@@ -87,15 +87,6 @@ async def new_file(ns: Namespace, name: str, data: bytes = b"") -> Node:
     home = await ns.scope_root(ALICE)
     node = await ns.insert_file(ns.file_node(home, name, ttl=None), replace=False, parent=home)
     return await commit_bytes(ns, node.ino, data) if data else node
-
-
-async def commit_bytes(ns: Namespace, ino: int, data: bytes) -> Node:
-    """What a close does: the file's fresh node, a new blob, one commit."""
-    node = await ns.get(ino)
-    old_blob = node.artifact.blob_key  # type: ignore[union-attr]
-    key, size, sha256 = await ns.put_blob(node, data)
-    ns.set_content(node, key, size, sha256)
-    return await ns.commit(node, old_blob=old_blob)
 
 
 async def read(ns: Namespace, node: Node) -> bytes:

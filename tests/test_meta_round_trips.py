@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 from servers import RedisServer
+from storekit import commit_bytes
 
 from core import Limits
 from core.blobs.memory import MemoryBlobStore
@@ -87,15 +88,6 @@ async def user_home(ns: Namespace, user: str = "alice") -> Node:
 async def new_file(ns: Namespace, parent: Node, name: str) -> Node:
     node = ns.file_node(parent, name, ttl=ns.default_ttl(parent.space.scope))  # type: ignore[union-attr]
     return await ns.insert_file(node, replace=False, parent=parent)
-
-
-async def commit_bytes(ns: Namespace, ino: int, data: bytes) -> Node:
-    """What the mount does at close: the file's fresh node, a new blob, one commit."""
-    node = await ns.get(ino)
-    old_blob = node.artifact.blob_key  # type: ignore[union-attr]
-    key, size, sha256 = await ns.put_blob(node, data)
-    ns.set_content(node, key, size, sha256)
-    return await ns.commit(node, old_blob=old_blob)
 
 
 # -- round trips

@@ -47,7 +47,7 @@ def fsx_bin() -> Path:
         capture_output=True, text=True, check=False, timeout=1800,
     )
     assert done.returncode == 0, f"building the conformance tools failed:\n{done.stderr[-4000:]}"
-    found = re.search(r"^FSX_BIN=(.+)$", done.stdout, re.M)
+    found = re.search(r"^FSX_BIN=(.+)$", done.stdout, re.MULTILINE)
     assert found, done.stdout
     return Path(found.group(1))
 
@@ -148,6 +148,10 @@ def test_a_read_from_an_endpoint_that_never_answers_gets_eio_in_time(
 
 
 STOPS = ["sigterm", "umount --force"]
+STOPPED_WRITER = (  # writes without closing, then stops itself: its bytes are never published
+    "import os, signal, sys; f = open(sys.argv[1], 'r+b'); f.write(b'NEW' * 1000); f.flush(); "
+    "os.kill(os.getpid(), signal.SIGSTOP)"
+)
 
 
 def _stop_in_time(mount: Mount, how: str) -> str:
@@ -204,8 +208,7 @@ def test_unmount_in_time_with_a_writer_stopped(mount_factory, how: str) -> None:
     alice = mount.user_dir("alice")
     (alice / "f").write_bytes(b"old version\n")
     writer = subprocess.Popen(
-        ["python3", "-c", "import os,signal,sys; f=open(sys.argv[1],'r+b'); f.write(b'NEW'*1000); f.flush(); "
-         "os.kill(os.getpid(), signal.SIGSTOP)", str(alice / "f")],
+        ["python3", "-c", STOPPED_WRITER, str(alice / "f")],
     )
     try:
         wait_for(lambda: Path(f"/proc/{writer.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T", 30,

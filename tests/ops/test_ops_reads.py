@@ -23,7 +23,7 @@ MIB = 1 << 20
 SIZES = sorted({max(1, int(m * MIB) + d) for m in (0.5, 1, 1.5, 2, 2.5) for d in (-1, 0, 1)})
 
 
-async def answered(coro):  # noqa: ANN001, ANN201 - any handler call
+async def answered(coro):
     with trio.fail_after(ANSWER_WITHIN):
         return await coro
 

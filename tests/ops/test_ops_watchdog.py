@@ -31,7 +31,7 @@ class HangingBlobs(MemoryBlobStore):
         self.hang = False
         self.started = 0
 
-    async def reader(self, key: str, size: int | None = None):  # noqa: ANN201 - a BlobReader
+    async def reader(self, key: str, size: int | None = None):
         inner = await super().reader(key, size)
         blobs = self
 
