@@ -1,6 +1,7 @@
 """artifactfs core: an async artifact store (no FUSE imports here)."""
 
-from .errors import (
+from core.api.store import ArtifactStore
+from core.errors import (
     AccessDeniedError,
     ArtifactCorruptedError,
     ArtifactExpiredError,
@@ -15,10 +16,18 @@ from .errors import (
     SessionError,
     StoreClosedError,
 )
-from .models import ArtifactMetadata, GridKey, Scope, SessionInfo, StreamDownloadRequest, StreamUploadRequest
-from .models import MultipartUploadCompleteRequest, MultipartUploadInitRequest, MultipartUploadPart
-from .namespace import Limits
-from .store import ArtifactStore
+from core.models import (
+    ArtifactMetadata,
+    GridKey,
+    MultipartUploadCompleteRequest,
+    MultipartUploadInitRequest,
+    MultipartUploadPart,
+    Scope,
+    SessionInfo,
+    StreamDownloadRequest,
+    StreamUploadRequest,
+)
+from core.tree.namespace import Limits
 
 __all__ = [
     "AccessDeniedError", "ArtifactCorruptedError", "ArtifactExpiredError", "ArtifactMetadata",

@@ -12,15 +12,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
-from .blobs.base import BlobStore
-from .changes import ChangeFeed
-from .errors import InvalidArgumentError
-from .meta.base import MetaStore
-from .models import MetadataProvider, StorageProvider
-from .namespace import Limits
-from .presign import PresignSettings
-from .signing import RecordSigner, load_signing_key
-from .uploads import DirUploadRegistry, MemoryUploadRegistry, UploadRegistry
+from core.backends.blobs.base import BlobStore
+from core.backends.meta.base import MetaStore
+from core.backends.meta.changes import ChangeFeed
+from core.backends.uploads.base import UploadRegistry
+from core.backends.uploads.filesystem import DirUploadRegistry
+from core.backends.uploads.memory import MemoryUploadRegistry
+from core.errors import InvalidArgumentError
+from core.infra.signing import RecordSigner, load_signing_key
+from core.models import MetadataProvider, StorageProvider
+from core.transfers.engine import Transfers
+from core.transfers.urls import PresignSettings, derive_key
+from core.tree.namespace import Limits, Namespace
 
 _STORAGE_ALIASES = {
     "memory": StorageProvider.MEMORY, "vfs-memory": StorageProvider.MEMORY,
@@ -129,13 +132,13 @@ def signing_key(settings: Settings) -> bytes:
 def build_upload_registry(settings: Settings, meta: MetaStore, signer: RecordSigner) -> UploadRegistry:
     """Where open presigned uploads are kept: beside the metadata, seen by every process that shares it.
 
-    Redis metadata keeps them in Redis (:mod:`core.meta.redis_uploads`), so
+    Redis metadata keeps them in Redis (:mod:`core.backends.uploads.redis`), so
     every host on one Redis and one bucket can complete or abort any of them;
     a data dir keeps them as files there; memory stores keep them in memory.
     """
     if settings.session_provider is MetadataProvider.REDIS:
-        from .meta.redis import RedisMetaStore
-        from .meta.redis_uploads import RedisUploadRegistry
+        from core.backends.meta.redis.store import RedisMetaStore
+        from core.backends.uploads.redis import RedisUploadRegistry
 
         if isinstance(meta, RedisMetaStore):
             return RedisUploadRegistry(meta, signer)
@@ -149,15 +152,15 @@ def build_backends(settings: Settings) -> tuple[BlobStore, MetaStore]:
     signer = RecordSigner(signing_key(settings))
     blobs: BlobStore
     if settings.storage_provider is StorageProvider.FILESYSTEM:
-        from .blobs.filesystem import FilesystemBlobStore
+        from core.backends.blobs.filesystem import FilesystemBlobStore
 
         blobs = FilesystemBlobStore(settings.fs_root)
     elif settings.storage_provider is StorageProvider.MEMORY:
-        from .blobs.memory import MemoryBlobStore
+        from core.backends.blobs.memory import MemoryBlobStore
 
         blobs = MemoryBlobStore()
     elif settings.storage_provider is StorageProvider.S3:
-        from .blobs.s3 import S3BlobStore
+        from core.backends.blobs.s3.store import S3BlobStore
 
         blobs = S3BlobStore(
             settings.bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint_url,
@@ -169,15 +172,15 @@ def build_backends(settings: Settings) -> tuple[BlobStore, MetaStore]:
         raise InvalidArgumentError(f"storage provider {settings.storage_provider.value} is not available yet")
     meta: MetaStore
     if settings.session_provider is MetadataProvider.SQLITE:
-        from .meta.sqlite import SQLiteMetaStore
+        from core.backends.meta.sqlite import SQLiteMetaStore
 
         meta = SQLiteMetaStore(settings.sqlite_path or settings.fs_root / "meta.sqlite3", signer)
     elif settings.session_provider is MetadataProvider.MEMORY:
-        from .meta.sqlite import SQLiteMetaStore
+        from core.backends.meta.sqlite import SQLiteMetaStore
 
         meta = SQLiteMetaStore(":memory:", signer)
     elif settings.session_provider is MetadataProvider.REDIS:
-        from .meta.redis import RedisMetaStore
+        from core.backends.meta.redis.store import RedisMetaStore
 
         if not settings.redis_url:
             raise InvalidArgumentError("SESSION_PROVIDER=redis needs SESSION_REDIS_URL")
@@ -194,10 +197,18 @@ def build_change_feed(meta: MetaStore) -> ChangeFeed | None:
     (other hosts); the embedded stores are one data dir, and their other
     faces live with the time-bounded caches the mount keeps anyway.
     """
-    from .meta.redis import RedisMetaStore
+    from core.backends.meta.redis.store import RedisMetaStore
 
     if isinstance(meta, RedisMetaStore):
-        from .meta.redis_events import RedisChangeFeed
+        from core.backends.meta.redis.events import RedisChangeFeed
 
         return RedisChangeFeed(meta)
     return None
+
+
+def build_transfers(ns: Namespace, settings: Settings, signing_key_: bytes | None = None) -> Transfers:
+    """Presigned URLs and uploads for a store built from ``settings``; uploads are kept beside its metadata."""
+    # The key metadata records are signed with: every process on this store agrees on it.
+    key = signing_key_ if signing_key_ is not None else signing_key(settings)
+    registry = build_upload_registry(settings, ns.meta, RecordSigner(derive_key(key, "upload-record/v1")))
+    return Transfers(ns, settings.presign, key, registry)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from .errors import InvalidArgumentError
+from core.errors import InvalidArgumentError
 
 
 class Scope(str, Enum):

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .models import Scope
+from core.models import Scope
 
 ROOT_INO = 1
 

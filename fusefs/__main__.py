@@ -1,5 +1,5 @@
 """``python -m fusefs``: the same as the ``artifactfs`` command."""
 
-from .cli import main
+from fusefs.cli import main
 
 main()

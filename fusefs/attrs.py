@@ -39,8 +39,7 @@ import stat
 import pyfuse3
 
 from core.nodes import Node, NodeKind, NodeRole
-
-from .callers import Callers
+from fusefs.callers import Callers
 
 CACHE_SECONDS = 5.0
 BLOCK_SIZE = 1 << 20  # st_blksize: tools size their buffers by it, and large FUSE requests are cheaper

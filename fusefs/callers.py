@@ -11,7 +11,7 @@ adds rules to the classic ones:
   session's user;
 - ``shared/`` is readable by everyone, written by admins.
 
-The decision itself is :mod:`core.access`'s, fed a :class:`Principal` built
+The decision itself is :mod:`core.api.access`'s, fed a :class:`Principal` built
 for the scope at hand. Without ``allow_other`` the kernel lets only the
 mounting user in, so nothing here runs.
 """
@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from core.access import Principal, check_read, check_write
+from core.api.access import Principal, check_read, check_write
 from core.errors import AccessDeniedError
 from core.models import Scope
-from core.namespace import Namespace
 from core.nodes import Node, NodeRole, Space
+from core.tree.namespace import Namespace
 
 _SESSION_CACHE = 4096
 

@@ -16,8 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from core.errors import InvalidArgumentError
-
-from .options import DATA_DIR_ENV, MAX_REQUEST_TIMEOUT, REQUEST_TIMEOUT, MountOptions, default_data_dir
+from fusefs.options import DATA_DIR_ENV, MAX_REQUEST_TIMEOUT, REQUEST_TIMEOUT, MountOptions, default_data_dir
 
 SUPPORTED_FUSE_OPTIONS = ("allow_other",)
 
@@ -89,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
              "processes still using the mount get ENOTCONN)",
     )
 
-    from .serve_cmd import add_arguments as serve_arguments
+    from fusefs.serve_cmd import add_arguments as serve_arguments
 
     serve = commands.add_parser("serve", help="serve the presigned URLs of a data dir over HTTP")
     serve_arguments(serve)
@@ -121,7 +120,7 @@ def mount_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    from . import mount as lifecycle  # imported here: `artifactfs --help` stays fast
+    from fusefs import mount as lifecycle  # imported here: `artifactfs --help` stays fast
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -130,7 +129,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     if args.command == "serve":
-        from .serve_cmd import run as serve
+        from fusefs.serve_cmd import run as serve
 
         return serve(args)
     if args.command == "mount":

@@ -39,8 +39,7 @@ from core.errors import (
     SessionError,
     StoreClosedError,
 )
-
-from .watchdog import Watchdog
+from fusefs.watchdog import Watchdog
 
 log = logging.getLogger("artifactfs.mount")
 

@@ -5,7 +5,7 @@ each caches directory entries and attributes for as long as the mount says
 (:mod:`fusefs.attrs`) and file pages while a file's version is unchanged
 (:mod:`fusefs.openfiles`). A change committed through another mount, or
 through the library on another host, must not stay hidden behind those
-caches: the store announces every change (:mod:`core.changes`), and a
+caches: the store announces every change (:mod:`core.backends.meta.changes`), and a
 :class:`ChangeFollower` running in the mount's nursery turns each
 announcement into ``pyfuse3.invalidate_entry`` (the names whose mapping
 changed) and ``pyfuse3.invalidate_inode`` (attributes and pages of the
@@ -39,10 +39,9 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from core.changes import Change, ChangeFeed, ChangeOp
+from core.backends.meta.changes import Change, ChangeFeed, ChangeOp
 from core.nodes import ROOT_INO
-
-from .attrs import Inodes
+from fusefs.attrs import Inodes
 
 log = logging.getLogger("artifactfs.mount")
 

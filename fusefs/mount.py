@@ -34,19 +34,17 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from core.clock import clock_from_env
-from core.config import Settings, build_backends, build_change_feed
+from core.config import Settings, build_backends, build_change_feed, build_transfers
 from core.errors import ArtifactStoreError
-from core.namespace import Namespace
+from core.infra.clock import clock_from_env
 from core.nodes import ROOT_INO
-from core.presign_service import serve as serve_presigned
-from core.transfers import Transfers
-
-from .callers import Callers
-from .errnos import trace
-from .invalidation import ChangeFollower, followed_cache_seconds
-from .operations import Operations
-from .options import MountOptions
+from core.transfers.service import serve as serve_presigned
+from core.tree.namespace import Namespace
+from fusefs.callers import Callers
+from fusefs.errnos import trace
+from fusefs.invalidation import ChangeFollower, followed_cache_seconds
+from fusefs.operations import Operations
+from fusefs.options import MountOptions
 
 log = logging.getLogger("artifactfs.mount")
 
@@ -250,7 +248,7 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
             ns, enforce=options.allow_other, mount_uid=os.getuid(), admin_uids=options.admin_uids,
             user_uids=options.user_uids,
         )
-        transfers = Transfers.for_settings(ns, settings)  # user.artifact.presign: served by --serve or `artifactfs serve`
+        transfers = build_transfers(ns, settings)  # user.artifact.presign: served by --serve or `artifactfs serve`
         ops = Operations(
             ns, root_ino=box.ino if options.sandbox else ROOT_INO, sandbox_id=settings.sandbox_id,
             callers=callers, data_dir=options.data_dir, spool_dir=spool_dir,

@@ -27,12 +27,11 @@ from typing import Any
 import trio
 
 from core.errors import ArtifactCorruptedError, ArtifactNotFoundError, ArtifactTooLargeError
-from core.namespace import Namespace
 from core.nodes import Node
-
-from .readahead import ReadAhead
-from .spool import MEMORY_LIMIT, FileSpool, MemoryBudget, MemorySpool, Spool
-from .writebehind import WriteBehind
+from core.tree.namespace import Namespace
+from fusefs.readahead import ReadAhead
+from fusefs.spool import MEMORY_LIMIT, FileSpool, MemoryBudget, MemorySpool, Spool
+from fusefs.writebehind import WriteBehind
 
 log = logging.getLogger("artifactfs.mount")
 

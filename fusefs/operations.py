@@ -1,7 +1,7 @@
 """The FUSE request handlers: where each kernel request becomes a tree operation.
 
 Each handler resolves its inode numbers to nodes, checks the caller
-(:mod:`fusefs.callers`), and makes one :class:`core.namespace.Namespace`
+(:mod:`fusefs.callers`), and makes one :class:`core.tree.namespace.Namespace`
 call (or hands an open file's bytes to :mod:`fusefs.openfiles`). Errors are
 mapped to errno values by :func:`fusefs.errnos.fuse_call`, which guards
 every handler.
@@ -21,7 +21,6 @@ from typing import Any
 import pyfuse3
 import trio
 
-from core import grid
 from core.errors import (
     AlreadyExistsError,
     ArtifactNotFoundError,
@@ -32,17 +31,17 @@ from core.errors import (
     ReadOnlyError,
 )
 from core.models import Scope
-from core.namespace import Namespace
 from core.nodes import Node, NodeKind, NodeRole, Space
-
-from .attrs import Attributes, Inodes
-from .callers import Callers
-from .errnos import fuse_call
-from .openfiles import KernelCache, OpenFile, OpenFiles
-from .options import REQUEST_TIMEOUT
-from .watchdog import Watchdog
-from .xattrs import PREFIX as XATTR_USER_PREFIX
-from .xattrs import Presigner, Xattrs
+from core.tree import grid
+from core.tree.namespace import Namespace
+from fusefs.attrs import Attributes, Inodes
+from fusefs.callers import Callers
+from fusefs.errnos import fuse_call
+from fusefs.openfiles import KernelCache, OpenFile, OpenFiles
+from fusefs.options import REQUEST_TIMEOUT
+from fusefs.watchdog import Watchdog
+from fusefs.xattrs import PREFIX as XATTR_USER_PREFIX
+from fusefs.xattrs import Presigner, Xattrs
 
 log = logging.getLogger("artifactfs.mount")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core import grid
+from core.tree import grid
 
 DATA_DIR_ENV = "ARTIFACT_FS_ROOT"
 SYSTEM_DATA_DIR = Path("/var/lib/artifactfs")

@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from core.blobs.base import BlobReader
+from core.backends.blobs.base import BlobReader
 from core.errors import ArtifactCorruptedError
 
 log = logging.getLogger("artifactfs.mount")

@@ -7,8 +7,8 @@ signing key lives in the data dir, so the application and this process agree
 on it without configuration.
 
 To run the service inside a mount instead (``artifactfs mount --serve``), the
-mount starts :func:`core.presign_service.serve` in its own trio nursery with
-``Transfers.for_settings(namespace, settings)``; see :func:`run_service`.
+mount starts :func:`core.transfers.service.serve` in its own trio nursery with
+``build_transfers(namespace, settings)``; see :func:`run_service`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,13 @@ from pathlib import Path
 
 import trio
 
-from core.clock import SystemClock
-from core.config import Settings, build_backends
+from core.config import Settings, build_backends, build_transfers
 from core.errors import ArtifactStoreError
+from core.infra.clock import SystemClock
 from core.models import StorageProvider
-from core.namespace import Namespace
-from core.presign_service import serve
-from core.transfers import Transfers
-
-from .options import default_data_dir
+from core.transfers.service import serve
+from core.tree.namespace import Namespace
+from fusefs.options import default_data_dir
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,7 +66,7 @@ async def run_service(
     await meta.open()
     try:
         ns = Namespace(meta, blobs, SystemClock(), settings.limits)
-        transfers = Transfers.for_settings(ns, settings)
+        transfers = build_transfers(ns, settings)
         await serve(transfers, host, port, task_status=task_status)
     finally:
         with trio.CancelScope(shield=True):
@@ -81,7 +79,7 @@ async def _main(args: argparse.Namespace) -> None:
     if settings.storage_provider is StorageProvider.MEMORY:
         raise SystemExit(
             "artifactfs serve: the memory backend keeps artifacts inside one process; "
-            "serve them from that process with core.presign_service.serve(store.transfers)"
+            "serve them from that process with core.transfers.service.serve(store.transfers)"
         )
     async with trio.open_nursery() as nursery:
         url = await nursery.start(run_service, settings, args.host, args.port)

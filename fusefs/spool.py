@@ -32,11 +32,10 @@ from typing import Any
 
 import trio
 
-from core.blobs.base import BlobReader
-from core.namespace import Namespace
+from core.backends.blobs.base import BlobReader
 from core.nodes import Node
-
-from .writebehind import WriteBehind
+from core.tree.namespace import Namespace
+from fusefs.writebehind import WriteBehind
 
 log = logging.getLogger("artifactfs.mount")
 

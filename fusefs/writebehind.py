@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from core.blobs.base import FileUpload
+from core.backends.blobs.base import FileUpload
 
 log = logging.getLogger("artifactfs.mount")
 

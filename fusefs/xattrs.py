@@ -22,10 +22,10 @@ from typing import Protocol
 
 import pyfuse3
 
+from core.api import rules
 from core.errors import InvalidArgumentError
-from core.namespace import NS
 from core.nodes import Node
-from core.store import ArtifactStore
+from core.tree.namespace import NS
 
 PREFIX = "user."
 ARTIFACT_PREFIX = "user.artifact."
@@ -134,9 +134,9 @@ class Xattrs:
         if field not in SETTABLE or art is None:
             raise pyfuse3.FUSEError(errno.EPERM)
         if field is Field.SUMMARY:
-            art.summary = ArtifactStore._summary(_text(value))
+            art.summary = rules.summary(_text(value))
         elif field is Field.MIME:
-            art.mime = ArtifactStore._mime(_text(value).strip(), None)
+            art.mime = rules.mime(_text(value).strip(), None)
         elif field is Field.META:
             try:
                 meta = json.loads(_text(value))
@@ -144,7 +144,7 @@ class Xattrs:
                 raise InvalidArgumentError(f"user.artifact.meta must be a JSON object: {exc}") from None
             if not isinstance(meta, dict):
                 raise InvalidArgumentError("user.artifact.meta must be a JSON object")
-            art.meta = ArtifactStore._meta(meta)
+            art.meta = rules.meta(meta)
         else:
             ttl = _text(value).strip()
             if not re.fullmatch(r"[0-9]{1,12}", ttl) or int(ttl) <= 0:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core import ArtifactStore, Limits
-from core.clock import ManualClock
+from core.infra.clock import ManualClock
 from servers import moto_server, own_moto, own_redis, redis_server  # noqa: F401 (fixtures)
 from storekit import BACKENDS, make_store
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from servers import redis_s3_settings
 
 from core import ArtifactStore, Limits
-from core.clock import ManualClock
-from core.namespace import Namespace
+from core.infra.clock import ManualClock
+from core.tree.namespace import Namespace
 from core.nodes import Node
 
 BACKENDS = ["memory", "fs-sqlite", "redis-s3"]

@@ -17,11 +17,11 @@ import redis
 from botocore.config import Config
 
 from core import ArtifactStore
-from core.blobs.filesystem import FilesystemBlobStore
-from core.blobs.memory import MemoryBlobStore
-from core.blobs.s3 import S3BlobStore
-from core.meta.redis import RedisMetaStore
-from core.meta.sqlite import SQLiteMetaStore
+from core.backends.blobs.filesystem import FilesystemBlobStore
+from core.backends.blobs.memory import MemoryBlobStore
+from core.backends.blobs.s3.store import S3BlobStore
+from core.backends.meta.redis.store import RedisMetaStore
+from core.backends.meta.sqlite import SQLiteMetaStore
 from core.nodes import ROOT_INO, Node
 
 

@@ -9,7 +9,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from core import aio_bridge
+from core.infra import aio_bridge
 
 
 async def where() -> tuple[asyncio.AbstractEventLoop, int]:

@@ -23,7 +23,7 @@ from core import (
     StreamDownloadRequest,
     StreamUploadRequest,
 )
-from core.clock import ManualClock
+from core.infra.clock import ManualClock
 from storeprobe import blob_key_of, blob_keys, flip_blob_byte, footprint
 
 

@@ -19,7 +19,7 @@ from core import (
     StoreClosedError,
     StreamUploadRequest,
 )
-from core.clock import ManualClock
+from core.infra.clock import ManualClock
 from storeprobe import footprint
 
 LONG = "n" * 10_000

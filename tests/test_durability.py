@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from core.blobs.filesystem import FilesystemBlobStore
+from core.backends.blobs.filesystem import FilesystemBlobStore
 
 
 async def test_non_durable_put_is_visible_at_once_and_sync_settles_it(tmp_path: Path) -> None:

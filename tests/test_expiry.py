@@ -11,7 +11,7 @@ from core import (
     SessionError,
     StreamDownloadRequest,
 )
-from core.clock import ManualClock
+from core.infra.clock import ManualClock
 from core.nodes import NodeKind
 from storeprobe import all_nodes, blob_key_of, blob_keys
 

@@ -17,8 +17,8 @@ import anyio
 import pytest
 
 from core import ArtifactStore, ProviderError
-from core.blobs.filesystem import FilesystemBlobStore
-from core.clock import ManualClock
+from core.backends.blobs.filesystem import FilesystemBlobStore
+from core.infra.clock import ManualClock
 from core.errors import ArtifactStoreError
 from storeprobe import blob_keys, staging_files
 

@@ -114,9 +114,9 @@ async def test_a_read_racing_an_update_is_not_corruption(store: ArtifactStore) -
     file_id = await store.store(b"version one")
     stale = await store.ns.artifact_node(file_id)  # what a reader looked up just before ...
     await store.update_file(file_id, data=b"version two")  # ... an update replaced (and removed) its blob
-    assert b"".join([c async for c in store._chunks(stale, 65536, True)]) == b"version two"
+    assert b"".join([c async for c in store.ns.read_chunks(stale, 65536, True)]) == b"version two"
     await store.delete(file_id)
     with pytest.raises(ArtifactNotFoundError) as caught:
-        async for _ in store._chunks(stale, 65536, True):
+        async for _ in store.ns.read_chunks(stale, 65536, True):
             pass
     assert not isinstance(caught.value, ArtifactCorruptedError)

@@ -14,7 +14,7 @@ from core import (
     QuotaExceededError,
     StreamUploadRequest,
 )
-from core.clock import ManualClock
+from core.infra.clock import ManualClock
 from storeprobe import blob_keys, footprint
 
 

@@ -28,16 +28,16 @@ from servers import RedisServer
 from storekit import commit_bytes, make_store
 
 from core import ArtifactStore, Limits
-from core.blobs.memory import MemoryBlobStore
-from core.clock import ManualClock
+from core.backends.blobs.memory import MemoryBlobStore
+from core.infra.clock import ManualClock
 from core.errors import ArtifactNotFoundError
-from core.meta.base import Cover
-from core.meta.redis import RedisMetaStore
-from core.meta.sqlite import SQLiteMetaStore
+from core.backends.meta.base import Cover
+from core.backends.meta.redis.store import RedisMetaStore
+from core.backends.meta.sqlite import SQLiteMetaStore
 from core.models import Scope
-from core.namespace import Namespace
+from core.tree.namespace import Namespace
 from core.nodes import Node, Space
-from core.signing import RecordSigner
+from core.infra.signing import RecordSigner
 
 SIGNER = RecordSigner(b"meta-races-test-key-0123456789ab")
 BOX = "box"

@@ -8,7 +8,7 @@ import pytest
 
 from storekit import BACKENDS, make_store
 from core import ArtifactCorruptedError, ArtifactStore, Limits, SessionError
-from core.clock import ManualClock
+from core.infra.clock import ManualClock
 from storeprobe import all_nodes, blob_keys
 
 PERSISTENT = [b for b in BACKENDS if b != "memory"]

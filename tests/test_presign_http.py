@@ -19,15 +19,9 @@ import httpx
 import pytest
 import trio
 
-from core import (
-    AccessDeniedError,
-    ArtifactStore,
-    MultipartUploadCompleteRequest,
-    MultipartUploadInitRequest,
-    MultipartUploadPart,
-    presign_service,
-)
-from core.clock import ManualClock
+from core import AccessDeniedError, ArtifactStore, MultipartUploadCompleteRequest, MultipartUploadInitRequest, MultipartUploadPart
+from core.transfers import service as presign_service
+from core.infra.clock import ManualClock
 from core.errors import (
     ArtifactCorruptedError,
     ArtifactNotFoundError,

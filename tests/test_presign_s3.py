@@ -36,16 +36,10 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from servers import AWS_ENV, BUCKET, MotoServer, redis_s3_settings
 
-from core import (
-    AccessDeniedError,
-    ArtifactStore,
-    MultipartUploadCompleteRequest,
-    MultipartUploadInitRequest,
-    MultipartUploadPart,
-    presign_service,
-)
-from core.blobs.s3_presign import EMPTY_KEY
-from core.clock import ManualClock
+from core import AccessDeniedError, ArtifactStore, MultipartUploadCompleteRequest, MultipartUploadInitRequest, MultipartUploadPart
+from core.transfers import service as presign_service
+from core.backends.blobs.s3.presign import EMPTY_KEY
+from core.infra.clock import ManualClock
 from core.errors import (
     ArtifactCorruptedError,
     ArtifactNotFoundError,
@@ -56,8 +50,9 @@ from core.errors import (
     UploadConflictError,
     UploadNotFoundError,
 )
-from core.namespace import Limits
-from core.transfers import Transfers
+from core.tree.namespace import Limits
+from core.config import build_transfers
+from core.transfers.engine import Transfers
 
 MiB = 1 << 20
 
@@ -714,7 +709,7 @@ async def test_the_mounts_presigner_hands_out_s3_urls(store: ArtifactStore, tmp_
     """``getfattr -n user.artifact.presign`` asks Transfers.url_for, built as the mount builds it."""
     data = os.urandom(MiB + 5)
     artifact_id = await store.store(data, filename="m/x.bin", user_id="u", scope="user")
-    presigner = Transfers.for_settings(store.ns, store.settings)
+    presigner = build_transfers(store.ns, store.settings)
     url = await presigner.url_for(await store.ns.artifact_node(artifact_id))
     assert url.startswith(store.settings.s3_endpoint_url + "/") and query(url)["X-Amz-Expires"] == "3600"
     out = tmp_path / "x.bin"

@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from core.errors import InvalidArgumentError, UrlRefusedError
-from core.presign import Refusal, Target, TargetKind, UrlSigner, check_expires, parse_target
+from core.transfers.urls import Refusal, Target, TargetKind, UrlSigner, check_expires, parse_target
 
 KEY = b"k" * 32
 NOW = 1_700_000_000
@@ -108,7 +108,7 @@ def test_expires_bounds() -> None:
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from core.config import Settings
-    from core.presign import PresignSettings
+    from core.transfers.urls import PresignSettings
 
     assert PresignSettings().url == "http://127.0.0.1:8470"
     monkeypatch.setenv("ARTIFACT_SERVE_HOST", "0.0.0.0")

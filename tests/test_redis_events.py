@@ -1,4 +1,4 @@
-"""Change notices of a Redis store, followed through :class:`core.meta.redis_events.RedisChangeFeed`.
+"""Change notices of a Redis store, followed through :class:`core.backends.meta.redis.events.RedisChangeFeed`.
 
 Against a real redis-server, from trio (through the asyncio bridge) and from
 asyncio directly: changes arrive in commit order, stamped with the origin of
@@ -14,13 +14,13 @@ import uuid
 import anyio
 from servers import RedisServer
 
-from core.changes import RESYNC, Change, ChangeOp
+from core.backends.meta.changes import RESYNC, Change, ChangeOp
 from core.config import Settings, build_backends, build_change_feed
-from core.meta.redis import RedisMetaStore
-from core.meta.redis_events import RedisChangeFeed, parse_notice
+from core.backends.meta.redis.store import RedisMetaStore
+from core.backends.meta.redis.events import RedisChangeFeed, parse_notice
 from core.nodes import ROOT_INO, Artifact, Node, NodeKind, new_node
-from core.retry import RetryPolicy
-from core.signing import RecordSigner
+from core.infra.retry import RetryPolicy
+from core.infra.signing import RecordSigner
 
 SIGNER = RecordSigner(b"k" * 32)
 WAIT = 10  # seconds: bounded waits for what must arrive

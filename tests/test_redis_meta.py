@@ -24,12 +24,12 @@ from core.errors import (
     ArtifactStoreError,
     ProviderError,
 )
-from core.meta.redis import RedisMetaStore
-from core.meta.sqlite import SQLiteMetaStore
+from core.backends.meta.redis.store import RedisMetaStore
+from core.backends.meta.sqlite import SQLiteMetaStore
 from core.models import Scope, Usage
 from core.nodes import ROOT_INO, Artifact, Node, NodeKind, Space, new_node
-from core.retry import RetryPolicy
-from core.signing import RecordSigner
+from core.infra.retry import RetryPolicy
+from core.infra.signing import RecordSigner
 
 SIGNER = RecordSigner(b"redis-meta-test-key-0123456789")
 ALICE = Space(sandbox_id="box", scope=Scope.USER, user_id="alice")

@@ -22,11 +22,12 @@ import anyio
 import pytest
 from servers import BUCKET, SIGNING_KEY, MotoServer, RedisServer, redis_s3_settings
 
-from core import ArtifactStore, StreamUploadRequest, aio_bridge
-from core.blobs.s3 import MiB, S3BlobStore
+from core import ArtifactStore, StreamUploadRequest
+from core.infra import aio_bridge
+from core.backends.blobs.s3.store import MiB, S3BlobStore
 from core.config import Settings, build_backends
 from core.errors import ArtifactNotFoundError, InvalidArgumentError, ProviderError
-from core.retry import RetryPolicy
+from core.infra.retry import RetryPolicy
 
 FAST_RETRY = RetryPolicy(attempts=3, first_delay=0.01, max_delay=0.05)
 

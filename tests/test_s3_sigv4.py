@@ -19,9 +19,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
 
-from core import aio_bridge
-from core.blobs.s3_http import S3Http, resolve_credentials
-from core.blobs.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials
+from core.infra import aio_bridge
+from core.backends.blobs.s3.http import S3Http, resolve_credentials
+from core.backends.blobs.s3.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials
 from core.errors import ProviderError
 
 NOW = datetime(2026, 11, 21, 9, 30, 5, tzinfo=UTC)

@@ -74,7 +74,7 @@ class PeakRss:
 
 async def _child(data_dir: Path, size: int) -> dict[str, object]:
     from core import ArtifactStore, StreamDownloadRequest, StreamUploadRequest
-    from core.clock import ManualClock
+    from core.infra.clock import ManualClock
 
     pattern = _pattern()
     sent = hashlib.sha256()

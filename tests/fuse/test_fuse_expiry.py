@@ -1,6 +1,6 @@
 """Expiry seen through a running mount, with the mount's clock moved by the test (no waiting for TTLs).
 
-The mount reads its time from ``core.clock.OffsetFileClock`` when
+The mount reads its time from ``core.infra.clock.OffsetFileClock`` when
 ``ARTIFACTFS_TEST_CLOCK_FILE`` names a file: the test writes an offset in
 seconds there. Listings and opens always ask the store, so they change the
 moment the clock moves. A ``stat`` of a path the kernel looked up before may
@@ -20,7 +20,7 @@ from mounting import Mount, start_mount, wait_for
 from worlds import StoreWorld
 
 from core import ArtifactStore
-from core.clock import TEST_CLOCK_ENV, ManualClock
+from core.infra.clock import TEST_CLOCK_ENV, ManualClock
 from fusefs.attrs import CACHE_SECONDS
 
 

@@ -438,7 +438,7 @@ def test_a_connection_reset_under_a_client_task_is_one_line_in_the_log(caplog: p
 
     import trio
 
-    from core import aio_bridge
+    from core.infra import aio_bridge
 
     async def spawn_and_forget() -> None:
         async def reset() -> None:

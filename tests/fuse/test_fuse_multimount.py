@@ -335,7 +335,7 @@ def test_a_descriptor_open_across_a_replace_in_the_other_mount(pair: Pair) -> No
 def test_invalidations_are_coalesced_and_mapped_to_the_kernels_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     import pyfuse3
 
-    from core.changes import Change, ChangeOp
+    from core.backends.meta.changes import Change, ChangeOp
     from fusefs.attrs import Inodes
     from fusefs.invalidation import KernelInvalidator
 

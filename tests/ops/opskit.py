@@ -18,12 +18,12 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from core.blobs.base import BlobStore
-from core.blobs.memory import MemoryBlobStore
-from core.clock import SystemClock
-from core.meta.sqlite import SQLiteMetaStore
-from core.namespace import Limits, Namespace
-from core.signing import RecordSigner
+from core.backends.blobs.base import BlobStore
+from core.backends.blobs.memory import MemoryBlobStore
+from core.infra.clock import SystemClock
+from core.backends.meta.sqlite import SQLiteMetaStore
+from core.tree.namespace import Limits, Namespace
+from core.infra.signing import RecordSigner
 from fusefs.callers import Callers
 from fusefs.operations import Operations
 from fusefs.options import REQUEST_TIMEOUT

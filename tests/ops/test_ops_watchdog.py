@@ -17,7 +17,7 @@ import trio
 import trio.testing
 from opskit import kernel
 
-from core.blobs.memory import MemoryBlobStore
+from core.backends.blobs.memory import MemoryBlobStore
 
 TIMEOUT = 0.5  # the mount's --request-timeout in these tests
 BOUND = 30.0  # seconds within which an answer must come: timeout + grace, with room for a slow machine

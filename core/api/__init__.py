@@ -1,0 +1,1 @@
+"""The public API: ArtifactStore, its argument rules and access rules."""

@@ -1,0 +1,1 @@
+"""Storage backends: each protocol (base.py) with its implementations."""

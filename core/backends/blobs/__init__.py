@@ -1,0 +1,1 @@
+"""Blob stores: the BlobStore protocol, memory, local filesystem and S3."""

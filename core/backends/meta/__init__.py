@@ -1,0 +1,1 @@
+"""Metadata stores: the MetaStore protocol, SQLite and Redis."""

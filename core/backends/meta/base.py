@@ -1,0 +1,151 @@
+"""The metadata protocol every backend (memory, SQLite, Redis) implements.
+
+Each method that changes more than one record is one transaction in the
+backend. Usage (bytes and file count per user or session) is kept by the
+backend in the same transaction as the change that alters it, so quotas
+never drift from what is stored.
+
+A new, removed or renamed entry sets its directory's mtime and ctime in the
+same transaction when the caller passes ``touch_ns`` (the time to set).
+Only the directories whose times follow their entries get it: a scope root
+and the directories below one, never the fixed tree above (``sessions/``,
+``users/``, a sandbox). For a remote store each call is a round trip, so
+everything one change needs travels in one call.
+
+No write is blind (issue #16). Every node record carries a revision
+(``Node.rev``) that each write of it bumps, and every op that rewrites a
+record the caller read (update, commit, rename, exchange) is conditional on
+that revision: if another writer (another host, another process) changed
+the record meanwhile, the op changes nothing and reports the record as it
+is now, for the caller to re-apply its own change to. A successful write
+sets the caller's ``node.rev`` to the revision it stored.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+from pydantic import ValidationError
+
+from core.errors import ArtifactCorruptedError
+from core.infra.signing import RecordSigner
+from core.models import Scope, Usage
+from core.nodes import Node
+
+
+def decode_record(signer: RecordSigner, ino: int, record: bytes | None, sig: str | None) -> Node:
+    """A stored node record, trusted only once its signature and inode number check out.
+
+    Every backend loads records through here, so a record edited outside
+    the store reads as corrupted the same way everywhere (DESIGN §6).
+    """
+    if record is None or sig is None or not signer.verify(record, sig):
+        raise ArtifactCorruptedError(f"the metadata record of inode {ino} fails its signature")
+    try:
+        node = Node.model_validate_json(record)
+    except ValidationError as exc:
+        raise ArtifactCorruptedError(f"the metadata record of inode {ino} is unreadable") from exc
+    if node.ino != ino:
+        raise ArtifactCorruptedError(f"the metadata record of inode {ino} names inode {node.ino}")
+    return node
+
+
+class Cover(NamedTuple):
+    """A session root to move out so it expires no sooner than the node an insert adds.
+
+    ``root`` is the root as the caller read it. The store applies the cover
+    only if the root still needs it, in the insert's own transaction, so an
+    artifact never outlives its session and a refused insert stretches
+    nothing.
+    """
+
+    root: Node
+
+
+class MetaStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def get(self, ino: int) -> Node | None: ...
+
+    async def lookup(self, parent: int, name: str) -> Node | None: ...
+
+    async def entry(self, parent: int, name: str) -> tuple[Node | None, Node | None]:
+        """Directory ``parent`` and its entry ``name``, in one read (a lookup needs both)."""
+        ...
+
+    async def children(self, parent: int) -> list[Node]: ...
+
+    async def find_artifact(self, artifact_id: str) -> Node | None: ...
+
+    async def search(
+        self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
+    ) -> list[Node]:
+        """File nodes of a sandbox matching the given space fields (indexed)."""
+        ...
+
+    async def insert(
+        self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None
+    ) -> tuple[Node, Node | None]:
+        """Add ``node`` under ``node.parent``; returns it with its new ino.
+
+        With ``replace`` an existing non-directory entry of that name is
+        removed in the same transaction and returned; otherwise an existing
+        name raises :class:`AlreadyExistsError`. A parent that does not
+        exist raises :class:`ArtifactNotFoundError`.
+        """
+        ...
+
+    async def update(self, node: Node) -> None:
+        """Rewrite an existing node (attributes), if it is still at revision ``node.rev``.
+
+        Else changes nothing and raises :class:`StaleRecordError` with the
+        stored node. A node that is gone raises :class:`ArtifactNotFoundError`.
+        """
+        ...
+
+    async def commit(self, node: Node, *, base_version: int | None) -> Node | None:
+        """Rewrite file ``node`` with a new version, if the stored one is still at revision
+        ``node.rev`` (and so still ``base_version``).
+
+        Returns None when done; else changes nothing and returns the stored
+        node (another version was committed, or the node changed, meanwhile).
+        A node that is gone raises :class:`ArtifactNotFoundError`.
+        """
+        ...
+
+    async def rename(
+        self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None
+    ) -> Node | None:
+        """Move ``node`` (as it is given, ctime and all); returns the node it replaced, if any.
+
+        Only if ``node`` is still at revision ``node.rev``: else nothing
+        changes and :class:`StaleRecordError` carries the stored node. A node
+        that is gone raises :class:`ArtifactNotFoundError`.
+
+        Replacing a directory needs it empty (DirectoryNotEmptyError), and a
+        file cannot replace a directory or the reverse. ``touch_ns`` sets
+        the times of both directories.
+        """
+        ...
+
+    async def exchange(self, a: Node, b: Node, *, touch_ns: int | None = None) -> None:
+        """Swap two entries atomically (RENAME_EXCHANGE), if both are still at the revisions given
+        (else :class:`StaleRecordError`)."""
+        ...
+
+    async def remove(self, node: Node, *, touch_ns: int | None = None) -> Node | None:
+        """Unlink ``node`` if it is still the entry ``node.parent``/``node.name``; a directory must be empty.
+
+        Returns the record it removed, as stored then (its blob is the one to
+        delete, whatever version the caller read), or None if that entry no
+        longer names the inode (removed or moved meanwhile): nothing changes.
+        """
+        ...
+
+    async def expired(self, now_ns: int, limit: int = 1000) -> list[Node]: ...
+
+    async def usage(self, usage_key: str) -> Usage: ...
+
+    async def totals(self) -> Usage: ...

@@ -1,0 +1,1 @@
+"""The Redis metadata store: the store, its Lua script and its change feed."""

@@ -1,0 +1,363 @@
+"""The Lua script that makes every multi-key metadata change one atomic step.
+
+Redis runs a script alone, so each change is a transaction of one round
+trip. A script is not rolled back when it fails half way, so every op checks
+everything first and writes only after the last check.
+
+Keys, all below the store's prefix ``P`` (``KEYS[1]``):
+
+==================  =====  ====================================================
+``P:i:<ino>``       hash   one inode: ``rec`` (signed JSON record), ``sig``, and
+                           the plain fields the script needs: ``p`` parent,
+                           ``n`` name, ``k`` kind (d/f/l), ``a`` artifact id,
+                           ``ix`` index tags, ``uk`` usage key, ``sz``, ``ex``,
+                           ``v`` a file's version, ``r`` the record's revision
+                           (absent on records older than it: 0); and on a directory whose
+                           entries changed after its record was written,
+                           ``mt`` its new mtime/ctime and ``mts`` that value's
+                           own signature (see *Directory times* below)
+``P:d:<ino>``       hash   one directory: name -> child ino
+``P:ino``           str    the inode counter; numbers are never handed out twice
+``P:art``           hash   artifact id -> ino
+``P:x:<tag>``       set    search indexes: ``sb:<sandbox>``, ``sc:<sandbox>/<scope>``,
+                           ``se:<sandbox>/<session>``, ``us:<sandbox>/<user>``
+``P:exp``           zset   ino by expires_at (ns)
+``P:ub`` ``P:uf``   hash   usage key -> bytes, files
+``P:tot``           hash   ``bytes``, ``files``: the totals of all usage keys
+``P:events``        chan   change notices (when the store is made with notify)
+==================  =====  ====================================================
+
+``ARGV[1]`` names the op, ``ARGV[2]`` is ``1`` to publish a change notice
+(``1<origin>`` to stamp it with the store instance that asked), ``0`` not to,
+and a node travels as 13 values: ino, then the fields in ``FIELDS`` order.
+A record travels back as ino, ``rec``, ``sig``, ``mt``, ``mts``.
+
+Ops that may replace an entry (insert with replace, rename) take the ino the
+caller expects there, whose record the caller has verified; if another is
+there they change nothing and answer ``CONFLICT`` with its record, so no
+record is ever acted on unverified.
+
+No record is written blind. A record carries its revision (``r``), and an
+op that rewrites one (update, rename, exchange, an insert's cover) takes
+the revision its caller read: if the record changed meanwhile (any change,
+by any host, bumps it) the op changes nothing and answers with the record
+as it is now (``CONFLICT`` from an update, ``STALE`` from the others), for
+the caller to re-apply its change to. An update may also name the version
+it replaces (a commit of new content). An insert may carry the session
+root rewritten to expire no sooner than the new node (its *cover*), with
+the revision of the root the caller read: if the root changed and no
+longer covers the node, the answer is ``STALE`` with the root's record. A
+remove names the entry (parent, name) the caller read, removes nothing if
+the inode is no longer there, and answers the record it removed. Ops are
+idempotent, so a retry after a lost reply does no harm (a rewrite whose
+very record is already stored is answered ``OK``).
+
+Directory times. A new, removed or renamed entry sets its directory's mtime
+and ctime in the same script. The script cannot re-sign the directory's
+record (only clients hold the key), so the caller sends the new time with
+its own signature (over the directory's ino and the time, see
+:meth:`core.backends.meta.redis.store.RedisMetaStore.touch_payload`) as ``touch``: the
+directory ino, ``mt``, ``mts``, or three empty values for none. The script
+stores them beside the record; a reader applies a verified ``mt`` over the
+record's times, and the next rewrite of the record (which carries them)
+drops it. So a touch needs neither a read of the directory first nor a
+rewrite that could undo a concurrent change to it. The script applies a
+touch only to the directory the entry is really in (a remove or rename of
+an entry that moved meanwhile touches nothing).
+
+A change notice is the op name, then entries ``e<parent>/<name>`` and
+inodes ``i<ino>``, then the origin ``o<origin>`` if one was given, joined by
+NUL (:mod:`core.backends.meta.redis.events` reads them).
+"""
+
+FIELDS = ("rec", "sig", "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r")
+NODE_ARGS = 1 + len(FIELDS)
+NO_TOUCH = ("", "", "")
+
+SCRIPT = r"""
+local P = KEYS[1]
+local notify = string.sub(ARGV[2], 1, 1) == '1'
+local origin = string.sub(ARGV[2], 2)
+local FIELDS = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r'}
+local LOADED = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'mt', 'mts'}
+local NODE_ARGS = 13
+
+local function ikey(ino) return P .. ':i:' .. ino end
+local function dkey(ino) return P .. ':d:' .. ino end
+
+local function argnode(at)
+  local n = {ino = ARGV[at]}
+  for j, f in ipairs(FIELDS) do n[f] = ARGV[at + j] end
+  return n
+end
+
+local function load(ino)
+  local v = redis.call('HMGET', ikey(ino), unpack(LOADED))
+  if not v[1] and not v[3] then return nil end
+  local n = {ino = ino}
+  for j, f in ipairs(LOADED) do n[f] = v[j] or '' end
+  return n
+end
+
+-- a record as clients read it: ino, rec, sig, mt, mts (nil where absent)
+local function fetch(ino)
+  local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts')
+  return {ino, v[1], v[2], v[3], v[4]}
+end
+
+local function record(n) return {n.ino, n.rec, n.sig, n.mt, n.mts} end
+
+-- whether stored record n is still at revision rev, as its writer read it (records older than revisions: 0)
+local function at_rev(n, rev) return (n.r == '' and '0' or n.r) == rev end
+
+local function answer(word, parts)
+  local out = {word}
+  for _, part in ipairs(parts) do out[#out + 1] = part end
+  return out
+end
+
+-- a <= b for decimal integers without leading zeros (ns times exceed a double's exact range)
+local function le(a, b) return #a < #b or (#a == #b and a <= b) end
+
+local function charge(n, sign)
+  if n.uk == '' then return end
+  local files = sign > 0 and '1' or '-1'
+  redis.call('HINCRBY', P .. ':uf', n.uk, files)
+  redis.call('HINCRBY', P .. ':tot', 'files', files)
+  if n.sz ~= '0' and n.sz ~= '' then
+    local bytes = sign > 0 and n.sz or ('-' .. n.sz)
+    redis.call('HINCRBY', P .. ':ub', n.uk, bytes)
+    redis.call('HINCRBY', P .. ':tot', 'bytes', bytes)
+  end
+end
+
+local function index(n)
+  if n.a ~= '' then redis.call('HSET', P .. ':art', n.a, n.ino) end
+  for tag in string.gmatch(n.ix, '[^\n]+') do redis.call('SADD', P .. ':x:' .. tag, n.ino) end
+  if n.ex ~= '' then redis.call('ZADD', P .. ':exp', n.ex, n.ino) end
+  charge(n, 1)
+end
+
+local function unindex(n)
+  if n.a ~= '' and redis.call('HGET', P .. ':art', n.a) == n.ino then redis.call('HDEL', P .. ':art', n.a) end
+  for tag in string.gmatch(n.ix, '[^\n]+') do redis.call('SREM', P .. ':x:' .. tag, n.ino) end
+  if n.ex ~= '' then redis.call('ZREM', P .. ':exp', n.ino) end
+  charge(n, -1)
+end
+
+local function unlink(n)
+  if redis.call('HGET', dkey(n.p), n.n) == n.ino then redis.call('HDEL', dkey(n.p), n.n) end
+end
+
+local function store(n)
+  redis.call('HSET', ikey(n.ino), 'rec', n.rec, 'sig', n.sig, 'p', n.p, 'n', n.n, 'k', n.k, 'a', n.a,
+             'ix', n.ix, 'uk', n.uk, 'sz', n.sz, 'ex', n.ex, 'v', n.v, 'r', n.r)
+  redis.call('HDEL', ikey(n.ino), 'mt', 'mts')  -- the record carries the directory's times now
+  if n.p ~= '0' then redis.call('HSET', dkey(n.p), n.n, n.ino) end
+  index(n)
+end
+
+local function rewrite(n, old)
+  unindex(old)
+  store(n)
+end
+
+local function drop(n)
+  unlink(n)
+  unindex(n)
+  redis.call('DEL', ikey(n.ino), dkey(n.ino))
+end
+
+-- the directory times in ARGV[at..at+2], if they are for directory ino (see the module's docs)
+local function touch(ino, at)
+  if ARGV[at] ~= ino or redis.call('EXISTS', ikey(ino)) == 0 then return false end
+  redis.call('HSET', ikey(ino), 'mt', ARGV[at + 1], 'mts', ARGV[at + 2])
+  return true
+end
+
+-- another holder of the artifact id, other than the node itself and the one it replaces
+local function id_taken(n, replaced)
+  if n.a == '' then return false end
+  local holder = redis.call('HGET', P .. ':art', n.a)
+  return holder and holder ~= n.ino and holder ~= replaced
+end
+
+local notice = {ARGV[1]}
+local function entry(n) notice[#notice + 1] = 'e' .. n.p .. '/' .. n.n end
+local function inode(ino) notice[#notice + 1] = 'i' .. ino end
+local function publish()
+  if not notify then return end
+  if origin ~= '' then notice[#notice + 1] = 'o' .. origin end
+  redis.call('PUBLISH', P .. ':events', table.concat(notice, '\0'))
+end
+
+local function replaced_reply(old)
+  if old then return answer('OK', record(old)) end
+  return {'OK'}
+end
+
+local ops = {}
+
+function ops.init()
+  local n = argnode(3)
+  redis.call('SET', P .. ':ino', n.ino, 'NX')
+  if not load(n.ino) then store(n) end
+  return {'OK'}
+end
+
+-- ARGV: parent, name, '1' to answer the parent's record first
+function ops.lookup()
+  local parent, ino = ARGV[3], redis.call('HGET', dkey(ARGV[3]), ARGV[4])
+  local child = ino and fetch(ino) or {}
+  if ARGV[5] ~= '1' then return child end
+  local out = fetch(parent)
+  for _, part in ipairs(child) do out[#out + 1] = part end
+  return out
+end
+
+-- ARGV: parent, how many records to answer at most. A larger directory is answered with its inos
+-- alone: reading its records here would hold the server for every other client meanwhile.
+function ops.list()
+  local inos = redis.call('HVALS', dkey(ARGV[3]))
+  if #inos > tonumber(ARGV[4]) then return answer('INOS', inos) end
+  local out = {'RECORDS'}
+  for _, ino in ipairs(inos) do
+    for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
+  end
+  return out
+end
+
+function ops.find()
+  local ino = redis.call('HGET', P .. ':art', ARGV[3])
+  if not ino then return {} end
+  return fetch(ino)
+end
+
+-- ARGV: replace, expect, node, touch (3), then optionally the cover: the root's revision as read, the root
+function ops.insert()
+  local replace, expect, n = ARGV[3] == '1', ARGV[4], argnode(5)
+  local at = 5 + NODE_ARGS
+  local parent = redis.call('HGET', ikey(n.p), 'k')
+  if not parent then return {'ERR', 'noparent'} end
+  if parent ~= 'd' then return {'ERR', 'notdir'} end
+  local cur = redis.call('HGET', dkey(n.p), n.n)
+  if cur == n.ino then return {'OK'} end
+  local old = cur and load(cur)
+  if old then
+    if not replace then return {'ERR', 'exists'} end
+    if old.k == 'd' then return {'ERR', 'isdir'} end
+    if cur ~= expect then return answer('CONFLICT', record(old)) end
+  end
+  if id_taken(n, old and cur) then return {'ERR', 'dupid'} end
+  local root, was = nil, nil
+  if #ARGV > at + 2 then
+    root = argnode(at + 4)
+    was = load(root.ino)
+    if not was or was.ex == '' or (root.ex ~= '' and le(root.ex, was.ex)) then
+      root = nil  -- gone (nothing left to outlive), or it lives long enough as it is
+    elseif not at_rev(was, ARGV[at + 3]) then
+      return answer('STALE', record(was))  -- it changed since the caller read it: cover it as it is now
+    end
+  end
+  if old then drop(old); inode(cur) end
+  if root then rewrite(root, was); inode(root.ino) end
+  store(n)
+  touch(n.p, at)
+  entry(n); inode(n.p)
+  publish()
+  return replaced_reply(old)
+end
+
+-- ARGV: node, the revision it replaces, then '' or the version it replaces (a commit)
+function ops.update()
+  local n = argnode(3)
+  local rev, expect = ARGV[3 + NODE_ARGS], ARGV[4 + NODE_ARGS]
+  local old = load(n.ino)
+  if not old then return {'ERR', 'vanished'} end
+  if old.sig == n.sig then return {'OK'} end  -- this very write, retried after a lost reply
+  if not at_rev(old, rev) or (expect ~= '' and old.v ~= '' and old.v ~= expect) then
+    return answer('CONFLICT', record(old))
+  end
+  local moved = old.p ~= n.p or old.n ~= n.n
+  if moved then
+    local slot = redis.call('HGET', dkey(n.p), n.n)
+    if slot and slot ~= n.ino then return {'ERR', 'taken'} end
+  end
+  if id_taken(n, false) then return {'ERR', 'dupid'} end
+  if moved then unlink(old); entry(old); entry(n) end
+  rewrite(n, old)
+  inode(n.ino)
+  publish()
+  return {'OK'}
+end
+
+-- ARGV: replace, expect, node, the revision it replaces, touch of the old parent (3), touch of the new parent (3)
+function ops.rename()
+  local replace, expect, n = ARGV[3] == '1', ARGV[4], argnode(5)
+  local rev, at = ARGV[5 + NODE_ARGS], 6 + NODE_ARGS
+  local cur = load(n.ino)
+  if not cur then return {'ERR', 'vanished'} end
+  if cur.sig == n.sig then return {'OK'} end  -- this very move, retried after a lost reply
+  if not at_rev(cur, rev) then return answer('STALE', record(cur)) end
+  local dst = redis.call('HGET', dkey(n.p), n.n)
+  local old = dst and dst ~= n.ino and load(dst)
+  if old then
+    if not replace then return {'ERR', 'exists'} end
+    if old.k == 'd' and n.k ~= 'd' then return {'ERR', 'isdir'} end
+    if n.k == 'd' and old.k ~= 'd' then return {'ERR', 'notdir'} end
+    if old.k == 'd' and redis.call('HLEN', dkey(dst)) > 0 then return {'ERR', 'notempty'} end
+    if dst ~= expect then return answer('CONFLICT', record(old)) end
+    drop(old)
+    inode(dst)
+  end
+  unlink(cur)
+  unindex(cur)
+  store(n)
+  entry(cur); entry(n); inode(n.ino)
+  if touch(cur.p, at) then inode(cur.p) end
+  if touch(n.p, at + 3) and n.p ~= cur.p then inode(n.p) end
+  publish()
+  return replaced_reply(old)
+end
+
+-- ARGV: a, b (each in the other's place), the revisions of a and b as read,
+-- touch of a's old parent (3), touch of b's old parent (3)
+function ops.exchange()
+  local a, b = argnode(3), argnode(3 + NODE_ARGS)
+  local at = 3 + 2 * NODE_ARGS
+  local ca, cb = load(a.ino), load(b.ino)
+  if not ca or not cb then return {'ERR', 'vanished'} end
+  if ca.sig == a.sig and cb.sig == b.sig then return {'OK'} end  -- this very exchange, retried
+  if not at_rev(ca, ARGV[at]) then return answer('STALE', record(ca)) end
+  if not at_rev(cb, ARGV[at + 1]) then return answer('STALE', record(cb)) end
+  at = at + 2
+  for _, n in ipairs({a, b}) do
+    local slot = redis.call('HGET', dkey(n.p), n.n)
+    if slot and slot ~= a.ino and slot ~= b.ino then return {'ERR', 'taken'} end
+  end
+  unlink(ca); unlink(cb)
+  unindex(ca); unindex(cb)
+  store(a); store(b)
+  entry(a); entry(b); inode(a.ino); inode(b.ino)
+  if touch(ca.p, at) then inode(ca.p) end
+  if touch(cb.p, at + 3) and cb.p ~= ca.p then inode(cb.p) end
+  publish()
+  return {'OK'}
+end
+
+-- ARGV: ino, the parent and name the caller read it at, touch of its parent (3)
+function ops.remove()
+  local cur = load(ARGV[3])
+  if not cur or cur.p ~= ARGV[4] or cur.n ~= ARGV[5] then return {'OK'} end  -- gone from there already
+  if cur.k == 'd' and redis.call('HLEN', dkey(cur.ino)) > 0 then return {'ERR', 'notempty'} end
+  drop(cur)
+  entry(cur); inode(cur.ino)
+  if touch(cur.p, 6) then inode(cur.p) end
+  publish()
+  return answer('OK', record(cur))
+end
+
+local op = ops[ARGV[1]]
+if not op then return {'ERR', 'badop'} end
+return op()
+"""

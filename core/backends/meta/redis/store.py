@@ -1,0 +1,444 @@
+"""Metadata in Redis: one store shared by every mount and library user on every host.
+
+The layout and the atomic ops live in :mod:`core.backends.meta.redis.lua`; this module
+signs and verifies records, turns script answers into the store's errors, and
+runs every call through the asyncio bridge with bounded retries.
+
+Reads that touch many inodes (a directory listing, a search, the expiry
+sweep) read one map or set, then fetch the records in one pipelined round
+trip: no Lua script holds the server for a 100,000-entry listing, and a
+record moved or removed between the two steps is simply left out. A small
+directory (most are) is listed by one script, records and all.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import anyio
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError, TryAgainError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core.backends.meta.base import Cover, decode_record
+from core.backends.meta.redis.lua import NO_TOUCH, SCRIPT
+from core.errors import (
+    AlreadyExistsError,
+    ArtifactCorruptedError,
+    ArtifactNotFoundError,
+    DirectoryNotEmptyError,
+    IsADirectoryError_,
+    NotADirectoryError_,
+    ProviderError,
+    StaleRecordError,
+    StoreClosedError,
+)
+from core.infra import aio_bridge
+from core.infra.retry import RetryPolicy, retrying
+from core.infra.signing import RecordSigner
+from core.models import Scope, Usage
+from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
+
+T = TypeVar("T")
+
+_KIND_CODE = {NodeKind.DIR: "d", NodeKind.FILE: "f", NodeKind.SYMLINK: "l"}
+_INO_BATCH = 64  # inode numbers reserved per INCRBY; unused ones are simply skipped
+_MAX_CONFLICTS = 100  # replace attempts that meet a new occupant each time (heavy contention on one name)
+_READ = ("rec", "sig", "mt", "mts")  # what a reader fetches of an inode
+_LIST_INLINE = 1024  # a listing of up to this many entries comes in one round trip, records and all (1,000: ~4 ms of server time)
+
+_ERRORS: dict[bytes, Callable[[str], Exception]] = {
+    b"noparent": lambda what: ArtifactNotFoundError(f"{what}: the parent directory does not exist"),
+    b"notdir": lambda what: NotADirectoryError_(f"{what}: not a directory"),
+    b"exists": lambda what: AlreadyExistsError(f"{what} exists"),
+    b"isdir": lambda what: IsADirectoryError_(f"{what} is a directory"),
+    b"notempty": lambda what: DirectoryNotEmptyError(f"{what} is not empty"),
+    b"vanished": lambda what: ArtifactNotFoundError(f"{what}: the inode was removed"),
+    b"taken": lambda what: ProviderError(f"{what}: the target name was taken meanwhile"),
+    b"dupid": lambda what: ProviderError(f"{what}: the artifact id is held by another inode"),
+}
+
+
+def _transient(exc: BaseException) -> bool:
+    """Faults worth another try: the server is away, restarting, or failing over."""
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, ReadOnlyError, TryAgainError)) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("LOADING")
+    )
+
+
+def _name(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def index_tags(node: Node) -> list[str]:
+    """The search sets an artifact belongs to; '/' cannot occur in an id."""
+    space = node.space
+    if node.artifact is None or space is None:
+        return []
+    box = space.sandbox_id
+    tags = [f"sb:{box}", f"sc:{box}/{space.scope.value}"]
+    if space.session_id is not None:
+        tags.append(f"se:{box}/{space.session_id}")
+    if space.user_id is not None:
+        tags.append(f"us:{box}/{space.user_id}")
+    return tags
+
+
+class RedisMetaStore:
+    """A :class:`~core.backends.meta.base.MetaStore` on one Redis server (or Sentinel/Cluster URL).
+
+    ``prefix`` names this store's keys, so several stores can share a server;
+    give it a hash tag (``{artifactfs}``) on Redis Cluster so one script's keys
+    share a slot. With ``notify`` every change is announced on ``<prefix>:events``,
+    stamped with ``origin`` (unique per instance) so a process can tell its own
+    changes from others' (:mod:`core.backends.meta.redis.events`).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        signer: RecordSigner,
+        *,
+        prefix: str = "artifactfs",
+        retry: RetryPolicy | None = None,
+        notify: bool = False,
+        max_connections: int = 64,
+        socket_timeout: float = 5.0,
+    ) -> None:
+        self.url, self.prefix, self.notify = url, prefix, notify
+        self.origin = secrets.token_hex(6)
+        self._signer = signer
+        self._retry = retry or RetryPolicy()
+        self._max_connections, self._socket_timeout = max_connections, socket_timeout
+        self._clients: aio_bridge.LoopLocal[tuple[aioredis.Redis, object]] = aio_bridge.LoopLocal(
+            self._connect, self._disconnect
+        )
+        self._inos: deque[int] = deque()
+        self._ino_lock = threading.Lock()  # the store may be used from two loops (caller's and bridge's)
+        self._open = False
+
+    # -- keys
+
+    def key(self, *parts: object) -> str:
+        return ":".join([self.prefix, *map(str, parts)])
+
+    # -- connections
+
+    async def _connect(self) -> tuple[aioredis.Redis, object]:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self._max_connections,
+            timeout=self._socket_timeout * 2,
+            socket_timeout=self._socket_timeout,
+            socket_connect_timeout=self._socket_timeout,
+            retry=Retry(NoBackoff(), 0),  # retries are ours: bounded, and counted per operation
+        )
+        client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        return client, client.register_script(SCRIPT)
+
+    async def _disconnect(self, value: tuple[aioredis.Redis, object]) -> None:
+        client, _ = value
+        await client.aclose()
+        await client.connection_pool.disconnect()
+
+    async def _call(self, what: str, fn: Callable[[aioredis.Redis, object], Awaitable[T]]) -> T:
+        """Run ``fn(client, script)`` on an asyncio loop, retrying transient faults."""
+        if not self._open:
+            raise StoreClosedError("the metadata store is closed")
+
+        async def attempt() -> T:
+            client, script = await self._clients.get()
+            return await fn(client, script)
+
+        async def in_loop() -> T:
+            return await retrying(attempt, policy=self._retry, transient=_transient, what=f"redis {what}")
+
+        try:
+            return await aio_bridge.run(in_loop)
+        except ResponseError as exc:
+            raise ProviderError(f"redis {what}: {exc}") from exc
+
+    async def _script(self, what: str, op: str, *args: object) -> list:
+        keys = [self.prefix]
+        argv = [op, "1" + self.origin if self.notify else "0", *args]
+        return await self._call(what, lambda client, script: script(keys=keys, args=argv, client=client))
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        self._open = True
+        try:
+            if await self.get(ROOT_INO) is None:
+                root = new_node(parent=0, name="", kind=NodeKind.DIR, mode=0o755, role=NodeRole.ROOT, now_ns=0)
+                root.ino = ROOT_INO
+                await self._script("init", "init", *self._args(root))
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        self._open = False
+        await self._clients.dispose_all()
+
+    # -- records
+
+    def _args(self, node: Node) -> list[object]:
+        record = node.model_dump_json().encode()
+        art, space = node.artifact, node.space
+        return [
+            node.ino,
+            record,
+            self._signer.sign(record),
+            node.parent,
+            _name(node.name),
+            _KIND_CODE[node.kind],
+            art.artifact_id if art else "",
+            "\n".join(index_tags(node)),
+            space.usage_key if (space is not None and node.is_file) else "",
+            node.size,
+            "" if node.expires_at_ns is None else node.expires_at_ns,
+            art.version if art else "",
+            node.rev,
+        ]
+
+    @staticmethod
+    def touch_payload(ino: int, time_ns: int) -> bytes:
+        """What the signature of a directory's new mtime/ctime (``mt``) covers: that ino, that time.
+
+        Never a JSON object, so it cannot pass for a record, nor a record for it.
+        """
+        return b"mtime %d %d" % (ino, time_ns)
+
+    def _touch(self, ino: int, time_ns: int | None) -> list[object]:
+        """The script's ``touch`` arguments: directory ``ino`` gets mtime/ctime ``time_ns`` (None: no touch)."""
+        if time_ns is None:
+            return list(NO_TOUCH)
+        return [ino, time_ns, self._signer.sign(self.touch_payload(ino, time_ns))]
+
+    def _load(
+        self, ino: int | bytes, record: bytes | None, sig: bytes | None, mt: bytes | None = None,
+        mts: bytes | None = None,
+    ) -> Node | None:
+        ino = int(ino)
+        if record is None and sig is None:
+            return None
+        node = decode_record(self._signer, ino, record, sig.decode("ascii", "replace") if sig is not None else None)
+        if mt:  # a directory's times, set by a change of its entries after the record was written
+            if not mts or not self._signer.verify(self.touch_payload(ino, int(mt)), mts.decode("ascii", "replace")):
+                raise ArtifactCorruptedError(f"the directory times of inode {ino} fail their signature")
+            node.mtime_ns = node.ctime_ns = int(mt)
+        return node
+
+    def _load_reply(self, reply: list) -> Node | None:
+        return self._load(*reply) if reply else None
+
+    async def _load_many(self, what: str, inos: Sequence[int | bytes]) -> list[Node]:
+        """Records of ``inos`` in one pipelined round trip; vanished ones are left out."""
+        if not inos:
+            return []
+        record_key = self.key
+
+        async def fetch(client: aioredis.Redis, _script: object) -> list:
+            async with client.pipeline(transaction=False) as pipe:
+                for ino in inos:
+                    pipe.hmget(record_key("i", int(ino)), *_READ)
+                return await pipe.execute()
+
+        rows = await self._call(what, fetch)
+        return [n for n in (self._load(ino, *row) for ino, row in zip(inos, rows)) if n is not None]
+
+    async def _new_ino(self) -> int:
+        with self._ino_lock:
+            if self._inos:
+                return self._inos.popleft()
+        high = await self._call("allocate inode", lambda client, _s: client.incrby(self.key("ino"), _INO_BATCH))
+        with self._ino_lock:
+            self._inos.extend(range(high - _INO_BATCH + 2, high + 1))
+        return high - _INO_BATCH + 1
+
+    @staticmethod
+    def _check(reply: list, what: str) -> list:
+        if reply and reply[0] == b"ERR":
+            raise _ERRORS.get(reply[1], lambda w: ProviderError(f"{w}: {reply[1]!r}"))(what)
+        return reply
+
+    # -- reads
+
+    async def get(self, ino: int) -> Node | None:
+        row = await self._call("get", lambda client, _s: client.hmget(self.key("i", ino), *_READ))
+        return self._load(ino, *row)
+
+    async def lookup(self, parent: int, name: str) -> Node | None:
+        return self._load_reply(await self._script("lookup", "lookup", parent, _name(name), "0"))
+
+    async def entry(self, parent: int, name: str) -> tuple[Node | None, Node | None]:
+        reply = await self._script("lookup", "lookup", parent, _name(name), "1")
+        return self._load(*reply[:5]), self._load_reply(reply[5:])
+
+    async def children(self, parent: int) -> list[Node]:
+        reply = await self._script("list", "list", parent, _LIST_INLINE)
+        if reply[0] == b"RECORDS":
+            loaded = (self._load(*reply[at : at + 5]) for at in range(1, len(reply), 5))
+            nodes = [n for n in loaded if n is not None and n.parent == parent]
+        else:
+            nodes = [n for n in await self._load_many("list", reply[1:]) if n.parent == parent]
+        return sorted(nodes, key=lambda n: _name(n.name))
+
+    async def find_artifact(self, artifact_id: str) -> Node | None:
+        return self._load_reply(await self._script("find", "find", artifact_id))
+
+    async def search(
+        self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
+    ) -> list[Node]:
+        if session_id is not None:
+            tag = f"se:{sandbox_id}/{session_id}"
+        elif user_id is not None:
+            tag = f"us:{sandbox_id}/{user_id}"
+        elif scope is not None:
+            tag = f"sc:{sandbox_id}/{scope.value}"
+        else:
+            tag = f"sb:{sandbox_id}"
+        members = await self._call("search", lambda client, _s: client.smembers(self.key("x", tag)))
+        inos = sorted(int(m) for m in members)
+        return [
+            n
+            for n in await self._load_many("search", inos)
+            if n.artifact is not None
+            and n.space is not None
+            and n.space.sandbox_id == sandbox_id
+            and (scope is None or n.space.scope is scope)
+            and (session_id is None or n.space.session_id == session_id)
+            and (user_id is None or n.space.user_id == user_id)
+        ]
+
+    async def expired(self, now_ns: int, limit: int = 1000) -> list[Node]:
+        inos = await self._call(
+            "expired", lambda client, _s: client.zrangebyscore(self.key("exp"), "-inf", now_ns, start=0, num=limit)
+        )
+        # Scores are doubles; the exact test is on the record.
+        return [n for n in await self._load_many("expired", inos) if n.expired(now_ns)]
+
+    async def usage(self, usage_key: str) -> Usage:
+        async def read(client: aioredis.Redis, _s: object) -> tuple:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hget(self.key("ub"), usage_key)
+                pipe.hget(self.key("uf"), usage_key)
+                return await pipe.execute()
+
+        size, files = await self._call("usage", read)
+        return Usage(bytes=int(size or 0), files=int(files or 0))
+
+    async def totals(self) -> Usage:
+        size, files = await self._call("totals", lambda client, _s: client.hmget(self.key("tot"), "bytes", "files"))
+        return Usage(bytes=int(size or 0), files=int(files or 0))
+
+    # -- changes
+
+    async def _replacing(
+        self, what: str, op: str, flag: bool, node: Node, extra: list[object], cover: Node | None = None
+    ) -> Node | None:
+        """Run an op that may replace an entry, verifying the record it replaces first.
+
+        ``extra`` follows the node (a rename's revision, the touches). ``cover`` is the session root as
+        read, to be moved out to cover ``node`` (inserts only).
+        """
+        expect = b""
+        for attempt in range(_MAX_CONFLICTS):
+            args = ["1" if flag else "0", expect, *self._args(node), *extra, *self._cover_args(cover, node)]
+            reply = self._check(await self._script(what, op, *args), what)
+            if reply[0] == b"CONFLICT":
+                self._load(*reply[1:])  # refuses a corrupted record before it is touched
+                if expect:  # raced by another replacer: back off a little so one of us gets through
+                    await self._back_off(attempt)
+                expect = reply[1]
+                continue
+            if reply[0] == b"STALE" and op == "rename":  # the node changed since its caller read it
+                raise StaleRecordError(f"{what}: inode {node.ino} changed since it was read", self._load(*reply[1:]))
+            if reply[0] == b"STALE":  # the session root changed meanwhile: cover it as it is now
+                cover = self._load(*reply[1:])
+                continue
+            return self._load(*reply[1:]) if len(reply) > 1 else None
+        raise ProviderError(f"{what}: the entry kept changing under {_MAX_CONFLICTS} attempts")
+
+    @staticmethod
+    async def _back_off(attempt: int) -> None:
+        await anyio.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
+
+    def _cover_args(self, root: Node | None, node: Node) -> list[object]:
+        """The insert's cover: ``root`` (as read) made to expire no sooner than ``node``.
+
+        Sent even when the root as read lives long enough: the script decides
+        on the root as it is then, which another host may have moved since.
+        """
+        if root is None or root.expires_at_ns is None:
+            return []
+        moved = root.model_copy(update={"expires_at_ns": node.expires_at_ns, "rev": root.rev + 1})
+        return [root.rev, *self._args(moved)]
+
+    @staticmethod
+    def _touches(node: Node) -> bool:
+        """Whether a change of ``node``'s entry sets its directory's times: only entries' directories
+        (a scope root or a directory in one) keep times that follow their entries."""
+        return node.role is NodeRole.ENTRY
+
+    async def insert(
+        self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None
+    ) -> tuple[Node, Node | None]:
+        node.ino = await self._new_ino()
+        touch = self._touch(node.parent, touch_ns if self._touches(node) else None)
+        root = cover.root if cover is not None else None
+        old = await self._replacing(repr(node.name), "insert", replace, node, touch, root)
+        return node, old
+
+    async def update(self, node: Node) -> None:
+        current = await self.commit(node, base_version=None)
+        if current is not None:
+            raise StaleRecordError(f"inode {node.ino} changed since it was read", current)
+
+    async def commit(self, node: Node, *, base_version: int | None) -> Node | None:
+        what = f"inode {node.ino}"
+        written = node.model_copy(update={"rev": node.rev + 1})
+        expect = "" if base_version is None else base_version
+        reply = self._check(await self._script(what, "update", *self._args(written), node.rev, expect), what)
+        if reply[0] == b"CONFLICT":
+            return self._load(*reply[1:])
+        node.rev = written.rev
+        return None
+
+    async def rename(
+        self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None
+    ) -> Node | None:
+        moved = node.model_copy(update={"parent": new_parent, "name": new_name, "rev": node.rev + 1})
+        time_ns = touch_ns if self._touches(node) else None
+        touches = [*self._touch(node.parent, time_ns), *self._touch(new_parent, time_ns)]
+        old = await self._replacing(repr(new_name), "rename", replace, moved, [node.rev, *touches])
+        node.parent, node.name, node.rev = new_parent, new_name, moved.rev
+        return old
+
+    async def exchange(self, a: Node, b: Node, *, touch_ns: int | None = None) -> None:
+        a2 = a.model_copy(update={"parent": b.parent, "name": b.name, "rev": a.rev + 1})
+        b2 = b.model_copy(update={"parent": a.parent, "name": a.name, "rev": b.rev + 1})
+        touches = [
+            *self._touch(a.parent, touch_ns if self._touches(a) else None),
+            *self._touch(b.parent, touch_ns if self._touches(b) else None),
+        ]
+        args = [*self._args(a2), *self._args(b2), a.rev, b.rev, *touches]
+        reply = self._check(await self._script("exchange", "exchange", *args), "exchange")
+        if reply[0] == b"STALE":
+            raise StaleRecordError("exchange: an entry changed since it was read", self._load(*reply[1:]))
+        for node, done in ((a, a2), (b, b2)):
+            node.parent, node.name, node.rev = done.parent, done.name, done.rev
+
+    async def remove(self, node: Node, *, touch_ns: int | None = None) -> Node | None:
+        touch = self._touch(node.parent, touch_ns if self._touches(node) else None)
+        what = repr(node.name)
+        reply = self._check(await self._script(what, "remove", node.ino, node.parent, _name(node.name), *touch), what)
+        return self._load(*reply[1:]) if len(reply) > 1 else None

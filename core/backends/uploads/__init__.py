@@ -1,0 +1,1 @@
+"""Registries of open uploads: the protocol, memory, a local directory and Redis."""

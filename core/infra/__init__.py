@@ -1,0 +1,1 @@
+"""Plumbing every layer may use: the asyncio bridge, retries, record signing, the clock."""

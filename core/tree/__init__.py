@@ -1,0 +1,1 @@
+"""The node tree: names, the namespace over a metadata store and a blob store."""
