@@ -44,6 +44,14 @@ def _uid(text: str) -> int:
     return int(text)
 
 
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=None, help="the store's data dir (default: as for mount)")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1, or $ARTIFACT_SERVE_HOST)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8470, or $ARTIFACT_SERVE_PORT; 0 picks one)")
+    p.add_argument("--public-url", default=None,
+                   help="the URL clients use to reach this service, when not http://HOST:PORT (a proxy in front)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="artifactfs", description="Mount an artifact store as a filesystem.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -88,10 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
              "processes still using the mount get ENOTCONN)",
     )
 
-    from fusefs.serve_cmd import add_arguments as serve_arguments
 
     serve = commands.add_parser("serve", help="serve the presigned URLs of a data dir over HTTP")
-    serve_arguments(serve)
+    _serve_arguments(serve)
     return parser
 
 
@@ -119,19 +126,30 @@ def mount_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         raise  # parser.error exits
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    from fusefs import mount as lifecycle  # imported here: `artifactfs --help` stays fast
+# What the commands need beyond the library: `pip install artifactfs` alone is the library.
+_EXTRA_MODULES = frozenset({"pyfuse3", "trio", "hypercorn"})
 
+
+def run(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    if args.command == "serve":
-        from fusefs.serve_cmd import run as serve
+    try:  # imported here: `artifactfs --help` stays fast, and works without the extras
+        if args.command == "serve":
+            from fusefs.serve_cmd import run as serve
 
-        return serve(args)
+            return serve(args)
+        from fusefs import mount as lifecycle
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in _EXTRA_MODULES:
+            raise
+        extra = "serve" if args.command == "serve" else "fuse"
+        say(f"artifactfs {args.command}: needs {exc.name}, which the library alone does not install; "
+            f"pip install 'artifactfs[{extra}]' (the fuse extra builds against libfuse3-dev)")
+        return 1
     if args.command == "mount":
         return lifecycle.mount(mount_options(args, parser), say=say)
     return lifecycle.umount(args.mountpoint, say=say, force=args.force)

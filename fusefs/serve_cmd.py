@@ -29,20 +29,6 @@ from core.tree.namespace import Namespace
 from fusefs.options import default_data_dir
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="artifactfs serve", description="Serve presigned URLs for a data dir over HTTP.")
-    add_arguments(p)
-    return p
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=None, help="the store's data dir (default: as for mount)")
-    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1, or $ARTIFACT_SERVE_HOST)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8470, or $ARTIFACT_SERVE_PORT; 0 picks one)")
-    p.add_argument("--public-url", default=None,
-                   help="the URL clients use to reach this service, when not http://HOST:PORT (a proxy in front)")
-
-
 def settings_for(data_dir: Path | None, public_url: str | None = None) -> Settings:
     """The embedded default on ``data_dir`` unless the environment names other backends."""
     settings = Settings.from_env(fs_root=data_dir or default_data_dir())
@@ -92,8 +78,9 @@ async def _main(args: argparse.Namespace) -> None:
 
 def serve_main(argv: list[str] | None = None) -> int:
     """Entry point for ``artifactfs serve``; returns the exit status."""
-    args = parser().parse_args(argv)
-    return run(args)
+    from fusefs.cli import run as cli  # one parser for both ways in
+
+    return cli(["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 def run(args: argparse.Namespace) -> int:
