@@ -38,12 +38,13 @@ _STORE_ENV = ("ARTIFACT_PROVIDER", "SESSION_PROVIDER", "SESSION_REDIS_URL", "S3_
 class StoreWorld:
     def __init__(
         self, kind: WorldKind, *, redis: RedisServer | None = None, moto: MotoServer | None = None,
-        store_root: Path | None = None, _used: set[str] | None = None,
+        store_root: Path | None = None, redis_url: str | None = None, _used: set[str] | None = None,
     ) -> None:
         if kind is WorldKind.REDIS_S3 and (redis is None or moto is None):
             raise ValueError("the redis-s3 world needs a redis server and a moto server")
         self.kind, self.redis, self.moto = kind, redis, moto
         self.store_root = store_root  # every data dir maps to this one store (many mounts, one store)
+        self.redis_url = redis_url or (redis.url if redis is not None else None)  # how its processes reach Redis
         self._used = _used if _used is not None else set()  # prefixes to clean up, shared with copies
 
     def __repr__(self) -> str:
@@ -58,6 +59,13 @@ class StoreWorld:
         if self.embedded:
             raise ValueError("embedded stores live in their data dir: they cannot be shared by two")
         return StoreWorld(self.kind, redis=self.redis, moto=self.moto, store_root=root, _used=self._used)
+
+    def via_redis(self, url: str) -> StoreWorld:
+        """The same world and store, whose processes reach Redis at ``url`` (a proxy in front of it)."""
+        if self.embedded:
+            raise ValueError("the embedded world has no Redis")
+        return StoreWorld(self.kind, redis=self.redis, moto=self.moto, store_root=self.store_root, redis_url=url,
+                          _used=self._used)
 
     def prefix(self, data_dir: Path) -> str:
         prefix = store_prefix(self.store_root or data_dir)
@@ -76,7 +84,7 @@ class StoreWorld:
             prefix = self.prefix(data_dir)
             env.update(AWS_ENV)
             env.update({
-                "SESSION_PROVIDER": "redis", "SESSION_REDIS_URL": self.redis.url,
+                "SESSION_PROVIDER": "redis", "SESSION_REDIS_URL": self.redis_url,
                 "ARTIFACT_PROVIDER": "s3", "ARTIFACT_BUCKET": BUCKET, "S3_ENDPOINT_URL": self.moto.endpoint,
                 "S3_SSE_ALGORITHM": "AES256", "ARTIFACT_REDIS_PREFIX": prefix, "ARTIFACT_S3_PREFIX": prefix + "/",
                 "ARTIFACT_SIGNING_KEY": os.environ.get("ARTIFACT_SIGNING_KEY") or SIGNING_KEY,
@@ -96,7 +104,7 @@ class StoreWorld:
         root = self.store_root or data_dir
         self.prefix(root)
         settings = redis_s3_settings(
-            root, redis_url=self.redis.url, s3_endpoint_url=self.moto.endpoint, sandbox_id=sandbox,
+            root, redis_url=self.redis_url, s3_endpoint_url=self.moto.endpoint, sandbox_id=sandbox,
         )
         return ArtifactStore(settings=settings, **kwargs)
 
