@@ -100,7 +100,7 @@ class OpenFile:
             if art.blob_key is None:
                 return _EMPTY
             try:
-                blob = await self.files.ns.blobs.reader(art.blob_key, size=self.node.size)
+                blob = await self.files.ns.blob_reader(art.blob_key, size=self.node.size)
             except ArtifactNotFoundError:
                 raise ArtifactCorruptedError(f"the blob of inode {self.ino} is missing") from None
             self._reader = ReadAhead(blob, self.node.size, art.sha256, self.files.spawn)
@@ -182,7 +182,7 @@ class OpenFile:
             spool = self._send_behind(FileSpool.create(self.files.spool_dir))
         try:
             if keep > 0 and art.blob_key is not None:
-                blob = await self.files.ns.blobs.reader(art.blob_key, size=self.node.size)
+                blob = await self.files.ns.blob_reader(art.blob_key, size=self.node.size)
                 try:
                     if isinstance(spool, FileSpool):
                         await spool.copy_from(blob, keep)
@@ -204,7 +204,7 @@ class OpenFile:
         """Let the spool send whole parts ahead of close, where the blob store takes them (S3)."""
         ns, art = self.files.ns, self.node.artifact
         assert art is not None
-        upload = ns.blobs.file_upload(ns.blob_key_for(self.node, art.version + 1))
+        upload = ns.file_upload(self.node)
         if upload is not None:
             spool.behind = WriteBehind(upload, str(spool.path))
         return spool

@@ -96,8 +96,7 @@ class StoreBase:
             self._opening = anyio.Lock()
         async with self._opening:
             if self._state == "new":
-                await self.ns.blobs.open()
-                await self.ns.meta.open()
+                await self.ns.open()
                 await self.ns.sandbox(self.sandbox_id)
                 self._state = "open"
         if self._state != "open":
@@ -106,8 +105,7 @@ class StoreBase:
 
     async def close(self) -> None:
         if self._state == "open":
-            await self.ns.meta.close()
-            await self.ns.blobs.close()
+            await self.ns.close()
         self._state = "closed"
 
     def _principal(self, session_id: str | None, user_id: str | None) -> Principal:

@@ -108,7 +108,7 @@ class FilesApi(StoreBase):
                 cursor = await ns.child(cursor, part)
         except ArtifactNotFoundError:
             return None
-        old = await ns.meta.lookup(cursor.ino, name)
+        old = await ns.lookup(cursor.ino, name)
         return old if old is not None and old.is_file else None
 
     async def _insert(self, draft: _Draft, key: str | None, size: int, sha256: str) -> str:
@@ -128,8 +128,7 @@ class FilesApi(StoreBase):
             node = await ns.insert_file(node, replace=True)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                if key is not None:
-                    await ns.blobs.delete(key)
+                await ns.discard_blob(key)
             raise
         assert node.artifact is not None
         return node.artifact.artifact_id
@@ -180,8 +179,7 @@ class FilesApi(StoreBase):
         progress = (lambda sent: callback(sent, total)) if callback else None
         key, size, sha256 = await self.ns.write_blob(draft.node, _aiter(request.data_stream), progress=progress)
         if total is not None and size != total:
-            if key is not None:
-                await self.ns.blobs.delete(key)
+            await self.ns.discard_blob(key)
             raise InvalidArgumentError(f"the stream carried {size} bytes, content_length said {total}")
         return await self._insert(draft, key, size, sha256)
 

@@ -70,7 +70,7 @@ class ListingApi(StoreBase):
             grid.validate_id(session_id, "session id")
         meta_filter = rules.meta(meta_filter)
         now = ns.now()
-        nodes = await ns.meta.search(self.sandbox_id, scope=scope, session_id=session_id, user_id=user_id)
+        nodes = await ns.search(self.sandbox_id, scope=scope, session_id=session_id, user_id=user_id)
         found = []
         for node in nodes:
             art = node.artifact

@@ -28,7 +28,7 @@ class StatusApi(StoreBase):
 
     async def get_stats(self) -> dict[str, Any]:
         ns = await self._ready()
-        totals = await ns.meta.totals()
+        totals = await ns.totals()
         return {
             "storage_provider": self.settings.storage_provider.value,
             "session_provider": self.settings.session_provider.value,
@@ -51,12 +51,12 @@ class StatusApi(StoreBase):
             error = {"status": "error", "message": str(exc)}
             return {"storage": error, "session": error, "session_manager": error}
         try:
-            await ns.blobs.check()
+            await ns.check_blobs()
             result["storage"] = {"status": "ok", "provider": self.settings.storage_provider.value}
         except ArtifactStoreError as exc:
             result["storage"] = {"status": "error", "provider": self.settings.storage_provider.value, "message": str(exc)}
         try:
-            await ns.meta.get(1)
+            await ns.check_meta()
             result["session"] = {"status": "ok", "provider": self.settings.session_provider.value}
         except ArtifactStoreError as exc:
             result["session"] = {"status": "error", "provider": self.settings.session_provider.value, "message": str(exc)}

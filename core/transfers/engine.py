@@ -36,7 +36,6 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import BaseModel
 
-from core.backends.blobs.base import BlobStore, NativePresign
 from core.backends.uploads.base import (
     PartRecord,
     Publish,
@@ -87,7 +86,7 @@ class Download(BaseModel):
     def etag(self) -> str:
         return f'"{self.sha256}"'
 
-    async def pump(self, blobs: BlobStore, start: int, end: int, verify: bool, out: MemoryObjectSendStream[bytes]) -> None:
+    async def pump(self, ns: Namespace, start: int, end: int, verify: bool, out: MemoryObjectSendStream[bytes]) -> None:
         """Send bytes ``[start, end)`` into ``out``; with ``verify`` (the whole blob) check the SHA-256.
 
         Reading and hashing run in worker threads while the caller sends the
@@ -100,7 +99,7 @@ class Download(BaseModel):
             if self.blob_key is None or end <= start:
                 self._check(digest)
                 return
-            reader = await blobs.reader(self.blob_key)
+            reader = await ns.blob_reader(self.blob_key)
             try:
                 offset = start
                 while offset < end:
@@ -134,9 +133,8 @@ class Transfers:
         self.ns, self.settings, self.registry = ns, settings, registry
         self.signer = UrlSigner(signing_key, settings.url)
         # The backend's own URLs when it has them (S3); the service's otherwise.
-        self.native = (
-            NativeUploads(ns, ns.blobs, registry, settings, self._file_node) if isinstance(ns.blobs, NativePresign) else None
-        )
+        backend = ns.native_presign
+        self.native = NativeUploads(ns, backend, registry, settings, self._file_node) if backend is not None else None
 
     @property
     def min_part_bytes(self) -> int:
@@ -287,7 +285,7 @@ class Transfers:
         """
         digest = hashlib.sha256()
         size = 0
-        writer = await self.ns.blobs.writer(key)
+        writer = await self.ns.blob_writer(key)
         to_disk, from_net = anyio.create_memory_object_stream[bytearray](1)
 
         async def drain() -> None:
@@ -327,7 +325,7 @@ class Transfers:
     async def _delete(self, key: str | None) -> None:
         if key is not None:
             with anyio.CancelScope(shield=True):
-                await self.ns.blobs.delete(key)
+                await self.ns.discard_blob(key)
 
     # -- publishing
 
@@ -385,7 +383,7 @@ class Transfers:
         """
         digest = hashlib.sha256()
         size = 0
-        writer = await self.ns.blobs.writer(key)
+        writer = await self.ns.blob_writer(key)
         chunks_in, chunks_out = anyio.create_memory_object_stream[bytes](2)
         try:
             try:
@@ -415,7 +413,7 @@ class Transfers:
                 if part.blob_key is None:
                     continue
                 digest = hashlib.sha256()
-                reader = await self.ns.blobs.reader(part.blob_key)
+                reader = await self.ns.blob_reader(part.blob_key)
                 try:
                     offset = 0
                     while offset < part.size:
@@ -446,7 +444,7 @@ class Transfers:
         for part in parts:
             if part.blob_key is not None and part.blob_key != keep:
                 try:
-                    await self.ns.blobs.delete(part.blob_key)
+                    await self.ns.discard_blob(part.blob_key)
                 except ArtifactStoreError:
                     pass  # left for the blob sweep; the upload itself is gone
 
@@ -535,5 +533,5 @@ class Transfers:
 
     async def _published_blob(self, artifact_id: str) -> str | None:
         """The blob a published artifact stands on, so a completion cut short by a crash loses nothing."""
-        node = await self.ns.meta.find_artifact(artifact_id)
+        node = await self.ns.find_artifact(artifact_id)
         return None if node is None or node.artifact is None else node.artifact.blob_key

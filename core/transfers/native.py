@@ -131,7 +131,7 @@ class NativeUploads:
         with anyio.CancelScope(shield=True):
             await self.registry.remove(record.upload_id, only_open=False)
             if obj.size == 0:
-                await self.ns.blobs.delete(key)  # an empty artifact has no blob
+                await self.ns.discard_blob(key)  # an empty artifact has no blob
         return record.artifact_id
 
     def _choose(self, record: UploadRecord, parts: list[NativePart], listed: Sequence[tuple[int, str]] | None) -> list[NativePart]:
@@ -146,7 +146,7 @@ class NativeUploads:
     async def _check_room(self, node: Node, size: int) -> None:
         """The quota check the commit will make, made before S3 joins anything."""
         assert node.space is not None
-        old = await self.ns.meta.lookup(node.parent, node.name)
+        old = await self.ns.lookup(node.parent, node.name)
         replaced = old if old is not None and old.is_file else None
         await self.ns.ensure_room(node.space, size - (replaced.size if replaced else 0), 0 if replaced else 1)
 
@@ -169,10 +169,10 @@ class NativeUploads:
         """Abort a removed upload's S3 upload and delete what it wrote, unless that was published."""
         assert record.native_key is not None and record.native_id is not None
         await self.backend.abort_multipart(record.native_key, record.native_id)
-        published = await self.ns.meta.find_artifact(record.artifact_id)
+        published = await self.ns.find_artifact(record.artifact_id)
         if published is None or published.artifact is None or published.artifact.blob_key != record.native_key:
             try:
-                await self.ns.blobs.delete(record.native_key)
+                await self.ns.discard_blob(record.native_key)
             except ArtifactStoreError:
                 pass  # gone already, or left for a later gc
 

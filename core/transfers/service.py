@@ -178,7 +178,7 @@ class PresignService:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
-            tg.start_soon(found.pump, self.transfers.ns.blobs, start, end, verify, chunks_in)
+            tg.start_soon(found.pump, self.transfers.ns, start, end, verify, chunks_in)
             async with chunks_out:
                 async for chunk in chunks_out:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import anyio
 from pydantic import BaseModel
 
-from core.backends.blobs.base import BlobStore
+from core.backends.blobs.base import BlobReader, BlobStore, BlobWriter, FileUpload, NativePresign
 from core.backends.meta.base import Cover, MetaStore
 from core.errors import (
     AlreadyExistsError,
@@ -86,6 +86,27 @@ class Namespace:
     def now(self) -> int:
         return self.clock.now_ns()
 
+    # -- the backends behind this door: nothing else calls them
+
+    async def open(self) -> None:
+        await self.blobs.open()
+        await self.meta.open()
+
+    async def close(self) -> None:
+        await self.meta.close()
+        await self.blobs.close()
+
+    async def check_blobs(self) -> None:
+        """Raise the backend's error if the blob store does not answer."""
+        await self.blobs.check()
+
+    async def check_meta(self) -> None:
+        """Raise the backend's error if the metadata store does not answer."""
+        await self.meta.get(ROOT_INO)
+
+    async def totals(self) -> Usage:
+        return await self.meta.totals()
+
     # -- reading the tree
 
     def visible(self, node: Node | None) -> bool:
@@ -121,6 +142,20 @@ class Namespace:
     async def list(self, parent: Node) -> list[Node]:
         now = self.now()
         return [n for n in await self.meta.children(parent.ino) if not n.expired(now)]
+
+    async def lookup(self, parent_ino: int, name: str) -> Node | None:
+        """The entry ``name`` of ``parent_ino`` as stored, expired or not: what a new entry there replaces."""
+        return await self.meta.lookup(parent_ino, name)
+
+    async def find_artifact(self, artifact_id: str) -> Node | None:
+        """The record of ``artifact_id`` as stored, expired or not."""
+        return await self.meta.find_artifact(artifact_id)
+
+    async def search(
+        self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
+    ) -> list[Node]:
+        """File nodes of a sandbox matching the given space fields, expired or not (indexed)."""
+        return await self.meta.search(sandbox_id, scope=scope, session_id=session_id, user_id=user_id)
 
     async def artifact_node(self, artifact_id: str) -> Node:
         grid.validate_id(artifact_id, "artifact id")
@@ -549,14 +584,14 @@ class Namespace:
             else:
                 raise ProviderError(f"{node.name!r}: other versions kept coming, {_MAX_COMMIT_RACES} times")
         except ArtifactNotFoundError:
-            await self._delete_blob(art.blob_key)
+            await self.discard_blob(art.blob_key)
             raise ArtifactNotFoundError(f"{node.name!r} was removed while being written") from None
         except BaseException:
             if art.blob_key not in superseded:
-                await self._delete_blob(art.blob_key)
+                await self.discard_blob(art.blob_key)
             raise
         for key in superseded - {art.blob_key, None}:
-            await self._delete_blob(key)
+            await self.discard_blob(key)
         _adopt(node, attempt)
         return node
 
@@ -589,11 +624,30 @@ class Namespace:
 
     async def drop_blob(self, node: Node) -> None:
         if node.artifact is not None:
-            await self._delete_blob(node.artifact.blob_key)
+            await self.discard_blob(node.artifact.blob_key)
 
-    async def _delete_blob(self, key: str | None) -> None:
+    async def discard_blob(self, key: str | None) -> None:
+        """Delete a blob no record names any more (superseded, removed, or never published)."""
         if key is not None:
             await self.blobs.delete(key)
+
+    async def blob_writer(self, key: str) -> BlobWriter:
+        """A writer for a new blob under ``key`` (an upload's part): nothing names it until a commit does."""
+        return await self.blobs.writer(key)
+
+    async def blob_reader(self, key: str, size: int | None = None) -> BlobReader:
+        """Raw ranged reads of one blob; whoever reads it whole checks it (see :meth:`read_chunks`)."""
+        return await self.blobs.reader(key, size=size)
+
+    def file_upload(self, node: Node) -> FileUpload | None:
+        """A part-by-part upload of ``node``'s next version, if the backend takes one (S3 multipart)."""
+        assert node.artifact is not None
+        return self.blobs.file_upload(self.blob_key_for(node, node.artifact.version + 1))
+
+    @property
+    def native_presign(self) -> NativePresign | None:
+        """The blob store's own URL signing, when its endpoint honours signed URLs (S3)."""
+        return self.blobs if isinstance(self.blobs, NativePresign) else None
 
     # -- quotas
 

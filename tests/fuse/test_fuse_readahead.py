@@ -146,7 +146,7 @@ async def test_concurrent_first_reads_share_one_blob_reader(tmp_path, damaged: b
     blobs = SlowBlobs(data[:-1] + bytes([data[-1] ^ 1]) if damaged else data)
     results: dict[int, bytes | Exception] = {}
     async with trio.open_nursery() as nursery:
-        files = OpenFiles(SimpleNamespace(blobs=blobs), tmp_path, nursery.start_soon, lambda ino: None)  # type: ignore[arg-type]
+        files = OpenFiles(SimpleNamespace(blob_reader=blobs.reader), tmp_path, nursery.start_soon, lambda ino: None)  # type: ignore[arg-type]
         _, file, _ = files.open(node, writable=False)
 
         async def read(index: int) -> None:
