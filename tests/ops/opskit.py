@@ -288,27 +288,45 @@ async def kernel(
     await blobs.open()
     await meta.open()
     ns = Namespace(meta, blobs, clock or SystemClock(), limits or Limits())
-    box = await ns.sandbox(SANDBOX)
     callers = Callers(
         ns, enforce=allow_other, mount_uid=0, admin_uids=admin_uids, user_uids=dict(user_uids or {}),
     )
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    ops = Operations(
-        ns, root_ino=box.ino, sandbox_id=SANDBOX, callers=callers, data_dir=tmp_path, spool_dir=spool,
-        presigner=presigner, request_timeout=request_timeout,
-    )
-    k = Kernel(ops)
     real_invalidate = pyfuse3.invalidate_inode
+    invalidated: list[tuple[int, bool]] = []
     # There is no kernel to tell: the handlers' requests to drop cached pages are recorded instead.
-    pyfuse3.invalidate_inode = lambda ino, attr_only=False: k.invalidated.append((ino, attr_only))  # type: ignore[assignment]
+    pyfuse3.invalidate_inode = lambda ino, attr_only=False: invalidated.append((ino, attr_only))  # type: ignore[assignment]
     try:
-        async with trio.open_nursery() as nursery:
-            ops.start(nursery)
+        async with _serving(ns, callers, tmp_path / "spool", presigner, request_timeout) as k:
+            k.invalidated = invalidated
             yield k
-            await ops.shutdown()
-            nursery.cancel_scope.cancel()
     finally:
         pyfuse3.invalidate_inode = real_invalidate
         await meta.close()
         await blobs.close()
+
+
+@asynccontextmanager
+async def another_mount(k: Kernel, tmp_path: Path) -> AsyncIterator[Kernel]:
+    """A second mount of ``k``'s store, as on a second host sharing one Redis and one bucket: the same
+    metadata and blobs, its own open files and spool. (Its kernel's invalidations go to ``k``'s list.)"""
+    ns = Namespace(k.ns.meta, k.ns.blobs, k.ns.clock, k.ns.limits)
+    callers = Callers(ns, enforce=False, mount_uid=0, admin_uids=frozenset(), user_uids={})
+    async with _serving(ns, callers, tmp_path / "spool-2", None, REQUEST_TIMEOUT) as second:
+        yield second
+
+
+@asynccontextmanager
+async def _serving(
+    ns: Namespace, callers: Callers, spool: Path, presigner: Presigner | None, request_timeout: float | None
+) -> AsyncIterator[Kernel]:
+    box = await ns.sandbox(SANDBOX)
+    spool.mkdir()
+    ops = Operations(
+        ns, root_ino=box.ino, sandbox_id=SANDBOX, callers=callers, data_dir=spool.parent, spool_dir=spool,
+        presigner=presigner, request_timeout=request_timeout,
+    )
+    async with trio.open_nursery() as nursery:
+        ops.start(nursery)
+        yield Kernel(ops)
+        await ops.shutdown()
+        nursery.cancel_scope.cancel()
