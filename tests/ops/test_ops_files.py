@@ -35,7 +35,7 @@ async def stored(k: Kernel, path: str) -> tuple[bytes, Node]:
 # -- create
 
 
-@pytest.mark.semantics("S-create-new")
+@pytest.mark.semantics("S-create-new", "S-tree-artifact")
 async def test_a_new_file_is_an_empty_artifact_of_its_creator_at_once(tmp_path: Path) -> None:
     """The artifact exists (empty) from the create on; its bytes come with the close."""
     alice = Caller(uid=1001, gid=1002)
@@ -161,7 +161,7 @@ async def test_sparse_writes_read_zeros_in_the_gap(tmp_path: Path) -> None:
         assert node.size == 300_003 and data == b"\0" * 300_000 + b"end"
 
 
-@pytest.mark.semantics("S-open-kinds")
+@pytest.mark.semantics("S-tree-dirs")
 async def test_open_of_a_directory_is_eisdir(tmp_path: Path) -> None:
     async with kernel(tmp_path) as k:
         await k.mkdir("users/alice")
@@ -272,7 +272,7 @@ async def test_a_file_replaced_by_rename_while_open_keeps_its_bytes_for_its_desc
         await k.close(fh)
 
 
-@pytest.mark.semantics("S-unlink-open")
+@pytest.mark.semantics("S-tree-dirs")
 async def test_unlink_errors(tmp_path: Path) -> None:
     async with kernel(tmp_path) as k:
         await k.mkdir("users/alice")
@@ -373,3 +373,13 @@ async def test_writes_move_the_mtime(tmp_path: Path) -> None:
         await k.close(fh)
         assert (await k.lookup("users/alice/f")).st_mtime_ns > 1_000_000_000
 
+
+
+@pytest.mark.semantics("S-perm-attrs")
+async def test_reads_leave_the_atime_alone(tmp_path: Path) -> None:
+    """The mount never moves atime on its own (as with noatime): only utimensat sets it."""
+    async with kernel(tmp_path) as k:
+        await k.write_file("users/alice/f", b"read me")
+        await k.setattr("users/alice/f", Fields(update_atime=True), st_atime_ns=1_000_000_000)
+        assert await k.read_file("users/alice/f") == b"read me"
+        assert (await k.lookup("users/alice/f")).st_atime_ns == 1_000_000_000

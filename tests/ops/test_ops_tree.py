@@ -62,7 +62,7 @@ async def test_the_fixed_directories_cannot_be_removed_renamed_or_changed(tmp_pa
         assert await k.listdir("") == [".", "..", "sessions", "shared", "users"]
 
 
-@pytest.mark.semantics("S-tree-fixed")
+@pytest.mark.semantics("S-tree-fixed", "S-tree-artifact")
 async def test_mkdir_in_sessions_and_users_makes_a_scope(tmp_path: Path) -> None:
     """A session or user directory is a scope: files in it are artifacts of that session or user."""
     async with kernel(tmp_path) as k:
@@ -173,7 +173,7 @@ async def test_readdir_gives_each_entry_the_attributes_a_lookup_gives(tmp_path: 
         assert listed[".."].st_ino == await k.ino("users") and stat.S_ISDIR(listed[".."].st_mode)
 
 
-@pytest.mark.semantics("S-readdir-attrs")
+@pytest.mark.semantics("S-tree-dirs")
 async def test_opendir_of_a_file_is_enotdir(tmp_path: Path) -> None:
     async with kernel(tmp_path) as k:
         await k.write_file("users/alice/f", b"")
@@ -284,7 +284,7 @@ async def test_an_empty_scope_can_be_removed_and_made_again(tmp_path: Path) -> N
         assert await k.listdir("sessions/s1") == [".", ".."]
 
 
-@pytest.mark.semantics("S-perm-attrs")
+@pytest.mark.semantics("S-unlink-open")
 async def test_a_directory_removed_while_open_can_still_be_fstat(tmp_path: Path) -> None:
     """fstat(2) of an open directory that rmdir removed, as on a local disk; lookups no longer find it."""
     async with kernel(tmp_path) as k:
