@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from core.errors import ArtifactCorruptedError, ArtifactNotFoundError, ArtifactTooLargeError
+from core.errors import ArtifactCorruptedError, ArtifactNotFoundError, ArtifactStoreError, ArtifactTooLargeError
 from core.nodes import Node
 from core.tree.namespace import Namespace
 from fusefs.readahead import ReadAhead
@@ -72,13 +72,22 @@ class OpenFile:
     async def read(self, offset: int, length: int) -> bytes | memoryview:
         if self.spool is not None:
             return self.spool.read(offset, length)
-        reader = self._reader or await self._open_reader()
         try:
+            reader = self._reader or await self._open_reader()
             return await reader.read(offset, length)
         except ArtifactNotFoundError:
-            if await self._names_our_blob():  # damage: EIO
-                raise ArtifactCorruptedError(f"the blob of inode {self.ino} is missing") from None
-            raise  # another mount replaced or removed this version, and its blob went with it: stale
+            raise await self._blob_lost() from None
+
+    async def _blob_lost(self) -> ArtifactStoreError:
+        """What it means that the blob of the version this file was opened at is missing.
+
+        If the file's record still names that blob, it is damage (EIO). Otherwise another face
+        of the store replaced or removed this version, and its blob went with it: the handle is
+        stale (ArtifactNotFoundError, which the handlers answer ESTALE), as over NFS.
+        """
+        if await self._names_our_blob():
+            return ArtifactCorruptedError(f"the blob of inode {self.ino} is missing")
+        return ArtifactNotFoundError(f"the version of inode {self.ino} open here was replaced or removed")
 
     async def _names_our_blob(self) -> bool:
         """Whether the file's record still names the blob this descriptor reads."""
@@ -99,10 +108,7 @@ class OpenFile:
             assert art is not None
             if art.blob_key is None:
                 return _EMPTY
-            try:
-                blob = await self.files.ns.blob_reader(art.blob_key, size=self.node.size)
-            except ArtifactNotFoundError:
-                raise ArtifactCorruptedError(f"the blob of inode {self.ino} is missing") from None
+            blob = await self.files.ns.blob_reader(art.blob_key, size=self.node.size)  # missing: see read()
             self._reader = ReadAhead(blob, self.node.size, art.sha256, self.files.spawn)
             return self._reader
 
@@ -182,14 +188,17 @@ class OpenFile:
             spool = self._send_behind(FileSpool.create(self.files.spool_dir))
         try:
             if keep > 0 and art.blob_key is not None:
-                blob = await self.files.ns.blob_reader(art.blob_key, size=self.node.size)
                 try:
-                    if isinstance(spool, FileSpool):
-                        await spool.copy_from(blob, keep)
-                    else:
-                        spool.write(0, await blob.read(0, keep))
-                finally:
-                    await blob.close()
+                    blob = await self.files.ns.blob_reader(art.blob_key, size=self.node.size)
+                    try:
+                        if isinstance(spool, FileSpool):
+                            await spool.copy_from(blob, keep)
+                        else:
+                            spool.write(0, await blob.read(0, keep))
+                    finally:
+                        await blob.close()
+                except ArtifactNotFoundError:
+                    raise await self._blob_lost() from None
             if keep > spool.size:
                 spool.truncate(keep)  # a short blob or none: the rest reads as zeros
         except BaseException:
@@ -216,7 +225,13 @@ class OpenFile:
         (the data of a file unlinked while open is rarely large, and never lost).
         """
         async with self._lock:
-            await self._spool(self.node.size, self.node.size)
+            try:
+                await self._spool(self.node.size, self.node.size)
+            except (ArtifactNotFoundError, ArtifactCorruptedError) as exc:
+                # The open version's bytes are gone already (replaced through another face, or lost):
+                # there is nothing to keep, and the removal goes ahead; reads through the descriptors
+                # then answer ESTALE, as they would have before it.
+                log.info("inode %d is removed while open, without its bytes: %s", self.ino, exc)
 
     # -- publishing
 

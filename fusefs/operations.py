@@ -442,13 +442,17 @@ class Operations(pyfuse3.Operations):
         try:
             return await self.files.handle(fh).file.read(off, size)
         except ArtifactNotFoundError:
-            # The version this descriptor reads was replaced or removed through another mount,
-            # which dropped its blob: the handle is stale (as over NFS), not the name missing.
+            # The version this descriptor reads was replaced or removed through another face of
+            # the store, which dropped its blob: the handle is stale (as over NFS), not the name missing.
             raise pyfuse3.FUSEError(errno.ESTALE) from None
 
     @fuse_call
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        await self.files.handle(fh).file.write(off, buf)
+        try:
+            await self.files.handle(fh).file.write(off, buf)
+        except ArtifactNotFoundError:
+            # The first write keeps the bytes around it, of the version this descriptor opened: as in read().
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
         return len(buf)
 
     @fuse_call

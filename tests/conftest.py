@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +12,22 @@ from core import ArtifactStore, Limits
 from core.infra.clock import ManualClock
 from servers import moto_server, own_moto, own_redis, redis_server  # noqa: F401 (fixtures)
 from storekit import BACKENDS, make_store
+
+CLAIMS_OPTION = "--semantics-claims"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        CLAIMS_OPTION, metavar="FILE",
+        help="write, as JSON, the docs/SEMANTICS.md statements each collected test claims (tests/test_semantics_doc.py)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    target = config.getoption(CLAIMS_OPTION)
+    if target:
+        claims = {item.nodeid: [i for mark in item.iter_markers("semantics") for i in mark.args] for item in items}
+        Path(target).write_text(json.dumps(claims, indent=0))
 
 
 @pytest.fixture

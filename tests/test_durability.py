@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+import pytest
+
 from core.backends.blobs.filesystem import FilesystemBlobStore
 
 
+@pytest.mark.semantics("S-durable-close", "S-durable-periodic")
 async def test_non_durable_put_is_visible_at_once_and_sync_settles_it(tmp_path: Path) -> None:
     blobs = FilesystemBlobStore(tmp_path)
     await blobs.open()
@@ -21,6 +24,7 @@ async def test_non_durable_put_is_visible_at_once_and_sync_settles_it(tmp_path: 
     await blobs.sync()  # nothing pending: a no-op
 
 
+@pytest.mark.semantics("S-durable-fsync")
 async def test_durable_put_leaves_nothing_pending(tmp_path: Path) -> None:
     blobs = FilesystemBlobStore(tmp_path)
     await blobs.open()

@@ -27,6 +27,7 @@ from core.errors import (
     ArtifactNotFoundError,
     ArtifactTooLargeError,
     CrossScopeError,
+    DirectoryNotEmptyError,
     InvalidArgumentError,
     IsADirectoryError_,
     NotADirectoryError_,
@@ -278,7 +279,36 @@ class Namespace:
         """``meta.insert`` with the parent's new times and, if ``cover`` (a session root) expires
         before the node, that root's later expiry, in one transaction."""
         covering = None if cover is None else Cover(cover)
-        return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering)
+        try:
+            return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering)
+        except AlreadyExistsError:
+            if not await self._clear_expired(node.parent, node.name):
+                raise
+            return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering)
+
+    # -- expired entries in the way
+
+    async def _clear_expired(self, parent_ino: int, name: str) -> bool:
+        """Collect the entry ``name`` of ``parent_ino`` if it has expired; whether it is gone now.
+
+        Expired entries are invisible but stay stored until collected; one that holds a
+        name someone is making again is collected then, so it is gone for every operation.
+        """
+        old = await self.meta.lookup(parent_ino, name)
+        if old is not None and old.expired(self.now()):
+            await self.purge(old)
+            return await self.meta.lookup(parent_ino, name) is None
+        return False
+
+    async def _clear_expired_children(self, directory: Node) -> bool:
+        """Collect the entries of ``directory`` if every one has expired; whether any were."""
+        children = await self.meta.children(directory.ino)
+        now = self.now()
+        if not children or not all(child.expired(now) for child in children):
+            return False
+        for child in children:
+            await self.purge(child)
+        return True
 
     # -- creating entries
 
@@ -723,7 +753,13 @@ class Namespace:
             node.space is not None and node.space.scope is Scope.SANDBOX and node.role is NodeRole.SCOPE_ROOT
         ):
             raise ReadOnlyError(f"{node.name!r} cannot be removed")
-        if await self.meta.remove(node, touch_ns=self.now()) is None:
+        try:
+            removed = await self.meta.remove(node, touch_ns=self.now())
+        except DirectoryNotEmptyError:
+            if not await self._clear_expired_children(node):
+                raise
+            removed = await self.meta.remove(node, touch_ns=self.now())
+        if removed is None:
             raise ArtifactNotFoundError(f"{node.name!r} was removed or moved meanwhile")
 
     async def rename(
@@ -744,10 +780,16 @@ class Namespace:
             await self._refuse_own_subtree(node, new_parent)
         now = self.now()
         moved = node.model_copy(update={"ctime_ns": now})
+        cleared = False
         for _ in range(_MAX_RACES):
             try:
                 replaced = await self.meta.rename(moved, new_parent.ino, new_name, replace=replace, touch_ns=now)
                 break
+            except (AlreadyExistsError, DirectoryNotEmptyError) as exc:
+                # The target may be an expired entry, or a directory of nothing but expired entries.
+                if cleared or not await self._clear_expired_target(new_parent, new_name, exc):
+                    raise
+                cleared = True
             except StaleRecordError as exc:
                 # Changed since read: move it as it is now (a new version, a chmod must survive),
                 # unless it left the name the caller gave; then that name is gone, as POSIX says.
@@ -765,6 +807,12 @@ class Namespace:
             finally:
                 await self.drop_blob(replaced)
         return replaced
+
+    async def _clear_expired_target(self, parent: Node, name: str, refusal: Exception) -> bool:
+        if isinstance(refusal, AlreadyExistsError):
+            return await self._clear_expired(parent.ino, name)
+        target = await self.meta.lookup(parent.ino, name)
+        return target is not None and await self._clear_expired_children(target)
 
     async def exchange(self, a: Node, b: Node) -> None:
         if a.role is not NodeRole.ENTRY or b.role is not NodeRole.ENTRY:

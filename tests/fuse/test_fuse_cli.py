@@ -30,6 +30,7 @@ def test_daemon_mount_is_ready_when_the_command_returns(tmp_path: Path) -> None:
         again.stop()
 
 
+@pytest.mark.semantics("S-multimount-one-per-datadir")
 def test_a_second_mount_of_one_data_dir_is_refused(mount: Mount, tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
@@ -55,6 +56,7 @@ def test_mount_errors_are_sentences_and_exit_statuses(tmp_path: Path) -> None:
     assert done.returncode == 2 and "sandbox id" in done.stderr
 
 
+@pytest.mark.semantics("S-unmount-signal", "S-unmount-staged")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_a_signal_unmounts_and_discards_unpublished_writes(mount: Mount, alice: Path, signum: int) -> None:
     (alice / "kept.txt").write_text("published")

@@ -11,12 +11,21 @@ import pytest
 from mounting import Mount
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 AT_FDCWD = -100
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
 
 
 def renameat2(old: Path, new: Path, flags: int) -> None:
     if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) itself, not glibc's posix_fallocate (which falls back to writing zeros)."""
+    if _libc.fallocate(fd, mode, offset, length) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
 
@@ -32,6 +41,7 @@ def fails_with(code: int, action, *args) -> None:
     assert caught.value.errno == code, f"{errno.errorcode.get(caught.value.errno)} instead of {errno.errorcode[code]}"
 
 
+@pytest.mark.semantics("S-limit-names")
 def test_names_over_255_bytes(mount: Mount, alice: Path) -> None:
     before = snapshot(mount.mountpoint)
     fails_with(errno.ENAMETOOLONG, open, alice / ("x" * 256), "w")
@@ -41,6 +51,7 @@ def test_names_over_255_bytes(mount: Mount, alice: Path) -> None:
     assert snapshot(mount.mountpoint) == before + [("users/alice/" + "z" * 255, 25)]
 
 
+@pytest.mark.semantics("S-limit-names")
 def test_dot_names_slashes_and_nul(mount: Mount, alice: Path) -> None:
     (alice / "sub").mkdir()
     before = snapshot(mount.mountpoint)
@@ -53,6 +64,7 @@ def test_dot_names_slashes_and_nul(mount: Mount, alice: Path) -> None:
     assert snapshot(mount.mountpoint) == before
 
 
+@pytest.mark.semantics("S-tree-fixed")
 def test_nothing_but_scope_directories_in_the_fixed_tree(mount: Mount) -> None:
     before = snapshot(mount.mountpoint)
     fails_with(errno.EACCES, open, mount / "stray.txt", "w")  # the sandbox root
@@ -66,6 +78,7 @@ def test_nothing_but_scope_directories_in_the_fixed_tree(mount: Mount) -> None:
     assert snapshot(mount.mountpoint) == before
 
 
+@pytest.mark.semantics("S-tree-fixed")
 @pytest.mark.parametrize("mount", [{"sandbox": None}], indirect=True)
 def test_the_root_of_an_all_sandboxes_mount_holds_sandboxes(mount: Mount) -> None:
     assert os.listdir(mount.mountpoint) == ["default"]
@@ -74,6 +87,7 @@ def test_the_root_of_an_all_sandboxes_mount_holds_sandboxes(mount: Mount) -> Non
     assert sorted(os.listdir(mount / "second")) == ["sessions", "shared", "users"]
 
 
+@pytest.mark.semantics("S-tree-dirs", "S-rename-subtree", "S-rename-replace")
 def test_directory_errors(mount: Mount, alice: Path) -> None:
     (alice / "full").mkdir()
     (alice / "full" / "f").write_text("f")
@@ -91,6 +105,7 @@ def test_directory_errors(mount: Mount, alice: Path) -> None:
     assert snapshot(mount.mountpoint) == before
 
 
+@pytest.mark.semantics("S-rename-noreplace", "S-rename-exchange")
 def test_rename_flags(mount: Mount, alice: Path) -> None:
     (alice / "a").write_text("A")
     (alice / "b").write_text("BB")
@@ -102,6 +117,7 @@ def test_rename_flags(mount: Mount, alice: Path) -> None:
     fails_with(errno.ENOENT, renameat2, alice / "b", alice / "nothing", RENAME_EXCHANGE)
 
 
+@pytest.mark.semantics("S-unsupported-link", "S-unsupported-special", "S-rename-exdev")
 def test_what_artifacts_cannot_be(mount: Mount, alice: Path) -> None:
     (alice / "f").write_text("f")
     before = snapshot(mount.mountpoint)
@@ -109,3 +125,20 @@ def test_what_artifacts_cannot_be(mount: Mount, alice: Path) -> None:
     fails_with(errno.EPERM, os.mkfifo, alice / "fifo")
     fails_with(errno.EXDEV, os.rename, alice / "f", mount / "shared" / "f")
     assert snapshot(mount.mountpoint) == before
+
+
+@pytest.mark.semantics("S-unsupported-fallocate")
+def test_fallocate_is_not_supported_and_posix_fallocate_falls_back(mount: Mount, alice: Path) -> None:
+    """The mount has no fallocate handler: the kernel answers EOPNOTSUPP for every mode, and glibc's
+    posix_fallocate then extends the file by writing, as on any file system without fallocate."""
+    (alice / "f").write_bytes(b"x" * 10)
+    fd = os.open(alice / "f", os.O_RDWR)
+    try:
+        for mode in (0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
+            fails_with(errno.EOPNOTSUPP, fallocate, fd, mode, 0, 8192)
+        assert os.fstat(fd).st_size == 10
+        os.posix_fallocate(fd, 0, 8192)
+        assert os.fstat(fd).st_size == 8192
+    finally:
+        os.close(fd)
+    assert (alice / "f").read_bytes() == b"x" * 10 + bytes(8182)

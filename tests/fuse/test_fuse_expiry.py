@@ -64,6 +64,7 @@ def errno_of(action, *args) -> int | None:
     return None
 
 
+@pytest.mark.semantics("S-expiry-vanish", "S-expiry-session")
 async def test_a_session_written_through_the_mount_expires_everywhere(
     timed_mount: Mount, mount_clock: MovableClock
 ) -> None:
@@ -109,6 +110,7 @@ async def test_a_session_written_through_the_mount_expires_everywhere(
     assert (m / "users/alice/forever.txt").read_text() == "no ttl"
 
 
+@pytest.mark.semantics("S-expiry-ttl", "S-expiry-vanish")
 async def test_a_ttl_shortened_through_the_mount_takes_effect(timed_mount: Mount, mount_clock: MovableClock) -> None:
     m = timed_mount
     (m / "sessions/s").mkdir()

@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
 from mounting import Mount, wait_for
 
 from core import Scope
@@ -15,6 +16,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.semantics("S-tree-artifact")
 async def test_a_file_written_through_the_mount_is_an_artifact(mount: Mount, alice: Path) -> None:
     data = b"quarterly numbers\n" * 1000
     (alice / "docs" / "q4").mkdir(parents=True)
@@ -28,6 +30,7 @@ async def test_a_file_written_through_the_mount_is_an_artifact(mount: Mount, ali
         assert found.artifact_id == os.getxattr(alice / "docs" / "q4" / "report.txt", "user.artifact.id").decode()
 
 
+@pytest.mark.semantics("S-tree-artifact")
 async def test_session_and_shared_files_are_artifacts_of_their_scope(mount: Mount) -> None:
     (mount / "sessions" / "s1" / "out").mkdir(parents=True)
     (mount / "sessions" / "s1" / "out" / "data.csv").write_text("a,b\n1,2\n")
@@ -41,6 +44,7 @@ async def test_session_and_shared_files_are_artifacts_of_their_scope(mount: Moun
         assert await store.read_file(shared.artifact_id) == b'{"k": 1}'
 
 
+@pytest.mark.semantics("S-tree-artifact", "S-consistency-cache")
 async def test_an_artifact_stored_through_the_library_appears_in_the_mount(mount: Mount) -> None:
     data = os.urandom(300_000)
     async with mount.store() as store:
@@ -52,6 +56,7 @@ async def test_an_artifact_stored_through_the_library_appears_in_the_mount(mount
     assert os.getxattr(path, "user.artifact.mime") == b"application/octet-stream"
 
 
+@pytest.mark.semantics("S-consistency-close-to-open")
 async def test_a_new_version_from_the_library_is_seen_at_the_next_open(mount: Mount, alice: Path) -> None:
     (alice / "v.txt").write_bytes(b"version one")
     assert (alice / "v.txt").read_bytes() == b"version one"  # now in the kernel's page cache
@@ -65,6 +70,7 @@ async def test_a_new_version_from_the_library_is_seen_at_the_next_open(mount: Mo
         assert (alice / "v.txt").read_bytes() == b"v4"
 
 
+@pytest.mark.semantics("S-publish-close", "S-consistency-one-mount")
 async def test_readers_see_the_old_version_until_the_writer_closes(mount: Mount, alice: Path) -> None:
     (alice / "w.txt").write_bytes(b"old content")
     artifact_id = os.getxattr(alice / "w.txt", "user.artifact.id").decode()
@@ -80,6 +86,7 @@ async def test_readers_see_the_old_version_until_the_writer_closes(mount: Mount,
         assert meta.sha256 == sha(b"NEW content") and meta.version == 2
 
 
+@pytest.mark.semantics("S-expiry-vanish")
 async def test_an_expired_session_file_disappears(mount: Mount) -> None:
     (mount / "sessions" / "s2").mkdir()
     async with mount.store() as store:
@@ -92,6 +99,7 @@ async def test_an_expired_session_file_disappears(mount: Mount) -> None:
     assert (mount / "sessions" / "s2" / "stays.txt").read_bytes() == b"long-lived"
 
 
+@pytest.mark.semantics("S-multimount-inodes")
 def test_inode_numbers_survive_a_remount(mount_factory, tmp_path: Path) -> None:
     first = mount_factory("m1", data_dir=tmp_path / "data")
     (first / "users" / "bob" / "deep").mkdir(parents=True)

@@ -295,6 +295,7 @@ def mounted(world: StoreWorld, tmp_path: Path) -> Iterator[Mount]:
 # -- the faults
 
 
+@pytest.mark.semantics("S-errno-backend")
 async def test_redis_restarted_in_the_middle(own_redis: RedisServer, moto_server: MotoServer, tmp_path: Path) -> None:
     world = StoreWorld(WorldKind.REDIS_S3, redis=own_redis, moto=moto_server)
     try:
@@ -322,6 +323,7 @@ async def test_redis_restarted_in_the_middle(own_redis: RedisServer, moto_server
         world.cleanup()
 
 
+@pytest.mark.semantics("S-errno-backend")
 async def test_s3_endpoint_unreachable_in_the_middle(redis_server: RedisServer, moto_server: MotoServer,
                                                       tmp_path: Path) -> None:
     proxy = CuttableEndpoint(moto_server.port)
@@ -349,6 +351,7 @@ async def test_s3_endpoint_unreachable_in_the_middle(redis_server: RedisServer, 
         world.cleanup()
 
 
+@pytest.mark.semantics("S-integrity-eio")
 async def test_an_s3_endpoint_back_without_its_objects(redis_server: RedisServer, own_moto: MotoServer,
                                                         tmp_path: Path) -> None:
     """moto restarted empty: old versions' bytes are gone. Reading them is EIO, never other bytes; new writes work."""

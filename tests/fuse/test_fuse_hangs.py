@@ -63,6 +63,7 @@ def test_tail_of_a_cold_file_of_a_few_chunks(mount: Mount, alice: Path, size: in
     assert (alice / "f").read_bytes() == data  # and a whole read after it, checked
 
 
+@pytest.mark.semantics("S-posix-model")
 def test_fsx_bigfile_seed_4(mount: Mount, fsx_bin: Path) -> None:
     """The issue's reproduction, as given: it stopped at op 2506 for good."""
     work = mount.user_dir("root") / "fsx"
@@ -123,6 +124,7 @@ def _frozen_s3_world(redis_server: RedisServer, own_moto: MotoServer) -> StoreWo
     return StoreWorld(WorldKind.REDIS_S3, redis=redis_server, moto=own_moto)
 
 
+@pytest.mark.semantics("S-timeout-eio")
 @pytest.mark.embedded_only("its own Redis + S3 world, with an S3 endpoint that stops answering")
 def test_a_read_from_an_endpoint_that_never_answers_gets_eio_in_time(
     redis_server: RedisServer, own_moto: MotoServer, mount_factory, tmp_path: Path,
@@ -172,6 +174,7 @@ def _stop_in_time(mount: Mount, how: str) -> str:
     return mount.log_text()
 
 
+@pytest.mark.semantics("S-unmount-signal", "S-umount-force")
 @pytest.mark.embedded_only("its own Redis + S3 world, with an S3 endpoint that stops answering")
 @pytest.mark.parametrize("how", STOPS)
 def test_unmount_in_time_with_a_request_stuck(
@@ -201,6 +204,7 @@ def _in_d_state(pid: int) -> bool:
         return False
 
 
+@pytest.mark.semantics("S-unmount-staged", "S-umount-force")
 @pytest.mark.parametrize("how", STOPS)
 def test_unmount_in_time_with_a_writer_stopped(mount_factory, how: str) -> None:
     """A process holding unpublished writes that cannot run: its writes are discarded, and said so."""
@@ -222,6 +226,7 @@ def test_unmount_in_time_with_a_writer_stopped(mount_factory, how: str) -> None:
     assert (again.user_dir("alice") / "f").read_bytes() == b"old version\n"
 
 
+@pytest.mark.semantics("S-umount-force")
 def test_umount_force_of_an_idle_mount_exits_cleanly(mount: Mount, alice: Path) -> None:
     """Was: the SIGTERM came after the detach had ended the request loop, and killed the process mid-clean-up."""
     (alice / "f").write_bytes(b"kept")

@@ -115,6 +115,7 @@ def daemon_mount(tmp_path: Path, world: StoreWorld) -> Iterator[tuple[Path, Path
     ("mode", "signum"),
     [("foreground", signal.SIGTERM), ("foreground", signal.SIGINT), ("daemon", signal.SIGTERM)],
 )
+@pytest.mark.semantics("S-crash-atomic", "S-unmount-staged")
 async def test_a_signal_mid_write_commits_nothing_partial(
     mode: str, signum: int, tmp_path: Path, world: StoreWorld, request: pytest.FixtureRequest
 ) -> None:
@@ -161,6 +162,7 @@ async def test_a_signal_mid_write_commits_nothing_partial(
 # -- a lazy unmount while files are open
 
 
+@pytest.mark.semantics("S-unmount-staged")
 @pytest.mark.parametrize("detach", [["fusermount3", "-uz"], ["umount", "-l"]])
 async def test_a_lazy_unmount_with_open_files_corrupts_nothing(mount: Mount, alice: Path, detach: list[str]) -> None:
     committed = os.urandom(5 * MiB + 3)
@@ -194,6 +196,7 @@ async def test_a_lazy_unmount_with_open_files_corrupts_nothing(mount: Mount, ali
 # -- a crash
 
 
+@pytest.mark.semantics("S-crash-atomic")
 async def test_a_killed_mount_is_cleared_and_remounted_without_leftovers(mount_factory, tmp_path: Path) -> None:
     first = mount_factory("m", data_dir=tmp_path / "data")
     alice = first.user_dir("alice")
@@ -229,6 +232,7 @@ async def test_a_killed_mount_is_cleared_and_remounted_without_leftovers(mount_f
 # -- unmounting
 
 
+@pytest.mark.semantics("S-umount-busy")
 def test_umount_of_a_busy_mount_says_why_and_keeps_serving(mount: Mount, alice: Path) -> None:
     (alice / "f.txt").write_text("still here")
     holder = subprocess.Popen(["sleep", "600"], cwd=alice)  # a shell parked in the mount
@@ -245,6 +249,7 @@ def test_umount_of_a_busy_mount_says_why_and_keeps_serving(mount: Mount, alice: 
     mount.stop()  # now it goes
 
 
+@pytest.mark.semantics("S-multimount-one-per-datadir")
 def test_a_second_mount_through_another_path_to_the_data_dir_is_refused(mount: Mount, tmp_path: Path) -> None:
     alias = tmp_path / "alias"
     alias.symlink_to(mount.data_dir)

@@ -370,6 +370,7 @@ def model(mount: Mount, alice: Path, tmp_path: Path) -> type[MountModel]:
     return Model
 
 
+@pytest.mark.semantics("S-posix-model")
 @pytest.mark.embedded_only("thousands of operations: on Redis + S3 their cost would be moto's")
 def test_the_mount_behaves_like_the_local_disk(model: type[MountModel]) -> None:
     run_state_machine_as_test(model, settings=CI_RUN)
@@ -389,6 +390,7 @@ def replay(model: type[MountModel], steps: Callable[[MountModel], None]) -> None
         machine.teardown()
 
 
+@pytest.mark.semantics("S-unlink-open")
 def test_ftruncate_and_fchmod_of_an_unlinked_open_file(model: type[MountModel]) -> None:
     """Was ENOENT: attributes of a file removed while open were looked up in the store."""
 
@@ -408,6 +410,7 @@ def test_ftruncate_and_fchmod_of_an_unlinked_open_file(model: type[MountModel]) 
     replay(model, steps)
 
 
+@pytest.mark.semantics("S-perm-attrs")
 def test_chmod_keeps_the_mtime_of_unpublished_writes(model: type[MountModel]) -> None:
     def steps(m: MountModel) -> None:
         m.utime(path="a", mtime=EXPLICIT_TIMES[0], follow=True)
@@ -420,6 +423,7 @@ def test_chmod_keeps_the_mtime_of_unpublished_writes(model: type[MountModel]) ->
     replay(model, steps)
 
 
+@pytest.mark.semantics("S-unlink-open", "S-rename-replace")
 def test_an_open_file_keeps_its_bytes_when_unlinked_or_replaced(model: type[MountModel]) -> None:
     """Was ENOENT (reads, ftruncate): removing a file dropped its blob under descriptors still open."""
 
@@ -439,6 +443,7 @@ def test_an_open_file_keeps_its_bytes_when_unlinked_or_replaced(model: type[Moun
     replay(model, steps)
 
 
+@pytest.mark.semantics("S-unlink-open")
 def test_fsync_of_an_unlinked_open_file_keeps_its_bytes(model: type[MountModel]) -> None:
     """Was ENOENT: fsync of a removed file dropped the bytes its descriptors still held."""
 
@@ -457,6 +462,7 @@ def test_fsync_of_an_unlinked_open_file_keeps_its_bytes(model: type[MountModel])
     replay(model, steps)
 
 
+@pytest.mark.semantics("S-truncate")
 @pytest.mark.parametrize("how", ["truncate", "ftruncate", "O_TRUNC"])
 def test_a_truncate_to_the_same_size_still_sets_the_mtime(model: type[MountModel], how: str) -> None:
     """Was: the explicit mtime stayed, where truncate(2), ftruncate(2) and O_TRUNC set it to now."""
@@ -479,6 +485,7 @@ def test_a_truncate_to_the_same_size_still_sets_the_mtime(model: type[MountModel
     replay(model, steps)
 
 
+@pytest.mark.semantics("S-unlink-open")
 @pytest.mark.parametrize("remove", ["rmdir", "rename onto"])
 def test_a_directory_removed_while_open_can_still_be_fstat(model: type[MountModel], remove: str) -> None:
     """Was ESTALE: fstat of an open directory that rmdir or a rename over it removed."""
@@ -495,6 +502,7 @@ def test_a_directory_removed_while_open_can_still_be_fstat(model: type[MountMode
     replay(model, steps)
 
 
+@pytest.mark.semantics("S-rename-exchange", "S-tree-dirs")
 def test_rename_exchange_updates_both_directories(model: type[MountModel]) -> None:
     """Was: RENAME_EXCHANGE left the mtime of the directories whose entries it swapped."""
 

@@ -250,6 +250,7 @@ def quiet_pair(
         yield made
 
 
+@pytest.mark.semantics("S-multimount-notices")
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_a_change_in_one_mount_is_seen_in_the_other_within_a_second(pair: Pair, name: str) -> None:
     scenario = SCENARIOS[name]
@@ -259,6 +260,7 @@ def test_a_change_in_one_mount_is_seen_in_the_other_within_a_second(pair: Pair, 
     seen_within(lambda: scenario.shown(b))
 
 
+@pytest.mark.semantics("S-consistency-close-to-open")
 @pytest.mark.parametrize("name", [name for name, s in SCENARIOS.items() if s.at_open is not None])
 def test_without_notices_the_next_open_still_sees_the_store(quiet_pair: Pair, name: str) -> None:
     scenario = SCENARIOS[name]
@@ -269,6 +271,7 @@ def test_without_notices_the_next_open_still_sees_the_store(quiet_pair: Pair, na
     assert scenario.at_open(b)  # at once: no waiting, nothing told B
 
 
+@pytest.mark.semantics("S-multimount-notices")
 def test_a_burst_of_changes_is_seen_whole(pair: Pair) -> None:
     """300 creates, then 150 renames and 150 deletes in A: B's listing and lookups follow all of them."""
     a, b = pair.both("burst")
@@ -285,6 +288,7 @@ def test_a_burst_of_changes_is_seen_whole(pair: Pair) -> None:
     seen_within(lambda: sorted(os.listdir(b)) == kept and not any(exists(b / name) for name in names))
 
 
+@pytest.mark.semantics("S-multimount-notices")
 async def test_the_library_on_another_host_is_seen_in_the_mount(pair: Pair) -> None:
     """An application using the library (another host, same Redis and bucket) stores, then deletes."""
     b = pair.b / "users" / "alice"
@@ -310,6 +314,7 @@ def test_each_mount_skips_its_own_notices(tmp_path_factory: pytest.TempPathFacto
     assert b_counts[0] >= 21 and b_counts[1] == 0, b_log
 
 
+@pytest.mark.semantics("S-consistency-stale")
 def test_a_descriptor_open_across_a_replace_in_the_other_mount(pair: Pair) -> None:
     """B reads a file A replaces meanwhile: B's descriptor reads the old version whole, or fails with
     ESTALE once that version's bytes are gone (as over NFS); never new bytes, never a mix, never

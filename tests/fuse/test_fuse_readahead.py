@@ -53,6 +53,7 @@ async def test_whole_reads_verify_and_pass(order: list[int]) -> None:
     assert blob.closed
 
 
+@pytest.mark.semantics("S-integrity-eio")
 @pytest.mark.parametrize("order", [list(range(8)), ZIGZAG], ids=["in-order", "zigzag"])
 async def test_whole_reads_of_damaged_bytes_fail(order: list[int]) -> None:
     data = os.urandom(8 * WINDOW)
@@ -64,6 +65,7 @@ async def test_whole_reads_of_damaged_bytes_fail(order: list[int]) -> None:
         await reader.close()
 
 
+@pytest.mark.semantics("S-integrity-eio")
 async def test_random_reads_are_plain_ranged_reads() -> None:
     data = os.urandom(8 * WINDOW)
     blob = MemoryBlob(data)
@@ -89,6 +91,7 @@ class GatedBlob(MemoryBlob):
         return await super().read(offset, length)
 
 
+@pytest.mark.semantics("S-integrity-eio")
 @pytest.mark.parametrize("damaged", [False, True], ids=["intact", "damaged"])
 async def test_a_slow_chunk_overtaken_by_later_reads_is_still_verified(damaged: bool) -> None:
     """Was: the read of chunk 3 dropped chunk 1, still in flight, and with it the whole-read check

@@ -232,5 +232,6 @@ def test_the_counter_sees_what_it_should(measured: Measured) -> None:
     )
 
 
+@pytest.mark.semantics("S-rename-mime")
 def test_a_renamed_file_takes_the_mime_type_of_its_new_name(measured: Measured) -> None:
     assert measured.renamed_mimes == [b"application/pdf"] * RUNS

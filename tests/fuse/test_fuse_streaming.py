@@ -52,6 +52,7 @@ async def damage_blob(mount: Mount, path: Path, offset: int) -> None:
         mount.world.damage_blob(store, node.artifact.blob_key, offset)
 
 
+@pytest.mark.semantics("S-integrity-eio")
 @pytest.mark.parametrize("size", [5000, 3 * MiB + 123])
 async def test_a_damaged_artifact_fails_a_whole_read_with_eio(mount_factory, tmp_path: Path, size: int) -> None:
     first = mount_factory("m1", data_dir=tmp_path / "data")

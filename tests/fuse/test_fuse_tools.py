@@ -53,6 +53,7 @@ def sample(tmp_path: Path) -> Path:
     return src
 
 
+@pytest.mark.semantics("S-perm-attrs", "S-symlink")
 def test_cp_a_keeps_bytes_modes_times_and_links(mount: Mount, alice: Path, sample: Path, tmp_path: Path) -> None:
     subprocess.run(["cp", "-a", str(sample), str(alice / "copy")], check=True)
     assert tree_digest(alice / "copy") == tree_digest(sample)
@@ -114,6 +115,7 @@ def test_find_xargs_parallel_sha256sum(mount: Mount, alice: Path, sample: Path) 
     assert got == expected
 
 
+@pytest.mark.semantics("S-rename-atomic")
 def test_mv_within_a_scope_keeps_the_artifact(mount: Mount, alice: Path) -> None:
     (alice / "dir" / "sub").mkdir(parents=True)
     (alice / "dir" / "sub" / "f.txt").write_text("moving")
@@ -126,6 +128,7 @@ def test_mv_within_a_scope_keeps_the_artifact(mount: Mount, alice: Path) -> None
     assert sorted(p.name for p in (alice / "renamed").iterdir()) == ["g.txt", "sub"]
 
 
+@pytest.mark.semantics("S-rename-exdev")
 def test_mv_across_scopes_copies_and_deletes(mount: Mount, alice: Path) -> None:
     mount.user_dir("bob")
     (alice / "f.bin").write_bytes(os.urandom(200_000))
@@ -147,6 +150,7 @@ def test_appends_with_shell_redirection(mount: Mount, alice: Path, tmp_path: Pat
     assert sha(alice / "big.bin") == hashlib.sha256(big.read_bytes() + b"tail\n").hexdigest()
 
 
+@pytest.mark.semantics("S-truncate")
 @pytest.mark.parametrize("size", [0, 100, 5 * 1024 * 1024 + 3])
 def test_truncate_shrinks_and_grows(mount: Mount, alice: Path, size: int) -> None:
     data = os.urandom(1024 * 1024)
@@ -187,6 +191,7 @@ def test_rm_rf_of_a_populated_tree(mount: Mount, alice: Path, sample: Path) -> N
     assert os.listdir(alice) == []
 
 
+@pytest.mark.semantics("S-symlink")
 def test_ln_s_links_resolve(mount: Mount, alice: Path) -> None:
     (alice / "target.txt").write_text("pointed at")
     mount.sh("cd users/alice && ln -s target.txt link && ln -s missing dangling && mkdir d && ln -s ../target.txt d/up")

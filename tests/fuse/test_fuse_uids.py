@@ -30,6 +30,7 @@ def mkdirs(mount: Mount, *names: str) -> None:
         (mount / name).mkdir(parents=True, exist_ok=True)
 
 
+@pytest.mark.semantics("S-perm-scopes", "S-perm-owner")
 def test_a_user_directory_is_for_its_own_uid_only(shared_mount: Mount) -> None:
     m = shared_mount
     mkdirs(m, "users/alice", "users/bob")
@@ -80,6 +81,7 @@ def test_a_user_directory_is_for_its_own_uid_only(shared_mount: Mount) -> None:
     assert done.returncode != 0 and "Permission denied" in done.stderr
 
 
+@pytest.mark.semantics("S-perm-chown")
 def test_ownership_changes_are_refused_with_eperm(shared_mount: Mount) -> None:
     m = shared_mount
     mkdirs(m, "users/alice")
@@ -96,6 +98,7 @@ def test_ownership_changes_are_refused_with_eperm(shared_mount: Mount) -> None:
     assert (m / "users/alice/f.txt").stat().st_uid == BOB
 
 
+@pytest.mark.semantics("S-perm-scopes")
 def test_a_session_is_for_the_uid_that_made_it(shared_mount: Mount) -> None:
     m = shared_mount
     session = m / "sessions/s-alice"
@@ -131,6 +134,7 @@ def test_a_session_is_for_the_uid_that_made_it(shared_mount: Mount) -> None:
     assert sorted(os.listdir(session / "out")) == ["result.csv"]
 
 
+@pytest.mark.semantics("S-perm-scopes")
 def test_shared_is_read_only_except_for_admin_uids(shared_mount: Mount) -> None:
     m = shared_mount
     (m / "shared/docs").mkdir()
@@ -175,6 +179,7 @@ def test_shared_is_read_only_except_for_admin_uids(shared_mount: Mount) -> None:
     assert probe(ADMIN, ("read", m / "users/alice/none")) == [denied(errno.ENOENT)]  # no such user space yet
 
 
+@pytest.mark.semantics("S-perm-scopes")
 async def test_the_library_sees_who_wrote_what(shared_mount: Mount) -> None:
     """Files a uid writes land in that user's scope, as artifacts of that user."""
     m = shared_mount

@@ -42,6 +42,7 @@ def dump(mount: Mount, path: str) -> dict[str, str]:
     return found
 
 
+@pytest.mark.semantics("S-xattr-fields", "S-xattr-presign")
 async def test_getfattr_shows_every_field_and_they_match_the_library(mount: Mount, alice: Path) -> None:
     (alice / "notes.txt").write_text("the notes\n")
     shown = dump(mount, "users/alice/notes.txt")
@@ -58,6 +59,7 @@ async def test_getfattr_shows_every_field_and_they_match_the_library(mount: Moun
     assert (meta.filename, meta.user_id, meta.sha256) == ("notes.txt", "alice", shown["user.artifact.sha256"])
 
 
+@pytest.mark.semantics("S-xattr-settable")
 async def test_settable_fields_reach_the_library(mount: Mount, alice: Path) -> None:
     (alice / "r.bin").write_bytes(b"\0" * 10)
     path = "users/alice/r.bin"
@@ -72,6 +74,7 @@ async def test_settable_fields_reach_the_library(mount: Mount, alice: Path) -> N
     assert (meta.summary, meta.mime, meta.meta) == ("Quarterly numbers", "application/pdf", {"team": "finance", "n": [1, 2]})
 
 
+@pytest.mark.semantics("S-xattr-settable")
 @pytest.mark.parametrize("bad", ["not json", "[1, 2]", '"a string"', "42", "{broken"])
 def test_invalid_meta_is_refused_and_nothing_changes(mount: Mount, alice: Path, bad: str) -> None:
     (alice / "m.txt").write_text("m")
@@ -83,6 +86,7 @@ def test_invalid_meta_is_refused_and_nothing_changes(mount: Mount, alice: Path, 
     assert unchanged_view(mount, path) == before
 
 
+@pytest.mark.semantics("S-expiry-ttl", "S-xattr-settable")
 def test_ttl_sets_expiry(mount: Mount, alice: Path) -> None:
     (alice / "t.txt").write_text("t")
     path = "users/alice/t.txt"
@@ -98,6 +102,7 @@ def test_ttl_sets_expiry(mount: Mount, alice: Path) -> None:
     assert 3580 <= int(getfattr(mount, path, "user.artifact.ttl")) <= 3600
 
 
+@pytest.mark.semantics("S-expiry-ttl")
 def test_session_files_get_the_default_ttl(mount: Mount) -> None:
     (mount / "sessions" / "s1").mkdir()
     (mount / "sessions" / "s1" / "out.csv").write_text("a,b\n")
@@ -107,6 +112,7 @@ def test_session_files_get_the_default_ttl(mount: Mount) -> None:
     assert getfattr(mount, "sessions/s1/out.csv", "user.artifact.expires_at") != ""
 
 
+@pytest.mark.semantics("S-xattr-readonly")
 @pytest.mark.parametrize("field", ["id", "sha256", "expires_at"])
 def test_read_only_fields_refuse_a_new_value(mount: Mount, alice: Path, field: str) -> None:
     (alice / "ro.txt").write_text("ro")
@@ -116,6 +122,7 @@ def test_read_only_fields_refuse_a_new_value(mount: Mount, alice: Path, field: s
     assert unchanged_view(mount, "users/alice/ro.txt") == before
 
 
+@pytest.mark.semantics("S-xattr-unknown")
 def test_unknown_artifact_attribute_is_invalid_and_changes_nothing(mount: Mount, alice: Path) -> None:
     (alice / "u.txt").write_text("u")
     before = unchanged_view(mount, "users/alice/u.txt")
@@ -126,6 +133,7 @@ def test_unknown_artifact_attribute_is_invalid_and_changes_nothing(mount: Mount,
     assert done.returncode != 0 and "Invalid argument" in done.stderr
 
 
+@pytest.mark.semantics("S-xattr-free")
 def test_free_user_attributes_are_kept_like_on_ext4(mount: Mount, alice: Path) -> None:
     (alice / "f.txt").write_text("f")
     (alice / "dir").mkdir()
@@ -140,12 +148,14 @@ def test_free_user_attributes_are_kept_like_on_ext4(mount: Mount, alice: Path) -
     assert done.returncode != 0 and "No such attribute" in done.stderr
 
 
+@pytest.mark.semantics("S-xattr-fields")
 def test_directories_have_no_artifact_fields(mount: Mount, alice: Path) -> None:
     assert dump(mount, "users/alice") == {}
     done = mount.sh("getfattr -n user.artifact.id users/alice", check=False)
     assert done.returncode != 0 and "No such attribute" in done.stderr
 
 
+@pytest.mark.semantics("S-xattr-namespaces")
 def test_other_namespaces_are_not_supported(mount: Mount, alice: Path) -> None:
     (alice / "s.txt").write_text("s")
     done = mount.sh("setfattr -n trusted.x -v 1 users/alice/s.txt", check=False)
@@ -155,6 +165,7 @@ def test_other_namespaces_are_not_supported(mount: Mount, alice: Path) -> None:
     assert done.returncode != 0 and "Operation not supported" in done.stderr
 
 
+@pytest.mark.semantics("S-xattr-namespaces")
 def test_ls_l_does_not_ask_for_security_attributes_per_file(mount_factory) -> None:
     mount = mount_factory(args=["--debug"])  # --debug logs every request
     alice = mount.user_dir("alice")

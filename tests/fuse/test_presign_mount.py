@@ -44,6 +44,7 @@ def curl(*args: str) -> bytes:
     return subprocess.run(["curl", "-sSf", *args], capture_output=True, check=True, timeout=60).stdout
 
 
+@pytest.mark.semantics("S-xattr-presign")
 @pytest.mark.embedded_only("artifactfs serve answers for a data dir; on S3 the URLs are S3's own")
 async def test_getfattr_presign_then_curl(
     mount_factory: MountFactory, service: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
@@ -84,6 +85,7 @@ async def test_getfattr_presign_then_curl(
     assert xattr_id == artifact_id
 
 
+@pytest.mark.semantics("S-xattr-presign")
 @pytest.mark.embedded_only("the mount's own service answers for its data dir; on S3 the URLs are S3's own")
 async def test_mount_serve_answers_its_own_presigned_urls(mount_factory: MountFactory) -> None:
     """``artifactfs mount --serve``: getfattr hands out a URL that curl downloads, with no other process."""

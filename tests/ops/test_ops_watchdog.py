@@ -48,6 +48,7 @@ class HangingBlobs(MemoryBlobStore):
         return Reader()
 
 
+@pytest.mark.semantics("S-timeout-eio")
 async def test_a_read_whose_backend_never_answers_gets_eio_in_time(tmp_path, caplog) -> None:
     blobs = HangingBlobs()
     caplog.set_level(logging.ERROR, logger="artifactfs.mount")
@@ -72,6 +73,7 @@ async def test_a_read_whose_backend_never_answers_gets_eio_in_time(tmp_path, cap
     assert record.getMessage().startswith(f"read({fh}, 4096, 8192): no answer after")
 
 
+@pytest.mark.semantics("S-unmount-signal")
 async def test_stop_answers_every_waiting_request_at_once(tmp_path) -> None:
     """Unmount: requests stuck in the backend are answered within the grace, not the request timeout."""
     blobs = HangingBlobs()
