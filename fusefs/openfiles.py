@@ -52,6 +52,7 @@ class OpenFile:
         self.files = files
         self.opens = 0
         self.spool: Spool | None = None
+        self.changed = False  # the spool holds writes or a truncate, not only the committed bytes
         self.mtime_ns = node.mtime_ns  # moves with writes before they are published
         self.removed = False
         self._reader: ReadAhead | None = None
@@ -133,6 +134,7 @@ class OpenFile:
             spool = self.spool = self._send_behind(spool.spill(self.files.spool_dir))
         spool.write(offset, data)
         spool.keep_up(self.files.spawn)
+        self.changed = True
         self.mtime_ns = self.files.ns.now()
 
     async def truncate(self, size: int) -> None:
@@ -147,6 +149,7 @@ class OpenFile:
                 assert isinstance(spool, MemorySpool)
                 spool = self.spool = spool.spill(self.files.spool_dir)
             spool.truncate(size)
+            self.changed = True
             self.mtime_ns = self.files.ns.now()
 
     async def _touch(self) -> None:
@@ -196,7 +199,7 @@ class OpenFile:
             with trio.CancelScope(shield=True):
                 await spool.discard()
             raise
-        self.spool = spool
+        self.spool, self.changed = spool, False
         await self._close_reader()
         return spool
 
@@ -217,6 +220,14 @@ class OpenFile:
         """
         async with self._lock:
             await self._spool(self.node.size, self.node.size)
+
+    async def let_bytes_go(self) -> None:
+        """The removal :meth:`hold_bytes` prepared for failed: a spool with nothing but the
+        committed bytes goes. Published at the last close, that copy of an older version
+        would be a new version over whatever another host committed since."""
+        async with self._lock:
+            if not self.changed:
+                await self._drop_spool()
 
     # -- publishing
 
@@ -411,6 +422,12 @@ class OpenFiles:
         file = self._files.get(ino)
         if file is not None and not file.removed:
             await file.hold_bytes()
+
+    async def kept(self, ino: int) -> None:
+        """The removal :meth:`removing` announced did not happen: the file is as it was."""
+        file = self._files.get(ino)
+        if file is not None and not file.removed:
+            await file.let_bytes_go()
 
     def removed(self, ino: int) -> None:
         file = self._files.get(ino)

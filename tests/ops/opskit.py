@@ -10,25 +10,31 @@ between: what a test asks is exactly what the handlers are asked.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import NamedTuple
 
 import pyfuse3
 import trio
 
 from core.backends.blobs.base import BlobStore
 from core.backends.blobs.memory import MemoryBlobStore
-from core.infra.clock import SystemClock
+from core.backends.meta.base import MetaStore
+from core.backends.meta.redis.store import RedisMetaStore
 from core.backends.meta.sqlite import SQLiteMetaStore
-from core.tree.namespace import Limits, Namespace
+from core.infra.clock import SystemClock
 from core.infra.signing import RecordSigner
+from core.tree.namespace import Limits, Namespace
 from fusefs.callers import Callers
 from fusefs.operations import Operations
 from fusefs.options import REQUEST_TIMEOUT
 
 SANDBOX = "app"
+SIGNER = RecordSigner(b"k" * 32)
 
 
 @dataclass(frozen=True)
@@ -83,14 +89,24 @@ class Kernel:
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         return bytes(await self.ops.read(fh, offset, size))
 
+    async def truncate(self, path: str, size: int) -> None:
+        """``truncate(2)`` by path: a setattr of the size with no file handle."""
+        attr = pyfuse3.EntryAttributes()
+        attr.st_size = size
+        fields = SimpleNamespace(update_size=True, update_mode=False, update_uid=False, update_gid=False,
+                                 update_atime=False, update_mtime=False)
+        await self.ops.setattr((await self.lookup(path)).st_ino, attr, fields, None, ROOT)  # type: ignore[arg-type]
+
 
 @asynccontextmanager
 async def kernel(
     tmp_path: Path, *, blobs: BlobStore | None = None, request_timeout: float | None = REQUEST_TIMEOUT,
+    meta: MetaStore | None = None,
 ) -> AsyncIterator[Kernel]:
-    """Handlers over a fresh in-memory store, their background work running, shut down after."""
+    """Handlers over a fresh in-memory store (or ``meta`` and ``blobs``, opened and closed here),
+    their background work running, shut down after."""
     blobs = blobs or MemoryBlobStore()
-    meta = SQLiteMetaStore(":memory:", RecordSigner(b"k" * 32))
+    meta = meta or SQLiteMetaStore(":memory:", SIGNER)
     await blobs.open()
     await meta.open()
     ns = Namespace(meta, blobs, SystemClock(), Limits())
@@ -111,3 +127,35 @@ async def kernel(
     finally:
         await meta.close()
         await blobs.close()
+
+
+class Hosts(NamedTuple):
+    """Host A, a mount (its handlers), and host B (another mount's or a library process's
+    :class:`Namespace`) on one metadata store and one blob store."""
+
+    a: Kernel
+    b: Namespace
+    blobs: MemoryBlobStore
+
+
+@asynccontextmanager
+async def two_hosts(tmp_path: Path, redis_url: str | None = None) -> AsyncIterator[Hosts]:
+    """A and B on one SQLite file, or (``redis_url``) on one Redis under a prefix of their own.
+
+    Each host has a metadata store instance of its own, as two processes would: what B
+    changes, A reads from the store, never from a shared object.
+    """
+    metas: list[MetaStore]
+    if redis_url is None:
+        path = tmp_path / "meta.sqlite3"
+        metas = [SQLiteMetaStore(path, SIGNER), SQLiteMetaStore(path, SIGNER)]
+    else:
+        prefix = f"ops-{uuid.uuid4().hex[:12]}"
+        metas = [RedisMetaStore(redis_url, SIGNER, prefix=prefix) for _ in range(2)]
+    blobs = MemoryBlobStore()
+    await metas[1].open()
+    try:
+        async with kernel(tmp_path, blobs=blobs, meta=metas[0]) as a:
+            yield Hosts(a, Namespace(metas[1], blobs, SystemClock(), Limits()), blobs)
+    finally:
+        await metas[1].close()
