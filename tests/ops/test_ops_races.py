@@ -1,5 +1,5 @@
 """Another host's step in the middle of one of the mount's requests (issue #16, the torture
-test's ``rename-vs-replace`` and ``unlink-vs-replace``), without a kernel.
+test's ``rename-vs-replace``, ``unlink-vs-replace`` and ``truncate-vs-commit``), without a kernel.
 
 Host A is the mount's handlers (:mod:`opskit`); host B is a second
 :class:`Namespace` on the same SQLite file or Redis keys, as another mount or
@@ -9,14 +9,18 @@ interleaving is forced, never left to timing.
 
 What must hold: unlink(2) and rename(2) act on whatever the name designates
 when they run, so a name another host replaced meanwhile (it existed at
-every instant) is never ENOENT.
+every instant) is never ENOENT; and truncate(2) by path cuts the content as
+it is when it runs, so it never publishes a cut of an older version over a
+version another host completed meanwhile.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyfuse3
@@ -189,3 +193,95 @@ async def test_a_failed_unlink_leaves_no_copy_to_publish_over_a_newer_version(ho
     stored = await h.b.child(home, "h")
     assert stored.artifact.version == newer.artifact.version and await content(h.b, stored) == V2  # type: ignore[union-attr]
     assert blobs_named(h, stored)
+
+
+# -- B commits a version while A truncates f by path
+
+
+async def test_a_truncate_by_path_cuts_the_version_committed_meanwhile(hosts: Hosts) -> None:
+    """A reads f (v1) and cuts it for truncate(f, 300); B commits v2 before A's commit. f must be
+    v2's first 300 bytes (was v1's: the last-writer-wins rebase published them over v2)."""
+    h = hosts
+    _, home = await home_of(h)
+    await h.a.write_file("users/root/f", V1)
+
+    async def b_commits() -> None:
+        await commit_bytes(h.b, (await h.b.child(home, "f")).ino, V2)
+
+    hold(h.a.ops.ns.meta, "commit", b_commits)
+    await h.a.truncate("users/root/f", CUT)
+    stored = await h.b.child(home, "f")
+    assert await content(h.b, stored) == V2[:CUT]
+    assert stored.size == CUT and (await h.a.lookup("users/root/f")).st_size == CUT
+    assert blobs_named(h, stored)  # the cut of v1 that lost went, and v2's blob with its version
+
+
+async def test_a_truncate_by_path_whose_version_went_before_it_read_it(hosts: Hosts) -> None:
+    """B commits v2 (dropping v1's blob) after A read f's record but before A reads v1's bytes.
+    The truncate cuts v2 (was ENOENT: v1's blob was gone)."""
+    h = hosts
+    _, home = await home_of(h)
+    await h.a.write_file("users/root/f", V1)
+
+    async def b_commits() -> None:
+        await commit_bytes(h.b, (await h.b.child(home, "f")).ino, V2)
+
+    hold(h.blobs, "reader", b_commits)
+    await h.a.truncate("users/root/f", CUT)
+    stored = await h.b.child(home, "f")
+    assert await content(h.b, stored) == V2[:CUT] and blobs_named(h, stored)
+
+
+async def test_a_truncate_by_path_to_the_size_it_read_still_cuts_the_newer_version(hosts: Hosts) -> None:
+    """truncate(f, len(v1)) only touches f as A read it; B commits a longer v2 before that touch
+    is stored. f must be v2 cut to len(v1) (was v2 whole, its mtime moved)."""
+    h = hosts
+    _, home = await home_of(h)
+    await h.a.write_file("users/root/f", V1)
+
+    async def b_commits() -> None:
+        await commit_bytes(h.b, (await h.b.child(home, "f")).ino, V2)
+
+    hold(h.a.ops.ns.meta, "update", b_commits)
+    await h.a.truncate("users/root/f", len(V1))
+    stored = await h.b.child(home, "f")
+    assert await content(h.b, stored) == V2[: len(V1)] and blobs_named(h, stored)
+
+
+async def test_a_truncate_by_path_keeps_a_chmod_and_rename_made_meanwhile(hosts: Hosts) -> None:
+    """Attributes changed meanwhile are no conflict: the cut is still of the version stored, and
+    the mode and name B set survive it."""
+    h = hosts
+    _, home = await home_of(h)
+    ino = await h.a.write_file("users/root/f", V1)
+
+    async def b_chmods_and_renames() -> None:
+        node = await h.b.child(home, "f")
+        await h.b.update_node(node, lambda n: setattr(n, "mode", 0o600))
+        await h.b.rename(node, home, "g")
+
+    hold(h.a.ops.ns.meta, "commit", b_chmods_and_renames)
+    await h.a.truncate("users/root/f", CUT)
+    stored = await h.b.get(ino)
+    assert (stored.name, stored.mode, stored.artifact.version) == ("g", 0o600, 2)  # type: ignore[union-attr]
+    assert await content(h.b, stored) == V1[:CUT] and blobs_named(h, stored)
+
+
+async def test_ftruncate_and_close_keep_the_last_close_wins_rule(hosts: Hosts) -> None:
+    """Through a descriptor, a truncate is a write like any other: published at close, and the
+    last close wins over a version another host committed meanwhile (README: as over NFS).
+    This pins the documented rule that the path truncate's fix leaves as it is."""
+    h = hosts
+    _, home = await home_of(h)
+    await h.a.write_file("users/root/f", V1)
+    fh = await h.a.open("users/root/f", os.O_WRONLY)
+    attr = pyfuse3.EntryAttributes()
+    attr.st_size = CUT
+    fields = SimpleNamespace(update_size=True, update_mode=False, update_uid=False, update_gid=False,
+                             update_atime=False, update_mtime=False)
+    await h.a.ops.setattr((await h.a.lookup("users/root/f")).st_ino, attr, fields, fh, ROOT)  # type: ignore[arg-type]
+    await commit_bytes(h.b, (await h.b.child(home, "f")).ino, V2)
+    await h.a.ops.flush(fh)
+    await h.a.ops.release(fh)
+    stored = await h.b.child(home, "f")
+    assert await content(h.b, stored) == V1[:CUT] and blobs_named(h, stored)
