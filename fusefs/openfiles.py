@@ -277,10 +277,16 @@ class OpenFile:
         """The file is about to be removed: its descriptors keep its bytes, as on a local disk.
 
         Removing it drops its blob, so the committed bytes are copied into the spool first
-        (the data of a file unlinked while open is rarely large, and never lost).
+        (the data of a file unlinked while open is rarely large, and never lost). If another
+        host replaced the version they read, its blob went with it: there is nothing left to
+        hold (they read ESTALE, as they would without this removal), and the removal goes on.
         """
         async with self._lock:
-            await self._spool(self.node.size, self.node.size)
+            try:
+                await self._spool(self.node.size, self.node.size)
+            except ArtifactNotFoundError:
+                if await self._names_our_blob():  # damage: EIO
+                    raise ArtifactCorruptedError(f"the blob of inode {self.ino} is missing") from None
 
     async def let_bytes_go(self) -> None:
         """The removal :meth:`hold_bytes` prepared for failed: a spool with nothing but the

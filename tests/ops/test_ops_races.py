@@ -195,6 +195,20 @@ async def test_a_failed_unlink_leaves_no_copy_to_publish_over_a_newer_version(ho
     assert blobs_named(h, stored)
 
 
+async def test_an_unlink_of_a_file_open_here_whose_version_another_host_replaced(hosts: Hosts) -> None:
+    """A has f open at v1; B commits v2 (dropping v1's blob); A unlinks f. f exists: the unlink
+    removes it (was ENOENT: copying v1's bytes for A's descriptor found them gone)."""
+    h = hosts
+    home_ino, home = await home_of(h)
+    await h.a.write_file("users/root/f", V1)
+    fh = await h.a.open("users/root/f")
+    await commit_bytes(h.b, (await h.b.child(home, "f")).ino, V2)
+    await h.a.ops.unlink(home_ino, b"f", ROOT)  # type: ignore[arg-type]
+    assert await h.b.find(home, "f") is None and blobs_named(h)
+    await h.a.ops.release(fh)
+    assert blobs_named(h)
+
+
 # -- B commits a version while A truncates f by path
 
 
