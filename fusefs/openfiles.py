@@ -26,7 +26,14 @@ from typing import Any
 
 import trio
 
-from core.errors import ArtifactCorruptedError, ArtifactNotFoundError, ArtifactStoreError, ArtifactTooLargeError
+from core.errors import (
+    ArtifactCorruptedError,
+    ArtifactNotFoundError,
+    ArtifactStoreError,
+    ArtifactTooLargeError,
+    ProviderError,
+    StaleRecordError,
+)
 from core.nodes import Node
 from core.tree.namespace import Namespace
 from fusefs.readahead import ReadAhead
@@ -37,6 +44,7 @@ log = logging.getLogger("artifactfs.mount")
 
 _SEEN_MAX = 1 << 20
 MEMORY_BUDGET = 64 << 20  # small files being written are spooled in memory, up to this much in all
+_TRUNCATE_RACES = 10  # truncates by path that each find another host's version came first
 
 
 class KernelCache(Enum):
@@ -52,6 +60,7 @@ class OpenFile:
         self.files = files
         self.opens = 0
         self.spool: Spool | None = None
+        self.changed = False  # the spool holds writes or a truncate, not only the committed bytes
         self.mtime_ns = node.mtime_ns  # moves with writes before they are published
         self.removed = False
         self._reader: ReadAhead | None = None
@@ -139,24 +148,77 @@ class OpenFile:
             spool = self.spool = self._send_behind(spool.spill(self.files.spool_dir))
         spool.write(offset, data)
         spool.keep_up(self.files.spawn)
+        self.changed = True
         self.mtime_ns = self.files.ns.now()
 
-    async def truncate(self, size: int) -> None:
+    def _check_size(self, size: int) -> None:
         if size > self.files.ns.limits.max_artifact_bytes:
             raise ArtifactTooLargeError(f"a file may hold {self.files.ns.limits.max_artifact_bytes} bytes")
-        async with self._lock:
-            if self.spool is None and size == self.node.size:
-                await self._touch()
-                return
-            spool = await self._spool(min(size, self.node.size), size)
-            if not spool.fits(size):
-                assert isinstance(spool, MemorySpool)
-                spool = self.spool = spool.spill(self.files.spool_dir)
-            spool.truncate(size)
-            self.mtime_ns = self.files.ns.now()
 
-    async def _touch(self) -> None:
-        """A truncate that leaves the size as it is still sets the mtime, as truncate(2) and O_TRUNC do."""
+    async def truncate(self, size: int) -> None:
+        """ftruncate or O_TRUNC: the cut is published with the next close, as a write would be."""
+        self._check_size(size)
+        async with self._lock:
+            await self._truncate(size)
+
+    async def truncate_now(self, size: int) -> None:
+        """truncate(2) by path: the file's content cut to ``size``, published before the answer.
+
+        With nothing pending here, the cut is made of the committed version
+        alone, so it may replace that version only (``from_version`` of
+        :meth:`Namespace.commit`): if another host commits a newer one
+        meanwhile, the cut is made again of that one, as truncate(2) applies
+        to the content as it is when it runs. Publishing the older version's
+        bytes over the newer one instead undid that host's write (issue #16).
+        Writes pending here (a descriptor of this mount not closed yet) are
+        published cut, as their close would publish them: the last close wins.
+        """
+        self._check_size(size)
+        async with self._lock:
+            for _ in range(_TRUNCATE_RACES):
+                if self.spool is not None or self.removed:
+                    await self._truncate(size)
+                    await self._publish()
+                    return
+                base = self.version
+                try:
+                    await self._truncate(size, from_version=base)
+                    await self._publish(from_version=base)
+                    return
+                except StaleRecordError:
+                    pass  # another version came first: cut that one
+                except ArtifactNotFoundError:
+                    # The blob read for the cut went with a version committed since; the file
+                    # itself gone is ENOENT (get raises), a record still naming that blob is damage.
+                    await self._drop_spool()
+                    if await self._names_our_blob():
+                        raise ArtifactCorruptedError(f"the blob of inode {self.ino} is missing") from None
+                except BaseException:
+                    await self._drop_spool()  # a cut of the committed bytes alone: nothing of anyone's is lost
+                    raise
+                await self._drop_spool()
+                self.refresh(await self.files.ns.get(self.ino))
+            raise ProviderError(f"inode {self.ino}: other versions kept coming, {_TRUNCATE_RACES} times")
+
+    async def _truncate(self, size: int, *, from_version: int | None = None) -> None:
+        """Cut the file's open state to ``size``; ``from_version``: only if that is the version stored."""
+        if self.spool is None and size == self.node.size:
+            await self._touch(from_version)
+            return
+        spool = await self._spool(min(size, self.node.size), size)
+        if not spool.fits(size):
+            assert isinstance(spool, MemorySpool)
+            spool = self.spool = spool.spill(self.files.spool_dir)
+        spool.truncate(size)
+        self.changed = True
+        self.mtime_ns = self.files.ns.now()
+
+    async def _touch(self, from_version: int | None) -> None:
+        """A truncate that leaves the size as it is still sets the mtime, as truncate(2) and O_TRUNC do.
+
+        ``from_version``: the size was that version's; another version stored
+        (whatever its size) raises :class:`StaleRecordError`, to cut that one.
+        """
         ns = self.files.ns
         self.mtime_ns = ns.now()
         if self.removed:
@@ -168,6 +230,9 @@ class OpenFile:
         mtime_ns = self.mtime_ns
 
         def touch(node: Node) -> None:
+            stored = node.artifact.version if node.artifact is not None else None
+            if from_version is not None and stored != from_version:
+                raise StaleRecordError(f"inode {node.ino}: version {stored} came after {from_version}", node)
             node.mtime_ns = mtime_ns
 
         self.set_times(await ns.update_node(node, touch))
@@ -205,7 +270,7 @@ class OpenFile:
             with trio.CancelScope(shield=True):
                 await spool.discard()
             raise
-        self.spool = spool
+        self.spool, self.changed = spool, False
         await self._close_reader()
         return spool
 
@@ -222,7 +287,9 @@ class OpenFile:
         """The file is about to be removed: its descriptors keep its bytes, as on a local disk.
 
         Removing it drops its blob, so the committed bytes are copied into the spool first
-        (the data of a file unlinked while open is rarely large, and never lost).
+        (the data of a file unlinked while open is rarely large, and never lost). If another
+        host replaced the version they read, its blob went with it: there is nothing left to
+        hold (they read ESTALE, as they would without this removal), and the removal goes on.
         """
         async with self._lock:
             try:
@@ -232,6 +299,14 @@ class OpenFile:
                 # there is nothing to keep, and the removal goes ahead; reads through the descriptors
                 # then answer ESTALE, as they would have before it.
                 log.info("inode %d is removed while open, without its bytes: %s", self.ino, exc)
+
+    async def let_bytes_go(self) -> None:
+        """The removal :meth:`hold_bytes` prepared for failed: a spool with nothing but the
+        committed bytes goes. Published at the last close, that copy of an older version
+        would be a new version over whatever another host committed since."""
+        async with self._lock:
+            if not self.changed:
+                await self._drop_spool()
 
     # -- publishing
 
@@ -243,33 +318,38 @@ class OpenFile:
         ``durable=True``.
         """
         async with self._lock:
-            spool = self.spool
-            if spool is None:
-                return
-            if self.removed:  # nowhere to publish to; descriptors still open keep the bytes until the last close
-                return
-            try:
-                key, size, sha256 = await spool.publish(self.files.ns, self.node, durable=durable)
-            except BaseException:
-                if spool.taken():  # the blob store took the file, then failed
-                    await self._drop_spool()
-                    self.files.forget_cache(self.ino)
-                raise
-            # Until the commit is done, reads keep going to the spool's (unchanged) bytes.
-            try:
-                committed = await self._commit(key, size, sha256)
-            except BaseException:
-                self.files.forget_cache(self.ino)  # the kernel holds pages of a version that never was
-                raise
-            finally:
-                self.spool = None
-                with trio.CancelScope(shield=True):
-                    await spool.close()
-            if committed is not None:
-                self.node = committed
-                self.files.saw(self.ino, self.version)
+            await self._publish(durable=durable)
 
-    async def _commit(self, key: str | None, size: int, sha256: str) -> Node | None:
+    async def _publish(self, *, durable: bool = False, from_version: int | None = None) -> None:
+        """:meth:`publish`, under the lock; ``from_version``: the spool is a cut of that version
+        alone, to be published over that version only (:meth:`truncate_now`)."""
+        spool = self.spool
+        if spool is None:
+            return
+        if self.removed:  # nowhere to publish to; descriptors still open keep the bytes until the last close
+            return
+        try:
+            key, size, sha256 = await spool.publish(self.files.ns, self.node, durable=durable)
+        except BaseException:
+            if spool.taken():  # the blob store took the file, then failed
+                await self._drop_spool()
+                self.files.forget_cache(self.ino)
+            raise
+        # Until the commit is done, reads keep going to the spool's (unchanged) bytes.
+        try:
+            committed = await self._commit(key, size, sha256, from_version)
+        except BaseException:
+            self.files.forget_cache(self.ino)  # the kernel holds pages of a version that never was
+            raise
+        finally:
+            self.spool = None
+            with trio.CancelScope(shield=True):
+                await spool.close()
+        if committed is not None:
+            self.node = committed
+            self.files.saw(self.ino, self.version)
+
+    async def _commit(self, key: str | None, size: int, sha256: str, from_version: int | None) -> Node | None:
         """Point the node at the new blob; None if the file was removed meanwhile."""
         ns = self.files.ns
         try:
@@ -280,7 +360,7 @@ class OpenFile:
         ns.set_content(node, key, size, sha256)
         node.mtime_ns = self.mtime_ns  # the time of the last write, or what utime set after it
         try:
-            return await ns.commit(node, old_blob=old_blob)
+            return await ns.commit(node, old_blob=old_blob, from_version=from_version)
         except ArtifactNotFoundError:
             self.removed = True
             log.debug("inode %d was removed while open; its last writes are dropped", self.ino)
@@ -411,14 +491,20 @@ class OpenFiles:
                 await file.close()
 
     async def truncate(self, node: Node, size: int, *, publish: bool) -> OpenFile:
-        """Truncate through the open state (made for the purpose if the file is closed)."""
+        """Truncate through the open state (made for the purpose if the file is closed).
+
+        ``publish``: a truncate by path, published before the answer (and only
+        over the version it cut, :meth:`OpenFile.truncate_now`); else an
+        ftruncate, published with the descriptor's close.
+        """
         file = self._attach(node)
         try:
-            await file.truncate(size)
-        except BaseException:
+            if publish:
+                await file.truncate_now(size)
+            else:
+                await file.truncate(size)
+        finally:
             await self._let_go(file, publish=False)
-            raise
-        await self._let_go(file, publish=publish)
         return file
 
     async def removing(self, ino: int) -> None:
@@ -426,6 +512,12 @@ class OpenFiles:
         file = self._files.get(ino)
         if file is not None and not file.removed:
             await file.hold_bytes()
+
+    async def kept(self, ino: int) -> None:
+        """The removal :meth:`removing` announced did not happen: the file is as it was."""
+        file = self._files.get(ino)
+        if file is not None and not file.removed:
+            await file.let_bytes_go()
 
     def removed(self, ino: int) -> None:
         file = self._files.get(ino)

@@ -28,6 +28,7 @@ from core.errors import (
     InvalidNameError,
     IsADirectoryError_,
     NotADirectoryError_,
+    ProviderError,
     ReadOnlyError,
 )
 from core.models import Scope
@@ -56,6 +57,7 @@ _PUBLISHING = frozenset({"flush", "fsync", "release"})
 SHUTDOWN_BOUND = 10.0  # seconds the clean-up at unmount may take
 _USER_XATTRS = XATTR_USER_PREFIX.encode()
 _CREATE_RACES = 10  # creates that find the name taken, then gone again, before they give up
+_NAME_RACES = 10  # unlinks and renames that find the node they looked up replaced at its name, before they give up
 
 
 def _name(raw: bytes) -> str:
@@ -84,6 +86,23 @@ class _Directory:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.entries: list[tuple[bytes, Node]] | None = None  # "..", second, holds this directory's node
+
+
+class _Lost:
+    """An unlink's or rename's try that found nothing to act on: the nodes it acted on, and why."""
+
+    __slots__ = ("error", "inos")
+
+    def __init__(self, error: ArtifactNotFoundError, *inos: int | None) -> None:
+        self.error, self.inos = error, inos
+
+    @staticmethod
+    def check(lost: _Lost | None, *nodes: Node | None) -> None:
+        """Raise the last try's error if its names still designate the nodes it tried: the
+        not-found was then not about a name another host took over (a directory gone, say),
+        and trying again would find the same."""
+        if lost is not None and lost.inos == tuple(n.ino if n is not None else None for n in nodes):
+            raise lost.error
 
 
 class Operations(pyfuse3.Operations):
@@ -472,14 +491,39 @@ class Operations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         await self.files.release(fh)
 
+    # unlink(2) and rename(2) act on whatever a name designates when they run. The node a name
+    # was looked up as may leave it before the conditional write that removes or moves it (another
+    # host stored a new file over the name, or renamed one onto it): the write then finds nothing
+    # to act on (ArtifactNotFoundError), though the name never stopped existing. So the name is
+    # looked up again and the call made on what it designates now: ENOENT only once the name
+    # itself is gone (issue #16). The library's delete and move work by artifact id, and are right
+    # to answer not-found then.
+
     @fuse_call
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        _, node = await self._entry(parent_inode, name, ctx, write=True)
-        if node is None:
-            raise ArtifactNotFoundError(f"{name!r} not found")
-        if node.is_file:
-            await self.files.removing(node.ino)
-        await self.ns.unlink(node)
+        lost: _Lost | None = None
+        for _ in range(_NAME_RACES):
+            _, node = await self._entry(parent_inode, name, ctx, write=True)
+            if node is None:
+                raise ArtifactNotFoundError(f"{name!r} not found")
+            _Lost.check(lost, node)
+            try:
+                await self._unlink(node)
+                return
+            except ArtifactNotFoundError as exc:
+                lost = _Lost(exc, node.ino)
+        raise ProviderError(f"{name!r} kept being replaced by others, {_NAME_RACES} times")
+
+    async def _unlink(self, node: Node) -> None:
+        if not node.is_file:  # a symlink (no open state to keep), or a directory (refused: EISDIR)
+            await self.ns.unlink(node)
+            return
+        await self.files.removing(node.ino)
+        try:
+            await self.ns.unlink(node)
+        except BaseException:
+            await self.files.kept(node.ino)
+            raise
         self.files.removed(node.ino)
 
     @fuse_call
@@ -487,26 +531,37 @@ class Operations(pyfuse3.Operations):
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        old_parent, node = await self._entry(parent_inode_old, name_old, ctx, write=True)
-        target: Node | None = None
-        if parent_inode_new == parent_inode_old and not flags & pyfuse3.RENAME_EXCHANGE:
-            new_parent = old_parent  # the target, if any, comes back from the rename: no need to look it up first
-        else:
-            new_parent, target = await self._entry(parent_inode_new, name_new, ctx, write=True)
-        new_name = _name(name_new)
-        if node is None:
-            raise ArtifactNotFoundError(f"{name_old!r} not found")
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            if target is None:
+        exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        lost: _Lost | None = None
+        for _ in range(_NAME_RACES):
+            old_parent, node = await self._entry(parent_inode_old, name_old, ctx, write=True)
+            target: Node | None = None
+            if parent_inode_new == parent_inode_old and not exchange:
+                new_parent = old_parent  # the target, if any, comes back from the rename: no need to look it up first
+            else:
+                new_parent, target = await self._entry(parent_inode_new, name_new, ctx, write=True)
+            new_name = _name(name_new)
+            if node is None:
+                raise ArtifactNotFoundError(f"{name_old!r} not found")
+            if exchange and target is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            await self.ns.exchange(node, target)
-            return
-        if flags & ~pyfuse3.RENAME_NOREPLACE:
-            raise InvalidArgumentError(f"unknown rename flags {flags:#x}")
+            if not exchange and flags & ~pyfuse3.RENAME_NOREPLACE:
+                raise InvalidArgumentError(f"unknown rename flags {flags:#x}")
+            _Lost.check(lost, node, target)
+            try:
+                if exchange:
+                    assert target is not None
+                    await self.ns.exchange(node, target)
+                else:
+                    await self._rename(node, new_parent, new_name, replace=not flags & pyfuse3.RENAME_NOREPLACE)
+                return
+            except ArtifactNotFoundError as exc:
+                lost = _Lost(exc, node.ino, target.ino if target is not None else None)
+        raise ProviderError(f"{name_old!r} kept being replaced by others, {_NAME_RACES} times")
+
+    async def _rename(self, node: Node, new_parent: Node, new_name: str, *, replace: bool) -> None:
         old_name = node.name
-        replaced = await self.ns.rename(
-            node, new_parent, new_name, replace=not flags & pyfuse3.RENAME_NOREPLACE, replacing=self._replacing
-        )
+        replaced = await self.ns.rename(node, new_parent, new_name, replace=replace, replacing=self._replacing)
         if replaced is not None:
             self.files.removed(replaced.ino)
             if replaced.is_dir:

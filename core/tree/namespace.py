@@ -550,7 +550,9 @@ class Namespace:
         node.mtime_ns = node.ctime_ns = now
         return node
 
-    async def commit(self, node: Node, *, old_blob: str | None, change: Change | None = None) -> Node:
+    async def commit(
+        self, node: Node, *, old_blob: str | None, change: Change | None = None, from_version: int | None = None
+    ) -> Node:
         """Store a changed file node; on success the superseded blob goes.
 
         If the record changed since ``node`` was read (a rename, a chmod, a
@@ -559,6 +561,16 @@ class Namespace:
         then, never ``node``'s stale name or attributes. On return ``node``
         is the record as stored. If the commit fails, the new blob is
         deleted instead, so nothing half done stays visible or leaks.
+
+        ``from_version``: the new content was made from that version's bytes
+        (a truncate cuts the version it read), so it may replace that version
+        only. If another version is stored (committed meanwhile by another
+        host), nothing is stored, the new blob goes, and
+        :class:`StaleRecordError` says so: the caller makes its content again
+        of the version stored now. Publishing it over that version instead,
+        as the last-commit-wins rebase would, undoes the other host's write
+        (issue #16). A rename or chmod meanwhile is no conflict: the content
+        it was made from is still the file's.
         """
         assert node.space is not None and node.artifact is not None
         # Commits of one file in this process take turns, so they never meet in the store; writers in
@@ -566,17 +578,20 @@ class Namespace:
         lock = self._commit_locks.setdefault(node.ino, anyio.Lock())
         try:
             async with lock:
-                return await self._commit(node, old_blob, change)
+                return await self._commit(node, old_blob, change, from_version)
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._commit_locks.pop(node.ino, None)
 
-    async def _commit(self, node: Node, old_blob: str | None, change: Change | None) -> Node:
+    async def _commit(
+        self, node: Node, old_blob: str | None, change: Change | None, from_version: int | None
+    ) -> Node:
         """One conditional write when the record did not change meanwhile (the usual case).
 
         If another writer committed since this version began, the last commit
         wins: its version number must still go up past the one it replaces,
-        and the blob that one published is superseded too.
+        and the blob that one published is superseded too. Unless the content
+        was made from ``from_version``: then another version means a conflict.
         """
         assert node.space is not None and node.artifact is not None
         art = node.artifact
@@ -584,10 +599,17 @@ class Namespace:
         superseded = {old_blob}
         attempt = node
 
+        def refuse(current: Node | None, version: int) -> StaleRecordError:
+            return StaleRecordError(
+                f"{node.name!r}: made from version {from_version}, but version {version} is stored", current
+            )
+
         def rebase(current: Node) -> int:
             """Next try: this content (and ``change``) on ``current``, the record as stored now."""
             nonlocal attempt
             assert current.artifact is not None
+            if from_version is not None and current.artifact.version != from_version:
+                raise refuse(current, current.artifact.version)
             superseded.add(current.artifact.blob_key)
             art.version = max(art.version, current.artifact.version + 1)
             attempt = current.model_copy(deep=True)
@@ -600,6 +622,8 @@ class Namespace:
             return current.artifact.version
 
         try:
+            if from_version is not None and base != from_version:  # node was read after another version came
+                raise refuse(None, base)
             if self._has_quota(node.space.scope):  # the room it takes is measured against what it replaces
                 current = await self.meta.get(node.ino)
                 if current is None:

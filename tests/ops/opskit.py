@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import errno
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import pyfuse3
 import trio
 
 from core.backends.blobs.base import BlobStore
 from core.backends.blobs.memory import MemoryBlobStore
+from core.backends.meta.base import MetaStore
+from core.backends.meta.redis.store import RedisMetaStore
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.infra.clock import Clock, SystemClock
 from core.infra.signing import RecordSigner
@@ -39,6 +42,7 @@ from fusefs.options import REQUEST_TIMEOUT
 from fusefs.xattrs import Presigner
 
 SANDBOX = "app"
+SIGNER = RecordSigner(b"k" * 32)
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,10 @@ class Kernel:
             await self.ino(path), attributes(**values), cast(pyfuse3.SetattrFields, fields), fh, ctx(caller)
         )
 
+    async def truncate(self, path: str, size: int) -> None:
+        """``truncate(2)`` by path: a setattr of the size with no file handle."""
+        await self.setattr(path, Fields(update_size=True), st_size=size)
+
     # -- the tree
 
     async def mkdir(self, path: str, mode: int = 0o755, caller: Caller = ROOT) -> pyfuse3.EntryAttributes:
@@ -276,15 +284,17 @@ async def kernel(
     tmp_path: Path, *, blobs: BlobStore | None = None, request_timeout: float | None = REQUEST_TIMEOUT,
     limits: Limits | None = None, clock: Clock | None = None, presigner: Presigner | None = None,
     allow_other: bool = False, user_uids: dict[str, int] | None = None, admin_uids: frozenset[int] = frozenset(),
+    meta: MetaStore | None = None,
 ) -> AsyncIterator[Kernel]:
-    """Handlers over a fresh in-memory store, their background work running, shut down after.
+    """Handlers over a fresh in-memory store (or ``meta`` and ``blobs``, opened and closed here),
+    their background work running, shut down after.
 
     ``allow_other`` checks each caller's uid as ``-o allow_other`` does, with the
     ``--map-user`` map ``user_uids`` and the ``--admin-uid`` set ``admin_uids``; the
     mount itself is root's.
     """
     blobs = blobs or MemoryBlobStore()
-    meta = SQLiteMetaStore(":memory:", RecordSigner(b"k" * 32))
+    meta = meta or SQLiteMetaStore(":memory:", SIGNER)
     await blobs.open()
     await meta.open()
     ns = Namespace(meta, blobs, clock or SystemClock(), limits or Limits())
@@ -330,3 +340,35 @@ async def _serving(
         yield Kernel(ops)
         await ops.shutdown()
         nursery.cancel_scope.cancel()
+
+
+class Hosts(NamedTuple):
+    """Host A, a mount (its handlers), and host B (another mount's or a library process's
+    :class:`Namespace`) on one metadata store and one blob store."""
+
+    a: Kernel
+    b: Namespace
+    blobs: MemoryBlobStore
+
+
+@asynccontextmanager
+async def two_hosts(tmp_path: Path, redis_url: str | None = None) -> AsyncIterator[Hosts]:
+    """A and B on one SQLite file, or (``redis_url``) on one Redis under a prefix of their own.
+
+    Each host has a metadata store instance of its own, as two processes would: what B
+    changes, A reads from the store, never from a shared object.
+    """
+    metas: list[MetaStore]
+    if redis_url is None:
+        path = tmp_path / "meta.sqlite3"
+        metas = [SQLiteMetaStore(path, SIGNER), SQLiteMetaStore(path, SIGNER)]
+    else:
+        prefix = f"ops-{uuid.uuid4().hex[:12]}"
+        metas = [RedisMetaStore(redis_url, SIGNER, prefix=prefix) for _ in range(2)]
+    blobs = MemoryBlobStore()
+    await metas[1].open()
+    try:
+        async with kernel(tmp_path, blobs=blobs, meta=metas[0]) as a:
+            yield Hosts(a, Namespace(metas[1], blobs, SystemClock(), Limits()), blobs)
+    finally:
+        await metas[1].close()
