@@ -416,7 +416,7 @@ async def test_multipart_small_part_is_refused(store: ArtifactStore, http: httpx
 
 
 def corrupt_blob(store: ArtifactStore, key: str, offset: int) -> None:
-    if store.settings.storage_provider.value == "memory":
+    if store.settings.storage_provider == "memory":
         store.ns.blobs.corrupt(key, offset)
         return
     with open(store.ns.blobs.path_of(key), "r+b") as f:
