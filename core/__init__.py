@@ -27,7 +27,7 @@ from core.models import (
     StreamDownloadRequest,
     StreamUploadRequest,
 )
-from core.tree.namespace import Limits
+from core.settings import Limits
 
 __all__ = [
     "AccessDeniedError", "ArtifactCorruptedError", "ArtifactExpiredError", "ArtifactMetadata",

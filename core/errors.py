@@ -77,6 +77,14 @@ class StoreClosedError(ArtifactStoreError):
     """The store was closed; open a new one."""
 
 
+class ConfigurationError(InvalidArgumentError):
+    """The settings (the environment, or the arguments that override it) name an impossible store."""
+
+
+class UnknownProviderError(ConfigurationError):
+    """A provider name that no registered backend answers to (``ARTIFACT_PROVIDER``, ``SESSION_PROVIDER``)."""
+
+
 # Tree errors: what a filesystem can say that an artifact API rarely needs.
 
 

@@ -20,18 +20,6 @@ class Scope(str, Enum):
     SANDBOX = "sandbox"
 
 
-class StorageProvider(str, Enum):
-    MEMORY = "memory"
-    FILESYSTEM = "filesystem"
-    S3 = "s3"
-
-
-class MetadataProvider(str, Enum):
-    MEMORY = "memory"
-    SQLITE = "sqlite"
-    REDIS = "redis"
-
-
 class _Mapping(BaseModel):
     """A model that also answers ``obj["field"]`` and ``obj.get()``.
 

@@ -2,8 +2,13 @@
 
     artifactfs mount MOUNTPOINT [--sandbox S] [--data-dir D] [--foreground] [-o allow_other]
                                 [--map-user NAME=UID ...] [--admin-uid UID ...] [--serve [HOST:PORT]]
+                                [--request-timeout SECONDS] [--cache-timeout SECONDS]
     artifactfs umount [--force] MOUNTPOINT
     artifactfs serve [--data-dir D] [--host H] [--port N] [--public-url URL]   (fusefs.serve_cmd)
+
+The environment is read once per command, by :meth:`core.settings.Settings.from_env`;
+:func:`run` takes the store's clock as a parameter, so a caller (a test) can
+run the very same command at another time.
 """
 
 from __future__ import annotations
@@ -16,7 +21,17 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from core.errors import InvalidArgumentError
-from fusefs.options import DATA_DIR_ENV, MAX_REQUEST_TIMEOUT, REQUEST_TIMEOUT, MountOptions, default_data_dir
+from core.infra.clock import Clock
+from core.settings import Settings
+from fusefs.options import (
+    COMMAND_DEFAULTS,
+    DATA_DIR_HELP,
+    MAX_CACHE_TIMEOUT,
+    MAX_REQUEST_TIMEOUT,
+    REQUEST_TIMEOUT,
+    MountOptions,
+    default_data_dir,
+)
 
 SUPPORTED_FUSE_OPTIONS = ("allow_other",)
 
@@ -38,6 +53,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _cache_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_CACHE_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and {MAX_CACHE_TIMEOUT:.0f}, got {text!r}")
+    return value
+
+
 def _uid(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a numeric uid, got {text!r}")
@@ -45,7 +70,7 @@ def _uid(text: str) -> int:
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=None, help="the store's data dir (default: as for mount)")
+    p.add_argument("--data-dir", type=Path, default=None, help=f"the store's data dir (default: {DATA_DIR_HELP})")
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1, or $ARTIFACT_SERVE_HOST)")
     p.add_argument("--port", type=int, default=None, help="port (default 8470, or $ARTIFACT_SERVE_PORT; 0 picks one)")
     p.add_argument("--public-url", default=None,
@@ -61,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--sandbox", metavar="S", help="show only sandbox S, at the mount's root")
     mount.add_argument(
         "--data-dir", type=Path, metavar="D",
-        help=f"where blobs and metadata live (default: ${DATA_DIR_ENV}, else {default_data_dir()})",
+        help=f"where blobs and metadata live (default: {DATA_DIR_HELP})",
     )
     mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground until unmounted")
     mount.add_argument(
@@ -86,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"answer EIO to a request whose handler has not finished after SECONDS (default {REQUEST_TIMEOUT:.0f}; "
              "a close gets one more second per MiB it still has to send)",
     )
+    mount.add_argument(
+        "--cache-timeout", type=_cache_seconds, default=None, metavar="SECONDS",
+        help="how long the kernel may answer lookups and stats from its caches, like other FUSE filesystems' "
+             "entry/attr timeouts (default 5, or 1 on a store other hosts change: Redis); 0 caches nothing",
+    )
     mount.add_argument("--debug", action="store_true", help="verbose logging to the mount's log file")
 
     umount = commands.add_parser("umount", help="unmount MOUNTPOINT and wait for its process to finish")
@@ -102,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def mount_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MountOptions:
+def mount_options(args: argparse.Namespace, parser: argparse.ArgumentParser, settings: Settings) -> MountOptions:
+    """The mount ``args`` ask for; ``settings`` (from the environment) give the default data dir."""
     fuse = [opt.strip() for group in args.fuse_options for opt in group.split(",") if opt.strip()]
     unknown = sorted(set(fuse) - set(SUPPORTED_FUSE_OPTIONS))
     if unknown:
@@ -116,9 +147,8 @@ def mount_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         "mountpoint": args.mountpoint, "sandbox": args.sandbox, "foreground": args.foreground,
         "allow_other": "allow_other" in fuse, "user_uids": users, "admin_uids": frozenset(args.admin_uids),
         "debug": args.debug, "serve": args.serve, "request_timeout": args.request_timeout,
+        "cache_timeout": args.cache_timeout, "data_dir": args.data_dir or default_data_dir(settings),
     }
-    if args.data_dir is not None:
-        values["data_dir"] = args.data_dir
     try:
         return MountOptions.model_validate(values)
     except (ValidationError, InvalidArgumentError) as exc:
@@ -130,7 +160,8 @@ def mount_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 _EXTRA_MODULES = frozenset({"pyfuse3", "trio", "hypercorn"})
 
 
-def run(argv: Sequence[str] | None = None) -> int:
+def run(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
+    """Run one ``artifactfs`` command; returns its exit status. ``clock``: the mount's (default: the system's)."""
     parser = build_parser()
     args = parser.parse_args(argv)
 
@@ -151,7 +182,12 @@ def run(argv: Sequence[str] | None = None) -> int:
             f"pip install 'artifactfs[{extra}]' (the fuse extra builds against libfuse3-dev)")
         return 1
     if args.command == "mount":
-        return lifecycle.mount(mount_options(args, parser), say=say)
+        try:
+            settings = Settings.from_env(defaults=COMMAND_DEFAULTS)
+        except InvalidArgumentError as exc:
+            say(f"artifactfs: {exc}")
+            return 1
+        return lifecycle.mount(mount_options(args, parser, settings), settings, say=say, clock=clock)
     return lifecycle.umount(args.mountpoint, say=say, force=args.force)
 
 

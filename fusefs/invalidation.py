@@ -23,7 +23,8 @@ another mount is 10,000 notices, each entry invalidated once).
 
 Notices are hints: one may be lost (Redis restarted, a reconnect). So a
 mount that follows changes also trusts its kernel caches for at most
-:data:`FOLLOWED_CACHE_SECONDS`; and ``open`` always asks the store
+:data:`FOLLOWED_CACHE_SECONDS` (unless ``--cache-timeout`` says otherwise);
+and ``open`` always asks the store
 (close-to-open), answering ``ESTALE`` for an inode that is gone so that the
 kernel looks the name up again.
 """
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import threading
 from collections.abc import Callable
 
@@ -51,14 +51,8 @@ log = logging.getLogger("artifactfs.mount")
 # milliseconds; one second keeps `ls -l` of a large directory served from the kernel's cache
 # (readdirplus fills it, and the `lstat` of each entry follows within the second).
 FOLLOWED_CACHE_SECONDS = 1.0
-# Tests only: a longer lifetime, so that a test can show the notices alone keep the caches right.
-TEST_CACHE_ENV = "ARTIFACTFS_TEST_CACHE_SECONDS"
 JOIN_TIMEOUT = 5.0  # at unmount, how long to wait for an invalidation the kernel holds up
 _GONE = (errno.ENOTCONN, errno.ENODEV, errno.EBADF)  # the session ended: nothing left to invalidate
-
-
-def followed_cache_seconds() -> float:
-    return float(os.environ.get(TEST_CACHE_ENV) or FOLLOWED_CACHE_SECONDS)
 
 
 class KernelInvalidator:
@@ -150,8 +144,12 @@ class KernelInvalidator:
 class ChangeFollower:
     """The mount's background task that follows the store's change notices."""
 
-    def __init__(self, feed: ChangeFeed, inodes: Inodes, changed: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, feed: ChangeFeed, inodes: Inodes, changed: Callable[[int], None] | None = None, *,
+        cache_seconds: float = FOLLOWED_CACHE_SECONDS,
+    ) -> None:
         self._feed = feed
+        self._cache_seconds = cache_seconds  # how long the kernel trusts what it cached (the mount's setting)
         self._kernel = KernelInvalidator(inodes)
         self._changed = changed  # told of every inode changed elsewhere (cached owners and such)
         self.own = self.foreign = 0
@@ -170,7 +168,7 @@ class ChangeFollower:
 
     def _take(self, change: Change) -> None:
         if change.op is ChangeOp.RESYNC:
-            log.info("change notices may have been lost; cached entries expire within %.0f s", FOLLOWED_CACHE_SECONDS)
+            log.info("change notices may have been lost; cached entries expire within %g s", self._cache_seconds)
             return
         if change.origin and change.origin == self._feed.origin:
             self.own += 1

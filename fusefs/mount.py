@@ -34,15 +34,17 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from core.config import Settings, build_backends, build_change_feed, build_transfers
+from core.config import build_backends, build_change_feed, build_transfers, checked
 from core.errors import ArtifactStoreError
-from core.infra.clock import clock_from_env
+from core.infra.clock import Clock, SystemClock
 from core.nodes import ROOT_INO
+from core.settings import Settings
 from core.transfers.service import serve as serve_presigned
 from core.tree.namespace import Namespace
+from fusefs.attrs import CACHE_SECONDS
 from fusefs.callers import Callers
 from fusefs.errnos import trace
-from fusefs.invalidation import ChangeFollower, followed_cache_seconds
+from fusefs.invalidation import FOLLOWED_CACHE_SECONDS, ChangeFollower
 from fusefs.operations import Operations
 from fusefs.options import MountOptions
 
@@ -151,16 +153,12 @@ class DataDirLock:
             time.sleep(0.05)
 
 
-def settings_for(options: MountOptions) -> Settings:
-    """The store a mount serves: filesystem blobs + SQLite in the data dir unless the environment says otherwise."""
-    overrides: dict[str, object] = {"fs_root": options.data_dir}
-    if not os.environ.get("ARTIFACT_PROVIDER"):
-        overrides["storage_provider"] = "filesystem"
-    if not os.environ.get("SESSION_PROVIDER"):
-        overrides["session_provider"] = "sqlite"
+def settings_for(options: MountOptions, settings: Settings) -> Settings:
+    """The store a mount of ``options`` serves: ``settings`` (from the environment) on its data dir and sandbox."""
+    update: dict[str, object] = {"fs_root": options.data_dir}
     if options.sandbox is not None:
-        overrides["sandbox_id"] = options.sandbox
-    return Settings.from_env(**overrides)
+        update["sandbox_id"] = options.sandbox
+    return checked(settings.model_copy(update=update))
 
 
 def _check_mountpoint(path: Path) -> None:
@@ -231,15 +229,15 @@ class _Notify:
         self._send(f"error: {message}\n")
 
 
-async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> None:
+async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clock: Clock) -> None:
     blobs, meta = build_backends(settings)
     await blobs.open()
     await meta.open()
-    feed = build_change_feed(meta)  # other hosts' changes, on a shared store (fusefs.invalidation)
+    feed = build_change_feed(settings, meta)  # other hosts' changes, on a shared store (fusefs.invalidation)
     try:
         if feed is not None:
             await feed.open()  # before the mount answers: nothing committed after that is missed
-        ns = Namespace(meta, blobs, clock_from_env(), settings.limits)
+        ns = Namespace(meta, blobs, clock, settings.limits)
         box = await ns.sandbox(settings.sandbox_id)
         spool_dir = options.data_dir / SPOOL_DIR
         shutil.rmtree(spool_dir, ignore_errors=True)  # staged writes of a mount that died; we hold the lock
@@ -254,10 +252,14 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
             callers=callers, data_dir=options.data_dir, spool_dir=spool_dir,
             presigner=transfers, request_timeout=options.request_timeout,
         )
+        # A lost notice is seen late by at most the cache time, so a followed store gets a short one by default.
+        cache_seconds = options.cache_timeout
+        if cache_seconds is None:
+            cache_seconds = CACHE_SECONDS if feed is None else FOLLOWED_CACHE_SECONDS
+        ops.attrs.cache_seconds = cache_seconds
         follower = None
         if feed is not None:
-            follower = ChangeFollower(feed, ops.inodes, callers.changed_elsewhere)
-            ops.attrs.cache_seconds = followed_cache_seconds()
+            follower = ChangeFollower(feed, ops.inodes, callers.changed_elsewhere, cache_seconds=cache_seconds)
         try:
             pyfuse3.init(ops, str(options.mountpoint_abs), _fuse_options(options))
         except RuntimeError as exc:
@@ -292,7 +294,8 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify) -> 
                     log.info("presigned URLs served at %s", url)
                 device = await _wait_answering(options.mountpoint_abs)
                 _widen_readahead(device)
-                log.info("mounted %s at %s", options.data_dir, options.mountpoint_abs)
+                log.info("mounted %s at %s (the kernel caches entries and attributes for %g s)",
+                         options.data_dir, options.mountpoint_abs, cache_seconds)
                 notify.ready()
         finally:
             with trio.CancelScope(shield=True):
@@ -340,7 +343,7 @@ _M_ARENA_MAX = -8  # glibc mallopt parameter
 MALLOC_ARENAS = 1
 
 
-def _cap_malloc_arenas() -> None:
+def _cap_malloc_arenas(malloc_arena_max: str | None) -> None:
     """Keep the allocator from growing one arena per busy worker thread.
 
     Blob reads land in 1 MiB buffers that worker threads allocate. glibc gives
@@ -348,9 +351,10 @@ def _cap_malloc_arenas() -> None:
     mount's resident memory grew by some 25 MiB per file being read instead of
     the ~12 MiB its readahead holds. One arena keeps it near that
     (tests/fuse/test_fuse_large.py); Python's small objects do not use it, so
-    threads hardly contend for its lock. An explicit ``MALLOC_ARENA_MAX`` wins.
+    threads hardly contend for its lock. An explicit ``MALLOC_ARENA_MAX`` wins
+    (glibc applied it at start-up; ``malloc_arena_max`` says it was set).
     """
-    if os.environ.get("MALLOC_ARENA_MAX"):
+    if malloc_arena_max:
         return
     try:
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
@@ -358,11 +362,10 @@ def _cap_malloc_arenas() -> None:
         pass  # not glibc: nothing to tune
 
 
-def _serve_until_unmounted(options: MountOptions, notify: _Notify) -> int:
-    _cap_malloc_arenas()  # before any worker thread exists
+def _serve_until_unmounted(options: MountOptions, settings: Settings, notify: _Notify, clock: Clock) -> int:
+    _cap_malloc_arenas(settings.malloc_arena_max)  # before any worker thread exists
     try:
-        settings = settings_for(options)
-        trio.run(_serve, options, settings, notify)
+        trio.run(_serve, options, settings_for(options, settings), notify, clock)
     except (MountError, ArtifactStoreError) as exc:
         log.error("mount failed: %s", exc)
         notify.failed(str(exc))
@@ -377,8 +380,21 @@ def _serve_until_unmounted(options: MountOptions, notify: _Notify) -> int:
 # -- the commands
 
 
-def mount(options: MountOptions, *, say: Callable[[str], None]) -> int:
-    """Mount; returns the exit status. ``say`` prints a line for the user."""
+def mount(
+    options: MountOptions, settings: Settings, *, say: Callable[[str], None], clock: Clock | None = None
+) -> int:
+    """Mount; returns the exit status. ``say`` prints a line for the user.
+
+    ``settings`` name the store (:meth:`Settings.from_env` with
+    :data:`fusefs.options.COMMAND_DEFAULTS`); the mount puts it on ``options.data_dir``.
+    ``clock`` is the time the store's TTLs run on (default: the system's).
+    """
+    clock = clock or SystemClock()
+    try:
+        settings = checked(settings)  # an unknown provider is one line here, not a failed daemon
+    except ArtifactStoreError as exc:
+        say(f"artifactfs: {exc}")
+        return 1
     mountpoint = options.mountpoint_abs
     options = options.model_copy(update={"mountpoint": mountpoint, "data_dir": options.data_dir.absolute()})
     try:
@@ -395,13 +411,15 @@ def mount(options: MountOptions, *, say: Callable[[str], None]) -> int:
     _setup_logging(options.data_dir, foreground=options.foreground, debug=options.debug)
     if options.foreground:
         try:
-            return _serve_until_unmounted(options, _Notify())
+            return _serve_until_unmounted(options, settings, _Notify(), clock)
         finally:
             lock.release()
-    return _daemonize(options, lock, say)
+    return _daemonize(options, settings, clock, lock, say)
 
 
-def _daemonize(options: MountOptions, lock: DataDirLock, say: Callable[[str], None]) -> int:
+def _daemonize(
+    options: MountOptions, settings: Settings, clock: Clock, lock: DataDirLock, say: Callable[[str], None]
+) -> int:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid > 0:  # the parent: wait for the child's word
@@ -438,7 +456,7 @@ def _daemonize(options: MountOptions, lock: DataDirLock, say: Callable[[str], No
             os.close(logfile)
 
         notify.ready = ready  # type: ignore[method-assign]
-        code = _serve_until_unmounted(options, notify)
+        code = _serve_until_unmounted(options, settings, notify, clock)
     finally:
         lock.release()
         os._exit(code)

@@ -3,34 +3,42 @@
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.settings import Settings
 from core.tree import grid
 
-DATA_DIR_ENV = "ARTIFACT_FS_ROOT"
 SYSTEM_DATA_DIR = Path("/var/lib/artifactfs")
+DATA_DIR_HELP = "$ARTIFACT_FS_ROOT, else /var/lib/artifactfs for root, else $XDG_DATA_HOME/artifactfs"
 REQUEST_TIMEOUT = 120.0  # seconds a FUSE request may wait for its handler (fusefs.watchdog)
 MAX_REQUEST_TIMEOUT = 86400.0
+MAX_CACHE_TIMEOUT = 86400.0
+# A command's store lives in its data dir (filesystem blobs, SQLite) unless the environment names other backends.
+COMMAND_DEFAULTS: dict[str, object] = {"storage_provider": "filesystem", "session_provider": "sqlite"}
 
 
-def default_data_dir() -> Path:
-    """``$ARTIFACT_FS_ROOT``, else the system location for root, else the user's own."""
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return Path(env)
+def default_data_dir(settings: Settings) -> Path:
+    """The data dir of a command given none: ``ARTIFACT_FS_ROOT``, else the system's for root, else the user's own.
+
+    ``settings`` come from the environment (:meth:`Settings.from_env`); the
+    library's own default (``./artifacts``) is no place for a mount.
+    """
+    if "fs_root" in settings.model_fields_set:
+        return settings.fs_root
     if os.geteuid() == 0:
         return SYSTEM_DATA_DIR
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "artifactfs"
+    home = settings.home or Path(pwd.getpwuid(os.getuid()).pw_dir)  # as expanduser("~")
+    return (settings.xdg_data_home or home / ".local" / "share") / "artifactfs"
 
 
 class MountOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     mountpoint: Path
-    data_dir: Path = Field(default_factory=default_data_dir)
+    data_dir: Path  # the CLI's default: default_data_dir()
     sandbox: str | None = None  # None: the root shows every sandbox
     foreground: bool = False
     allow_other: bool = False
@@ -39,6 +47,9 @@ class MountOptions(BaseModel):
     debug: bool = False
     serve: str | None = None  # --serve: None off, "" the default address, else HOST:PORT
     request_timeout: float = Field(default=REQUEST_TIMEOUT, gt=0, le=MAX_REQUEST_TIMEOUT)  # --request-timeout SECONDS
+    # --cache-timeout SECONDS: how long the kernel may answer lookups and stats from its caches (as other FUSE
+    # filesystems' entry_timeout/attr_timeout). None: 5 s, or 1 s on a store other hosts change (fusefs.attrs).
+    cache_timeout: float | None = Field(default=None, ge=0, le=MAX_CACHE_TIMEOUT)
 
     @field_validator("serve")
     @classmethod

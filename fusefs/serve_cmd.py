@@ -20,27 +20,22 @@ from pathlib import Path
 
 import trio
 
-from core.config import Settings, build_backends, build_transfers
+from core.config import backends_of, build_backends, build_transfers, checked
 from core.errors import ArtifactStoreError
 from core.infra.clock import SystemClock
-from core.models import StorageProvider
+from core.settings import Settings
 from core.transfers.service import serve
 from core.tree.namespace import Namespace
-from fusefs.options import default_data_dir
+from fusefs.options import COMMAND_DEFAULTS, default_data_dir
 
 
-def settings_for(data_dir: Path | None, public_url: str | None = None) -> Settings:
-    """The embedded default on ``data_dir`` unless the environment names other backends."""
-    settings = Settings.from_env(fs_root=data_dir or default_data_dir())
-    defaults: dict[str, object] = {}
-    if "storage_provider" not in settings.model_fields_set:
-        defaults["storage_provider"] = StorageProvider.FILESYSTEM
-    if "session_provider" not in settings.model_fields_set:
-        defaults["session_provider"] = "sqlite"
-    settings = Settings.model_validate({**settings.model_dump(), **defaults})
+def settings_for(data_dir: Path | None, public_url: str | None = None, *, settings: Settings | None = None) -> Settings:
+    """The store on ``data_dir``: ``settings`` (default: from the environment) with the data dir and public URL."""
+    settings = settings or Settings.from_env(defaults=COMMAND_DEFAULTS)
+    update: dict[str, object] = {"fs_root": data_dir or default_data_dir(settings)}
     if public_url:
-        settings.presign.base_url = public_url
-    return settings
+        update["presign"] = settings.presign.model_copy(update={"base_url": public_url})
+    return checked(settings.model_copy(update=update))
 
 
 async def run_service(
@@ -62,7 +57,8 @@ async def run_service(
 
 async def _main(args: argparse.Namespace) -> None:
     settings = settings_for(args.data_dir, args.public_url)
-    if settings.storage_provider is StorageProvider.MEMORY:
+    blobs, _ = backends_of(settings)
+    if blobs.in_memory:
         raise SystemExit(
             "artifactfs serve: the memory backend keeps artifacts inside one process; "
             "serve them from that process with core.transfers.service.serve(store.transfers)"

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from servers import moto_server, own_moto, own_redis, redis_server  # noqa: F401 (fixtures)
+from storekit import BACKENDS, make_store
 
 from core import ArtifactStore, Limits
 from core.infra.clock import ManualClock
-from servers import moto_server, own_moto, own_redis, redis_server  # noqa: F401 (fixtures)
-from storekit import BACKENDS, make_store
 
 CLAIMS_OPTION = "--semantics-claims"
 

@@ -12,8 +12,8 @@ from servers import redis_s3_settings
 
 from core import ArtifactStore, Limits
 from core.infra.clock import ManualClock
-from core.tree.namespace import Namespace
 from core.nodes import Node
+from core.tree.namespace import Namespace
 
 BACKENDS = ["memory", "fs-sqlite", "redis-s3"]
 

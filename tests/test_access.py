@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from storeprobe import footprint
 
 from core import (
     AccessDeniedError,
@@ -13,7 +14,6 @@ from core import (
     StreamDownloadRequest,
     StreamUploadRequest,
 )
-from storeprobe import footprint
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from storeprobe import blob_key_of, blob_keys, footprint
 
 from core import (
     AccessDeniedError,
@@ -23,7 +24,6 @@ from core import (
     StreamUploadRequest,
 )
 from core.infra.clock import ManualClock
-from storeprobe import blob_key_of, blob_keys, footprint
 
 
 def sha(data: bytes) -> str:

@@ -11,8 +11,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
 from storekit import make_store
+from storeprobe import blob_key_of, blob_keys, flip_blob_byte, footprint
+
 from core import (
     AccessDeniedError,
     ArtifactCorruptedError,
@@ -24,7 +25,6 @@ from core import (
     StreamUploadRequest,
 )
 from core.infra.clock import ManualClock
-from storeprobe import blob_key_of, blob_keys, flip_blob_byte, footprint
 
 
 def run_on_asyncio(backend: str, root: Path, body, limits: Limits | None = None) -> None:

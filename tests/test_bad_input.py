@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from storekit import make_store
+from storeprobe import footprint
+
 from core import (
     ArtifactStore,
     ArtifactStoreError,
@@ -20,7 +21,6 @@ from core import (
     StreamUploadRequest,
 )
 from core.infra.clock import ManualClock
-from storeprobe import footprint
 
 LONG = "n" * 10_000
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from storeprobe import all_nodes, blob_key_of, blob_keys
 
 from core import (
     ArtifactExpiredError,
@@ -13,7 +14,6 @@ from core import (
 )
 from core.infra.clock import ManualClock
 from core.nodes import NodeKind
-from storeprobe import all_nodes, blob_key_of, blob_keys
 
 
 async def assert_gone(

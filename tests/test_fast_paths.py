@@ -15,12 +15,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from storeprobe import blob_keys, staging_files
 
 from core import ArtifactStore, ProviderError
 from core.backends.blobs.filesystem import FilesystemBlobStore
-from core.infra.clock import ManualClock
 from core.errors import ArtifactStoreError
-from storeprobe import blob_keys, staging_files
+from core.infra.clock import ManualClock
 
 MiB = 1 << 20
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from storeprobe import blob_key_of, edit_record, flip_blob_byte, footprint, remove_blob, rewrite_blob
 
 from core import (
     ArtifactCorruptedError,
     ArtifactStore,
     StreamDownloadRequest,
 )
-from storeprobe import blob_key_of, edit_record, flip_blob_byte, footprint, remove_blob, rewrite_blob
 
 PAYLOAD = bytes(range(256)) * 1024  # 256 KiB: several chunks of a stream
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from storekit import make_store
+from storeprobe import blob_keys, footprint
+
 from core import (
     ArtifactStore,
     ArtifactTooLargeError,
@@ -15,7 +16,6 @@ from core import (
     StreamUploadRequest,
 )
 from core.infra.clock import ManualClock
-from storeprobe import blob_keys, footprint
 
 
 @pytest.fixture

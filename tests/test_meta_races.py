@@ -29,15 +29,15 @@ from storekit import commit_bytes, make_store
 
 from core import ArtifactStore, Limits
 from core.backends.blobs.memory import MemoryBlobStore
-from core.infra.clock import ManualClock
-from core.errors import ArtifactNotFoundError
 from core.backends.meta.base import Cover
 from core.backends.meta.redis.store import RedisMetaStore
 from core.backends.meta.sqlite import SQLiteMetaStore
-from core.models import Scope
-from core.tree.namespace import Namespace
-from core.nodes import Node, Space
+from core.errors import ArtifactNotFoundError
+from core.infra.clock import ManualClock
 from core.infra.signing import RecordSigner
+from core.models import Scope
+from core.nodes import Node, Space
+from core.tree.namespace import Namespace
 
 SIGNER = RecordSigner(b"meta-races-test-key-0123456789ab")
 BOX = "box"

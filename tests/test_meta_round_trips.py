@@ -26,15 +26,15 @@ from storekit import commit_bytes
 
 from core import Limits
 from core.backends.blobs.memory import MemoryBlobStore
-from core.infra.clock import ManualClock
-from core.errors import AlreadyExistsError, ArtifactCorruptedError, ArtifactNotFoundError
 from core.backends.meta.base import Cover
 from core.backends.meta.redis.store import _LIST_INLINE, RedisMetaStore
 from core.backends.meta.sqlite import SQLiteMetaStore
-from core.models import Scope
-from core.tree.namespace import NS, Namespace
-from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
+from core.errors import AlreadyExistsError, ArtifactCorruptedError, ArtifactNotFoundError
+from core.infra.clock import ManualClock
 from core.infra.signing import RecordSigner
+from core.models import Scope
+from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
+from core.tree.namespace import NS, Namespace
 
 SIGNER = RecordSigner(b"round-trips-test-key-0123456789")
 BOX = "box"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from storekit import BACKENDS, make_store
+from storeprobe import all_nodes, blob_keys
+
 from core import ArtifactCorruptedError, ArtifactStore, Limits, SessionError
 from core.infra.clock import ManualClock
-from storeprobe import all_nodes, blob_keys
 
 PERSISTENT = [b for b in BACKENDS if b != "memory"]
 

@@ -19,9 +19,13 @@ import httpx
 import pytest
 import trio
 
-from core import AccessDeniedError, ArtifactStore, MultipartUploadCompleteRequest, MultipartUploadInitRequest, MultipartUploadPart
-from core.transfers import service as presign_service
-from core.infra.clock import ManualClock
+from core import (
+    AccessDeniedError,
+    ArtifactStore,
+    MultipartUploadCompleteRequest,
+    MultipartUploadInitRequest,
+    MultipartUploadPart,
+)
 from core.errors import (
     ArtifactCorruptedError,
     ArtifactNotFoundError,
@@ -29,6 +33,8 @@ from core.errors import (
     UploadConflictError,
     UploadNotFoundError,
 )
+from core.infra.clock import ManualClock
+from core.transfers import service as presign_service
 
 MiB = 1 << 20
 
@@ -416,7 +422,7 @@ async def test_multipart_small_part_is_refused(store: ArtifactStore, http: httpx
 
 
 def corrupt_blob(store: ArtifactStore, key: str, offset: int) -> None:
-    if store.settings.storage_provider.value == "memory":
+    if store.settings.storage_provider == "memory":
         store.ns.blobs.corrupt(key, offset)
         return
     with open(store.ns.blobs.path_of(key), "r+b") as f:

@@ -36,10 +36,15 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from servers import AWS_ENV, BUCKET, MotoServer, redis_s3_settings
 
-from core import AccessDeniedError, ArtifactStore, MultipartUploadCompleteRequest, MultipartUploadInitRequest, MultipartUploadPart
-from core.transfers import service as presign_service
+from core import (
+    AccessDeniedError,
+    ArtifactStore,
+    MultipartUploadCompleteRequest,
+    MultipartUploadInitRequest,
+    MultipartUploadPart,
+)
 from core.backends.blobs.s3.presign import EMPTY_KEY
-from core.infra.clock import ManualClock
+from core.config import build_transfers
 from core.errors import (
     ArtifactCorruptedError,
     ArtifactNotFoundError,
@@ -50,9 +55,9 @@ from core.errors import (
     UploadConflictError,
     UploadNotFoundError,
 )
-from core.tree.namespace import Limits
-from core.config import build_transfers
-from core.transfers.engine import Transfers
+from core.infra.clock import ManualClock
+from core.settings import Limits
+from core.transfers import service as presign_service
 
 MiB = 1 << 20
 

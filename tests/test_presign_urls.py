@@ -107,8 +107,7 @@ def test_expires_bounds() -> None:
 
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.config import Settings
-    from core.transfers.urls import PresignSettings
+    from core.settings import PresignSettings, Settings
 
     assert PresignSettings().url == "http://127.0.0.1:8470"
     monkeypatch.setenv("ARTIFACT_SERVE_HOST", "0.0.0.0")

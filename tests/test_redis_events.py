@@ -15,12 +15,12 @@ import anyio
 from servers import RedisServer
 
 from core.backends.meta.changes import RESYNC, Change, ChangeOp
-from core.config import Settings, build_backends, build_change_feed
-from core.backends.meta.redis.store import RedisMetaStore
 from core.backends.meta.redis.events import RedisChangeFeed, parse_notice
-from core.nodes import ROOT_INO, Artifact, Node, NodeKind, new_node
+from core.backends.meta.redis.store import RedisMetaStore
+from core.config import Settings, build_backends, build_change_feed
 from core.infra.retry import RetryPolicy
 from core.infra.signing import RecordSigner
+from core.nodes import ROOT_INO, Artifact, Node, NodeKind, new_node
 
 SIGNER = RecordSigner(b"k" * 32)
 WAIT = 10  # seconds: bounded waits for what must arrive
@@ -94,13 +94,15 @@ async def test_a_store_told_not_to_notify_says_nothing(redis_server: RedisServer
 
 def test_settings_notify_by_default_and_build_a_feed_for_redis(redis_server: RedisServer) -> None:
     base = {"session_provider": "redis", "redis_url": redis_server.url, "signing_key": "k" * 32}
-    _, meta = build_backends(Settings(**base))
+    redis_settings = Settings(**base)
+    _, meta = build_backends(redis_settings)
     assert isinstance(meta, RedisMetaStore) and meta.notify
-    assert isinstance(build_change_feed(meta), RedisChangeFeed)
+    assert isinstance(build_change_feed(redis_settings, meta), RedisChangeFeed)
     _, quiet = build_backends(Settings.from_env(**base, redis_notify="0"))
     assert isinstance(quiet, RedisMetaStore) and not quiet.notify
-    _, embedded = build_backends(Settings(session_provider="memory"))
-    assert build_change_feed(embedded) is None
+    embedded_settings = Settings(session_provider="memory")
+    _, embedded = build_backends(embedded_settings)
+    assert build_change_feed(embedded_settings, embedded) is None
 
 
 async def test_a_restarted_server_costs_a_resync_not_the_subscription(own_redis: RedisServer) -> None:

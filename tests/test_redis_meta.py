@@ -18,18 +18,18 @@ import redis
 from servers import MotoServer, RedisServer, redis_s3_settings
 
 from core import ArtifactStore
+from core.backends.meta.redis.store import RedisMetaStore
+from core.backends.meta.sqlite import SQLiteMetaStore
 from core.errors import (
     AlreadyExistsError,
     ArtifactCorruptedError,
     ArtifactStoreError,
     ProviderError,
 )
-from core.backends.meta.redis.store import RedisMetaStore
-from core.backends.meta.sqlite import SQLiteMetaStore
-from core.models import Scope, Usage
-from core.nodes import ROOT_INO, Artifact, Node, NodeKind, Space, new_node
 from core.infra.retry import RetryPolicy
 from core.infra.signing import RecordSigner
+from core.models import Scope, Usage
+from core.nodes import ROOT_INO, Artifact, Node, NodeKind, Space, new_node
 
 SIGNER = RecordSigner(b"redis-meta-test-key-0123456789")
 ALICE = Space(sandbox_id="box", scope=Scope.USER, user_id="alice")

@@ -89,6 +89,7 @@ def test_testing_section_quick_test(provider: str, capsys: pytest.CaptureFixture
     # ---- reference 002, lines 1623-1644 ----
     # Quick test
     import asyncio
+
     from core import ArtifactStore
 
     async def test_basic():

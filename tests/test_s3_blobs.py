@@ -1,6 +1,7 @@
 """S3BlobStore against moto in server mode: streaming multipart, ranged reads, SSE, faults.
 
-The core suite already runs the whole API on Redis + S3 (backend "redis-s3");
+The core suite already runs the whole API on Redis + S3 (backend "redis-s3"),
+and tests/contract/test_blob_contract.py what every blob store promises;
 these tests look at what only this backend has. Data stays small, since
 moto answers slowly (DESIGN §9), except the one 64 MiB stream that shows the
 upload's memory is bounded.
@@ -23,10 +24,10 @@ import pytest
 from servers import BUCKET, SIGNING_KEY, MotoServer, RedisServer, redis_s3_settings
 
 from core import ArtifactStore, StreamUploadRequest
-from core.infra import aio_bridge
 from core.backends.blobs.s3.store import MiB, S3BlobStore
 from core.config import Settings, build_backends
-from core.errors import ArtifactNotFoundError, InvalidArgumentError, ProviderError
+from core.errors import InvalidArgumentError, ProviderError
+from core.infra import aio_bridge
 from core.infra.retry import RetryPolicy
 
 FAST_RETRY = RetryPolicy(attempts=3, first_delay=0.01, max_delay=0.05)
@@ -278,12 +279,6 @@ async def test_a_missing_bucket_is_a_provider_error(moto_server: MotoServer) -> 
     store = S3BlobStore("no-such-bucket", endpoint_url=moto_server.endpoint, retry=FAST_RETRY)
     with pytest.raises(ProviderError, match="no-such-bucket does not exist"):
         await store.open()
-
-
-async def test_a_missing_blob_is_not_found_at_open(blobs: S3BlobStore) -> None:
-    with pytest.raises(ArtifactNotFoundError):
-        await blobs.reader("never-written")
-    await blobs.delete("never-written")  # deleting what is not there is fine
 
 
 async def test_keys_walks_every_page(blobs: S3BlobStore, moto_server: MotoServer) -> None:

@@ -19,10 +19,12 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
 
-from core.infra import aio_bridge
 from core.backends.blobs.s3.http import S3Http, resolve_credentials
 from core.backends.blobs.s3.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials
+from core.backends.blobs.s3.store import S3BlobStore
+from core.config import Settings, build_backends
 from core.errors import ProviderError
+from core.infra import aio_bridge
 
 NOW = datetime(2026, 11, 21, 9, 30, 5, tzinfo=UTC)
 AWKWARD_KEYS = [
@@ -121,11 +123,28 @@ def _no_env_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, profile: str) 
 
 
 async def test_keys_come_from_the_environment_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keys the environment names reach our requests through the settings, without botocore's chain."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ENVKEY")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "envtoken")
-    keys = await aio_bridge.run(resolve_credentials)
-    assert (keys.access_key, keys.secret_key, keys.token) == ("ENVKEY", "envsecret", "envtoken")
+    assert await _signing_keys() == ("ENVKEY", "envsecret", "envtoken")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "")  # empty is unset: the older name of the token counts then
+    monkeypatch.setenv("AWS_SECURITY_TOKEN", "oldtoken")
+    assert await _signing_keys() == ("ENVKEY", "envsecret", "oldtoken")
+
+
+async def _signing_keys() -> tuple[str, str, str | None]:
+    """The keys an S3 store configured from the environment signs with: ours, not a botocore object."""
+    blobs, _ = build_backends(Settings.from_env(storage_provider="s3", signing_key="k" * 32))
+    assert isinstance(blobs, S3BlobStore)
+    client = S3Http(blobs.bucket, **blobs._http_args)
+    await aio_bridge.run(client.open)
+    try:
+        keys = client._credentials
+        assert isinstance(keys, Credentials)
+        return keys.access_key, keys.secret_key, keys.token
+    finally:
+        await aio_bridge.run(client.close)
 
 
 async def test_without_them_botocores_chain_finds_a_profile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

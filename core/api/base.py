@@ -23,7 +23,7 @@ from core.api.access import Principal, check_read, check_write
 from core.api.rules import DEFAULT, TTLArg
 from core.backends.blobs.base import BlobStore
 from core.backends.meta.base import MetaStore
-from core.config import Settings, build_backends, build_transfers
+from core.config import build_backends, build_transfers, checked
 from core.errors import (
     AccessDeniedError,
     ArtifactExpiredError,
@@ -37,9 +37,10 @@ from core.models import (
     Scope,
 )
 from core.nodes import Node, Space
+from core.settings import Limits, Settings
 from core.transfers.engine import Transfers
 from core.tree import grid
-from core.tree.namespace import NS, Limits, Namespace
+from core.tree.namespace import NS, Namespace
 
 
 def as_datetime(ns: int | None) -> datetime | None:
@@ -65,10 +66,11 @@ class StoreBase:
         admin: bool = False,
         **unused: Any,
     ) -> None:
-        self.settings = settings or Settings.from_env(
+        # The environment is read here, through Settings.from_env, when no settings are given.
+        self.settings = checked(settings or Settings.from_env(
             storage_provider=storage_provider, session_provider=session_provider,
             bucket=bucket, sandbox_id=sandbox_id, fs_root=fs_root,
-        )
+        ))
         if limits is not None:
             self.settings = self.settings.model_copy(update={"limits": limits})
         self.sandbox_id = grid.validate_id(self.settings.sandbox_id, "sandbox id")

@@ -22,16 +22,16 @@ class StatusApi(StoreBase):
             "session_prefix_pattern": f"grid/{self.sandbox_id}/sessions/{{session_id}}/",
             "user_prefix_pattern": f"grid/{self.sandbox_id}/users/{{user_id}}/",
             "shared_prefix": f"grid/{self.sandbox_id}/shared/",
-            "storage_provider": self.settings.storage_provider.value,
-            "session_provider": self.settings.session_provider.value,
+            "storage_provider": self.settings.storage_provider,
+            "session_provider": self.settings.session_provider,
         }
 
     async def get_stats(self) -> dict[str, Any]:
         ns = await self._ready()
         totals = await ns.totals()
         return {
-            "storage_provider": self.settings.storage_provider.value,
-            "session_provider": self.settings.session_provider.value,
+            "storage_provider": self.settings.storage_provider,
+            "session_provider": self.settings.session_provider,
             "bucket": self.settings.bucket,
             "sandbox_id": self.sandbox_id,
             "artifacts": totals.files,
@@ -52,13 +52,13 @@ class StatusApi(StoreBase):
             return {"storage": error, "session": error, "session_manager": error}
         try:
             await ns.check_blobs()
-            result["storage"] = {"status": "ok", "provider": self.settings.storage_provider.value}
+            result["storage"] = {"status": "ok", "provider": self.settings.storage_provider}
         except ArtifactStoreError as exc:
-            result["storage"] = {"status": "error", "provider": self.settings.storage_provider.value, "message": str(exc)}
+            result["storage"] = {"status": "error", "provider": self.settings.storage_provider, "message": str(exc)}
         try:
             await ns.check_meta()
-            result["session"] = {"status": "ok", "provider": self.settings.session_provider.value}
+            result["session"] = {"status": "ok", "provider": self.settings.session_provider}
         except ArtifactStoreError as exc:
-            result["session"] = {"status": "error", "provider": self.settings.session_provider.value, "message": str(exc)}
+            result["session"] = {"status": "error", "provider": self.settings.session_provider, "message": str(exc)}
         result["session_manager"] = {"status": result["session"]["status"], "sandbox_id": self.sandbox_id}
         return result

@@ -1,1 +1,1 @@
-"""Storage backends: each protocol (base.py) with its implementations."""
+"""Storage backends: each protocol (base.py) with its implementations, chosen by name (registry.py)."""

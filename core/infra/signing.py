@@ -12,7 +12,6 @@ import os
 import secrets
 from pathlib import Path
 
-KEY_ENV = "ARTIFACT_SIGNING_KEY"
 KEY_FILE = "signing.key"
 
 
@@ -30,14 +29,13 @@ class RecordSigner:
 
 
 def load_signing_key(data_dir: Path | None) -> bytes:
-    """The key from ``ARTIFACT_SIGNING_KEY``, else one kept in the data dir.
+    """The key kept in the data dir, made there by the first process that needs it.
 
-    Without either, a key is made for this process only, which suits the
-    memory backends: their records die with the process anyway.
+    A configured key (``ARTIFACT_SIGNING_KEY``) wins over this; see
+    :func:`core.config.signing_key`. Without a data dir, a key is made for this
+    process only, which suits the memory backends: their records die with the
+    process anyway.
     """
-    env = os.environ.get(KEY_ENV)
-    if env:
-        return env.encode()
     if data_dir is None:
         return secrets.token_bytes(32)
     path = data_dir / KEY_FILE

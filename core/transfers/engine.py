@@ -56,8 +56,9 @@ from core.errors import (
     UploadNotFoundError,
 )
 from core.nodes import Node, Space
+from core.settings import PresignSettings
 from core.transfers.native import NativeUploads
-from core.transfers.urls import MAX_PARTS, PresignSettings, Target, TargetKind, UrlSigner, check_expires
+from core.transfers.urls import MAX_PARTS, Target, TargetKind, UrlSigner, check_expires
 from core.tree import grid
 from core.tree.namespace import NS, Namespace
 

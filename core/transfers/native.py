@@ -41,7 +41,7 @@ from core.errors import (
     UploadNotFoundError,
 )
 from core.nodes import Node
-from core.transfers.urls import PresignSettings
+from core.settings import PresignSettings
 from core.tree import grid
 from core.tree.namespace import EMPTY_SHA256, NS, Namespace
 

@@ -23,17 +23,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import re
 from collections.abc import Mapping
 from enum import Enum
 from urllib.parse import quote, urlencode
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel
 
 from core.errors import InvalidArgumentError, UrlRefusedError
 
-MiB = 1 << 20
 MAX_URL_SECONDS = 7 * 24 * 3600  # what S3 allows for a SigV4 URL; we match it
 MAX_PARTS = 10_000
 _ID = r"[A-Za-z0-9][A-Za-z0-9._@+=:,~-]{0,127}"  # grid.validate_id's alphabet
@@ -167,32 +165,3 @@ def check_expires(expires: object) -> int:
     if isinstance(expires, bool) or not isinstance(expires, int) or not 0 < expires <= MAX_URL_SECONDS:
         raise InvalidArgumentError(f"expires must be whole seconds between 1 and {MAX_URL_SECONDS}, got {expires!r:.40}")
     return expires
-
-
-class PresignSettings(BaseModel):
-    """Where the presign service listens and what uploads it accepts."""
-
-    base_url: str | None = None  # how clients reach the service; default http://{host}:{port}
-    host: str = "127.0.0.1"
-    port: int = Field(default=8470, ge=0, le=65535)
-    min_part_bytes: int = Field(default=5 * MiB, ge=1)  # every multipart part but the last, as on S3
-    multipart_window: int = Field(default=24 * 3600, gt=0)  # seconds an initiated multipart upload stays open
-    register_grace: int = Field(default=3600, ge=0)  # seconds after its URL expires that an upload can be registered
-
-    @property
-    def url(self) -> str:
-        return self.base_url or f"http://{self.host}:{self.port}"
-
-    @classmethod
-    def from_env(cls) -> PresignSettings:
-        values: dict[str, str] = {}
-        for name, key in (
-            ("ARTIFACT_PRESIGN_URL", "base_url"), ("ARTIFACT_SERVE_HOST", "host"), ("ARTIFACT_SERVE_PORT", "port"),
-            ("ARTIFACT_MIN_PART_BYTES", "min_part_bytes"),
-        ):
-            if os.environ.get(name):
-                values[key] = os.environ[name]
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            raise InvalidArgumentError(f"invalid presign configuration: {exc}") from None

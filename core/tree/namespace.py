@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import anyio
-from pydantic import BaseModel
 
 from core.backends.blobs.base import BlobReader, BlobStore, BlobWriter, FileUpload, NativePresign
 from core.backends.meta.base import Cover, MetaStore
@@ -39,11 +38,11 @@ from core.errors import (
 from core.infra.clock import Clock
 from core.models import Scope, Usage
 from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
+from core.settings import Limits
 from core.tree import grid
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 NS = 1_000_000_000
-GiB = 1 << 30
 _MAX_COMMIT_RACES = 100  # commits of one file that each find another version came first
 _MAX_RACES = 100  # conditional writes of one record that each find it changed meanwhile
 
@@ -55,18 +54,6 @@ def _adopt(node: Node, stored: Node) -> None:
     if stored is not node:
         for field in Node.model_fields:
             setattr(node, field, getattr(stored, field))
-
-
-class Limits(BaseModel):
-    """Sizes, quotas and default lifetimes; ``None`` means unlimited."""
-
-    max_artifact_bytes: int = 64 * GiB
-    session_quota_bytes: int | None = None
-    session_quota_files: int | None = None
-    user_quota_bytes: int | None = None
-    user_quota_files: int | None = None
-    session_ttl: int = 900
-    default_ttl: int = 900  # for session-scope artifacts stored without a ttl
 
 
 class _FixedInos(NamedTuple):

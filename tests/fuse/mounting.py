@@ -35,7 +35,7 @@ LOG_ALARMS = ("Traceback", "unexpected", " ERROR ", " CRITICAL ")
 def artifactfs(*args: str | os.PathLike[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run the ``artifactfs`` command (as ``python -m fusefs``) and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "fusefs", *map(str, args)], capture_output=True, text=True, cwd=REPO,
+        [sys.executable, *ARTIFACTFS, *map(str, args)], capture_output=True, text=True, cwd=REPO,
         env=env, check=False, **kwargs,
     )
 
@@ -151,17 +151,23 @@ class Mount:
             self.process.wait(timeout=EXIT_TIMEOUT)
 
 
+# How the artifactfs command is started: as `python -m fusefs`, the way `artifactfs` runs it.
+ARTIFACTFS = ("-m", "fusefs")
+
+
 def start_mount(
     mountpoint: Path, data_dir: Path, *, sandbox: str | None = "app", args: Sequence[str] = (),
     env: dict[str, str] | None = None, check_log: bool = True, world: StoreWorld = EMBEDDED,
+    program: Sequence[str] = ARTIFACTFS,
 ) -> Mount:
     """Mount ``data_dir`` at ``mountpoint`` in the foreground (in a subprocess) and wait until it answers.
 
-    ``env`` is the base environment (default: ours); ``world`` adds where the store lives.
+    ``env`` is the base environment (default: ours); ``world`` adds where the store lives. ``program``
+    is what ``python`` runs to get the ``artifactfs`` command (a test's wrapper of it: ``clocked_mount.py``).
     """
     mountpoint.mkdir(parents=True, exist_ok=True)
     env = world.mount_env(data_dir, env)
-    command = [sys.executable, "-m", "fusefs", "mount", str(mountpoint), "--data-dir", str(data_dir), "--foreground"]
+    command = [sys.executable, *program, "mount", str(mountpoint), "--data-dir", str(data_dir), "--foreground"]
     if sandbox is not None:
         command += ["--sandbox", sandbox]
     command += list(args)

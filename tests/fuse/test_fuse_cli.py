@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from mounting import EXIT_TIMEOUT, Mount, artifactfs, is_mounted, start_mount
+from mounting import EXIT_TIMEOUT, Mount, artifactfs, is_mounted, start_mount, wait_for
 
 
 def test_daemon_mount_is_ready_when_the_command_returns(tmp_path: Path) -> None:
@@ -54,6 +54,26 @@ def test_mount_errors_are_sentences_and_exit_statuses(tmp_path: Path) -> None:
     assert done.returncode == 2 and "NAME=UID" in done.stderr
     done = artifactfs("mount", tmp_path, "--sandbox", "no/such")
     assert done.returncode == 2 and "sandbox id" in done.stderr
+    done = artifactfs("mount", tmp_path, "--cache-timeout", "-1")
+    assert done.returncode == 2 and "--cache-timeout" in done.stderr
+
+
+@pytest.mark.parametrize(("variable", "accepted"), [
+    ("ARTIFACT_PROVIDER", "filesystem, memory, s3"), ("SESSION_PROVIDER", "memory, redis, sqlite"),
+])
+def test_an_unknown_provider_is_one_line_naming_the_variable(tmp_path: Path, variable: str, accepted: str) -> None:
+    for extra in ([], ["--foreground"]):
+        done = artifactfs("mount", tmp_path, "--data-dir", tmp_path / "data", *extra,
+                          env={**os.environ, variable: "floppy-disk"})
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith(f"artifactfs: {variable}='floppy-disk' names no ") and accepted in done.stderr
+    assert not is_mounted(tmp_path)
+
+
+@pytest.mark.parametrize("mount", [{"args": ["--cache-timeout", "7.5"]}], indirect=True)
+def test_the_kernel_cache_time_is_a_mount_option(mount: Mount) -> None:
+    line = "the kernel caches entries and attributes for 7.5 s"  # logged once the mount answers
+    wait_for(lambda: line in mount.log_text(), 10, "the mount's ready line")
 
 
 @pytest.mark.semantics("S-unmount-signal", "S-unmount-staged")

@@ -1,8 +1,8 @@
 """Expiry seen through a running mount, with the mount's clock moved by the test (no waiting for TTLs).
 
-The mount reads its time from ``core.infra.clock.OffsetFileClock`` when
-``ARTIFACTFS_TEST_CLOCK_FILE`` names a file: the test writes an offset in
-seconds there. Listings and opens always ask the store, so they change the
+The mount runs through ``clocked_mount.py``, which hands the real command an
+``OffsetFileClock``: the test writes an offset in seconds into a file, and
+the mount's time moves. Listings and opens always ask the store, so they change the
 moment the clock moves. A ``stat`` of a path the kernel looked up before may
 be answered from its entry cache, which lives in real time: for at most the
 mount's cache lifetime (``fusefs.attrs.CACHE_SECONDS``).
@@ -20,8 +20,10 @@ from mounting import Mount, start_mount, wait_for
 from worlds import StoreWorld
 
 from core import ArtifactStore
-from core.infra.clock import TEST_CLOCK_ENV, ManualClock
+from core.infra.clock import ManualClock
 from fusefs.attrs import CACHE_SECONDS
+
+CLOCKED_MOUNT = Path(__file__).with_name("clocked_mount.py")
 
 
 class MovableClock:
@@ -48,7 +50,7 @@ def mount_clock(tmp_path: Path) -> MovableClock:
 @pytest.fixture
 def timed_mount(tmp_path: Path, mount_clock: MovableClock, world: StoreWorld):
     mount = start_mount(
-        tmp_path / "mnt", tmp_path / "data", env={**os.environ, TEST_CLOCK_ENV: str(mount_clock.path)}, world=world
+        tmp_path / "mnt", tmp_path / "data", world=world, program=(str(CLOCKED_MOUNT), str(mount_clock.path)),
     )
     try:
         yield mount

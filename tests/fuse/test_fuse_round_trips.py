@@ -15,7 +15,7 @@ every request the operation made was answered before it returned, so its
 commands lie between the two. A pipeline would show as one command per
 call, and count so: none of the operations here use one.
 
-The kernel's caches are kept long (``ARTIFACTFS_TEST_CACHE_SECONDS``) so a
+The kernel's caches are kept long (``--cache-timeout 600``) so a
 directory looked up once stays cached while operations inside it are
 counted. "Cold" operations run on a second mount of the same store, whose
 kernel has seen nothing of the files.
@@ -63,8 +63,6 @@ from mounting import Mount, start_mount, stop_mounts
 from redis.exceptions import RedisError
 from servers import MotoServer, RedisServer
 from worlds import StoreWorld, WorldKind
-
-from fusefs.invalidation import TEST_CACHE_ENV
 
 MARK_TIMEOUT = 10.0  # seconds for a marker to come through the monitor
 RUNS = 3  # each operation is counted this many times, on distinct files
@@ -152,7 +150,7 @@ class Measured:
 
 
 def _mount(root: Path, name: str, world: StoreWorld) -> Mount:
-    return start_mount(root / name, root / f"{name}-data", world=world, env={**os.environ, TEST_CACHE_ENV: "600"})
+    return start_mount(root / name, root / f"{name}-data", world=world, args=["--cache-timeout", "600"])
 
 
 def _cp(source: Path, target: Path) -> None:

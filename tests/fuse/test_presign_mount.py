@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from mounting import REPO, Mount
 
 MiB = 1 << 20

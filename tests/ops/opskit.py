@@ -35,7 +35,8 @@ from core.backends.meta.redis.store import RedisMetaStore
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.infra.clock import Clock, SystemClock
 from core.infra.signing import RecordSigner
-from core.tree.namespace import Limits, Namespace
+from core.settings import Limits
+from core.tree.namespace import Namespace
 from fusefs.callers import Callers
 from fusefs.operations import Operations
 from fusefs.options import REQUEST_TIMEOUT

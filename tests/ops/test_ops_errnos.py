@@ -39,6 +39,8 @@ EXPECTED: dict[type[errors.ArtifactStoreError], int] = {
     errors.StoreClosedError: errno.EIO,
     errors.CrossScopeError: errno.EXDEV,
     errors.InvalidArgumentError: errno.EINVAL,
+    errors.ConfigurationError: errno.EINVAL,
+    errors.UnknownProviderError: errno.EINVAL,
     errors.InvalidNameError: errno.EINVAL,
     errors.InvalidPartError: errno.EINVAL,
     errors.NameTooLongError: errno.ENAMETOOLONG,

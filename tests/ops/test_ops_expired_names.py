@@ -23,7 +23,8 @@ from opskit import ROOT, Kernel, ctx, errno_of, kernel
 
 from core.errors import ArtifactNotFoundError
 from core.infra.clock import ManualClock
-from core.tree.namespace import NS, Limits
+from core.settings import Limits
+from core.tree.namespace import NS
 
 START = 1_700_000_000 * NS
 

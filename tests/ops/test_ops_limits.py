@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from opskit import Fields, errno_of, kernel
 
-from core.tree.namespace import GiB, Limits
+from core.settings import GiB, Limits
 
 KiB = 1 << 10
 

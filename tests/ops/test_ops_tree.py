@@ -16,8 +16,8 @@ import pyfuse3
 import pytest
 from opskit import ROOT, Caller, Fields, ctx, errno_of, kernel, name_of
 
+from core.settings import Limits
 from core.tree import grid
-from core.tree.namespace import Limits
 from fusefs.attrs import CACHE_SECONDS
 
 

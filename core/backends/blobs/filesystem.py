@@ -25,6 +25,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from core.errors import ArtifactNotFoundError, ProviderError
+from core.settings import Settings
 
 _WRITE_BUFFER = 1 << 20
 _IO_THREADS = 64  # a batch's blobs are fsynced in parallel so the filesystem merges their journal commits
@@ -304,6 +305,11 @@ class FilesystemBlobStore:
     async def check(self) -> None:
         if not os.access(self.blob_dir, os.W_OK):
             raise ProviderError(f"{self.blob_dir} is not writable")
+
+
+def from_settings(settings: Settings) -> FilesystemBlobStore:
+    """``ARTIFACT_PROVIDER=filesystem``: ``blobs/`` and ``staging/`` in the data dir."""
+    return FilesystemBlobStore(settings.fs_root)
 
 
 def _mapped(exc: OSError) -> Exception:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from core.errors import ArtifactNotFoundError
+from core.settings import Settings
 
 
 class MemoryBlobStore:
@@ -57,6 +58,11 @@ class MemoryBlobStore:
         data = bytearray(self._blobs[key])
         data[offset] ^= 0xFF
         self._blobs[key] = bytes(data)
+
+
+def from_settings(settings: Settings) -> MemoryBlobStore:
+    """``ARTIFACT_PROVIDER=memory``: nothing to configure."""
+    return MemoryBlobStore()
 
 
 class _MemoryWriter:

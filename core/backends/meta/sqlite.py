@@ -23,6 +23,7 @@ from core.errors import (
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
 from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
+from core.settings import Settings
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS node (
@@ -387,6 +388,16 @@ class SQLiteMetaStore:
             if touch_ns is not None:
                 self._touch(db, current.parent, touch_ns)
         return current
+
+
+def from_settings(settings: Settings, signer: RecordSigner) -> SQLiteMetaStore:
+    """``SESSION_PROVIDER=sqlite``: ``ARTIFACT_SQLITE_PATH``, else ``meta.sqlite3`` in the data dir."""
+    return SQLiteMetaStore(settings.sqlite_path or settings.fs_root / "meta.sqlite3", signer)
+
+
+def in_memory(settings: Settings, signer: RecordSigner) -> SQLiteMetaStore:
+    """``SESSION_PROVIDER=memory``: the same store on a private in-memory database."""
+    return SQLiteMetaStore(":memory:", signer)
 
 
 def _next_rev(node: Node) -> Node:

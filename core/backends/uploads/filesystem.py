@@ -13,6 +13,7 @@ from typing import Any
 import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
+from core.backends.meta.base import MetaStore
 from core.backends.uploads.base import (
     PartRecord,
     UploadRecord,
@@ -24,6 +25,7 @@ from core.errors import (
     UploadNotFoundError,
 )
 from core.infra.signing import RecordSigner
+from core.settings import Settings
 
 RECORD_FILE = "record.json"
 _PART_PREFIX = "part-"
@@ -205,6 +207,11 @@ class DirUploadRegistry:
                     shutil.rmtree(entry.path, ignore_errors=True)
 
         await anyio.to_thread.run_sync(work)
+
+
+def from_settings(settings: Settings, meta: MetaStore, signer: RecordSigner) -> DirUploadRegistry:
+    """Uploads as files in ``uploads/`` of the data dir, seen by every process on that data dir."""
+    return DirUploadRegistry(settings.fs_root / "uploads", signer)
 
 
 def _fsync_dir(path: Path) -> None:

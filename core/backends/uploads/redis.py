@@ -33,10 +33,12 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from core.backends.meta.base import MetaStore
 from core.backends.meta.redis.store import RedisMetaStore
 from core.backends.uploads.base import PartRecord, UploadRecord, UploadState
-from core.errors import ArtifactCorruptedError, UploadConflictError, UploadNotFoundError
+from core.errors import ArtifactCorruptedError, ConfigurationError, UploadConflictError, UploadNotFoundError
 from core.infra.signing import RecordSigner
+from core.settings import Settings
 
 _SCRIPT = r"""
 local P, op, id = KEYS[1], ARGV[1], ARGV[2]
@@ -187,3 +189,10 @@ class RedisUploadRegistry:
 
     async def sweep(self, made_before: float) -> None:
         """Nothing to do: every change is one atomic script, so no half-made upload exists."""
+
+
+def from_settings(settings: Settings, meta: MetaStore, signer: RecordSigner) -> RedisUploadRegistry:
+    """Uploads beside the records of the Redis store ``meta``: every host on that Redis sees them all."""
+    if not isinstance(meta, RedisMetaStore):
+        raise ConfigurationError(f"Redis upload records need a Redis metadata store, not {type(meta).__name__}")
+    return RedisUploadRegistry(meta, signer)

@@ -7,8 +7,9 @@ response parsing, as much as a round trip to the store; here it is a signed
 aiohttp request and a header or two read back. Everything else (listings,
 presigned URLs, ``gc``) stays on botocore, made only when first needed.
 
-Signing is :mod:`core.backends.blobs.s3.sigv4`; credentials come from botocore's usual
-chain (environment, profile, instance role), refreshed when they rotate.
+Signing is :mod:`core.backends.blobs.s3.sigv4`; credentials are the keys the
+settings carry (``AWS_ACCESS_KEY_ID`` ...), else botocore's usual chain
+(profile, SSO, instance role), refreshed when they rotate.
 Errors are :class:`S3Error` with S3's status and code, so the store's retry
 rules see the same facts they see from botocore.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
@@ -116,6 +116,7 @@ class S3Http:
         connect_timeout: float,
         read_timeout: float,
         max_connections: int,
+        credentials: Credentials | None = None,
     ) -> None:
         self.bucket, self.region = bucket, region
         endpoint = urlsplit(endpoint_url or f"https://s3.{region}.amazonaws.com")
@@ -129,12 +130,13 @@ class S3Http:
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
-        self._credentials: Any = None  # ours from the environment, or botocore's (refreshing) object
+        self._given = credentials  # keys from the settings; None: botocore's chain finds them
+        self._credentials: Any = None  # the given keys, or botocore's (refreshing) object
 
     # -- plumbing
 
     async def open(self) -> None:
-        self._credentials = await resolve_credentials()
+        self._credentials = self._given or await resolve_credentials()
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, auto_decompress=False)
 
@@ -268,11 +270,8 @@ class S3Http:
 
 
 async def resolve_credentials() -> Any:
-    """Keys from the environment, where botocore looks first; else botocore's whole chain (profile,
-    SSO, instance role), which refreshes what expires. That chain weighs ~7 MiB, so only then."""
-    access, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if access and secret:
-        return Credentials(access, secret, os.environ.get("AWS_SESSION_TOKEN") or os.environ.get("AWS_SECURITY_TOKEN"))
+    """Keys from botocore's whole chain (environment, profile, SSO, instance role), which refreshes
+    what expires. The chain weighs ~7 MiB, so it is loaded only for a store given no keys."""
     from aiobotocore.session import AioSession
 
     found = await AioSession().get_credentials()

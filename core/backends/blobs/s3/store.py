@@ -43,9 +43,11 @@ import botocore.exceptions
 
 from core.backends.blobs.s3.http import Body, FileRegion, S3Error, S3Http
 from core.backends.blobs.s3.presign import IncompleteUpload, S3Presign
+from core.backends.blobs.s3.sigv4 import Credentials
 from core.errors import ArtifactNotFoundError, ProviderError, StoreClosedError
 from core.infra import aio_bridge
 from core.infra.retry import RetryPolicy, retrying
+from core.settings import Settings
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -127,6 +129,7 @@ class S3BlobStore(S3Presign):
         retry: RetryPolicy | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
+        credentials: Credentials | None = None,
     ) -> None:
         if min(part_size, file_part_size) < S3_MIN_PART:
             raise ValueError(f"part sizes must be at least {S3_MIN_PART} bytes (S3's minimum)")
@@ -150,6 +153,12 @@ class S3BlobStore(S3Presign):
         self._http_args: dict[str, Any] = {
             "endpoint_url": endpoint_url, "region": region, "path_style": use_path,
             "connect_timeout": connect_timeout, "read_timeout": read_timeout, "max_connections": 32,
+            "credentials": credentials,
+        }
+        # The same keys for botocore's client (listings, gc, presigned URLs); none: its own chain finds them.
+        self._client_keys: dict[str, str | None] = {} if credentials is None else {
+            "aws_access_key_id": credentials.access_key, "aws_secret_access_key": credentials.secret_key,
+            "aws_session_token": credentials.token,
         }
         self._botocore_config: dict[str, Any] = {
             "s3": {"addressing_style": style},
@@ -180,7 +189,8 @@ class S3BlobStore(S3Presign):
         stack = contextlib.AsyncExitStack()
         client = await stack.enter_async_context(
             aioboto3.Session().client(
-                "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=Config(**self._botocore_config)
+                "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=Config(**self._botocore_config),
+                **self._client_keys,
             )
         )
         return client, stack
@@ -364,6 +374,20 @@ class S3BlobStore(S3Presign):
                 await c.abort_multipart_upload(Bucket=self.bucket, Key=self.object_key(key), UploadId=upload_id)
 
         await self.call(f"abort {key}", abort)
+
+
+def from_settings(settings: Settings) -> S3BlobStore:
+    """``ARTIFACT_PROVIDER=s3``: the bucket, endpoint, keys, encryption and timeouts the settings name."""
+    credentials = None
+    if settings.aws_access_key_id and settings.aws_secret_access_key is not None:
+        token = settings.aws_session_token.get_secret_value() if settings.aws_session_token is not None else None
+        credentials = Credentials(settings.aws_access_key_id, settings.aws_secret_access_key.get_secret_value(), token)
+    return S3BlobStore(
+        settings.bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region, sse_algorithm=settings.s3_sse_algorithm,
+        sse_kms_key_id=settings.s3_sse_kms_key_id, connect_timeout=settings.s3_connect_timeout,
+        read_timeout=settings.s3_read_timeout, credentials=credentials,
+    )
 
 
 class S3Writer:

@@ -24,9 +24,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from core.backends.meta.base import MetaStore
 from core.backends.meta.changes import RESYNC, Change, ChangeOp
 from core.backends.meta.redis.store import RedisMetaStore
-from core.errors import ProviderError
+from core.errors import ConfigurationError, ProviderError
 from core.infra import aio_bridge
 
 log = logging.getLogger("artifactfs.changes")
@@ -162,3 +163,10 @@ async def _quietly_close(client: aioredis.Redis, pubsub: PubSub) -> None:
         await client.aclose()
     except (RedisError, OSError):
         pass
+
+
+def follow(meta: MetaStore) -> RedisChangeFeed:
+    """The changes other processes commit to the Redis store ``meta`` (the registry's feed of ``redis``)."""
+    if not isinstance(meta, RedisMetaStore):
+        raise ConfigurationError(f"Redis change notices need a Redis metadata store, not {type(meta).__name__}")
+    return RedisChangeFeed(meta)

@@ -34,6 +34,7 @@ from core.errors import (
     AlreadyExistsError,
     ArtifactCorruptedError,
     ArtifactNotFoundError,
+    ConfigurationError,
     DirectoryNotEmptyError,
     IsADirectoryError_,
     NotADirectoryError_,
@@ -46,6 +47,7 @@ from core.infra.retry import RetryPolicy, retrying
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
 from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
+from core.settings import Settings
 
 T = TypeVar("T")
 
@@ -442,3 +444,10 @@ class RedisMetaStore:
         what = repr(node.name)
         reply = self._check(await self._script(what, "remove", node.ino, node.parent, _name(node.name), *touch), what)
         return self._load(*reply[1:]) if len(reply) > 1 else None
+
+
+def from_settings(settings: Settings, signer: RecordSigner) -> RedisMetaStore:
+    """``SESSION_PROVIDER=redis``: the server ``SESSION_REDIS_URL`` names, below ``ARTIFACT_REDIS_PREFIX``."""
+    if not settings.redis_url:
+        raise ConfigurationError("SESSION_PROVIDER=redis needs SESSION_REDIS_URL")
+    return RedisMetaStore(settings.redis_url, signer, prefix=settings.redis_prefix, notify=settings.redis_notify)
