@@ -182,19 +182,36 @@ def test_unmount_in_time_with_a_request_stuck(
 ) -> None:
     world = _frozen_s3_world(redis_server, own_moto)
     try:
-        mount = mount_factory(world=world, check_log=False)  # the default request timeout: SIGTERM must not wait it out
+        # The default request timeout: SIGTERM must not wait it out. --debug logs each request as it
+        # starts, so the test knows the read is in the mount's hands (not just queued in the kernel).
+        mount = mount_factory(world=world, check_log=False, args=["--debug"])
         path = mount.user_dir("alice") / "f"
         path.write_bytes(os.urandom(3 * MiB))
         drop_caches()
+        requests_before = len(re.findall(r"\bread\(", mount.log_text()))
         own_moto.freeze()
         reader = subprocess.Popen(["cat", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for(lambda: _in_d_state(reader.pid), 30, "cat to wait on the mount")
+        # Stuck in read(2) itself, not passing through the open or a lookup (a D state that ends).
+        wait_for(lambda: _in_d_state(reader.pid) and _in_syscall(reader.pid, READ_SYSCALL), 60,
+                 "cat to wait on the mount in read(2)")
+        wait_for(lambda: len(re.findall(r"\bread\(", mount.log_text())) > requests_before, 60,
+                 "the mount to take the read")
         log = _stop_in_time(mount, how)
         assert reader.wait(timeout=30) != 0
         assert re.search(r"read\(.*\): called off at unmount after .*answered EIO", log)
     finally:
         own_moto.thaw()
     world.cleanup()
+
+
+READ_SYSCALL = {"x86_64": 0, "aarch64": 63}.get(os.uname().machine, 0)
+
+
+def _in_syscall(pid: int, number: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().split()[0] == str(number)
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def _in_d_state(pid: int) -> bool:
