@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"answer EIO to a request whose handler has not finished after SECONDS (default {REQUEST_TIMEOUT:.0f}; "
              "a close gets one more second per MiB it still has to send)",
     )
-    mount.add_argument("--debug", action="store_true", help="verbose logging to the mount's log file")
+    mount.add_argument("--debug", action="store_true",
+                       help="verbose logging to the mount's log file: every request, with its metadata round trips")
 
     umount = commands.add_parser("umount", help="unmount MOUNTPOINT and wait for its process to finish")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")

@@ -46,7 +46,7 @@ from core.errors import (
     StaleRecordError,
     StoreClosedError,
 )
-from core.infra import aio_bridge
+from core.infra import aio_bridge, tally
 from core.infra.retry import RetryPolicy, retrying
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
@@ -155,12 +155,19 @@ class RedisMetaStore:
         await client.connection_pool.disconnect()
 
     async def _call(self, what: str, fn: Callable[[aioredis.Redis, object], Awaitable[T]]) -> T:
-        """Run ``fn(client, script)`` on an asyncio loop, retrying transient faults."""
+        """Run ``fn(client, script)`` on an asyncio loop, retrying transient faults.
+
+        The one door to the server: each attempt is one round trip, counted
+        in the caller's open :func:`core.infra.tally.tally` (if any).
+        """
         if not self._open:
             raise StoreClosedError("the metadata store is closed")
+        counted = tally.current()  # read here: the attempts run in the bridge's context, not the caller's
 
         async def attempt() -> T:
             client, script = await self._clients.get()
+            if counted is not None:
+                counted.round_trips += 1
             return await fn(client, script)
 
         async def in_loop() -> T:
