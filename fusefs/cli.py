@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the kernel may answer lookups and stats from its caches, like other FUSE filesystems' "
              "entry/attr timeouts (default 5, or 1 on a store other hosts change: Redis); 0 caches nothing",
     )
-    mount.add_argument("--debug", action="store_true", help="verbose logging to the mount's log file")
+    mount.add_argument("--debug", action="store_true",
+                       help="verbose logging to the mount's log file: every request, with its metadata round trips")
 
     umount = commands.add_parser("umount", help="unmount MOUNTPOINT and wait for its process to finish")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")

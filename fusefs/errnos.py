@@ -39,6 +39,7 @@ from core.errors import (
     SessionError,
     StoreClosedError,
 )
+from core.infra.tally import tally
 from fusefs.watchdog import Watchdog
 
 log = logging.getLogger("artifactfs.mount")
@@ -120,8 +121,18 @@ def fuse_call(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     @functools.wraps(handler)
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         assert not kwargs, "the kernel's requests come with positional arguments"
-        if trace.enabled:
-            log.debug("%s(%s)", name, describe(args))
+        if not trace.enabled:
+            return await answer(args)
+        log.debug("%s(%s)", name, describe(args))
+        # With the trace on, each request also tells its metadata round trips: what makes a request
+        # slow on a remote store, and what tests count per request (tests/fuse/test_fuse_round_trips.py).
+        with tally() as counted:
+            try:
+                return await answer(args)
+            finally:
+                log.debug("%s(%s) answered: %d metadata round trips", name, describe(args), counted.round_trips)
+
+    async def answer(args: tuple[object, ...]) -> R:
         owner: Guarded = args[0]  # type: ignore[assignment]
         try:
             return await owner.watchdog.answer(name, handler, args, lambda: describe(args))  # type: ignore[no-any-return]

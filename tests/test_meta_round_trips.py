@@ -32,6 +32,7 @@ from core.backends.meta.sqlite import SQLiteMetaStore
 from core.errors import AlreadyExistsError, ArtifactCorruptedError, ArtifactNotFoundError
 from core.infra.clock import ManualClock
 from core.infra.signing import RecordSigner
+from core.infra.tally import tally
 from core.models import Scope
 from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
 from core.tree.namespace import NS, Namespace
@@ -118,6 +119,24 @@ async def test_each_change_of_the_tree_is_one_round_trip(redis_server: RedisServ
         await meta.close()
     assert trips == dict.fromkeys(trips, 1), trips
     assert kept_until == made.expires_at_ns and kept_until > session.expires_at_ns  # type: ignore[operator]
+
+
+async def test_a_tally_counts_the_round_trips_made_inside_it(redis_server: RedisServer, clock: ManualClock) -> None:
+    """What the mount's --debug log reports per request (core.infra.tally): the store's round trips."""
+    meta = redis_meta(redis_server)
+    await meta.open()
+    try:
+        ns = namespace(meta, clock)
+        home = await user_home(ns)
+        before = meta.trips
+        with tally() as counted:
+            made = await new_file(ns, home, "counted")
+            await ns.filename_of(made)
+        assert counted.round_trips == meta.trips - before == 2  # the insert, the lineage of its name
+        await ns.list(home)  # outside the tally: not counted there
+        assert counted.round_trips == 2
+    finally:
+        await meta.close()
 
 
 async def test_a_listing_of_a_small_directory_is_one_round_trip_a_large_one_two(redis_server: RedisServer) -> None:

@@ -144,12 +144,20 @@ class StoreBase:
         return node
 
     async def _describe(self, node: Node) -> ArtifactMetadata:
+        return self._described(node, await self.ns.filename_of(node))
+
+    def _described(self, node: Node, filename: str) -> ArtifactMetadata:
+        """What the API tells of file ``node``, whose path below its scope root is ``filename``.
+
+        The path is the caller's to find: a listing or a search finds the
+        paths of all its results in one read (:meth:`Namespace.filenames`).
+        """
         art, space = node.artifact, node.space
         assert art is not None and space is not None
         return ArtifactMetadata(
             artifact_id=art.artifact_id, sandbox_id=space.sandbox_id, session_id=space.session_id,
             user_id=space.user_id, scope=space.scope, key=self.ns.grid_key(node),
-            filename=await self.ns.filename_of(node), mime=art.mime, summary=art.summary, meta=art.meta,
+            filename=filename, mime=art.mime, summary=art.summary, meta=art.meta,
             bytes=node.size, sha256=art.sha256, version=art.version, stored_at=as_datetime(node.crtime_ns),
             updated_at=as_datetime(node.ctime_ns), ttl=art.ttl, expires_at=as_datetime(node.expires_at_ns),
         )

@@ -100,16 +100,25 @@ class FilesApi(StoreBase):
         return _Draft(node, parts[:-1])
 
     async def _occupant(self, space: Space, dirs: list[str], name: str) -> Node | None:
-        """The file a new one at ``dirs/name`` would replace, if there is one (expired or not)."""
+        """The file a new one at ``dirs/name`` would replace, if there is one (expired or not).
+
+        The whole path is one read, whatever its depth (issue #9). Only the
+        scope root and the directories must be visible, as a lookup of each
+        in turn would have found them.
+        """
         ns = self.ns
-        try:
-            cursor = await ns.scope_root(space, create=False)
-            for part in dirs:
-                cursor = await ns.child(cursor, part)
-        except ArtifactNotFoundError:
+        path = await ns.walk(space, [*dirs, name])
+        if not path or not ns.visible(path[0]):
+            if path:  # an expired scope: scope_root() purges it, as it does whenever it meets one
+                try:
+                    await ns.scope_root(space, create=False)
+                except ArtifactNotFoundError:
+                    pass
             return None
-        old = await ns.lookup(cursor.ino, name)
-        return old if old is not None and old.is_file else None
+        if len(path) < len(dirs) + 2 or not all(ns.visible(d) for d in path[1:-1]):
+            return None
+        old = path[-1]
+        return old if old.is_file else None
 
     async def _insert(self, draft: _Draft, key: str | None, size: int, sha256: str) -> str:
         """Put a drafted file into the tree, pointing at its stored blob.
@@ -121,11 +130,12 @@ class FilesApi(StoreBase):
         assert node.space is not None
         try:
             ns.set_content(node, key, size, sha256)
-            replaced = await self._occupant(node.space, draft.dirs, node.name)
-            await ns.ensure_room(node.space, size - (replaced.size if replaced else 0), 0 if replaced else 1)
-            parent = await ns.mkdirs(await ns.scope_root(node.space), draft.dirs)
+            if ns.has_quota(node.space.scope):  # without one, what it replaces does not matter here
+                replaced = await self._occupant(node.space, draft.dirs, node.name)
+                await ns.ensure_room(node.space, size - (replaced.size if replaced else 0), 0 if replaced else 1)
+            root, parent = await ns.place(node.space, draft.dirs)
             node.parent = parent.ino
-            node = await ns.insert_file(node, replace=True)
+            node = await ns.insert_file(node, replace=True, root=root)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await ns.discard_blob(key)
@@ -246,6 +256,8 @@ class FilesApi(StoreBase):
                 raise ArtifactTooLargeError(f"a batch item of {size} bytes exceeds the size limit of {limit} bytes")
             space = draft.node.space
             assert space is not None
+            if not self.ns.has_quota(space.scope):
+                continue  # no room to check there (ensure_room would not look): save the read
             old = await self._occupant(space, draft.dirs, draft.node.name)
             _, add_bytes, add_files = need.get(space.usage_key, (space, 0, 0))
             need[space.usage_key] = (space, add_bytes + size - (old.size if old else 0), add_files + (0 if old else 1))
@@ -336,8 +348,7 @@ class FilesApi(StoreBase):
     async def _rename(self, node: Node, filename: str) -> None:
         parts = grid.split_filename(filename)
         assert node.space is not None
-        root = await self.ns.scope_root(node.space)
-        parent = await self.ns.mkdirs(root, parts[:-1])
+        _, parent = await self.ns.place(node.space, parts[:-1])
         fresh = await self.ns.get(node.ino)
         await self.ns.rename(fresh, parent, parts[-1], replace=True)
 

@@ -11,25 +11,18 @@ from core.models import (
     GridKey,
     Scope,
 )
-from core.nodes import Node
 from core.tree import grid
 
 _MISSING = object()
 
 
 class ListingApi(StoreBase):
-    """What is stored where: a session's files, search across scopes, and grid keys."""
+    """What is stored where: a session's files, search across scopes, and grid keys.
 
-    async def _walk(self, root: Node) -> list[Node]:
-        files: list[Node] = []
-        stack = [root]
-        while stack:
-            for child in await self.ns.list(stack.pop()):
-                if child.is_dir:
-                    stack.append(child)
-                elif child.is_file:
-                    files.append(child)
-        return files
+    Each call costs round trips per page of results, never per result
+    (issue #9): a session's files are one walk of its tree, and a search's
+    filenames one read of all their directories.
+    """
 
     async def _session_files(self, session_id: str) -> list[ArtifactMetadata]:
         ns = await self._ready()
@@ -37,7 +30,7 @@ class ListingApi(StoreBase):
         root = await ns.session_root(self.sandbox_id, session_id)
         if not ns.visible(root):
             return []
-        found = [await self._describe(n) for n in await self._walk(root)]  # type: ignore[arg-type]
+        found = [self._described(node, path) for path, node in await ns.files_below(root)]  # type: ignore[arg-type]
         return sorted(found, key=lambda m: m.filename)
 
     async def list_by_session(self, session_id: str, limit: int | None = None) -> list[ArtifactMetadata]:
@@ -71,7 +64,7 @@ class ListingApi(StoreBase):
         meta_filter = rules.meta(meta_filter)
         now = ns.now()
         nodes = await ns.search(self.sandbox_id, scope=scope, session_id=session_id, user_id=user_id)
-        found = []
+        chosen = []
         for node in nodes:
             art = node.artifact
             if node.expired(now) or art is None:
@@ -80,7 +73,8 @@ class ListingApi(StoreBase):
                 continue
             if any(art.meta.get(k, _MISSING) != v for k, v in meta_filter.items()):
                 continue
-            found.append(await self._describe(node))
+            chosen.append(node)
+        found = [self._described(node, name) for node, name in zip(chosen, await ns.filenames(chosen))]
         found.sort(key=lambda m: (m.stored_at, m.artifact_id))
         return rules.limited(found, limit)
 

@@ -433,8 +433,7 @@ class Transfers:
     async def _file_node(self, record: UploadRecord, fields: Publish) -> Node:
         filename = fields.filename if fields.filename is not None else record.filename
         names = grid.split_filename(filename) if filename is not None else [record.artifact_id]
-        root = await self.ns.scope_root(record.space)
-        parent = await self.ns.mkdirs(root, names[:-1])
+        _, parent = await self.ns.place(record.space, names[:-1])
         return self.ns.file_node(
             parent, names[-1], ttl=fields.ttl if fields.ttl_given else record.ttl, artifact_id=record.artifact_id,
             mime=fields.mime or record.mime, summary=record.summary if fields.summary is None else fields.summary,

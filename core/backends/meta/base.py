@@ -19,10 +19,19 @@ that revision: if another writer (another host, another process) changed
 the record meanwhile, the op changes nothing and reports the record as it
 is now, for the caller to re-apply its own change to. A successful write
 sets the caller's ``node.rev`` to the revision it stored.
+
+Reads that answer many nodes cost round trips per page, never per node
+(issue #9): a search, a walk of a subtree, the directories above a set of
+nodes (their filenames) and a path below a directory are one call each
+(per page of ~1,000 records on Redis). Every record they answer is verified
+like any other (:func:`decode_record`); a node's path is computed by the
+caller from the records of its directories as they are, never stored, so a
+directory rename (one record) cannot leave any path stale.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import NamedTuple, Protocol
 
 from pydantic import ValidationError
@@ -83,6 +92,38 @@ class MetaStore(Protocol):
         self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
     ) -> list[Node]:
         """File nodes of a sandbox matching the given space fields (indexed)."""
+        ...
+
+    async def resolve(self, parent: int, names: Sequence[str]) -> list[Node]:
+        """The nodes along the path ``names`` below directory ``parent``, in one read.
+
+        The i-th node is the entry ``names[i]`` of the one before it (of
+        ``parent`` for the first); the list ends at the first name that is
+        missing, or below a node that is not a directory. Expired nodes are
+        answered like the others: whether they count is the caller's rule.
+        A store at depth d reads its directories with this, not one lookup
+        each (issue #9).
+        """
+        ...
+
+    async def subtree(self, root: int) -> list[Node]:
+        """Every node below directory ``root`` (not ``root`` itself), expired ones included, in any order.
+
+        One walk of the tree in the backend (a recursive query, a script
+        per page), so listing a session costs round trips per page, not per
+        directory. A node moved meanwhile is answered under the directory it
+        is in when the walk reaches it, or not at all.
+        """
+        ...
+
+    async def lineage(self, inos: Collection[int]) -> dict[int, Node]:
+        """Nodes ``inos`` and the directories above each, by ino, in one read (per page).
+
+        Each chain goes up to and including the first node that is not an
+        entry (a scope root, or the fixed tree): what a node's filename is
+        made of. A node that is gone ends its chain. Each record is answered
+        once, however many chains share it.
+        """
         ...
 
     async def insert(

@@ -6,7 +6,9 @@ takes tens of microseconds, far less than a hop to a worker thread would.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from core.backends.meta.base import Cover, decode_record
@@ -62,6 +64,49 @@ _USAGE_KEY_AT, _SIZE_AT = _FIELDS.index("usage_key"), _FIELDS.index("size")
 _UPDATE_SQL: dict[tuple[int, ...], str] = {}  # changed field positions -> UPDATE statement
 _INO_BLOCK = 64  # inode numbers reserved per counter update
 _TOUCHED_ROLES = (NodeRole.ENTRY, NodeRole.SCOPE_ROOT)  # directories whose mtime follows their entries
+_RESOLVE_SQL: dict[int, str] = {}  # path length -> the query that walks it
+
+# Everything below a directory: one recursive query, following the (parent, name) index down.
+_SUBTREE_SQL = f"""
+WITH RECURSIVE below(ino, is_dir) AS (
+    SELECT ino, is_dir FROM node WHERE parent = ? AND ino != {ROOT_INO}
+    UNION
+    SELECT node.ino, node.is_dir FROM node JOIN below ON node.parent = below.ino WHERE below.is_dir
+)
+SELECT node.ino, node.record, node.sig FROM below JOIN node ON node.ino = below.ino
+"""
+
+# Nodes and the directories above each, up to the first that is not an entry. The role is in the
+# record alone; UNION answers a directory shared by many chains once (and ends a cycle, were there one).
+_LINEAGE_SQL = """
+WITH RECURSIVE up(ino) AS (
+    SELECT value FROM json_each(?)
+    UNION
+    SELECT node.parent FROM node JOIN up ON node.ino = up.ino
+    WHERE json_extract(CAST(node.record AS TEXT), '$.role') = 'entry'
+)
+SELECT node.ino, node.record, node.sig FROM up JOIN node ON node.ino = up.ino
+"""
+
+
+def _resolve_sql(length: int) -> str:
+    """The query that walks a path of ``length`` names down from a directory, one level per step."""
+    sql = _RESOLVE_SQL.get(length)
+    if sql is None:
+        names = ", ".join(f"({depth}, ?)" for depth in range(1, length + 1))
+        sql = _RESOLVE_SQL[length] = f"""
+WITH RECURSIVE path(depth, name) AS (VALUES {names}),
+walk(depth, ino) AS (
+    SELECT 0, ?
+    UNION ALL
+    SELECT walk.depth + 1, node.ino FROM walk
+    JOIN path ON path.depth = walk.depth + 1
+    JOIN node ON node.parent = walk.ino AND node.name = path.name
+)
+SELECT node.ino, node.record, node.sig FROM walk JOIN node ON node.ino = walk.ino
+WHERE walk.depth > 0 ORDER BY walk.depth
+"""
+    return sql
 
 
 class SQLiteMetaStore:
@@ -203,6 +248,19 @@ class SQLiteMetaStore:
                 sql += f" AND {column}=?"
                 args.append(value)
         return self._many(sql, tuple(args))
+
+    async def resolve(self, parent: int, names: Sequence[str]) -> list[Node]:
+        if not names:
+            return []
+        return self._many(_resolve_sql(len(names)), (*names, parent))
+
+    async def subtree(self, root: int) -> list[Node]:
+        return self._many(_SUBTREE_SQL, (root,))
+
+    async def lineage(self, inos: Collection[int]) -> dict[int, Node]:
+        if not inos:
+            return {}
+        return {node.ino: node for node in self._many(_LINEAGE_SQL, (json.dumps(sorted(set(inos))),))}
 
     async def expired(self, now_ns: int, limit: int = 1000) -> list[Node]:
         return self._many(

@@ -32,6 +32,19 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
 and a node travels as 13 values: ino, then the fields in ``FIELDS`` order.
 A record travels back as ino, ``rec``, ``sig``, ``mt``, ``mts``.
 
+Reads that answer many records do it in pages, so no script holds the
+server for long, and every record still travels whole, to be verified by
+the client: ``list`` (a directory) and ``search`` (an index set) answer up
+to a page of records inline, else the inos alone; ``subtree`` walks a
+directory's tree breadth first, a page of entries per call, handing back
+the directories it has not walked yet (a directory larger than the page is
+read with HSCAN, a page at a time: a map of one directory, never a scan of
+the keyspace); ``lineage`` answers nodes and the directories above each up
+to the first that is not an entry (a scope root, told by its record's
+role); ``resolve`` answers the nodes along a path. A path is never stored:
+clients make it from the records, so a rename of a directory (one record)
+changes every path below it at once.
+
 Ops that may replace an entry (insert with replace, rename) take the ino the
 caller expects there, whose record the caller has verified; if another is
 there they change nothing and answer ``CONFLICT`` with its record, so no
@@ -223,6 +236,105 @@ function ops.list()
   local out = {'RECORDS'}
   for _, ino in ipairs(inos) do
     for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
+  end
+  return out
+end
+
+-- ARGV: index tag, how many records to answer at most: the search set's records, or (a larger set)
+-- its inos alone, for the client to fetch in a pipeline (see list)
+function ops.search()
+  local inos = redis.call('SMEMBERS', P .. ':x:' .. ARGV[3])
+  if #inos > tonumber(ARGV[4]) then return answer('INOS', inos) end
+  local out = {'RECORDS'}
+  for _, ino in ipairs(inos) do
+    for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
+  end
+  return out
+end
+
+-- ARGV: directory, then the names of a path below it. The records along the path, each the entry of
+-- the one before; the answer ends at the first name that is missing (or below a file).
+function ops.resolve()
+  local out, dir = {}, ARGV[3]
+  for at = 4, #ARGV do
+    local ino = redis.call('HGET', dkey(dir), ARGV[at])
+    if not ino then break end
+    local rec = fetch(ino)
+    if not rec[2] and not rec[3] then break end
+    for _, part in ipairs(rec) do out[#out + 1] = part end
+    dir = ino
+  end
+  return out
+end
+
+-- ARGV: how many records to answer at most (a page), then the directories left to walk (each 'ino',
+-- or 'ino:cursor' for one answered in part). Walks breadth first; answers the number of records, the
+-- records, the number of the given directories left unwalked, those, then the directories this page
+-- found and did not walk (the client drops any an earlier page found: a walk never goes round twice).
+-- A directory larger than what is left of the page is scanned (HSCAN) a page at a time.
+function ops.subtree()
+  local budget = tonumber(ARGV[3])
+  local queue, head, seen = {}, 1, {}
+  for at = 4, #ARGV do
+    queue[#queue + 1] = ARGV[at]
+    seen[string.match(ARGV[at], '^[^:]*')] = true
+  end
+  local given = #queue
+  local records, count = {}, 0
+  local function take(dir, ino)
+    local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'p', 'k')
+    if (not v[1] and not v[2]) or v[5] ~= dir then return end  -- gone, or not (any longer) in dir
+    records[#records + 1] = ino
+    for j = 1, 4 do records[#records + 1] = v[j] end
+    count = count + 1
+    if v[6] == 'd' and not seen[ino] then
+      seen[ino] = true
+      queue[#queue + 1] = ino
+    end
+  end
+  while head <= #queue and count < budget do
+    local item = queue[head]
+    local dir, cursor = string.match(item, '^([^:]*):?(.*)$')
+    if cursor == '' and redis.call('HLEN', dkey(dir)) <= budget - count then
+      for _, ino in ipairs(redis.call('HVALS', dkey(dir))) do take(dir, ino) end
+      head = head + 1
+    else
+      local page = redis.call('HSCAN', dkey(dir), cursor == '' and '0' or cursor, 'COUNT', budget - count)
+      local pairs_ = page[2]
+      for j = 2, #pairs_, 2 do take(dir, pairs_[j]) end
+      if page[1] == '0' then head = head + 1 else queue[head] = dir .. ':' .. page[1] end
+    end
+  end
+  local out = {count}
+  for _, part in ipairs(records) do out[#out + 1] = part end
+  local left = {}
+  for at = head, math.min(given, #queue) do left[#left + 1] = queue[at] end
+  out[#out + 1] = #left
+  for _, item in ipairs(left) do out[#out + 1] = item end
+  for at = math.max(head, given + 1), #queue do out[#out + 1] = queue[at] end
+  return out
+end
+
+-- the record of a directory that is an entry (made below a scope root), by its serialized role;
+-- the text can occur nowhere else as a key and value (a string's quotes are escaped), except in
+-- an object of user metadata, which only makes a walk go one directory further than it needs to
+local function is_entry(rec) return rec and string.find(rec, '"role":"entry"', 1, true) ~= nil end
+
+-- ARGV: inos. Their records and those of the directories above each, up to and including the first
+-- that is not an entry (a scope root): what a node's filename is made of. Each record answered once.
+function ops.lineage()
+  local out, seen = {}, {}
+  for at = 3, #ARGV do
+    local ino = ARGV[at]
+    while ino and ino ~= '0' and not seen[ino] do
+      seen[ino] = true
+      local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'p')
+      if not v[1] and not v[2] then break end
+      out[#out + 1] = ino
+      for j = 1, 4 do out[#out + 1] = v[j] end
+      if not is_entry(v[1]) then break end
+      ino = v[5]
+    end
   end
   return out
 end

@@ -4,11 +4,16 @@ The layout and the atomic ops live in :mod:`core.backends.meta.redis.lua`; this 
 signs and verifies records, turns script answers into the store's errors, and
 runs every call through the asyncio bridge with bounded retries.
 
-Reads that touch many inodes (a directory listing, a search, the expiry
-sweep) read one map or set, then fetch the records in one pipelined round
-trip: no Lua script holds the server for a 100,000-entry listing, and a
-record moved or removed between the two steps is simply left out. A small
-directory (most are) is listed by one script, records and all.
+Reads that touch many inodes cost round trips per page, not per inode
+(issue #9). A directory listing or a search answers up to
+:data:`_LIST_INLINE` records in one script; a larger one is answered with
+its inos, whose records then come in one pipelined round trip, so no script
+holds the server for a 100,000-entry listing (a record moved or removed
+between the two steps is simply left out). A walk of a subtree (a session's
+files) is one script per page of :data:`_LIST_INLINE` entries, however many
+directories it spans; the directories above a set of nodes (their
+filenames) and the nodes along a path come in one script each. Every record
+is verified here, whatever script answered it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import random
 import secrets
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from typing import TypeVar
 
 import anyio
@@ -42,7 +47,7 @@ from core.errors import (
     StaleRecordError,
     StoreClosedError,
 )
-from core.infra import aio_bridge
+from core.infra import aio_bridge, tally
 from core.infra.retry import RetryPolicy, retrying
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
@@ -152,12 +157,19 @@ class RedisMetaStore:
         await client.connection_pool.disconnect()
 
     async def _call(self, what: str, fn: Callable[[aioredis.Redis, object], Awaitable[T]]) -> T:
-        """Run ``fn(client, script)`` on an asyncio loop, retrying transient faults."""
+        """Run ``fn(client, script)`` on an asyncio loop, retrying transient faults.
+
+        The one door to the server: each attempt is one round trip, counted
+        in the caller's open :func:`core.infra.tally.tally` (if any).
+        """
         if not self._open:
             raise StoreClosedError("the metadata store is closed")
+        counted = tally.current()  # read here: the attempts run in the bridge's context, not the caller's
 
         async def attempt() -> T:
             client, script = await self._clients.get()
+            if counted is not None:
+                counted.round_trips += 1
             return await fn(client, script)
 
         async def in_loop() -> T:
@@ -297,6 +309,13 @@ class RedisMetaStore:
     async def find_artifact(self, artifact_id: str) -> Node | None:
         return self._load_reply(await self._script("find", "find", artifact_id))
 
+    def _records(self, reply: Sequence[object]) -> Iterator[Node]:
+        """The nodes of a script's answer of whole records (ino, rec, sig, mt, mts each), verified."""
+        for at in range(0, len(reply) - len(reply) % 5, 5):
+            node = self._load(*reply[at : at + 5])  # type: ignore[arg-type]
+            if node is not None:
+                yield node
+
     async def search(
         self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
     ) -> list[Node]:
@@ -308,11 +327,14 @@ class RedisMetaStore:
             tag = f"sc:{sandbox_id}/{scope.value}"
         else:
             tag = f"sb:{sandbox_id}"
-        members = await self._call("search", lambda client, _s: client.smembers(self.key("x", tag)))
-        inos = sorted(int(m) for m in members)
+        reply = await self._script("search", "search", tag, _LIST_INLINE)
+        if reply[0] == b"RECORDS":
+            found = sorted(self._records(reply[1:]), key=lambda n: n.ino)
+        else:
+            found = await self._load_many("search", sorted(int(m) for m in reply[1:]))
         return [
             n
-            for n in await self._load_many("search", inos)
+            for n in found
             if n.artifact is not None
             and n.space is not None
             and n.space.sandbox_id == sandbox_id
@@ -320,6 +342,42 @@ class RedisMetaStore:
             and (session_id is None or n.space.session_id == session_id)
             and (user_id is None or n.space.user_id == user_id)
         ]
+
+    async def resolve(self, parent: int, names: Sequence[str]) -> list[Node]:
+        if not names:
+            return []
+        nodes: list[Node] = []
+        reply = await self._script("resolve", "resolve", parent, *map(_name, names))
+        for node, name in zip(self._records(reply), names):
+            if (node.parent, node.name) != (nodes[-1].ino if nodes else parent, name):
+                break  # not the entry asked for (the script answers nothing else): trust no more of it
+            nodes.append(node)
+        return nodes
+
+    async def subtree(self, root: int) -> list[Node]:
+        nodes: dict[int, Node] = {}
+        found_before: set[bytes] = {str(root).encode()}  # directories some page found: each is walked once
+        queue: list[bytes | int] = [root]
+        while queue:
+            reply = await self._script("walk", "subtree", _LIST_INLINE, *queue)
+            count = int(reply[0])
+            end = 1 + 5 * count
+            for node in self._records(reply[1:end]):
+                nodes[node.ino] = node
+            left = int(reply[end])
+            found = [d for d in reply[end + 1 + left :] if d not in found_before]
+            found_before.update(found)
+            queue = [*reply[end + 1 : end + 1 + left], *found]
+        return list(nodes.values())
+
+    async def lineage(self, inos: Collection[int]) -> dict[int, Node]:
+        asked = sorted(set(inos))
+        known: dict[int, Node] = {}
+        for at in range(0, len(asked), _LIST_INLINE):
+            chunk = [ino for ino in asked[at : at + _LIST_INLINE] if ino not in known]
+            if chunk:
+                known.update((n.ino, n) for n in self._records(await self._script("lineage", "lineage", *chunk)))
+        return known
 
     async def expired(self, now_ns: int, limit: int = 1000) -> list[Node]:
         inos = await self._call(
