@@ -72,13 +72,6 @@ async def _main(args: argparse.Namespace) -> None:
                 break
 
 
-def serve_main(argv: list[str] | None = None) -> int:
-    """Entry point for ``artifactfs serve``; returns the exit status."""
-    from fusefs.cli import run as cli  # one parser for both ways in
-
-    return cli(["serve", *(sys.argv[1:] if argv is None else argv)])
-
-
 def run(args: argparse.Namespace) -> int:
     """Run with already-parsed arguments (the ``artifactfs`` CLI's subcommand)."""
     try:
@@ -90,7 +83,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"artifactfs serve: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(serve_main())

@@ -22,11 +22,12 @@ import trio
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
 
+from servers import RedisServer  # noqa: E402
+
 from core import aio_bridge  # noqa: E402
 from core.backends.meta.redis.store import RedisMetaStore  # noqa: E402
-from core.nodes import ROOT_INO  # noqa: E402
 from core.infra.signing import RecordSigner  # noqa: E402
-from servers import RedisServer  # noqa: E402
+from core.nodes import ROOT_INO  # noqa: E402
 
 
 async def timed(calls: int, fn: Callable[[], Awaitable[object]]) -> float:

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
+from bench_common import MB, Context, KiB, MiB, Section, Table, filesystem_of, median, repeat
 
-from bench_common import MB, KiB, MiB, Context, Section, Table, filesystem_of, median, repeat
 from core import ArtifactStore, StreamDownloadRequest, StreamUploadRequest
 
 ITEM = KiB

@@ -280,7 +280,7 @@ def run(ctx: Context) -> Iterator[Table]:
     data_dir = work / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ARTIFACT_", "SESSION_"))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fusefs.serve_cmd", "--data-dir", str(data_dir), "--port", "0"],
+        [sys.executable, "-m", "fusefs", "serve", "--data-dir", str(data_dir), "--port", "0"],
         cwd=HERE.parent, env=env, stdout=subprocess.PIPE, text=True,
     )
     try:

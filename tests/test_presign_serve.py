@@ -52,7 +52,7 @@ def _env(**extra: str) -> dict[str, str]:
 def served(tmp_path: Path) -> Iterator[Served]:
     data_dir = tmp_path / "data"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fusefs.serve_cmd", "--data-dir", str(data_dir), "--port", "0"],
+        [sys.executable, "-m", "fusefs", "serve", "--data-dir", str(data_dir), "--port", "0"],
         cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -155,7 +155,7 @@ async def test_service_memory_stays_bounded(app_store: ArtifactStore, served: Se
 
 def test_serve_refuses_the_memory_backend(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "fusefs.serve_cmd", "--data-dir", str(tmp_path), "--port", "0"],
+        [sys.executable, "-m", "fusefs", "serve", "--data-dir", str(tmp_path), "--port", "0"],
         cwd=REPO, env=_env(ARTIFACT_PROVIDER="memory"), capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode != 0 and "memory backend" in proc.stderr
