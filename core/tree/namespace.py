@@ -9,29 +9,22 @@ the metadata commit makes it visible, and only then is the old blob removed.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-import anyio
-
-from core.backends.blobs.base import BlobReader, BlobStore, BlobWriter, FileUpload, NativePresign
+from core.backends.blobs.base import BlobStore
 from core.backends.meta.base import Cover, MetaStore
 from core.errors import (
     AlreadyExistsError,
-    ArtifactCorruptedError,
     ArtifactExpiredError,
     ArtifactNotFoundError,
-    ArtifactTooLargeError,
     CrossScopeError,
     DirectoryNotEmptyError,
     InvalidArgumentError,
     IsADirectoryError_,
     NotADirectoryError_,
     ProviderError,
-    QuotaExceededError,
     ReadOnlyError,
     StaleRecordError,
 )
@@ -40,20 +33,9 @@ from core.models import Scope, Usage
 from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
 from core.settings import Limits
 from core.tree import grid
-
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-NS = 1_000_000_000
-_MAX_COMMIT_RACES = 100  # commits of one file that each find another version came first
-_MAX_RACES = 100  # conditional writes of one record that each find it changed meanwhile
-
-Change = Callable[[Node], object]  # applies one change to a node record, as read or as re-read
-
-
-def _adopt(node: Node, stored: Node) -> None:
-    """Make the caller's ``node`` object the record as stored (callers keep using their object)."""
-    if stored is not node:
-        for field in Node.model_fields:
-            setattr(node, field, getattr(stored, field))
+from core.tree.base import EMPTY_SHA256, MAX_RACES, NS, Change, adopt
+from core.tree.content import Content
+from core.tree.quotas import Quotas
 
 
 def _filename(node: Node, known: Mapping[int, Node]) -> str:
@@ -81,14 +63,18 @@ class _FixedInos(NamedTuple):
     shared: int
 
 
-class Namespace:
-    def __init__(self, meta: MetaStore, blobs: BlobStore, clock: Clock, limits: Limits) -> None:
-        self.meta, self.blobs, self.clock, self.limits = meta, blobs, clock, limits
-        self._commit_locks: dict[int, anyio.Lock] = {}
-        self._fixed_inos: dict[str, _FixedInos] = {}
+class Namespace(Content, Quotas):
+    """The tree over one metadata store and one blob store: the only door to either.
 
-    def now(self) -> int:
-        return self.clock.now_ns()
+    Content (blobs, versions, verified reads) and quotas live in their own
+    modules (:mod:`core.tree.content`, :mod:`core.tree.quotas`); this one
+    holds the tree: reading it, the fixed upper levels, creating, moving and
+    removing entries, and expiry.
+    """
+
+    def __init__(self, meta: MetaStore, blobs: BlobStore, clock: Clock, limits: Limits) -> None:
+        super().__init__(meta, blobs, clock, limits)
+        self._fixed_inos: dict[str, _FixedInos] = {}
 
     # -- the backends behind this door: nothing else calls them
 
@@ -455,12 +441,6 @@ class Namespace:
         assert node.space is not None and node.artifact is not None
         return grid.grid_key(node.space.sandbox_id, node.space.scope, node.space.owner, node.artifact.artifact_id)
 
-    def blob_key_for(self, node: Node, version: int) -> str:
-        # "<grid key>.v<n>-<token>", a sibling of other artifacts' blobs, not "<grid key>/v<n>-...":
-        # the filesystem backend then needs no new directory per artifact, and concurrent
-        # stores of a scope share one directory fsync (measured: 2x the stores/s).
-        return f"{self.grid_key(node)}.v{version}-{secrets.token_hex(4)}"
-
     def file_node(
         self, parent: Node, name: str, *, mode: int = 0o644, uid: int = 0, gid: int = 0, ttl: int | None,
         artifact_id: str | None = None, mime: str = "application/octet-stream", summary: str = "",
@@ -504,235 +484,6 @@ class Namespace:
         node, _ = await self._insert(node)
         return node
 
-    # -- blobs of a file
-
-    async def write_blob(
-        self, node: Node, chunks: AsyncIterable[bytes], *, progress: Callable[[int], Any] | None = None
-    ) -> tuple[str | None, int, str]:
-        """Stream ``chunks`` into a new blob for ``node``; returns (key, size, sha256).
-
-        The size limit is enforced while bytes arrive, so an oversized stream
-        is cut off and discarded, never stored.
-        """
-        assert node.artifact is not None
-        digest = hashlib.sha256()
-        size = 0
-        key = self.blob_key_for(node, node.artifact.version + 1)
-        writer = await self.blobs.writer(key)
-        try:
-            async for chunk in chunks:
-                if not isinstance(chunk, (bytes, bytearray, memoryview)):
-                    raise InvalidArgumentError(f"stream yielded {type(chunk).__name__}, not bytes")
-                if not chunk:
-                    continue
-                size += len(chunk)
-                if size > self.limits.max_artifact_bytes:
-                    raise ArtifactTooLargeError(
-                        f"artifact exceeds the size limit of {self.limits.max_artifact_bytes} bytes"
-                    )
-                digest.update(chunk)
-                await writer.write(bytes(chunk))
-                if progress is not None:
-                    progress(size)
-            if size == 0:
-                await writer.abort()
-                return None, 0, EMPTY_SHA256
-            await writer.commit()
-        except BaseException:
-            await writer.abort()
-            raise
-        return key, size, digest.hexdigest()
-
-    async def read_chunks(self, node: Node, chunk_size: int, verify: bool) -> AsyncIterator[bytes]:
-        """The bytes of ``node``'s current version, checked against its size and SHA-256 at the end.
-
-        The library's one verified read: a blob replaced meanwhile (a newer
-        version committed) is followed to the version that replaced it; a
-        blob gone under a record that still names it is damage.
-        """
-        art = node.artifact
-        assert art is not None
-        if art.blob_key is None:
-            if verify and art.sha256 != hashlib.sha256(b"").hexdigest():
-                raise ArtifactCorruptedError(f"artifact {art.artifact_id} has lost its bytes")
-            return
-        digest = hashlib.sha256()
-        try:
-            # Given the size, a remote store makes no request before the first read: a missing blob shows there.
-            reader = await self.blobs.reader(art.blob_key, size=node.size)
-            try:
-                chunk = await reader.read(0, min(chunk_size, node.size))
-            except BaseException:
-                await reader.close()
-                raise
-        except ArtifactNotFoundError:
-            # Gone under a live record is damage, unless an update or delete just raced this read.
-            fresh = await self.meta.get(node.ino)
-            if fresh is None or fresh.artifact is None or fresh.artifact.artifact_id != art.artifact_id:
-                raise ArtifactNotFoundError(f"artifact {art.artifact_id} was deleted") from None
-            if fresh.artifact.blob_key == art.blob_key:
-                raise ArtifactCorruptedError(f"artifact {art.artifact_id} has lost its bytes") from None
-            async for chunk in self.read_chunks(fresh, chunk_size, verify):
-                yield chunk
-            return
-        try:
-            offset = 0
-            while chunk:
-                offset += len(chunk)
-                if verify:
-                    digest.update(chunk)
-                yield chunk
-                if offset >= node.size:
-                    break
-                chunk = await reader.read(offset, min(chunk_size, node.size - offset))
-            tail = await reader.read(node.size, 1)
-        finally:
-            await reader.close()
-        if offset != node.size or tail:
-            raise ArtifactCorruptedError(f"artifact {art.artifact_id} is stored with a different size")
-        if verify and digest.hexdigest() != art.sha256:
-            raise ArtifactCorruptedError(f"artifact {art.artifact_id} fails its SHA-256 check")
-
-    async def put_blob(self, node: Node, data: bytes, *, durable: bool = True) -> tuple[str | None, int, str]:
-        """The one-shot form of :meth:`write_blob` for bytes already in memory.
-
-        ``durable=False`` is the mount's close(): published atomically, made
-        durable by the next :meth:`sync_blobs` (fsync, or the mount's timer).
-        """
-        assert node.artifact is not None
-        if len(data) > self.limits.max_artifact_bytes:
-            raise ArtifactTooLargeError(f"artifact exceeds the size limit of {self.limits.max_artifact_bytes} bytes")
-        if not data:
-            return None, 0, EMPTY_SHA256
-        key = self.blob_key_for(node, node.artifact.version + 1)
-        await self.blobs.put(key, data, durable=durable)
-        return key, len(data), hashlib.sha256(data).hexdigest()
-
-    async def put_spool(self, node: Node, path: Path, size: int, sha256: str, *, durable: bool = True) -> str | None:
-        """Publish a finished local spool file as the next blob of ``node``."""
-        assert node.artifact is not None
-        if size == 0:
-            path.unlink(missing_ok=True)
-            return None
-        key = self.blob_key_for(node, node.artifact.version + 1)
-        await self.blobs.put_file(key, path, durable=durable)
-        return key
-
-    async def sync_blobs(self) -> None:
-        """Make every blob published with ``durable=False`` durable."""
-        await self.blobs.sync()
-
-    def set_content(self, node: Node, key: str | None, size: int, sha256: str) -> Node:
-        """Point ``node`` at a new version (in memory; :meth:`commit` stores it)."""
-        assert node.artifact is not None
-        if size > self.limits.max_artifact_bytes:
-            raise ArtifactTooLargeError(f"artifact exceeds the size limit of {self.limits.max_artifact_bytes} bytes")
-        now = self.now()
-        node.artifact.blob_key, node.artifact.sha256 = key, sha256
-        node.artifact.version += 1
-        node.size = size
-        node.mtime_ns = node.ctime_ns = now
-        return node
-
-    async def commit(
-        self, node: Node, *, old_blob: str | None, change: Change | None = None, from_version: int | None = None
-    ) -> Node:
-        """Store a changed file node; on success the superseded blob goes.
-
-        If the record changed since ``node`` was read (a rename, a chmod, a
-        version from another host), the new content (and ``change``, the
-        caller's other changes, if any) is applied to the record as it is
-        then, never ``node``'s stale name or attributes. On return ``node``
-        is the record as stored. If the commit fails, the new blob is
-        deleted instead, so nothing half done stays visible or leaks.
-
-        ``from_version``: the new content was made from that version's bytes
-        (a truncate cuts the version it read), so it may replace that version
-        only. If another version is stored (committed meanwhile by another
-        host), nothing is stored, the new blob goes, and
-        :class:`StaleRecordError` says so: the caller makes its content again
-        of the version stored now. Publishing it over that version instead,
-        as the last-commit-wins rebase would, undoes the other host's write
-        (issue #16). A rename or chmod meanwhile is no conflict: the content
-        it was made from is still the file's.
-        """
-        assert node.space is not None and node.artifact is not None
-        # Commits of one file in this process take turns, so they never meet in the store; writers in
-        # other processes meet in its conditional commit (meta.commit), and the later one goes again.
-        lock = self._commit_locks.setdefault(node.ino, anyio.Lock())
-        try:
-            async with lock:
-                return await self._commit(node, old_blob, change, from_version)
-        finally:
-            if not lock.locked() and not lock.statistics().tasks_waiting:
-                self._commit_locks.pop(node.ino, None)
-
-    async def _commit(
-        self, node: Node, old_blob: str | None, change: Change | None, from_version: int | None
-    ) -> Node:
-        """One conditional write when the record did not change meanwhile (the usual case).
-
-        If another writer committed since this version began, the last commit
-        wins: its version number must still go up past the one it replaces,
-        and the blob that one published is superseded too. Unless the content
-        was made from ``from_version``: then another version means a conflict.
-        """
-        assert node.space is not None and node.artifact is not None
-        art = node.artifact
-        base = art.version - 1  # set_content moved the version one past the one it began from
-        superseded = {old_blob}
-        attempt = node
-
-        def refuse(current: Node | None, version: int) -> StaleRecordError:
-            return StaleRecordError(
-                f"{node.name!r}: made from version {from_version}, but version {version} is stored", current
-            )
-
-        def rebase(current: Node) -> int:
-            """Next try: this content (and ``change``) on ``current``, the record as stored now."""
-            nonlocal attempt
-            assert current.artifact is not None
-            if from_version is not None and current.artifact.version != from_version:
-                raise refuse(current, current.artifact.version)
-            superseded.add(current.artifact.blob_key)
-            art.version = max(art.version, current.artifact.version + 1)
-            attempt = current.model_copy(deep=True)
-            if change is not None:
-                change(attempt)
-            fresh = attempt.artifact
-            assert fresh is not None
-            fresh.blob_key, fresh.sha256, fresh.version = art.blob_key, art.sha256, art.version
-            attempt.size, attempt.mtime_ns, attempt.ctime_ns = node.size, node.mtime_ns, node.ctime_ns
-            return current.artifact.version
-
-        try:
-            if from_version is not None and base != from_version:  # node was read after another version came
-                raise refuse(None, base)
-            if self.has_quota(node.space.scope):  # the room it takes is measured against what it replaces
-                current = await self.meta.get(node.ino)
-                if current is None:
-                    raise ArtifactNotFoundError(f"inode {node.ino} was removed")
-                base = rebase(current)
-                await self.ensure_room(node.space, node.size - current.size, 0)
-            for _ in range(_MAX_COMMIT_RACES):
-                current = await self.meta.commit(attempt, base_version=base)
-                if current is None:
-                    break
-                base = rebase(current)
-            else:
-                raise ProviderError(f"{node.name!r}: other versions kept coming, {_MAX_COMMIT_RACES} times")
-        except ArtifactNotFoundError:
-            await self.discard_blob(art.blob_key)
-            raise ArtifactNotFoundError(f"{node.name!r} was removed while being written") from None
-        except BaseException:
-            if art.blob_key not in superseded:
-                await self.discard_blob(art.blob_key)
-            raise
-        for key in superseded - {art.blob_key, None}:
-            await self.discard_blob(key)
-        _adopt(node, attempt)
-        return node
-
     async def update_node(self, node: Node, change: Change, *, ctime: bool = True) -> Node:
         """Apply ``change`` (mode, times, metadata fields) to ``node`` and store it; returns ``node``.
 
@@ -743,7 +494,7 @@ class Namespace:
         session out (an artifact never outlives its session). ``ctime``: the
         change sets the node's ctime.
         """
-        for _ in range(_MAX_RACES):
+        for _ in range(MAX_RACES):
             expires = node.expires_at_ns
             change(node)
             if ctime:
@@ -757,91 +508,8 @@ class Namespace:
                 current = exc.current if isinstance(exc.current, Node) else await self.meta.get(node.ino)
                 if current is None:
                     raise ArtifactNotFoundError(f"{node.name!r} was removed") from None
-                _adopt(node, current)
-        raise ProviderError(f"{node.name!r}: the record kept changing, {_MAX_RACES} times")
-
-    async def drop_blob(self, node: Node) -> None:
-        if node.artifact is not None:
-            await self.discard_blob(node.artifact.blob_key)
-
-    async def discard_blob(self, key: str | None) -> None:
-        """Delete a blob no record names any more (superseded, removed, or never published)."""
-        if key is not None:
-            await self.blobs.delete(key)
-
-    async def blob_writer(self, key: str) -> BlobWriter:
-        """A writer for a new blob under ``key`` (an upload's part): nothing names it until a commit does."""
-        return await self.blobs.writer(key)
-
-    async def blob_reader(self, key: str, size: int | None = None) -> BlobReader:
-        """Raw ranged reads of one blob; whoever reads it whole checks it (see :meth:`read_chunks`)."""
-        return await self.blobs.reader(key, size=size)
-
-    def file_upload(self, node: Node) -> FileUpload | None:
-        """A part-by-part upload of ``node``'s next version, if the backend takes one (S3 multipart)."""
-        assert node.artifact is not None
-        return self.blobs.file_upload(self.blob_key_for(node, node.artifact.version + 1))
-
-    @property
-    def native_presign(self) -> NativePresign | None:
-        """The blob store's own URL signing, when its endpoint honours signed URLs (S3)."""
-        return self.blobs if isinstance(self.blobs, NativePresign) else None
-
-    # -- quotas
-
-    async def _usage(self, space: Space):
-        return await self.meta.usage(space.usage_key)
-
-    async def ensure_room(self, space: Space, add_bytes: int, add_files: int) -> None:
-        """Raise QuotaExceededError unless ``space`` can take this much more.
-
-        Expired artifacts are charged until collected; when they stand in the
-        way they are collected first, so an invisible file never holds a quota.
-        """
-        if not self.has_quota(space.scope):
-            return  # nothing to check: save the usage read (two per store)
-        try:
-            self.check_quota(space, await self._usage(space), add_bytes, add_files)
-        except QuotaExceededError:
-            if not await self.collect_expired():
-                raise
-            self.check_quota(space, await self._usage(space), add_bytes, add_files)
-
-    def has_quota(self, scope: Scope) -> bool:
-        """Whether a quota applies to ``scope``: if not, no write needs to read what it replaces."""
-        limits = self.limits
-        if scope is Scope.SESSION:
-            return limits.session_quota_bytes is not None or limits.session_quota_files is not None
-        if scope is Scope.USER:
-            return limits.user_quota_bytes is not None or limits.user_quota_files is not None
-        return False
-
-    def check_quota(self, space: Space, usage, add_bytes: int, add_files: int) -> None:
-        if space.scope is Scope.SESSION:
-            max_bytes, max_files, who = self.limits.session_quota_bytes, self.limits.session_quota_files, "session"
-        elif space.scope is Scope.USER:
-            max_bytes, max_files, who = self.limits.user_quota_bytes, self.limits.user_quota_files, "user"
-        else:
-            return
-        if max_bytes is not None and add_bytes > 0 and usage.bytes + add_bytes > max_bytes:
-            raise QuotaExceededError(f"{who} {space.owner} would use {usage.bytes + add_bytes} of {max_bytes} bytes")
-        if max_files is not None and add_files > 0 and usage.files + add_files > max_files:
-            raise QuotaExceededError(f"{who} {space.owner} would hold {usage.files + add_files} of {max_files} files")
-
-    async def headroom(self, space: Space) -> tuple[Usage, int | None, int | None]:
-        """What ``space`` uses, and the bytes and files its quota still allows (None: no quota)."""
-        usage = await self._usage(space)
-        if space.scope is Scope.SESSION:
-            max_bytes, max_files = self.limits.session_quota_bytes, self.limits.session_quota_files
-        elif space.scope is Scope.USER:
-            max_bytes, max_files = self.limits.user_quota_bytes, self.limits.user_quota_files
-        else:
-            return usage, None, None
-        return (
-            usage,
-            None if max_bytes is None else max(0, max_bytes - usage.bytes),
-            None if max_files is None else max(0, max_files - usage.files),
-        )
+                adopt(node, current)
+        raise ProviderError(f"{node.name!r}: the record kept changing, {MAX_RACES} times")
 
     # -- removing and moving
 
@@ -890,7 +558,7 @@ class Namespace:
         now = self.now()
         moved = node.model_copy(update={"ctime_ns": now})
         cleared = False
-        for _ in range(_MAX_RACES):
+        for _ in range(MAX_RACES):
             try:
                 replaced = await self.meta.rename(moved, new_parent.ino, new_name, replace=replace, touch_ns=now)
                 break
@@ -907,8 +575,8 @@ class Namespace:
                     raise ArtifactNotFoundError(f"{node.name!r} was moved or removed meanwhile") from None
                 moved = current.model_copy(update={"ctime_ns": now})
         else:
-            raise ProviderError(f"{node.name!r}: the record kept changing, {_MAX_RACES} times")
-        _adopt(node, moved)
+            raise ProviderError(f"{node.name!r}: the record kept changing, {MAX_RACES} times")
+        adopt(node, moved)
         if replaced is not None:
             try:
                 if replacing is not None:
@@ -932,7 +600,7 @@ class Namespace:
             await self._refuse_own_subtree(a, await self.get(b.parent))
         if b.is_dir:
             await self._refuse_own_subtree(b, await self.get(a.parent))
-        for _ in range(_MAX_RACES):
+        for _ in range(MAX_RACES):
             try:
                 # both directories change, as a rename changes its two
                 await self.meta.exchange(a, b, touch_ns=self.now())
@@ -943,8 +611,8 @@ class Namespace:
                     current = await self.meta.get(node.ino)
                     if current is None or (current.parent, current.name) != (node.parent, node.name):
                         raise ArtifactNotFoundError(f"{node.name!r} was moved or removed meanwhile") from None
-                    _adopt(node, current)
-        raise ProviderError(f"exchange of {a.name!r}: the records kept changing, {_MAX_RACES} times")
+                    adopt(node, current)
+        raise ProviderError(f"exchange of {a.name!r}: the records kept changing, {MAX_RACES} times")
 
     async def _refuse_own_subtree(self, node: Node, new_parent: Node) -> None:
         cursor: Node | None = new_parent

@@ -1,0 +1,294 @@
+"""A file's content: its blobs, its versions, and reads that check what they return.
+
+The one door to the blob store. A new version is written under a fresh key
+first, one conditional metadata commit makes it visible, and only then does
+the blob it superseded go; a blob whose commit fails goes instead, so nothing
+half done is ever visible or left behind. Whole reads are checked against the
+size and SHA-256 the record names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from core.backends.blobs.base import BlobReader, BlobWriter, FileUpload, NativePresign
+from core.errors import (
+    ArtifactCorruptedError,
+    ArtifactNotFoundError,
+    ArtifactTooLargeError,
+    InvalidArgumentError,
+    ProviderError,
+    StaleRecordError,
+)
+from core.nodes import Node
+from core.tree.base import EMPTY_SHA256, MAX_COMMIT_RACES, Change, TreeBase, adopt
+
+
+class Content(TreeBase):
+    """Blobs and versions of file nodes."""
+
+    async def write_blob(
+        self, node: Node, chunks: AsyncIterable[bytes], *, progress: Callable[[int], Any] | None = None
+    ) -> tuple[str | None, int, str]:
+        """Stream ``chunks`` into a new blob for ``node``; returns (key, size, sha256).
+
+        The size limit is enforced while bytes arrive, so an oversized stream
+        is cut off and discarded, never stored.
+        """
+        assert node.artifact is not None
+        digest = hashlib.sha256()
+        size = 0
+        key = self.blob_key_for(node, node.artifact.version + 1)
+        writer = await self.blobs.writer(key)
+        try:
+            async for chunk in chunks:
+                if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                    raise InvalidArgumentError(f"stream yielded {type(chunk).__name__}, not bytes")
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if size > self.limits.max_artifact_bytes:
+                    raise ArtifactTooLargeError(
+                        f"artifact exceeds the size limit of {self.limits.max_artifact_bytes} bytes"
+                    )
+                digest.update(chunk)
+                await writer.write(bytes(chunk))
+                if progress is not None:
+                    progress(size)
+            if size == 0:
+                await writer.abort()
+                return None, 0, EMPTY_SHA256
+            await writer.commit()
+        except BaseException:
+            await writer.abort()
+            raise
+        return key, size, digest.hexdigest()
+
+    async def read_chunks(self, node: Node, chunk_size: int, verify: bool) -> AsyncIterator[bytes]:
+        """The bytes of ``node``'s current version, checked against its size and SHA-256 at the end.
+
+        The library's one verified read: a blob replaced meanwhile (a newer
+        version committed) is followed to the version that replaced it; a
+        blob gone under a record that still names it is damage.
+        """
+        art = node.artifact
+        assert art is not None
+        if art.blob_key is None:
+            if verify and art.sha256 != hashlib.sha256(b"").hexdigest():
+                raise ArtifactCorruptedError(f"artifact {art.artifact_id} has lost its bytes")
+            return
+        digest = hashlib.sha256()
+        try:
+            # Given the size, a remote store makes no request before the first read: a missing blob shows there.
+            reader = await self.blobs.reader(art.blob_key, size=node.size)
+            try:
+                chunk = await reader.read(0, min(chunk_size, node.size))
+            except BaseException:
+                await reader.close()
+                raise
+        except ArtifactNotFoundError:
+            # Gone under a live record is damage, unless an update or delete just raced this read.
+            fresh = await self.meta.get(node.ino)
+            if fresh is None or fresh.artifact is None or fresh.artifact.artifact_id != art.artifact_id:
+                raise ArtifactNotFoundError(f"artifact {art.artifact_id} was deleted") from None
+            if fresh.artifact.blob_key == art.blob_key:
+                raise ArtifactCorruptedError(f"artifact {art.artifact_id} has lost its bytes") from None
+            async for chunk in self.read_chunks(fresh, chunk_size, verify):
+                yield chunk
+            return
+        try:
+            offset = 0
+            while chunk:
+                offset += len(chunk)
+                if verify:
+                    digest.update(chunk)
+                yield chunk
+                if offset >= node.size:
+                    break
+                chunk = await reader.read(offset, min(chunk_size, node.size - offset))
+            tail = await reader.read(node.size, 1)
+        finally:
+            await reader.close()
+        if offset != node.size or tail:
+            raise ArtifactCorruptedError(f"artifact {art.artifact_id} is stored with a different size")
+        if verify and digest.hexdigest() != art.sha256:
+            raise ArtifactCorruptedError(f"artifact {art.artifact_id} fails its SHA-256 check")
+
+    async def put_blob(self, node: Node, data: bytes, *, durable: bool = True) -> tuple[str | None, int, str]:
+        """The one-shot form of :meth:`write_blob` for bytes already in memory.
+
+        ``durable=False`` is the mount's close(): published atomically, made
+        durable by the next :meth:`sync_blobs` (fsync, or the mount's timer).
+        """
+        assert node.artifact is not None
+        if len(data) > self.limits.max_artifact_bytes:
+            raise ArtifactTooLargeError(f"artifact exceeds the size limit of {self.limits.max_artifact_bytes} bytes")
+        if not data:
+            return None, 0, EMPTY_SHA256
+        key = self.blob_key_for(node, node.artifact.version + 1)
+        await self.blobs.put(key, data, durable=durable)
+        return key, len(data), hashlib.sha256(data).hexdigest()
+
+    async def put_spool(self, node: Node, path: Path, size: int, sha256: str, *, durable: bool = True) -> str | None:
+        """Publish a finished local spool file as the next blob of ``node``."""
+        assert node.artifact is not None
+        if size == 0:
+            path.unlink(missing_ok=True)
+            return None
+        key = self.blob_key_for(node, node.artifact.version + 1)
+        await self.blobs.put_file(key, path, durable=durable)
+        return key
+
+    async def sync_blobs(self) -> None:
+        """Make every blob published with ``durable=False`` durable."""
+        await self.blobs.sync()
+
+    def set_content(self, node: Node, key: str | None, size: int, sha256: str) -> Node:
+        """Point ``node`` at a new version (in memory; :meth:`commit` stores it)."""
+        assert node.artifact is not None
+        if size > self.limits.max_artifact_bytes:
+            raise ArtifactTooLargeError(f"artifact exceeds the size limit of {self.limits.max_artifact_bytes} bytes")
+        now = self.now()
+        node.artifact.blob_key, node.artifact.sha256 = key, sha256
+        node.artifact.version += 1
+        node.size = size
+        node.mtime_ns = node.ctime_ns = now
+        return node
+
+    async def commit(
+        self, node: Node, *, old_blob: str | None, change: Change | None = None, from_version: int | None = None
+    ) -> Node:
+        """Store a changed file node; on success the superseded blob goes.
+
+        If the record changed since ``node`` was read (a rename, a chmod, a
+        version from another host), the new content (and ``change``, the
+        caller's other changes, if any) is applied to the record as it is
+        then, never ``node``'s stale name or attributes. On return ``node``
+        is the record as stored. If the commit fails, the new blob is
+        deleted instead, so nothing half done stays visible or leaks.
+
+        ``from_version``: the new content was made from that version's bytes
+        (a truncate cuts the version it read), so it may replace that version
+        only. If another version is stored (committed meanwhile by another
+        host), nothing is stored, the new blob goes, and
+        :class:`StaleRecordError` says so: the caller makes its content again
+        of the version stored now. Publishing it over that version instead,
+        as the last-commit-wins rebase would, undoes the other host's write
+        (issue #16). A rename or chmod meanwhile is no conflict: the content
+        it was made from is still the file's.
+        """
+        assert node.space is not None and node.artifact is not None
+        # Commits of one file in this process take turns, so they never meet in the store; writers in
+        # other processes meet in its conditional commit (meta.commit), and the later one goes again.
+        lock = self._commit_locks.setdefault(node.ino, anyio.Lock())
+        try:
+            async with lock:
+                return await self._commit(node, old_blob, change, from_version)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._commit_locks.pop(node.ino, None)
+
+    async def _commit(
+        self, node: Node, old_blob: str | None, change: Change | None, from_version: int | None
+    ) -> Node:
+        """One conditional write when the record did not change meanwhile (the usual case).
+
+        If another writer committed since this version began, the last commit
+        wins: its version number must still go up past the one it replaces,
+        and the blob that one published is superseded too. Unless the content
+        was made from ``from_version``: then another version means a conflict.
+        """
+        assert node.space is not None and node.artifact is not None
+        art = node.artifact
+        base = art.version - 1  # set_content moved the version one past the one it began from
+        superseded = {old_blob}
+        attempt = node
+
+        def refuse(current: Node | None, version: int) -> StaleRecordError:
+            return StaleRecordError(
+                f"{node.name!r}: made from version {from_version}, but version {version} is stored", current
+            )
+
+        def rebase(current: Node) -> int:
+            """Next try: this content (and ``change``) on ``current``, the record as stored now."""
+            nonlocal attempt
+            assert current.artifact is not None
+            if from_version is not None and current.artifact.version != from_version:
+                raise refuse(current, current.artifact.version)
+            superseded.add(current.artifact.blob_key)
+            art.version = max(art.version, current.artifact.version + 1)
+            attempt = current.model_copy(deep=True)
+            if change is not None:
+                change(attempt)
+            fresh = attempt.artifact
+            assert fresh is not None
+            fresh.blob_key, fresh.sha256, fresh.version = art.blob_key, art.sha256, art.version
+            attempt.size, attempt.mtime_ns, attempt.ctime_ns = node.size, node.mtime_ns, node.ctime_ns
+            return current.artifact.version
+
+        try:
+            if from_version is not None and base != from_version:  # node was read after another version came
+                raise refuse(None, base)
+            if self.has_quota(node.space.scope):  # the room it takes is measured against what it replaces
+                current = await self.meta.get(node.ino)
+                if current is None:
+                    raise ArtifactNotFoundError(f"inode {node.ino} was removed")
+                base = rebase(current)
+                await self.ensure_room(node.space, node.size - current.size, 0)
+            for _ in range(MAX_COMMIT_RACES):
+                current = await self.meta.commit(attempt, base_version=base)
+                if current is None:
+                    break
+                base = rebase(current)
+            else:
+                raise ProviderError(f"{node.name!r}: other versions kept coming, {MAX_COMMIT_RACES} times")
+        except ArtifactNotFoundError:
+            await self.discard_blob(art.blob_key)
+            raise ArtifactNotFoundError(f"{node.name!r} was removed while being written") from None
+        except BaseException:
+            if art.blob_key not in superseded:
+                await self.discard_blob(art.blob_key)
+            raise
+        for key in superseded - {art.blob_key, None}:
+            await self.discard_blob(key)
+        adopt(node, attempt)
+        return node
+
+    async def drop_blob(self, node: Node) -> None:
+        if node.artifact is not None:
+            await self.discard_blob(node.artifact.blob_key)
+
+    async def discard_blob(self, key: str | None) -> None:
+        """Delete a blob no record names any more (superseded, removed, or never published)."""
+        if key is not None:
+            await self.blobs.delete(key)
+
+    async def blob_writer(self, key: str) -> BlobWriter:
+        """A writer for a new blob under ``key`` (an upload's part): nothing names it until a commit does."""
+        return await self.blobs.writer(key)
+
+    async def blob_reader(self, key: str, size: int | None = None) -> BlobReader:
+        """Raw ranged reads of one blob; whoever reads it whole checks it (see :meth:`read_chunks`)."""
+        return await self.blobs.reader(key, size=size)
+
+    def file_upload(self, node: Node) -> FileUpload | None:
+        """A part-by-part upload of ``node``'s next version, if the backend takes one (S3 multipart)."""
+        assert node.artifact is not None
+        return self.blobs.file_upload(self.blob_key_for(node, node.artifact.version + 1))
+
+    @property
+    def native_presign(self) -> NativePresign | None:
+        """The blob store's own URL signing, when its endpoint honours signed URLs (S3)."""
+        return self.blobs if isinstance(self.blobs, NativePresign) else None
+
+    def blob_key_for(self, node: Node, version: int) -> str:
+        # "<grid key>.v<n>-<token>", a sibling of other artifacts' blobs, not "<grid key>/v<n>-...":
+        # the filesystem backend then needs no new directory per artifact, and concurrent
+        # stores of a scope share one directory fsync (measured: 2x the stores/s).
+        return f"{self.grid_key(node)}.v{version}-{secrets.token_hex(4)}"
