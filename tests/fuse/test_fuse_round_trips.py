@@ -107,7 +107,7 @@ BOUNDS = {
 }
 
 # A request the mount answered, as its --debug log tells it (fusefs.errnos.fuse_call).
-_ANSWERED = re.compile(r" DEBUG artifactfs\.mount: (\w+)\((.*)\) answered: (\d+) metadata round trips$")
+_ANSWERED = re.compile(r" DEBUG artifactfs\.mount: (\w+) answered: (\d+) metadata round trips \((.*)\)$")
 _LOOKUP_NAME = re.compile(r"^\d+, (b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")")
 _NOT_REQUESTS = ("SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE", "PUNSUBSCRIBE")  # the change feed's connection
 
@@ -147,7 +147,7 @@ class RequestLog:
         end = text.rfind(b"\n") + 1  # a line being written is read next time
         self._at += end
         found = (_ANSWERED.search(line) for line in text[:end].decode(errors="replace").splitlines())
-        return [Request(m.group(1), m.group(2), int(m.group(3))) for m in found if m]
+        return [Request(m.group(1), m.group(3), int(m.group(2))) for m in found if m]
 
 
 @dataclass
