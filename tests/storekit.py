@@ -6,7 +6,9 @@ unique in the tree (tests/fuse has a conftest of its own).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from servers import redis_s3_settings
 
@@ -38,3 +40,19 @@ async def commit_bytes(ns: Namespace, ino: int, data: bytes) -> Node:
     key, size, sha256 = await ns.put_blob(node, data)
     ns.set_content(node, key, size, sha256)
     return await ns.commit(node, old_blob=old_blob)
+
+
+def hold(target: Any, method: str, step: Callable[[], Awaitable[object]]) -> None:
+    """Run ``step`` (the other host's change) once, just before ``target.<method>`` runs.
+
+    How the race tests force an interleaving instead of hoping for it: the
+    other host's step lands between this host's read and its write.
+    """
+    original = getattr(target, method)
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        setattr(target, method, original)
+        await step()
+        return await original(*args, **kwargs)
+
+    setattr(target, method, held)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import pyfuse3
 import pytest
 from servers import RedisServer
-from storekit import commit_bytes, make_store
+from storekit import commit_bytes, hold, make_store
 
 from core import ArtifactStore, Limits
 from core.backends.blobs.memory import MemoryBlobStore
@@ -69,18 +69,6 @@ async def hosts(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     finally:
         for meta in metas:
             await meta.close()
-
-
-def hold(target: Any, method: str, step: Callable[[], Awaitable[object]]) -> None:
-    """Run ``step`` (the other host's change) once, just before ``target.<method>`` runs."""
-    original = getattr(target, method)
-
-    async def held(*args: Any, **kwargs: Any) -> Any:
-        setattr(target, method, original)
-        await step()
-        return await original(*args, **kwargs)
-
-    setattr(target, method, held)
 
 
 async def new_file(ns: Namespace, name: str, data: bytes = b"") -> Node:

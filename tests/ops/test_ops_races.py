@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pyfuse3
 import pytest
 from opskit import ROOT, Hosts, two_hosts
-from storekit import commit_bytes
+from storekit import commit_bytes, hold
 
 from core.nodes import Node
 from core.tree.namespace import Namespace
@@ -41,18 +40,6 @@ async def hosts(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
     async with two_hosts(tmp_path, url) as made:
         yield made
-
-
-def hold(target: Any, method: str, step: Callable[[], Awaitable[object]]) -> None:
-    """Run ``step`` (the other host's change) once, just before ``target.<method>`` runs."""
-    original = getattr(target, method)
-
-    async def held(*args: Any, **kwargs: Any) -> Any:
-        setattr(target, method, original)
-        await step()
-        return await original(*args, **kwargs)
-
-    setattr(target, method, held)
 
 
 async def content(ns: Namespace, node: Node) -> bytes:

@@ -228,11 +228,10 @@ function ops.lookup()
   return out
 end
 
--- ARGV: parent, how many records to answer at most. A larger directory is answered with its inos
--- alone: reading its records here would hold the server for every other client meanwhile.
-function ops.list()
-  local inos = redis.call('HVALS', dkey(ARGV[3]))
-  if #inos > tonumber(ARGV[4]) then return answer('INOS', inos) end
+-- The records of ``inos``, or (more than ``most``) the inos alone, for the client to fetch in a
+-- pipeline: reading that many records here would hold the server for every other client meanwhile.
+local function records_or_inos(inos, most)
+  if #inos > most then return answer('INOS', inos) end
   local out = {'RECORDS'}
   for _, ino in ipairs(inos) do
     for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
@@ -240,16 +239,16 @@ function ops.list()
   return out
 end
 
+-- ARGV: parent, how many records to answer at most. A larger directory is answered with its inos
+-- alone: reading its records here would hold the server for every other client meanwhile.
+function ops.list()
+  return records_or_inos(redis.call('HVALS', dkey(ARGV[3])), tonumber(ARGV[4]))
+end
+
 -- ARGV: index tag, how many records to answer at most: the search set's records, or (a larger set)
 -- its inos alone, for the client to fetch in a pipeline (see list)
 function ops.search()
-  local inos = redis.call('SMEMBERS', P .. ':x:' .. ARGV[3])
-  if #inos > tonumber(ARGV[4]) then return answer('INOS', inos) end
-  local out = {'RECORDS'}
-  for _, ino in ipairs(inos) do
-    for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
-  end
-  return out
+  return records_or_inos(redis.call('SMEMBERS', P .. ':x:' .. ARGV[3]), tonumber(ARGV[4]))
 end
 
 -- ARGV: directory, then the names of a path below it. The records along the path, each the entry of
