@@ -99,9 +99,9 @@ def build_change_feed(settings: Settings, meta: MetaStore) -> ChangeFeed | None:
     return meta_backend.change_feed(meta)
 
 
-def build_transfers(ns: Namespace, settings: Settings, signing_key_: bytes | None = None) -> Transfers:
+def build_transfers(ns: Namespace, settings: Settings, key: bytes | None = None) -> Transfers:
     """Presigned URLs and uploads for a store built from ``settings``; uploads are kept beside its metadata."""
     # The key metadata records are signed with: every process on this store agrees on it.
-    key = signing_key_ if signing_key_ is not None else signing_key(settings)
+    key = key if key is not None else signing_key(settings)
     registry = build_upload_registry(settings, ns.meta, RecordSigner(derive_key(key, "upload-record/v1")))
     return Transfers(ns, settings.presign, key, registry)
