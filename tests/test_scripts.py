@@ -1,0 +1,37 @@
+"""The README's commands: what their Python steps print, run as the scripts run them.
+
+``scripts/mount`` asks Python for the data dir before it mounts; a change of
+that function's signature once broke the README's first command while every
+other test passed, so the script's own line is run here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_dir_line() -> str:
+    """The Python code that scripts/mount runs for its data dir, as written there."""
+    match = re.search(r"DATA_DIR=\$\(\.venv/bin/python -c '([^']+)'\)", (REPO / "scripts/mount").read_text())
+    assert match, "scripts/mount no longer asks Python for its data dir the way this test reads it"
+    return match.group(1)
+
+
+def _data_dir(env: dict[str, str]) -> str:
+    result = subprocess.run([sys.executable, "-c", _data_dir_line()], capture_output=True, text=True, cwd=REPO,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_scripts_mount_finds_the_data_dir_the_mount_uses(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARTIFACT_", "SESSION_"))}
+    assert _data_dir({**env, "ARTIFACT_FS_ROOT": str(tmp_path)}) == str(tmp_path)
+    expected = "/var/lib/artifactfs" if os.geteuid() == 0 else str(Path.home() / ".local/share/artifactfs")
+    assert _data_dir(env) == expected
