@@ -24,7 +24,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from servers import RedisServer  # noqa: E402
 
-from core import aio_bridge  # noqa: E402
+from core.infra import aio_bridge  # noqa: E402
 from core.backends.meta.redis.store import RedisMetaStore  # noqa: E402
 from core.infra.signing import RecordSigner  # noqa: E402
 from core.nodes import ROOT_INO  # noqa: E402

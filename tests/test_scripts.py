@@ -35,3 +35,11 @@ def test_scripts_mount_finds_the_data_dir_the_mount_uses(tmp_path: Path) -> None
     assert _data_dir({**env, "ARTIFACT_FS_ROOT": str(tmp_path)}) == str(tmp_path)
     expected = "/var/lib/artifactfs" if os.geteuid() == 0 else str(Path.home() / ".local/share/artifactfs")
     assert _data_dir(env) == expected
+
+
+def test_scripts_bench_finds_every_section() -> None:
+    """``scripts/bench --list`` imports every section, as a run does (a stale import once broke them all)."""
+    result = subprocess.run([sys.executable, "scripts/bench_main.py", "--list"], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["core", "mount", "peers", "presign"]
