@@ -260,6 +260,13 @@ class SQLiteMetaStore:
     async def lineage(self, inos: Collection[int]) -> dict[int, Node]:
         if not inos:
             return {}
+        if len(inos) == 1:
+            # One file's filename (metadata()): most sit in a scope root, which one
+            # primary-key read settles; the recursive query costs ~2x as much.
+            (ino,) = inos
+            node = await self.get(ino)
+            if node is None or node.role is not NodeRole.ENTRY:
+                return {} if node is None else {ino: node}
         return {node.ino: node for node in self._many(_LINEAGE_SQL, (json.dumps(sorted(set(inos))),))}
 
     async def expired(self, now_ns: int, limit: int = 1000) -> list[Node]:
