@@ -51,7 +51,7 @@ async def call(
 
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-        "path": path, "raw_path": path.encode("utf-8", "surrogateescape"), "query_string": query, "root_path": "",
+        "path": path, "raw_path": path.encode("utf-8", "surrogatepass"), "query_string": query, "root_path": "",
         "headers": headers or [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8470),
     }
     await app(scope, receive, send)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from core import ArtifactStore, InvalidArgumentError, Limits
+from core import ArtifactStore, ArtifactTooLargeError, InvalidArgumentError, Limits, StreamUploadRequest
 from core.infra.clock import ManualClock
 from core.nodes import Node
 
@@ -83,3 +83,9 @@ def test_limits_refuse_defaults_past_their_own_maximum() -> None:
     with pytest.raises(ValidationError):
         Limits(max_meta_depth=1000)  # past what a record can hold and be read back
     Limits(max_ttl=600, default_ttl=600, session_ttl=300)
+
+
+async def test_a_content_length_past_the_digit_limit_is_too_large(store: ArtifactStore) -> None:
+    """Its error message printed the number, which raised ValueError (found by tests/test_fuzz.py)."""
+    with pytest.raises(ArtifactTooLargeError):
+        await store.stream_upload(StreamUploadRequest(data_stream=iter([b"x"]), content_length=10**5000, user_id="u"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, NamedTuple
 
@@ -64,9 +65,7 @@ class FilesApi(StoreBase):
         if not as_text:
             return data
         try:
-            return data.decode(encoding)
-        except LookupError:
-            raise InvalidArgumentError(f"unknown text encoding {shown(encoding)}") from None
+            return data.decode(_codec(encoding))
         except UnicodeDecodeError as exc:
             raise InvalidArgumentError(f"artifact {artifact_id} is not valid {encoding} text: {exc}") from None
 
@@ -167,7 +166,7 @@ class FilesApi(StoreBase):
         overwrite_artifact_id: str | None = None,
     ) -> str:
         if isinstance(content, str):
-            content = content.encode(encoding)
+            content = _encoded(content, encoding)
         if overwrite_artifact_id is not None:
             await self.update_file(overwrite_artifact_id, data=content, mime=mime, summary=summary or None,
                                    meta=meta, session_id=session_id, user_id=user_id)
@@ -181,7 +180,7 @@ class FilesApi(StoreBase):
             if request.content_length < 0:
                 raise InvalidArgumentError("content_length must not be negative")
             if request.content_length > limit:
-                raise ArtifactTooLargeError(f"content_length {request.content_length} exceeds the limit of {limit} bytes")
+                raise ArtifactTooLargeError(f"content_length {shown(request.content_length)} exceeds the limit of {limit} bytes")
         draft = await self._prepare(filename=request.filename, mime=request.mime, summary=request.summary,
                                     meta=request.meta, session_id=request.session_id, user_id=request.user_id,
                                     scope=request.scope, ttl=request.ttl)
@@ -448,6 +447,23 @@ async def _aiter(stream: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterato
             yield chunk
     else:
         raise InvalidArgumentError("data_stream must be an (async) iterable of bytes")
+
+
+def _codec(encoding: Any) -> str:
+    """A text encoding Python knows; a bad name (not a string, with NUL, unknown) is the caller's error."""
+    try:
+        name = codecs.lookup(encoding).name
+        "".encode(name)  # rot13, base64: codecs, but not between text and bytes
+    except (LookupError, TypeError, ValueError):
+        raise InvalidArgumentError(f"unknown text encoding {shown(encoding)}") from None
+    return name
+
+
+def _encoded(text: str, encoding: Any) -> bytes:
+    try:
+        return text.encode(_codec(encoding))
+    except UnicodeEncodeError as exc:  # a character the encoding has not, or a lone surrogate
+        raise InvalidArgumentError(f"the content cannot be written as {encoding}: {exc.reason} at {exc.start}") from None
 
 
 def _first_error(exc: BaseException) -> BaseException:

@@ -56,9 +56,9 @@ def meta(meta: Any, limits: Limits = _LIMITS) -> dict[str, Any]:
     if _depth(meta, limits.max_meta_depth) > limits.max_meta_depth:
         raise InvalidArgumentError(f"meta nests deeper than {limits.max_meta_depth} levels")
     try:
-        encoded = json.dumps(meta, allow_nan=False)
-    except (TypeError, ValueError) as exc:  # a set, bytes, NaN, a 5,000-digit number ...
-        raise InvalidArgumentError(f"meta is not JSON-serialisable: {exc}"[:200]) from None
+        encoded = json.dumps(meta, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:  # a set, bytes, NaN, a 5,000-digit number, a lone surrogate ...
+        raise InvalidArgumentError(f"meta is not JSON-serialisable as UTF-8: {exc}"[:200]) from None
     if len(encoded) > limits.max_meta_bytes:
         raise InvalidArgumentError(f"meta is {len(encoded)} bytes as JSON, the limit is {limits.max_meta_bytes}")
     return json.loads(encoded)
@@ -90,9 +90,18 @@ def mime(mime: Any, filename: str | None) -> str:
 def summary(summary: Any) -> str:
     if summary is None:
         return ""
-    if not isinstance(summary, str) or len(summary) > MAX_SUMMARY_CHARS or "\0" in summary:
-        raise InvalidArgumentError(f"summary must be text of at most {MAX_SUMMARY_CHARS} characters")
+    if not isinstance(summary, str) or len(summary) > MAX_SUMMARY_CHARS or "\0" in summary or not _utf8(summary):
+        raise InvalidArgumentError(f"summary must be UTF-8 text of at most {MAX_SUMMARY_CHARS} characters, without NUL")
     return summary
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be stored: a lone surrogate cannot be written as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def data(data: Any) -> bytes:
