@@ -7,6 +7,8 @@ Every failure a caller can meet is one of these, so an API user can catch
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ArtifactStoreError(Exception):
     """Base of every error the store raises on purpose."""
@@ -137,3 +139,17 @@ class InvalidPartError(InvalidArgumentError):
 
 class UploadConflictError(ArtifactStoreError):
     """The upload is being completed by another call at this moment."""
+
+
+def shown(value: Any) -> str:
+    """A bad argument as an error message quotes it: short, and never raising.
+
+    ``repr`` of a 5,000-digit int raises ValueError (Python's digit limit),
+    which would turn a refusal into a crash.
+    """
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"a {value.bit_length()}-bit number"
+    try:
+        return repr(value)[:40]
+    except Exception:  # a repr that fails is the caller's object's fault; say what type it was
+        return f"a {type(value).__name__}"

@@ -32,6 +32,9 @@ from core.errors import ConfigurationError
 
 MiB = 1 << 20
 GiB = 1 << 30
+YEAR = 365 * 24 * 3600
+MAX_TTL_CEILING = 150 * YEAR  # now + this, in nanoseconds, stays below 2**63 until about 2110
+MAX_META_DEPTH_CEILING = 100
 
 
 class Env:
@@ -72,8 +75,22 @@ class Limits(BaseModel):
     session_quota_files: int | None = None
     user_quota_bytes: int | None = None
     user_quota_files: int | None = None
-    session_ttl: int = 900
-    default_ttl: int = 900  # for session-scope artifacts stored without a ttl
+    session_ttl: int = Field(default=900, gt=0, le=MAX_TTL_CEILING)
+    default_ttl: int = Field(default=900, gt=0, le=MAX_TTL_CEILING)  # for session-scope artifacts stored without a ttl
+    # Every lifetime a caller gives (ttl, ttl_hours, extend_ttl, the ttl xattr) is at most this,
+    # so an expiry always fits the 64-bit nanosecond times the metadata backends keep.
+    max_ttl: int = Field(default=100 * YEAR, gt=0, le=MAX_TTL_CEILING)
+    # Custom metadata (``meta``, session ``custom_metadata``) as JSON: its size, and how deeply
+    # it nests. The depth stays well under what the record decoder reads back (about 200 levels
+    # for the whole record), so a record the store writes is always a record it can read.
+    max_meta_bytes: int = Field(default=64 * 1024, gt=0, le=16 * MiB)
+    max_meta_depth: int = Field(default=32, gt=0, le=MAX_META_DEPTH_CEILING)
+
+    @model_validator(mode="after")
+    def _defaults_within_max(self) -> Limits:
+        if self.default_ttl > self.max_ttl or self.session_ttl > self.max_ttl:
+            raise ValueError(f"default_ttl and session_ttl must not exceed max_ttl ({self.max_ttl} s)")
+        return self
 
 
 class PresignSettings(BaseModel):

@@ -122,7 +122,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = Inodes(root_ino)
         self.callers = callers
         self.attrs = Attributes(self.inodes, callers, os.getgid())
-        self.xattrs = Xattrs(presigner)
+        self.xattrs = Xattrs(presigner, ns.limits)
         self.files = OpenFiles(ns, spool_dir, self._spawn, self._invalidate)
         self._dirs: dict[int, _Directory] = {}
         self._next_dir = 1

@@ -25,6 +25,7 @@ import pyfuse3
 from core.api import rules
 from core.errors import InvalidArgumentError
 from core.nodes import Node
+from core.settings import Limits
 from core.tree.namespace import NS
 
 PREFIX = "user."
@@ -75,9 +76,52 @@ def _text(value: bytes) -> str:
         raise InvalidArgumentError("the value is not UTF-8 text") from None
 
 
+def _json_object(text: str, limits: Limits) -> dict[str, object]:
+    """The JSON object a ``user.artifact.meta`` value holds.
+
+    Too big or too deep is refused before parsing: the parser recurses (a
+    deep enough value would raise RecursionError), and a number past
+    Python's 4,300 digits raises a plain ValueError.
+    """
+    if len(text) > limits.max_meta_bytes:
+        raise InvalidArgumentError(f"user.artifact.meta is longer than {limits.max_meta_bytes} characters")
+    if _brackets_deep(text) > limits.max_meta_depth:
+        raise InvalidArgumentError(f"user.artifact.meta nests deeper than {limits.max_meta_depth} levels")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise InvalidArgumentError(f"user.artifact.meta must be a JSON object: {exc}"[:200]) from None
+    if not isinstance(meta, dict):
+        raise InvalidArgumentError("user.artifact.meta must be a JSON object")
+    return meta
+
+
+def _brackets_deep(text: str) -> int:
+    """An upper bound of how deeply ``text`` nests as JSON: brackets outside strings."""
+    deepest = depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 class Xattrs:
-    def __init__(self, presigner: Presigner | None = None) -> None:
+    def __init__(self, presigner: Presigner | None = None, limits: Limits | None = None) -> None:
         self.presigner = presigner
+        self.limits = limits or Limits()  # the store's: a value is refused here as the library refuses it
 
     def names(self, node: Node) -> list[bytes]:
         names = []
@@ -138,18 +182,12 @@ class Xattrs:
         elif field is Field.MIME:
             art.mime = rules.mime(_text(value).strip(), None)
         elif field is Field.META:
-            try:
-                meta = json.loads(_text(value))
-            except json.JSONDecodeError as exc:
-                raise InvalidArgumentError(f"user.artifact.meta must be a JSON object: {exc}") from None
-            if not isinstance(meta, dict):
-                raise InvalidArgumentError("user.artifact.meta must be a JSON object")
-            art.meta = rules.meta(meta)
+            art.meta = rules.meta(_json_object(_text(value), self.limits), self.limits)
         else:
             ttl = _text(value).strip()
-            if not re.fullmatch(r"[0-9]{1,12}", ttl) or int(ttl) <= 0:
-                raise InvalidArgumentError(f"user.artifact.ttl must be a positive number of seconds, not {ttl!r:.40}")
-            art.ttl = int(ttl)
+            if not re.fullmatch(r"[0-9]{1,12}", ttl, re.ASCII):
+                raise InvalidArgumentError(f"user.artifact.ttl must be a positive number of seconds, not {ttl[:40]!r}")
+            art.ttl = rules.ttl_seconds(int(ttl), self.limits, "user.artifact.ttl")
             node.expires_at_ns = now_ns + art.ttl * NS
 
     def remove(self, node: Node, name: str) -> None:

@@ -24,6 +24,18 @@ from core.infra.clock import ManualClock
 
 LONG = "n" * 10_000
 
+
+def nested(depth: int) -> dict[str, Any]:
+    """A JSON object ``depth`` levels deep, built without recursion."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+DEEP_33 = nested(32)  # inside {"deep": ...}: 33 levels
+DEEP_1000 = nested(1000)
+
 BAD_FILENAMES: list[tuple[Any, type[ArtifactStoreError]]] = [
     ("..", InvalidNameError),
     ("../escape.txt", InvalidNameError),
@@ -64,9 +76,14 @@ BAD_META: list[Any] = [
     ["not", "a", "dict"],
     "a string",
     {"huge": "x" * 70_000},
+    {"deep": DEEP_33},  # one level past Limits.max_meta_depth: the record would be hard to read back
+    {"deeper": DEEP_1000},  # deep enough to crash a recursive encoder
+    {"digits": 10**5000},  # past Python's int-to-text digit limit
+    {"key": {"nested": [[[[{"ok": 1}]]]], "pad": [DEEP_33]}},  # deep inside a list, beside a shallow part
 ]
 
-BAD_TTL: list[Any] = [-1, -900, 0, "soon", 1.5, True, []]
+# Past Limits.max_ttl (100 years); 10**20 s overflows a 64-bit expiry, 10**5000 cannot even be printed.
+BAD_TTL: list[Any] = [-1, -900, 0, "soon", 1.5, True, [], 100 * 365 * 24 * 3600 + 1, 10**20, 10**5000]
 
 
 @pytest.fixture
@@ -143,7 +160,7 @@ async def test_bad_ids(seeded, bad_id: Any, error: type[ArtifactStoreError]) -> 
         await store.stream_upload(StreamUploadRequest(data_stream=iter([b"x"]), session_id=bad_id))
 
 
-@pytest.mark.parametrize("meta", BAD_META, ids=lambda m: type(m).__name__ + str(len(repr(m)) % 97))
+@pytest.mark.parametrize("meta", BAD_META, ids=[f"{type(m).__name__}{i}" for i, m in enumerate(BAD_META)])
 async def test_bad_meta(seeded, meta: Any) -> None:
     store, session, file_id = seeded
     snapshot = await store.metadata(file_id)
@@ -173,7 +190,7 @@ async def test_meta_that_grows_too_big_by_merging(seeded) -> None:
     await unchanged(store, file_id, snapshot)
 
 
-@pytest.mark.parametrize("ttl", BAD_TTL, ids=repr)
+@pytest.mark.parametrize("ttl", BAD_TTL, ids=lambda t: repr(t) if not isinstance(t, int) or t < 10**30 else "huge")
 async def test_bad_ttl(seeded, ttl: Any) -> None:
     store, session, file_id = seeded
     snapshot = await store.metadata(file_id)
@@ -191,7 +208,8 @@ async def test_bad_ttl(seeded, ttl: Any) -> None:
     await unchanged(store, file_id, snapshot)
 
 
-@pytest.mark.parametrize("hours", [-1, 0, -0.5, "soon", True, None, []], ids=repr)
+@pytest.mark.parametrize("hours", [-1, 0, -0.5, "soon", True, None, [], 1e20, float("inf"), float("nan"), 10**400],
+                         ids=lambda h: repr(h) if not isinstance(h, int) or h < 10**30 else "huge")
 async def test_bad_session_hours(seeded, hours: Any) -> None:
     store, session, file_id = seeded
     expires = (await store.get_session_info(session)).expires_at
@@ -227,6 +245,24 @@ async def test_other_bad_arguments(seeded) -> None:
         lambda: store.store(None, session_id=session),
         lambda: store.store(b"x", mime="not a mime type", session_id=session),
         lambda: store.store(b"x", mime="text/plain\n", session_id=session),
+        lambda: store.store(b"x", mime="text/plain; charset=\r", session_id=session),  # CR in a parameter
+        lambda: store.store(b"x", mime="text/plain;\0", session_id=session),
+        lambda: store.store(b"x", mime="text/plain; a=\x1b[2J", session_id=session),
+        lambda: store.store_batch([{"data": b"x", "mime": "text/plain;\r\nX-Evil: 1"}], session_id=session),
+        lambda: store.update_metadata(file_id, mime="text/plain;\0"),
+        lambda: store.extend_ttl(file_id, 10**5000),
+        lambda: store.presign_upload(session_id=session, mime_type="text/plain;\r", expires=60),
+        lambda: store.presign_upload(session_id=session, expires=10**5000),
+        lambda: store.presign_upload(session_id=session, max_bytes=-10**5000),
+        # Found by tests/test_fuzz.py: each raised UnicodeError, ValueError or PydanticSerializationError.
+        lambda: store.write_file("caf\u00e9", filename="w.txt", encoding="ascii", session_id=session),
+        lambda: store.write_file("x", filename="w.txt", encoding="\0", session_id=session),
+        lambda: store.read_file(file_id, as_text=True, encoding="\0"),
+        lambda: store.read_file(file_id, as_text=True, encoding="rot13"),
+        lambda: store.store(b"x", summary="lone \ud800 surrogate", session_id=session),
+        lambda: store.store(b"x", meta={"k": "lone \ud800 surrogate"}, session_id=session),
+        lambda: store.store(b"x", filename="d/lone\ud800", session_id=session),
+        lambda: store.update_metadata(file_id, summary="\udfff"),
         lambda: store.store(b"x", summary="s" * 5000, session_id=session),
         lambda: store.store(b"x", summary="nul\0", session_id=session),
         lambda: store.update_file(file_id, data="text", summary="new"),

@@ -19,6 +19,7 @@ from typing import Any, Literal, Self
 
 import anyio
 
+from core.api import rules
 from core.api.access import Principal, check_read, check_write
 from core.api.rules import DEFAULT, TTLArg
 from core.backends.blobs.base import BlobStore
@@ -123,11 +124,14 @@ class StoreBase:
             return self.ns.default_ttl(scope)
         if ttl is None:
             return None
-        if isinstance(ttl, bool) or not isinstance(ttl, int):
-            raise InvalidArgumentError(f"ttl must be a whole number of seconds or None, got {ttl!r:.40}")
-        if ttl <= 0:
-            raise InvalidArgumentError(f"ttl must be positive, got {ttl}")
-        return ttl
+        return rules.ttl_seconds(ttl, self.ns.limits)
+
+    def _extended(self, expires_at_ns: int, more_ns: int) -> int:
+        """An expiry pushed ``more_ns`` later, if the life left then is within ``max_ttl``."""
+        limit = self.ns.limits.max_ttl
+        if expires_at_ns + more_ns - self.ns.now() > limit * NS:
+            raise InvalidArgumentError(f"that would leave more than the maximum lifetime of {limit} seconds")
+        return expires_at_ns + more_ns
 
     async def _node(self, artifact_id: str, session_id: str | None, user_id: str | None, *, write: bool = False) -> Node:
         ns = await self._ready()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, NamedTuple
 
@@ -18,6 +19,7 @@ from core.errors import (
     ArtifactStoreError,
     ArtifactTooLargeError,
     InvalidArgumentError,
+    shown,
 )
 from core.models import (
     ArtifactMetadata,
@@ -63,9 +65,7 @@ class FilesApi(StoreBase):
         if not as_text:
             return data
         try:
-            return data.decode(encoding)
-        except LookupError:
-            raise InvalidArgumentError(f"unknown text encoding {encoding!r:.40}") from None
+            return data.decode(_codec(encoding))
         except UnicodeDecodeError as exc:
             raise InvalidArgumentError(f"artifact {artifact_id} is not valid {encoding} text: {exc}") from None
 
@@ -88,7 +88,7 @@ class FilesApi(StoreBase):
         ns = await self._ready()
         scope = rules.scope(scope)
         ttl = self._ttl(ttl, scope)
-        meta = rules.meta(meta)
+        meta = rules.meta(meta, self.ns.limits)
         parts = grid.split_filename(filename) if filename is not None else None
         mime = rules.mime(mime, filename)
         summary = rules.summary(summary)
@@ -166,7 +166,7 @@ class FilesApi(StoreBase):
         overwrite_artifact_id: str | None = None,
     ) -> str:
         if isinstance(content, str):
-            content = content.encode(encoding)
+            content = _encoded(content, encoding)
         if overwrite_artifact_id is not None:
             await self.update_file(overwrite_artifact_id, data=content, mime=mime, summary=summary or None,
                                    meta=meta, session_id=session_id, user_id=user_id)
@@ -180,7 +180,7 @@ class FilesApi(StoreBase):
             if request.content_length < 0:
                 raise InvalidArgumentError("content_length must not be negative")
             if request.content_length > limit:
-                raise ArtifactTooLargeError(f"content_length {request.content_length} exceeds the limit of {limit} bytes")
+                raise ArtifactTooLargeError(f"content_length {shown(request.content_length)} exceeds the limit of {limit} bytes")
         draft = await self._prepare(filename=request.filename, mime=request.mime, summary=request.summary,
                                     meta=request.meta, session_id=request.session_id, user_id=request.user_id,
                                     scope=request.scope, ttl=request.ttl)
@@ -206,7 +206,7 @@ class FilesApi(StoreBase):
             if unknown or "data" not in item:
                 raise InvalidArgumentError(f"batch item {i}: needs 'data'; unknown keys {sorted(unknown)}")
             rules.data(item["data"])
-            rules.meta(item.get("meta"))
+            rules.meta(item.get("meta"), self.ns.limits)
             rules.mime(item.get("mime"), item.get("filename"))
             if item.get("filename") is not None:
                 grid.split_filename(item["filename"])
@@ -300,8 +300,8 @@ class FilesApi(StoreBase):
         if mime is not None:
             art.mime = rules.mime(mime, None)
         if meta is not None:
-            meta = rules.meta(meta)
-            art.meta = rules.meta({**art.meta, **meta}) if merge else meta
+            meta = rules.meta(meta, self.ns.limits)
+            art.meta = rules.meta({**art.meta, **meta}, self.ns.limits) if merge else meta
 
     async def update_metadata(
         self, artifact_id: str, *, summary: str | None = None, meta: dict[str, Any] | None = None,
@@ -331,15 +331,15 @@ class FilesApi(StoreBase):
     async def extend_ttl(
         self, artifact_id: str, additional_seconds: int, *, session_id: str | None = None, user_id: str | None = None
     ) -> ArtifactMetadata:
-        if isinstance(additional_seconds, bool) or not isinstance(additional_seconds, int) or additional_seconds <= 0:
-            raise InvalidArgumentError(f"additional_seconds must be a positive whole number, got {additional_seconds!r:.40}")
+        rules.ttl_seconds(additional_seconds, self.ns.limits, "additional_seconds")
         node = await self._node(artifact_id, session_id, user_id, write=True)
         assert node.artifact is not None and node.space is not None
         if node.expires_at_ns is not None:
+            self._extended(node.expires_at_ns, additional_seconds * NS)  # refused before anything is written
 
             def extend(node: Node) -> None:
                 if node.expires_at_ns is not None and node.artifact is not None:
-                    node.expires_at_ns += additional_seconds * NS
+                    node.expires_at_ns = self._extended(node.expires_at_ns, additional_seconds * NS)
                     node.artifact.ttl = (node.artifact.ttl or 0) + additional_seconds
 
             await self.ns.update_node(node, extend)  # which moves the session out first
@@ -383,7 +383,7 @@ class FilesApi(StoreBase):
         who = self._principal(session_id, user_id)
         check_write(who, space, f"copy of {artifact_id}")
         filename = new_filename if new_filename is not None else await self._copy_name(node)
-        meta = rules.meta({**art.meta, **rules.meta(new_meta)})
+        meta = rules.meta({**art.meta, **rules.meta(new_meta, self.ns.limits)}, self.ns.limits)
         parts = grid.split_filename(filename)
         copy = self.ns.file_node(
             _unplaced(space), parts[-1], ttl=art.ttl, mime=art.mime,
@@ -447,6 +447,23 @@ async def _aiter(stream: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterato
             yield chunk
     else:
         raise InvalidArgumentError("data_stream must be an (async) iterable of bytes")
+
+
+def _codec(encoding: Any) -> str:
+    """A text encoding Python knows; a bad name (not a string, with NUL, unknown) is the caller's error."""
+    try:
+        name = codecs.lookup(encoding).name
+        "".encode(name)  # rot13, base64: codecs, but not between text and bytes
+    except (LookupError, TypeError, ValueError):
+        raise InvalidArgumentError(f"unknown text encoding {shown(encoding)}") from None
+    return name
+
+
+def _encoded(text: str, encoding: Any) -> bytes:
+    try:
+        return text.encode(_codec(encoding))
+    except UnicodeEncodeError as exc:  # a character the encoding has not, or a lone surrogate
+        raise InvalidArgumentError(f"the content cannot be written as {encoding}: {exc.reason} at {exc.start}") from None
 
 
 def _first_error(exc: BaseException) -> BaseException:

@@ -61,7 +61,7 @@ class ListingApi(StoreBase):
             grid.validate_id(user_id, "user id")
         if session_id is not None:
             grid.validate_id(session_id, "session id")
-        meta_filter = rules.meta(meta_filter)
+        meta_filter = rules.meta(meta_filter, self.ns.limits)
         now = ns.now()
         nodes = await ns.search(self.sandbox_id, scope=scope, session_id=session_id, user_id=user_id)
         chosen = []

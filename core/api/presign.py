@@ -16,7 +16,7 @@ from core.api.access import check_write
 from core.api.base import StoreBase
 from core.api.rules import DEFAULT, TTLArg
 from core.backends.uploads.base import Publish, UploadKind, UploadRecord
-from core.errors import InvalidArgumentError, UploadNotFoundError
+from core.errors import InvalidArgumentError, UploadNotFoundError, shown
 from core.models import MultipartUploadCompleteRequest, MultipartUploadInitRequest, Scope
 from core.transfers.engine import Transfers
 from core.transfers.urls import MAX_PARTS, check_expires
@@ -80,7 +80,7 @@ class PresignApi(StoreBase):
         fields = Publish(
             mime=None if mime is None else rules.mime(mime, filename),
             summary=None if summary is None else rules.summary(summary),
-            filename=filename, meta=None if meta is None else rules.meta(meta),
+            filename=filename, meta=None if meta is None else rules.meta(meta, self.ns.limits),
         )
         record = await self._upload_record(artifact_id, UploadKind.SINGLE, session_id, user_id)
         if ttl != DEFAULT:
@@ -124,7 +124,7 @@ class PresignApi(StoreBase):
         request = rules.model(MultipartUploadCompleteRequest, request)
         fields = Publish(
             summary=None if request.summary is None else rules.summary(request.summary),
-            meta=None if request.meta is None else rules.meta(request.meta),
+            meta=None if request.meta is None else rules.meta(request.meta, self.ns.limits),
         )
         record = await self._upload_record(request.upload_id, UploadKind.MULTIPART, request.session_id, request.user_id)
         listed = [(part.PartNumber, part.ETag) for part in request.parts]
@@ -153,11 +153,13 @@ class PresignApi(StoreBase):
         if filename is not None:
             grid.split_filename(filename)
         if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0):
-            raise InvalidArgumentError(f"max_bytes must be a positive whole number, got {max_bytes!r:.40}")
+            raise InvalidArgumentError(f"max_bytes must be a positive whole number, got {shown(max_bytes)}")
+        if max_bytes is not None:  # no URL allows more than the store would take anyway (and it stays printable)
+            max_bytes = min(max_bytes, self.ns.limits.max_artifact_bytes)
         scope = rules.scope(scope)
         return {
             "filename": filename, "mime": rules.mime(mime, filename), "summary": rules.summary(summary),
-            "meta": rules.meta(meta), "scope": scope, "ttl": self._ttl(ttl, scope), "max_bytes": max_bytes,
+            "meta": rules.meta(meta, self.ns.limits), "scope": scope, "ttl": self._ttl(ttl, scope), "max_bytes": max_bytes,
         }
 
     async def _single_upload(

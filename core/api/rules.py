@@ -15,16 +15,21 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from core.errors import InvalidArgumentError
+from core.errors import InvalidArgumentError, shown
 from core.models import Scope
+from core.settings import Limits
 from core.tree.namespace import NS
 
 DEFAULT: Literal["default"] = "default"
 TTLArg = int | None | Literal["default"]
 
-MAX_META_BYTES = 64 * 1024
 MAX_SUMMARY_CHARS = 4096
-_MIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}(;.{0,200})?")
+# Parameters are printable ASCII: a MIME type goes out as a Content-Type header, where CR, LF,
+# NUL and other control characters are not allowed (a download of one would fail mid-answer).
+_MIME_RE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}(;[ -~]{0,200})?", re.ASCII
+)
+_LIMITS = Limits()
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -38,18 +43,39 @@ def scope(scope: Scope | str) -> Scope:
         raise InvalidArgumentError(f"unknown scope {scope!r}; one of {[s.value for s in Scope]}") from None
 
 
-def meta(meta: Any) -> dict[str, Any]:
+def meta(meta: Any, limits: Limits = _LIMITS) -> dict[str, Any]:
+    """``meta`` as the JSON object it will be stored as, within the size and depth limits.
+
+    The depth is measured before anything recurses, so a 100,000-level
+    object is refused as too deep rather than crashing the encoder.
+    """
     if meta is None:
         return {}
     if not isinstance(meta, dict):
         raise InvalidArgumentError(f"meta must be a dict, got {type(meta).__name__}")
+    if _depth(meta, limits.max_meta_depth) > limits.max_meta_depth:
+        raise InvalidArgumentError(f"meta nests deeper than {limits.max_meta_depth} levels")
     try:
-        encoded = json.dumps(meta, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgumentError(f"meta is not JSON-serialisable: {exc}") from None
-    if len(encoded) > MAX_META_BYTES:
-        raise InvalidArgumentError(f"meta is {len(encoded)} bytes as JSON, the limit is {MAX_META_BYTES}")
+        encoded = json.dumps(meta, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:  # a set, bytes, NaN, a 5,000-digit number, a lone surrogate ...
+        raise InvalidArgumentError(f"meta is not JSON-serialisable as UTF-8: {exc}"[:200]) from None
+    if len(encoded) > limits.max_meta_bytes:
+        raise InvalidArgumentError(f"meta is {len(encoded)} bytes as JSON, the limit is {limits.max_meta_bytes}")
     return json.loads(encoded)
+
+
+def _depth(value: Any, stop: int) -> int:
+    """How deeply dicts and lists nest in ``value``; stops counting past ``stop``."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if not isinstance(item, (dict, list, tuple)):
+            continue
+        deepest = max(deepest, level)
+        if deepest > stop:
+            break
+        todo.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def mime(mime: Any, filename: str | None) -> str:
@@ -57,16 +83,25 @@ def mime(mime: Any, filename: str | None) -> str:
         guessed = mimetypes.guess_type(filename if isinstance(filename, str) else "")[0]
         return guessed or "application/octet-stream"
     if not isinstance(mime, str) or not _MIME_RE.fullmatch(mime):
-        raise InvalidArgumentError(f"mime {mime!r:.60} is not a MIME type like 'text/plain'")
+        raise InvalidArgumentError(f"mime {shown(mime)} is not a MIME type like 'text/plain'")
     return mime
 
 
 def summary(summary: Any) -> str:
     if summary is None:
         return ""
-    if not isinstance(summary, str) or len(summary) > MAX_SUMMARY_CHARS or "\0" in summary:
-        raise InvalidArgumentError(f"summary must be text of at most {MAX_SUMMARY_CHARS} characters")
+    if not isinstance(summary, str) or len(summary) > MAX_SUMMARY_CHARS or "\0" in summary or not _utf8(summary):
+        raise InvalidArgumentError(f"summary must be UTF-8 text of at most {MAX_SUMMARY_CHARS} characters, without NUL")
     return summary
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be stored: a lone surrogate cannot be written as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def data(data: Any) -> bytes:
@@ -75,9 +110,20 @@ def data(data: Any) -> bytes:
     raise InvalidArgumentError(f"data must be bytes, got {type(data).__name__}")
 
 
-def hours(hours: Any) -> int:
-    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0:
-        raise InvalidArgumentError(f"hours must be a positive number, got {hours!r:.40}")
+def ttl_seconds(ttl: Any, limits: Limits = _LIMITS, what: str = "ttl") -> int:
+    """A lifetime in whole seconds: positive and at most ``limits.max_ttl``."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise InvalidArgumentError(f"{what} must be a whole number of seconds, got {shown(ttl)}")
+    if not 0 < ttl <= limits.max_ttl:
+        raise InvalidArgumentError(f"{what} must be between 1 and {limits.max_ttl} seconds, got {shown(ttl)}")
+    return ttl
+
+
+def hours(hours: Any, limits: Limits = _LIMITS) -> int:
+    """A lifetime in hours (fractions allowed) as nanoseconds, within ``limits.max_ttl``."""
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not 0 < hours <= limits.max_ttl / 3600:
+        # NaN fails the comparison too; inf and huge ints exceed the bound
+        raise InvalidArgumentError(f"hours must be a positive number of at most {limits.max_ttl // 3600}, got {shown(hours)}")
     return int(hours * 3600 * NS)
 
 
@@ -85,7 +131,7 @@ def limited(items: list[T], limit: int | None) -> list[T]:
     if limit is None:
         return items
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise InvalidArgumentError(f"limit must be a non-negative whole number, got {limit!r:.40}")
+        raise InvalidArgumentError(f"limit must be a non-negative whole number, got {shown(limit)}")
     return items[:limit]
 
 

@@ -26,8 +26,8 @@ class SessionsApi(StoreBase):
         ns = await self._ready()
         if user_id is not None:
             grid.validate_id(user_id, "user id")
-        custom_metadata = rules.meta(custom_metadata)
-        lifetime = rules.hours(ttl_hours) if ttl_hours is not None else None
+        custom_metadata = rules.meta(custom_metadata, self.ns.limits)
+        lifetime = rules.hours(ttl_hours, self.ns.limits) if ttl_hours is not None else None
         session_id = self._new_session_id(user_id)
         root = await ns.scope_root(Space(sandbox_id=self.sandbox_id, scope=Scope.SESSION, session_id=session_id, user_id=user_id))
 
@@ -62,11 +62,12 @@ class SessionsApi(StoreBase):
     async def extend_session_ttl(self, session_id: str, additional_hours: float = 1) -> bool:
         root = await self._live_session(session_id)
         if root.expires_at_ns is not None:
-            more = rules.hours(additional_hours)
+            more = rules.hours(additional_hours, self.ns.limits)
+            self._extended(root.expires_at_ns, more)  # refused before anything is written
 
             def extend(root: Node) -> None:
                 if root.expires_at_ns is not None:
-                    root.expires_at_ns += more
+                    root.expires_at_ns = self._extended(root.expires_at_ns, more)
 
             await self.ns.update_node(root, extend, ctime=False)
         return True

@@ -56,7 +56,13 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 RECV_BYTES = 256 * 1024
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)  # \d alone would take any script's digits
+# More digits than any size or offset can have: such a number is read as "past the end", never
+# converted (int() of over 4,300 digits raises ValueError, which would answer 500).
+_MAX_DIGITS = 20
+_HUGE = 10**_MAX_DIGITS
+_HEADER_SAFE = re.compile(r"[ -~]*", re.ASCII)  # printable ASCII: what a header value may carry here
+_FALLBACK_MIME = "application/octet-stream"
 
 # The one place a store error becomes an HTTP status (refusals before anything was sent).
 _STATUS: list[tuple[type[ArtifactStoreError], int]] = [
@@ -155,9 +161,9 @@ class PresignService:
         start, end = span if isinstance(span, tuple) else (0, found.size)
         status = 206 if isinstance(span, tuple) else 200
         out = common + [
-            (b"content-type", found.mime.encode("latin-1", "replace")),
+            (b"content-type", _content_type(found.mime).encode()),
             (b"content-length", str(end - start).encode()),
-            (b"content-disposition", f"inline; filename*=UTF-8''{quote(found.name, safe='')}".encode()),
+            (b"content-disposition", f"inline; filename*=UTF-8''{quote(found.name, safe='', errors='replace')}".encode()),
         ]
         if status == 206:
             out.append((b"content-range", f"bytes {start}-{end - 1}/{found.size}".encode()))
@@ -188,12 +194,9 @@ class PresignService:
     # -- uploads
 
     async def _put(self, grant: Grant, headers: dict[str, str], receive: Receive, send: Send) -> None:
-        length = headers.get("content-length")
-        if length is not None and not length.isdigit():
-            raise InvalidArgumentError("Content-Length is not a number")
+        length = _content_length(headers.get("content-length"))
         part = await self.transfers.receive(
-            grant.target, _body(receive), content_length=None if length is None else int(length),
-            url_max_bytes=grant.max_bytes,
+            grant.target, _body(receive), content_length=length, url_max_bytes=grant.max_bytes,
         )
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"etag", part.etag.encode()), (b"content-length", b"0"),
@@ -215,6 +218,34 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
 
 
+def _content_type(mime: str) -> str:
+    """The stored MIME type, unless it cannot be a header value.
+
+    The API refuses such a type now; one stored before that (a CR, a NUL)
+    would make the HTTP layer fail the response halfway, a 500 for a
+    download that is fine: its bytes go out as octets instead.
+    """
+    return mime if _HEADER_SAFE.fullmatch(mime) else _FALLBACK_MIME
+
+
+def _content_length(header: str | None) -> int | None:
+    """The request's Content-Length; a malformed one is a 400, an absurd one a 413."""
+    if header is None:
+        return None
+    header = header.strip()
+    if not header or not header.isascii() or not header.isdigit():  # "²".isdigit() is True, int("²") raises
+        raise InvalidArgumentError("Content-Length is not a number")
+    if len(header) > _MAX_DIGITS:
+        raise ArtifactTooLargeError(f"Content-Length has {len(header)} digits")
+    return int(header)
+
+
+def _number(digits: str) -> int:
+    """A Range number: digits too many for any real offset read as one past every end."""
+    digits = digits.lstrip("0") or "0"
+    return _HUGE if len(digits) > _MAX_DIGITS else int(digits)
+
+
 def _etag_matches(header: str | None, etag: str) -> bool:
     if header is None:
         return False
@@ -231,11 +262,11 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     if first == "" and last == "":
         return None
     if first == "":  # the last N bytes
-        n = int(last)
+        n = _number(last)
         return (max(size - n, 0), size) if n > 0 and size > 0 else "unsatisfiable"
-    start = int(first)
-    end = size if last == "" else min(int(last) + 1, size)
-    if last != "" and int(last) < start:
+    start = _number(first)
+    end = size if last == "" else min(_number(last) + 1, size)
+    if last != "" and _number(last) < start:
         return None  # invalid: ignored
     return (start, end) if start < size else "unsatisfiable"
 

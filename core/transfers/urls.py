@@ -30,7 +30,7 @@ from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel
 
-from core.errors import InvalidArgumentError, UrlRefusedError
+from core.errors import InvalidArgumentError, UrlRefusedError, shown
 
 MAX_URL_SECONDS = 7 * 24 * 3600  # what S3 allows for a SigV4 URL; we match it
 MAX_PARTS = 10_000
@@ -163,5 +163,5 @@ class UrlSigner:
 def check_expires(expires: object) -> int:
     """A URL lifetime in whole seconds, 1 s to 7 days."""
     if isinstance(expires, bool) or not isinstance(expires, int) or not 0 < expires <= MAX_URL_SECONDS:
-        raise InvalidArgumentError(f"expires must be whole seconds between 1 and {MAX_URL_SECONDS}, got {expires!r:.40}")
+        raise InvalidArgumentError(f"expires must be whole seconds between 1 and {MAX_URL_SECONDS}, got {shown(expires)}")
     return expires

@@ -46,7 +46,7 @@ def validate_name(name: object) -> str:
     if "/" in name or "\0" in name:
         raise InvalidNameError(f"name {name!r:.60} contains '/' or NUL")
     try:
-        size = len(name.encode("utf-8", "surrogateescape"))
+        size = len(name.encode("utf-8"))  # strictly: a record cannot hold a lone surrogate
     except UnicodeEncodeError as exc:
         raise InvalidNameError(f"name {name!r:.60} is not encodable") from exc
     if size > MAX_NAME_BYTES:
@@ -63,7 +63,7 @@ def split_filename(filename: object) -> list[str]:
     """
     if not isinstance(filename, str) or not filename:
         raise InvalidNameError("filename must be a non-empty string")
-    if len(filename.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+    if len(filename.encode("utf-8", "replace")) > MAX_PATH_BYTES:  # each component is checked strictly below
         raise NameTooLongError(f"filename is longer than {MAX_PATH_BYTES} bytes")
     if "\0" in filename:
         raise InvalidNameError("filename contains NUL")

@@ -101,7 +101,13 @@ async def test_summary_mime_and_meta_are_settable_and_reach_the_artifact(tmp_pat
         ("meta", b"not json"), ("meta", b"[1, 2]"), ("meta", b'"a string"'), ("meta", b"42"), ("meta", b"{broken"),
         ("meta", b"\xff"), ("ttl", b"0"), ("ttl", b"-5"), ("ttl", b"abc"), ("ttl", b"1.5"), ("ttl", b""),
         ("ttl", b"9999999999999"), ("summary", b"\xff\xfe"), ("mime", b"not a mime type"),
+        # Bounded input (issue #16): past Limits.max_ttl (and a 64-bit expiry), too deep for the
+        # parser or for the record, past the digit limit, a control character in a MIME parameter.
+        ("ttl", b"999999999999"), ("ttl", b"\xd9\xa1"), ("meta", b'{"a":' * 1000 + b"1" + b"}" * 1000),
+        ("meta", b'{"a":' * 33 + b"{}" + b"}" * 33), ("meta", b'{"n": ' + b"9" * 5000 + b"}"),
+        ("meta", b'{"big": "' + b"x" * 70_000 + b'"}'), ("mime", b"text/plain; a=\rb"), ("mime", b"text/plain;\x00"),
     ],
+    ids=lambda v: v if isinstance(v, str) else f"{len(v)}b",
 )
 async def test_a_bad_value_is_einval_and_changes_nothing(tmp_path: Path, name: str, bad: bytes) -> None:
     async with kernel(tmp_path) as k:

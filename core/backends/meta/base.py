@@ -31,6 +31,7 @@ directory rename (one record) cannot leave any path stale.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from typing import NamedTuple, Protocol
 
@@ -52,11 +53,26 @@ def decode_record(signer: RecordSigner, ino: int, record: bytes | None, sig: str
         raise ArtifactCorruptedError(f"the metadata record of inode {ino} fails its signature")
     try:
         node = Node.model_validate_json(record)
-    except ValidationError as exc:
-        raise ArtifactCorruptedError(f"the metadata record of inode {ino} is unreadable") from exc
+    except ValidationError:
+        node = _decoded_slowly(ino, record)
     if node.ino != ino:
         raise ArtifactCorruptedError(f"the metadata record of inode {ino} names inode {node.ino}")
     return node
+
+
+def _decoded_slowly(ino: int, record: bytes) -> Node:
+    """A signed record the fast parser refused, parsed by the standard library instead.
+
+    pydantic's JSON parser stops at about 200 levels of nesting, fewer than
+    its serialiser writes: before ``meta`` had a depth limit, a store could
+    write a record it then could not read, and every listing that met it
+    failed. Such a record is the store's own (its signature checked), so it
+    is read the slow way; only one that fails this too is corrupted.
+    """
+    try:
+        return Node.model_validate(json.loads(record))
+    except (ValueError, RecursionError, ValidationError) as exc:  # JSONDecodeError is a ValueError
+        raise ArtifactCorruptedError(f"the metadata record of inode {ino} is unreadable") from exc
 
 
 class Cover(NamedTuple):
