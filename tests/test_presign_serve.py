@@ -20,6 +20,7 @@ import trio
 
 from core import ArtifactStore, MultipartUploadCompleteRequest, MultipartUploadInitRequest, MultipartUploadPart
 from core.config import Settings
+from core.errors import ArtifactNotFoundError
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parent.parent
@@ -50,10 +51,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    data_dir = tmp_path / "data"
+    yield from serving(tmp_path / "data")
+
+
+def serving(data_dir: Path, **env: str) -> Iterator[Served]:
+    """``artifactfs serve`` on ``data_dir`` with these variables, stopped (and checked) afterwards."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "fusefs", "serve", "--data-dir", str(data_dir), "--port", "0"],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         line = proc.stdout.readline()  # printed once listening; EOF if it died
@@ -159,3 +164,44 @@ def test_serve_refuses_the_memory_backend(tmp_path: Path) -> None:
         cwd=REPO, env=_env(ARTIFACT_PROVIDER="memory"), capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode != 0 and "memory backend" in proc.stderr
+
+
+# -- the limits of the store, in the service's own process
+
+LIMITS = {"ARTIFACT_MAX_BYTES": "10000", "ARTIFACT_USER_QUOTA_BYTES": "20000"}
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Iterator[Served]:
+    yield from serving(tmp_path / "data", **LIMITS)
+
+
+async def test_serve_enforces_the_limits_the_application_has(limited: Served) -> None:
+    """One environment, two processes: the service refuses what the application would (413, 507)."""
+    settings = Settings.from_env(environ={
+        **LIMITS, "ARTIFACT_PROVIDER": "filesystem", "SESSION_PROVIDER": "sqlite",
+        "ARTIFACT_FS_ROOT": str(limited.data_dir), "ARTIFACT_PRESIGN_URL": limited.url,
+    })
+    async with ArtifactStore(settings=settings) as store, httpx.AsyncClient(trust_env=False) as http:
+        url, too_big = await store.presign_upload(filename="big.bin", user_id="alice", scope="user")
+        assert (await http.put(url, content=os.urandom(50_000))).status_code == 413
+        info = await store.initiate_multipart_upload(
+            MultipartUploadInitRequest(filename="mp.bin", user_id="alice", scope="user"))
+        part_url = await store.get_part_upload_url(info["upload_id"], 1)
+        assert (await http.put(part_url, content=os.urandom(50_000))).status_code == 413
+
+        url, first = await store.presign_upload(filename="one.bin", user_id="alice", scope="user")
+        assert (await http.put(url, content=os.urandom(9_000))).status_code == 200
+        await store.register_uploaded_artifact(first)
+        url, second = await store.presign_upload(filename="two.bin", user_id="alice", scope="user")
+        assert (await http.put(url, content=os.urandom(9_000))).status_code == 200
+        await store.register_uploaded_artifact(second)
+        url, over = await store.presign_upload_and_register(filename="three.bin", user_id="alice", scope="user")
+        assert (await http.put(url, content=os.urandom(9_000))).status_code == 507
+        url, staged = await store.presign_upload(filename="four.bin", user_id="alice", scope="user")
+        assert (await http.put(url, content=os.urandom(9_000))).status_code == 507
+        assert [(await store.metadata(a)).bytes for a in (first, second)] == [9_000, 9_000]
+        for missing in (too_big, over, staged):
+            with pytest.raises(ArtifactNotFoundError):
+                await store.metadata(missing)
+    assert not any(p.stat().st_size >= 9_000 for p in (limited.data_dir / "uploads").rglob("*") if p.is_file())

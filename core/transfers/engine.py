@@ -255,13 +255,21 @@ class Transfers:
         limit = min(n for n in limits if n is not None)
         if content_length is not None and content_length > limit:
             raise ArtifactTooLargeError(f"{content_length} bytes is more than the {limit} this upload accepts")
+        if content_length is not None:
+            await self.ns.ensure_room(record.space, content_length, 0)  # refused before a byte is stored
         number = target.part_number or 1
         token = secrets.token_hex(6)
         key = f"{record.blob_prefix}-{number:05d}-{token}"
         size, sha256 = await self._store_stream(key, body, limit)
-        if content_length is not None and size != content_length:
+        try:
+            if content_length is not None and size != content_length:
+                raise InvalidArgumentError(f"the body carried {size} bytes, Content-Length said {content_length}")
+            # Staged bytes answer to the space's quota as the published ones will:
+            # bytes that could never be registered are not kept at all.
+            await self.ns.ensure_room(record.space, size, 0)
+        except BaseException:
             await self._delete(key if size else None)
-            raise InvalidArgumentError(f"the body carried {size} bytes, Content-Length said {content_length}")
+            raise
         part = PartRecord(part_number=number, blob_key=key if size else None, size=size, sha256=sha256,
                           stored_at_ns=self.ns.now(), token=token)
         try:
