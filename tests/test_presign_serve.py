@@ -205,3 +205,120 @@ async def test_serve_enforces_the_limits_the_application_has(limited: Served) ->
             with pytest.raises(ArtifactNotFoundError):
                 await store.metadata(missing)
     assert not any(p.stat().st_size >= 9_000 for p in (limited.data_dir / "uploads").rglob("*") if p.is_file())
+
+
+# -- slow and idle clients: connections closed by the server, counted (never timed)
+
+SHORT = {"ARTIFACT_SERVE_IDLE_TIMEOUT": "1", "ARTIFACT_SERVE_IO_TIMEOUT": "1"}
+PATIENCE_S = 90  # generous: each of these closes within a few seconds when it works
+
+
+@pytest.fixture
+def impatient(tmp_path: Path) -> Iterator[Served]:
+    yield from serving(tmp_path / "data", **SHORT)
+
+
+def _sockets(pid: int) -> int:
+    """Sockets the process holds open."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except FileNotFoundError:
+            pass
+    return count
+
+
+async def _closed_by_server(stream: trio.SocketStream) -> bytes:
+    """Everything the server sends until it closes the connection (the test fails if it never does)."""
+    got = bytearray()
+    with trio.fail_after(PATIENCE_S):
+        while True:
+            try:
+                chunk = await stream.receive_some(1 << 16)
+            except trio.BrokenResourceError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    return bytes(got)
+
+
+def _target(url: str) -> tuple[str, int, str]:
+    parsed = httpx.URL(url)
+    return parsed.host, parsed.port or 80, parsed.raw_path.decode()
+
+
+async def _app_store(served: Served, **env: str) -> ArtifactStore:
+    return ArtifactStore(settings=Settings.from_env(environ={
+        **env, "ARTIFACT_PROVIDER": "filesystem", "SESSION_PROVIDER": "sqlite",
+        "ARTIFACT_FS_ROOT": str(served.data_dir), "ARTIFACT_PRESIGN_URL": served.url,
+    }))
+
+
+async def test_stalled_headers_and_bodies_are_dropped(impatient: Served) -> None:
+    async with await _app_store(impatient, **SHORT) as store:
+        host, port, path = _target((await store.presign_upload(filename="s.bin", user_id="u", scope="user"))[0])
+        streams = []
+        for n in range(20):
+            stream = await trio.open_tcp_stream(host, port)
+            if n % 2:  # complete headers, then 100 of the 50,000 bytes announced
+                await stream.send_all(f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n".encode()
+                                      + b"x" * 100)
+            else:  # headers that never end
+                await stream.send_all(f"PUT {path} HTTP/1.1\r\nHost: x\r\n".encode())
+            streams.append(stream)
+        answers = [await _closed_by_server(s) for s in streams]
+        for s in streams:
+            await s.aclose()
+    assert sum(a.startswith(b"HTTP/1.1 408") for a in answers[1::2]) == 10, answers[1::2]
+    async with httpx.AsyncClient(trust_env=False) as http:  # and it still serves
+        assert (await http.get(impatient.url + "/v1/objects/x")).status_code == 403
+
+
+async def test_downloads_nobody_reads_or_finished_are_closed(impatient: Served) -> None:
+    async with await _app_store(impatient, **SHORT) as store:
+        artifact_id = await store.store(os.urandom(16 * MiB), filename="big.bin", user_id="u", scope="user")
+        host, port, path = _target(await store.presign(artifact_id, user_id="u"))
+        baseline = _sockets(impatient.proc.pid)
+        unread = []
+        for _ in range(10):  # a GET whose body is never read
+            sock = trio.socket.socket()
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+            await sock.connect((host, port))
+            stream = trio.SocketStream(sock)
+            await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            unread.append(stream)
+        finished = []
+        for n in range(10):  # whole 206 answers, read to the end; half of them said Connection: close
+            stream = await trio.open_tcp_stream(host, port)
+            close = "Connection: close\r\n" if n % 2 else ""
+            await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-99\r\n{close}\r\n".encode())
+            finished.append(stream)
+        answers = [await _closed_by_server(s) for s in finished]
+        assert all(a.startswith(b"HTTP/1.1 206") for a in answers)
+        with trio.fail_after(PATIENCE_S):
+            while _sockets(impatient.proc.pid) > baseline:
+                await trio.sleep(0.2)
+        for s in unread + finished:
+            await s.aclose()
+
+
+async def test_connections_beyond_the_cap_are_refused(tmp_path: Path) -> None:
+    for served in serving(tmp_path / "data", ARTIFACT_SERVE_MAX_CONNECTIONS="8"):
+        host, port, _ = _target(served.url)
+        baseline = _sockets(served.proc.pid)
+        idle = [await trio.open_tcp_stream(host, port) for _ in range(8)]
+        with trio.fail_after(PATIENCE_S):  # the eight are accepted before any more arrive
+            while _sockets(served.proc.pid) < baseline + 8:
+                await trio.sleep(0.1)
+        extra = [await trio.open_tcp_stream(host, port) for _ in range(30)]
+        refusals = [await _closed_by_server(s) for s in extra]
+        assert all(r.startswith(b"HTTP/1.1 503") for r in refusals), refusals
+        assert _sockets(served.proc.pid) <= baseline + 8
+        for s in idle + extra:
+            await s.aclose()
+        async with httpx.AsyncClient(trust_env=False) as http:
+            with trio.fail_after(PATIENCE_S):
+                while (await http.get(served.url + "/v1/objects/x")).status_code == 503:
+                    await trio.sleep(0.1)
