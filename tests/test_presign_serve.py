@@ -322,3 +322,42 @@ async def test_connections_beyond_the_cap_are_refused(tmp_path: Path) -> None:
             with trio.fail_after(PATIENCE_S):
                 while (await http.get(served.url + "/v1/objects/x")).status_code == 503:
                     await trio.sleep(0.1)
+
+
+# -- bytes PUT but not (yet) registered
+
+def _staged(data_dir: Path, size: int) -> int:
+    """Files of exactly ``size`` bytes in the data dir: the copies of one body kept on disk."""
+    return sum(1 for p in data_dir.rglob("*") if p.is_file() and p.stat().st_size == size)
+
+
+async def test_unregistered_uploads_are_bounded_and_reclaimed(limited: Served) -> None:
+    async with await _app_store(limited, **LIMITS) as store, httpx.AsyncClient(trust_env=False) as http:
+        url, first = await store.presign_upload(filename="a.bin", user_id="alice", scope="user")
+        codes = [(await http.put(url, content=os.urandom(9_000))).status_code for _ in range(8)]
+        assert codes == [200] * 8
+        assert _staged(limited.data_dir, 9_000) == 1  # the last PUT replaced the ones before
+
+        codes = []
+        for n in range(5):  # the quota is 20,000 B: one more 9,000 B upload fits beside the first
+            url, _ = await store.presign_upload(filename=f"b{n}.bin", user_id="alice", scope="user")
+            codes.append((await http.put(url, content=os.urandom(9_000))).status_code)
+        assert codes == [200, 507, 507, 507, 507]
+        assert _staged(limited.data_dir, 9_000) == 2
+        other = await store.store(b"x" * 100, filename="c.bin", user_id="bob", scope="user")
+        assert other  # another user's space is not charged for alice's uploads
+
+        await store.register_uploaded_artifact(first)
+        assert (await store.metadata(first)).bytes == 9_000
+
+
+async def test_abandoned_uploads_are_reclaimed_by_cleanup(served: Served) -> None:
+    async with await _app_store(served) as store, httpx.AsyncClient(trust_env=False) as http:
+        store.settings.presign.register_grace = 0
+        url, _ = await store.presign_upload(filename="gone.bin", user_id="u", scope="user", expires=1)
+        assert (await http.put(url, content=os.urandom(7_777))).status_code == 200
+        assert _staged(served.data_dir, 7_777) == 1
+        with trio.fail_after(PATIENCE_S):
+            while _staged(served.data_dir, 7_777):
+                await trio.sleep(0.5)
+                await store.cleanup_expired_sessions()
