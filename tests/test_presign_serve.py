@@ -176,6 +176,7 @@ def limited(tmp_path: Path) -> Iterator[Served]:
     yield from serving(tmp_path / "data", **LIMITS)
 
 
+@pytest.mark.semantics("S-presign-service-limits")
 async def test_serve_enforces_the_limits_the_application_has(limited: Served) -> None:
     """One environment, two processes: the service refuses what the application would (413, 507)."""
     settings = Settings.from_env(environ={
@@ -256,6 +257,7 @@ async def _app_store(served: Served, **env: str) -> ArtifactStore:
     }))
 
 
+@pytest.mark.semantics("S-presign-service-connections")
 async def test_stalled_headers_and_bodies_are_dropped(impatient: Served) -> None:
     async with await _app_store(impatient, **SHORT) as store:
         host, port, path = _target((await store.presign_upload(filename="s.bin", user_id="u", scope="user"))[0])
@@ -276,6 +278,7 @@ async def test_stalled_headers_and_bodies_are_dropped(impatient: Served) -> None
         assert (await http.get(impatient.url + "/v1/objects/x")).status_code == 403
 
 
+@pytest.mark.semantics("S-presign-service-connections")
 async def test_downloads_nobody_reads_or_finished_are_closed(impatient: Served) -> None:
     async with await _app_store(impatient, **SHORT) as store:
         artifact_id = await store.store(os.urandom(16 * MiB), filename="big.bin", user_id="u", scope="user")
@@ -304,6 +307,7 @@ async def test_downloads_nobody_reads_or_finished_are_closed(impatient: Served) 
             await s.aclose()
 
 
+@pytest.mark.semantics("S-presign-service-connections")
 async def test_connections_beyond_the_cap_are_refused(tmp_path: Path) -> None:
     for served in serving(tmp_path / "data", ARTIFACT_SERVE_MAX_CONNECTIONS="8"):
         host, port, _ = _target(served.url)
@@ -331,6 +335,7 @@ def _staged(data_dir: Path, size: int) -> int:
     return sum(1 for p in data_dir.rglob("*") if p.is_file() and p.stat().st_size == size)
 
 
+@pytest.mark.semantics("S-presign-service-limits")
 async def test_unregistered_uploads_are_bounded_and_reclaimed(limited: Served) -> None:
     async with await _app_store(limited, **LIMITS) as store, httpx.AsyncClient(trust_env=False) as http:
         url, first = await store.presign_upload(filename="a.bin", user_id="alice", scope="user")
@@ -351,6 +356,7 @@ async def test_unregistered_uploads_are_bounded_and_reclaimed(limited: Served) -
         assert (await store.metadata(first)).bytes == 9_000
 
 
+@pytest.mark.semantics("S-presign-service-limits")
 async def test_abandoned_uploads_are_reclaimed_by_cleanup(served: Served) -> None:
     async with await _app_store(served) as store, httpx.AsyncClient(trust_env=False) as http:
         store.settings.presign.register_grace = 0

@@ -112,6 +112,7 @@ def test_mount_serve_refuses_a_bad_address(tmp_path: Path) -> None:
     assert done.returncode == 2 and "HOST:PORT" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.semantics("S-presign-service-connections")
 @pytest.mark.embedded_only("the mount's own service answers for its data dir; on S3 the URLs are S3's own")
 def test_a_flood_of_idle_connections_leaves_the_mount_answering(mount_factory: MountFactory, tmp_path: Path) -> None:
     """1,100 connections that send nothing to ``mount --serve`` with 1,024 descriptors: files still work.
