@@ -309,7 +309,7 @@ async def test_downloads_nobody_reads_or_finished_are_closed(impatient: Served) 
 
 @pytest.mark.semantics("S-presign-service-connections")
 async def test_connections_beyond_the_cap_are_refused(tmp_path: Path) -> None:
-    for served in serving(tmp_path / "data", ARTIFACT_SERVE_MAX_CONNECTIONS="8"):
+    for served in serving(tmp_path / "data", ARTIFACT_SERVE_MAX_CONNECTIONS="8", ARTIFACT_SERVE_IDLE_TIMEOUT="600"):
         host, port, _ = _target(served.url)
         baseline = _sockets(served.proc.pid)
         idle = [await trio.open_tcp_stream(host, port) for _ in range(8)]

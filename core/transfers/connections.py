@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -44,6 +45,10 @@ class GuardedStream(trio.abc.HalfCloseableStream):
 
     def __init__(self, inner: trio.SocketStream, io_timeout: float) -> None:
         self.inner, self.io_timeout = inner, io_timeout
+        # Called when the client has gone (EOF or reset). hypercorn then ends the
+        # request but leaves its keep-alive timer running, and the connection
+        # (its descriptor, its place under the cap) waits for that timer.
+        self.on_gone: Callable[[], Awaitable[None]] | None = None
 
     @property
     def socket(self) -> Any:
@@ -60,7 +65,18 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         await self.inner.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
+        try:
+            data = await self.inner.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._gone()
+            raise
+        if not data:
+            await self._gone()
+        return data
+
+    async def _gone(self) -> None:
+        if self.on_gone is not None:
+            await self.on_gone()
 
     async def send_eof(self) -> None:
         await self.inner.send_eof()
@@ -89,8 +105,11 @@ async def serve_connections(
 
     async def handle(stream: trio.SocketStream) -> None:
         nonlocal open_now
+        guarded = GuardedStream(stream, io_timeout)
         try:
-            await TCPServer(wrapped, config, context, ConnectionState({}), GuardedStream(stream, io_timeout))
+            server = TCPServer(wrapped, config, context, ConnectionState({}), guarded)
+            guarded.on_gone = server.idle_task.stop
+            await server
         finally:
             open_now -= 1
             await trio.aclose_forcefully(stream)
