@@ -279,6 +279,19 @@ async def test_stalled_headers_and_bodies_are_dropped(impatient: Served) -> None
 
 
 @pytest.mark.semantics("S-presign-service-connections")
+async def test_oversized_headers_are_refused_and_closed(impatient: Served) -> None:
+    host, port, _ = _target(impatient.url)
+    stream = await trio.open_tcp_stream(host, port)
+    try:
+        await stream.send_all(b"GET /v1/objects/x HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (64 * 1024) + b"\r\n\r\n")
+    except trio.BrokenResourceError:
+        pass  # refused before all of it was sent
+    answer = await _closed_by_server(stream)
+    await stream.aclose()
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), answer[:80]
+
+
+@pytest.mark.semantics("S-presign-service-connections")
 async def test_downloads_nobody_reads_or_finished_are_closed(impatient: Served) -> None:
     async with await _app_store(impatient, **SHORT) as store:
         artifact_id = await store.store(os.urandom(16 * MiB), filename="big.bin", user_id="u", scope="user")

@@ -111,6 +111,10 @@ class PresignService:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        if _header_bytes(scope) > MAX_HEADER_BYTES:
+            # h11 bounds only a head still arriving; one large read can bring a complete one bigger
+            await _text(tracked, 431, "request headers too large", [(b"connection", b"close")])
+            return
         try:
             grant = self._grant(method, scope)
             if grant.target.kind is TargetKind.OBJECT:
@@ -239,6 +243,11 @@ async def _body(receive: Receive, timeout: float) -> AsyncIterator[bytes]:
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return
+
+
+def _header_bytes(scope: Scope) -> int:
+    return len(scope.get("raw_path") or b"") + len(scope["query_string"]) + sum(
+        len(name) + len(value) + 4 for name, value in scope["headers"])
 
 
 def _headers(scope: Scope) -> dict[str, str]:
