@@ -68,13 +68,19 @@ def _nested_model(field: FieldInfo) -> type[BaseModel] | None:
 
 
 class Limits(BaseModel):
-    """Sizes, quotas and default lifetimes; ``None`` means unlimited."""
+    """Sizes, quotas and default lifetimes; ``None`` means unlimited.
 
-    max_artifact_bytes: int = 64 * GiB
-    session_quota_bytes: int | None = None
-    session_quota_files: int | None = None
-    user_quota_bytes: int | None = None
-    user_quota_files: int | None = None
+    The sizes and quotas have variables so that every process of one store
+    (the application, ``artifactfs serve``, a mount) enforces the same ones:
+    set in code only, a separate service process would accept what the
+    application refuses.
+    """
+
+    max_artifact_bytes: Annotated[int, Env("ARTIFACT_MAX_BYTES"), Field(ge=0)] = 64 * GiB
+    session_quota_bytes: Annotated[int | None, Env("ARTIFACT_SESSION_QUOTA_BYTES"), Field(ge=0)] = None
+    session_quota_files: Annotated[int | None, Env("ARTIFACT_SESSION_QUOTA_FILES"), Field(ge=0)] = None
+    user_quota_bytes: Annotated[int | None, Env("ARTIFACT_USER_QUOTA_BYTES"), Field(ge=0)] = None
+    user_quota_files: Annotated[int | None, Env("ARTIFACT_USER_QUOTA_FILES"), Field(ge=0)] = None
     session_ttl: int = Field(default=900, gt=0, le=MAX_TTL_CEILING)
     default_ttl: int = Field(default=900, gt=0, le=MAX_TTL_CEILING)  # for session-scope artifacts stored without a ttl
     # Every lifetime a caller gives (ttl, ttl_hours, extend_ttl, the ttl xattr) is at most this,
@@ -103,6 +109,13 @@ class PresignSettings(BaseModel):
     min_part_bytes: Annotated[int, Env("ARTIFACT_MIN_PART_BYTES"), Field(ge=1)] = 5 * MiB
     multipart_window: int = Field(default=24 * 3600, gt=0)  # seconds an initiated multipart upload stays open
     register_grace: int = Field(default=3600, ge=0)  # seconds after its URL expires that an upload can be registered
+    # Connection handling: a client that can reach the port must not pin the
+    # process's file descriptors (inside a mount they are the mount's too).
+    max_connections: Annotated[int, Env("ARTIFACT_SERVE_MAX_CONNECTIONS"), Field(ge=1)] = 256
+    # Seconds a client may take to send a request's headers, or stay idle between requests.
+    idle_timeout: Annotated[float, Env("ARTIFACT_SERVE_IDLE_TIMEOUT"), Field(gt=0)] = 15.0
+    # Seconds a request body may stall, and a response may wait for the client to read.
+    io_timeout: Annotated[float, Env("ARTIFACT_SERVE_IO_TIMEOUT"), Field(gt=0)] = 60.0
 
     @property
     def url(self) -> str:

@@ -72,6 +72,9 @@ ERRNO_OF: dict[type[ArtifactStoreError], int] = {
 
 # OS errors of the mount's own local files (the write spool) that mean what they say.
 _PASSED_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+# The mount process out of file descriptors (its own or the system's): ENFILE, for the limit
+# is not the caller's. One log line: a flood of them is the symptom, tracebacks would bury it.
+_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 def errno_of(exc: ArtifactStoreError) -> int:
@@ -145,6 +148,9 @@ def fuse_call(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
                 log.error("%s: %s: %s", name, type(exc).__name__, exc)
             raise pyfuse3.FUSEError(code) from None
         except OSError as exc:
+            if exc.errno in _OUT_OF_FDS:
+                log.warning("%s: out of file descriptors (%s), answered ENFILE", name, errno.errorcode[exc.errno])
+                raise pyfuse3.FUSEError(errno.ENFILE) from None
             if exc.errno in _PASSED_OS_ERRNOS:
                 log.warning("%s: %s", name, exc)
                 raise pyfuse3.FUSEError(exc.errno) from None

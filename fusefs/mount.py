@@ -39,6 +39,7 @@ from core.errors import ArtifactStoreError
 from core.infra.clock import Clock, SystemClock
 from core.nodes import ROOT_INO
 from core.settings import Settings
+from core.infra.fdlimit import raise_fd_limit
 from core.transfers.service import serve as serve_presigned
 from core.tree.namespace import Namespace
 from fusefs.attrs import CACHE_SECONDS
@@ -364,6 +365,7 @@ def _cap_malloc_arenas(malloc_arena_max: str | None) -> None:
 
 def _serve_until_unmounted(options: MountOptions, settings: Settings, notify: _Notify, clock: Clock) -> int:
     _cap_malloc_arenas(settings.malloc_arena_max)  # before any worker thread exists
+    raise_fd_limit()  # the soft default (1,024) is for select(); users' files and --serve's sockets share it
     try:
         trio.run(_serve, options, settings_for(options, settings), notify, clock)
     except (MountError, ArtifactStoreError) as exc:

@@ -28,6 +28,7 @@ EXTRA_OF_PLACE = {
     "core/backends/meta/redis/": "redis",
     "core/backends/uploads/redis.py": "redis",
     "core/transfers/service.py": "serve",
+    "core/transfers/connections.py": "serve",
     "fusefs/": "all",
 }
 OPTIONAL_MODULES = ("pyfuse3", "trio", "redis", "aioboto3", "botocore", "aiohttp", "yarl", "hypercorn")

@@ -256,12 +256,21 @@ class Transfers:
         if content_length is not None and content_length > limit:
             raise ArtifactTooLargeError(f"{content_length} bytes is more than the {limit} this upload accepts")
         number = target.part_number or 1
+        staged = await self._staged_bytes(record, number)
+        if content_length is not None:
+            await self.ns.ensure_room(record.space, staged + content_length, 0)  # refused before a byte is stored
         token = secrets.token_hex(6)
         key = f"{record.blob_prefix}-{number:05d}-{token}"
         size, sha256 = await self._store_stream(key, body, limit)
-        if content_length is not None and size != content_length:
+        try:
+            if content_length is not None and size != content_length:
+                raise InvalidArgumentError(f"the body carried {size} bytes, Content-Length said {content_length}")
+            # Staged bytes answer to the space's quota as the published ones will:
+            # bytes that could never be registered are not kept at all.
+            await self.ns.ensure_room(record.space, staged + size, 0)
+        except BaseException:
             await self._delete(key if size else None)
-            raise InvalidArgumentError(f"the body carried {size} bytes, Content-Length said {content_length}")
+            raise
         part = PartRecord(part_number=number, blob_key=key if size else None, size=size, sha256=sha256,
                           stored_at_ns=self.ns.now(), token=token)
         try:
@@ -272,9 +281,48 @@ class Transfers:
         if not added:
             await self._delete(part.blob_key)
             raise UploadNotFoundError(f"upload {record.upload_id} was finished or aborted meanwhile")
+        await self._drop_superseded(record.upload_id, part)
         if record.publish_on_upload:
             await self.complete(record.upload_id, None, Publish())
         return part
+
+    async def _staged_bytes(self, record: UploadRecord, number: int) -> int:
+        """Bytes other open uploads of this space (and this upload's other parts) keep staged.
+
+        They count against the space's quota, so a space cannot park more
+        unregistered bytes than it could publish. Only read when a quota
+        applies: it visits every open upload.
+        """
+        if not self.ns.has_quota(record.space.scope):
+            return 0
+        total = 0
+        for upload_id in await self.registry.ids():
+            try:
+                other = record if upload_id == record.upload_id else await self.registry.get(upload_id)
+                if other is None or other.space != record.space or other.native_id is not None:
+                    continue
+                parts = newest_parts(await self.registry.parts(upload_id))
+            except ArtifactCorruptedError:
+                continue  # gc's to discard
+            total += sum(p.size for n, p in parts.items() if upload_id != record.upload_id or n != number)
+        return total
+
+    async def _drop_superseded(self, upload_id: str, mine: PartRecord) -> None:
+        """Free the bytes of earlier PUTs of the same part: only the newest can ever be published.
+
+        A completion takes the newest part of each number, and an upload in
+        completion takes no parts, so an older part's blob is never read again.
+        """
+        parts = await self.registry.parts(upload_id)
+        newer = max((p.seq for p in parts if p.token == mine.token), default=None)
+        if newer is None:
+            return
+        for part in parts:
+            if part.part_number == mine.part_number and part.seq < newer and part.blob_key is not None:
+                try:
+                    await self._delete(part.blob_key)
+                except ArtifactStoreError:
+                    pass  # gone already (a concurrent PUT freed it), or left for the blob sweep
 
     async def _store_stream(self, key: str, body: AsyncIterable[bytes], limit: int) -> tuple[int, str]:
         """Write a request body to a new blob; returns (size, sha256).

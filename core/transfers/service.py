@@ -45,6 +45,7 @@ from core.errors import (
     UploadConflictError,
     UrlRefusedError,
 )
+from core.infra.fdlimit import connection_cap, raise_fd_limit
 from core.transfers.engine import Download, Transfers
 from core.transfers.urls import Grant, Refusal, TargetKind
 from core.tree.namespace import NS
@@ -56,6 +57,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 RECV_BYTES = 256 * 1024
+MAX_HEADER_BYTES = 16 * 1024  # request line and headers; a URL is well under 1 KiB
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)  # \d alone would take any script's digits
 # More digits than any size or offset can have: such a number is read as "past the end", never
 # converted (int() of over 4,300 digits raises ValueError, which would answer 500).
@@ -82,6 +84,10 @@ class ClientGone(Exception):
     """The client closed the connection before its request body ended."""
 
 
+class ClientStalled(Exception):
+    """The request body stopped arriving for longer than the settings allow."""
+
+
 def status_of(exc: ArtifactStoreError) -> int:
     for cls, status in _STATUS:
         if isinstance(exc, cls):
@@ -94,6 +100,7 @@ class PresignService:
 
     def __init__(self, transfers: Transfers) -> None:
         self.transfers = transfers
+        self.io_timeout = transfers.settings.io_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -110,6 +117,10 @@ class PresignService:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        if _header_bytes(scope) > MAX_HEADER_BYTES:
+            # h11 bounds only a head still arriving; one large read can bring a complete one bigger
+            await _text(tracked, 431, "request headers too large", [(b"connection", b"close")])
+            return
         try:
             grant = self._grant(method, scope)
             if grant.target.kind is TargetKind.OBJECT:
@@ -117,6 +128,10 @@ class PresignService:
             else:
                 await self._put(grant, _headers(scope), receive, tracked)
         except ClientGone:
+            return
+        except ClientStalled:
+            if not started:  # the connection closes after this: the body was never read to its end
+                await _text(tracked, 408, "request body timed out", [(b"connection", b"close")])
             return
         except ArtifactStoreError as exc:
             if started:
@@ -174,21 +189,32 @@ class PresignService:
         await self._stream(found, start, end, verify=status == 200, receive=receive, send=send)
 
     async def _stream(self, found: Download, start: int, end: int, *, verify: bool, receive: Receive, send: Send) -> None:
-        """Send the bytes as a reader task produces them; stop as soon as the client goes away."""
+        """Send the bytes as a reader task produces them; stop as soon as the client goes away.
+
+        The last send must not be cancelled: within it hypercorn ends the
+        response and tells this app the request is over (``http.disconnect``),
+        then arms its keep-alive timer or closes the connection. Cancelling
+        it there (as the watcher did on that very disconnect) left the
+        connection with neither, open for ever.
+        """
         chunks_in, chunks_out = anyio.create_memory_object_stream[bytes](1)
+        ending = False
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
                 while (await receive())["type"] != "http.disconnect":
                     pass
-                tg.cancel_scope.cancel()
+                if not ending:
+                    tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
             tg.start_soon(found.pump, self.transfers.ns, start, end, verify, chunks_in)
             async with chunks_out:
                 async for chunk in chunks_out:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            ending = True
+            with anyio.CancelScope(shield=True):
+                await send({"type": "http.response.body", "body": b""})
             tg.cancel_scope.cancel()
 
     # -- uploads
@@ -196,7 +222,7 @@ class PresignService:
     async def _put(self, grant: Grant, headers: dict[str, str], receive: Receive, send: Send) -> None:
         length = _content_length(headers.get("content-length"))
         part = await self.transfers.receive(
-            grant.target, _body(receive), content_length=length, url_max_bytes=grant.max_bytes,
+            grant.target, _body(receive, self.io_timeout), content_length=length, url_max_bytes=grant.max_bytes,
         )
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"etag", part.etag.encode()), (b"content-length", b"0"),
@@ -204,14 +230,27 @@ class PresignService:
         await send({"type": "http.response.body", "body": b""})
 
 
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
+async def _body(receive: Receive, timeout: float) -> AsyncIterator[bytes]:
+    """The request body's pieces; a client that stops sending for ``timeout`` seconds is dropped.
+
+    hypercorn has no such timeout of its own (its read timeout would also cut
+    a download whose client, rightly, sends nothing while it reads).
+    """
     while True:
-        message = await receive()
+        with anyio.move_on_after(timeout) as waited:
+            message = await receive()
+        if waited.cancelled_caught:
+            raise ClientStalled()
         if message["type"] == "http.disconnect":
             raise ClientGone()
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return
+
+
+def _header_bytes(scope: Scope) -> int:
+    return len(scope.get("raw_path") or b"") + len(scope["query_string"]) + sum(
+        len(name) + len(value) + 4 for name, value in scope["headers"])
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -309,6 +348,7 @@ async def serve(
     the settings name a public base URL, the store's URLs point here from now.
     """
     settings = transfers.settings
+    cap = connection_cap(settings.max_connections, raise_fd_limit())
     host = settings.host if host is None else host
     port = settings.port if port is None else port
     sock = _listen(host, port)
@@ -320,10 +360,10 @@ async def serve(
     from hypercorn.config import Config
 
     config = Config()
-    config.bind = [f"fd://{sock.detach()}"]  # hypercorn takes over the listening socket
     config.accesslog = None
     config.errorlog = log
-    config.keep_alive_timeout = 30
+    config.keep_alive_timeout = settings.idle_timeout  # also bounds the wait for a request's headers
+    config.h11_max_incomplete_size = MAX_HEADER_BYTES
     config.graceful_timeout = 2
     import sniffio
 
@@ -340,20 +380,31 @@ async def serve(
     tcp_server.MAX_RECV = max(tcp_server.MAX_RECV, RECV_BYTES)
     app = PresignService(transfers)
     stop, stopped = anyio.Event(), anyio.Event()
+    on_trio = sniffio.current_async_library() == "trio"
+    if on_trio:
+        from core.transfers.connections import serve_connections
+    else:
+        config.bind = [f"fd://{sock.detach()}"]  # hypercorn takes over the listening socket
 
     async def run() -> None:
-        # Shielded: hypercorn is stopped through its shutdown trigger, which
-        # lets requests in flight finish (asyncio's hypercorn cannot be cancelled cleanly).
+        # Shielded: the server is stopped through ``stop``, which lets
+        # requests in flight finish (asyncio's hypercorn cannot be cancelled cleanly).
         with anyio.CancelScope(shield=True):
             try:
-                await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+                if on_trio:
+                    await serve_connections(
+                        sock, app, config, max_connections=cap, io_timeout=settings.io_timeout,
+                        stopping=stop,  # type: ignore[arg-type]
+                    )
+                else:
+                    await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
             finally:
                 stopped.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
         task_status.started(url)
-        log.info("presign service on %s", url)
+        log.info("presign service on %s (at most %d connections)", url, cap)
         try:
             await (shutdown_trigger or anyio.sleep_forever)()
         finally:

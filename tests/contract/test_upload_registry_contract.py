@@ -138,6 +138,21 @@ async def test_parts_are_write_once_and_come_back_in_the_order_recorded(registry
     assert {n: p.size for n, p in newest.items()} == {1: 5, 2: 7, 3: 0}
 
 
+async def test_parts_are_read_without_changing_the_upload(registry: UploadRegistry) -> None:
+    """What the service reads to free a replaced part's bytes and to count staged bytes."""
+    record = a_record()
+    await registry.create(record)
+    assert await registry.parts(record.upload_id) == []
+    sent = [a_part(1), a_part(1, size=9)]
+    for part in sent:
+        await registry.add_part(record.upload_id, part)
+    parts = sorted(await registry.parts(record.upload_id), key=lambda p: p.seq)
+    assert all(same_part(got, want) for got, want in zip(parts, sent, strict=True))
+    assert parts[0].seq < parts[1].seq
+    assert await registry.add_part(record.upload_id, a_part(2)) is True  # still open
+    assert await registry.parts("no-such-upload") == []
+
+
 async def test_concurrent_parts_are_each_recorded_once(registry: UploadRegistry) -> None:
     record = a_record()
     await registry.create(record)

@@ -110,3 +110,53 @@ def test_mount_serve_refuses_a_bad_address(tmp_path: Path) -> None:
 
     done = artifactfs("mount", tmp_path / "mnt", "--data-dir", tmp_path / "data", "--serve", "nonsense")
     assert done.returncode == 2 and "HOST:PORT" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.semantics("S-presign-service-connections")
+@pytest.mark.embedded_only("the mount's own service answers for its data dir; on S3 the URLs are S3's own")
+def test_a_flood_of_idle_connections_leaves_the_mount_answering(mount_factory: MountFactory, tmp_path: Path) -> None:
+    """1,100 connections that send nothing to ``mount --serve`` with 1,024 descriptors: files still work.
+
+    The service keeps at most its cap of them (a quarter of the descriptors
+    at most), answers the rest 503 and closes them; the mount's own files
+    are not the service's to use up.
+    """
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))  # this test's own sockets
+    env = {k: v for k, v in os.environ.items() if k != "ARTIFACT_PRESIGN_URL"}
+    env["ARTIFACT_SERVE_IDLE_TIMEOUT"] = "600"  # the idle ones stay for the whole test: the worst case
+    mount = mount_factory(args=["--serve", "127.0.0.1:0"], env=env)
+    subprocess.run(["prlimit", f"--pid={mount.process.pid}", "--nofile=1024:1024"], check=True)
+    first = mount.user_dir("alice") / "first.bin"
+    first.write_bytes(b"before")
+    url = subprocess.run(["getfattr", "--only-values", "-n", "user.artifact.presign", str(first)],
+                         capture_output=True, text=True, check=True).stdout
+    host, port = url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+    held = []
+    try:
+        for _ in range(1100):
+            held.append(socket.create_connection((host, int(port)), timeout=30))
+        source = tmp_path / "source.bin"
+        source.write_bytes(os.urandom(3 * MiB))
+        for n in range(20):
+            subprocess.run(["cp", str(source), str(mount.user_dir("alice") / f"copy-{n}.bin")], check=True, timeout=120)
+        assert all((mount.user_dir("alice") / f"copy-{n}.bin").read_bytes() == source.read_bytes() for n in range(20))
+        assert first.read_bytes() == b"before"
+        assert _sockets(mount.process.pid) < 512
+    finally:
+        for sock in held:
+            sock.close()
+    assert "Traceback" not in mount.log_text()
+
+
+def _sockets(pid: int) -> int:
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except FileNotFoundError:
+            pass  # closed meanwhile
+    return count

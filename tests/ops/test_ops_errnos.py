@@ -95,6 +95,14 @@ async def test_the_spools_own_disk_errors_pass_through(code: int) -> None:
 
 
 @pytest.mark.semantics("S-errno-table")
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE])
+async def test_running_out_of_descriptors_is_enfile_in_one_line(code: int, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="artifactfs.mount")
+    assert await errno_of(Handlers().fail(OSError(code, os.strerror(code)))) == errno.ENFILE
+    assert [r.exc_info for r in caplog.records] == [None]
+
+
+@pytest.mark.semantics("S-errno-table")
 async def test_anything_unexpected_is_eio_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="artifactfs.mount")
     handlers = Handlers()

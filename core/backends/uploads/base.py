@@ -159,6 +159,10 @@ class UploadRegistry(Protocol):
         """Record a stored part; False when the upload is gone or no longer open."""
         ...
 
+    async def parts(self, upload_id: str) -> list[PartRecord]:
+        """The parts recorded so far (none when the upload is gone), changing nothing."""
+        ...
+
     async def begin_complete(self, upload_id: str, now_ns: int) -> tuple[UploadRecord, list[PartRecord]]:
         """Move an open upload to COMPLETING and return it with all its parts."""
         ...

@@ -136,6 +136,10 @@ class DirUploadRegistry:
 
         return await anyio.to_thread.run_sync(self._locked, upload_id, work)
 
+    async def parts(self, upload_id: str) -> list[PartRecord]:
+        return await anyio.to_thread.run_sync(
+            self._locked, upload_id, lambda directory: [] if directory is None else self._read_parts(directory))
+
     async def begin_complete(self, upload_id: str, now_ns: int) -> tuple[UploadRecord, list[PartRecord]]:
         def work(directory: Path | None) -> tuple[UploadRecord, list[PartRecord]]:
             record = None if directory is None else self._read_record(directory)

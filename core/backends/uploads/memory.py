@@ -42,6 +42,9 @@ class MemoryUploadRegistry:
         self._parts[upload_id].append(part.model_copy())
         return True
 
+    async def parts(self, upload_id: str) -> list[PartRecord]:
+        return [p.model_copy() for p in self._parts.get(upload_id, [])] if upload_id in self._records else []
+
     async def begin_complete(self, upload_id: str, now_ns: int) -> tuple[UploadRecord, list[PartRecord]]:
         record = self._records.get(upload_id)
         if record is None:

@@ -61,6 +61,8 @@ if op == 'add' then
 elseif op == 'begin' then
   if st ~= 'open' then return {'busy'} end
   redis.call('HSET', rk, 'st', 'completing', 'since', ARGV[3])
+elseif op == 'parts' then
+  -- read only: the record and its parts, below
 elseif op == 'reopen' then
   redis.call('HSET', rk, 'st', 'open', 'since', ARGV[3])
   return {'ok'}
@@ -160,6 +162,10 @@ class RedisUploadRegistry:
         body, sig = self._seal(part.model_copy(update={"seq": 0}))
         reply = await self._run("add", upload_id, sig.encode() + b" " + body)
         return reply[0] == b"ok"
+
+    async def parts(self, upload_id: str) -> list[PartRecord]:
+        reply = await self._run("parts", upload_id)
+        return [] if reply[0] != b"ok" else self._whole(upload_id, reply)[1]
 
     async def begin_complete(self, upload_id: str, now_ns: int) -> tuple[UploadRecord, list[PartRecord]]:
         reply = await self._run("begin", upload_id, now_ns)

@@ -1,0 +1,155 @@
+"""The presign service's connections on trio: how many, and how long a slow client may hold one.
+
+hypercorn bounds a request's header size (h11) and closes a connection idle
+between requests, or one whose headers never end (``keep_alive_timeout``);
+it has no bound on open connections, and its writes are shielded from
+cancellation, so a client that stops reading holds its connection (and one
+file descriptor of the process) for ever. Inside ``artifactfs mount --serve``
+those descriptors are the mount's: once they run out, files cannot be
+opened or written. This module runs hypercorn's own connection handler
+behind an accept loop that
+
+- keeps at most ``max_connections`` open and answers any beyond with a
+  503 before closing them;
+- gives every write ``io_timeout`` seconds, then closes the connection;
+- on EMFILE/ENFILE pauses accepting and logs one line, not a traceback per
+  attempt (trio's ``serve_listeners`` logs each).
+
+A request body that stalls is the application's to time out (it is waiting
+in ``receive``): see :mod:`core.transfers.service`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+log = logging.getLogger("artifactfs.presign")
+
+_OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+ACCEPT_PAUSE_S = 0.1
+
+
+class GuardedStream(trio.abc.HalfCloseableStream):
+    """A client's socket whose writes give up after ``io_timeout`` seconds.
+
+    hypercorn shields its writes from cancellation from outside; the
+    deadline set here, inside the write, still applies.
+    """
+
+    def __init__(self, inner: trio.SocketStream, io_timeout: float) -> None:
+        self.inner, self.io_timeout = inner, io_timeout
+        # Called when the client has gone (EOF or reset). hypercorn then ends the
+        # request but leaves its keep-alive timer running, and the connection
+        # (its descriptor, its place under the cap) waits for that timer.
+        self.on_gone: Callable[[], Awaitable[None]] | None = None
+
+    @property
+    def socket(self) -> Any:
+        return self.inner.socket  # hypercorn reads the peer's address from it
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with trio.move_on_after(self.io_timeout):
+            await self.inner.send_all(data)
+            return
+        await trio.aclose_forcefully(self.inner)
+        raise trio.BrokenResourceError("the client stopped reading")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.inner.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._gone()
+            raise
+        if not data:
+            await self._gone()
+        return data
+
+    async def _gone(self) -> None:
+        if self.on_gone is not None:
+            await self.on_gone()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def serve_connections(
+    sock: socket.socket, app: Any, config: Any, *, max_connections: int, io_timeout: float, stopping: trio.Event,
+) -> None:
+    """Accept on ``sock`` and run hypercorn's HTTP/1.1 handler on each connection until ``stopping``.
+
+    Then connections in flight get ``config.graceful_timeout`` seconds to end.
+    """
+    from hypercorn.trio.tcp_server import TCPServer
+    from hypercorn.trio.worker_context import WorkerContext
+    from hypercorn.typing import ConnectionState
+    from hypercorn.utils import wrap_app
+
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    context = WorkerContext(None)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+    open_now = 0  # counted when accepted, so a burst cannot overshoot before the handlers start
+
+    async def handle(stream: trio.SocketStream) -> None:
+        nonlocal open_now
+        guarded = GuardedStream(stream, io_timeout)
+        try:
+            server = TCPServer(wrapped, config, context, ConnectionState({}), guarded)
+            guarded.on_gone = server.idle_task.stop
+            await server
+        finally:
+            open_now -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def refuse(stream: trio.SocketStream) -> None:
+        with trio.move_on_after(1):  # a few bytes into a fresh socket's buffer: never blocks for long
+            try:
+                await stream.send_all(_BUSY)
+            except trio.BrokenResourceError:
+                pass
+        await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as connections:
+        async with trio.open_nursery() as accepting:
+
+            async def accept_loop() -> None:
+                nonlocal open_now
+                starved = False
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as exc:
+                        if exc.errno not in _OUT_OF_FDS:
+                            raise
+                        if not starved:  # one line per episode; trio's own loop logs a traceback per try
+                            log.warning("presign service: cannot accept a connection (%s); pausing",
+                                        errno.errorcode.get(exc.errno or 0, exc.errno))
+                        starved = True
+                        await trio.sleep(ACCEPT_PAUSE_S)
+                        continue
+                    starved = False
+                    if open_now >= max_connections:
+                        connections.start_soon(refuse, stream)
+                    else:
+                        open_now += 1
+                        connections.start_soon(handle, stream)
+
+            accepting.start_soon(accept_loop)
+            await stopping.wait()
+            accepting.cancel_scope.cancel()
+        await listener.aclose()
+        await context.terminated.set()  # keep-alive connections close once their request ends
+        connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
