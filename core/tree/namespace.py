@@ -30,7 +30,7 @@ from core.errors import (
 )
 from core.infra.clock import Clock
 from core.models import Scope, Usage
-from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
+from core.nodes import MADE_BY_UID, ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
 from core.settings import Limits
 from core.tree import grid
 from core.tree.base import EMPTY_SHA256, MAX_RACES, NS, Change, adopt
@@ -240,8 +240,10 @@ class Namespace(Content, Quotas):
         assert box is not None
         return box
 
-    async def scope_root(self, space: Space, *, create: bool = True, uid: int = 0, gid: int = 0) -> Node:
-        """The directory of a session, a user, or the shared scope."""
+    async def scope_root(
+        self, space: Space, *, create: bool = True, uid: int = 0, gid: int = 0, made_by_uid: int | None = None
+    ) -> Node:
+        """The directory of a session, a user, or the shared scope; ``made_by_uid``: a session made through the mount."""
         fixed = await self._fixed(space.sandbox_id)
         if space.scope is Scope.SANDBOX:
             return await self.get(fixed.shared)
@@ -263,6 +265,8 @@ class Namespace(Content, Quotas):
         if space.scope is Scope.SESSION:
             node.expires_at_ns = self.now() + self.limits.session_ttl * NS
             node.session_meta = {"user_id": space.user_id, "custom_metadata": {}}
+            if made_by_uid is not None:
+                node.session_meta[MADE_BY_UID] = made_by_uid
         try:
             node, _ = await self.meta.insert(node)
         except AlreadyExistsError:
@@ -401,8 +405,8 @@ class Namespace(Content, Quotas):
         kind = grid.validate_id(name, "session id" if parent.role is NodeRole.SESSIONS else "user id")
         if parent.role is NodeRole.SESSIONS:
             space = Space(sandbox_id=box.name, scope=Scope.SESSION, session_id=kind, user_id=session_user)
-        else:
-            space = Space(sandbox_id=box.name, scope=Scope.USER, user_id=kind)
+            return await self.scope_root(space, uid=uid, gid=gid, made_by_uid=uid)
+        space = Space(sandbox_id=box.name, scope=Scope.USER, user_id=kind)
         return await self.scope_root(space, uid=uid, gid=gid)
 
     async def mkdirs(
