@@ -46,13 +46,13 @@ async def test_a_session_made_in_the_mount_cannot_catch_another_users_store(stor
     sessions = await ns.get((await ns.sandbox(store.sandbox_id)).ino)
     sessions_dir = await ns.meta.lookup(sessions.ino, "sessions")
     assert sessions_dir is not None
-    # What `mkdir sessions/planned-id` by uid 4242 (mapped to no user) does in fusefs/operations.py.
-    await ns.mkdir(sessions_dir, "planned-id", 0o755, 4242, 4242, session_user=None)
+    # What `mkdir sessions/planned-id` by uid 4242 (mapped to no user; allow_other) does in fusefs/operations.py.
+    await ns.mkdir(sessions_dir, "planned-id", 0o755, 4242, 4242, session_user=None, made_by_uid=4242)
     for who in ({"user_id": "alice"}, {}):
         with pytest.raises(AccessDeniedError):
             await store.store(b"alice's", filename="a.txt", session_id="planned-id", **who)
     # A uid mapped to alice makes alice's session: alice stores there, bob does not.
-    await ns.mkdir(sessions_dir, "alices-id", 0o755, 1001, 1001, session_user="alice")
+    await ns.mkdir(sessions_dir, "alices-id", 0o755, 1001, 1001, session_user="alice", made_by_uid=1001)
     await store.store(b"alice's", filename="a.txt", session_id="alices-id", user_id="alice")
     with pytest.raises(AccessDeniedError):
         await store.store(b"bob's", filename="b.txt", session_id="alices-id", user_id="bob")

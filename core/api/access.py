@@ -3,10 +3,11 @@
 A session is its owner's (issue #16). Its owner is the user it belongs to,
 or, for a session of no user, whoever holds its id. A caller naming another
 user never reaches it, whatever session id it holds: not to read, store,
-update or delete. A session made through the mount (``mkdir sessions/<id>``)
-is the making uid's: the library stores into it only for the user it belongs
-to, so a uid cannot make an id ahead of the user who will use it and catch
-what that user stores. The library and the mount both decide here.
+update or delete. A session a checked uid (``allow_other``, not an admin)
+made through the mount (``mkdir sessions/<id>``) is that uid's: the library
+stores into it only for the user it belongs to, so a uid cannot make an id
+ahead of the user who will use it and catch what that user stores. The
+library and the mount both decide here.
 """
 
 from __future__ import annotations

@@ -385,18 +385,22 @@ class Namespace(Content, Quotas):
         return parent.space
 
     async def mkdir(
-        self, parent: Node, name: str, mode: int = 0o755, uid: int = 0, gid: int = 0, *, session_user: str | None = None
+        self, parent: Node, name: str, mode: int = 0o755, uid: int = 0, gid: int = 0, *, session_user: str | None = None,
+        made_by_uid: int | None = None,
     ) -> Node:
-        """A directory; in ``sessions/`` a new session (of ``session_user``), in ``users/`` a user space."""
+        """A directory; in ``sessions/`` a new session (of ``session_user``; ``made_by_uid``: a uid's claim,
+        see :func:`core.api.access.check_session_join`), in ``users/`` a user space."""
         if parent.role in (NodeRole.SESSIONS, NodeRole.USERS, NodeRole.ROOT):
-            return await self._mkdir_fixed(parent, name, uid, gid, session_user)
+            return await self._mkdir_fixed(parent, name, uid, gid, session_user, made_by_uid)
         space = self.entry_space(parent, name)
         node = new_node(parent=parent.ino, name=name, kind=NodeKind.DIR, mode=mode & 0o7777, now_ns=self.now(),
                         space=space, uid=uid, gid=gid)
         node, _ = await self._insert(node)
         return node
 
-    async def _mkdir_fixed(self, parent: Node, name: str, uid: int, gid: int, session_user: str | None) -> Node:
+    async def _mkdir_fixed(
+        self, parent: Node, name: str, uid: int, gid: int, session_user: str | None, made_by_uid: int | None
+    ) -> Node:
         if await self.find(parent, name) is not None:
             raise AlreadyExistsError(f"{name!r} exists")
         if parent.role is NodeRole.ROOT:
@@ -405,7 +409,7 @@ class Namespace(Content, Quotas):
         kind = grid.validate_id(name, "session id" if parent.role is NodeRole.SESSIONS else "user id")
         if parent.role is NodeRole.SESSIONS:
             space = Space(sandbox_id=box.name, scope=Scope.SESSION, session_id=kind, user_id=session_user)
-            return await self.scope_root(space, uid=uid, gid=gid, made_by_uid=uid)
+            return await self.scope_root(space, uid=uid, gid=gid, made_by_uid=made_by_uid)
         space = Space(sandbox_id=box.name, scope=Scope.USER, user_id=kind)
         return await self.scope_root(space, uid=uid, gid=gid)
 
