@@ -168,8 +168,12 @@ class RevisionWatermark:
             raise ArtifactCorruptedError(
                 f"the metadata record of inode {node.ino} is older than one already read (revision {node.rev} < {seen})"
             )
-        self._seen[node.ino] = node.rev
-        self._seen.move_to_end(node.ino)
-        if len(self._seen) > self._size:
-            self._seen.popitem(last=False)
+        # pop and set rather than move_to_end: the store may be read from two threads (its loop, the bridge's)
+        self._seen.pop(node.ino, None)
+        self._seen[node.ino] = node.rev if seen is None else max(seen, node.rev)
+        while len(self._seen) > self._size:
+            try:
+                self._seen.popitem(last=False)
+            except KeyError:
+                break
         return node
