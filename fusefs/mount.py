@@ -37,7 +37,7 @@ import trio
 from core.config import build_backends, build_change_feed, build_transfers, checked
 from core.errors import ArtifactStoreError
 from core.infra.clock import Clock, SystemClock
-from core.infra.private import new_private_dir, private_dir
+from core.infra.private import new_private_dir, private_dir, private_file
 from core.nodes import ROOT_INO
 from core.settings import Settings
 from core.transfers.service import serve as serve_presigned
@@ -195,7 +195,7 @@ def _setup_logging(data_dir: Path, *, foreground: bool, debug: bool) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    file_handler = logging.FileHandler(data_dir / LOG_FILE)
+    file_handler = logging.FileHandler(private_file(data_dir / LOG_FILE))  # names and paths: owner-only
     file_handler.setFormatter(fmt)
     root.addHandler(file_handler)
     if foreground:
