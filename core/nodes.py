@@ -17,6 +17,9 @@ from pydantic import BaseModel, Field
 from core.models import Scope
 
 ROOT_INO = 1
+# The session_meta key of a session a checked uid made through the mount (``mkdir sessions/<id>``): that uid.
+# Signed with the record, so a session's origin cannot be forged (core.api.access.check_session_join).
+MADE_BY_UID = "made_by_uid"
 
 
 class NodeKind(str, Enum):

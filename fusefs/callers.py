@@ -47,6 +47,14 @@ class Callers:
     def is_admin(self, uid: int) -> bool:
         return uid in self._admins
 
+    def claimant(self, uid: int) -> int | None:
+        """``uid``, if a session it makes must be marked as its own (core.api.access.check_session_join).
+
+        Only a uid the mount checks can squat: without ``allow_other`` only
+        the mounting user gets in, and admins reach every session anyway.
+        """
+        return uid if self.enforce and uid not in self._admins else None
+
     def uid_of_user(self, user_id: str | None) -> int | None:
         return None if user_id is None else self._uid_of_user.get(user_id)
 

@@ -37,6 +37,7 @@ import trio
 from core.config import build_backends, build_change_feed, build_transfers, checked
 from core.errors import ArtifactStoreError
 from core.infra.clock import Clock, SystemClock
+from core.infra.private import new_private_dir, private_dir, private_file
 from core.nodes import ROOT_INO
 from core.settings import Settings
 from core.infra.fdlimit import raise_fd_limit
@@ -195,7 +196,7 @@ def _setup_logging(data_dir: Path, *, foreground: bool, debug: bool) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    file_handler = logging.FileHandler(data_dir / LOG_FILE)
+    file_handler = logging.FileHandler(private_file(data_dir / LOG_FILE))  # names and paths: owner-only
     file_handler.setFormatter(fmt)
     root.addHandler(file_handler)
     if foreground:
@@ -242,7 +243,7 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
         box = await ns.sandbox(settings.sandbox_id)
         spool_dir = options.data_dir / SPOOL_DIR
         shutil.rmtree(spool_dir, ignore_errors=True)  # staged writes of a mount that died; we hold the lock
-        spool_dir.mkdir(mode=0o700)
+        new_private_dir(spool_dir)
         callers = Callers(
             ns, enforce=options.allow_other, mount_uid=os.getuid(), admin_uids=options.admin_uids,
             user_uids=options.user_uids,
@@ -401,7 +402,7 @@ def mount(
     options = options.model_copy(update={"mountpoint": mountpoint, "data_dir": options.data_dir.absolute()})
     try:
         _check_mountpoint(mountpoint)
-        options.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(options.data_dir)
         lock = DataDirLock(options.data_dir)
         lock.acquire(mountpoint)
     except MountError as exc:

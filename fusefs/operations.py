@@ -379,7 +379,8 @@ class Operations(pyfuse3.Operations):
         else:
             await self.callers.check(ctx.uid, parent, write=True)
         return self._attr(
-            await self.ns.mkdir(parent, entry, mode, ctx.uid, ctx.gid, session_user=self.callers.session_user(ctx.uid))
+            await self.ns.mkdir(parent, entry, mode, ctx.uid, ctx.gid, session_user=self.callers.session_user(ctx.uid),
+                                made_by_uid=self.callers.claimant(ctx.uid))
         )
 
     @fuse_call

@@ -158,3 +158,24 @@ def edit_record(store: ArtifactStore, ino: int, old: bytes, new: bytes) -> None:
     finally:
         if close:
             db.close()
+
+
+def set_columns(store: ArtifactStore, ino: int, **columns: object) -> None:
+    """Set derived (unsigned) columns of a node's SQLite row behind the store's back; the record stays."""
+    meta = store.ns.meta
+    assert isinstance(meta, SQLiteMetaStore)
+    path = _sqlite_path(store)
+    db = meta.db if path == ":memory:" else sqlite3.connect(path, isolation_level=None)
+    try:
+        sets = ", ".join(f"{name}=?" for name in columns)
+        db.execute(f"UPDATE node SET {sets} WHERE ino=?", (*columns.values(), ino))
+    finally:
+        if db is not meta.db:
+            db.close()
+
+
+def redis_client(store: ArtifactStore) -> tuple[redis.Redis, RedisMetaStore]:
+    """A plain client on a Redis-backed store's server, to edit its indexes behind its back."""
+    meta = store.ns.meta
+    assert isinstance(meta, RedisMetaStore)
+    return redis.Redis.from_url(meta.url), meta

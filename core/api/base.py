@@ -20,13 +20,12 @@ from typing import Any, Literal, Self
 import anyio
 
 from core.api import rules
-from core.api.access import Principal, check_read, check_write
+from core.api.access import Principal, check_read, check_session_join, check_write
 from core.api.rules import DEFAULT, TTLArg
 from core.backends.blobs.base import BlobStore
 from core.backends.meta.base import MetaStore
 from core.config import build_backends, build_transfers, checked
 from core.errors import (
-    AccessDeniedError,
     ArtifactExpiredError,
     ArtifactNotFoundError,
     InvalidArgumentError,
@@ -170,8 +169,11 @@ class StoreBase:
         """The space a new artifact (or upload) of ``scope`` lands in, once the caller may write there."""
         who = self._principal(session_id, user_id)
         if scope is Scope.SESSION:
-            space = await self._session_space(session_id, user_id)
+            space, root = await self._session_space(session_id, user_id)
             who = who.model_copy(update={"session_id": space.session_id, "trusted": who.trusted or session_id is None})
+            if root is not None:
+                check_session_join(who, root, what)
+                return space
         elif scope is Scope.USER:
             if user_id is None:
                 raise InvalidArgumentError("scope='user' needs a user_id")
@@ -181,8 +183,8 @@ class StoreBase:
         check_write(who, space, what)
         return space
 
-    async def _session_space(self, session_id: str | None, user_id: str | None) -> Space:
-        """The space of an existing session, or of a new one, checked against ``user_id``.
+    async def _session_space(self, session_id: str | None, user_id: str | None) -> tuple[Space, Node | None]:
+        """The space of an existing session (and its root), or of a new one (and None).
 
         Nothing is created here: a new session comes into being with its first
         artifact (:meth:`_insert`), so a refused store leaves no empty session.
@@ -193,12 +195,9 @@ class StoreBase:
         grid.validate_id(session_id, "session id")
         root = await ns.session_root(self.sandbox_id, session_id)
         if root is None or root.expired(ns.now()):  # an expired one is replaced when the artifact goes in
-            return Space(sandbox_id=self.sandbox_id, scope=Scope.SESSION, session_id=session_id, user_id=user_id)
+            return Space(sandbox_id=self.sandbox_id, scope=Scope.SESSION, session_id=session_id, user_id=user_id), None
         assert root.space is not None
-        owner = root.space.user_id
-        if user_id is not None and owner is not None and owner != user_id:
-            raise AccessDeniedError(f"session {session_id} belongs to another user")
-        return root.space
+        return root.space, root
 
     @staticmethod
     def _new_session_id(user_id: str | None) -> str:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import anyio
 
 from core.api import rules
-from core.api.access import check_write
+from core.api.access import check_batch_user, check_write
 from core.api.base import StoreBase
 from core.api.rules import DEFAULT, TTLArg
 from core.errors import (
@@ -210,6 +210,7 @@ class FilesApi(StoreBase):
             rules.mime(item.get("mime"), item.get("filename"))
             if item.get("filename") is not None:
                 grid.split_filename(item["filename"])
+            check_batch_user(user_id, item.get("user_id"), i)
         if not items:
             return []
         scope = rules.scope(scope)

@@ -12,6 +12,8 @@ import os
 import secrets
 from pathlib import Path
 
+from core.infra.private import private_dir
+
 KEY_FILE = "signing.key"
 
 
@@ -43,7 +45,7 @@ def load_signing_key(data_dir: Path | None) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     key = secrets.token_hex(32).encode()
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -30,7 +30,7 @@ from core.errors import (
 )
 from core.infra.clock import Clock
 from core.models import Scope, Usage
-from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
+from core.nodes import MADE_BY_UID, ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
 from core.settings import Limits
 from core.tree import grid
 from core.tree.base import EMPTY_SHA256, MAX_RACES, NS, Change, adopt
@@ -240,8 +240,10 @@ class Namespace(Content, Quotas):
         assert box is not None
         return box
 
-    async def scope_root(self, space: Space, *, create: bool = True, uid: int = 0, gid: int = 0) -> Node:
-        """The directory of a session, a user, or the shared scope."""
+    async def scope_root(
+        self, space: Space, *, create: bool = True, uid: int = 0, gid: int = 0, made_by_uid: int | None = None
+    ) -> Node:
+        """The directory of a session, a user, or the shared scope; ``made_by_uid``: a session made through the mount."""
         fixed = await self._fixed(space.sandbox_id)
         if space.scope is Scope.SANDBOX:
             return await self.get(fixed.shared)
@@ -263,6 +265,8 @@ class Namespace(Content, Quotas):
         if space.scope is Scope.SESSION:
             node.expires_at_ns = self.now() + self.limits.session_ttl * NS
             node.session_meta = {"user_id": space.user_id, "custom_metadata": {}}
+            if made_by_uid is not None:
+                node.session_meta[MADE_BY_UID] = made_by_uid
         try:
             node, _ = await self.meta.insert(node)
         except AlreadyExistsError:
@@ -381,18 +385,22 @@ class Namespace(Content, Quotas):
         return parent.space
 
     async def mkdir(
-        self, parent: Node, name: str, mode: int = 0o755, uid: int = 0, gid: int = 0, *, session_user: str | None = None
+        self, parent: Node, name: str, mode: int = 0o755, uid: int = 0, gid: int = 0, *, session_user: str | None = None,
+        made_by_uid: int | None = None,
     ) -> Node:
-        """A directory; in ``sessions/`` a new session (of ``session_user``), in ``users/`` a user space."""
+        """A directory; in ``sessions/`` a new session (of ``session_user``; ``made_by_uid``: a uid's claim,
+        see :func:`core.api.access.check_session_join`), in ``users/`` a user space."""
         if parent.role in (NodeRole.SESSIONS, NodeRole.USERS, NodeRole.ROOT):
-            return await self._mkdir_fixed(parent, name, uid, gid, session_user)
+            return await self._mkdir_fixed(parent, name, uid, gid, session_user, made_by_uid)
         space = self.entry_space(parent, name)
         node = new_node(parent=parent.ino, name=name, kind=NodeKind.DIR, mode=mode & 0o7777, now_ns=self.now(),
                         space=space, uid=uid, gid=gid)
         node, _ = await self._insert(node)
         return node
 
-    async def _mkdir_fixed(self, parent: Node, name: str, uid: int, gid: int, session_user: str | None) -> Node:
+    async def _mkdir_fixed(
+        self, parent: Node, name: str, uid: int, gid: int, session_user: str | None, made_by_uid: int | None
+    ) -> Node:
         if await self.find(parent, name) is not None:
             raise AlreadyExistsError(f"{name!r} exists")
         if parent.role is NodeRole.ROOT:
@@ -401,8 +409,8 @@ class Namespace(Content, Quotas):
         kind = grid.validate_id(name, "session id" if parent.role is NodeRole.SESSIONS else "user id")
         if parent.role is NodeRole.SESSIONS:
             space = Space(sandbox_id=box.name, scope=Scope.SESSION, session_id=kind, user_id=session_user)
-        else:
-            space = Space(sandbox_id=box.name, scope=Scope.USER, user_id=kind)
+            return await self.scope_root(space, uid=uid, gid=gid, made_by_uid=made_by_uid)
+        space = Space(sandbox_id=box.name, scope=Scope.USER, user_id=kind)
         return await self.scope_root(space, uid=uid, gid=gid)
 
     async def mkdirs(

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from opskit import Caller, Fields, Kernel, ctx, errno_of, kernel
 
+from core.nodes import MADE_BY_UID
+
 ALICE = Caller(uid=1001, gid=1001)
 BOB = Caller(uid=1002, gid=1002)
 STRANGER = Caller(uid=4242, gid=4242)  # mapped to no user
@@ -170,3 +172,18 @@ async def test_without_allow_other_everything_is_the_mounting_users(tmp_path: Pa
         await k.write_file("users/bob/f", b"x", caller=ALICE)
         assert await k.read_file("users/bob/f", caller=STRANGER) == b"x"
         assert stat.S_IMODE((await k.lookup("users")).st_mode) == 0o755
+
+
+@pytest.mark.semantics("S-trust-owner")
+async def test_a_session_a_checked_uid_makes_is_marked_as_its_claim(tmp_path: Path) -> None:
+    """The mark the library's join rule reads: set for a checked uid, not for an admin's session."""
+    async with shared_mount(tmp_path) as k:
+        await k.mkdir("sessions/theirs", caller=STRANGER)
+        await k.mkdir("sessions/admins", caller=ADMIN)
+        await k.mkdir("sessions/mounters")
+        marks = {}
+        for name in ("theirs", "admins", "mounters"):
+            root = await k.ns.session_root("app", name)
+            assert root is not None
+            marks[name] = (root.session_meta or {}).get(MADE_BY_UID)
+        assert marks == {"theirs": STRANGER.uid, "admins": None, "mounters": None}

@@ -25,6 +25,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from core.errors import ArtifactNotFoundError, ProviderError
+from core.infra.private import new_private_dir, private_dir
 from core.settings import Settings
 
 _WRITE_BUFFER = 1 << 20
@@ -128,8 +129,8 @@ class FilesystemBlobStore:
         return Path(f"{self._staging_root}/{uuid.uuid4().hex}.part")
 
     async def open(self) -> None:
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (self.root, self.blob_dir, self.staging_dir):  # the data dir and ours in it: owner-only
+            private_dir(directory)
         for made in (self.blob_dir, self.staging_dir):
             _fsync_dir(made.parent)
         self._known_dirs = {self._blob_root}
@@ -151,7 +152,7 @@ class FilesystemBlobStore:
             return
         self._ensure_dir(parent)
         try:
-            os.mkdir(path)
+            new_private_dir(path)
         except FileExistsError:
             pass
         self._dir_sync.sync(parent)  # even if it existed: its maker may not have synced it yet

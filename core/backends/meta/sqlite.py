@@ -7,13 +7,16 @@ takes tens of microseconds, far less than a hop to a worker thread would.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from core.backends.meta import checks
 from core.backends.meta.base import Cover, decode_record
 from core.errors import (
     AlreadyExistsError,
+    ArtifactCorruptedError,
     ArtifactNotFoundError,
     DirectoryNotEmptyError,
     IsADirectoryError_,
@@ -22,6 +25,7 @@ from core.errors import (
     StaleRecordError,
     StoreClosedError,
 )
+from core.infra.private import FILE_MODE, private_dir, private_file
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
 from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
@@ -60,7 +64,6 @@ _COLUMNS = "ino, record, sig"
 _FIELDS = ("parent", "name", "is_dir", "artifact_id", "sandbox_id", "scope", "session_id", "user_id", "usage_key",
            "size", "expires_at")
 _FIELDS_SQL = ", ".join(_FIELDS)
-_USAGE_KEY_AT, _SIZE_AT = _FIELDS.index("usage_key"), _FIELDS.index("size")
 _UPDATE_SQL: dict[tuple[int, ...], str] = {}  # changed field positions -> UPDATE statement
 _INO_BLOCK = 64  # inode numbers reserved per counter update
 _TOUCHED_ROLES = (NodeRole.ENTRY, NodeRole.SCOPE_ROOT)  # directories whose mtime follows their entries
@@ -110,17 +113,19 @@ WHERE walk.depth > 0 ORDER BY walk.depth
 
 
 class SQLiteMetaStore:
-    def __init__(self, path: Path | str, signer: RecordSigner) -> None:
+    def __init__(self, path: Path | str, signer: RecordSigner, *, in_data_dir: bool = False) -> None:
         self._path = str(path)
+        self._in_data_dir = in_data_dir  # the file's directory is the data dir: owner-only too
         self._signer = signer
         self._db: sqlite3.Connection | None = None
         self._ino_next = self._ino_end = 0  # the reserved block of inode numbers: [next, end)
+        self._watermark = checks.RevisionWatermark()
 
     # -- lifecycle
 
     async def open(self) -> None:
         if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            self._make_private()
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=10)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -135,6 +140,20 @@ class SQLiteMetaStore:
             root.ino = ROOT_INO
             with self._tx() as db:
                 self._write(db, root, insert=True)
+
+    def _make_private(self) -> None:
+        """The database owner-only before SQLite opens it: its -wal and -shm take the same mode."""
+        path = Path(self._path)
+        if self._in_data_dir:
+            private_dir(path.parent)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_file(path)
+        for suffix in ("-wal", "-shm", "-journal"):
+            try:
+                os.chmod(f"{path}{suffix}", FILE_MODE)  # made by an older version, perhaps world-readable
+            except FileNotFoundError:
+                pass
 
     async def close(self) -> None:
         if self._db is not None:
@@ -156,7 +175,7 @@ class SQLiteMetaStore:
         if row is None:
             return None
         ino, record, sig = row
-        return decode_record(self._signer, ino, record, sig)
+        return self._watermark.check(decode_record(self._signer, ino, record, sig))
 
     def _write(self, db: sqlite3.Connection, node: Node, *, insert: bool, old: tuple | None = None) -> None:
         """Insert or rewrite ``node``'s row; ``old`` (its ``_FIELDS`` as stored) narrows an update.
@@ -227,16 +246,34 @@ class SQLiteMetaStore:
         return self._one(f"SELECT {_COLUMNS} FROM node WHERE ino=?", (ino,))
 
     async def lookup(self, parent: int, name: str) -> Node | None:
-        return self._one(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (parent, name))
+        return checks.is_entry(self._entry(self.db, parent, name), parent, name)
+
+    def _entry(self, db: sqlite3.Connection, parent: int, name: str) -> Node | None:
+        """The row the (parent, name) columns point at; the caller holds it against its record."""
+        return self._load(db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (parent, name)).fetchone())
+
+    def _has_entries(self, db: sqlite3.Connection, ino: int) -> bool:
+        """Whether directory ``ino`` holds anything, by its entries' records (a forged parent column is no entry)."""
+        rows = db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND ino!=?", (ino, ROOT_INO))
+        return any(node is not None and node.parent == ino for node in map(self._load, rows))
+
+    def _occupant(self, db: sqlite3.Connection, parent: int, name: str) -> Node | None:
+        """The entry a write would replace; one whose record is elsewhere is refused, never removed."""
+        old = self._entry(db, parent, name)
+        if old is not None and checks.is_entry(old, parent, name) is None:
+            raise ArtifactCorruptedError(f"the entry {name!r} of inode {parent} holds inode {old.ino}, recorded elsewhere")
+        return old
 
     async def entry(self, parent: int, name: str) -> tuple[Node | None, Node | None]:
         return await self.get(parent), await self.lookup(parent, name)
 
     async def children(self, parent: int) -> list[Node]:
-        return self._many(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND ino!=? ORDER BY name", (parent, ROOT_INO))
+        return checks.of_parent(
+            self._many(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND ino!=? ORDER BY name", (parent, ROOT_INO)), parent
+        )
 
     async def find_artifact(self, artifact_id: str) -> Node | None:
-        return self._one(f"SELECT {_COLUMNS} FROM node WHERE artifact_id=?", (artifact_id,))
+        return checks.has_artifact(self._one(f"SELECT {_COLUMNS} FROM node WHERE artifact_id=?", (artifact_id,)), artifact_id)
 
     async def search(
         self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
@@ -247,15 +284,15 @@ class SQLiteMetaStore:
             if value is not None:
                 sql += f" AND {column}=?"
                 args.append(value)
-        return self._many(sql, tuple(args))
+        return checks.in_space(self._many(sql, tuple(args)), sandbox_id, scope, session_id, user_id)
 
     async def resolve(self, parent: int, names: Sequence[str]) -> list[Node]:
         if not names:
             return []
-        return self._many(_resolve_sql(len(names)), (*names, parent))
+        return checks.along(self._many(_resolve_sql(len(names)), (*names, parent)), parent, names)
 
     async def subtree(self, root: int) -> list[Node]:
-        return self._many(_SUBTREE_SQL, (root,))
+        return checks.below(self._many(_SUBTREE_SQL, (root,)), root)
 
     async def lineage(self, inos: Collection[int]) -> dict[int, Node]:
         if not inos:
@@ -267,12 +304,13 @@ class SQLiteMetaStore:
             node = await self.get(ino)
             if node is None or node.role is not NodeRole.ENTRY:
                 return {} if node is None else {ino: node}
-        return {node.ino: node for node in self._many(_LINEAGE_SQL, (json.dumps(sorted(set(inos))),))}
+        return checks.up_from(self._many(_LINEAGE_SQL, (json.dumps(sorted(set(inos))),)), inos)
 
     async def expired(self, now_ns: int, limit: int = 1000) -> list[Node]:
-        return self._many(
+        found = self._many(
             f"SELECT {_COLUMNS} FROM node WHERE expires_at IS NOT NULL AND expires_at<=? LIMIT ?", (now_ns, limit)
         )
+        return checks.is_expired(found, now_ns)
 
     async def usage(self, usage_key: str) -> Usage:
         row = self.db.execute("SELECT bytes, files FROM usage WHERE key=?", (usage_key,)).fetchone()
@@ -326,9 +364,7 @@ class SQLiteMetaStore:
                 raise ArtifactNotFoundError(f"parent inode {node.parent} does not exist")
             if not parent[0]:
                 raise NotADirectoryError_(f"inode {node.parent} is not a directory")
-            old = self._load(
-                db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (node.parent, node.name)).fetchone()
-            )
+            old = self._occupant(db, node.parent, node.name)
             if old is not None:
                 if not replace:
                     raise AlreadyExistsError(f"{node.name!r} exists")
@@ -371,14 +407,19 @@ class SQLiteMetaStore:
             version = current.artifact.version if current.artifact is not None else None
             if current.rev != node.rev or (base_version is not None and version not in (None, base_version)):
                 return current
-            self._rewrite(db, _next_rev(node), row)
+            self._rewrite(db, _next_rev(node), current, row)
         node.rev += 1
         return None
 
-    def _rewrite(self, db: sqlite3.Connection, node: Node, row: tuple) -> None:
-        """Write ``node`` over its row (``row``: its ``_FIELDS`` as stored), moving its usage charge."""
+    def _rewrite(self, db: sqlite3.Connection, node: Node, current: Node, row: tuple) -> None:
+        """Write ``node`` over ``current`` (``row``: its ``_FIELDS`` as stored), moving its usage charge.
+
+        The charge moved is the signed record's, never the columns': a forged
+        ``usage_key`` or ``size`` column cannot shift bytes between accounts.
+        """
         self._write(db, node, insert=False, old=row)
-        old_key, old_size = row[_USAGE_KEY_AT], row[_SIZE_AT]
+        old_key = _usage_key(current)
+        old_size = current.size if old_key is not None else 0
         new_key = node.space.usage_key if (node.is_file and node.space is not None) else None
         if old_key == new_key:
             self._account(db, new_key, node.size - old_size, 0)
@@ -395,9 +436,7 @@ class SQLiteMetaStore:
                 raise ArtifactNotFoundError(f"inode {node.ino} was removed")
             if current.rev != node.rev:
                 raise StaleRecordError(f"inode {node.ino} changed since it was read", current)
-            old = self._load(
-                db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (new_parent, new_name)).fetchone()
-            )
+            old = self._occupant(db, new_parent, new_name)
             if old is not None and old.ino != node.ino:
                 if not replace:
                     raise AlreadyExistsError(f"{new_name!r} exists")
@@ -405,7 +444,7 @@ class SQLiteMetaStore:
                     raise IsADirectoryError_(f"{new_name!r} is a directory")
                 if node.is_dir and not old.is_dir:
                     raise NotADirectoryError_(f"{new_name!r} is not a directory")
-                if old.is_dir and db.execute("SELECT 1 FROM node WHERE parent=? LIMIT 1", (old.ino,)).fetchone():
+                if old.is_dir and self._has_entries(db, old.ino):
                     raise DirectoryNotEmptyError(f"{new_name!r} is not empty")
                 db.execute("DELETE FROM node WHERE ino=?", (old.ino,))
                 self._charge(db, old, -1)
@@ -446,10 +485,10 @@ class SQLiteMetaStore:
             current, row = self._load_for_update(db, node.ino)
             if current is None or (current.parent, current.name) != (node.parent, node.name):
                 return None  # gone from that name already (removed, or moved by another writer)
-            if current.is_dir and db.execute("SELECT 1 FROM node WHERE parent=? LIMIT 1", (node.ino,)).fetchone():
+            if current.is_dir and self._has_entries(db, node.ino):
                 raise DirectoryNotEmptyError(f"{node.name!r} is not empty")
             db.execute("DELETE FROM node WHERE ino=?", (node.ino,))
-            self._account(db, row[_USAGE_KEY_AT], -row[_SIZE_AT], -1)
+            self._charge(db, current, -1)
             if touch_ns is not None:
                 self._touch(db, current.parent, touch_ns)
         return current
@@ -457,12 +496,18 @@ class SQLiteMetaStore:
 
 def from_settings(settings: Settings, signer: RecordSigner) -> SQLiteMetaStore:
     """``SESSION_PROVIDER=sqlite``: ``ARTIFACT_SQLITE_PATH``, else ``meta.sqlite3`` in the data dir."""
-    return SQLiteMetaStore(settings.sqlite_path or settings.fs_root / "meta.sqlite3", signer)
+    if settings.sqlite_path is not None:
+        return SQLiteMetaStore(settings.sqlite_path, signer)
+    return SQLiteMetaStore(settings.fs_root / "meta.sqlite3", signer, in_data_dir=True)
 
 
 def in_memory(settings: Settings, signer: RecordSigner) -> SQLiteMetaStore:
     """``SESSION_PROVIDER=memory``: the same store on a private in-memory database."""
     return SQLiteMetaStore(":memory:", signer)
+
+
+def _usage_key(node: Node) -> str | None:
+    return node.space.usage_key if (node.is_file and node.space is not None) else None
 
 
 def _next_rev(node: Node) -> Node:

@@ -24,6 +24,7 @@ from core.errors import (
     ArtifactCorruptedError,
     UploadNotFoundError,
 )
+from core.infra.private import new_private_dir, private_dir
 from core.infra.signing import RecordSigner
 from core.settings import Settings
 
@@ -112,9 +113,9 @@ class DirUploadRegistry:
 
     async def create(self, record: UploadRecord) -> None:
         def work() -> None:
-            self.root.mkdir(parents=True, exist_ok=True)
+            private_dir(self.root)
             staging = self.root / f".new-{record.upload_id}"
-            staging.mkdir()
+            new_private_dir(staging)
             self._write(staging, RECORD_FILE, record)
             os.rename(staging, self._dir(record.upload_id))  # the upload appears whole
             _fsync_dir(self.root)

@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core.backends.meta import checks
 from core.backends.meta.base import Cover, decode_record
 from core.backends.meta.redis.lua import NO_TOUCH, SCRIPT
 from core.errors import (
@@ -291,23 +292,23 @@ class RedisMetaStore:
         return self._load(ino, *row)
 
     async def lookup(self, parent: int, name: str) -> Node | None:
-        return self._load_reply(await self._script("lookup", "lookup", parent, _name(name), "0"))
+        return checks.is_entry(self._load_reply(await self._script("lookup", "lookup", parent, _name(name), "0")), parent, name)
 
     async def entry(self, parent: int, name: str) -> tuple[Node | None, Node | None]:
         reply = await self._script("lookup", "lookup", parent, _name(name), "1")
-        return self._load(*reply[:5]), self._load_reply(reply[5:])
+        return self._load(*reply[:5]), checks.is_entry(self._load_reply(reply[5:]), parent, name)
 
     async def children(self, parent: int) -> list[Node]:
         reply = await self._script("list", "list", parent, _LIST_INLINE)
         if reply[0] == b"RECORDS":
             loaded = (self._load(*reply[at : at + 5]) for at in range(1, len(reply), 5))
-            nodes = [n for n in loaded if n is not None and n.parent == parent]
+            nodes = checks.of_parent((n for n in loaded if n is not None), parent)
         else:
-            nodes = [n for n in await self._load_many("list", reply[1:]) if n.parent == parent]
+            nodes = checks.of_parent(await self._load_many("list", reply[1:]), parent)
         return sorted(nodes, key=lambda n: _name(n.name))
 
     async def find_artifact(self, artifact_id: str) -> Node | None:
-        return self._load_reply(await self._script("find", "find", artifact_id))
+        return checks.has_artifact(self._load_reply(await self._script("find", "find", artifact_id)), artifact_id)
 
     def _records(self, reply: Sequence[object]) -> Iterator[Node]:
         """The nodes of a script's answer of whole records (ino, rec, sig, mt, mts each), verified."""
@@ -332,27 +333,13 @@ class RedisMetaStore:
             found = sorted(self._records(reply[1:]), key=lambda n: n.ino)
         else:
             found = await self._load_many("search", sorted(int(m) for m in reply[1:]))
-        return [
-            n
-            for n in found
-            if n.artifact is not None
-            and n.space is not None
-            and n.space.sandbox_id == sandbox_id
-            and (scope is None or n.space.scope is scope)
-            and (session_id is None or n.space.session_id == session_id)
-            and (user_id is None or n.space.user_id == user_id)
-        ]
+        return checks.in_space(found, sandbox_id, scope, session_id, user_id)
 
     async def resolve(self, parent: int, names: Sequence[str]) -> list[Node]:
         if not names:
             return []
-        nodes: list[Node] = []
         reply = await self._script("resolve", "resolve", parent, *map(_name, names))
-        for node, name in zip(self._records(reply), names):
-            if (node.parent, node.name) != (nodes[-1].ino if nodes else parent, name):
-                break  # not the entry asked for (the script answers nothing else): trust no more of it
-            nodes.append(node)
-        return nodes
+        return checks.along(self._records(reply), parent, names)
 
     async def subtree(self, root: int) -> list[Node]:
         nodes: dict[int, Node] = {}
@@ -368,7 +355,7 @@ class RedisMetaStore:
             found = [d for d in reply[end + 1 + left :] if d not in found_before]
             found_before.update(found)
             queue = [*reply[end + 1 : end + 1 + left], *found]
-        return list(nodes.values())
+        return checks.below(nodes.values(), root)
 
     async def lineage(self, inos: Collection[int]) -> dict[int, Node]:
         asked = sorted(set(inos))
@@ -377,14 +364,14 @@ class RedisMetaStore:
             chunk = [ino for ino in asked[at : at + _LIST_INLINE] if ino not in known]
             if chunk:
                 known.update((n.ino, n) for n in self._records(await self._script("lineage", "lineage", *chunk)))
-        return known
+        return checks.up_from(known.values(), asked)
 
     async def expired(self, now_ns: int, limit: int = 1000) -> list[Node]:
         inos = await self._call(
             "expired", lambda client, _s: client.zrangebyscore(self.key("exp"), "-inf", now_ns, start=0, num=limit)
         )
-        # Scores are doubles; the exact test is on the record.
-        return [n for n in await self._load_many("expired", inos) if n.expired(now_ns)]
+        # Scores are doubles, and the zset is not signed: the test that counts is on the record.
+        return checks.is_expired(await self._load_many("expired", inos), now_ns)
 
     async def usage(self, usage_key: str) -> Usage:
         async def read(client: aioredis.Redis, _s: object) -> tuple:
@@ -415,7 +402,9 @@ class RedisMetaStore:
             args = ["1" if flag else "0", expect, *self._args(node), *extra, *self._cover_args(cover, node)]
             reply = self._check(await self._script(what, op, *args), what)
             if reply[0] == b"CONFLICT":
-                self._load(*reply[1:])  # refuses a corrupted record before it is touched
+                occupant = self._load(*reply[1:])  # refuses a corrupted record before it is touched
+                if occupant is not None and checks.is_entry(occupant, node.parent, node.name) is None:
+                    raise ArtifactCorruptedError(f"{what}: the entry holds inode {occupant.ino}, recorded elsewhere")
                 if expect:  # raced by another replacer: back off a little so one of us gets through
                     await self._back_off(attempt)
                 expect = reply[1]
