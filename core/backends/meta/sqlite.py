@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from core.backends.meta.base import Cover, decode_record
+from core.backends.meta.base import ChildrenPage, Cover, decode_record
 from core.errors import (
     AlreadyExistsError,
     ArtifactNotFoundError,
@@ -234,6 +234,14 @@ class SQLiteMetaStore:
 
     async def children(self, parent: int) -> list[Node]:
         return self._many(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND ino!=? ORDER BY name", (parent, ROOT_INO))
+
+    async def children_page(self, parent: int, after: str | None, limit: int) -> ChildrenPage:
+        # The (parent, name) index answers this in name order without a sort; BINARY collation is UTF-8 byte order.
+        nodes = self._many(
+            f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name>? AND ino!=? ORDER BY name LIMIT ?",
+            (parent, after if after is not None else "", ROOT_INO, limit),
+        )
+        return ChildrenPage(nodes, nodes[-1].name if nodes else None, len(nodes) >= limit)
 
     async def find_artifact(self, artifact_id: str) -> Node | None:
         return self._one(f"SELECT {_COLUMNS} FROM node WHERE artifact_id=?", (artifact_id,))

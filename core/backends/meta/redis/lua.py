@@ -97,6 +97,8 @@ local NODE_ARGS = 13
 
 local function ikey(ino) return P .. ':i:' .. ino end
 local function dkey(ino) return P .. ':d:' .. ino end
+-- a directory's names in byte order (a sorted set of score 0), for listings a page at a time
+local function okey(ino) return P .. ':o:' .. ino end
 
 local function argnode(at)
   local n = {ino = ARGV[at]}
@@ -159,14 +161,20 @@ local function unindex(n)
 end
 
 local function unlink(n)
-  if redis.call('HGET', dkey(n.p), n.n) == n.ino then redis.call('HDEL', dkey(n.p), n.n) end
+  if redis.call('HGET', dkey(n.p), n.n) == n.ino then
+    redis.call('HDEL', dkey(n.p), n.n)
+    redis.call('ZREM', okey(n.p), n.n)
+  end
 end
 
 local function store(n)
   redis.call('HSET', ikey(n.ino), 'rec', n.rec, 'sig', n.sig, 'p', n.p, 'n', n.n, 'k', n.k, 'a', n.a,
              'ix', n.ix, 'uk', n.uk, 'sz', n.sz, 'ex', n.ex, 'v', n.v, 'r', n.r)
   redis.call('HDEL', ikey(n.ino), 'mt', 'mts')  -- the record carries the directory's times now
-  if n.p ~= '0' then redis.call('HSET', dkey(n.p), n.n, n.ino) end
+  if n.p ~= '0' then
+    redis.call('HSET', dkey(n.p), n.n, n.ino)
+    redis.call('ZADD', okey(n.p), 0, n.n)
+  end
   index(n)
 end
 
@@ -178,7 +186,7 @@ end
 local function drop(n)
   unlink(n)
   unindex(n)
-  redis.call('DEL', ikey(n.ino), dkey(n.ino))
+  redis.call('DEL', ikey(n.ino), dkey(n.ino), okey(n.ino))
 end
 
 -- the directory times in ARGV[at..at+2], if they are for directory ino (see the module's docs)
@@ -243,6 +251,35 @@ end
 -- alone: reading its records here would hold the server for every other client meanwhile.
 function ops.list()
   return records_or_inos(redis.call('HVALS', dkey(ARGV[3])), tonumber(ARGV[4]))
+end
+
+-- ARGV: parent, the name to start after ('' for the first), how many names at most. Answers the
+-- number of names the page covered, the last of them, then the records of those still entries here.
+-- A directory whose name order is missing or behind (made before it was kept) gets it rebuilt first.
+function ops.page()
+  local dir, after, most = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local order = okey(dir)
+  if redis.call('ZCARD', order) ~= redis.call('HLEN', dkey(dir)) then
+    redis.call('DEL', order)
+    local names = redis.call('HKEYS', dkey(dir))
+    for at = 1, #names, 1000 do
+      local args = {}
+      for j = at, math.min(at + 999, #names) do
+        args[#args + 1] = 0
+        args[#args + 1] = names[j]
+      end
+      redis.call('ZADD', order, unpack(args))
+    end
+  end
+  local names = redis.call('ZRANGEBYLEX', order, after == '' and '-' or '(' .. after, '+', 'LIMIT', 0, most)
+  local out = {#names, names[#names] or ''}
+  for _, name in ipairs(names) do
+    local ino = redis.call('HGET', dkey(dir), name)
+    if ino then
+      for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
+    end
+  end
+  return out
 end
 
 -- ARGV: index tag, how many records to answer at most: the search set's records, or (a larger set)

@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.backends.meta.base import Cover, decode_record
+from core.backends.meta.base import ChildrenPage, Cover, decode_record
 from core.backends.meta.redis.lua import NO_TOUCH, SCRIPT
 from core.errors import (
     AlreadyExistsError,
@@ -305,6 +305,13 @@ class RedisMetaStore:
         else:
             nodes = [n for n in await self._load_many("list", reply[1:]) if n.parent == parent]
         return sorted(nodes, key=lambda n: _name(n.name))
+
+    async def children_page(self, parent: int, after: str | None, limit: int) -> ChildrenPage:
+        reply = await self._script("list", "page", parent, _name(after) if after else b"", limit)
+        covered = int(reply[0])
+        nodes = [n for n in self._records(reply[2:]) if n.parent == parent]
+        last = reply[1].decode("utf-8", "surrogateescape") if covered else None
+        return ChildrenPage(nodes, last, covered >= limit)
 
     async def find_artifact(self, artifact_id: str) -> Node | None:
         return self._load_reply(await self._script("find", "find", artifact_id))
