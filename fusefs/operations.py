@@ -15,6 +15,7 @@ import mimetypes
 import os
 import stat
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from fusefs.attrs import Attributes, Inodes
 from fusefs.callers import Callers
 from fusefs.dirhandles import PAGE_SIZE, OpenDirectory
 from fusefs.errnos import fuse_call
+from fusefs.fairness import PER_UID, PerUid
 from fusefs.openfiles import KernelCache, OpenFile, OpenFiles
 from fusefs.options import REQUEST_TIMEOUT
 from fusefs.watchdog import Watchdog
@@ -106,11 +108,12 @@ class Operations(pyfuse3.Operations):
     def __init__(
         self, ns: Namespace, *, root_ino: int, sandbox_id: str, callers: Callers, data_dir: Path, spool_dir: Path,
         presigner: Presigner | None = None, request_timeout: float | None = REQUEST_TIMEOUT,
-        readdir_page: int = PAGE_SIZE,
+        readdir_page: int = PAGE_SIZE, per_uid: int | None = PER_UID,
     ) -> None:
         super().__init__()
         self.ns = ns
-        self.watchdog = Watchdog(request_timeout, allowance=self._publish_allowance)
+        self.fair = PerUid(per_uid)
+        self.watchdog = Watchdog(request_timeout, allowance=self._publish_allowance, admit=self._admit)
         self.sandbox_id = sandbox_id  # whose users' quotas statfs reports
         self.data_dir = data_dir
         self.inodes = Inodes(root_ino)
@@ -162,6 +165,12 @@ class Operations(pyfuse3.Operations):
         handle = self.files.find(args[1])
         spool = handle.file.spool if handle is not None else None
         return spool.size / PUBLISH_BYTES_PER_SECOND if spool is not None else 0.0
+
+    def _admit(self, name: str, args: tuple[Any, ...]) -> AbstractAsyncContextManager[None]:
+        """A request's turn among its uid's own (:mod:`fusefs.fairness`). Requests on an open
+        handle carry no caller: the open that made the handle took its uid's turn."""
+        uid = getattr(args[-1], "uid", None) if args else None  # the RequestContext, which comes last
+        return self.fair.turn(uid if isinstance(uid, int) else None)
 
     async def shutdown(self, bound: float = SHUTDOWN_BOUND) -> None:
         """Unmount: drop what was never published, sync what was; give up after ``bound`` seconds."""
