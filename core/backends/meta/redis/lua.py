@@ -17,6 +17,10 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
                            ``mt`` its new mtime/ctime and ``mts`` that value's
                            own signature (see *Directory times* below)
 ``P:d:<ino>``       hash   one directory: name -> child ino
+``P:o:<ino>``       zset   the same directory's names, score 0: byte order, for
+                           ``page`` (ZRANGEBYLEX); kept with ``P:d`` in every
+                           script, rebuilt by ``page`` where it is missing or
+                           short (a store written before it existed)
 ``P:ino``           str    the inode counter; numbers are never handed out twice
 ``P:art``           hash   artifact id -> ino
 ``P:x:<tag>``       set    search indexes: ``sb:<sandbox>``, ``sc:<sandbox>/<scope>``,
@@ -34,7 +38,9 @@ A record travels back as ino, ``rec``, ``sig``, ``mt``, ``mts``.
 
 Reads that answer many records do it in pages, so no script holds the
 server for long, and every record still travels whole, to be verified by
-the client: ``list`` (a directory) and ``search`` (an index set) answer up
+the client: ``page`` answers up to a page of a directory's entries after a
+name, in name order (a listing through the mount, O(log n) per page);
+``list`` (a directory) and ``search`` (an index set) answer up
 to a page of records inline, else the inos alone; ``subtree`` walks a
 directory's tree breadth first, a page of entries per call, handing back
 the directories it has not walked yet (a directory larger than the page is
