@@ -72,6 +72,8 @@ class Watchdog:
         started = trio.current_time()
         bound = self.timeout + (self._allowance(name, args) if self._allowance else 0.0)
         scope = trio.CancelScope(deadline=started + bound)
+        if self._stopped:  # queued for its uid's turn (fusefs.fairness) when the unmount came: called off too
+            scope.cancel()
         self._running.add(scope)
         try:
             with scope:

@@ -6,13 +6,14 @@ them the mount lets run at once, and whether uid B's request gets through meanwh
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from opskit import ROOT, Caller, ctx, kernel
+from opskit import ROOT, Caller, ctx, errno_of, kernel
 
 from core.nodes import Node
 
@@ -84,3 +85,28 @@ async def test_requests_on_open_handles_are_not_queued(tmp_path: Path) -> None:
             assert await k.read(fh, 0, 5) == b"hello"
             await k.close(fh)
             gate.open.set()
+
+
+@pytest.mark.semantics("S-fair-uids")
+async def test_requests_queued_for_their_turn_are_called_off_at_unmount(tmp_path: Path) -> None:
+    """The watchdog calls off every running request at unmount; one still waiting for its uid's turn
+    then must not start afresh and hold the unmount up."""
+    async with kernel(tmp_path) as k:
+        await k.write_file("users/alice/f", b"x")
+        home = await k.ino("users/alice")
+        k.ops.fair.per_uid = 1
+        gate = Gate(k.ns.meta)
+        codes: list[int | None] = []
+
+        async def alice_looks_up() -> None:
+            codes.append(await errno_of(k.ops.lookup(home, b"f", ctx(ALICE))))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(alice_looks_up)
+            await trio.testing.wait_all_tasks_blocked()
+            assert gate.held == 1 and k.ops.fair.waiting(ALICE.uid) == 2
+            k.ops.watchdog.stop()
+            await trio.testing.wait_all_tasks_blocked()
+            gate.open.set()  # what still waits in the store now would be answered, not called off
+        assert codes == [errno.EIO] * 3 and gate.most == 1
