@@ -217,6 +217,10 @@ class Settings(BaseSettings):
     home: Annotated[Path | None, Env("HOME")] = None  # unset: the password database's
     # Set: glibc sized its malloc arenas from it, and the mount leaves them alone (fusefs.mount).
     malloc_arena_max: Annotated[str | None, Env("MALLOC_ARENA_MAX")] = None
+    # -- the mount's fair sharing (fusefs.fairness): requests one uid may have running at once (the
+    # rest wait behind that uid's own), and requests the mount reads from the kernel at once.
+    mount_uid_requests: Annotated[int, Env("ARTIFACT_MOUNT_UID_REQUESTS"), Field(ge=1)] = 8
+    mount_max_tasks: Annotated[int, Env("ARTIFACT_MOUNT_MAX_TASKS"), Field(ge=2)] = 256
 
     @classmethod
     def settings_customise_sources(

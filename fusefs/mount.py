@@ -252,7 +252,7 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
         ops = Operations(
             ns, root_ino=box.ino if options.sandbox else ROOT_INO, sandbox_id=settings.sandbox_id,
             callers=callers, data_dir=options.data_dir, spool_dir=spool_dir,
-            presigner=transfers, request_timeout=options.request_timeout,
+            presigner=transfers, request_timeout=options.request_timeout, per_uid=settings.mount_uid_requests,
         )
         # A lost notice is seen late by at most the cache time, so a followed store gets a short one by default.
         cache_seconds = options.cache_timeout
@@ -274,7 +274,8 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
                     nursery.start_soon(follower.run)
 
                 async def serve_requests() -> None:
-                    await pyfuse3.main()
+                    # Enough workers that one uid's queue (fusefs.fairness) leaves room for the others' requests.
+                    await pyfuse3.main(max_tasks=settings.mount_max_tasks)
                     if follower is not None:
                         follower.stop()  # no kernel call may reach a session that is ending
                     nursery.cancel_scope.cancel()  # unmounted: stop the signal watcher and background work

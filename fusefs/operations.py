@@ -15,6 +15,7 @@ import mimetypes
 import os
 import stat
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,9 @@ from core.tree import grid
 from core.tree.namespace import Namespace
 from fusefs.attrs import Attributes, Inodes
 from fusefs.callers import Callers
+from fusefs.dirhandles import PAGE_SIZE, OpenDirectory
 from fusefs.errnos import fuse_call
+from fusefs.fairness import PER_UID, PerUid
 from fusefs.openfiles import KernelCache, OpenFile, OpenFiles
 from fusefs.options import REQUEST_TIMEOUT
 from fusefs.watchdog import Watchdog
@@ -80,14 +83,6 @@ def guess_mime(name: str) -> str:
     return mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
 
 
-class _Directory:
-    __slots__ = ("entries", "node")
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.entries: list[tuple[bytes, Node]] | None = None  # "..", second, holds this directory's node
-
-
 class _Lost:
     """An unlink's or rename's try that found nothing to act on: the nodes it acted on, and why."""
 
@@ -113,10 +108,12 @@ class Operations(pyfuse3.Operations):
     def __init__(
         self, ns: Namespace, *, root_ino: int, sandbox_id: str, callers: Callers, data_dir: Path, spool_dir: Path,
         presigner: Presigner | None = None, request_timeout: float | None = REQUEST_TIMEOUT,
+        readdir_page: int = PAGE_SIZE, per_uid: int | None = PER_UID,
     ) -> None:
         super().__init__()
         self.ns = ns
-        self.watchdog = Watchdog(request_timeout, allowance=self._publish_allowance)
+        self.fair = PerUid(per_uid)
+        self.watchdog = Watchdog(request_timeout, allowance=self._publish_allowance, admit=self._admit)
         self.sandbox_id = sandbox_id  # whose users' quotas statfs reports
         self.data_dir = data_dir
         self.inodes = Inodes(root_ino)
@@ -124,7 +121,8 @@ class Operations(pyfuse3.Operations):
         self.attrs = Attributes(self.inodes, callers, os.getgid())
         self.xattrs = Xattrs(presigner, ns.limits)
         self.files = OpenFiles(ns, spool_dir, self._spawn, self._invalidate)
-        self._dirs: dict[int, _Directory] = {}
+        self._dirs: dict[int, OpenDirectory] = {}
+        self.readdir_page = readdir_page
         self._next_dir = 1
         self._removed_dirs: dict[int, Node] = {}  # ino -> a directory removed while open here, as it was
         self._nursery: trio.Nursery | None = None
@@ -167,6 +165,12 @@ class Operations(pyfuse3.Operations):
         handle = self.files.find(args[1])
         spool = handle.file.spool if handle is not None else None
         return spool.size / PUBLISH_BYTES_PER_SECOND if spool is not None else 0.0
+
+    def _admit(self, name: str, args: tuple[Any, ...]) -> AbstractAsyncContextManager[None]:
+        """A request's turn among its uid's own (:mod:`fusefs.fairness`). Requests on an open
+        handle carry no caller: the open that made the handle took its uid's turn."""
+        uid = getattr(args[-1], "uid", None) if args else None  # the RequestContext, which comes last
+        return self.fair.turn(uid if isinstance(uid, int) else None)
 
     async def shutdown(self, bound: float = SHUTDOWN_BOUND) -> None:
         """Unmount: drop what was never published, sync what was; give up after ``bound`` seconds."""
@@ -324,24 +328,23 @@ class Operations(pyfuse3.Operations):
         await self.callers.check(ctx.uid, node, write=False)
         fh = self._next_dir
         self._next_dir += 1
-        self._dirs[fh] = _Directory(node)
+        self._dirs[fh] = OpenDirectory(node, self.readdir_page)
         return fh
 
     @fuse_call
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        # Offsets are positions (S-readdir-offsets): "." is 1, ".." 2, then the names, a page at a time.
         directory = self._dirs[fh]
-        if start_id == 0 or directory.entries is None:  # a fresh listing, or rewinddir()
-            node = directory.node
-            children = await self.ns.list(node)
-            directory.entries = [(_DOT, node), (_DOTDOT, node)]
-            directory.entries += [(child.name.encode(), child) for child in children]
+        entries = await directory.entries_from(self.ns, max(start_id, 2))
         # A request past its bound was answered already: its token must not be replied to again.
         await trio.lowlevel.checkpoint_if_cancelled()
-        entries = directory.entries
-        for index in range(start_id, len(entries)):
-            name, node = entries[index]
-            attr = self._parent_entry(node) if index == 1 else self._attr(node)
-            if not pyfuse3.readdir_reply(token, name, attr, index + 1):
+        node = directory.node
+        if start_id == 0 and not pyfuse3.readdir_reply(token, _DOT, self._attr(node), 1):
+            return
+        if start_id <= 1 and not pyfuse3.readdir_reply(token, _DOTDOT, self._parent_entry(node), 2):
+            return
+        for child, offset in entries:
+            if not pyfuse3.readdir_reply(token, child.name.encode(), self._attr(child), offset):
                 break
 
     def _parent_entry(self, node: Node) -> pyfuse3.EntryAttributes:

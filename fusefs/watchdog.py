@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 import pyfuse3
@@ -43,13 +44,16 @@ class Watchdog:
     """Runs each handler under its request's deadline.
 
     ``timeout`` None sets no bound. ``allowance(name, args)`` adds seconds for requests
-    whose work grows with the data (a close that publishes a large file).
+    whose work grows with the data (a close that publishes a large file). ``admit(name, args)``
+    is entered before the deadline starts: a request waiting for its turn there
+    (:mod:`fusefs.fairness`) has not started yet, so the wait is not counted against it.
     """
 
     def __init__(
-        self, timeout: float | None, *, allowance: Callable[[str, tuple[Any, ...]], float] | None = None
+        self, timeout: float | None, *, allowance: Callable[[str, tuple[Any, ...]], float] | None = None,
+        admit: Callable[[str, tuple[Any, ...]], AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
-        self.timeout, self._allowance = timeout, allowance
+        self.timeout, self._allowance, self._admit = timeout, allowance, admit
         self._running: set[trio.CancelScope] = set()
         self.late = 0  # requests answered EIO because their handler overran
         self._stopped = False
@@ -57,11 +61,19 @@ class Watchdog:
     async def answer(
         self, name: str, handler: Callable[..., Awaitable[Any]], args: tuple[Any, ...], describe: Callable[[], str]
     ) -> Any:
+        async with self._admit(name, args) if self._admit is not None else nullcontext():
+            return await self._bounded(name, handler, args, describe)
+
+    async def _bounded(
+        self, name: str, handler: Callable[..., Awaitable[Any]], args: tuple[Any, ...], describe: Callable[[], str]
+    ) -> Any:
         if self.timeout is None:
             return await handler(*args)
         started = trio.current_time()
         bound = self.timeout + (self._allowance(name, args) if self._allowance else 0.0)
         scope = trio.CancelScope(deadline=started + bound)
+        if self._stopped:  # queued for its uid's turn (fusefs.fairness) when the unmount came: called off too
+            scope.cancel()
         self._running.add(scope)
         try:
             with scope:

@@ -73,6 +73,8 @@ def assert_consistent(url: str, prefix: str) -> None:
     for ino, record in inodes.items():
         if ino != ROOT_INO:
             assert dirs[int(record[b"p"])][record[b"n"]] == str(ino).encode()
+    for parent, entries in dirs.items():  # each directory's name order holds its names, no more
+        assert set(r.zrange(f"{prefix}:o:{parent}", 0, -1)) == set(entries)
     assert r.hgetall(f"{prefix}:art") == {h[b"a"]: str(i).encode() for i, h in inodes.items() if h[b"a"]}
     assert {m: s for m, s in r.zrange(f"{prefix}:exp", 0, -1, withscores=True)} == {
         str(i).encode(): float(h[b"ex"]) for i, h in inodes.items() if h[b"ex"]
@@ -326,6 +328,24 @@ async def test_listing_ten_thousand_entries_reads_one_map(own_redis: RedisServer
     assert [n.name for n in listing] == [f"f{i:05d}" for i in range(10_000)]
     assert_no_scans(counts)
     assert counts.get("hvals") == 1 and counts.get("hmget") == 10_000  # one map, then the records, pipelined
+
+
+async def test_a_directory_made_before_name_order_was_kept_pages_all_the_same(meta: RedisMetaStore) -> None:
+    """A store written by an older version has no name order: the first page rebuilds it."""
+    box, _ = await meta.insert(a_dir(ROOT_INO, "box"))
+    for i in range(25):
+        await meta.insert(a_file(box.ino, f"f{i:02d}"))
+    with redis.Redis.from_url(meta.url) as r:
+        r.delete(f"{meta.prefix}:o:{box.ino}")
+    seen, after = [], None
+    while True:
+        page = await meta.children_page(box.ino, after, 10)
+        seen += [n.name for n in page.nodes]
+        if not page.more:
+            break
+        after = page.last
+    assert seen == [f"f{i:02d}" for i in range(25)]
+    assert_consistent(meta.url, meta.prefix)
 
 
 async def test_search_and_expiry_read_indexes(own_redis: RedisServer) -> None:

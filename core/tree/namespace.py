@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from core.backends.blobs.base import BlobStore
-from core.backends.meta.base import Cover, MetaStore
+from core.backends.meta.base import ChildrenPage, Cover, MetaStore
 from core.errors import (
     AlreadyExistsError,
     ArtifactExpiredError,
@@ -132,6 +132,16 @@ class Namespace(Content, Quotas):
     async def list(self, parent: Node) -> list[Node]:
         now = self.now()
         return [n for n in await self.meta.children(parent.ino) if not n.expired(now)]
+
+    async def list_page(self, parent: Node, after: str | None, limit: int) -> ChildrenPage:
+        """One page of :meth:`list`: the visible entries among the next ``limit`` names after ``after``.
+
+        ``last`` and ``more`` are the backend's, so an expired entry skipped here still moves the
+        cursor on: a page of nothing but expired entries is not the directory's end.
+        """
+        page = await self.meta.children_page(parent.ino, after, limit)
+        now = self.now()
+        return page._replace(nodes=[n for n in page.nodes if not n.expired(now)])
 
     async def lookup(self, parent_ino: int, name: str) -> Node | None:
         """The entry ``name`` of ``parent_ino`` as stored, expired or not: what a new entry there replaces."""

@@ -203,6 +203,63 @@ async def test_children_are_the_entries_of_one_directory(meta: MetaStore) -> Non
     assert names(await meta.children(ROOT_INO)) == ["alice"]  # the root never lists itself
 
 
+async def pages(meta: MetaStore, parent: int, limit: int) -> list[list[str]]:
+    """Every page of a listing of ``parent``, by name, ``limit`` names at a time."""
+    out: list[list[str]] = []
+    after: str | None = None
+    while True:
+        page = await meta.children_page(parent, after, limit)
+        out.append([n.name for n in page.nodes])
+        if not page.more:
+            return out
+        after = page.last
+
+
+async def test_children_page_lists_a_directory_by_name_a_page_at_a_time(meta: MetaStore) -> None:
+    home = await scope_root(meta)
+    sub, _ = await meta.insert(a_dir(home.ino, "sub"))
+    await meta.insert(a_file(sub.ino, "deep"))
+    odd = ["b", "a", "naïve ✓", "Z", "emoji 📦", "a b", "x" * 255, "c"]
+    for name in odd:
+        await meta.insert(a_file(home.ino, name))
+    expected = sorted([*odd, "sub"], key=lambda n: n.encode())  # UTF-8 byte order
+    listed = await pages(meta, home.ino, 3)
+    assert all(len(page) <= 3 for page in listed)
+    assert [name for page in listed for name in page] == expected
+    assert [n.name for n in (await meta.children_page(home.ino, "b", 2)).nodes] == expected[expected.index("b") + 1:][:2]
+    assert [n.name for n in (await meta.children_page(ROOT_INO, None, 10)).nodes] == ["alice"]
+    end = await meta.children_page(home.ino, expected[-1], 5)
+    assert end.nodes == [] and not end.more
+    assert (await meta.children_page(999_999, None, 5)).nodes == []
+
+
+async def test_children_page_keeps_its_place_while_the_directory_changes(meta: MetaStore) -> None:
+    """The name is the cursor: entries present throughout come exactly once, whatever changes between pages."""
+    home = await scope_root(meta)
+    stable = [f"s{i:03d}" for i in range(40)]
+    for name in stable:
+        await meta.insert(a_file(home.ino, name))
+    transient = {name: (await meta.insert(a_file(home.ino, name)))[0] for name in ("s005x", "s030x")}
+    seen: list[str] = []
+    after: str | None = None
+    turn = 0
+    while True:
+        page = await meta.children_page(home.ino, after, 7)
+        seen += [n.name for n in page.nodes]
+        turn += 1
+        if turn == 2:  # between pages: remove an entry behind and one ahead, add some on both sides
+            for node in transient.values():
+                await meta.remove(node)
+            for name in ("s000y", "s039y", "s020y"):
+                await meta.insert(a_file(home.ino, name))
+        if not page.more:
+            break
+        after = page.last
+    assert len(seen) == len(set(seen))
+    assert set(stable) <= set(seen)
+    assert set(seen) <= set(stable) | set(transient) | {"s000y", "s039y", "s020y"}
+
+
 async def test_search_finds_artifacts_by_their_space(meta: MetaStore) -> None:
     alice, bob = await scope_root(meta, ALICE, "alice"), await scope_root(meta, BOB, "bob")
     session = await scope_root(meta, SESSION, "s1")

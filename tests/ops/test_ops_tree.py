@@ -136,8 +136,9 @@ async def test_readdir_resumes_at_any_offset_without_losing_or_repeating(tmp_pat
 
 
 @pytest.mark.semantics("S-readdir-offsets")
-async def test_a_listing_in_progress_is_a_snapshot_and_rewinddir_refreshes_it(tmp_path: Path) -> None:
-    """Entries made or removed while a directory is being read do not shift its offsets."""
+async def test_rewinddir_starts_a_fresh_listing(tmp_path: Path) -> None:
+    """Entries made or removed while a directory is being read do not shift the offsets of the others;
+    a rewind (offset 0) then sees the directory as it is."""
     async with kernel(tmp_path) as k:
         for name in ("a", "b", "c"):
             await k.write_file(f"users/alice/{name}", b"")

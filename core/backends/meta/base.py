@@ -75,6 +75,20 @@ def _decoded_slowly(ino: int, record: bytes) -> Node:
         raise ArtifactCorruptedError(f"the metadata record of inode {ino} is unreadable") from exc
 
 
+class ChildrenPage(NamedTuple):
+    """One page of a directory, by name.
+
+    ``last`` is the greatest name the page covered (records that vanished
+    between the backend's index and its read included), or None when no name
+    sorts after ``after`` at all; ``more`` is False once the page reached the
+    directory's end.
+    """
+
+    nodes: list[Node]
+    last: str | None
+    more: bool
+
+
 class Cover(NamedTuple):
     """A session root to move out so it expires no sooner than the node an insert adds.
 
@@ -101,6 +115,17 @@ class MetaStore(Protocol):
         ...
 
     async def children(self, parent: int) -> list[Node]: ...
+
+    async def children_page(self, parent: int, after: str | None, limit: int) -> ChildrenPage:
+        """Up to ``limit`` entries of ``parent`` whose names sort after ``after`` (all, if None), by name.
+
+        Names sort by their UTF-8 bytes (code points), in every backend alike. A
+        listing pages through a directory with this, holding one page at a time
+        whatever the directory's size (issue #16); the name is the cursor, so an
+        entry present all along is answered exactly once however the directory
+        changes between pages. Expired entries are answered like the others.
+        """
+        ...
 
     async def find_artifact(self, artifact_id: str) -> Node | None: ...
 

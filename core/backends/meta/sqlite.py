@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from core.backends.meta import checks
-from core.backends.meta.base import Cover, decode_record
+from core.backends.meta.base import ChildrenPage, Cover, decode_record
 from core.errors import (
     AlreadyExistsError,
     ArtifactCorruptedError,
@@ -271,6 +271,15 @@ class SQLiteMetaStore:
         return checks.of_parent(
             self._many(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND ino!=? ORDER BY name", (parent, ROOT_INO)), parent
         )
+
+    async def children_page(self, parent: int, after: str | None, limit: int) -> ChildrenPage:
+        # The (parent, name) index answers this in name order without a sort; BINARY collation is UTF-8 byte order.
+        rows = self._many(
+            f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name>? AND ino!=? ORDER BY name LIMIT ?",
+            (parent, after if after is not None else "", ROOT_INO, limit),
+        )
+        # The cursor is the last name the index covered; the page keeps only what the records confirm.
+        return ChildrenPage(checks.of_parent(rows, parent), rows[-1].name if rows else None, len(rows) >= limit)
 
     async def find_artifact(self, artifact_id: str) -> Node | None:
         return checks.has_artifact(self._one(f"SELECT {_COLUMNS} FROM node WHERE artifact_id=?", (artifact_id,)), artifact_id)

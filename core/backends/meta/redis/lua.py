@@ -17,6 +17,10 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
                            ``mt`` its new mtime/ctime and ``mts`` that value's
                            own signature (see *Directory times* below)
 ``P:d:<ino>``       hash   one directory: name -> child ino
+``P:o:<ino>``       zset   the same directory's names, score 0: byte order, for
+                           ``page`` (ZRANGEBYLEX); kept with ``P:d`` in every
+                           script, rebuilt by ``page`` where it is missing or
+                           short (a store written before it existed)
 ``P:ino``           str    the inode counter; numbers are never handed out twice
 ``P:art``           hash   artifact id -> ino
 ``P:x:<tag>``       set    search indexes: ``sb:<sandbox>``, ``sc:<sandbox>/<scope>``,
@@ -34,7 +38,9 @@ A record travels back as ino, ``rec``, ``sig``, ``mt``, ``mts``.
 
 Reads that answer many records do it in pages, so no script holds the
 server for long, and every record still travels whole, to be verified by
-the client: ``list`` (a directory) and ``search`` (an index set) answer up
+the client: ``page`` answers up to a page of a directory's entries after a
+name, in name order (a listing through the mount, O(log n) per page);
+``list`` (a directory) and ``search`` (an index set) answer up
 to a page of records inline, else the inos alone; ``subtree`` walks a
 directory's tree breadth first, a page of entries per call, handing back
 the directories it has not walked yet (a directory larger than the page is
@@ -97,6 +103,8 @@ local NODE_ARGS = 13
 
 local function ikey(ino) return P .. ':i:' .. ino end
 local function dkey(ino) return P .. ':d:' .. ino end
+-- a directory's names in byte order (a sorted set of score 0), for listings a page at a time
+local function okey(ino) return P .. ':o:' .. ino end
 
 local function argnode(at)
   local n = {ino = ARGV[at]}
@@ -159,14 +167,20 @@ local function unindex(n)
 end
 
 local function unlink(n)
-  if redis.call('HGET', dkey(n.p), n.n) == n.ino then redis.call('HDEL', dkey(n.p), n.n) end
+  if redis.call('HGET', dkey(n.p), n.n) == n.ino then
+    redis.call('HDEL', dkey(n.p), n.n)
+    redis.call('ZREM', okey(n.p), n.n)
+  end
 end
 
 local function store(n)
   redis.call('HSET', ikey(n.ino), 'rec', n.rec, 'sig', n.sig, 'p', n.p, 'n', n.n, 'k', n.k, 'a', n.a,
              'ix', n.ix, 'uk', n.uk, 'sz', n.sz, 'ex', n.ex, 'v', n.v, 'r', n.r)
   redis.call('HDEL', ikey(n.ino), 'mt', 'mts')  -- the record carries the directory's times now
-  if n.p ~= '0' then redis.call('HSET', dkey(n.p), n.n, n.ino) end
+  if n.p ~= '0' then
+    redis.call('HSET', dkey(n.p), n.n, n.ino)
+    redis.call('ZADD', okey(n.p), 0, n.n)
+  end
   index(n)
 end
 
@@ -178,7 +192,7 @@ end
 local function drop(n)
   unlink(n)
   unindex(n)
-  redis.call('DEL', ikey(n.ino), dkey(n.ino))
+  redis.call('DEL', ikey(n.ino), dkey(n.ino), okey(n.ino))
 end
 
 -- the directory times in ARGV[at..at+2], if they are for directory ino (see the module's docs)
@@ -243,6 +257,35 @@ end
 -- alone: reading its records here would hold the server for every other client meanwhile.
 function ops.list()
   return records_or_inos(redis.call('HVALS', dkey(ARGV[3])), tonumber(ARGV[4]))
+end
+
+-- ARGV: parent, the name to start after ('' for the first), how many names at most. Answers the
+-- number of names the page covered, the last of them, then the records of those still entries here.
+-- A directory whose name order is missing or behind (made before it was kept) gets it rebuilt first.
+function ops.page()
+  local dir, after, most = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local order = okey(dir)
+  if redis.call('ZCARD', order) ~= redis.call('HLEN', dkey(dir)) then
+    redis.call('DEL', order)
+    local names = redis.call('HKEYS', dkey(dir))
+    for at = 1, #names, 1000 do
+      local args = {}
+      for j = at, math.min(at + 999, #names) do
+        args[#args + 1] = 0
+        args[#args + 1] = names[j]
+      end
+      redis.call('ZADD', order, unpack(args))
+    end
+  end
+  local names = redis.call('ZRANGEBYLEX', order, after == '' and '-' or '(' .. after, '+', 'LIMIT', 0, most)
+  local out = {#names, names[#names] or ''}
+  for _, name in ipairs(names) do
+    local ino = redis.call('HGET', dkey(dir), name)
+    if ino then
+      for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
+    end
+  end
+  return out
 end
 
 -- ARGV: index tag, how many records to answer at most: the search set's records, or (a larger set)

@@ -34,7 +34,7 @@ from redis.exceptions import ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.backends.meta import checks
-from core.backends.meta.base import Cover, decode_record
+from core.backends.meta.base import ChildrenPage, Cover, decode_record
 from core.backends.meta.redis.lua import NO_TOUCH, SCRIPT
 from core.errors import (
     AlreadyExistsError,
@@ -306,6 +306,13 @@ class RedisMetaStore:
         else:
             nodes = checks.of_parent(await self._load_many("list", reply[1:]), parent)
         return sorted(nodes, key=lambda n: _name(n.name))
+
+    async def children_page(self, parent: int, after: str | None, limit: int) -> ChildrenPage:
+        reply = await self._script("list", "page", parent, _name(after) if after else b"", limit)
+        covered = int(reply[0])
+        nodes = checks.of_parent(self._records(reply[2:]), parent)
+        last = reply[1].decode("utf-8", "surrogateescape") if covered else None
+        return ChildrenPage(nodes, last, covered >= limit)
 
     async def find_artifact(self, artifact_id: str) -> Node | None:
         return checks.has_artifact(self._load_reply(await self._script("find", "find", artifact_id)), artifact_id)
