@@ -74,6 +74,12 @@ class Limits(BaseModel):
     user_quota_files: int | None = None
     session_ttl: int = 900
     default_ttl: int = 900  # for session-scope artifacts stored without a ttl
+    # Seconds a blob no record names any more waits before gc deletes it (issue #16): what a reader
+    # that opened the old version, or a host slower to see the new one, has to finish in.
+    blob_grace: int = Field(default=3600, ge=0)
+    # Seconds after its upload began that gc may reclaim a blob no commit came to name (the writer died).
+    # Longer than any upload takes: reclaiming a blob whose commit is still coming would lose it.
+    upload_intent_ttl: int = Field(default=24 * 3600, gt=0)
 
 
 class PresignSettings(BaseModel):

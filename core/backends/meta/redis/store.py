@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.backends.meta.base import Cover, decode_record
+from core.backends.meta.base import Cover, Deferred, decode_record
 from core.backends.meta.redis.lua import NO_TOUCH, SCRIPT
 from core.errors import (
     AlreadyExistsError,
@@ -502,6 +502,61 @@ class RedisMetaStore:
         what = repr(node.name)
         reply = self._check(await self._script(what, "remove", node.ino, node.parent, _name(node.name), *touch), what)
         return self._load(*reply[1:]) if len(reply) > 1 else None
+
+
+    # -- the deletion queue: one sorted set, key -> not_before in microseconds (exact in a double)
+
+    async def defer_delete(self, keys: Collection[str], not_before_ns: int, *, forget: Collection[str] = ()) -> None:
+        if not keys and not forget:
+            return
+        score = -(-not_before_ns // 1000)  # rounded up: never due before its time
+
+        async def write(client: aioredis.Redis, _s: object) -> None:
+            # MULTI/EXEC on one key: both changes or neither, and a retry repeats the same end state.
+            async with client.pipeline(transaction=True) as pipe:
+                if forget:
+                    pipe.zrem(self.key("gc"), *forget)
+                if keys:
+                    pipe.zadd(self.key("gc"), {k: score for k in keys})
+                await pipe.execute()
+
+        await self._call("defer delete", write)
+
+    async def due_deletions(self, now_ns: int, limit: int = 1000) -> list[Deferred]:
+        pairs = await self._call(
+            "due deletions",
+            lambda client, _s: client.zrangebyscore(
+                self.key("gc"), "-inf", now_ns // 1000, start=0, num=limit, withscores=True
+            ),
+        )
+        return [Deferred(k.decode(), int(score) * 1000) for k, score in pairs]
+
+    async def forget_deletions(self, entries: Collection[Deferred]) -> None:
+        if not entries:
+            return
+        argv: list[object] = []
+        for key, not_before_ns in entries:
+            argv += [key, not_before_ns // 1000]
+        await self._call(
+            "forget deletions",
+            lambda client, _s: client.eval(_FORGET_IF_UNCHANGED, 1, self.key("gc"), *argv),
+        )
+
+    async def pending_deletions(self) -> list[str]:
+        keys = await self._call("pending deletions", lambda client, _s: client.zrange(self.key("gc"), 0, -1))
+        return sorted(k.decode() for k in keys)
+
+
+# Drop each (key, score) pair from the deletion queue only if the key is still queued at that score.
+_FORGET_IF_UNCHANGED = """
+for i = 1, #ARGV, 2 do
+    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if score and tonumber(score) == tonumber(ARGV[i + 1]) then
+        redis.call('ZREM', KEYS[1], ARGV[i])
+    end
+end
+return 0
+"""
 
 
 def from_settings(settings: Settings, signer: RecordSigner) -> RedisMetaStore:
