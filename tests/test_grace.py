@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from storekit import commit_bytes
 from storeprobe import blob_keys
 
-from core import ArtifactStore, Scope
+from core import ArtifactStore, Limits, Scope
 from core.infra.clock import ManualClock
+from core.nodes import Node
+
+GRACE = Limits().blob_grace
 
 
-GRACE = 3600  # Limits().blob_grace
-
-
-async def read_all(store: ArtifactStore, node) -> bytes:  # noqa: ANN001 (a Node as read earlier)
+async def read_all(store: ArtifactStore, node: Node) -> bytes:
     return b"".join([chunk async for chunk in store.ns.read_chunks(node, 4, verify=True)])
 
 
@@ -87,3 +93,48 @@ async def test_the_bucket_holds_the_named_blobs_and_the_queued_ones_only(
     await store.collect_garbage()
     assert await blob_keys(store, settled=False) == named
     assert await store.ns.meta.pending_deletions() == []
+
+
+_DIES_BEFORE_ITS_COMMIT = """
+import asyncio, sys
+from core import ArtifactStore, Limits, Scope
+
+async def main(root):
+    async with ArtifactStore(storage_provider="filesystem", session_provider="sqlite", fs_root=root) as store:
+        artifact_id = await store.store(b"v1", filename="k.txt", user_id="alice", scope=Scope.USER)
+
+        async def never(*args, **kwargs):  # the upload is done; the process dies before its commit
+            print(artifact_id, flush=True)
+            await asyncio.sleep(3600)
+
+        store.ns.commit = never
+        await store.update_file(artifact_id, data=b"v2, never committed", user_id="alice")
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.semantics("S-grace-intent")
+async def test_a_process_killed_between_upload_and_commit_leaves_an_intent_gc_reclaims(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    child = subprocess.Popen([sys.executable, "-c", _DIES_BEFORE_ITS_COMMIT, str(root)], stdout=subprocess.PIPE,
+                             cwd=Path(__file__).parent.parent, text=True)
+    try:
+        artifact_id = child.stdout.readline().strip()  # type: ignore[union-attr]
+        assert artifact_id, "the child died before its upload"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    clock = ManualClock()
+    limits = Limits()
+    async with ArtifactStore(storage_provider="filesystem", session_provider="sqlite", fs_root=root, clock=clock,
+                             limits=limits) as store:
+        live = await store.ns.meta.find_artifact(artifact_id)
+        assert live is not None and live.artifact is not None
+        orphans = await blob_keys(store, settled=False) - {live.artifact.blob_key}
+        assert len(orphans) == 1 and orphans <= set(await store.ns.meta.pending_deletions())
+        assert await store.collect_garbage() == 0  # its writer might still commit: not yet
+        clock.advance(limits.upload_intent_ttl + 1)
+        assert await store.collect_garbage() == 1
+        assert await blob_keys(store, settled=False) == {live.artifact.blob_key}
+        assert await store.retrieve(artifact_id, user_id="alice") == b"v1"

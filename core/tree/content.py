@@ -267,9 +267,17 @@ class Content(TreeBase):
             else:
                 raise ProviderError(f"{node.name!r}: other versions kept coming, {MAX_COMMIT_RACES} times")
         except ArtifactNotFoundError:
-            await self.discard_blob(art.blob_key)
+            if art.blob_key in superseded:  # a retry met this blob stored (a reply lost): it was named once
+                await self.discard_blob(art.blob_key)
+            else:
+                await self._drop_refused(art.blob_key)
             raise ArtifactNotFoundError(f"{node.name!r} was removed while being written") from None
+        except StaleRecordError:
+            if art.blob_key not in superseded:
+                await self._drop_refused(art.blob_key)
+            raise
         except BaseException:
+            # Perhaps stored after all (a reply lost on its way back): gc decides, from the records.
             if art.blob_key not in superseded:
                 await self.discard_blob(art.blob_key)
             raise
@@ -332,6 +340,14 @@ class Content(TreeBase):
             if node is not None and node.artifact is not None and node.artifact.blob_key == key:
                 return True
         return False
+
+    async def _drop_refused(self, key: str | None) -> None:
+        """Delete at once a blob whose commit the store refused: no record ever named it, no reader saw it.
+
+        Its intent stays queued; gc finds the key named by nobody and forgets it.
+        """
+        if key is not None:
+            await self.blobs.delete(key)
 
     def grace_deadline(self) -> int:
         """When a blob that stops being named now may be deleted."""
