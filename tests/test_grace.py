@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from storekit import commit_bytes
+from storekit import commit_bytes, hold
 from storeprobe import blob_keys
 
 from core import ArtifactStore, Limits, Scope
 from core.infra.clock import ManualClock
 from core.nodes import Node
+from core.tree.namespace import Namespace
 
 GRACE = Limits().blob_grace
 
@@ -138,3 +139,33 @@ async def test_a_process_killed_between_upload_and_commit_leaves_an_intent_gc_re
         assert await store.collect_garbage() == 1
         assert await blob_keys(store, settled=False) == {live.artifact.blob_key}
         assert await store.retrieve(artifact_id, user_id="alice") == b"v1"
+
+
+async def test_a_commit_meeting_its_intent_keeps_a_deletion_another_writer_queued_meanwhile(
+    store: ArtifactStore, clock: ManualClock
+) -> None:
+    """A commits its version; before A clears that version's upload intent, B commits over it and
+    queues A's blob for deletion. A's clearing must not drop B's entry. Was: it did (an
+    unconditional removal from the queue), and A's blob stayed in the bucket, named by nothing
+    and queued for nothing: leaked for good."""
+    a = store.ns
+    b = Namespace(a.meta, a.blobs, clock, a.limits)  # another process on the same store
+    artifact_id = await store.store(b"v1", filename="r.txt", user_id="alice", scope=Scope.USER)
+    node = await a.meta.find_artifact(artifact_id)
+    assert node is not None and node.artifact is not None
+
+    async def b_commits() -> None:
+        await commit_bytes(b, node.ino, b"v3 from B")
+
+    old = node.artifact.blob_key
+    key, size, sha256 = await a.put_blob(node, b"v2 from A")
+    a.set_content(node, key, size, sha256)
+    hold(a.meta, "defer_delete", b_commits)  # B's whole commit lands between A's commit and its clearing
+    await a.commit(node, old_blob=old)
+    assert key in await a.meta.pending_deletions()
+    clock.advance(GRACE + 1)
+    await store.collect_garbage()
+    live = await a.meta.find_artifact(artifact_id)
+    assert live is not None and live.artifact is not None
+    assert await blob_keys(store, settled=False) == {live.artifact.blob_key}  # nothing leaked
+    assert await store.retrieve(artifact_id, user_id="alice") == b"v3 from B"

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from core.backends.blobs.base import BlobReader, BlobWriter, FileUpload, NativePresign
+from core.backends.meta.base import Deferred
 from core.errors import (
     ArtifactCorruptedError,
     ArtifactNotFoundError,
@@ -267,23 +268,24 @@ class Content(TreeBase):
             else:
                 raise ProviderError(f"{node.name!r}: other versions kept coming, {MAX_COMMIT_RACES} times")
         except ArtifactNotFoundError:
+            self._intents.pop(art.blob_key or "", None)
             if art.blob_key in superseded:  # a retry met this blob stored (a reply lost): it was named once
                 await self.discard_blob(art.blob_key)
             else:
                 await self._drop_refused(art.blob_key)
             raise ArtifactNotFoundError(f"{node.name!r} was removed while being written") from None
         except StaleRecordError:
+            self._intents.pop(art.blob_key or "", None)
             if art.blob_key not in superseded:
                 await self._drop_refused(art.blob_key)
             raise
         except BaseException:
             # Perhaps stored after all (a reply lost on its way back): gc decides, from the records.
+            self._intents.pop(art.blob_key or "", None)
             if art.blob_key not in superseded:
                 await self.discard_blob(art.blob_key)
             raise
-        gone = {key for key in superseded - {art.blob_key} if key is not None}
-        # The intent of the new blob is met; those it superseded wait out the grace period.
-        await self.meta.defer_delete(gone, self.grace_deadline(), forget=[art.blob_key] if art.blob_key else [])
+        await self.settle_blobs(art.blob_key, superseded - {art.blob_key})
         adopt(node, attempt)
         return node
 
@@ -299,7 +301,21 @@ class Content(TreeBase):
         with an error but went through (a lost reply) loses nothing.
         """
         if key is not None:
+            self._intents.pop(key, None)
             await self.meta.defer_delete([key], self.grace_deadline())
+
+    async def settle_blobs(self, stored: str | None, gone: Collection[str | None]) -> None:
+        """After a change that stored a record naming ``stored`` and stopped naming ``gone``: one call.
+
+        The intent of ``stored`` is met (unless another writer has queued
+        the key since: then it stays queued); the blobs of ``gone`` wait out
+        the grace period.
+        """
+        due = self._intents.pop(stored, None) if stored is not None else None
+        met = [Deferred(stored, due)] if stored is not None and due is not None else []
+        superseded = {key for key in gone if key is not None and key != stored}
+        if superseded or met:
+            await self.meta.defer_delete(superseded, self.grace_deadline(), forget=met)
 
     async def collect_garbage(self, now_ns: int | None = None) -> int:
         """Delete the queued blobs that are due and that no record names; returns the blobs deleted.
@@ -347,6 +363,7 @@ class Content(TreeBase):
         Its intent stays queued; gc finds the key named by nobody and forgets it.
         """
         if key is not None:
+            self._intents.pop(key, None)
             await self.blobs.delete(key)
 
     def grace_deadline(self) -> int:
@@ -364,7 +381,9 @@ class Content(TreeBase):
         """
         assert node.artifact is not None
         keys = [key] if node.artifact.blob_key is None else [key, node.artifact.blob_key]
-        await self.meta.defer_delete(keys, self.now() + self.limits.upload_intent_ttl * 1_000_000_000)
+        due = self.now() + self.limits.upload_intent_ttl * 1_000_000_000
+        await self.meta.defer_delete(keys, due)
+        self._intents[key] = due
 
     async def _intend_superseding(self, superseded: set[str | None], queued: set[str | None]) -> None:
         """Before a commit retried on another writer's version: queue that version's blob as an intent too."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from servers import RedisServer
 
-from core.backends.meta.base import Cover, MetaStore
+from core.backends.meta.base import Cover, Deferred, MetaStore
 from core.backends.meta.redis.store import RedisMetaStore
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.errors import (
@@ -574,8 +574,9 @@ async def test_the_deletion_queue_answers_keys_only_when_due(meta: MetaStore) ->
     assert [e.key for e in await meta.due_deletions(t + 20_000)] == ["a", "b", "c"]
     assert len(await meta.due_deletions(t + 20_000, limit=2)) == 2
     assert await meta.pending_deletions() == ["a", "b", "c"]
-    # Queued again: the new time holds, later or sooner; forget drops in the same change.
-    await meta.defer_delete(["a"], t + 50_000, forget=["c"])
+    # Queued again: the new time holds, later or sooner; forget drops, in the same change, the
+    # entries still at the time given (c), not one queued for another time since (b).
+    await meta.defer_delete(["a"], t + 50_000, forget=[Deferred("c", t + 10_000), Deferred("b", t + 5_000)])
     assert [e.key for e in await meta.due_deletions(t + 20_000)] == ["b"]
     assert await meta.pending_deletions() == ["a", "b"]
 

@@ -200,11 +200,16 @@ class MetaStore(Protocol):
 
     # -- the deletion queue (issue #16): blobs wait here before gc deletes them
 
-    async def defer_delete(self, keys: Collection[str], not_before_ns: int, *, forget: Collection[str] = ()) -> None:
+    async def defer_delete(
+        self, keys: Collection[str], not_before_ns: int, *, forget: Collection[Deferred] = ()
+    ) -> None:
         """Queue blob ``keys`` for deletion no sooner than ``not_before_ns``, and drop ``forget`` from the queue.
 
         One atomic change. A key already queued takes the new time (later or
         sooner): the last caller knows best when the blob stops being needed.
+        An entry of ``forget`` goes only if still queued for its time, as
+        :meth:`forget_deletions` (a commit's intent, unless another writer
+        has queued the key for deletion since).
         The queue holds keys only; whether a record still names a key is
         decided by gc when it is due, from the signed records, never from
         the queue, so a wrong or stale entry costs a look-up, never a blob.

@@ -456,11 +456,13 @@ class SQLiteMetaStore:
 
     # -- the deletion queue
 
-    async def defer_delete(self, keys: Collection[str], not_before_ns: int, *, forget: Collection[str] = ()) -> None:
+    async def defer_delete(
+        self, keys: Collection[str], not_before_ns: int, *, forget: Collection[Deferred] = ()
+    ) -> None:
         if not keys and not forget:
             return
         with self._tx() as db:
-            db.executemany("DELETE FROM deferred_blob WHERE key=?", [(k,) for k in forget])
+            db.executemany("DELETE FROM deferred_blob WHERE key=? AND not_before=?", [tuple(e) for e in forget])
             db.executemany(
                 "INSERT INTO deferred_blob (key, not_before) VALUES (?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET not_before = excluded.not_before",

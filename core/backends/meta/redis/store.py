@@ -506,21 +506,22 @@ class RedisMetaStore:
 
     # -- the deletion queue: one sorted set, key -> not_before in microseconds (exact in a double)
 
-    async def defer_delete(self, keys: Collection[str], not_before_ns: int, *, forget: Collection[str] = ()) -> None:
-        if not keys and not forget:
-            return
-        score = -(-not_before_ns // 1000)  # rounded up: never due before its time
+    async def defer_delete(
+        self, keys: Collection[str], not_before_ns: int, *, forget: Collection[Deferred] = ()
+    ) -> None:
+        if keys or forget:
+            await self._queue("defer delete", forget, _micros(not_before_ns), keys)
 
-        async def write(client: aioredis.Redis, _s: object) -> None:
-            # MULTI/EXEC on one key: both changes or neither, and a retry repeats the same end state.
-            async with client.pipeline(transaction=True) as pipe:
-                if forget:
-                    pipe.zrem(self.key("gc"), *forget)
-                if keys:
-                    pipe.zadd(self.key("gc"), {k: score for k in keys})
-                await pipe.execute()
+    async def _queue(self, what: str, forget: Collection[Deferred], score: int, keys: Collection[str]) -> None:
+        """One script: drop the entries of ``forget`` still at their score, then queue ``keys`` at ``score``.
 
-        await self._call("defer delete", write)
+        Atomic, and a retry after a lost reply ends in the same state.
+        """
+        argv: list[object] = [len(forget)]
+        for key, not_before_ns in forget:
+            argv += [key, _micros(not_before_ns)]
+        argv += [score, *keys]
+        await self._call(what, lambda client, _s: client.eval(_QUEUE, 1, self.key("gc"), *argv))
 
     async def due_deletions(self, now_ns: int, limit: int = 1000) -> list[Deferred]:
         pairs = await self._call(
@@ -532,31 +533,35 @@ class RedisMetaStore:
         return [Deferred(k.decode(), int(score) * 1000) for k, score in pairs]
 
     async def forget_deletions(self, entries: Collection[Deferred]) -> None:
-        if not entries:
-            return
-        argv: list[object] = []
-        for key, not_before_ns in entries:
-            argv += [key, not_before_ns // 1000]
-        await self._call(
-            "forget deletions",
-            lambda client, _s: client.eval(_FORGET_IF_UNCHANGED, 1, self.key("gc"), *argv),
-        )
+        if entries:
+            await self._queue("forget deletions", entries, 0, ())
 
     async def pending_deletions(self) -> list[str]:
         keys = await self._call("pending deletions", lambda client, _s: client.zrange(self.key("gc"), 0, -1))
         return sorted(k.decode() for k in keys)
 
 
-# Drop each (key, score) pair from the deletion queue only if the key is still queued at that score.
-_FORGET_IF_UNCHANGED = """
-for i = 1, #ARGV, 2 do
+# The deletion queue's one change. ARGV: n, then n (key, score) pairs to drop if the key is still
+# queued at that score, then the score and the keys to queue at it (ZADD: a queued key takes it).
+_QUEUE = """
+local n = tonumber(ARGV[1])
+for i = 2, 2 * n, 2 do
     local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
     if score and tonumber(score) == tonumber(ARGV[i + 1]) then
         redis.call('ZREM', KEYS[1], ARGV[i])
     end
 end
+local score = ARGV[2 * n + 2]
+for i = 2 * n + 3, #ARGV do
+    redis.call('ZADD', KEYS[1], score, ARGV[i])
+end
 return 0
 """
+
+
+def _micros(ns: int) -> int:
+    """A queue time as Redis keeps it: microseconds, rounded up (never due early; exact in a double)."""
+    return -(-ns // 1000)
 
 
 def from_settings(settings: Settings, signer: RecordSigner) -> RedisMetaStore:
