@@ -984,6 +984,7 @@ def four_hosts(root: Path, redis: RedisServer, moto: MotoServer) -> Iterator[Tor
         yield torture
 
 
+@pytest.mark.semantics("S-grace-intent")
 def test_four_hosts_on_one_store_lose_nothing(
     redis_server: RedisServer, moto_server: MotoServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
