@@ -521,6 +521,8 @@ class RedisMetaStore:
         for key, not_before_ns in forget:
             argv += [key, _micros(not_before_ns)]
         argv += [score, *keys]
+        # Plain EVAL: one command each time (a Script's first EVALSHA would cost a NOSCRIPT and a LOAD
+        # inside some caller's request); the text is ~400 bytes, and the server caches its compilation.
         await self._call(what, lambda client, _s: client.eval(_QUEUE, 1, self.key("gc"), *argv))
 
     async def due_deletions(self, now_ns: int, limit: int = 1000) -> list[Deferred]:
