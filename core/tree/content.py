@@ -325,7 +325,7 @@ class Content(TreeBase):
         """
         now = self.now() if now_ns is None else now_ns
         deleted = 0
-        seen: set = set()
+        seen: set[Deferred] = set()
         while True:
             due = [entry for entry in await self.meta.due_deletions(now, _GC_BATCH) if entry not in seen]
             if not due:
