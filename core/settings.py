@@ -92,6 +92,13 @@ class Limits(BaseModel):
     max_meta_bytes: int = Field(default=64 * 1024, gt=0, le=16 * MiB)
     max_meta_depth: int = Field(default=32, gt=0, le=MAX_META_DEPTH_CEILING)
 
+    # Seconds a blob no record names any more waits before gc deletes it (issue #16): what a reader
+    # that opened the old version, or a host slower to see the new one, has to finish in.
+    blob_grace: int = Field(default=3600, ge=0)
+    # Seconds after its upload began that gc may reclaim a blob no commit came to name (the writer died).
+    # Longer than any upload takes: reclaiming a blob whose commit is still coming would lose it.
+    upload_intent_ttl: int = Field(default=24 * 3600, gt=0)
+
     @model_validator(mode="after")
     def _defaults_within_max(self) -> Limits:
         if self.default_ttl > self.max_ttl or self.session_ttl > self.max_ttl:

@@ -54,6 +54,7 @@ _DOT, _DOTDOT = b".", b".."
 # close() publishes a file without waiting for stable storage; this bounds how long
 # it may stay only in the page cache (fsync() makes it durable at once).
 SYNC_SECONDS = 5.0
+GC_SECONDS = 300.0  # how often a mount deletes the blobs whose grace period is over
 # A close or fsync may take longer than an ordinary request by the time its bytes need to go out.
 PUBLISH_BYTES_PER_SECOND = 1 << 20
 _PUBLISHING = frozenset({"flush", "fsync", "release"})
@@ -133,6 +134,7 @@ class Operations(pyfuse3.Operations):
         """Background tasks (readahead, hashing, cache invalidation, syncing) run in ``nursery``."""
         self._nursery = nursery
         nursery.start_soon(self._sync_periodically)
+        nursery.start_soon(self._collect_garbage_periodically)
 
     async def _sync_periodically(self) -> None:
         """Closed files become durable within SYNC_SECONDS, as ext4's commit interval bounds it."""
@@ -142,6 +144,15 @@ class Operations(pyfuse3.Operations):
                 await self.ns.sync_blobs()
             except Exception:
                 log.exception("background sync of published blobs failed; retrying in %s s", SYNC_SECONDS)
+
+    async def _collect_garbage_periodically(self) -> None:
+        """Blobs past their grace period go within GC_SECONDS of it (issue #16); any mount may do it."""
+        while True:
+            await trio.sleep(GC_SECONDS)
+            try:
+                await self.ns.collect_garbage()
+            except Exception:
+                log.exception("background gc of deferred blobs failed; retrying in %s s", GC_SECONDS)
 
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         assert self._nursery is not None, "Operations.start() was not called"

@@ -277,6 +277,7 @@ class FileSpool:
         behind, self.behind = self.behind, None
         if behind is not None:
             if behind.usable(self.size):
+                await ns.intend_blob(node, behind.upload.key)  # gc reclaims it if no commit follows
                 try:
                     await behind.finish(self.size)
                 except Exception as exc:  # noqa: BLE001 - e.g. a part refused because it changed on its way out

@@ -43,8 +43,15 @@ async def node_count(store: ArtifactStore) -> int:
     return len(await all_nodes(store))
 
 
-async def blob_keys(store: ArtifactStore) -> set[str]:
-    """Blob keys as the backend itself holds them (not as the metadata believes)."""
+async def blob_keys(store: ArtifactStore, *, settled: bool = True) -> set[str]:
+    """Blob keys as the backend itself holds them (not as the metadata believes).
+
+    ``settled``: once gc has run as if every grace period and upload intent
+    were over (issue #16), so a superseded or removed blob shows as gone,
+    and a blob still there is a leak or a live version.
+    """
+    if settled:
+        await store.ns.collect_garbage(now_ns=2**62)
     blobs = store.ns.blobs
     if isinstance(blobs, FilesystemBlobStore):
         return {str(p.relative_to(blobs.blob_dir)) for p in blobs.blob_dir.rglob("*") if p.is_file()}

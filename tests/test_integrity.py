@@ -113,9 +113,12 @@ async def test_a_read_racing_an_update_is_not_corruption(store: ArtifactStore) -
 
     file_id = await store.store(b"version one")
     stale = await store.ns.artifact_node(file_id)  # what a reader looked up just before ...
-    await store.update_file(file_id, data=b"version two")  # ... an update replaced (and removed) its blob
+    await store.update_file(file_id, data=b"version two")  # ... an update replaced its blob
+    assert b"".join([c async for c in store.ns.read_chunks(stale, 65536, True)]) == b"version one"  # grace
+    await store.ns.collect_garbage(now_ns=2**62)  # the grace period is over: the old blob is gone
     assert b"".join([c async for c in store.ns.read_chunks(stale, 65536, True)]) == b"version two"
     await store.delete(file_id)
+    await store.ns.collect_garbage(now_ns=2**62)
     with pytest.raises(ArtifactNotFoundError) as caught:
         async for _ in store.ns.read_chunks(stale, 65536, True):
             pass

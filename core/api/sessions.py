@@ -82,4 +82,14 @@ class SessionsApi(StoreBase):
         ns = await self._ready()
         removed = await ns.collect_expired()
         await self.transfers.collect_expired()  # uploads never registered or completed
+        await ns.collect_garbage()  # blobs past their grace period, intents no commit met
         return removed
+
+    async def collect_garbage(self) -> int:
+        """Delete the blobs whose grace period (or upload intent) is over and that no record names.
+
+        Returns the blobs deleted. :meth:`cleanup_expired_sessions` runs it
+        too, as a mount does every few minutes.
+        """
+        ns = await self._ready()
+        return await ns.collect_garbage()

@@ -402,6 +402,7 @@ class Transfers:
                 key, size, sha256 = chosen[0].blob_key, chosen[0].size, chosen[0].sha256
             else:
                 composed = self.ns.blob_key_for(node, node.artifact.version + 1)  # type: ignore[union-attr]
+                await self.ns.intend_blob(node, composed)  # gc reclaims it if this process dies before the insert
                 key, size, sha256 = await self._compose(composed, chosen)
             self.ns.set_content(node, key, size, sha256)
             await self.ns.insert_file(node, replace=True)

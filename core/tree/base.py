@@ -38,6 +38,7 @@ class TreeBase:
     def __init__(self, meta: MetaStore, blobs: BlobStore, clock: Clock, limits: Limits) -> None:
         self.meta, self.blobs, self.clock, self.limits = meta, blobs, clock, limits
         self._commit_locks: dict[int, anyio.Lock] = {}
+        self._intents: dict[str, int] = {}  # blob key -> the time its upload intent was queued for (issue #16)
 
     def now(self) -> int:
         return self.clock.now_ns()

@@ -5,19 +5,30 @@ first, one conditional metadata commit makes it visible, and only then does
 the blob it superseded go; a blob whose commit fails goes instead, so nothing
 half done is ever visible or left behind. Whole reads are checked against the
 size and SHA-256 the record names.
+
+No blob is deleted here at once (issue #16). A blob that stops being named
+is queued in the metadata store's deletion queue for ``Limits.blob_grace``
+seconds, so a reader that opened it, or a host that has not yet seen the
+new version, still reads it whole; :meth:`Content.collect_garbage` deletes
+it when due, and only if no record names it then. Before any upload begins
+its key (and the blob it means to supersede) is queued too, as an intent
+due ``Limits.upload_intent_ttl`` later, which the commit turns into the
+usual grace: a writer that dies between upload and commit leaves a queued
+key, never an unnamed blob nobody knows of.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from core.backends.blobs.base import BlobReader, BlobWriter, FileUpload, NativePresign
+from core.backends.meta.base import Deferred
 from core.errors import (
     ArtifactCorruptedError,
     ArtifactNotFoundError,
@@ -28,6 +39,9 @@ from core.errors import (
 )
 from core.nodes import Node
 from core.tree.base import EMPTY_SHA256, MAX_COMMIT_RACES, Change, TreeBase, adopt
+from core.tree.grid import parse_grid_key
+
+_GC_BATCH = 500  # queued keys gc looks at per round trip
 
 
 class Content(TreeBase):
@@ -45,6 +59,7 @@ class Content(TreeBase):
         digest = hashlib.sha256()
         size = 0
         key = self.blob_key_for(node, node.artifact.version + 1)
+        await self.intend_blob(node, key)
         writer = await self.blobs.writer(key)
         try:
             async for chunk in chunks:
@@ -132,6 +147,7 @@ class Content(TreeBase):
         if not data:
             return None, 0, EMPTY_SHA256
         key = self.blob_key_for(node, node.artifact.version + 1)
+        await self.intend_blob(node, key)
         await self.blobs.put(key, data, durable=durable)
         return key, len(data), hashlib.sha256(data).hexdigest()
 
@@ -142,6 +158,7 @@ class Content(TreeBase):
             path.unlink(missing_ok=True)
             return None
         key = self.blob_key_for(node, node.artifact.version + 1)
+        await self.intend_blob(node, key)
         await self.blobs.put_file(key, path, durable=durable)
         return key
 
@@ -208,6 +225,7 @@ class Content(TreeBase):
         art = node.artifact
         base = art.version - 1  # set_content moved the version one past the one it began from
         superseded = {old_blob}
+        queued = {old_blob}  # intend_blob queued the blob the caller read
         attempt = node
 
         def refuse(current: Node | None, version: int) -> StaleRecordError:
@@ -242,6 +260,7 @@ class Content(TreeBase):
                 base = rebase(current)
                 await self.ensure_room(node.space, node.size - current.size, 0)
             for _ in range(MAX_COMMIT_RACES):
+                await self._intend_superseding(superseded, queued)
                 current = await self.meta.commit(attempt, base_version=base)
                 if current is None:
                     break
@@ -249,14 +268,24 @@ class Content(TreeBase):
             else:
                 raise ProviderError(f"{node.name!r}: other versions kept coming, {MAX_COMMIT_RACES} times")
         except ArtifactNotFoundError:
-            await self.discard_blob(art.blob_key)
+            self._intents.pop(art.blob_key or "", None)
+            if art.blob_key in superseded:  # a retry met this blob stored (a reply lost): it was named once
+                await self.discard_blob(art.blob_key)
+            else:
+                await self._drop_refused(art.blob_key)
             raise ArtifactNotFoundError(f"{node.name!r} was removed while being written") from None
+        except StaleRecordError:
+            self._intents.pop(art.blob_key or "", None)
+            if art.blob_key not in superseded:
+                await self._drop_refused(art.blob_key)
+            raise
         except BaseException:
+            # Perhaps stored after all (a reply lost on its way back): gc decides, from the records.
+            self._intents.pop(art.blob_key or "", None)
             if art.blob_key not in superseded:
                 await self.discard_blob(art.blob_key)
             raise
-        for key in superseded - {art.blob_key, None}:
-            await self.discard_blob(key)
+        await self.settle_blobs(art.blob_key, superseded - {art.blob_key})
         adopt(node, attempt)
         return node
 
@@ -265,9 +294,103 @@ class Content(TreeBase):
             await self.discard_blob(node.artifact.blob_key)
 
     async def discard_blob(self, key: str | None) -> None:
-        """Delete a blob no record names any more (superseded, removed, or never published)."""
+        """Queue a blob no record names any more (superseded, removed, or never published) for gc.
+
+        It is deleted once the grace period is over and no record names it
+        then: a reader holding it finishes, and a commit that was answered
+        with an error but went through (a lost reply) loses nothing.
+        """
         if key is not None:
+            self._intents.pop(key, None)
+            await self.meta.defer_delete([key], self.grace_deadline())
+
+    async def settle_blobs(self, stored: str | None, gone: Collection[str | None]) -> None:
+        """After a change that stored a record naming ``stored`` and stopped naming ``gone``: one call.
+
+        The intent of ``stored`` is met (unless another writer has queued
+        the key since: then it stays queued); the blobs of ``gone`` wait out
+        the grace period.
+        """
+        due = self._intents.pop(stored, None) if stored is not None else None
+        met = [Deferred(stored, due)] if stored is not None and due is not None else []
+        superseded = {key for key in gone if key is not None and key != stored}
+        if superseded or met:
+            await self.meta.defer_delete(superseded, self.grace_deadline(), forget=met)
+
+    async def collect_garbage(self, now_ns: int | None = None) -> int:
+        """Delete the queued blobs that are due and that no record names; returns the blobs deleted.
+
+        A key found still named (an intent whose commit came, a blob a
+        commit meant to supersede but did not) only leaves the queue.
+        """
+        now = self.now() if now_ns is None else now_ns
+        deleted = 0
+        seen: set[Deferred] = set()
+        while True:
+            due = [entry for entry in await self.meta.due_deletions(now, _GC_BATCH) if entry not in seen]
+            if not due:
+                return deleted
+            for key, _ in due:
+                if not await self.blob_is_named(key):
+                    await self.blobs.delete(key)
+                    deleted += 1
+            await self.meta.forget_deletions(due)
+            seen.update(due)  # re-queued for the same time meanwhile: next gc's, not an endless loop
+
+    async def blob_is_named(self, key: str) -> bool:
+        """Whether a signed record names ``key``, found through the artifact id in the key.
+
+        A version's blob is ``<grid key>.v<n>-<token>`` (an id may hold dots,
+        so each cut at a dot is tried: one look-up for the usual id); an
+        upload's part is ``<grid key>/up-...``. A key outside the grid is
+        named by no record.
+        """
+        try:
+            place = parse_grid_key(key)
+        except InvalidArgumentError:
+            return False
+        stem = place.artifact_id or ""
+        ids = [stem] if place.subpath else [stem[:i] for i, ch in enumerate(stem) if ch == "."]
+        for artifact_id in ids:
+            node = await self.meta.find_artifact(artifact_id)
+            if node is not None and node.artifact is not None and node.artifact.blob_key == key:
+                return True
+        return False
+
+    async def _drop_refused(self, key: str | None) -> None:
+        """Delete at once a blob whose commit the store refused: no record ever named it, no reader saw it.
+
+        Its intent stays queued; gc finds the key named by nobody and forgets it.
+        """
+        if key is not None:
+            self._intents.pop(key, None)
             await self.blobs.delete(key)
+
+    def grace_deadline(self) -> int:
+        """When a blob that stops being named now may be deleted."""
+        return self.now() + self.limits.blob_grace * 1_000_000_000
+
+    async def intend_blob(self, node: Node, key: str) -> None:
+        """Record, before its bytes go out, that ``key`` is being uploaded as ``node``'s next version.
+
+        The blob it means to supersede is queued with it: if the writer dies
+        after its commit but before it queues that blob, gc still finds it.
+        Both are due only after ``upload_intent_ttl``; the commit moves them
+        on (the new key forgotten, the old one to the grace period), and gc
+        drops a key it finds still named.
+        """
+        assert node.artifact is not None
+        keys = [key] if node.artifact.blob_key is None else [key, node.artifact.blob_key]
+        due = self.now() + self.limits.upload_intent_ttl * 1_000_000_000
+        await self.meta.defer_delete(keys, due)
+        self._intents[key] = due
+
+    async def _intend_superseding(self, superseded: set[str | None], queued: set[str | None]) -> None:
+        """Before a commit retried on another writer's version: queue that version's blob as an intent too."""
+        fresh = {key for key in superseded - queued if key is not None}
+        if fresh:
+            await self.meta.defer_delete(fresh, self.now() + self.limits.upload_intent_ttl * 1_000_000_000)
+            queued |= fresh
 
     async def blob_writer(self, key: str) -> BlobWriter:
         """A writer for a new blob under ``key`` (an upload's part): nothing names it until a commit does."""

@@ -487,8 +487,8 @@ class Namespace(Content, Quotas):
             await self.ensure_room(node.space, node.size - (replaced.size if replaced else 0), 0 if replaced else 1)
         cover = await self._session_cover(node.space, parent, root)
         node, old = await self._insert(node, replace=replace, cover=cover)
-        if old is not None:
-            await self.drop_blob(old)
+        replaced = old.artifact.blob_key if old is not None and old.artifact is not None else None
+        await self.settle_blobs(node.artifact.blob_key if node.artifact is not None else None, [replaced])
         return node
 
     async def symlink(self, parent: Node, name: str, target: str, uid: int = 0, gid: int = 0) -> Node:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from servers import RedisServer
 
-from core.backends.meta.base import Cover, MetaStore
+from core.backends.meta.base import Cover, Deferred, MetaStore
 from core.backends.meta.redis.store import RedisMetaStore
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.errors import (
@@ -617,3 +617,45 @@ async def test_records_signed_with_another_key_are_never_trusted(shared: Backend
         await meta.close()
     with pytest.raises(ArtifactCorruptedError):  # not even the root: such a store does not open
         await shared.client(OTHER_SIGNER)
+
+
+# -- the deletion queue (issue #16)
+
+
+async def test_the_deletion_queue_answers_keys_only_when_due(meta: MetaStore) -> None:
+    t = 1_733_000_000_123_456_789  # a real epoch time in ns: Redis keeps it as a double
+    await meta.defer_delete(["a", "b"], t)
+    await meta.defer_delete(["c"], t + 10_000)
+    assert await meta.due_deletions(t - 1_000) == []
+    assert sorted(e.key for e in await meta.due_deletions(t + 1_000)) == ["a", "b"]
+    assert [e.key for e in await meta.due_deletions(t + 20_000)] == ["a", "b", "c"]
+    assert len(await meta.due_deletions(t + 20_000, limit=2)) == 2
+    assert await meta.pending_deletions() == ["a", "b", "c"]
+    # Queued again: the new time holds, later or sooner; forget drops, in the same change, the
+    # entries still at the time given (c), not one queued for another time since (b).
+    await meta.defer_delete(["a"], t + 50_000, forget=[Deferred("c", t + 10_000), Deferred("b", t + 5_000)])
+    assert [e.key for e in await meta.due_deletions(t + 20_000)] == ["b"]
+    assert await meta.pending_deletions() == ["a", "b"]
+
+
+async def test_forgetting_a_deletion_is_conditional_on_the_time_read(meta: MetaStore) -> None:
+    t = 1_733_000_000_000_000_000
+    await meta.defer_delete(["kept", "gone"], t)
+    due = await meta.due_deletions(t)
+    assert {e.key for e in due} == {"kept", "gone"}
+    await meta.defer_delete(["kept"], t + 3_600_000_000_000)  # superseded again after gc read it
+    await meta.forget_deletions(due)
+    assert await meta.pending_deletions() == ["kept"]
+    assert await meta.due_deletions(t + 1) == []
+
+
+async def test_the_deletion_queue_is_shared_by_every_client(shared: Backend) -> None:
+    meta, other = await shared.client(), await shared.client()
+    try:
+        await meta.defer_delete(["k"], 5_000)
+        assert [e.key for e in await other.due_deletions(5_000)] == ["k"]
+        await other.forget_deletions(await other.due_deletions(5_000))
+        assert await meta.pending_deletions() == []
+    finally:
+        await other.close()
+        await meta.close()

@@ -333,6 +333,21 @@ def test_a_descriptor_open_across_a_replace_in_the_other_mount(pair: Pair) -> No
     seen_within(lambda: (b / "f").read_bytes() == new)
 
 
+@pytest.mark.semantics("S-grace-read")
+def test_a_descriptor_reads_its_version_whole_while_the_other_mount_replaces_it(pair: Pair) -> None:
+    """Within the grace period (an hour by default) the replaced version's blob stays, so B's
+    descriptor reads the old version whole: no ESTALE, no EIO. Was: the replacing commit deleted
+    the blob at once, and B's next read past what it had cached failed with ESTALE."""
+    a, b = pair.both("grace-read")
+    old, new = os.urandom(12 << 20), os.urandom(12 << 20)
+    _write(a / "f", old)
+    with open(b / "f", "rb") as reader:
+        head = reader.read(1 << 20)
+        _write(a / "f", new)
+        assert head + reader.read() == old
+    seen_within(lambda: (b / "f").read_bytes() == new)
+
+
 # -- the invalidation thread on its own (the kernel calls recorded instead of made)
 
 

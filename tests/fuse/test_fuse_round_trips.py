@@ -41,8 +41,12 @@ What the kernel asks, per operation (each line one request, and what it costs):
   attributes (the last create in it made the kernel drop them: 1), the
   name (a miss: 1), ``create`` (the directory, then the insert, which sets
   the directory's times in the same script: 2), ``flush`` publishes (the
-  open file's fresh node, then the conditional commit: 2). ``cp`` looks the
-  name up twice.
+  upload's intent, queued before its bytes go out; the open file's fresh
+  node; the conditional commit; then the intent cleared, and any blob the
+  version superseded queued for its grace period, in one script: 4).
+  ``cp`` looks the name up twice. (Issue #16 added the intent and the
+  clearing: 2 round trips a version, until they ride in the commit's own
+  script.)
 - open and read of a file the kernel has not seen: the lookup (1, the
   directory and the entry in one script), ``open`` (the newest version:
   close-to-open, 1); the read goes to S3.
@@ -59,7 +63,8 @@ What the kernel asks, per operation (each line one request, and what it costs):
   old name (a temporary name): the same, then the file's fresh node and
   its new type (2).
 - unlink, rmdir: the directory's attributes (1), ``unlink`` (the directory
-  and the entry, then the remove: 2).
+  and the entry, then the remove: 2); an unlinked file's blob is queued for
+  its grace period (1, issue #16).
 """
 
 from __future__ import annotations
@@ -92,13 +97,13 @@ class Bound:
 
 # Round trips per operation, at most (see the module's docstring for what they are).
 BOUNDS = {
-    "create": Bound(6, lambda i: f"py{i}"),
-    "create with cp": Bound(7, lambda i: f"cp{i}"),
-    "create in a session": Bound(6, lambda i: f"s{i}"),
+    "create": Bound(8, lambda i: f"py{i}"),
+    "create with cp": Bound(9, lambda i: f"cp{i}"),
+    "create in a session": Bound(8, lambda i: f"s{i}"),
     "mkdir": Bound(4, lambda i: f"dir{i}"),
     "rename": Bound(4, lambda i: f"moved{i}"),
     "rename to a name of another MIME type": Bound(6, lambda i: f"cp{i}.pdf"),
-    "unlink": Bound(3),
+    "unlink": Bound(4),
     "rmdir": Bound(3),
     "stat, cold": Bound(1, lambda i: f"cp{i}.pdf"),
     "open+read+close, cold": Bound(2, lambda i: f"s{i}"),

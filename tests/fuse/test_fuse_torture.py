@@ -28,9 +28,12 @@ What a correct store gives, and what is counted when it does not:
 - **EIO**: each step or read answered EIO (the library's ``ProviderError``
   and ``ArtifactCorruptedError`` are its EIO).
 - **leaked**: objects in the bucket under the store's prefix that no
-  record names (incomplete multipart uploads included). This store deletes
-  a superseded blob at once (there is no grace list yet), so after a round
-  nothing may be waiting for deletion: every object must be named.
+  record names and that are not in the deletion queue (incomplete multipart
+  uploads included). A superseded or removed blob waits out its grace
+  period in the queue, and a blob being uploaded is queued as an intent
+  before its bytes go out (issue #16), so after a round the bucket holds
+  the named blobs and the queued ones, nothing else; after a final gc run
+  past every grace period and intent, the named ones only.
 - **wrong errnos**: a step answered other than POSIX says (rename of a
   source another host moved: ENOENT; ``open(O_CREAT)`` without ``O_EXCL``:
   never EEXIST), or succeeded where POSIX fails it. An EIO where an errno
@@ -186,9 +189,13 @@ class Audit:
                 named.add(f"{self.prefix}/{artifact['blob_key']}")
         return named
 
+    def queued(self) -> set[str]:
+        """Blobs in the deletion queue: waiting out their grace period, or upload intents."""
+        return {f"{self.prefix}/{k.decode()}" for k in self.redis.zrange(f"{self.prefix}:gc", 0, -1)}
+
     def leaked_and_missing(self) -> tuple[set[str], set[str]]:
         objects, named = self.objects(), self.named()
-        return objects - named, named - objects
+        return objects - named - self.queued(), named - objects
 
     def close(self) -> None:
         self.redis.close()
@@ -467,7 +474,15 @@ class Torture:
                 self.tally.add("lost", host.kind, "final", f"{host.name} lists {sorted(shown)}, the store {names}")
             for name in names:
                 self.read_through(host, name)
+        self.tally.outcomes["queued for deletion before the final gc"] = len(self.audit.queued())
+        collected = self.observer.call("gc")
+        if not collected.ok:
+            self.tally.add("eio", "library", "final", f"gc answered {collected}")
+        else:
+            self.tally.outcomes["blobs the final gc deleted"] = collected.value
         leaked, missing = self.audit.leaked_and_missing()
+        self.tally.outcomes["queued for deletion after the final gc"] = len(self.audit.queued())
+        leaked |= self.audit.objects() - self.audit.named()  # past every grace period: named or gone
         if len(leaked) != self._leaked:
             self.tally.add("leaked", "bucket", "final", f"{len(leaked)} in all", len(leaked) - self._leaked)
         self.tally.outcomes["records naming a missing blob"] = len(missing)
@@ -969,6 +984,7 @@ def four_hosts(root: Path, redis: RedisServer, moto: MotoServer) -> Iterator[Tor
         yield torture
 
 
+@pytest.mark.semantics("S-grace-intent")
 def test_four_hosts_on_one_store_lose_nothing(
     redis_server: RedisServer, moto_server: MotoServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -170,8 +170,12 @@ class FailingUpload:
 async def test_a_failed_join_sends_the_file_whole(tmp_path: Path) -> None:
     """Close must not fail because the early parts did: the whole file goes by the usual path."""
     published: list[tuple[Path, int]] = []
+    intended: list[str] = []
 
     class Namespace:
+        async def intend_blob(self, node: object, key: str) -> None:  # the parts' key, recorded for gc
+            intended.append(key)
+
         async def put_spool(self, node: object, path: Path, size: int, sha256: str, *, durable: bool) -> str:
             published.append((path, size))
             return "whole-key"

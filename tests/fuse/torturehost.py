@@ -169,6 +169,10 @@ class LibraryHost:
             for m in await self._listing()
         ]
 
+    async def gc(self) -> int:
+        """gc as it runs once every grace period and upload intent is over (issue #16)."""
+        return await self.store.ns.collect_garbage(now_ns=2**62)
+
     async def tree(self) -> list[dict[str, Any]]:
         """The records of alice's directory as stored (an observer's view: inodes, modes, blob keys)."""
         from core.errors import ArtifactNotFoundError
@@ -206,7 +210,7 @@ def serve_library() -> None:
             ops = {
                 "store": host.store_file, "update_file": host.update_file, "update_metadata": host.update_metadata,
                 "delete": host.delete, "move": host.move, "read": host.read, "listing": host.listing,
-                "tree": host.tree,
+                "tree": host.tree, "gc": host.gc,
             }
             _answer({"ready": True})
             while True:

@@ -101,6 +101,13 @@ class Cover(NamedTuple):
     root: Node
 
 
+class Deferred(NamedTuple):
+    """A queued blob key and the time gc may delete it from, as the queue holds it (issue #16)."""
+
+    key: str
+    not_before_ns: int
+
+
 class MetaStore(Protocol):
     async def open(self) -> None: ...
 
@@ -231,3 +238,41 @@ class MetaStore(Protocol):
     async def usage(self, usage_key: str) -> Usage: ...
 
     async def totals(self) -> Usage: ...
+
+    # -- the deletion queue (issue #16): blobs wait here before gc deletes them
+
+    async def defer_delete(
+        self, keys: Collection[str], not_before_ns: int, *, forget: Collection[Deferred] = ()
+    ) -> None:
+        """Queue blob ``keys`` for deletion no sooner than ``not_before_ns``, and drop ``forget`` from the queue.
+
+        One atomic change. A key already queued takes the new time (later or
+        sooner): the last caller knows best when the blob stops being needed.
+        An entry of ``forget`` goes only if still queued for its time, as
+        :meth:`forget_deletions` (a commit's intent, unless another writer
+        has queued the key for deletion since).
+        The queue holds keys only; whether a record still names a key is
+        decided by gc when it is due, from the signed records, never from
+        the queue, so a wrong or stale entry costs a look-up, never a blob.
+        """
+        ...
+
+    async def due_deletions(self, now_ns: int, limit: int = 1000) -> list[Deferred]:
+        """Up to ``limit`` queued keys whose time has come (``not_before_ns <= now_ns``), soonest first.
+
+        A backend may round a time up to its own resolution (Redis: a
+        microsecond), never down: a key is never due early.
+        """
+        ...
+
+    async def forget_deletions(self, entries: Collection[Deferred]) -> None:
+        """Drop each entry from the queue, if its key is still queued for the time given.
+
+        Conditional on what gc read, like every other metadata change: a key
+        queued again meanwhile (superseded after gc found it named) stays.
+        """
+        ...
+
+    async def pending_deletions(self) -> list[str]:
+        """Every queued key, due or not (audits and tests: what the bucket may hold beyond the records)."""
+        ...

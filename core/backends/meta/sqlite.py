@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from core.backends.meta import checks
-from core.backends.meta.base import ChildrenPage, Cover, decode_record
+from core.backends.meta.base import ChildrenPage, Cover, Deferred, decode_record
 from core.errors import (
     AlreadyExistsError,
     ArtifactCorruptedError,
@@ -57,6 +57,12 @@ CREATE INDEX IF NOT EXISTS node_expiry ON node(expires_at) WHERE expires_at IS N
 CREATE TABLE IF NOT EXISTS usage (key TEXT PRIMARY KEY, bytes INTEGER NOT NULL, files INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counter (name, value) VALUES ('ino', 1);
+"""
+
+# The deletion queue (issue #16): blob keys gc may delete from not_before on, if no record names them.
+_DEFERRED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deferred_blob (key TEXT PRIMARY KEY, not_before INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS deferred_blob_due ON deferred_blob(not_before);
 """
 
 _COLUMNS = "ino, record, sig"
@@ -134,6 +140,7 @@ class SQLiteMetaStore:
         # 4x SQLite's default halves how often the loop waits for one (+8% stores/s at 64 tasks).
         db.execute("PRAGMA wal_autocheckpoint=4000")
         db.executescript(_SCHEMA)
+        db.executescript(_DEFERRED_SCHEMA)
         self._db = db
         if await self.get(ROOT_INO) is None:
             root = new_node(parent=0, name="", kind=NodeKind.DIR, mode=0o755, role=NodeRole.ROOT, now_ns=0)
@@ -501,6 +508,36 @@ class SQLiteMetaStore:
             if touch_ns is not None:
                 self._touch(db, current.parent, touch_ns)
         return current
+
+    # -- the deletion queue
+
+    async def defer_delete(
+        self, keys: Collection[str], not_before_ns: int, *, forget: Collection[Deferred] = ()
+    ) -> None:
+        if not keys and not forget:
+            return
+        with self._tx() as db:
+            db.executemany("DELETE FROM deferred_blob WHERE key=? AND not_before=?", [tuple(e) for e in forget])
+            db.executemany(
+                "INSERT INTO deferred_blob (key, not_before) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET not_before = excluded.not_before",
+                [(k, not_before_ns) for k in keys],
+            )
+
+    async def due_deletions(self, now_ns: int, limit: int = 1000) -> list[Deferred]:
+        rows = self.db.execute(
+            "SELECT key, not_before FROM deferred_blob WHERE not_before<=? ORDER BY not_before, key LIMIT ?",
+            (now_ns, limit),
+        ).fetchall()
+        return [Deferred(key, not_before) for key, not_before in rows]
+
+    async def forget_deletions(self, entries: Collection[Deferred]) -> None:
+        if entries:
+            with self._tx() as db:
+                db.executemany("DELETE FROM deferred_blob WHERE key=? AND not_before=?", [tuple(e) for e in entries])
+
+    async def pending_deletions(self) -> list[str]:
+        return [row[0] for row in self.db.execute("SELECT key FROM deferred_blob ORDER BY key").fetchall()]
 
 
 def from_settings(settings: Settings, signer: RecordSigner) -> SQLiteMetaStore:

@@ -34,7 +34,7 @@ from redis.exceptions import ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.backends.meta import checks
-from core.backends.meta.base import ChildrenPage, Cover, decode_record
+from core.backends.meta.base import ChildrenPage, Cover, Deferred, decode_record
 from core.backends.meta.redis.lua import NO_TOUCH, SCRIPT
 from core.errors import (
     AlreadyExistsError,
@@ -498,6 +498,68 @@ class RedisMetaStore:
         what = repr(node.name)
         reply = self._check(await self._script(what, "remove", node.ino, node.parent, _name(node.name), *touch), what)
         return self._load(*reply[1:]) if len(reply) > 1 else None
+
+
+    # -- the deletion queue: one sorted set, key -> not_before in microseconds (exact in a double)
+
+    async def defer_delete(
+        self, keys: Collection[str], not_before_ns: int, *, forget: Collection[Deferred] = ()
+    ) -> None:
+        if keys or forget:
+            await self._queue("defer delete", forget, _micros(not_before_ns), keys)
+
+    async def _queue(self, what: str, forget: Collection[Deferred], score: int, keys: Collection[str]) -> None:
+        """One script: drop the entries of ``forget`` still at their score, then queue ``keys`` at ``score``.
+
+        Atomic, and a retry after a lost reply ends in the same state.
+        """
+        argv: list[object] = [len(forget)]
+        for key, not_before_ns in forget:
+            argv += [key, _micros(not_before_ns)]
+        argv += [score, *keys]
+        # Plain EVAL: one command each time (a Script's first EVALSHA would cost a NOSCRIPT and a LOAD
+        # inside some caller's request); the text is ~400 bytes, and the server caches its compilation.
+        await self._call(what, lambda client, _s: client.eval(_QUEUE, 1, self.key("gc"), *argv))
+
+    async def due_deletions(self, now_ns: int, limit: int = 1000) -> list[Deferred]:
+        pairs = await self._call(
+            "due deletions",
+            lambda client, _s: client.zrangebyscore(
+                self.key("gc"), "-inf", now_ns // 1000, start=0, num=limit, withscores=True
+            ),
+        )
+        return [Deferred(k.decode(), int(score) * 1000) for k, score in pairs]
+
+    async def forget_deletions(self, entries: Collection[Deferred]) -> None:
+        if entries:
+            await self._queue("forget deletions", entries, 0, ())
+
+    async def pending_deletions(self) -> list[str]:
+        keys = await self._call("pending deletions", lambda client, _s: client.zrange(self.key("gc"), 0, -1))
+        return sorted(k.decode() for k in keys)
+
+
+# The deletion queue's one change. ARGV: n, then n (key, score) pairs to drop if the key is still
+# queued at that score, then the score and the keys to queue at it (ZADD: a queued key takes it).
+_QUEUE = """
+local n = tonumber(ARGV[1])
+for i = 2, 2 * n, 2 do
+    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if score and tonumber(score) == tonumber(ARGV[i + 1]) then
+        redis.call('ZREM', KEYS[1], ARGV[i])
+    end
+end
+local score = ARGV[2 * n + 2]
+for i = 2 * n + 3, #ARGV do
+    redis.call('ZADD', KEYS[1], score, ARGV[i])
+end
+return 0
+"""
+
+
+def _micros(ns: int) -> int:
+    """A queue time as Redis keeps it: microseconds, rounded up (never due early; exact in a double)."""
+    return -(-ns // 1000)
 
 
 def from_settings(settings: Settings, signer: RecordSigner) -> RedisMetaStore:
