@@ -169,3 +169,27 @@ async def test_a_commit_meeting_its_intent_keeps_a_deletion_another_writer_queue
     assert live is not None and live.artifact is not None
     assert await blob_keys(store, settled=False) == {live.artifact.blob_key}  # nothing leaked
     assert await store.retrieve(artifact_id, user_id="alice") == b"v3 from B"
+
+
+async def test_a_part_leaving_its_upload_goes_at_once_unless_a_record_names_it(
+    store: ArtifactStore, clock: ManualClock
+) -> None:
+    """Regression: parts of aborted uploads waited out the grace period, so a client could park bytes.
+
+    A part a completion published (its reply lost, the upload reopened and
+    then aborted) is the record's blob and stays.
+    """
+    artifact_id = await store.store(b"published", filename="p.txt", user_id="alice", scope=Scope.USER)
+    ns = store.ns
+    node = await ns.meta.find_artifact(artifact_id)
+    assert node is not None and node.artifact is not None and node.artifact.blob_key is not None
+    named = node.artifact.blob_key
+    part = f"{ns.grid_key(node)}/up-00001-abcdef"
+    writer = await ns.blob_writer(part)
+    await writer.write(b"parked bytes")
+    await writer.commit()
+    assert part in await blob_keys(store, settled=False)
+    await ns.drop_part_blob(part)
+    await ns.drop_part_blob(named)
+    assert await blob_keys(store, settled=False) == {named}
+    assert await store.retrieve(artifact_id, user_id="alice") == b"published"

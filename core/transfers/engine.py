@@ -320,7 +320,8 @@ class Transfers:
         for part in parts:
             if part.part_number == mine.part_number and part.seq < newer and part.blob_key is not None:
                 try:
-                    await self._delete(part.blob_key)
+                    with anyio.CancelScope(shield=True):
+                        await self.ns.drop_part_blob(part.blob_key)
                 except ArtifactStoreError:
                     pass  # gone already (a concurrent PUT freed it), or left for the blob sweep
 
@@ -490,10 +491,12 @@ class Transfers:
         )
 
     async def _drop_parts(self, parts: list[PartRecord], keep: str | None) -> None:
+        """Free the parts of a removed upload at once: waiting out the grace period would let a
+        client park unbounded bytes, and only a published part can have readers."""
         for part in parts:
             if part.blob_key is not None and part.blob_key != keep:
                 try:
-                    await self.ns.discard_blob(part.blob_key)
+                    await self.ns.drop_part_blob(part.blob_key)
                 except ArtifactStoreError:
                     pass  # left for the blob sweep; the upload itself is gone
 

@@ -272,12 +272,12 @@ class Content(TreeBase):
             if art.blob_key in superseded:  # a retry met this blob stored (a reply lost): it was named once
                 await self.discard_blob(art.blob_key)
             else:
-                await self._drop_refused(art.blob_key)
+                await self.drop_unnamed_blob(art.blob_key)
             raise ArtifactNotFoundError(f"{node.name!r} was removed while being written") from None
         except StaleRecordError:
             self._intents.pop(art.blob_key or "", None)
             if art.blob_key not in superseded:
-                await self._drop_refused(art.blob_key)
+                await self.drop_unnamed_blob(art.blob_key)
             raise
         except BaseException:
             # Perhaps stored after all (a reply lost on its way back): gc decides, from the records.
@@ -357,14 +357,25 @@ class Content(TreeBase):
                 return True
         return False
 
-    async def _drop_refused(self, key: str | None) -> None:
-        """Delete at once a blob whose commit the store refused: no record ever named it, no reader saw it.
+    async def drop_unnamed_blob(self, key: str | None) -> None:
+        """Delete at once a blob no record ever named, so no reader can hold it.
 
-        Its intent stays queued; gc finds the key named by nobody and forgets it.
+        A commit the store refused: no grace period protects anybody. A
+        queued intent stays; gc finds the key named by nobody and forgets it.
         """
         if key is not None:
             self._intents.pop(key, None)
             await self.blobs.delete(key)
+
+    async def drop_part_blob(self, key: str | None) -> None:
+        """Delete at once an upload part's blob that left its upload (superseded, aborted, expired).
+
+        No reader can hold a part, so no grace period applies, unless a
+        completion whose reply was lost made it a record's blob: then the
+        record owns it and it stays.
+        """
+        if key is not None and not await self.blob_is_named(key):
+            await self.drop_unnamed_blob(key)
 
     def grace_deadline(self) -> int:
         """When a blob that stops being named now may be deleted."""
