@@ -61,6 +61,7 @@ class OpenFile:
         self.opens = 0
         self.spool: Spool | None = None
         self.changed = False  # the spool holds writes or a truncate, not only the committed bytes
+        self.open_cut = False  # all that is pending is the cut of an O_TRUNC open
         self.mtime_ns = node.mtime_ns  # moves with writes before they are published
         self.removed = False
         self._reader: ReadAhead | None = None
@@ -148,18 +149,27 @@ class OpenFile:
             spool = self.spool = self._send_behind(spool.spill(self.files.spool_dir))
         spool.write(offset, data)
         spool.keep_up(self.files.spawn)
-        self.changed = True
+        self.changed, self.open_cut = True, False
         self.mtime_ns = self.files.ns.now()
 
     def _check_size(self, size: int) -> None:
         if size > self.files.ns.limits.max_artifact_bytes:
             raise ArtifactTooLargeError(f"a file may hold {self.files.ns.limits.max_artifact_bytes} bytes")
 
-    async def truncate(self, size: int) -> None:
-        """ftruncate or O_TRUNC: the cut is published with the next close, as a write would be."""
+    async def truncate(self, size: int, *, at_open: bool = False) -> None:
+        """ftruncate or O_TRUNC: the cut is published with the next close, as a write would be.
+
+        Except a close right after an ``O_TRUNC`` open (``at_open``) with
+        nothing written since: that is how shell ``>`` and ``dd of=`` hand
+        the descriptor on (open, dup, close the first, then write), and an
+        empty version published then is all other views see, and all a crash
+        leaves, until the writer is done (issue #13). The last close
+        publishes it.
+        """
         self._check_size(size)
         async with self._lock:
             await self._truncate(size)
+            self.open_cut = at_open and self.spool is not None
 
     async def truncate_now(self, size: int) -> None:
         """truncate(2) by path: the file's content cut to ``size``, published before the answer.
@@ -270,7 +280,7 @@ class OpenFile:
             with trio.CancelScope(shield=True):
                 await spool.discard()
             raise
-        self.spool, self.changed = spool, False
+        self.spool, self.changed, self.open_cut = spool, False, False
         await self._close_reader()
         return spool
 

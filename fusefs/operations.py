@@ -463,7 +463,7 @@ class Operations(pyfuse3.Operations):
         fh, file, cache = self.files.open(node, writable)
         if writable and flags & os.O_TRUNC:
             try:
-                await file.truncate(0)
+                await file.truncate(0, at_open=True)
             except BaseException:
                 await self.files.release(fh)
                 raise
@@ -492,7 +492,7 @@ class Operations(pyfuse3.Operations):
     @fuse_call
     async def flush(self, fh: int) -> None:
         handle = self.files.handle(fh)
-        if handle.writable:
+        if handle.writable and not handle.file.open_cut:  # an O_TRUNC open's cut alone waits for release
             await handle.file.publish()
 
     @fuse_call

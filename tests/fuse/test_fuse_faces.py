@@ -86,6 +86,25 @@ async def test_readers_see_the_old_version_until_the_writer_closes(mount: Mount,
         assert meta.sha256 == sha(b"NEW content") and meta.version == 2
 
 
+@pytest.mark.semantics("S-truncate")
+async def test_shell_redirection_over_a_file_never_shows_it_empty(mount: Mount, alice: Path) -> None:
+    """Regression (issue #13): `cmd > f` and `dd of=f` open with O_TRUNC, dup the descriptor and
+    close the first one before writing. That close published an empty version: every other view
+    read an empty file until the writer finished, and a crash left it empty."""
+    target = alice / "out.bin"
+    target.write_bytes(b"old content " * 1000)
+    artifact_id = os.getxattr(target, "user.artifact.id").decode()
+    async with mount.store() as store:
+        fd = os.open(target, os.O_WRONLY | os.O_TRUNC)
+        kept = os.dup(fd)
+        os.close(fd)  # the kernel's flush: nothing written since the truncate
+        assert await store.read_file(artifact_id) == b"old content " * 1000
+        os.write(kept, b"new content")
+        os.close(kept)
+        assert await store.read_file(artifact_id) == b"new content"
+        assert target.read_bytes() == b"new content"
+
+
 @pytest.mark.semantics("S-expiry-vanish")
 async def test_an_expired_session_file_disappears(mount: Mount) -> None:
     (mount / "sessions" / "s2").mkdir()

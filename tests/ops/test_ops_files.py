@@ -218,6 +218,26 @@ async def test_o_trunc_empties_the_file_for_this_mount_and_publishes_at_close(tm
         assert (await stored(k, "users/alice/f"))[0] == b"new"
 
 
+@pytest.mark.semantics("S-truncate")
+async def test_a_close_after_o_trunc_that_wrote_nothing_leaves_publishing_to_the_last_close(tmp_path: Path) -> None:
+    """Regression (issue #13): shell `>` opens with O_TRUNC, dups and closes the first descriptor
+    (a flush) before writing; that flush published an empty version, which other views, and a
+    crash, were left with until the last close."""
+    async with kernel(tmp_path) as k:
+        await k.write_file("users/alice/f", b"old bytes")
+        fh = await k.open("users/alice/f", os.O_WRONLY | os.O_TRUNC)
+        await k.ops.flush(fh)  # close(fd) after dup(fd): the description stays open
+        assert (await stored(k, "users/alice/f"))[0] == b"old bytes"
+        await k.ops.write(fh, 0, b"new")
+        await k.ops.flush(fh)  # a flush after writing publishes, as every close of a writer does
+        assert (await stored(k, "users/alice/f"))[0] == b"new"
+        await k.ops.release(fh)
+        fh = await k.open("users/alice/f", os.O_WRONLY | os.O_TRUNC)
+        await k.close(fh)  # `: > f`: the truncate alone is published by the last close
+        data, node = await stored(k, "users/alice/f")
+        assert data == b"" and node.size == 0
+
+
 # -- unlink
 
 
