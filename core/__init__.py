@@ -15,6 +15,7 @@ from core.errors import (
     QuotaExceededError,
     SessionError,
     StoreClosedError,
+    StoreFullError,
 )
 from core.models import (
     ArtifactMetadata,
@@ -33,7 +34,7 @@ __all__ = [
     "AccessDeniedError", "ArtifactCorruptedError", "ArtifactExpiredError", "ArtifactMetadata",
     "ArtifactNotFoundError", "ArtifactStore", "ArtifactStoreError", "ArtifactTooLargeError", "GridKey",
     "InvalidArgumentError", "InvalidNameError", "Limits", "NameTooLongError", "ProviderError",
-    "QuotaExceededError", "Scope", "SessionError", "SessionInfo", "StoreClosedError",
+    "QuotaExceededError", "Scope", "SessionError", "SessionInfo", "StoreClosedError", "StoreFullError",
     "StreamDownloadRequest", "StreamUploadRequest",
     "MultipartUploadCompleteRequest", "MultipartUploadInitRequest", "MultipartUploadPart",
 ]

@@ -51,6 +51,13 @@ class StaleRecordError(ProviderError):
         self.current = current
 
 
+class StoreFullError(ProviderError):
+    """The backend has no room left (a full disk under SQLite or the blob directory).
+
+    Nothing was written; the caller may retry once space is freed (ENOSPC).
+    """
+
+
 class SessionError(ArtifactStoreError):
     """The session system failed, or a session is unknown or expired."""
 

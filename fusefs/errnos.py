@@ -38,6 +38,7 @@ from core.errors import (
     ReadOnlyError,
     SessionError,
     StoreClosedError,
+    StoreFullError,
 )
 from core.infra.tally import tally
 from fusefs.watchdog import Watchdog
@@ -56,6 +57,7 @@ ERRNO_OF: dict[type[ArtifactStoreError], int] = {
     QuotaExceededError: errno.EDQUOT,
     ArtifactTooLargeError: errno.EFBIG,
     ArtifactCorruptedError: errno.EIO,
+    StoreFullError: errno.ENOSPC,
     ProviderError: errno.EIO,
     SessionError: errno.EIO,
     StoreClosedError: errno.EIO,

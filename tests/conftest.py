@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,18 @@ async def store(backend: str, tmp_path: Path, clock: ManualClock, limits: Limits
 async def admin_store(backend: str, tmp_path: Path, clock: ManualClock, limits: Limits) -> AsyncIterator[ArtifactStore]:
     async with make_store(backend, tmp_path / "data", clock, limits, admin=True) as s:
         yield s
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB file system for a data dir to fill up (a tmpfs: the tests run as root).
+
+    Listed before a mount's fixture, it is unmounted after that mount stops.
+    """
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -142,3 +142,39 @@ def test_fallocate_is_not_supported_and_posix_fallocate_falls_back(mount: Mount,
     finally:
         os.close(fd)
     assert (alice / "f").read_bytes() == b"x" * 10 + bytes(8182)
+
+
+@pytest.mark.embedded_only("the data dir's own disk filling up")
+@pytest.mark.semantics("S-errno-table")
+def test_a_full_disk_is_enospc_at_write_or_close_and_the_mount_goes_on(small_disk: Path, mount_factory) -> None:
+    """Regression (issue #13): with the data dir's disk full, close() answered EIO (a failed
+    SQLite rollback hid "database or disk is full"). Every failure is ENOSPC, every file written
+    before reads back whole, and the mount keeps answering."""
+    mount = mount_factory(data_dir=small_disk / "data")
+    alice = mount.user_dir("alice")
+    piece = os.urandom(1 << 20)
+    kept: list[Path] = []
+    failures: list[int] = []
+    for i in range(64):
+        path = alice / f"f{i:02d}.bin"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            failures.append(exc.errno)
+            continue
+        try:
+            try:
+                os.write(fd, piece)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            failures.append(exc.errno)
+            continue
+        kept.append(path)
+    assert failures, "the disk never filled up"
+    assert {errno.errorcode[code] for code in failures} == {"ENOSPC"}
+    assert kept, "nothing fitted"
+    for path in kept:
+        assert path.read_bytes() == piece
+    assert set(os.listdir(alice)) >= {path.name for path in kept}
+    os.statvfs(mount.mountpoint)  # still answering

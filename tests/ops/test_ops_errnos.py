@@ -34,6 +34,7 @@ EXPECTED: dict[type[errors.ArtifactStoreError], int] = {
     errors.ArtifactTooLargeError: errno.EFBIG,
     errors.ArtifactCorruptedError: errno.EIO,
     errors.ProviderError: errno.EIO,
+    errors.StoreFullError: errno.ENOSPC,
     errors.StaleRecordError: errno.EIO,  # only when its retries are spent
     errors.SessionError: errno.EIO,
     errors.StoreClosedError: errno.EIO,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import errno
 import os
 import threading
 import uuid
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from core.errors import ArtifactNotFoundError, ProviderError
+from core.errors import ArtifactNotFoundError, ProviderError, StoreFullError
 from core.infra.private import new_private_dir, private_dir
 from core.settings import Settings
 
@@ -316,6 +317,8 @@ def from_settings(settings: Settings) -> FilesystemBlobStore:
 def _mapped(exc: OSError) -> Exception:
     if isinstance(exc, FileNotFoundError):
         return ArtifactNotFoundError(str(exc))
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFullError(f"filesystem blob store: {exc}")
     return ProviderError(f"filesystem blob store: {exc}")
 
 

@@ -7,6 +7,7 @@ takes tens of microseconds, far less than a hop to a worker thread would.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Collection, Sequence
@@ -24,12 +25,15 @@ from core.errors import (
     ProviderError,
     StaleRecordError,
     StoreClosedError,
+    StoreFullError,
 )
 from core.infra.private import FILE_MODE, private_dir, private_file
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
 from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
 from core.settings import Settings
+
+log = logging.getLogger("artifactfs.meta")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS node (
@@ -571,7 +575,7 @@ class _Transaction:
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise ProviderError(f"metadata store: {exc}") from exc
+            raise _provider_error(exc) from exc
         return self._db
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -579,10 +583,26 @@ class _Transaction:
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as err:
-                self._db.execute("ROLLBACK")
-                raise ProviderError(f"metadata store: {err}") from err
+                self._roll_back()
+                raise _provider_error(err) from err
             return False
-        self._db.execute("ROLLBACK")
+        self._roll_back()
         if isinstance(exc, sqlite3.Error):
-            raise ProviderError(f"metadata store: {exc}") from exc
+            raise _provider_error(exc) from exc
         return False
+
+    def _roll_back(self) -> None:
+        # SQLite may have rolled back on its own (a full disk does that): a ROLLBACK then fails
+        # with "no transaction is active", and must not hide the error that caused it.
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as err:
+                log.warning("metadata store: rollback failed: %s", err)
+
+
+def _provider_error(exc: sqlite3.Error) -> ProviderError:
+    """A failed statement as the store's error: a full disk is ENOSPC to the caller, not EIO."""
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return StoreFullError(f"metadata store: {exc}")
+    return ProviderError(f"metadata store: {exc}")
