@@ -88,12 +88,15 @@ class Attributes:
             mode = stat.S_IFDIR | _OPEN_TO_ALL
         return mode
 
-    def of(self, node: Node, now_ns: int, *, size: int | None = None, mtime_ns: int | None = None) -> pyfuse3.EntryAttributes:
-        """The attributes of ``node``; an open file passes its own size and mtime."""
+    def of(
+        self, node: Node, now_ns: int, *, size: int | None = None, mtime_ns: int | None = None, removed: bool = False
+    ) -> pyfuse3.EntryAttributes:
+        """The attributes of ``node``; an open file passes its own size and mtime, and ``removed``
+        once no name leads to it (``fstat`` after ``unlink`` or ``rmdir``: no links, as on ext4)."""
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = self.inodes.fuse(node.ino)
         attr.st_mode = self._mode(node)
-        attr.st_nlink = 2 if node.kind is NodeKind.DIR else 1
+        attr.st_nlink = 0 if removed else 2 if node.kind is NodeKind.DIR else 1
         attr.st_uid, attr.st_gid = self._owner(node)
         attr.st_size = node.size if size is None else size
         attr.st_blksize = BLOCK_SIZE

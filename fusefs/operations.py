@@ -258,10 +258,10 @@ class Operations(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         file = self.files.get(self.inodes.node(inode))
         if file is not None:  # open here: its own state is the newest, even after an unlink
-            return self.attrs.of(file.node, self.ns.now(), size=file.size, mtime_ns=file.mtime_ns)
+            return self.attrs.of(file.node, self.ns.now(), size=file.size, mtime_ns=file.mtime_ns, removed=file.removed)
         removed_dir = self._removed_dirs.get(self.inodes.node(inode))
         if removed_dir is not None:  # fstat of an open directory that is gone, as on a local disk
-            return self._attr(removed_dir)
+            return self.attrs.of(removed_dir, self.ns.now(), removed=True)
         return self._attr(await self._named(inode))
 
     @fuse_call
@@ -327,7 +327,7 @@ class Operations(pyfuse3.Operations):
             changes["mtime_ns"] = attr.st_mtime_ns
         if changes:
             file.set_times(file.node.model_copy(update={"mtime_ns": file.mtime_ns, **changes, "ctime_ns": self.ns.now()}))
-        return self.attrs.of(file.node, self.ns.now(), size=file.size, mtime_ns=file.mtime_ns)
+        return self.attrs.of(file.node, self.ns.now(), size=file.size, mtime_ns=file.mtime_ns, removed=True)
 
     # -- directories
 

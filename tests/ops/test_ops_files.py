@@ -257,7 +257,7 @@ async def test_an_unlinked_open_file_lives_on_in_its_descriptors(tmp_path: Path)
         await k.ops.write(writer, 0, b"still writable")
         assert await k.read(reader, 0, 14) == b"still writable"
         attr = await k.ops.getattr(ino, ctx(ROOT))
-        assert attr.st_size == 300_000
+        assert (attr.st_size, attr.st_nlink) == (300_000, 0)  # regression (issue #13): nlink stayed 1
         await k.ops.fsync(writer, False)  # nowhere to publish to: nothing happens, no error
         await k.write_file("users/alice/f", b"a new file by the old name")
         await k.close(writer)
@@ -274,7 +274,7 @@ async def test_ftruncate_and_fchmod_of_an_unlinked_open_file(tmp_path: Path) -> 
         await k.unlink("users/alice/f")
         fields = Fields(update_size=True, update_mode=True)
         attr = await k.ops.setattr(ino, attributes(st_size=4, st_mode=0o600), cast(pyfuse3.SetattrFields, fields), fh, ctx(ROOT))
-        assert (attr.st_size, stat.S_IMODE(attr.st_mode)) == (4, 0o600)
+        assert (attr.st_size, stat.S_IMODE(attr.st_mode), attr.st_nlink) == (4, 0o600, 0)
         assert await k.read(fh, 0, 100) == b"0123"
         await k.close(fh)
 

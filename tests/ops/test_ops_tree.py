@@ -294,7 +294,7 @@ async def test_a_directory_removed_while_open_can_still_be_fstat(tmp_path: Path)
         fh = await k.ops.opendir(ino, ctx(ROOT))
         await k.rmdir("users/alice/d")
         attr = await k.ops.getattr(ino, ctx(ROOT))
-        assert stat.S_IMODE(attr.st_mode) == 0o750
+        assert stat.S_IMODE(attr.st_mode) == 0o750 and attr.st_nlink == 0  # no name leads to it
         assert await errno_of(k.lookup("users/alice/d")) == errno.ENOENT
         await k.ops.releasedir(fh)
         assert await errno_of(k.ops.getattr(ino, ctx(ROOT))) == errno.ESTALE
