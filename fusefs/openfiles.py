@@ -62,6 +62,7 @@ class OpenFile:
         self.spool: Spool | None = None
         self.changed = False  # the spool holds writes or a truncate, not only the committed bytes
         self.open_cut = False  # all that is pending is the cut of an O_TRUNC open
+        self.broken: OSError | None = None  # the spool failed a write: what is pending is not what was written
         self.mtime_ns = node.mtime_ns  # moves with writes before they are published
         self.removed = False
         self._reader: ReadAhead | None = None
@@ -133,13 +134,17 @@ class OpenFile:
         end = offset + len(data)
         if end > self.files.ns.limits.max_artifact_bytes:
             raise ArtifactTooLargeError(f"a file may hold {self.files.ns.limits.max_artifact_bytes} bytes")
-        if self.spool is None or self._lock.locked():
-            async with self._lock:
-                overwrites_all = offset == 0 and len(data) >= self.node.size
-                await self._spool(0 if overwrites_all else self.node.size, end)
+        try:
+            if self.spool is None or self._lock.locked():
+                async with self._lock:
+                    overwrites_all = offset == 0 and len(data) >= self.node.size
+                    await self._spool(0 if overwrites_all else self.node.size, end)
+                    self._write(offset, data)
+            else:  # the common case: no await between the check and the write
                 self._write(offset, data)
-        else:  # the common case: no await between the check and the write
-            self._write(offset, data)
+        except OSError as exc:  # the spool's disk full, or the mount out of descriptors
+            self.broken = exc
+            raise
 
     def _write(self, offset: int, data: bytes) -> None:
         spool = self.spool
@@ -328,7 +333,19 @@ class OpenFile:
         ``durable=True``.
         """
         async with self._lock:
+            if self.broken is not None:
+                await self._give_up_pending()
             await self._publish(durable=durable)
+
+    async def _give_up_pending(self) -> None:
+        """A write failed for want of a resource: publishing the rest would be a version nobody
+        wrote (after O_TRUNC, an empty file). The pending change is dropped, the file keeps its
+        previous version, and the close answers the error (issue #16)."""
+        broken, self.broken = self.broken, None
+        await self._drop_spool()
+        self.files.forget_cache(self.ino)  # the kernel's pages hold the writes that are dropped
+        assert broken is not None
+        raise broken
 
     async def _publish(self, *, durable: bool = False, from_version: int | None = None) -> None:
         """:meth:`publish`, under the lock; ``from_version``: the spool is a cut of that version

@@ -145,7 +145,7 @@ def test_fallocate_is_not_supported_and_posix_fallocate_falls_back(mount: Mount,
 
 
 @pytest.mark.embedded_only("the data dir's own disk filling up")
-@pytest.mark.semantics("S-errno-table")
+@pytest.mark.semantics("S-errno-table", "S-limit-resources")
 def test_a_full_disk_is_enospc_at_write_or_close_and_the_mount_goes_on(small_disk: Path, mount_factory) -> None:
     """Regression (issue #13): with the data dir's disk full, close() answered EIO (a failed
     SQLite rollback hid "database or disk is full"). Every failure is ENOSPC, every file written

@@ -15,6 +15,7 @@ import pytest
 from opskit import Fields, errno_of, kernel
 
 from core.settings import GiB, Limits
+from fusefs.spool import FileSpool
 
 KiB = 1 << 10
 
@@ -91,3 +92,33 @@ async def test_fsync_beyond_the_quota_is_edquot(tmp_path: Path) -> None:
         assert await errno_of(k.ops.fsync(fh, False)) == errno.EDQUOT
         await k.ops.release(fh)
         assert await k.read_file("users/alice/f") == b""
+
+
+@pytest.mark.semantics("S-limit-resources")
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENOSPC])
+async def test_a_write_the_spool_cannot_take_leaves_the_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """Regression (issue #16): with the mount out of descriptors, `cp` over a file got an error
+    for its write, and its close then published what was pending: the O_TRUNC cut, an empty file.
+    The close now answers the error and drops the pending change; the file keeps its version."""
+    async with kernel(tmp_path) as k:
+        old = os.urandom(600 * KiB)
+        await k.write_file("users/alice/f", old)
+
+        def no_spool_file(cls: type, directory: Path) -> None:
+            raise OSError(code, os.strerror(code))
+
+        with monkeypatch.context() as patched:
+            patched.setattr(FileSpool, "create", classmethod(no_spool_file))
+            fh = await k.open("users/alice/f", os.O_WRONLY | os.O_TRUNC)
+            await k.ops.write(fh, 0, b"n" * 128 * KiB)  # in memory: fine
+            expected = errno.ENFILE if code == errno.EMFILE else code
+            assert await errno_of(k.ops.write(fh, 128 * KiB, b"n" * 512 * KiB)) == expected  # must spill
+            assert await errno_of(k.ops.flush(fh)) == expected
+            await k.ops.release(fh)
+        assert await k.read_file("users/alice/f") == old
+        fh = await k.open("users/alice/f", os.O_WRONLY | os.O_TRUNC)  # and the file works as before
+        await k.ops.write(fh, 0, b"new")
+        await k.close(fh)
+        assert await k.read_file("users/alice/f") == b"new"
