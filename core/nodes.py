@@ -1,7 +1,8 @@
 """The metadata model: a tree of nodes, as JuiceFS keeps one in Redis.
 
-Every directory, file and symlink is a :class:`Node`; a file node carries the
-artifact fields. A node records its single parent and its name there, so an
+Every directory, file, symlink and special file (FIFO, device, socket) is a
+:class:`Node`; a file node carries the artifact fields, a special file only
+its type and device number (no bytes, so never an artifact). A node records its single parent and its name there, so an
 artifact's filename is derived by walking up to its scope root and a rename
 of a directory is one record change, whatever lies below it.
 """
@@ -26,6 +27,22 @@ class NodeKind(str, Enum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
+    FIFO = "fifo"
+    CHAR_DEVICE = "chardev"
+    BLOCK_DEVICE = "blockdev"
+    SOCKET = "socket"
+
+
+# The file type bits of st_mode for each kind; the special ones are what mknod(2) may make.
+TYPE_BITS: dict[NodeKind, int] = {
+    NodeKind.FILE: stat.S_IFREG, NodeKind.DIR: stat.S_IFDIR, NodeKind.SYMLINK: stat.S_IFLNK,
+    NodeKind.FIFO: stat.S_IFIFO, NodeKind.CHAR_DEVICE: stat.S_IFCHR, NodeKind.BLOCK_DEVICE: stat.S_IFBLK,
+    NodeKind.SOCKET: stat.S_IFSOCK,
+}
+SPECIAL_KINDS: dict[int, NodeKind] = {
+    bits: kind for kind, bits in TYPE_BITS.items()
+    if kind in (NodeKind.FIFO, NodeKind.CHAR_DEVICE, NodeKind.BLOCK_DEVICE, NodeKind.SOCKET)
+}
 
 
 class NodeRole(str, Enum):
@@ -90,6 +107,7 @@ class Node(BaseModel):
     crtime_ns: int
     expires_at_ns: int | None = None
     target: str | None = None  # symlinks
+    rdev: int = 0  # character and block devices: the device number
     xattrs: dict[str, str] = Field(default_factory=dict)  # user.* names -> hex bytes
     artifact: Artifact | None = None  # files
     session_meta: dict[str, Any] | None = None  # session scope roots
@@ -107,8 +125,7 @@ class Node(BaseModel):
 
     @property
     def st_mode(self) -> int:
-        kind_bits = {NodeKind.FILE: stat.S_IFREG, NodeKind.DIR: stat.S_IFDIR, NodeKind.SYMLINK: stat.S_IFLNK}
-        return kind_bits[self.kind] | (self.mode & 0o7777)
+        return TYPE_BITS[self.kind] | (self.mode & 0o7777)
 
 
 def new_node(

@@ -33,7 +33,7 @@ from core.errors import (
     ReadOnlyError,
 )
 from core.models import Scope
-from core.nodes import Node, NodeKind, NodeRole, Space
+from core.nodes import SPECIAL_KINDS, Node, NodeKind, NodeRole, Space
 from core.tree import grid
 from core.tree.namespace import Namespace
 from fusefs.attrs import Attributes, Inodes
@@ -434,9 +434,14 @@ class Operations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
-            raise pyfuse3.FUSEError(errno.EPERM)  # devices, FIFOs and sockets are not artifacts
-        return self._attr(await self._new_file(parent_inode, name, mode, ctx))
+        kind = SPECIAL_KINDS.get(stat.S_IFMT(mode))
+        if kind is None:
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+                raise InvalidArgumentError(f"mknod of file type {stat.S_IFMT(mode):o}")
+            return self._attr(await self._new_file(parent_inode, name, mode, ctx))
+        parent = await self._node(parent_inode)
+        await self.callers.check(ctx.uid, parent, write=True)
+        return self._attr(await self.ns.special(parent, _name(name), kind, mode, rdev, ctx.uid, ctx.gid))
 
     async def _new_file(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> Node:
         """An empty artifact: owner and scope from the directory, MIME type from the name."""

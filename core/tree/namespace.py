@@ -30,7 +30,7 @@ from core.errors import (
 )
 from core.infra.clock import Clock
 from core.models import Scope, Usage
-from core.nodes import MADE_BY_UID, ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
+from core.nodes import MADE_BY_UID, ROOT_INO, SPECIAL_KINDS, Artifact, Node, NodeKind, NodeRole, Space, new_node
 from core.settings import Limits
 from core.tree import grid
 from core.tree.base import EMPTY_SHA256, MAX_RACES, NS, Change, adopt
@@ -499,6 +499,21 @@ class Namespace(Content, Quotas):
                         space=space, uid=uid, gid=gid)
         node.target = target
         node.size = len(target.encode("utf-8", "surrogateescape"))
+        node, _ = await self._insert(node)
+        return node
+
+    async def special(
+        self, parent: Node, name: str, kind: NodeKind, mode: int, rdev: int = 0, uid: int = 0, gid: int = 0
+    ) -> Node:
+        """A FIFO, device or socket: a node with a type, a mode and (devices) a device number, and
+        no bytes; it is never an artifact, so the library's listings and search do not show it."""
+        if kind not in SPECIAL_KINDS.values():
+            raise InvalidArgumentError(f"{kind.value} is not a special file type")
+        space = self.entry_space(parent, name)
+        node = new_node(parent=parent.ino, name=name, kind=kind, mode=mode & 0o7777, now_ns=self.now(),
+                        space=space, uid=uid, gid=gid)
+        if kind in (NodeKind.CHAR_DEVICE, NodeKind.BLOCK_DEVICE):
+            node.rdev = rdev
         node, _ = await self._insert(node)
         return node
 

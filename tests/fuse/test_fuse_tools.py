@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import stat
 import subprocess
 from pathlib import Path
 
@@ -202,3 +204,30 @@ def test_ln_s_links_resolve(mount: Mount, alice: Path) -> None:
     assert mount.sh("ls -l users/alice/link").stdout.rstrip().endswith("link -> target.txt")
     mount.sh("rm users/alice/link")
     assert (alice / "target.txt").read_text() == "pointed at"
+
+
+@pytest.mark.semantics("S-special")
+def test_fifos_devices_and_sockets_are_made_listed_archived_and_removed(mount: Mount, alice: Path, tmp_path: Path) -> None:
+    """Regression (issue #13): mkfifo, mknod and bind(2) of a unix socket answered EPERM."""
+    os.mkfifo(alice / "pipe", 0o640)
+    os.mknod(alice / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(alice / "disk", 0o600 | stat.S_IFBLK, os.makedev(7, 0))
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(alice / "sock"))
+    kinds = {name: stat.S_IFMT(os.lstat(alice / name).st_mode) for name in ("pipe", "null", "disk", "sock")}
+    assert kinds == {"pipe": stat.S_IFIFO, "null": stat.S_IFCHR, "disk": stat.S_IFBLK, "sock": stat.S_IFSOCK}
+    assert os.lstat(alice / "null").st_rdev == os.makedev(1, 3)
+    with pytest.raises(PermissionError):  # the mount is nodev: a device node found in the store opens nothing
+        os.open(alice / "null", os.O_RDONLY)
+    assert mount.sh("find users/alice -type p").stdout.split() == ["users/alice/pipe"]
+    # A FIFO in the mount is a pipe between processes of this host, kept by the kernel.
+    writer = subprocess.Popen(["bash", "-c", f"echo through the pipe > {alice / 'pipe'}"])
+    assert (alice / "pipe").read_text() == "through the pipe\n"
+    assert writer.wait(timeout=60) == 0
+    mount.sh(f"tar -cf {tmp_path / 'specials.tar'} -C users/alice pipe null disk")
+    listed = subprocess.run(["tar", "-tvf", tmp_path / "specials.tar"], capture_output=True, text=True, check=True).stdout
+    assert [line[0] for line in listed.splitlines()] == ["p", "c", "b"]
+    os.rename(alice / "pipe", alice / "pipe2")
+    assert stat.S_ISFIFO(os.lstat(alice / "pipe2").st_mode)
+    mount.sh("rm users/alice/pipe2 users/alice/null users/alice/disk users/alice/sock")
+    assert os.listdir(alice) == []

@@ -333,13 +333,26 @@ async def test_hard_links_are_eperm(tmp_path: Path) -> None:
         assert await k.listdir("users/alice") == [".", "..", "f"]
 
 
-@pytest.mark.semantics("S-unsupported-special")
+@pytest.mark.semantics("S-special")
 @pytest.mark.parametrize("kind", [stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK])
-async def test_special_files_are_eperm(tmp_path: Path, kind: int) -> None:
+async def test_special_files_are_nodes_with_a_type_and_no_bytes(tmp_path: Path, kind: int) -> None:
+    """Regression (issue #13): mknod answered EPERM for every special type."""
+    alice = Caller(uid=1001, gid=1002)
     async with kernel(tmp_path) as k:
         await k.mkdir("users/alice")
         parent = await k.ino("users/alice")
-        assert await errno_of(k.ops.mknod(parent, b"special", kind | 0o644, 0, ctx(ROOT))) == errno.EPERM
+        rdev = os.makedev(8, 3) if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+        made = await k.ops.mknod(parent, b"special", kind | 0o640, rdev, ctx(alice))
+        for attr in (made, await k.lookup("users/alice/special")):
+            assert (stat.S_IFMT(attr.st_mode), stat.S_IMODE(attr.st_mode)) == (kind, 0o640)
+            assert (attr.st_rdev, attr.st_uid, attr.st_gid, attr.st_size, attr.st_nlink) == (rdev, 1001, 1002, 0, 1)
+        assert await k.listdir("users/alice") == [".", "..", "special"]
+        assert await k.listxattr("users/alice/special") == []
+        await k.setattr("users/alice/special", Fields(update_mode=True), st_mode=kind | 0o600)
+        await k.rename("users/alice/special", "users/alice/moved")
+        attr = await k.lookup("users/alice/moved")
+        assert (stat.S_IFMT(attr.st_mode), stat.S_IMODE(attr.st_mode), attr.st_rdev) == (kind, 0o600, rdev)
+        await k.unlink("users/alice/moved")
         assert await k.listdir("users/alice") == [".", ".."]
 
 

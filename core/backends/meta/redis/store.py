@@ -57,7 +57,10 @@ from core.settings import Settings
 
 T = TypeVar("T")
 
-_KIND_CODE = {NodeKind.DIR: "d", NodeKind.FILE: "f", NodeKind.SYMLINK: "l"}
+_KIND_CODE = {
+    NodeKind.DIR: "d", NodeKind.FILE: "f", NodeKind.SYMLINK: "l",
+    NodeKind.FIFO: "p", NodeKind.CHAR_DEVICE: "c", NodeKind.BLOCK_DEVICE: "b", NodeKind.SOCKET: "s",
+}  # the scripts tell only 'd' from the rest
 _INO_BATCH = 64  # inode numbers reserved per INCRBY; unused ones are simply skipped
 _MAX_CONFLICTS = 100  # replace attempts that meet a new occupant each time (heavy contention on one name)
 _READ = ("rec", "sig", "mt", "mts")  # what a reader fetches of an inode
