@@ -116,6 +116,8 @@ def describe(root: Path) -> dict[str, tuple]:
             if stat.S_ISDIR(info.st_mode):
                 tree[path_rel] = ("dir", oct(mode), note)
                 visit(path_rel)
+            elif not stat.S_ISREG(info.st_mode):  # a special file: no bytes to read
+                tree[path_rel] = ("special", stat.S_IFMT(info.st_mode), oct(mode), info.st_size, note)
             else:
                 with open(path, "rb") as f:
                     data = f.read()
@@ -296,6 +298,13 @@ class MountModel(RuleBasedStateMachine):
           flags=st.sampled_from((0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE)))
     def rename(self, src: str, dst: str, flags: int) -> None:
         self.both(lambda root: renameat2(root / src, root / dst, flags))
+
+    # Sockets stand for every special type here: opening one fails at once (ENXIO) on both sides,
+    # where a FIFO would block the model's plain opens, and a device opens on the local disk but
+    # not in the mount (nodev). tests/fuse/test_fuse_tools.py covers FIFOs and devices.
+    @rule(path=st.sampled_from(PATHS), mode=st.sampled_from(MODES))
+    def mksocket(self, path: str, mode: int) -> None:
+        self.both(lambda root: os.mknod(root / path, stat.S_IFSOCK | mode))
 
     @rule(pointee=st.sampled_from(LINK_TARGETS), path=st.sampled_from(PATHS))
     def symlink(self, pointee: str, path: str) -> None:
