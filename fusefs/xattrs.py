@@ -6,6 +6,13 @@ when set). An unknown ``user.artifact.*`` name is refused (``EINVAL``). Any
 other ``user.*`` name is a free attribute kept on the node, as on ext4;
 other namespaces (``security.``, ``trusted.``) are not supported.
 
+``listxattr`` names the settable fields and the free attributes only: what a
+copy that keeps attributes (``cp --preserve=all``, ``rsync -X``, ``mv``
+across scopes) reads from one file and sets on the other. The computed
+fields (id, sha256, expires_at, presign) belong to one artifact and cannot
+be set, so they are read by name, as CephFS's virtual attributes are; listed,
+every such copy reported an error for each.
+
 Values set here pass the library's own argument checks, so both faces of
 the store accept exactly the same summaries, MIME types and metadata.
 """
@@ -45,6 +52,7 @@ class Field(str, Enum):
 
 
 SETTABLE = frozenset({Field.SUMMARY, Field.MIME, Field.META, Field.TTL})
+LISTED = [field for field in Field if field in SETTABLE]  # what listxattr names, in this order
 
 
 class Presigner(Protocol):
@@ -52,7 +60,7 @@ class Presigner(Protocol):
 
     The presigned-URL work plugs an implementation into the mount
     (``Operations(presigner=...)``); until then the attribute is absent
-    (``ENODATA``) and is not listed.
+    (``ENODATA``).
     """
 
     async def url_for(self, node: Node) -> str: ...
@@ -124,9 +132,7 @@ class Xattrs:
         self.limits = limits or Limits()  # the store's: a value is refused here as the library refuses it
 
     def names(self, node: Node) -> list[bytes]:
-        names = []
-        if node.artifact is not None:
-            names = [f"{ARTIFACT_PREFIX}{f.value}".encode() for f in Field if f is not Field.PRESIGN or self.presigner]
+        names = [f"{ARTIFACT_PREFIX}{f.value}".encode() for f in LISTED] if node.artifact is not None else []
         return names + [name.encode() for name in node.xattrs]
 
     async def get(self, node: Node, name: str, now_ns: int) -> bytes:
@@ -185,6 +191,8 @@ class Xattrs:
             art.meta = rules.meta(_json_object(_text(value), self.limits), self.limits)
         else:
             ttl = _text(value).strip()
+            if not ttl:
+                return  # what a file that never expires reads: a copy of one changes nothing
             if not re.fullmatch(r"[0-9]{1,12}", ttl, re.ASCII):
                 raise InvalidArgumentError(f"user.artifact.ttl must be a positive number of seconds, not {ttl[:40]!r}")
             art.ttl = rules.ttl_seconds(int(ttl), self.limits, "user.artifact.ttl")

@@ -12,6 +12,7 @@ import pytest
 from mounting import Mount
 
 FIELDS = ["expires_at", "id", "meta", "mime", "presign", "sha256", "summary", "ttl"]
+LISTED = ["meta", "mime", "summary", "ttl"]  # the settable ones: what getfattr -d and copies see
 
 
 def getfattr(mount: Mount, path: str, name: str) -> str:
@@ -27,7 +28,8 @@ def setfattr(mount: Mount, path: str, name: str, value: str) -> tuple[int, str]:
 def unchanged_view(mount: Mount, path: str) -> dict[str, str]:
     """What 'nothing changed' compares: every attribute but the presigned URL, which is signed anew each time."""
     shown = dump(mount, path)
-    shown.pop("user.artifact.presign", None)
+    for field in ("id", "sha256", "expires_at"):  # read by name: they are not listed
+        shown[f"user.artifact.{field}"] = getfattr(mount, path, f"user.artifact.{field}")
     return shown
 
 
@@ -46,7 +48,9 @@ def dump(mount: Mount, path: str) -> dict[str, str]:
 async def test_getfattr_shows_every_field_and_they_match_the_library(mount: Mount, alice: Path) -> None:
     (alice / "notes.txt").write_text("the notes\n")
     shown = dump(mount, "users/alice/notes.txt")
-    assert sorted(shown) == [f"user.artifact.{f}" for f in FIELDS]
+    assert sorted(shown) == [f"user.artifact.{f}" for f in LISTED]  # the computed ones are read by name
+    for field in sorted(set(FIELDS) - set(LISTED)):
+        shown[f"user.artifact.{field}"] = getfattr(mount, "users/alice/notes.txt", f"user.artifact.{field}")
     assert shown["user.artifact.sha256"] == hashlib.sha256(b"the notes\n").hexdigest()
     assert shown["user.artifact.mime"] == "text/plain"
     assert shown["user.artifact.meta"] == "{}"
@@ -96,9 +100,10 @@ def test_ttl_sets_expiry(mount: Mount, alice: Path) -> None:
     assert 3590 <= left <= 3600
     expires = datetime.fromisoformat(getfattr(mount, path, "user.artifact.expires_at")).timestamp()
     assert start + 3590 <= expires <= time.time() + 3600
-    for bad in ("0", "-5", "abc", "1.5", ""):
+    for bad in ("0", "-5", "abc", "1.5"):
         code, err = setfattr(mount, path, "user.artifact.ttl", bad)
         assert code != 0 and "Invalid argument" in err, bad
+    assert setfattr(mount, path, "user.artifact.ttl", "") == (0, "")  # what a copy of a never-expiring file sets
     assert 3580 <= int(getfattr(mount, path, "user.artifact.ttl")) <= 3600
 
 
@@ -175,3 +180,31 @@ def test_ls_l_does_not_ask_for_security_attributes_per_file(mount_factory) -> No
     listing = mount.sh("ls -l users/alice").stdout
     assert listing.count(" f") == 50
     assert mount.log_text().count(" getxattr(") - before <= 4  # not 2 per file: ls remembers ENOTSUP
+
+
+@pytest.mark.semantics("S-xattr-copy")
+async def test_copies_that_keep_attributes_are_silent_and_carry_the_fields(mount: Mount, alice: Path) -> None:
+    """Regression (issue #13): cp --preserve=all, rsync -X and mv across scopes set every listed
+    attribute on the copy, and the computed ones (id, sha256, expires_at, presign) answered EPERM:
+    the copy succeeded, but each tool reported errors and exited non-zero."""
+    (alice / "src").mkdir()
+    (alice / "src" / "report.txt").write_text("the report\n")
+    for name, value in (("summary", "Q3 figures"), ("meta", '{"team":"blue"}'), ("mime", "text/markdown")):
+        assert setfattr(mount, "users/alice/src/report.txt", f"user.artifact.{name}", value) == (0, "")
+    assert setfattr(mount, "users/alice/src/report.txt", "user.colour", "green") == (0, "")
+    (mount / "sessions" / "s9").mkdir()
+    for command, copy in (
+        ("cp --preserve=all users/alice/src/report.txt users/alice/cp.txt", "users/alice/cp.txt"),
+        ("cp -a users/alice/src users/alice/tree", "users/alice/tree/report.txt"),
+        ("rsync -aX users/alice/src/ users/alice/synced/", "users/alice/synced/report.txt"),
+        ("cp -a users/alice/src/report.txt users/alice/to-move.txt && mv users/alice/to-move.txt sessions/s9/",
+         "sessions/s9/to-move.txt"),
+    ):
+        done = mount.sh(command, check=False)
+        assert (done.returncode, done.stderr) == (0, ""), command
+        assert getfattr(mount, copy, "user.artifact.summary") == "Q3 figures", command
+        assert getfattr(mount, copy, "user.artifact.meta") == '{"team":"blue"}', command
+        assert getfattr(mount, copy, "user.artifact.mime") == "text/markdown", command
+        assert getfattr(mount, copy, "user.colour") == "green", command
+        assert getfattr(mount, copy, "user.artifact.id") != getfattr(mount, "users/alice/src/report.txt", "user.artifact.id")
+    assert getfattr(mount, "sessions/s9/to-move.txt", "user.artifact.ttl") != ""  # a session file keeps its expiry
