@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -35,12 +36,13 @@ import pyfuse3
 import trio
 
 from core.config import build_backends, build_change_feed, build_transfers, checked
-from core.errors import ArtifactStoreError
+from core.errors import ArtifactStoreError, ConfigurationError
 from core.infra.clock import Clock, SystemClock
 from core.infra.private import new_private_dir, private_dir, private_file
 from core.nodes import ROOT_INO
 from core.settings import Settings
 from core.infra.fdlimit import raise_fd_limit
+from core.transfers.service import listen as listen_presigned
 from core.transfers.service import serve as serve_presigned
 from core.tree.namespace import Namespace
 from fusefs.attrs import CACHE_SECONDS
@@ -262,11 +264,20 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
         follower = None
         if feed is not None:
             follower = ChangeFollower(feed, ops.inodes, callers.changed_elsewhere, cache_seconds=cache_seconds)
+        listener = None
+        if options.serve is not None:  # taken before mounting: a port in use must not leave a dead mount
+            try:
+                listener = listen_presigned(transfers.settings, *options.serve_address)
+            except ConfigurationError as exc:
+                raise MountError(str(exc)) from None
         try:
             pyfuse3.init(ops, str(options.mountpoint_abs), _fuse_options(options))
         except RuntimeError as exc:
+            if listener is not None:
+                listener.close()
             raise MountError(f"the kernel refused the mount at {options.mountpoint_abs} ({exc})") from None
         stopped_by_us = False
+        ready = False
         try:
             async with trio.open_nursery() as nursery:
                 ops.start(nursery)
@@ -292,20 +303,22 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
 
                 nursery.start_soon(serve_requests)
                 nursery.start_soon(watch_signals)
-                if options.serve is not None:
-                    url = await nursery.start(serve_presigned, transfers, *options.serve_address)
+                if listener is not None:
+                    url = await nursery.start(functools.partial(serve_presigned, transfers, sock=listener))
                     log.info("presigned URLs served at %s", url)
                 device = await _wait_answering(options.mountpoint_abs)
                 _widen_readahead(device)
                 log.info("mounted %s at %s (the kernel caches entries and attributes for %g s)",
                          options.data_dir, options.mountpoint_abs, cache_seconds)
+                ready = True
                 notify.ready()
         finally:
             with trio.CancelScope(shield=True):
                 await ops.shutdown()
                 if follower is not None:
                     await follower.join()
-            pyfuse3.close(unmount=stopped_by_us)
+            # A mount that never became ready is taken down with us: a failed start leaves no dead mount.
+            pyfuse3.close(unmount=stopped_by_us or not ready)
             log.info("unmounted %s", options.mountpoint_abs)
     finally:
         if feed is not None:

@@ -39,6 +39,7 @@ from core.errors import (
     ArtifactNotFoundError,
     ArtifactStoreError,
     ArtifactTooLargeError,
+    ConfigurationError,
     InvalidArgumentError,
     ProviderError,
     QuotaExceededError,
@@ -46,6 +47,7 @@ from core.errors import (
     UrlRefusedError,
 )
 from core.infra.fdlimit import connection_cap, raise_fd_limit
+from core.settings import PresignSettings
 from core.transfers.engine import Download, Transfers
 from core.transfers.urls import Grant, Refusal, TargetKind
 from core.tree.namespace import NS
@@ -329,29 +331,45 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen(settings: PresignSettings, host: str | None = None, port: int | None = None) -> socket.socket:
+    """The service's listening socket (``settings``' address unless given); port 0 picks a free one.
+
+    A caller that must fail before doing anything else when the address is
+    taken (the mount, before it mounts) binds here and hands the socket to
+    :func:`serve`. An address it cannot take is a :class:`ConfigurationError`
+    that says so in one sentence.
+    """
+    host = settings.host if host is None else host
+    port = settings.port if port is None else port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the presign service cannot listen on {host}:{port}: {exc.strerror or exc}; "
+            "choose another address (--serve HOST:PORT, or ARTIFACT_SERVE_HOST / ARTIFACT_SERVE_PORT)"
+        ) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
 async def serve(
     transfers: Transfers, host: str | None = None, port: int | None = None, *,
+    sock: socket.socket | None = None,
     shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
     task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``transfers`` over HTTP until cancelled (or ``shutdown_trigger`` returns).
 
-    Binds before reporting ready (``task_status.started(url)``), so a client
-    may connect the moment ``start`` returns; port 0 picks a free port. Unless
-    the settings name a public base URL, the store's URLs point here from now.
+    Binds (unless given ``sock``, from :func:`listen`) before reporting ready
+    (``task_status.started(url)``), so a client may connect the moment
+    ``start`` returns. Unless the settings name a public base URL, the
+    store's URLs point here from now.
     """
     settings = transfers.settings
     cap = connection_cap(settings.max_connections, raise_fd_limit())
-    host = settings.host if host is None else host
-    port = settings.port if port is None else port
-    sock = _listen(host, port)
+    if sock is None:
+        sock = listen(settings, host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
     if settings.base_url is None:

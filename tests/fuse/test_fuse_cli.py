@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,29 @@ def test_an_unknown_provider_is_one_line_naming_the_variable(tmp_path: Path, var
 def test_the_kernel_cache_time_is_a_mount_option(mount: Mount) -> None:
     line = "the kernel caches entries and attributes for 7.5 s"  # logged once the mount answers
     wait_for(lambda: line in mount.log_text(), 10, "the mount's ready line")
+
+
+def test_a_presign_port_in_use_is_one_line_and_leaves_no_dead_mount(tmp_path: Path) -> None:
+    """Regression (issue #11): with the port taken, the mount answered "unexpected error" and left
+    a dead mount (Transport endpoint is not connected) at its mountpoint."""
+    mnt, data = tmp_path / "mnt", tmp_path / "data"
+    mnt.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for extra in ([], ["--foreground"]):
+            done = artifactfs("mount", mnt, "--data-dir", data, "--serve", f"127.0.0.1:{port}", *extra)
+            assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+            assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "in use" in done.stderr, done.stderr
+            assert not is_mounted(mnt)
+            assert os.listdir(mnt) == []  # a plain empty directory, not a dead mount
+    done = artifactfs("mount", mnt, "--data-dir", data, "--serve", f"127.0.0.1:{port}")  # free now
+    try:
+        assert done.returncode == 0, done.stderr
+        assert f"presigned URLs served at http://127.0.0.1:{port}" in (data / "mount.log").read_text()
+    finally:
+        assert artifactfs("umount", mnt).returncode == 0
 
 
 @pytest.mark.semantics("S-unmount-signal", "S-unmount-staged")
