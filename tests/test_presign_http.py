@@ -29,6 +29,7 @@ from core import (
 from core.errors import (
     ArtifactCorruptedError,
     ArtifactNotFoundError,
+    ConfigurationError,
     InvalidPartError,
     UploadConflictError,
     UploadNotFoundError,
@@ -668,6 +669,6 @@ def test_port_in_use_is_a_clear_error() -> None:
         async with ArtifactStore() as store:
             await presign_service.serve(store.transfers, "127.0.0.1", taken.getsockname()[1])
 
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigurationError, match=f"cannot listen on 127.0.0.1:{taken.getsockname()[1]}: Address already in use"):
         trio.run(main)
     taken.close()

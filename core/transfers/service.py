@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -345,9 +346,10 @@ def listen(settings: PresignSettings, host: str | None = None, port: int | None 
     try:
         sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
     except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConfigurationError(
-            f"the presign service cannot listen on {host}:{port}: {exc.strerror or exc}; "
-            "choose another address (--serve HOST:PORT, or ARTIFACT_SERVE_HOST / ARTIFACT_SERVE_PORT)"
+            f"the presign service cannot listen on {host}:{port}: {reason}; choose another address "
+            "(the command's address option, or ARTIFACT_SERVE_HOST / ARTIFACT_SERVE_PORT)"
         ) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
