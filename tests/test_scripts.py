@@ -43,3 +43,13 @@ def test_scripts_bench_finds_every_section() -> None:
                             cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["core", "mount", "peers", "presign"]
+
+
+def test_setup_puts_the_command_on_path() -> None:
+    """Regression (issue #11): after scripts/setup, the README's bare `artifactfs` was not found."""
+    subprocess.run(["scripts/setup"], cwd=REPO, check=True, capture_output=True, timeout=600)
+    found = subprocess.run(["bash", "-c", "command -v artifactfs"], capture_output=True, text=True, check=False)
+    assert found.returncode == 0, "artifactfs is not on PATH after scripts/setup"
+    assert Path(found.stdout.strip()).resolve() == (REPO / ".venv/bin/artifactfs").resolve()
+    done = subprocess.run(["artifactfs", "--help"], capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0 and "mount" in done.stdout
