@@ -2,9 +2,10 @@
 
 Every directory, file, symlink and special file (FIFO, device, socket) is a
 :class:`Node`; a file node carries the artifact fields, a special file only
-its type and device number (no bytes, so never an artifact). A node records its single parent and its name there, so an
-artifact's filename is derived by walking up to its scope root and a rename
-of a directory is one record change, whatever lies below it.
+its type and device number (no bytes, so never an artifact). A node records
+its single parent and its name there, so an artifact's filename is derived
+by walking up to its scope root and a rename of a directory is one record
+change, whatever lies below it.
 """
 
 from __future__ import annotations

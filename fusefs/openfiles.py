@@ -143,7 +143,7 @@ class OpenFile:
             else:  # the common case: no await between the check and the write
                 self._write(offset, data)
         except OSError as exc:  # the spool's disk full, or the mount out of descriptors
-            self.broken = exc
+            self.broken, self.open_cut = exc, False  # the next close answers it, even right after O_TRUNC
             raise
 
     def _write(self, offset: int, data: bytes) -> None:

@@ -118,6 +118,13 @@ async def test_a_write_the_spool_cannot_take_leaves_the_previous_version(
             assert await errno_of(k.ops.flush(fh)) == expected
             await k.ops.release(fh)
         assert await k.read_file("users/alice/f") == old
+        with monkeypatch.context() as patched:  # the first write after O_TRUNC fails: the close says so too
+            patched.setattr(FileSpool, "create", classmethod(no_spool_file))
+            fh = await k.open("users/alice/f", os.O_WRONLY | os.O_TRUNC)
+            assert await errno_of(k.ops.write(fh, 0, b"n" * 512 * KiB)) == expected
+            assert await errno_of(k.ops.flush(fh)) == expected
+            await k.ops.release(fh)
+        assert await k.read_file("users/alice/f") == old
         fh = await k.open("users/alice/f", os.O_WRONLY | os.O_TRUNC)  # and the file works as before
         await k.ops.write(fh, 0, b"new")
         await k.close(fh)
