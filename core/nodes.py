@@ -109,6 +109,9 @@ class Node(BaseModel):
     expires_at_ns: int | None = None
     target: str | None = None  # symlinks
     rdev: int = 0  # character and block devices: the device number
+    # Directories: how many entries are directories (st_nlink is 2 + this). Kept by the backend
+    # beside the record, moved by the scripts that add or remove a name, never in the record itself.
+    subdirs: int = Field(default=0, exclude=True)
     xattrs: dict[str, str] = Field(default_factory=dict)  # user.* names -> hex bytes
     artifact: Artifact | None = None  # files
     session_meta: dict[str, Any] | None = None  # session scope roots

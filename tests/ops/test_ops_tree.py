@@ -10,12 +10,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import uuid
 from pathlib import Path
 
 import pyfuse3
 import pytest
-from opskit import ROOT, Caller, Fields, ctx, errno_of, kernel, name_of
+from opskit import ROOT, SIGNER, Caller, Fields, ctx, errno_of, kernel, name_of
 
+from core.backends.meta.redis.store import RedisMetaStore
 from core.settings import Limits
 from core.tree import grid
 from fusefs.attrs import CACHE_SECONDS
@@ -312,3 +314,41 @@ async def test_an_inode_gone_from_the_store_is_estale_not_enoent(tmp_path: Path)
         assert await errno_of(k.ops.open(ino, os.O_RDONLY, ctx(ROOT))) == errno.ESTALE
         assert await errno_of(k.lookup("users/alice/f")) == errno.ENOENT
 
+
+
+@pytest.mark.semantics("S-tree-nlink")
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_directory_links_two_plus_its_subdirectories(
+    tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """Regression (issue #13, pjdfstest rename/24): every directory reported st_nlink 2."""
+    meta = None
+    if backend == "redis":
+        meta = RedisMetaStore(request.getfixturevalue("redis_server").url, SIGNER, prefix=f"nl-{uuid.uuid4().hex[:12]}")
+    async with kernel(tmp_path, meta=meta) as k:
+
+        async def links(path: str) -> int:
+            return int((await k.lookup(path)).st_nlink)
+
+        await k.mkdir("users/alice")
+        await k.mkdir("users/alice/a")
+        await k.mkdir("users/alice/b")
+        await k.write_file("users/alice/f", b"files do not count")
+        await k.symlink("users/alice/l", "a")
+        assert (await links("users/alice"), await links("users/alice/a")) == (4, 2)
+        await k.mkdir("users/alice/a/x")
+        await k.rename("users/alice/a/x", "users/alice/b/x")  # moved between parents
+        assert (await links("users/alice/a"), await links("users/alice/b")) == (2, 3)
+        await k.mkdir("users/alice/c")
+        await k.rename("users/alice/c", "users/alice/a")  # replaces the empty directory a
+        assert await links("users/alice") == 4
+        await k.rename("users/alice/b", "users/alice/a/b")  # into a sibling
+        assert (await links("users/alice"), await links("users/alice/a")) == (3, 3)
+        await k.rename("users/alice/a/b", "users/alice/f", flags=2)  # RENAME_EXCHANGE with a file
+        assert (await links("users/alice"), await links("users/alice/a")) == (4, 2)
+        await k.rmdir("users/alice/f/x")
+        assert await links("users/alice/f") == 2
+        fh = await k.ops.opendir(await k.ino("users/alice"), ctx(ROOT))
+        listed = {name: attr.st_nlink for name, attr, _ in await k.readdir(fh)}
+        await k.ops.releasedir(fh)
+        assert (listed[b"a"], listed[b"f"]) == (2, 2)  # readdirplus gives the same counts

@@ -58,6 +58,7 @@ CREATE INDEX IF NOT EXISTS node_user ON node(sandbox_id, user_id) WHERE artifact
 CREATE INDEX IF NOT EXISTS node_session ON node(sandbox_id, session_id) WHERE artifact_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS node_scope ON node(sandbox_id, scope) WHERE artifact_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS node_expiry ON node(expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS node_subdirs ON node(parent) WHERE is_dir;
 CREATE TABLE IF NOT EXISTS usage (key TEXT PRIMARY KEY, bytes INTEGER NOT NULL, files INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counter (name, value) VALUES ('ino', 1);
@@ -69,7 +70,15 @@ CREATE TABLE IF NOT EXISTS deferred_blob (key TEXT PRIMARY KEY, not_before INTEG
 CREATE INDEX IF NOT EXISTS deferred_blob_due ON deferred_blob(not_before);
 """
 
-_COLUMNS = "ino, record, sig"
+# A directory's subdirectories, counted where it is read (st_nlink is 2 + that): the partial index
+# holds directories alone, so the count costs one probe per subdirectory, and nothing is kept that
+# a write could leave wrong.
+_SUBDIRS = (
+    "CASE WHEN node.is_dir THEN (SELECT COUNT(*) FROM node AS sub WHERE sub.parent = node.ino AND sub.is_dir"
+    " AND sub.ino != node.ino) ELSE 0 END"
+)
+_COLUMNS = f"ino, record, sig, {_SUBDIRS}"
+_RECORD_COLUMNS = f"node.ino, node.record, node.sig, {_SUBDIRS}"  # the same, in a join
 # The columns derived from a record, in the order _write computes them.
 _FIELDS = ("parent", "name", "is_dir", "artifact_id", "sandbox_id", "scope", "session_id", "user_id", "usage_key",
            "size", "expires_at")
@@ -86,19 +95,19 @@ WITH RECURSIVE below(ino, is_dir) AS (
     UNION
     SELECT node.ino, node.is_dir FROM node JOIN below ON node.parent = below.ino WHERE below.is_dir
 )
-SELECT node.ino, node.record, node.sig FROM below JOIN node ON node.ino = below.ino
+SELECT {_RECORD_COLUMNS} FROM below JOIN node ON node.ino = below.ino
 """
 
 # Nodes and the directories above each, up to the first that is not an entry. The role is in the
 # record alone; UNION answers a directory shared by many chains once (and ends a cycle, were there one).
-_LINEAGE_SQL = """
+_LINEAGE_SQL = f"""
 WITH RECURSIVE up(ino) AS (
     SELECT value FROM json_each(?)
     UNION
     SELECT node.parent FROM node JOIN up ON node.ino = up.ino
     WHERE json_extract(CAST(node.record AS TEXT), '$.role') = 'entry'
 )
-SELECT node.ino, node.record, node.sig FROM up JOIN node ON node.ino = up.ino
+SELECT {_RECORD_COLUMNS} FROM up JOIN node ON node.ino = up.ino
 """
 
 
@@ -116,7 +125,7 @@ walk(depth, ino) AS (
     JOIN path ON path.depth = walk.depth + 1
     JOIN node ON node.parent = walk.ino AND node.name = path.name
 )
-SELECT node.ino, node.record, node.sig FROM walk JOIN node ON node.ino = walk.ino
+SELECT {_RECORD_COLUMNS} FROM walk JOIN node ON node.ino = walk.ino
 WHERE walk.depth > 0 ORDER BY walk.depth
 """
     return sql
@@ -182,11 +191,13 @@ class SQLiteMetaStore:
 
     # -- records
 
-    def _load(self, row: tuple[int, bytes, str] | None) -> Node | None:
+    def _load(self, row: tuple[int, bytes, str, int] | None) -> Node | None:
         if row is None:
             return None
-        ino, record, sig = row
-        return self._watermark.check(decode_record(self._signer, ino, record, sig))
+        ino, record, sig, subdirs = row
+        node = self._watermark.check(decode_record(self._signer, ino, record, sig))
+        node.subdirs = subdirs
+        return node
 
     def _write(self, db: sqlite3.Connection, node: Node, *, insert: bool, old: tuple | None = None) -> None:
         """Insert or rewrite ``node``'s row; ``old`` (its ``_FIELDS`` as stored) narrows an update.
@@ -363,7 +374,7 @@ class SQLiteMetaStore:
         row = db.execute(f"SELECT {_COLUMNS}, {_FIELDS_SQL} FROM node WHERE ino=?", (ino,)).fetchone()
         if row is None:
             return None, ()
-        return self._load(row[:3]), row[3:]
+        return self._load(row[:4]), row[4:]
 
     def _touch(self, db: sqlite3.Connection, ino: int, now_ns: int) -> None:
         """Set a directory's mtime/ctime, if it is one a user made or a scope root (as Namespace does)."""

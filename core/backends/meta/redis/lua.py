@@ -9,13 +9,15 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
 ==================  =====  ====================================================
 ``P:i:<ino>``       hash   one inode: ``rec`` (signed JSON record), ``sig``, and
                            the plain fields the script needs: ``p`` parent,
-                           ``n`` name, ``k`` kind (d/f/l), ``a`` artifact id,
+                           ``n`` name, ``k`` kind (d, or f/l/p/c/b/s), ``a`` artifact id,
                            ``ix`` index tags, ``uk`` usage key, ``sz``, ``ex``,
                            ``v`` a file's version, ``r`` the record's revision
                            (absent on records older than it: 0); and on a directory whose
                            entries changed after its record was written,
                            ``mt`` its new mtime/ctime and ``mts`` that value's
-                           own signature (see *Directory times* below)
+                           own signature (see *Directory times* below); on a
+                           directory, ``sd`` how many of its entries are
+                           directories (unsigned: it only makes st_nlink)
 ``P:d:<ino>``       hash   one directory: name -> child ino
 ``P:o:<ino>``       zset   the same directory's names, score 0: byte order, for
                            ``page`` (ZRANGEBYLEX); kept with ``P:d`` in every
@@ -34,7 +36,7 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
 ``ARGV[1]`` names the op, ``ARGV[2]`` is ``1`` to publish a change notice
 (``1<origin>`` to stamp it with the store instance that asked), ``0`` not to,
 and a node travels as 13 values: ino, then the fields in ``FIELDS`` order.
-A record travels back as ino, ``rec``, ``sig``, ``mt``, ``mts``.
+A record travels back as ino, ``rec``, ``sig``, ``mt``, ``mts``, ``sd``.
 
 Reads that answer many records do it in pages, so no script holds the
 server for long, and every record still travels whole, to be verified by
@@ -98,7 +100,7 @@ local P = KEYS[1]
 local notify = string.sub(ARGV[2], 1, 1) == '1'
 local origin = string.sub(ARGV[2], 2)
 local FIELDS = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r'}
-local LOADED = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'mt', 'mts'}
+local LOADED = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'mt', 'mts', 'sd'}
 local NODE_ARGS = 13
 
 local function ikey(ino) return P .. ':i:' .. ino end
@@ -120,13 +122,13 @@ local function load(ino)
   return n
 end
 
--- a record as clients read it: ino, rec, sig, mt, mts (nil where absent)
+-- a record as clients read it: ino, rec, sig, mt, mts, sd (nil where absent)
 local function fetch(ino)
-  local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts')
-  return {ino, v[1], v[2], v[3], v[4]}
+  local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd')
+  return {ino, v[1], v[2], v[3], v[4], v[5]}
 end
 
-local function record(n) return {n.ino, n.rec, n.sig, n.mt, n.mts} end
+local function record(n) return {n.ino, n.rec, n.sig, n.mt, n.mts, n.sd} end
 
 -- whether stored record n is still at revision rev, as its writer read it (records older than revisions: 0)
 local function at_rev(n, rev) return (n.r == '' and '0' or n.r) == rev end
@@ -166,10 +168,13 @@ local function unindex(n)
   charge(n, -1)
 end
 
+-- ``sd`` of a directory counts the names in it that are directories (its st_nlink is 2 + sd):
+-- moved only here and in store, where a name joins or leaves, so every script keeps it right
 local function unlink(n)
   if redis.call('HGET', dkey(n.p), n.n) == n.ino then
     redis.call('HDEL', dkey(n.p), n.n)
     redis.call('ZREM', okey(n.p), n.n)
+    if n.k == 'd' then redis.call('HINCRBY', ikey(n.p), 'sd', -1) end
   end
 end
 
@@ -178,7 +183,9 @@ local function store(n)
              'ix', n.ix, 'uk', n.uk, 'sz', n.sz, 'ex', n.ex, 'v', n.v, 'r', n.r)
   redis.call('HDEL', ikey(n.ino), 'mt', 'mts')  -- the record carries the directory's times now
   if n.p ~= '0' then
-    redis.call('HSET', dkey(n.p), n.n, n.ino)
+    if redis.call('HSET', dkey(n.p), n.n, n.ino) == 1 and n.k == 'd' then
+      redis.call('HINCRBY', ikey(n.p), 'sd', 1)
+    end
     redis.call('ZADD', okey(n.p), 0, n.n)
   end
   index(n)
@@ -324,12 +331,12 @@ function ops.subtree()
   local given = #queue
   local records, count = {}, 0
   local function take(dir, ino)
-    local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'p', 'k')
-    if (not v[1] and not v[2]) or v[5] ~= dir then return end  -- gone, or not (any longer) in dir
+    local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd', 'p', 'k')
+    if (not v[1] and not v[2]) or v[6] ~= dir then return end  -- gone, or not (any longer) in dir
     records[#records + 1] = ino
-    for j = 1, 4 do records[#records + 1] = v[j] end
+    for j = 1, 5 do records[#records + 1] = v[j] end
     count = count + 1
-    if v[6] == 'd' and not seen[ino] then
+    if v[7] == 'd' and not seen[ino] then
       seen[ino] = true
       queue[#queue + 1] = ino
     end
@@ -370,12 +377,12 @@ function ops.lineage()
     local ino = ARGV[at]
     while ino and ino ~= '0' and not seen[ino] do
       seen[ino] = true
-      local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'p')
+      local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd', 'p')
       if not v[1] and not v[2] then break end
       out[#out + 1] = ino
-      for j = 1, 4 do out[#out + 1] = v[j] end
+      for j = 1, 5 do out[#out + 1] = v[j] end
       if not is_entry(v[1]) then break end
-      ino = v[5]
+      ino = v[6]
     end
   end
   return out

@@ -63,7 +63,8 @@ _KIND_CODE = {
 }  # the scripts tell only 'd' from the rest
 _INO_BATCH = 64  # inode numbers reserved per INCRBY; unused ones are simply skipped
 _MAX_CONFLICTS = 100  # replace attempts that meet a new occupant each time (heavy contention on one name)
-_READ = ("rec", "sig", "mt", "mts")  # what a reader fetches of an inode
+_READ = ("rec", "sig", "mt", "mts", "sd")  # what a reader fetches of an inode
+_WIDTH = 1 + len(_READ)  # a record as the scripts answer it: its ino, then those
 _LIST_INLINE = 1024  # a listing of up to this many entries comes in one round trip, records and all (1,000: ~4 ms of server time)
 
 _ERRORS: dict[bytes, Callable[[str], Exception]] = {
@@ -243,7 +244,7 @@ class RedisMetaStore:
 
     def _load(
         self, ino: int | bytes, record: bytes | None, sig: bytes | None, mt: bytes | None = None,
-        mts: bytes | None = None,
+        mts: bytes | None = None, sd: bytes | None = None,
     ) -> Node | None:
         ino = int(ino)
         if record is None and sig is None:
@@ -253,6 +254,8 @@ class RedisMetaStore:
             if not mts or not self._signer.verify(self.touch_payload(ino, int(mt)), mts.decode("ascii", "replace")):
                 raise ArtifactCorruptedError(f"the directory times of inode {ino} fail their signature")
             node.mtime_ns = node.ctime_ns = int(mt)
+        if sd and node.is_dir:
+            node.subdirs = max(0, int(sd))  # a store older than the count may have gone below 0
         return node
 
     def _load_reply(self, reply: list) -> Node | None:
@@ -299,12 +302,12 @@ class RedisMetaStore:
 
     async def entry(self, parent: int, name: str) -> tuple[Node | None, Node | None]:
         reply = await self._script("lookup", "lookup", parent, _name(name), "1")
-        return self._load(*reply[:5]), checks.is_entry(self._load_reply(reply[5:]), parent, name)
+        return self._load(*reply[:_WIDTH]), checks.is_entry(self._load_reply(reply[_WIDTH:]), parent, name)
 
     async def children(self, parent: int) -> list[Node]:
         reply = await self._script("list", "list", parent, _LIST_INLINE)
         if reply[0] == b"RECORDS":
-            loaded = (self._load(*reply[at : at + 5]) for at in range(1, len(reply), 5))
+            loaded = (self._load(*reply[at : at + _WIDTH]) for at in range(1, len(reply), _WIDTH))
             nodes = checks.of_parent((n for n in loaded if n is not None), parent)
         else:
             nodes = checks.of_parent(await self._load_many("list", reply[1:]), parent)
@@ -321,9 +324,9 @@ class RedisMetaStore:
         return checks.has_artifact(self._load_reply(await self._script("find", "find", artifact_id)), artifact_id)
 
     def _records(self, reply: Sequence[object]) -> Iterator[Node]:
-        """The nodes of a script's answer of whole records (ino, rec, sig, mt, mts each), verified."""
-        for at in range(0, len(reply) - len(reply) % 5, 5):
-            node = self._load(*reply[at : at + 5])  # type: ignore[arg-type]
+        """The nodes of a script's answer of whole records (ino, rec, sig, mt, mts, sd each), verified."""
+        for at in range(0, len(reply) - len(reply) % _WIDTH, _WIDTH):
+            node = self._load(*reply[at : at + _WIDTH])  # type: ignore[arg-type]
             if node is not None:
                 yield node
 
@@ -358,7 +361,7 @@ class RedisMetaStore:
         while queue:
             reply = await self._script("walk", "subtree", _LIST_INLINE, *queue)
             count = int(reply[0])
-            end = 1 + 5 * count
+            end = 1 + _WIDTH * count
             for node in self._records(reply[1:end]):
                 nodes[node.ino] = node
             left = int(reply[end])
