@@ -1,14 +1,24 @@
-"""Special files (FIFOs, devices, sockets) made through a mount are nodes, never artifacts (issue #13)."""
+"""Special files (FIFOs, devices, sockets) made through a mount are nodes, never artifacts; directories
+count their subdirectories (issue #13)."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+from pathlib import Path
 
 import pytest
 
-from core import ArtifactStore, Scope
-from core.nodes import NodeKind
+from core import ArtifactStore, Limits, Scope
+from core.backends.blobs.memory import MemoryBlobStore
+from core.backends.meta.sqlite import SQLiteMetaStore
+from core.infra.clock import SystemClock
+from core.infra.signing import RecordSigner
+from core.nodes import NodeKind, Space
+from core.tree.namespace import Namespace
+
+SIGNER = RecordSigner(b"k" * 32)
 
 
 @pytest.mark.semantics("S-special")
@@ -33,3 +43,30 @@ async def test_special_files_stay_out_of_the_library_s_listings(store: ArtifactS
     assert [m.filename for m in await store.get_directory_contents("s1", "dir")] == ["dir/a.txt"]
     assert [m.filename for m in await store.search(user_id="alice", scope=Scope.USER)] == ["b.txt"]
     assert {m.filename for m in await store.search(user_id="alice")} == {"dir/a.txt", "b.txt"}
+
+
+async def test_a_sqlite_store_made_before_the_subdirectory_count_is_counted_once(tmp_path: Path) -> None:
+    """The count is a column the triggers keep; a database without it gets it, counted, at open."""
+    path = tmp_path / "meta.sqlite3"
+    meta = SQLiteMetaStore(path, SIGNER)
+    await meta.open()
+    ns = Namespace(meta, MemoryBlobStore(), SystemClock(), Limits())
+    root = await ns.scope_root(Space(sandbox_id="app", scope=Scope.USER, user_id="alice"))
+    top = await ns.mkdir(root, "top")
+    for name in ("a", "b", "c"):
+        await ns.mkdir(top, name)
+    await meta.close()
+    with sqlite3.connect(path) as db:  # as an older version left it
+        for trigger in ("subdir_added", "subdir_removed", "subdir_moved"):
+            db.execute(f"DROP TRIGGER {trigger}")
+        db.execute("ALTER TABLE node DROP COLUMN subdirs")
+    meta = SQLiteMetaStore(path, SIGNER)
+    await meta.open()
+    try:
+        assert (await meta.get(top.ino)).subdirs == 3  # type: ignore[union-attr]
+        assert (await meta.get(root.ino)).subdirs == 1  # type: ignore[union-attr]
+        ns = Namespace(meta, MemoryBlobStore(), SystemClock(), Limits())
+        await ns.rmdir(await ns.get((await meta.lookup(top.ino, "a")).ino))  # type: ignore[union-attr]
+        assert (await meta.get(top.ino)).subdirs == 2  # type: ignore[union-attr]  # and kept from then on
+    finally:
+        await meta.close()

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS node (
     expires_at INTEGER,
     record BLOB NOT NULL,
     sig TEXT NOT NULL,
+    subdirs INTEGER NOT NULL DEFAULT 0,
     UNIQUE (parent, name)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS node_artifact ON node(artifact_id) WHERE artifact_id IS NOT NULL;
@@ -58,7 +59,6 @@ CREATE INDEX IF NOT EXISTS node_user ON node(sandbox_id, user_id) WHERE artifact
 CREATE INDEX IF NOT EXISTS node_session ON node(sandbox_id, session_id) WHERE artifact_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS node_scope ON node(sandbox_id, scope) WHERE artifact_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS node_expiry ON node(expires_at) WHERE expires_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS node_subdirs ON node(parent) WHERE is_dir;
 CREATE TABLE IF NOT EXISTS usage (key TEXT PRIMARY KEY, bytes INTEGER NOT NULL, files INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counter (name, value) VALUES ('ino', 1);
@@ -70,15 +70,28 @@ CREATE TABLE IF NOT EXISTS deferred_blob (key TEXT PRIMARY KEY, not_before INTEG
 CREATE INDEX IF NOT EXISTS deferred_blob_due ON deferred_blob(not_before);
 """
 
-# A directory's subdirectories, counted where it is read (st_nlink is 2 + that): the partial index
-# holds directories alone, so the count costs one probe per subdirectory, and nothing is kept that
-# a write could leave wrong.
-_SUBDIRS = (
-    "CASE WHEN node.is_dir THEN (SELECT COUNT(*) FROM node AS sub WHERE sub.parent = node.ino AND sub.is_dir"
-    " AND sub.ino != node.ino) ELSE 0 END"
-)
-_COLUMNS = f"ino, record, sig, {_SUBDIRS}"
-_RECORD_COLUMNS = f"node.ino, node.record, node.sig, {_SUBDIRS}"  # the same, in a join
+# A directory's subdirectories (st_nlink is 2 + that), kept by the database itself: triggers move
+# the parent's count wherever a directory's row is inserted, deleted or given another parent, so no
+# write path of this module can leave it wrong, and a read costs nothing more. Not in the record.
+_SUBDIR_SCHEMA = """
+CREATE TRIGGER IF NOT EXISTS subdir_added AFTER INSERT ON node WHEN NEW.is_dir
+BEGIN UPDATE node SET subdirs = subdirs + 1 WHERE ino = NEW.parent; END;
+CREATE TRIGGER IF NOT EXISTS subdir_removed AFTER DELETE ON node WHEN OLD.is_dir
+BEGIN UPDATE node SET subdirs = subdirs - 1 WHERE ino = OLD.parent; END;
+CREATE TRIGGER IF NOT EXISTS subdir_moved AFTER UPDATE OF parent ON node WHEN OLD.is_dir AND OLD.parent != NEW.parent
+BEGIN
+    UPDATE node SET subdirs = subdirs - 1 WHERE ino = OLD.parent;
+    UPDATE node SET subdirs = subdirs + 1 WHERE ino = NEW.parent;
+END;
+"""
+# A store made before the count: the column, counted once.
+_SUBDIR_MIGRATION = """
+ALTER TABLE node ADD COLUMN subdirs INTEGER NOT NULL DEFAULT 0;
+UPDATE node SET subdirs = (SELECT COUNT(*) FROM node AS sub WHERE sub.parent = node.ino AND sub.is_dir
+                           AND sub.ino != node.ino) WHERE is_dir;
+"""
+_COLUMNS = "ino, record, sig, subdirs"
+_RECORD_COLUMNS = "node.ino, node.record, node.sig, node.subdirs"  # the same, in a join
 # The columns derived from a record, in the order _write computes them.
 _FIELDS = ("parent", "name", "is_dir", "artifact_id", "sandbox_id", "scope", "session_id", "user_id", "usage_key",
            "size", "expires_at")
@@ -154,6 +167,9 @@ class SQLiteMetaStore:
         db.execute("PRAGMA wal_autocheckpoint=4000")
         db.executescript(_SCHEMA)
         db.executescript(_DEFERRED_SCHEMA)
+        if "subdirs" not in {column[1] for column in db.execute("PRAGMA table_info(node)")}:
+            db.executescript(f"BEGIN IMMEDIATE; {_SUBDIR_MIGRATION} COMMIT;")
+        db.executescript(_SUBDIR_SCHEMA)
         self._db = db
         if await self.get(ROOT_INO) is None:
             root = new_node(parent=0, name="", kind=NodeKind.DIR, mode=0o755, role=NodeRole.ROOT, now_ns=0)
