@@ -113,6 +113,14 @@ class DirectoryNotEmptyError(ArtifactStoreError):
     """rmdir or rename onto a directory that still has entries."""
 
 
+class DirectoryLinkError(ArtifactStoreError):
+    """A hard link to a directory, which no Linux filesystem makes (EPERM)."""
+
+
+class TooManyLinksError(ArtifactStoreError):
+    """A hard link beyond the names one inode may have (``core.nodes.MAX_LINKS``)."""
+
+
 class CrossScopeError(ArtifactStoreError):
     """A rename or move between scopes; the mount answers EXDEV."""
 

@@ -3,9 +3,18 @@
 Every directory, file, symlink and special file (FIFO, device, socket) is a
 :class:`Node`; a file node carries the artifact fields, a special file only
 its type and device number (no bytes, so never an artifact). A node records
-its single parent and its name there, so an artifact's filename is derived
-by walking up to its scope root and a rename of a directory is one record
+its parent and its name there, so an artifact's filename is derived by
+walking up to its scope root and a rename of a directory is one record
 change, whatever lies below it.
+
+A non-directory may have more names (hard links, issue #13): ``links`` holds
+them, in the signed record like the first, so every name an index answers is
+checked against the record. The first name (``parent``/``name``) is the
+*primary* one: the library's filename. A node read through a name (a lookup,
+a listing) is a *view*: the same record with that name first and the others
+in ``links``. A view has the same names and revision as the record, so
+writing one back changes nothing but which name is primary; name ops (unlink,
+rename) act on the name a view was reached by.
 """
 
 from __future__ import annotations
@@ -88,6 +97,16 @@ class Artifact(BaseModel):
     ttl: int | None = None
 
 
+MAX_LINKS = 1000  # names one inode may have (EMLINK beyond): each one makes its record longer
+
+
+class Link(BaseModel):
+    """A further name of a node: ``name`` in directory ``parent``."""
+
+    parent: int
+    name: str
+
+
 class Node(BaseModel):
     ino: int = 0
     # The record's revision: every write of a record is conditional on the revision its writer read
@@ -113,6 +132,7 @@ class Node(BaseModel):
     # beside the record, moved by the scripts that add or remove a name, never in the record itself.
     subdirs: int = Field(default=0, exclude=True)
     xattrs: dict[str, str] = Field(default_factory=dict)  # user.* names -> hex bytes
+    links: list[Link] = Field(default_factory=list)  # hard links: names beyond the primary one
     artifact: Artifact | None = None  # files
     session_meta: dict[str, Any] | None = None  # session scope roots
 
@@ -123,6 +143,41 @@ class Node(BaseModel):
     @property
     def is_file(self) -> bool:
         return self.kind is NodeKind.FILE
+
+    @property
+    def names(self) -> list[tuple[int, str]]:
+        """Every (parent, name) the node is entered under, primary first."""
+        return [(self.parent, self.name), *((link.parent, link.name) for link in self.links)]
+
+    @property
+    def nlink(self) -> int:
+        """st_nlink: a directory's 2 + subdirectories, else its names."""
+        return 2 + self.subdirs if self.is_dir else 1 + len(self.links)
+
+    @property
+    def last_name(self) -> bool:
+        """Whether taking away the name this view was reached by takes the inode with it."""
+        return not self.links
+
+    def has_name(self, parent: int, name: str) -> bool:
+        return (self.parent, self.name) == (parent, name) or any(
+            (link.parent, link.name) == (parent, name) for link in self.links
+        )
+
+    def seen_as(self, parent: int, name: str) -> Node:
+        """The view of this node reached through its name ``parent``/``name`` (one of its names)."""
+        if (self.parent, self.name) == (parent, name):
+            return self
+        return self.with_names([(parent, name), *(n for n in self.names if n != (parent, name))])
+
+    def with_names(self, names: list[tuple[int, str]]) -> Node:
+        """A copy entered under ``names`` (the first primary); ``subdirs`` kept, as it is not in the record."""
+        (parent, name), rest = names[0], names[1:]
+        return self.model_copy(update={"parent": parent, "name": name, "links": [Link(parent=p, name=n) for p, n in rest]})
+
+    def without_name(self) -> Node:
+        """The record once the name this view was reached by is gone (it must have another)."""
+        return self.with_names(self.names[1:])
 
     def expired(self, now_ns: int) -> bool:
         return self.expires_at_ns is not None and self.expires_at_ns <= now_ns

@@ -38,7 +38,7 @@ import stat
 
 import pyfuse3
 
-from core.nodes import Node, NodeKind, NodeRole
+from core.nodes import Node, NodeRole
 from fusefs.callers import Callers
 
 CACHE_SECONDS = 5.0
@@ -96,7 +96,7 @@ class Attributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = self.inodes.fuse(node.ino)
         attr.st_mode = self._mode(node)
-        attr.st_nlink = 0 if removed else 2 + node.subdirs if node.kind is NodeKind.DIR else 1
+        attr.st_nlink = 0 if removed else node.nlink
         attr.st_uid, attr.st_gid = self._owner(node)
         attr.st_rdev = node.rdev
         attr.st_size = node.size if size is None else size

@@ -25,6 +25,7 @@ from core.errors import (
     ArtifactStoreError,
     ArtifactTooLargeError,
     CrossScopeError,
+    DirectoryLinkError,
     DirectoryNotEmptyError,
     InvalidArgumentError,
     InvalidNameError,
@@ -39,6 +40,7 @@ from core.errors import (
     SessionError,
     StoreClosedError,
     StoreFullError,
+    TooManyLinksError,
 )
 from core.infra.tally import tally
 from fusefs.watchdog import Watchdog
@@ -62,6 +64,8 @@ ERRNO_OF: dict[type[ArtifactStoreError], int] = {
     SessionError: errno.EIO,
     StoreClosedError: errno.EIO,
     CrossScopeError: errno.EXDEV,
+    DirectoryLinkError: errno.EPERM,
+    TooManyLinksError: errno.EMLINK,
     NameTooLongError: errno.ENAMETOOLONG,
     InvalidNameError: errno.EINVAL,
     InvalidArgumentError: errno.EINVAL,

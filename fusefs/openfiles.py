@@ -546,6 +546,16 @@ class OpenFiles:
         if file is not None and not file.removed:
             await file.let_bytes_go()
 
+    def relinked(self, node: Node) -> None:
+        """``node`` gained or lost a name: an open file's fstat shows its names as they are now.
+
+        Only the names: its next commit is still conditional on the record it read, and takes
+        the stored one's names when it rebases.
+        """
+        file = self._files.get(node.ino)
+        if file is not None and not file.removed:
+            file.node.links = list(node.links)
+
     def removed(self, ino: int) -> None:
         file = self._files.get(ino)
         if file is not None:

@@ -540,11 +540,15 @@ class Operations(pyfuse3.Operations):
             return
         await self.files.removing(node.ino)
         try:
-            await self.ns.unlink(node)
+            survivor = await self.ns.unlink(node)
         except BaseException:
             await self.files.kept(node.ino)
             raise
-        self.files.removed(node.ino)
+        if survivor is None:
+            self.files.removed(node.ino)
+        else:  # another name (a hard link) still leads to it
+            await self.files.kept(node.ino)
+            self.files.relinked(survivor)
 
     @fuse_call
     async def rename(
@@ -582,10 +586,12 @@ class Operations(pyfuse3.Operations):
     async def _rename(self, node: Node, new_parent: Node, new_name: str, *, replace: bool) -> None:
         old_name = node.name
         replaced = await self.ns.rename(node, new_parent, new_name, replace=replace, replacing=self._replacing)
-        if replaced is not None:
+        if replaced is not None and replaced.last_name:
             self.files.removed(replaced.ino)
             if replaced.is_dir:
                 self._dir_removed(replaced)
+        elif replaced is not None:  # it lives on under its other names
+            self.files.relinked(replaced.without_name())
         await self._reguess_mime(node, old_name)
 
     async def _replacing(self, target: Node) -> None:
@@ -613,7 +619,14 @@ class Operations(pyfuse3.Operations):
 
     @fuse_call
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # link(2): "the filesystem does not support hard links"
+        node = await self._named(inode)
+        await self.callers.check(ctx.uid, node, write=False)
+        new_parent, existing = await self._entry(new_parent_inode, new_name, ctx, write=True)
+        if existing is not None:
+            raise AlreadyExistsError(f"{new_name!r} exists")
+        linked = await self.ns.link(node, new_parent, _name(new_name))
+        self.files.relinked(linked)
+        return self._attr(linked)
 
     @fuse_call
     async def symlink(

@@ -327,7 +327,7 @@ async def test_listing_ten_thousand_entries_reads_one_map(own_redis: RedisServer
         await meta.close()
     assert [n.name for n in listing] == [f"f{i:05d}" for i in range(10_000)]
     assert_no_scans(counts)
-    assert counts.get("hvals") == 1 and counts.get("hmget") == 10_000  # one map, then the records, pipelined
+    assert counts.get("hgetall") == 1 and counts.get("hmget") == 10_000  # one map, then the records, pipelined
 
 
 async def test_a_directory_made_before_name_order_was_kept_pages_all_the_same(meta: RedisMetaStore) -> None:

@@ -359,7 +359,7 @@ class FilesApi(StoreBase):
         except ArtifactNotFoundError:
             return False
         try:
-            await self.ns.unlink(node)
+            await self.ns.unlink(node, every_name=True)  # an artifact with hard links goes with all its names
         except ArtifactNotFoundError:
             return False  # removed (or moved) by another writer meanwhile
         return True

@@ -20,6 +20,7 @@ from core.errors import (
     ArtifactExpiredError,
     ArtifactNotFoundError,
     CrossScopeError,
+    DirectoryLinkError,
     DirectoryNotEmptyError,
     InvalidArgumentError,
     IsADirectoryError_,
@@ -27,10 +28,22 @@ from core.errors import (
     ProviderError,
     ReadOnlyError,
     StaleRecordError,
+    TooManyLinksError,
 )
 from core.infra.clock import Clock
 from core.models import Scope, Usage
-from core.nodes import MADE_BY_UID, ROOT_INO, SPECIAL_KINDS, Artifact, Node, NodeKind, NodeRole, Space, new_node
+from core.nodes import (
+    MADE_BY_UID,
+    MAX_LINKS,
+    ROOT_INO,
+    SPECIAL_KINDS,
+    Artifact,
+    Node,
+    NodeKind,
+    NodeRole,
+    Space,
+    new_node,
+)
 from core.settings import Limits
 from core.tree import grid
 from core.tree.base import EMPTY_SHA256, MAX_RACES, NS, Change, adopt
@@ -483,11 +496,12 @@ class Namespace(Content, Quotas):
         assert node.space is not None
         if self.has_quota(node.space.scope):
             old = await self.meta.lookup(node.parent, node.name) if replace else None
-            replaced = old if old is not None and old.is_file else None  # a replaced file gives its room back
+            # a replaced file gives its room back, unless it lives on under another name
+            replaced = old if old is not None and old.is_file and old.last_name else None
             await self.ensure_room(node.space, node.size - (replaced.size if replaced else 0), 0 if replaced else 1)
         cover = await self._session_cover(node.space, parent, root)
         node, old = await self._insert(node, replace=replace, cover=cover)
-        replaced = old.artifact.blob_key if old is not None and old.artifact is not None else None
+        replaced = old.artifact.blob_key if old is not None and old.artifact is not None and old.last_name else None
         await self.settle_blobs(node.artifact.blob_key if node.artifact is not None else None, [replaced])
         return node
 
@@ -546,15 +560,65 @@ class Namespace(Content, Quotas):
 
     # -- removing and moving
 
-    async def unlink(self, node: Node) -> None:
+    async def link(self, node: Node, new_parent: Node, new_name: str) -> Node:
+        """Give ``node`` the further name ``new_name`` in ``new_parent`` (a hard link); returns it.
+
+        Within one scope only (EXDEV across, as a rename), and never a
+        directory (EPERM, as on Linux). The inode's ctime moves, and the
+        write is conditional on the record ``node`` was read as, like every
+        other: if it changed meanwhile, the link is made on it as it is now.
+        """
+        if node.is_dir:
+            raise DirectoryLinkError(f"{node.name!r} is a directory: no hard links to directories")
+        if node.role is not NodeRole.ENTRY:
+            raise ReadOnlyError(f"{node.name!r} cannot be linked")
+        space = self.entry_space(new_parent, new_name)
+        if node.space is None or space.usage_key != node.space.usage_key:
+            raise CrossScopeError("link across scopes")
+        cleared = False
+        for _ in range(MAX_RACES):
+            if len(node.names) >= MAX_LINKS:
+                raise TooManyLinksError(f"{node.name!r} has {MAX_LINKS} names already")
+            now = self.now()
+            linked = node.model_copy(update={"ctime_ns": now})
+            try:
+                await self.meta.link(linked, new_parent.ino, new_name, touch_ns=now)
+                adopt(node, linked)
+                return node
+            except AlreadyExistsError:
+                if cleared or not await self._clear_expired(new_parent.ino, new_name):
+                    raise
+                cleared = True
+            except StaleRecordError as exc:
+                current = exc.current if isinstance(exc.current, Node) else await self.meta.get(node.ino)
+                if current is None or current.expired(self.now()):
+                    raise ArtifactNotFoundError(f"{node.name!r} was removed meanwhile") from None
+                adopt(node, current)
+        raise ProviderError(f"{node.name!r}: the record kept changing, {MAX_RACES} times")
+
+    async def unlink(self, node: Node, *, every_name: bool = False) -> Node | None:
+        """Remove the name ``node`` was reached by (``every_name``: all its names, the artifact).
+
+        Returns the inode as its other names still have it, or None if it
+        went with this one: a file with hard links keeps its bytes until its
+        last name goes.
+        """
         if node.is_dir:
             raise IsADirectoryError_(f"{node.name!r} is a directory")
         if node.role is not NodeRole.ENTRY:
             raise ReadOnlyError(f"{node.name!r} cannot be removed")
-        removed = await self.meta.remove(node, touch_ns=self.now())
-        if removed is None:
-            raise ArtifactNotFoundError(f"{node.name!r} was removed or moved meanwhile")
-        await self.drop_blob(removed)  # the version removed, which may be newer than the one read
+        for _ in range(MAX_LINKS + MAX_RACES):
+            removed = await self.meta.remove(node, touch_ns=self.now())
+            if removed is None:
+                raise ArtifactNotFoundError(f"{node.name!r} was removed or moved meanwhile")
+            if removed.last_name:
+                await self.drop_blob(removed)  # the version removed, which may be newer than the one read
+                return None
+            node = removed.without_name()  # the inode as it was left, seen through its next name
+            node.rev += 1
+            if not every_name:
+                return node
+        raise ProviderError(f"{node.name!r}: its names kept changing")
 
     async def rmdir(self, node: Node) -> None:
         if not node.is_dir:
@@ -588,6 +652,8 @@ class Namespace(Content, Quotas):
             raise CrossScopeError("rename across scopes")
         if node.is_dir and new_parent.ino != node.parent:  # within its own directory it cannot go below itself
             await self._refuse_own_subtree(node, new_parent)
+        if (new_parent.ino, new_name) != (node.parent, node.name) and node.has_name(new_parent.ino, new_name):
+            return None  # two names of one inode: rename(2) does nothing
         now = self.now()
         moved = node.model_copy(update={"ctime_ns": now})
         cleared = False
@@ -604,13 +670,15 @@ class Namespace(Content, Quotas):
                 # Changed since read: move it as it is now (a new version, a chmod must survive),
                 # unless it left the name the caller gave; then that name is gone, as POSIX says.
                 current = exc.current if isinstance(exc.current, Node) else await self.meta.get(node.ino)
-                if current is None or (current.parent, current.name) != (node.parent, node.name):
+                if current is None or not current.has_name(node.parent, node.name):
                     raise ArtifactNotFoundError(f"{node.name!r} was moved or removed meanwhile") from None
-                moved = current.model_copy(update={"ctime_ns": now})
+                if current.has_name(new_parent.ino, new_name) and (new_parent.ino, new_name) != (node.parent, node.name):
+                    return None  # linked there meanwhile: two names of one inode now
+                moved = current.seen_as(node.parent, node.name).model_copy(update={"ctime_ns": now})
         else:
             raise ProviderError(f"{node.name!r}: the record kept changing, {MAX_RACES} times")
         adopt(node, moved)
-        if replaced is not None:
+        if replaced is not None and replaced.last_name:
             try:
                 if replacing is not None:
                     await replacing(replaced)
@@ -633,6 +701,8 @@ class Namespace(Content, Quotas):
             await self._refuse_own_subtree(a, await self.get(b.parent))
         if b.is_dir:
             await self._refuse_own_subtree(b, await self.get(a.parent))
+        if a.ino == b.ino:
+            return  # two names of one inode: each already is what the other would become
         for _ in range(MAX_RACES):
             try:
                 # both directories change, as a rename changes its two
@@ -642,9 +712,9 @@ class Namespace(Content, Quotas):
                 # Exchange them as they are now, if each is still the entry the caller named.
                 for node in (a, b):
                     current = await self.meta.get(node.ino)
-                    if current is None or (current.parent, current.name) != (node.parent, node.name):
+                    if current is None or not current.has_name(node.parent, node.name):
                         raise ArtifactNotFoundError(f"{node.name!r} was moved or removed meanwhile") from None
-                    adopt(node, current)
+                    adopt(node, current.seen_as(node.parent, node.name))
         raise ProviderError(f"exchange of {a.name!r}: the records kept changing, {MAX_RACES} times")
 
     async def _refuse_own_subtree(self, node: Node, new_parent: Node) -> None:
@@ -661,7 +731,7 @@ class Namespace(Content, Quotas):
             for child in await self.meta.children(node.ino):
                 removed += await self.purge(child)
         gone = await self.meta.remove(node)
-        if gone is not None and gone.is_file:  # None: moved or removed meanwhile, not ours to purge
+        if gone is not None and gone.is_file and gone.last_name:  # None: moved or removed meanwhile, not ours to purge
             await self.drop_blob(gone)
             removed += 1
         return removed

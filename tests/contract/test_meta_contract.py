@@ -659,3 +659,114 @@ async def test_the_deletion_queue_is_shared_by_every_client(shared: Backend) -> 
     finally:
         await other.close()
         await meta.close()
+
+
+# -- hard links (issue #13)
+
+
+async def linked_pair(meta: MetaStore) -> tuple[Node, Node, Node]:
+    """A scope root, a directory in it, and a file of 5 bytes named ``f`` there and ``sub/g``."""
+    home = await scope_root(meta)
+    sub, _ = await meta.insert(a_dir(home.ino, "sub"))
+    f, _ = await meta.insert(a_file(home.ino, "f", size=5))
+    await meta.link(f, sub.ino, "g")
+    return home, sub, f
+
+
+async def test_a_link_is_a_second_name_of_one_record(meta: MetaStore) -> None:
+    home, sub, f = await linked_pair(meta)
+    assert f.names == [(home.ino, "f"), (sub.ino, "g")] and f.nlink == 2
+    through_g = await meta.lookup(sub.ino, "g")
+    assert through_g is not None and through_g.ino == f.ino and (through_g.parent, through_g.name) == (sub.ino, "g")
+    assert sorted(through_g.names) == sorted(f.names) and through_g.rev == f.rev
+    stored = await meta.get(f.ino)
+    assert stored is not None and (stored.parent, stored.name) == (home.ino, "f")  # by inode: the primary name
+    assert [(n.name, n.ino) for n in await meta.children(sub.ino)] == [("g", f.ino)]
+    page = await meta.children_page(sub.ino, None, 10)
+    assert [(n.name, n.ino) for n in page.nodes] == [("g", f.ino)] and not page.more
+    assert [n.name for n in await meta.resolve(home.ino, ["sub", "g"])] == ["sub", "g"]
+    assert (await meta.usage(ALICE.usage_key)) == Usage(bytes=5, files=1)  # one inode, charged once
+
+
+async def test_a_link_needs_a_free_name_and_the_revision_read(meta: MetaStore) -> None:
+    home, sub, f = await linked_pair(meta)
+    with pytest.raises(AlreadyExistsError):
+        await meta.link(f, home.ino, "f")
+    stale = await meta.get(f.ino)
+    assert stale is not None
+    await meta.link(f, home.ino, "h")
+    with pytest.raises(StaleRecordError):
+        await meta.link(stale, home.ino, "i")
+    assert await meta.lookup(home.ino, "i") is None
+    assert len((await meta.get(f.ino)).names) == 3  # type: ignore[union-attr]
+
+
+async def test_removing_one_name_keeps_the_inode_until_the_last(meta: MetaStore) -> None:
+    home, sub, f = await linked_pair(meta)
+    first = await meta.lookup(home.ino, "f")
+    assert first is not None
+    removed = await meta.remove(first, touch_ns=12345)
+    assert removed is not None and not removed.last_name  # it had another name: it lives on
+    left = await meta.get(f.ino)
+    assert left is not None and left.names == [(sub.ino, "g")] and left.nlink == 1
+    assert left.ctime_ns == 12345  # its link count changed (pjdfstest unlink/00)
+    assert await meta.lookup(home.ino, "f") is None and names(await meta.children(home.ino)) == ["sub"]
+    assert (await meta.usage(ALICE.usage_key)) == Usage(bytes=5, files=1)
+    last = await meta.lookup(sub.ino, "g")
+    assert last is not None
+    gone = await meta.remove(last)
+    assert gone is not None and gone.last_name and await meta.get(f.ino) is None
+    assert await meta.children(sub.ino) == [] and (await meta.usage(ALICE.usage_key)) == Usage(bytes=0, files=0)
+
+
+async def test_a_directory_holding_only_a_link_is_not_empty(meta: MetaStore) -> None:
+    home, sub, f = await linked_pair(meta)
+    with pytest.raises(DirectoryNotEmptyError):
+        await meta.remove(sub)
+
+
+async def test_rename_of_a_link_moves_that_name_alone(meta: MetaStore) -> None:
+    home, sub, f = await linked_pair(meta)
+    g = await meta.lookup(sub.ino, "g")
+    assert g is not None
+    await meta.rename(g, home.ino, "moved", replace=False)
+    assert await meta.lookup(sub.ino, "g") is None
+    assert sorted(n.name for n in await meta.children(home.ino)) == ["f", "moved", "sub"]
+    stored = await meta.get(f.ino)
+    assert stored is not None and sorted(stored.names) == sorted([(home.ino, "f"), (home.ino, "moved")])
+
+
+async def test_rename_onto_another_name_of_the_same_inode_does_nothing(meta: MetaStore) -> None:
+    home, sub, f = await linked_pair(meta)
+    f_view = await meta.lookup(home.ino, "f")
+    assert f_view is not None
+    assert await meta.rename(f_view, sub.ino, "g", replace=True) is None
+    stored = await meta.get(f.ino)
+    assert stored is not None and sorted(stored.names) == sorted([(home.ino, "f"), (sub.ino, "g")])
+
+
+async def test_replacing_a_linked_name_keeps_its_inode_under_the_others(meta: MetaStore) -> None:
+    home, sub, f = await linked_pair(meta)
+    other, _ = await meta.insert(a_file(home.ino, "other", size=3))
+    replaced = await meta.rename(other, sub.ino, "g", replace=True, touch_ns=12345)
+    assert replaced is not None and replaced.ino == f.ino and not replaced.last_name
+    left = await meta.get(f.ino)
+    assert left is not None and left.names == [(home.ino, "f")] and left.ctime_ns == 12345  # (pjdfstest rename/23)
+    found = await meta.lookup(sub.ino, "g")
+    assert found is not None and found.ino == other.ino
+    # an insert over a linked name, the same way
+    _, taken = await meta.insert(a_file(home.ino, "f", size=1), replace=True)
+    assert taken is not None and taken.ino == f.ino and taken.last_name and await meta.get(f.ino) is None
+    assert (await meta.usage(ALICE.usage_key)) == Usage(bytes=4, files=2)
+
+
+async def test_exchange_of_a_link_swaps_that_name(meta: MetaStore) -> None:
+    home, sub, f = await linked_pair(meta)
+    other, _ = await meta.insert(a_file(home.ino, "other"))
+    g = await meta.lookup(sub.ino, "g")
+    assert g is not None
+    await meta.exchange(g, other)
+    at_g, at_other = await meta.lookup(sub.ino, "g"), await meta.lookup(home.ino, "other")
+    assert at_g is not None and at_g.ino == other.ino and at_other is not None and at_other.ino == f.ino
+    stored = await meta.get(f.ino)
+    assert stored is not None and sorted(stored.names) == sorted([(home.ino, "f"), (home.ino, "other")])

@@ -117,11 +117,13 @@ def test_rename_flags(mount: Mount, alice: Path) -> None:
     fails_with(errno.ENOENT, renameat2, alice / "b", alice / "nothing", RENAME_EXCHANGE)
 
 
-@pytest.mark.semantics("S-unsupported-link", "S-rename-exdev")
+@pytest.mark.semantics("S-hardlink", "S-rename-exdev")
 def test_what_artifacts_cannot_be(mount: Mount, alice: Path) -> None:
     (alice / "f").write_text("f")
+    (alice / "d").mkdir()
     before = snapshot(mount.mountpoint)
-    fails_with(errno.EPERM, os.link, alice / "f", alice / "hard")
+    fails_with(errno.EPERM, os.link, alice / "d", alice / "hard")  # no hard link to a directory
+    fails_with(errno.EXDEV, os.link, alice / "f", mount / "shared" / "f")
     fails_with(errno.EXDEV, os.rename, alice / "f", mount / "shared" / "f")
     assert snapshot(mount.mountpoint) == before
 

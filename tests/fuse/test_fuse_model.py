@@ -3,8 +3,8 @@
 A Hypothesis state machine applies the same random operations to a fresh
 directory in the mount (``users/alice/run-N``) and to a fresh directory on
 the native filesystem, and after every step compares what both show: the
-tree (kinds, names, modes, symlink targets), every file's size and bytes, a
-free ``user.*`` attribute, mtimes that were set explicitly, and the size of
+tree (kinds, names, modes, symlink targets, link counts, which names are
+one inode), every file's size and bytes, a free ``user.*`` attribute, mtimes that were set explicitly, and the size of
 every descriptor still open. Every operation must give the same result on
 both sides, or fail with the same errno.
 
@@ -99,9 +99,10 @@ def outcome(action: Callable[[], Any]) -> tuple[str, Any]:
         return "error", errno.errorcode.get(exc.errno, exc.errno)
 
 
-def describe(root: Path) -> dict[str, tuple]:
-    """Everything the model compares below ``root``, by relative path."""
+def describe(root: Path) -> tuple[dict[str, tuple], list[tuple[str, ...]]]:
+    """Everything the model compares below ``root``, by relative path, and which paths are one inode."""
     tree: dict[str, tuple] = {}
+    inodes: dict[int, list[str]] = {}
 
     def visit(rel: str) -> None:
         for name in sorted(os.listdir(root / rel if rel else root)):
@@ -117,15 +118,17 @@ def describe(root: Path) -> dict[str, tuple]:
                 tree[path_rel] = ("dir", oct(mode), note)
                 visit(path_rel)
             elif not stat.S_ISREG(info.st_mode):  # a special file: no bytes to read
-                tree[path_rel] = ("special", stat.S_IFMT(info.st_mode), oct(mode), info.st_size, note)
+                tree[path_rel] = ("special", stat.S_IFMT(info.st_mode), oct(mode), info.st_size, info.st_nlink, note)
             else:
                 with open(path, "rb") as f:
                     data = f.read()
                 assert len(data) == info.st_size, f"{path}: read {len(data)} bytes, stat says {info.st_size}"
-                tree[path_rel] = ("file", oct(mode), info.st_size, hashlib.sha256(data).hexdigest(), note)
+                digest = hashlib.sha256(data).hexdigest()
+                tree[path_rel] = ("file", oct(mode), info.st_size, digest, info.st_nlink, note)
+            inodes.setdefault(info.st_ino, []).append(path_rel)
 
     visit("")
-    return tree
+    return tree, sorted(tuple(paths) for paths in inodes.values() if len(paths) > 1)
 
 
 def fd_size(fd: int) -> tuple[int, int | None]:
@@ -306,6 +309,10 @@ class MountModel(RuleBasedStateMachine):
     def mksocket(self, path: str, mode: int) -> None:
         self.both(lambda root: os.mknod(root / path, stat.S_IFSOCK | mode))
 
+    @rule(src=st.sampled_from(PATHS), dst=st.sampled_from(PATHS))
+    def link(self, src: str, dst: str) -> None:
+        self.both(lambda root: os.link(root / src, root / dst, follow_symlinks=False))
+
     @rule(pointee=st.sampled_from(LINK_TARGETS), path=st.sampled_from(PATHS))
     def symlink(self, pointee: str, path: str) -> None:
         self.both(lambda root: os.symlink(pointee, root / path))
@@ -335,8 +342,8 @@ class MountModel(RuleBasedStateMachine):
 
     @invariant()
     def same_tree(self) -> None:
-        tree = describe(self.l)
-        assert describe(self.m) == tree
+        tree, links = describe(self.l)
+        assert describe(self.m) == (tree, links)
         assert explicit_mtimes(self.m, list(tree)) == explicit_mtimes(self.l, list(tree))
 
     @invariant()

@@ -231,3 +231,58 @@ def test_fifos_devices_and_sockets_are_made_listed_archived_and_removed(mount: M
     assert stat.S_ISFIFO(os.lstat(alice / "pipe2").st_mode)
     mount.sh("rm users/alice/pipe2 users/alice/null users/alice/disk users/alice/sock")
     assert os.listdir(alice) == []
+
+
+def link_groups(root: Path) -> list[tuple[str, ...]]:
+    """The paths below ``root`` that are one inode, as groups of two or more."""
+    by_inode: dict[int, list[str]] = {}
+    for path in sorted(root.rglob("*")):
+        if not path.is_dir() or path.is_symlink():
+            by_inode.setdefault(path.lstat().st_ino, []).append(str(path.relative_to(root)))
+    return sorted(tuple(paths) for paths in by_inode.values() if len(paths) > 1)
+
+
+@pytest.mark.semantics("S-hardlink")
+def test_cp_al_rsync_h_link_dest_and_tar_keep_hard_links(mount: Mount, alice: Path, sample: Path, tmp_path: Path) -> None:
+    """Regression (issue #13): link(2) was EPERM, so cp -al failed and rsync -H and tar copied bytes twice."""
+    os.link(sample / "docs" / "q4" / "big.bin", sample / "big-again.bin")
+    expected = [("big-again.bin", "docs/q4/big.bin")]
+    # cp -al: a tree of links into a tree in the mount
+    subprocess.run(["cp", "-a", str(sample), str(alice / "orig")], check=True)
+    assert link_groups(alice / "orig") == expected
+    subprocess.run(["cp", "-al", str(alice / "orig"), str(alice / "snap")], check=True)
+    assert (alice / "snap" / "one.txt").stat().st_ino == (alice / "orig" / "one.txt").stat().st_ino
+    assert (alice / "orig" / "docs" / "q4" / "big.bin").stat().st_nlink == 4
+    assert tree_digest(alice / "snap") == tree_digest(sample)
+    # rsync -H keeps the pair a pair; --link-dest links what did not change to the previous copy
+    subprocess.run(["rsync", "-aH", f"{sample}/", f"{alice}/synced/"], check=True)
+    assert link_groups(alice / "synced") == expected
+    subprocess.run(["rsync", "-a", f"--link-dest={alice}/synced", f"{sample}/", f"{alice}/next/"], check=True)
+    assert (alice / "next" / "one.txt").stat().st_ino == (alice / "synced" / "one.txt").stat().st_ino
+    # tar stores the second name as a link, and makes it one again
+    subprocess.run(["tar", "-C", str(alice / "orig"), "-cf", str(tmp_path / "l.tar"), "."], check=True)
+    (alice / "untarred").mkdir()
+    subprocess.run(["tar", "-C", str(alice / "untarred"), "-xf", str(tmp_path / "l.tar")], check=True)
+    assert link_groups(alice / "untarred") == expected
+    # removing names one by one keeps the bytes until the last
+    digest = sha(sample / "big-again.bin")
+    for copy in ("orig", "snap", "synced"):
+        (alice / copy / "docs" / "q4" / "big.bin").unlink()
+    assert sha(alice / "orig" / "big-again.bin") == digest
+    assert (alice / "orig" / "big-again.bin").stat().st_nlink == 2  # orig's and snap's
+
+
+@pytest.mark.semantics("S-hardlink")
+def test_git_clone_of_a_local_repository_links_its_objects(mount: Mount, alice: Path) -> None:
+    repo = alice / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q", str(repo)], check=True)
+    (repo / "a.txt").write_text("hello\n")
+    subprocess.run([*git, "-C", str(repo), "add", "a.txt"], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-q", "-m", "one"], check=True)
+    subprocess.run([*git, "clone", "-q", "--local", str(repo), str(alice / "clone")], check=True)
+    objects = [p for p in (alice / "clone" / ".git" / "objects").rglob("*") if p.is_file() and len(p.parent.name) == 2]
+    assert objects and all(p.stat().st_nlink == 2 for p in objects)  # linked, not copied
+    assert (alice / "clone" / "a.txt").read_text() == "hello\n"
+    subprocess.run([*git, "-C", str(alice / "clone"), "fsck"], check=True, capture_output=True)

@@ -241,6 +241,10 @@ class Kernel:
         new_parent, new_name = await self.entry(new, caller)
         await self.ops.rename(old_parent, old_name, new_parent, new_name, flags, ctx(caller))
 
+    async def link(self, existing: str, new: str, caller: Caller = ROOT) -> pyfuse3.EntryAttributes:
+        parent, name = await self.entry(new, caller)
+        return await self.ops.link(await self.ino(existing, caller), parent, name, ctx(caller))
+
     async def symlink(self, path: str, target: str, caller: Caller = ROOT) -> pyfuse3.EntryAttributes:
         parent, name = await self.entry(path, caller)
         return await self.ops.symlink(parent, name, target.encode(), ctx(caller))

@@ -39,6 +39,8 @@ EXPECTED: dict[type[errors.ArtifactStoreError], int] = {
     errors.SessionError: errno.EIO,
     errors.StoreClosedError: errno.EIO,
     errors.CrossScopeError: errno.EXDEV,
+    errors.DirectoryLinkError: errno.EPERM,
+    errors.TooManyLinksError: errno.EMLINK,
     errors.InvalidArgumentError: errno.EINVAL,
     errors.ConfigurationError: errno.EINVAL,
     errors.UnknownProviderError: errno.EINVAL,

@@ -324,15 +324,6 @@ async def test_symlinks_keep_their_target_verbatim(tmp_path: Path) -> None:
         assert await errno_of(k.ops.readlink(await k.ino("users/alice/file"), ctx(ROOT))) == errno.EINVAL
 
 
-@pytest.mark.semantics("S-unsupported-link")
-async def test_hard_links_are_eperm(tmp_path: Path) -> None:
-    async with kernel(tmp_path) as k:
-        ino = await k.write_file("users/alice/f", b"x")
-        parent = await k.ino("users/alice")
-        assert await errno_of(k.ops.link(ino, parent, b"hard", ctx(ROOT))) == errno.EPERM
-        assert await k.listdir("users/alice") == [".", "..", "f"]
-
-
 @pytest.mark.semantics("S-special")
 @pytest.mark.parametrize("kind", [stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK])
 async def test_special_files_are_nodes_with_a_type_and_no_bytes(tmp_path: Path, kind: int) -> None:

@@ -27,6 +27,16 @@ nodes (their filenames) and a path below a directory are one call each
 like any other (:func:`decode_record`); a node's path is computed by the
 caller from the records of its directories as they are, never stored, so a
 directory rename (one record) cannot leave any path stale.
+
+Hard links (issue #13). A non-directory may have several names, all in its
+record (``Node.links``). Reads by name (lookup, entry, children, resolve)
+answer the node *seen through* that name (:meth:`Node.seen_as`); the name ops
+(remove, rename, exchange) act on the name their node was reached by, and
+an inode goes only with its last name: until then a remove, or a replace by
+insert or rename, rewrites it without that name. Reads by inode, a subtree
+walk and lineage go by the primary name alone, so a linked artifact has one
+filename. ``insert`` and ``rename`` answer the node they took a name from,
+as it was (its names included): the caller tells by them whether it lives on.
 """
 
 from __future__ import annotations
@@ -219,6 +229,16 @@ class MetaStore(Protocol):
         """
         ...
 
+    async def link(self, node: Node, new_parent: int, new_name: str, *, touch_ns: int | None = None) -> None:
+        """Give non-directory ``node`` (as it is given, ctime and all) the further name ``new_name`` in ``new_parent``.
+
+        Only if ``node`` is still at revision ``node.rev`` (else
+        :class:`StaleRecordError` with the stored node); a taken name raises
+        :class:`AlreadyExistsError`. Sets ``node``'s links and revision to
+        what it stored; ``touch_ns`` sets the new name's directory's times.
+        """
+        ...
+
     async def exchange(self, a: Node, b: Node, *, touch_ns: int | None = None) -> None:
         """Swap two entries atomically (RENAME_EXCHANGE), if both are still at the revisions given
         (else :class:`StaleRecordError`)."""
@@ -227,9 +247,10 @@ class MetaStore(Protocol):
     async def remove(self, node: Node, *, touch_ns: int | None = None) -> Node | None:
         """Unlink ``node`` if it is still the entry ``node.parent``/``node.name``; a directory must be empty.
 
-        Returns the record it removed, as stored then (its blob is the one to
-        delete, whatever version the caller read), or None if that entry no
-        longer names the inode (removed or moved meanwhile): nothing changes.
+        Returns the record as stored then, seen through that name (its blob
+        is the one to delete, whatever version the caller read, unless it had
+        other names and lives on), or None if that entry no longer names the
+        inode (removed or moved meanwhile): nothing changes.
         """
         ...
 

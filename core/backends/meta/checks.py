@@ -30,21 +30,21 @@ def _dropped(node: Node, index: str) -> None:
 
 
 def is_entry(node: Node | None, parent: int, name: str) -> Node | None:
-    """``node`` if its record says it is entry ``name`` of ``parent``."""
+    """``node``, seen through that name, if its record says it is entry ``name`` of ``parent``."""
     if node is None:
         return None
-    if (node.parent, node.name) != (parent, name):
+    if not node.has_name(parent, name):
         _dropped(node, f"entry {parent}/{name!r}")
         return None
-    return node
+    return node.seen_as(parent, name)
 
 
-def of_parent(nodes: Iterable[Node], parent: int) -> list[Node]:
-    """The nodes whose records say they are in directory ``parent``."""
+def of_parent(entries: Iterable[tuple[str, Node]], parent: int) -> list[Node]:
+    """The (name, node) entries of directory ``parent`` whose records say so, each seen through its name."""
     kept = []
-    for node in nodes:
-        if node.parent == parent:
-            kept.append(node)
+    for name, node in entries:
+        if node.has_name(parent, name):
+            kept.append(node.seen_as(parent, name))
         else:
             _dropped(node, f"children of {parent}")
     return kept
@@ -97,10 +97,10 @@ def along(nodes: Iterable[Node], parent: int, names: Sequence[str]) -> list[Node
     kept: list[Node] = []
     for node, name in zip(nodes, names):
         at = kept[-1].ino if kept else parent
-        if (node.parent, node.name) != (at, name):
+        if not node.has_name(at, name):
             _dropped(node, f"path below {parent}")
             break
-        kept.append(node)
+        kept.append(node.seen_as(at, name))
     return kept
 
 

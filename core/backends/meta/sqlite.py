@@ -90,6 +90,15 @@ ALTER TABLE node ADD COLUMN subdirs INTEGER NOT NULL DEFAULT 0;
 UPDATE node SET subdirs = (SELECT COUNT(*) FROM node AS sub WHERE sub.parent = node.ino AND sub.is_dir
                            AND sub.ino != node.ino) WHERE is_dir;
 """
+# Hard links (issue #13): a node's names beyond its primary one (the node row's parent and name).
+# The record lists them too, and is the truth: a row here only says where to look. A name is taken
+# in the node table or here, never both; every write that adds a name checks both first.
+_LINK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS link (
+    parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL, PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS link_ino ON link(ino);
+"""
 _COLUMNS = "ino, record, sig, subdirs"
 _RECORD_COLUMNS = "node.ino, node.record, node.sig, node.subdirs"  # the same, in a join
 # The columns derived from a record, in the order _write computes them.
@@ -167,6 +176,7 @@ class SQLiteMetaStore:
         db.execute("PRAGMA wal_autocheckpoint=4000")
         db.executescript(_SCHEMA)
         db.executescript(_DEFERRED_SCHEMA)
+        db.executescript(_LINK_SCHEMA)
         if "subdirs" not in {column[1] for column in db.execute("PRAGMA table_info(node)")}:
             db.executescript(f"BEGIN IMMEDIATE; {_SUBDIR_MIGRATION} COMMIT;")
         db.executescript(_SUBDIR_SCHEMA)
@@ -259,6 +269,16 @@ class SQLiteMetaStore:
             if cur.rowcount != 1:
                 raise ProviderError(f"inode {node.ino} vanished during an update")
 
+    @staticmethod
+    def _relink(db: sqlite3.Connection, node: Node, was: Node | None) -> None:
+        """The link rows of ``node`` as its record lists them, unless they are ``was``'s (the record
+        as stored: None when only a view of it is at hand)."""
+        if was is not None and node.links == was.links:
+            return
+        db.execute("DELETE FROM link WHERE ino=?", (node.ino,))
+        db.executemany("INSERT INTO link (parent, name, ino) VALUES (?, ?, ?)",
+                       [(link.parent, link.name, node.ino) for link in node.links])
+
     def _charge(self, db: sqlite3.Connection, node: Node, sign: int) -> None:
         if node.is_file and node.space is not None:
             self._account(db, node.space.usage_key, sign * node.size, sign)
@@ -287,37 +307,60 @@ class SQLiteMetaStore:
         return checks.is_entry(self._entry(self.db, parent, name), parent, name)
 
     def _entry(self, db: sqlite3.Connection, parent: int, name: str) -> Node | None:
-        """The row the (parent, name) columns point at; the caller holds it against its record."""
-        return self._load(db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (parent, name)).fetchone())
+        """The row the (parent, name) columns or a link row point at; the caller holds it against its record."""
+        row = db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name=?", (parent, name)).fetchone()
+        if row is None:
+            row = db.execute(f"SELECT {_RECORD_COLUMNS} FROM link JOIN node ON node.ino = link.ino"
+                             " WHERE link.parent=? AND link.name=?", (parent, name)).fetchone()
+        return self._load(row)
+
+    def _linked(self, db: sqlite3.Connection, parent: int, after: str = "", limit: int = -1) -> list[tuple[str, Node]]:
+        """The link rows of directory ``parent`` whose names sort after ``after``, by name, with their nodes."""
+        rows = db.execute(
+            f"SELECT link.name, {_RECORD_COLUMNS} FROM link JOIN node ON node.ino = link.ino"
+            " WHERE link.parent=? AND link.name>? ORDER BY link.name LIMIT ?", (parent, after, limit),
+        ).fetchall()
+        return [(row[0], node) for row in rows if (node := self._load(row[1:])) is not None]
 
     def _has_entries(self, db: sqlite3.Connection, ino: int) -> bool:
         """Whether directory ``ino`` holds anything, by its entries' records (a forged parent column is no entry)."""
         rows = db.execute(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND ino!=?", (ino, ROOT_INO))
-        return any(node is not None and node.parent == ino for node in map(self._load, rows))
+        if any(node is not None and node.parent == ino for node in map(self._load, rows)):
+            return True
+        return any(node.has_name(ino, name) for name, node in self._linked(db, ino))
 
     def _occupant(self, db: sqlite3.Connection, parent: int, name: str) -> Node | None:
         """The entry a write would replace; one whose record is elsewhere is refused, never removed."""
         old = self._entry(db, parent, name)
-        if old is not None and checks.is_entry(old, parent, name) is None:
+        if old is None:
+            return None
+        seen = checks.is_entry(old, parent, name)
+        if seen is None:
             raise ArtifactCorruptedError(f"the entry {name!r} of inode {parent} holds inode {old.ino}, recorded elsewhere")
-        return old
+        return seen
 
     async def entry(self, parent: int, name: str) -> tuple[Node | None, Node | None]:
         return await self.get(parent), await self.lookup(parent, name)
 
     async def children(self, parent: int) -> list[Node]:
-        return checks.of_parent(
-            self._many(f"SELECT {_COLUMNS} FROM node WHERE parent=? AND ino!=? ORDER BY name", (parent, ROOT_INO)), parent
-        )
+        page = await self.children_page(parent, None, -1)
+        return page.nodes
 
     async def children_page(self, parent: int, after: str | None, limit: int) -> ChildrenPage:
         # The (parent, name) index answers this in name order without a sort; BINARY collation is UTF-8 byte order.
-        rows = self._many(
+        # Hard links come from their own table, a page of them merged in by name.
+        start = after if after is not None else ""
+        primary = [(node.name, node) for node in self._many(
             f"SELECT {_COLUMNS} FROM node WHERE parent=? AND name>? AND ino!=? ORDER BY name LIMIT ?",
-            (parent, after if after is not None else "", ROOT_INO, limit),
-        )
-        # The cursor is the last name the index covered; the page keeps only what the records confirm.
-        return ChildrenPage(checks.of_parent(rows, parent), rows[-1].name if rows else None, len(rows) >= limit)
+            (parent, start, ROOT_INO, limit),
+        )]
+        linked = self._linked(self.db, parent, start, limit)
+        rows = sorted(primary + linked, key=lambda entry: entry[0])  # code point order is UTF-8 byte order
+        more = limit >= 0 and (len(rows) > limit or len(primary) >= limit or len(linked) >= limit)
+        if limit >= 0:
+            rows = rows[:limit]
+        # The cursor is the last name the indexes covered; the page keeps only what the records confirm.
+        return ChildrenPage(checks.of_parent(rows, parent), rows[-1][0] if rows else None, more)
 
     async def find_artifact(self, artifact_id: str) -> Node | None:
         return checks.has_artifact(self._one(f"SELECT {_COLUMNS} FROM node WHERE artifact_id=?", (artifact_id,)), artifact_id)
@@ -336,7 +379,14 @@ class SQLiteMetaStore:
     async def resolve(self, parent: int, names: Sequence[str]) -> list[Node]:
         if not names:
             return []
-        return checks.along(self._many(_resolve_sql(len(names)), (*names, parent)), parent, names)
+        found = checks.along(self._many(_resolve_sql(len(names)), (*names, parent)), parent, names)
+        if len(found) == len(names) - 1 and (not found or found[-1].is_dir):
+            # The last name may be a hard link, which the walk (primary names only) does not follow.
+            at = found[-1].ino if found else parent
+            last = checks.is_entry(self._entry(self.db, at, names[-1]), at, names[-1])
+            if last is not None:
+                found.append(last)
+        return found
 
     async def subtree(self, root: int) -> list[Node]:
         return checks.below(self._many(_SUBTREE_SQL, (root,)), root)
@@ -392,6 +442,25 @@ class SQLiteMetaStore:
             return None, ()
         return self._load(row[:4]), row[4:]
 
+    def _load_at_rev(self, db: sqlite3.Connection, node: Node) -> tuple[Node, tuple]:
+        """``node`` as stored, with its columns, if still at the revision its caller read (else
+        :class:`StaleRecordError`, or not found)."""
+        current, row = self._load_for_update(db, node.ino)
+        if current is None:
+            raise ArtifactNotFoundError(f"inode {node.ino} was removed")
+        if current.rev != node.rev:
+            raise StaleRecordError(f"inode {node.ino} changed since it was read", current)
+        return current, row
+
+    @staticmethod
+    def _check_directory(db: sqlite3.Connection, ino: int) -> None:
+        """That ``ino`` is a directory a name can be made in. Its kind is a column: no record decoded."""
+        parent = db.execute("SELECT is_dir FROM node WHERE ino=?", (ino,)).fetchone()
+        if parent is None:
+            raise ArtifactNotFoundError(f"parent inode {ino} does not exist")
+        if not parent[0]:
+            raise NotADirectoryError_(f"inode {ino} is not a directory")
+
     def _touch(self, db: sqlite3.Connection, ino: int, now_ns: int) -> None:
         """Set a directory's mtime/ctime, if it is one a user made or a scope root (as Namespace does)."""
         parent, fields = self._load_for_update(db, ino)
@@ -405,20 +474,14 @@ class SQLiteMetaStore:
     ) -> tuple[Node, Node | None]:
         ino = self._next_ino()
         with self._tx() as db:
-            # The parent's kind is a column: no need to check and decode its whole record here.
-            parent = db.execute("SELECT is_dir FROM node WHERE ino=?", (node.parent,)).fetchone()
-            if parent is None:
-                raise ArtifactNotFoundError(f"parent inode {node.parent} does not exist")
-            if not parent[0]:
-                raise NotADirectoryError_(f"inode {node.parent} is not a directory")
+            self._check_directory(db, node.parent)
             old = self._occupant(db, node.parent, node.name)
             if old is not None:
                 if not replace:
                     raise AlreadyExistsError(f"{node.name!r} exists")
                 if old.is_dir:
                     raise IsADirectoryError_(f"{node.name!r} is a directory")
-                db.execute("DELETE FROM node WHERE ino=?", (old.ino,))
-                self._charge(db, old, -1)
+                self._unname(db, old, ctime_ns=touch_ns)
             node.ino = ino
             self._write(db, node, insert=True)
             self._charge(db, node, +1)
@@ -465,6 +528,7 @@ class SQLiteMetaStore:
         ``usage_key`` or ``size`` column cannot shift bytes between accounts.
         """
         self._write(db, node, insert=False, old=row)
+        self._relink(db, node, current)
         old_key = _usage_key(current)
         old_size = current.size if old_key is not None else 0
         new_key = node.space.usage_key if (node.is_file and node.space is not None) else None
@@ -478,11 +542,7 @@ class SQLiteMetaStore:
         self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None
     ) -> Node | None:
         with self._tx() as db:
-            current, row = self._load_for_update(db, node.ino)
-            if current is None:
-                raise ArtifactNotFoundError(f"inode {node.ino} was removed")
-            if current.rev != node.rev:
-                raise StaleRecordError(f"inode {node.ino} changed since it was read", current)
+            current, row = self._load_at_rev(db, node)
             old = self._occupant(db, new_parent, new_name)
             if old is not None and old.ino != node.ino:
                 if not replace:
@@ -493,33 +553,31 @@ class SQLiteMetaStore:
                     raise NotADirectoryError_(f"{new_name!r} is not a directory")
                 if old.is_dir and self._has_entries(db, old.ino):
                     raise DirectoryNotEmptyError(f"{new_name!r} is not empty")
-                db.execute("DELETE FROM node WHERE ino=?", (old.ino,))
-                self._charge(db, old, -1)
+                self._unname(db, old, ctime_ns=touch_ns)
             elif old is not None:
+                if (new_parent, new_name) != (node.parent, node.name):
+                    return None  # two names of one inode: rename(2) does nothing
                 old = None  # renaming onto itself
-            old_parent = row[0]
             moved = node.model_copy(update={"parent": new_parent, "name": new_name, "rev": node.rev + 1})
             self._write(db, moved, insert=False, old=row)
+            self._relink(db, moved, current)
             if touch_ns is not None:
-                for directory in {old_parent, new_parent}:
+                for directory in {node.parent, new_parent}:
                     self._touch(db, directory, touch_ns)
         node.parent, node.name, node.rev = new_parent, new_name, moved.rev
         return old
 
     async def exchange(self, a: Node, b: Node, *, touch_ns: int | None = None) -> None:
         with self._tx() as db:
-            for node in (a, b):
-                current, _ = self._load_for_update(db, node.ino)
-                if current is None:
-                    raise ArtifactNotFoundError(f"inode {node.ino} was removed")
-                if current.rev != node.rev:
-                    raise StaleRecordError(f"inode {node.ino} changed since it was read", current)
+            stored = [self._load_at_rev(db, node)[0] for node in (a, b)]
             a2 = a.model_copy(update={"parent": b.parent, "name": b.name, "rev": a.rev + 1})
             b2 = b.model_copy(update={"parent": a.parent, "name": a.name, "rev": b.rev + 1})
             # Park one side so the UNIQUE(parent, name) constraint never sees both at once.
             db.execute("UPDATE node SET parent=-1 WHERE ino=?", (a.ino,))
             self._write(db, b2, insert=False)
+            self._relink(db, b2, stored[1])
             self._write(db, a2, insert=False)
+            self._relink(db, a2, stored[0])
             if touch_ns is not None:
                 for directory in {a2.parent, b2.parent}:
                     self._touch(db, directory, touch_ns)
@@ -530,15 +588,47 @@ class SQLiteMetaStore:
         """The protocol's remove; ``touch_ns`` also sets the parent's mtime/ctime."""
         with self._tx() as db:
             current, row = self._load_for_update(db, node.ino)
-            if current is None or (current.parent, current.name) != (node.parent, node.name):
+            if current is None or not current.has_name(node.parent, node.name):
                 return None  # gone from that name already (removed, or moved by another writer)
             if current.is_dir and self._has_entries(db, node.ino):
                 raise DirectoryNotEmptyError(f"{node.name!r} is not empty")
-            db.execute("DELETE FROM node WHERE ino=?", (node.ino,))
-            self._charge(db, current, -1)
+            current = current.seen_as(node.parent, node.name)
+            self._unname(db, current, row, ctime_ns=touch_ns)
             if touch_ns is not None:
-                self._touch(db, current.parent, touch_ns)
+                self._touch(db, node.parent, touch_ns)
         return current
+
+    def _unname(
+        self, db: sqlite3.Connection, node: Node, row: tuple | None = None, *, ctime_ns: int | None = None
+    ) -> None:
+        """Take away the name view ``node`` was reached by: the inode goes with its last name, and
+        else its ctime becomes ``ctime_ns`` (a link count changed), if given."""
+        if len(node.names) == 1:
+            db.execute("DELETE FROM node WHERE ino=?", (node.ino,))
+            self._charge(db, node, -1)
+            return
+        if row is None:
+            _, row = self._load_for_update(db, node.ino)
+        left = node.without_name()
+        left.rev += 1
+        if ctime_ns is not None:
+            left.ctime_ns = ctime_ns
+        self._write(db, left, insert=False, old=row)
+        self._relink(db, left, None)  # ``node`` is a view: its links need not be the rows
+
+    async def link(self, node: Node, new_parent: int, new_name: str, *, touch_ns: int | None = None) -> None:
+        with self._tx() as db:
+            current, row = self._load_at_rev(db, node)
+            self._check_directory(db, new_parent)
+            if self._occupant(db, new_parent, new_name) is not None:
+                raise AlreadyExistsError(f"{new_name!r} exists")
+            linked = node.with_names([*node.names, (new_parent, new_name)])  # the revision says: the names stored
+            linked.rev += 1
+            self._write(db, linked, insert=False, old=row)
+            self._relink(db, linked, current)
+            if touch_ns is not None:
+                self._touch(db, new_parent, touch_ns)
+        node.links, node.rev = linked.links, linked.rev
 
     # -- the deletion queue
 

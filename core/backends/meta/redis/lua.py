@@ -17,8 +17,12 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
                            ``mt`` its new mtime/ctime and ``mts`` that value's
                            own signature (see *Directory times* below); on a
                            directory, ``sd`` how many of its entries are
-                           directories (unsigned: it only makes st_nlink)
-``P:d:<ino>``       hash   one directory: name -> child ino
+                           directories (unsigned: it only makes st_nlink);
+                           ``ln`` a file's further names (hard links), each
+                           ``<parent>/<name>``, joined by ``/`` (the record
+                           lists them too)
+``P:d:<ino>``       hash   one directory: name -> child ino (every name of a
+                           hard-linked inode is an entry of its directory)
 ``P:o:<ino>``       zset   the same directory's names, score 0: byte order, for
                            ``page`` (ZRANGEBYLEX); kept with ``P:d`` in every
                            script, rebuilt by ``page`` where it is missing or
@@ -35,7 +39,7 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
 
 ``ARGV[1]`` names the op, ``ARGV[2]`` is ``1`` to publish a change notice
 (``1<origin>`` to stamp it with the store instance that asked), ``0`` not to,
-and a node travels as 13 values: ino, then the fields in ``FIELDS`` order.
+and a node travels as 14 values: ino, then the fields in ``FIELDS`` order.
 A record travels back as ino, ``rec``, ``sig``, ``mt``, ``mts``, ``sd``.
 
 Reads that answer many records do it in pages, so no script holds the
@@ -73,6 +77,15 @@ the inode is no longer there, and answers the record it removed. Ops are
 idempotent, so a retry after a lost reply does no harm (a rewrite whose
 very record is already stored is answered ``OK``).
 
+Hard links. An inode with more than one name loses one without going: a
+remove, or a replace by insert or rename, of one of its names rewrites its
+record without that name. The script cannot sign that record, so the caller
+sends it (the *successor*: the revision it read, then the record), and the
+script takes it only if the inode is still at that revision; else it
+answers ``STALE`` (remove) or ``CONFLICT`` (replace) with the record as it
+is, for the caller to make the successor again. ``link`` adds a name to a
+record, conditional on its revision like a rename.
+
 Directory times. A new, removed or renamed entry sets its directory's mtime
 and ctime in the same script. The script cannot re-sign the directory's
 record (only clients hold the key), so the caller sends the new time with
@@ -91,17 +104,19 @@ inodes ``i<ino>``, then the origin ``o<origin>`` if one was given, joined by
 NUL (:mod:`core.backends.meta.redis.events` reads them).
 """
 
-FIELDS = ("rec", "sig", "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r")
+FIELDS = ("rec", "sig", "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln")
 NODE_ARGS = 1 + len(FIELDS)
 NO_TOUCH = ("", "", "")
+NO_SUCCESSOR = ("",) * (1 + NODE_ARGS)  # a replace or remove of an inode's last name
 
 SCRIPT = r"""
 local P = KEYS[1]
 local notify = string.sub(ARGV[2], 1, 1) == '1'
 local origin = string.sub(ARGV[2], 2)
-local FIELDS = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r'}
-local LOADED = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'mt', 'mts', 'sd'}
-local NODE_ARGS = 13
+local FIELDS = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'ln'}
+local LOADED = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'ln', 'mt', 'mts', 'sd'}
+local NODE_ARGS = 14
+local SUCCESSOR_ARGS = 1 + NODE_ARGS
 
 local function ikey(ino) return P .. ':i:' .. ino end
 local function dkey(ino) return P .. ':d:' .. ino end
@@ -112,6 +127,12 @@ local function argnode(at)
   local n = {ino = ARGV[at]}
   for j, f in ipairs(FIELDS) do n[f] = ARGV[at + j] end
   return n
+end
+
+-- a successor in ARGV[at..]: the revision the caller read, then the record; nil if not sent
+local function successor(at)
+  if ARGV[at] == '' then return nil end
+  return {rev = ARGV[at], node = argnode(at + 1)}
 end
 
 local function load(ino)
@@ -168,38 +189,69 @@ local function unindex(n)
   charge(n, -1)
 end
 
+-- every {parent, name} of n: its primary name, then its hard links
+local function names(n)
+  local out = {{n.p, n.n}}
+  local parts = {}
+  for part in string.gmatch(n.ln, '[^/]+') do parts[#parts + 1] = part end
+  for j = 1, #parts - 1, 2 do out[#out + 1] = {parts[j], parts[j + 1]} end
+  return out
+end
+
+local function has_name(n, parent, name)
+  for _, at in ipairs(names(n)) do
+    if at[1] == parent and at[2] == name then return true end
+  end
+  return false
+end
+
 -- ``sd`` of a directory counts the names in it that are directories (its st_nlink is 2 + sd):
 -- moved only here and in store, where a name joins or leaves, so every script keeps it right
 local function unlink(n)
-  if redis.call('HGET', dkey(n.p), n.n) == n.ino then
-    redis.call('HDEL', dkey(n.p), n.n)
-    redis.call('ZREM', okey(n.p), n.n)
-    if n.k == 'd' then redis.call('HINCRBY', ikey(n.p), 'sd', -1) end
+  for _, at in ipairs(names(n)) do
+    if redis.call('HGET', dkey(at[1]), at[2]) == n.ino then
+      redis.call('HDEL', dkey(at[1]), at[2])
+      redis.call('ZREM', okey(at[1]), at[2])
+      if n.k == 'd' then redis.call('HINCRBY', ikey(at[1]), 'sd', -1) end
+    end
   end
 end
 
 local function store(n)
   redis.call('HSET', ikey(n.ino), 'rec', n.rec, 'sig', n.sig, 'p', n.p, 'n', n.n, 'k', n.k, 'a', n.a,
-             'ix', n.ix, 'uk', n.uk, 'sz', n.sz, 'ex', n.ex, 'v', n.v, 'r', n.r)
+             'ix', n.ix, 'uk', n.uk, 'sz', n.sz, 'ex', n.ex, 'v', n.v, 'r', n.r, 'ln', n.ln)
   redis.call('HDEL', ikey(n.ino), 'mt', 'mts')  -- the record carries the directory's times now
   if n.p ~= '0' then
-    if redis.call('HSET', dkey(n.p), n.n, n.ino) == 1 and n.k == 'd' then
-      redis.call('HINCRBY', ikey(n.p), 'sd', 1)
+    for _, at in ipairs(names(n)) do
+      if redis.call('HSET', dkey(at[1]), at[2], n.ino) == 1 and n.k == 'd' then
+        redis.call('HINCRBY', ikey(at[1]), 'sd', 1)
+      end
+      redis.call('ZADD', okey(at[1]), 0, at[2])
     end
-    redis.call('ZADD', okey(n.p), 0, n.n)
   end
   index(n)
-end
-
-local function rewrite(n, old)
-  unindex(old)
-  store(n)
 end
 
 local function drop(n)
   unlink(n)
   unindex(n)
   redis.call('DEL', ikey(n.ino), dkey(n.ino), okey(n.ino))
+end
+
+-- n over old (the same inode), its names included: those old had and n has not are unlinked
+local function rewrite(n, old)
+  if old.p ~= n.p or old.n ~= n.n or old.ln ~= n.ln then unlink(old) end
+  unindex(old)
+  store(n)
+end
+
+-- a name taken from ``old``, an inode that goes with it unless it has others: then ``succ``
+-- (its record without that name) is stored, if the inode is still at the revision its sender read
+local function unname(old, succ)
+  if #names(old) == 1 then drop(old); return true end
+  if not succ or succ.node.ino ~= old.ino or not at_rev(old, succ.rev) then return false end
+  rewrite(succ.node, old)
+  return true
 end
 
 -- the directory times in ARGV[at..at+2], if they are for directory ino (see the module's docs)
@@ -251,19 +303,22 @@ end
 
 -- The records of ``inos``, or (more than ``most``) the inos alone, for the client to fetch in a
 -- pipeline: reading that many records here would hold the server for every other client meanwhile.
-local function records_or_inos(inos, most)
-  if #inos > most then return answer('INOS', inos) end
+-- With ``named``, each ino comes after its name (an entry of a directory), and so do the records.
+local function records_or_inos(inos, most, named)
+  local step = named and 2 or 1
+  if #inos > most * step then return answer('INOS', inos) end
   local out = {'RECORDS'}
-  for _, ino in ipairs(inos) do
-    for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
+  for at = step, #inos, step do
+    if named then out[#out + 1] = inos[at - 1] end
+    for _, part in ipairs(fetch(inos[at])) do out[#out + 1] = part end
   end
   return out
 end
 
--- ARGV: parent, how many records to answer at most. A larger directory is answered with its inos
--- alone: reading its records here would hold the server for every other client meanwhile.
+-- ARGV: parent, how many records to answer at most. Its entries, each a name and a record; a larger
+-- directory is answered with names and inos alone (see records_or_inos).
 function ops.list()
-  return records_or_inos(redis.call('HVALS', dkey(ARGV[3])), tonumber(ARGV[4]))
+  return records_or_inos(redis.call('HGETALL', dkey(ARGV[3])), tonumber(ARGV[4]), true)
 end
 
 -- ARGV: parent, the name to start after ('' for the first), how many names at most. Answers the
@@ -289,6 +344,7 @@ function ops.page()
   for _, name in ipairs(names) do
     local ino = redis.call('HGET', dkey(dir), name)
     if ino then
+      out[#out + 1] = name
       for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
     end
   end
@@ -298,7 +354,7 @@ end
 -- ARGV: index tag, how many records to answer at most: the search set's records, or (a larger set)
 -- its inos alone, for the client to fetch in a pipeline (see list)
 function ops.search()
-  return records_or_inos(redis.call('SMEMBERS', P .. ':x:' .. ARGV[3]), tonumber(ARGV[4]))
+  return records_or_inos(redis.call('SMEMBERS', P .. ':x:' .. ARGV[3]), tonumber(ARGV[4]), false)
 end
 
 -- ARGV: directory, then the names of a path below it. The records along the path, each the entry of
@@ -394,10 +450,12 @@ function ops.find()
   return fetch(ino)
 end
 
--- ARGV: replace, expect, node, touch (3), then optionally the cover: the root's revision as read, the root
+-- ARGV: replace, expect, its successor, node, touch (3), then optionally the cover: the root's
+-- revision as read, the root
 function ops.insert()
-  local replace, expect, n = ARGV[3] == '1', ARGV[4], argnode(5)
-  local at = 5 + NODE_ARGS
+  local replace, expect, succ = ARGV[3] == '1', ARGV[4], successor(5)
+  local n = argnode(5 + SUCCESSOR_ARGS)
+  local at = 5 + SUCCESSOR_ARGS + NODE_ARGS
   local parent = redis.call('HGET', ikey(n.p), 'k')
   if not parent then return {'ERR', 'noparent'} end
   if parent ~= 'd' then return {'ERR', 'notdir'} end
@@ -407,7 +465,9 @@ function ops.insert()
   if old then
     if not replace then return {'ERR', 'exists'} end
     if old.k == 'd' then return {'ERR', 'isdir'} end
-    if cur ~= expect then return answer('CONFLICT', record(old)) end
+    if cur ~= expect or (#names(old) > 1 and not (succ and at_rev(old, succ.rev))) then
+      return answer('CONFLICT', record(old))
+    end
   end
   if id_taken(n, old and cur) then return {'ERR', 'dupid'} end
   local root, was = nil, nil
@@ -420,7 +480,7 @@ function ops.insert()
       return answer('STALE', record(was))  -- it changed since the caller read it: cover it as it is now
     end
   end
-  if old then drop(old); inode(cur) end
+  if old then unname(old, succ); inode(cur) end
   if root then rewrite(root, was); inode(root.ino) end
   store(n)
   touch(n.p, at)
@@ -439,23 +499,28 @@ function ops.update()
   if not at_rev(old, rev) or (expect ~= '' and old.v ~= '' and old.v ~= expect) then
     return answer('CONFLICT', record(old))
   end
-  local moved = old.p ~= n.p or old.n ~= n.n
+  local moved = old.p ~= n.p or old.n ~= n.n or old.ln ~= n.ln
   if moved then
-    local slot = redis.call('HGET', dkey(n.p), n.n)
-    if slot and slot ~= n.ino then return {'ERR', 'taken'} end
+    for _, at in ipairs(names(n)) do
+      local slot = redis.call('HGET', dkey(at[1]), at[2])
+      if slot and slot ~= n.ino then return {'ERR', 'taken'} end
+    end
   end
   if id_taken(n, false) then return {'ERR', 'dupid'} end
-  if moved then unlink(old); entry(old); entry(n) end
+  if moved then entry(old); entry(n) end
   rewrite(n, old)
   inode(n.ino)
   publish()
   return {'OK'}
 end
 
--- ARGV: replace, expect, node, the revision it replaces, touch of the old parent (3), touch of the new parent (3)
+-- ARGV: replace, expect, its successor, node (the name moved is its primary one), the revision it
+-- replaces, the old parent, the old name, touch of the old parent (3), touch of the new parent (3)
 function ops.rename()
-  local replace, expect, n = ARGV[3] == '1', ARGV[4], argnode(5)
-  local rev, at = ARGV[5 + NODE_ARGS], 6 + NODE_ARGS
+  local replace, expect, succ = ARGV[3] == '1', ARGV[4], successor(5)
+  local base = 5 + SUCCESSOR_ARGS
+  local n = argnode(base)
+  local rev, from, from_name, at = ARGV[base + NODE_ARGS], ARGV[base + NODE_ARGS + 1], ARGV[base + NODE_ARGS + 2], base + NODE_ARGS + 3
   local cur = load(n.ino)
   if not cur then return {'ERR', 'vanished'} end
   if cur.sig == n.sig then return {'OK'} end  -- this very move, retried after a lost reply
@@ -467,16 +532,19 @@ function ops.rename()
     if old.k == 'd' and n.k ~= 'd' then return {'ERR', 'isdir'} end
     if n.k == 'd' and old.k ~= 'd' then return {'ERR', 'notdir'} end
     if old.k == 'd' and redis.call('HLEN', dkey(dst)) > 0 then return {'ERR', 'notempty'} end
-    if dst ~= expect then return answer('CONFLICT', record(old)) end
-    drop(old)
+    if dst ~= expect or (#names(old) > 1 and not (succ and at_rev(old, succ.rev))) then
+      return answer('CONFLICT', record(old))
+    end
+    unname(old, succ)
     inode(dst)
+  elseif dst == n.ino and not (from == n.p and from_name == n.n) and has_name(cur, n.p, n.n) then
+    return {'OK'}  -- two names of one inode: rename(2) does nothing
   end
-  unlink(cur)
-  unindex(cur)
-  store(n)
-  entry(cur); entry(n); inode(n.ino)
-  if touch(cur.p, at) then inode(cur.p) end
-  if touch(n.p, at + 3) and n.p ~= cur.p then inode(n.p) end
+  rewrite(n, cur)
+  notice[#notice + 1] = 'e' .. from .. '/' .. from_name
+  entry(n); inode(n.ino)
+  if touch(from, at) then inode(from) end
+  if touch(n.p, at + 3) and n.p ~= from then inode(n.p) end
   publish()
   return replaced_reply(old)
 end
@@ -493,29 +561,56 @@ function ops.exchange()
   if not at_rev(cb, ARGV[at + 1]) then return answer('STALE', record(cb)) end
   at = at + 2
   for _, n in ipairs({a, b}) do
-    local slot = redis.call('HGET', dkey(n.p), n.n)
-    if slot and slot ~= a.ino and slot ~= b.ino then return {'ERR', 'taken'} end
+    for _, name in ipairs(names(n)) do
+      local slot = redis.call('HGET', dkey(name[1]), name[2])
+      if slot and slot ~= a.ino and slot ~= b.ino then return {'ERR', 'taken'} end
+    end
   end
   unlink(ca); unlink(cb)
   unindex(ca); unindex(cb)
   store(a); store(b)
   entry(a); entry(b); inode(a.ino); inode(b.ino)
-  if touch(ca.p, at) then inode(ca.p) end
-  if touch(cb.p, at + 3) and cb.p ~= ca.p then inode(cb.p) end
+  if touch(b.p, at) then inode(b.p) end  -- a's old directory: b's now
+  if touch(a.p, at + 3) and a.p ~= b.p then inode(a.p) end
   publish()
   return {'OK'}
 end
 
--- ARGV: ino, the parent and name the caller read it at, touch of its parent (3)
+-- ARGV: ino, the parent and name the caller read it at, touch of its parent (3), the successor
+-- (an inode with other names: its record without this one)
 function ops.remove()
-  local cur = load(ARGV[3])
-  if not cur or cur.p ~= ARGV[4] or cur.n ~= ARGV[5] then return {'OK'} end  -- gone from there already
+  local cur, parent, name = load(ARGV[3]), ARGV[4], ARGV[5]
+  if not cur or not has_name(cur, parent, name) then return {'OK'} end  -- gone from there already
   if cur.k == 'd' and redis.call('HLEN', dkey(cur.ino)) > 0 then return {'ERR', 'notempty'} end
-  drop(cur)
-  entry(cur); inode(cur.ino)
-  if touch(cur.p, 6) then inode(cur.p) end
+  if not unname(cur, successor(9)) then return answer('STALE', record(cur)) end
+  notice[#notice + 1] = 'e' .. parent .. '/' .. name
+  inode(cur.ino)
+  if touch(parent, 6) then inode(parent) end
   publish()
   return answer('OK', record(cur))
+end
+
+-- ARGV: node (with the new name among its links), the revision it replaces, the new name's
+-- directory and the name, touch of that directory (3)
+function ops.link()
+  local n = argnode(3)
+  local at = 3 + NODE_ARGS
+  local rev, dir, name = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local cur = load(n.ino)
+  if not cur then return {'ERR', 'vanished'} end
+  if cur.sig == n.sig then return {'OK'} end  -- this very link, retried after a lost reply
+  if not at_rev(cur, rev) then return answer('STALE', record(cur)) end
+  local parent = redis.call('HGET', ikey(dir), 'k')
+  if not parent then return {'ERR', 'noparent'} end
+  if parent ~= 'd' then return {'ERR', 'notdir'} end
+  if redis.call('HEXISTS', dkey(dir), name) == 1 then return {'ERR', 'exists'} end
+  if not has_name(n, dir, name) then return {'ERR', 'badop'} end
+  rewrite(n, cur)
+  notice[#notice + 1] = 'e' .. dir .. '/' .. name
+  inode(n.ino)
+  if touch(dir, at + 3) then inode(dir) end
+  publish()
+  return {'OK'}
 end
 
 local op = ops[ARGV[1]]

@@ -35,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.backends.meta import checks
 from core.backends.meta.base import ChildrenPage, Cover, Deferred, decode_record
-from core.backends.meta.redis.lua import NO_TOUCH, SCRIPT
+from core.backends.meta.redis.lua import NO_SUCCESSOR, NO_TOUCH, SCRIPT
 from core.errors import (
     AlreadyExistsError,
     ArtifactCorruptedError,
@@ -88,6 +88,15 @@ def _transient(exc: BaseException) -> bool:
 
 def _name(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
+
+
+def _text(name: bytes) -> str:
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _links(node: Node) -> bytes:
+    """A node's hard links as the scripts read them: ``<parent>/<name>`` each, joined by ``/``."""
+    return b"/".join(b"%d/%s" % (link.parent, _name(link.name)) for link in node.links)
 
 
 def index_tags(node: Node) -> list[str]:
@@ -226,6 +235,7 @@ class RedisMetaStore:
             "" if node.expires_at_ns is None else node.expires_at_ns,
             art.version if art else "",
             node.rev,
+            _links(node),
         ]
 
     @staticmethod
@@ -307,18 +317,28 @@ class RedisMetaStore:
     async def children(self, parent: int) -> list[Node]:
         reply = await self._script("list", "list", parent, _LIST_INLINE)
         if reply[0] == b"RECORDS":
-            loaded = (self._load(*reply[at : at + _WIDTH]) for at in range(1, len(reply), _WIDTH))
-            nodes = checks.of_parent((n for n in loaded if n is not None), parent)
+            nodes = checks.of_parent(self._entries(reply[1:]), parent)
         else:
-            nodes = checks.of_parent(await self._load_many("list", reply[1:]), parent)
+            names, inos = reply[1::2], reply[2::2]
+            by_ino = {node.ino: node for node in await self._load_many("list", inos)}
+            entries = ((_text(name), by_ino[int(ino)]) for name, ino in zip(names, inos) if int(ino) in by_ino)
+            nodes = checks.of_parent(entries, parent)
         return sorted(nodes, key=lambda n: _name(n.name))
 
     async def children_page(self, parent: int, after: str | None, limit: int) -> ChildrenPage:
         reply = await self._script("list", "page", parent, _name(after) if after else b"", limit)
         covered = int(reply[0])
-        nodes = checks.of_parent(self._records(reply[2:]), parent)
-        last = reply[1].decode("utf-8", "surrogateescape") if covered else None
+        nodes = checks.of_parent(self._entries(reply[2:]), parent)
+        last = _text(reply[1]) if covered else None
         return ChildrenPage(nodes, last, covered >= limit)
+
+    def _entries(self, reply: Sequence[object]) -> Iterator[tuple[str, Node]]:
+        """The entries of a script's answer of names and whole records (name, ino, rec, sig, mt, mts, sd each)."""
+        width = 1 + _WIDTH
+        for at in range(0, len(reply) - len(reply) % width, width):
+            node = self._load(*reply[at + 1 : at + width])  # type: ignore[arg-type]
+            if node is not None:
+                yield _text(reply[at]), node  # type: ignore[arg-type]
 
     async def find_artifact(self, artifact_id: str) -> Node | None:
         return checks.has_artifact(self._load_reply(await self._script("find", "find", artifact_id)), artifact_id)
@@ -403,24 +423,30 @@ class RedisMetaStore:
     # -- changes
 
     async def _replacing(
-        self, what: str, op: str, flag: bool, node: Node, extra: list[object], cover: Node | None = None
+        self, what: str, op: str, flag: bool, node: Node, extra: list[object], cover: Node | None = None,
+        ctime_ns: int | None = None,
     ) -> Node | None:
         """Run an op that may replace an entry, verifying the record it replaces first.
+
+        An entry whose inode has other names loses this one and lives on, its ctime ``ctime_ns``.
 
         ``extra`` follows the node (a rename's revision, the touches). ``cover`` is the session root as
         read, to be moved out to cover ``node`` (inserts only).
         """
-        expect = b""
+        expect: bytes = b""
+        successor: list[object] = list(NO_SUCCESSOR)
         for attempt in range(_MAX_CONFLICTS):
-            args = ["1" if flag else "0", expect, *self._args(node), *extra, *self._cover_args(cover, node)]
+            args = ["1" if flag else "0", expect, *successor, *self._args(node), *extra, *self._cover_args(cover, node)]
             reply = self._check(await self._script(what, op, *args), what)
             if reply[0] == b"CONFLICT":
-                occupant = self._load(*reply[1:])  # refuses a corrupted record before it is touched
-                if occupant is not None and checks.is_entry(occupant, node.parent, node.name) is None:
-                    raise ArtifactCorruptedError(f"{what}: the entry holds inode {occupant.ino}, recorded elsewhere")
+                loaded = self._load(*reply[1:])  # refuses a corrupted record before it is touched
+                occupant = checks.is_entry(loaded, node.parent, node.name)
+                if loaded is not None and occupant is None:
+                    raise ArtifactCorruptedError(f"{what}: the entry holds inode {loaded.ino}, recorded elsewhere")
                 if expect:  # raced by another replacer: back off a little so one of us gets through
                     await self._back_off(attempt)
                 expect = reply[1]
+                successor = self._successor(occupant, ctime_ns) if occupant is not None else list(NO_SUCCESSOR)
                 continue
             if reply[0] == b"STALE" and op == "rename":  # the node changed since its caller read it
                 raise StaleRecordError(f"{what}: inode {node.ino} changed since it was read", self._load(*reply[1:]))
@@ -429,6 +455,17 @@ class RedisMetaStore:
                 continue
             return self._load(*reply[1:]) if len(reply) > 1 else None
         raise ProviderError(f"{what}: the entry kept changing under {_MAX_CONFLICTS} attempts")
+
+    def _successor(self, view: Node, ctime_ns: int | None) -> list[object]:
+        """The scripts' successor of ``view``: its record without the name it was reached by, if it
+        has others (its ctime then ``ctime_ns``, if given: its link count changed)."""
+        if len(view.names) == 1:
+            return list(NO_SUCCESSOR)
+        left = view.without_name()
+        left.rev += 1
+        if ctime_ns is not None:
+            left.ctime_ns = ctime_ns
+        return [view.rev, *self._args(left)]
 
     @staticmethod
     async def _back_off(attempt: int) -> None:
@@ -457,7 +494,7 @@ class RedisMetaStore:
         node.ino = await self._new_ino()
         touch = self._touch(node.parent, touch_ns if self._touches(node) else None)
         root = cover.root if cover is not None else None
-        old = await self._replacing(repr(node.name), "insert", replace, node, touch, root)
+        old = await self._replacing(repr(node.name), "insert", replace, node, touch, root, touch_ns)
         return node, old
 
     async def update(self, node: Node) -> None:
@@ -481,7 +518,8 @@ class RedisMetaStore:
         moved = node.model_copy(update={"parent": new_parent, "name": new_name, "rev": node.rev + 1})
         time_ns = touch_ns if self._touches(node) else None
         touches = [*self._touch(node.parent, time_ns), *self._touch(new_parent, time_ns)]
-        old = await self._replacing(repr(new_name), "rename", replace, moved, [node.rev, *touches])
+        extra = [node.rev, node.parent, _name(node.name), *touches]
+        old = await self._replacing(repr(new_name), "rename", replace, moved, extra, ctime_ns=touch_ns)
         node.parent, node.name, node.rev = new_parent, new_name, moved.rev
         return old
 
@@ -502,8 +540,28 @@ class RedisMetaStore:
     async def remove(self, node: Node, *, touch_ns: int | None = None) -> Node | None:
         touch = self._touch(node.parent, touch_ns if self._touches(node) else None)
         what = repr(node.name)
-        reply = self._check(await self._script(what, "remove", node.ino, node.parent, _name(node.name), *touch), what)
-        return self._load(*reply[1:]) if len(reply) > 1 else None
+        parent, name = node.parent, node.name
+        for _ in range(_MAX_CONFLICTS):
+            args = [node.ino, parent, _name(name), *touch, *self._successor(node, touch_ns)]
+            reply = self._check(await self._script(what, "remove", *args), what)
+            stored = self._load(*reply[1:]) if len(reply) > 1 else None
+            if reply[0] != b"STALE":
+                return stored.seen_as(parent, name) if stored is not None and stored.has_name(parent, name) else stored
+            if stored is None or not stored.has_name(parent, name):
+                return None
+            node = stored.seen_as(parent, name)  # it changed meanwhile (another name came or went): again
+        raise ProviderError(f"{what}: the inode kept changing under {_MAX_CONFLICTS} attempts")
+
+    async def link(self, node: Node, new_parent: int, new_name: str, *, touch_ns: int | None = None) -> None:
+        what = repr(new_name)
+        linked = node.with_names([*node.names, (new_parent, new_name)])
+        linked.rev += 1
+        touch = self._touch(new_parent, touch_ns if self._touches(node) else None)
+        args = [*self._args(linked), node.rev, new_parent, _name(new_name), *touch]
+        reply = self._check(await self._script(what, "link", *args), what)
+        if reply[0] == b"STALE":
+            raise StaleRecordError(f"{what}: inode {node.ino} changed since it was read", self._load(*reply[1:]))
+        node.links, node.rev = linked.links, linked.rev
 
 
     # -- the deletion queue: one sorted set, key -> not_before in microseconds (exact in a double)
