@@ -67,15 +67,18 @@ def payload(length: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(length)
 
 
+# Every open is O_NONBLOCK: on a FIFO a plain open (or a write past the pipe's buffer) waits for
+# the other end, which the model never is; on a regular file it changes nothing.
+NB = os.O_NONBLOCK
 OPEN_FLAGS = {
-    "r": os.O_RDONLY,
-    "w": os.O_WRONLY,
-    "rw": os.O_RDWR,
-    "rw-trunc": os.O_RDWR | os.O_TRUNC,
-    "append": os.O_WRONLY | os.O_APPEND,
-    "rw-append": os.O_RDWR | os.O_APPEND,
-    "create": os.O_RDWR | os.O_CREAT,
-    "create-excl": os.O_RDWR | os.O_CREAT | os.O_EXCL,
+    "r": NB | os.O_RDONLY,
+    "w": NB | os.O_WRONLY,
+    "rw": NB | os.O_RDWR,
+    "rw-trunc": NB | os.O_RDWR | os.O_TRUNC,
+    "append": NB | os.O_WRONLY | os.O_APPEND,
+    "rw-append": NB | os.O_RDWR | os.O_APPEND,
+    "create": NB | os.O_RDWR | os.O_CREAT,
+    "create-excl": NB | os.O_RDWR | os.O_CREAT | os.O_EXCL,
 }
 
 
@@ -189,7 +192,7 @@ class MountModel(RuleBasedStateMachine):
 
     @rule(path=st.sampled_from(PATHS), mode=st.sampled_from(MODES), exclusive=st.booleans())
     def create(self, path: str, mode: int, exclusive: bool) -> None:
-        flags = os.O_CREAT | os.O_WRONLY | (os.O_EXCL if exclusive else os.O_TRUNC)
+        flags = NB | os.O_CREAT | os.O_WRONLY | (os.O_EXCL if exclusive else os.O_TRUNC)
         self.both(lambda root: os.close(os.open(root / path, flags, mode)))
 
     @rule(path=st.sampled_from(PATHS), offset=st.sampled_from(OFFSETS), length=st.sampled_from(LENGTHS),
@@ -198,7 +201,7 @@ class MountModel(RuleBasedStateMachine):
         data = payload(length, seed)
 
         def write(root: Path) -> int:
-            fd = os.open(root / path, os.O_WRONLY)
+            fd = os.open(root / path, NB | os.O_WRONLY)
             try:
                 return os.pwrite(fd, data, offset)
             finally:
@@ -211,7 +214,7 @@ class MountModel(RuleBasedStateMachine):
         data = payload(length, seed)
 
         def append(root: Path) -> int:
-            fd = os.open(root / path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(root / path, NB | os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 return os.write(fd, data)
             finally:
@@ -226,7 +229,7 @@ class MountModel(RuleBasedStateMachine):
     @rule(path=st.sampled_from(PATHS), offset=st.sampled_from(OFFSETS), length=st.sampled_from(LENGTHS))
     def read_range(self, path: str, offset: int, length: int) -> None:
         def read(root: Path) -> str:
-            fd = os.open(root / path, os.O_RDONLY)
+            fd = os.open(root / path, NB | os.O_RDONLY)
             try:
                 return hashlib.sha256(os.pread(fd, length, offset)).hexdigest()
             finally:
@@ -302,12 +305,15 @@ class MountModel(RuleBasedStateMachine):
     def rename(self, src: str, dst: str, flags: int) -> None:
         self.both(lambda root: renameat2(root / src, root / dst, flags))
 
-    # Sockets stand for every special type here: opening one fails at once (ENXIO) on both sides,
-    # where a FIFO would block the model's plain opens, and a device opens on the local disk but
-    # not in the mount (nodev). tests/fuse/test_fuse_tools.py covers FIFOs and devices.
+    # Sockets and FIFOs: the kernel answers their I/O on both sides alike. A device opens on the
+    # local disk but not in the mount (nodev); tests/fuse/test_fuse_tools.py covers devices.
     @rule(path=st.sampled_from(PATHS), mode=st.sampled_from(MODES))
     def mksocket(self, path: str, mode: int) -> None:
         self.both(lambda root: os.mknod(root / path, stat.S_IFSOCK | mode))
+
+    @rule(path=st.sampled_from(PATHS), mode=st.sampled_from(MODES))
+    def mkfifo(self, path: str, mode: int) -> None:
+        self.both(lambda root: os.mkfifo(root / path, mode))
 
     @rule(src=st.sampled_from(PATHS), dst=st.sampled_from(PATHS))
     def link(self, src: str, dst: str) -> None:
