@@ -193,3 +193,44 @@ async def test_a_part_leaving_its_upload_goes_at_once_unless_a_record_names_it(
     await ns.drop_part_blob(named)
     assert await blob_keys(store, settled=False) == {named}
     assert await store.retrieve(artifact_id, user_id="alice") == b"published"
+
+
+@pytest.mark.semantics("S-grace-delete")
+async def test_a_removed_or_replaced_blob_is_queued_by_the_change_itself(
+    store: ArtifactStore, clock: ManualClock
+) -> None:
+    """Regression (issue #16): the blob of a removed or replaced file was queued by a call of its
+    own after the change, so a process that died between the two leaked it (named by nothing,
+    queued nowhere). Here every later queueing call fails, as if the process had died."""
+    ns = store.ns
+    gone = await store.store(b"deleted", filename="gone.txt", user_id="alice", scope=Scope.USER)
+    over = await store.store(b"overwritten", filename="over.txt", user_id="alice", scope=Scope.USER)
+    moved_over = await store.store(b"renamed over", filename="target.txt", user_id="alice", scope=Scope.USER)
+    source = await store.store(b"source", filename="source.txt", user_id="alice", scope=Scope.USER)
+    keys = {}
+    for artifact_id in (gone, over, moved_over):
+        node = await ns.meta.find_artifact(artifact_id)
+        assert node is not None and node.artifact is not None
+        keys[artifact_id] = node.artifact.blob_key
+
+    async def died(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the change should have queued the blob itself")
+
+    ns.meta.defer_delete = died  # type: ignore[method-assign]
+    assert await store.delete(gone, user_id="alice")
+    target = await ns.meta.find_artifact(moved_over)
+    src = await ns.meta.find_artifact(source)
+    assert target is not None and src is not None
+    await ns.rename(src, await ns.get(target.parent), target.name)
+    pending = set(await ns.meta.pending_deletions())
+    assert {keys[gone], keys[moved_over]} <= pending
+    # a store() over a name queues what it replaces (its new blob's own intent is another call)
+    replaced = await ns.meta.find_artifact(over)
+    assert replaced is not None
+    node = ns.file_node(await ns.get(replaced.parent), replaced.name, ttl=None)
+    await ns.meta.insert(node, replace=True, drop_at_ns=ns.grace_deadline())
+    assert keys[over] in set(await ns.meta.pending_deletions())
+    del ns.meta.defer_delete
+    clock.advance(GRACE + 1)
+    assert await ns.collect_garbage() == 3
+    assert not {keys[gone], keys[over], keys[moved_over]} & await blob_keys(store, settled=False)

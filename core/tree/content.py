@@ -289,10 +289,6 @@ class Content(TreeBase):
         adopt(node, attempt)
         return node
 
-    async def drop_blob(self, node: Node) -> None:
-        if node.artifact is not None:
-            await self.discard_blob(node.artifact.blob_key)
-
     async def discard_blob(self, key: str | None) -> None:
         """Queue a blob no record names any more (superseded, removed, or never published) for gc.
 

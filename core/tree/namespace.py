@@ -362,15 +362,17 @@ class Namespace(Content, Quotas):
         return root if root.expires_at_ns is not None else None
 
     async def _insert(self, node: Node, *, replace: bool = False, cover: Node | None = None) -> tuple[Node, Node | None]:
-        """``meta.insert`` with the parent's new times and, if ``cover`` (a session root) expires
-        before the node, that root's later expiry, in one transaction."""
+        """``meta.insert`` with the parent's new times, the blob of a file it replaces queued for gc
+        and, if ``cover`` (a session root) expires before the node, that root's later expiry, in one
+        transaction."""
         covering = None if cover is None else Cover(cover)
+        drop_at = self.grace_deadline() if replace else None
         try:
-            return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering)
+            return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering, drop_at_ns=drop_at)
         except AlreadyExistsError:
             if not await self._clear_expired(node.parent, node.name):
                 raise
-            return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering)
+            return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering, drop_at_ns=drop_at)
 
     # -- expired entries in the way
 
@@ -500,9 +502,8 @@ class Namespace(Content, Quotas):
             replaced = old if old is not None and old.is_file and old.last_name else None
             await self.ensure_room(node.space, node.size - (replaced.size if replaced else 0), 0 if replaced else 1)
         cover = await self._session_cover(node.space, parent, root)
-        node, old = await self._insert(node, replace=replace, cover=cover)
-        replaced = old.artifact.blob_key if old is not None and old.artifact is not None and old.last_name else None
-        await self.settle_blobs(node.artifact.blob_key if node.artifact is not None else None, [replaced])
+        node, _ = await self._insert(node, replace=replace, cover=cover)  # which queued a replaced file's blob
+        await self.settle_blobs(node.artifact.blob_key if node.artifact is not None else None, [])
         return node
 
     async def symlink(self, parent: Node, name: str, target: str, uid: int = 0, gid: int = 0) -> Node:
@@ -608,11 +609,12 @@ class Namespace(Content, Quotas):
         if node.role is not NodeRole.ENTRY:
             raise ReadOnlyError(f"{node.name!r} cannot be removed")
         for _ in range(MAX_LINKS + MAX_RACES):
-            removed = await self.meta.remove(node, touch_ns=self.now())
+            # The blob of the version removed (which may be newer than the one read) is queued for
+            # gc by the remove itself: nothing between the two can leak it.
+            removed = await self.meta.remove(node, touch_ns=self.now(), drop_at_ns=self.grace_deadline())
             if removed is None:
                 raise ArtifactNotFoundError(f"{node.name!r} was removed or moved meanwhile")
             if removed.last_name:
-                await self.drop_blob(removed)  # the version removed, which may be newer than the one read
                 return None
             node = removed.without_name()  # the inode as it was left, seen through its next name
             node.rev += 1
@@ -642,8 +644,9 @@ class Namespace(Content, Quotas):
     ) -> Node | None:
         """Move ``node``; returns the node it replaced, if any.
 
-        ``replacing`` is called with that node after the move and before its
-        blob goes: an open descriptor of it may still copy its bytes.
+        ``replacing`` is called with that node after the move, if it went
+        with the name (its last), while its blob waits out the grace period
+        in gc's queue: an open descriptor of it may still copy its bytes.
         """
         if node.role is not NodeRole.ENTRY:
             raise ReadOnlyError(f"{node.name!r} cannot be renamed")
@@ -659,7 +662,9 @@ class Namespace(Content, Quotas):
         cleared = False
         for _ in range(MAX_RACES):
             try:
-                replaced = await self.meta.rename(moved, new_parent.ino, new_name, replace=replace, touch_ns=now)
+                replaced = await self.meta.rename(
+                    moved, new_parent.ino, new_name, replace=replace, touch_ns=now, drop_at_ns=self.grace_deadline()
+                )
                 break
             except (AlreadyExistsError, DirectoryNotEmptyError) as exc:
                 # The target may be an expired entry, or a directory of nothing but expired entries.
@@ -678,12 +683,8 @@ class Namespace(Content, Quotas):
         else:
             raise ProviderError(f"{node.name!r}: the record kept changing, {MAX_RACES} times")
         adopt(node, moved)
-        if replaced is not None and replaced.last_name:
-            try:
-                if replacing is not None:
-                    await replacing(replaced)
-            finally:
-                await self.drop_blob(replaced)
+        if replaced is not None and replaced.last_name and replacing is not None:
+            await replacing(replaced)  # its blob, queued by the rename, waits out the grace period
         return replaced
 
     async def _clear_expired_target(self, parent: Node, name: str, refusal: Exception) -> bool:
@@ -730,9 +731,8 @@ class Namespace(Content, Quotas):
         if node.is_dir:
             for child in await self.meta.children(node.ino):
                 removed += await self.purge(child)
-        gone = await self.meta.remove(node)
+        gone = await self.meta.remove(node, drop_at_ns=self.grace_deadline())  # which queues the blob of what goes
         if gone is not None and gone.is_file and gone.last_name:  # None: moved or removed meanwhile, not ours to purge
-            await self.drop_blob(gone)
             removed += 1
         return removed
 

@@ -770,3 +770,36 @@ async def test_exchange_of_a_link_swaps_that_name(meta: MetaStore) -> None:
     assert at_g is not None and at_g.ino == other.ino and at_other is not None and at_other.ino == f.ino
     stored = await meta.get(f.ino)
     assert stored is not None and sorted(stored.names) == sorted([(home.ino, "f"), (home.ino, "other")])
+
+
+# -- a dropped inode's blob, queued by the change that drops it (issue #16)
+
+
+async def test_the_change_that_drops_an_inode_queues_its_blob(meta: MetaStore) -> None:
+    home = await scope_root(meta)
+    removed, _ = await meta.insert(a_file(home.ino, "removed"))
+    for name in ("replaced", "renamed-over", "mover"):
+        await meta.insert(a_file(home.ino, name))
+    mover = await meta.lookup(home.ino, "mover")
+    assert mover is not None
+    await meta.remove(removed, drop_at_ns=5_000)
+    await meta.insert(a_file(home.ino, "replaced"), replace=True, drop_at_ns=5_000)
+    await meta.rename(mover, home.ino, "renamed-over", replace=True, drop_at_ns=5_000)
+    queued = ["blob-removed", "blob-renamed-over", "blob-replaced"]
+    assert await meta.pending_deletions() == queued
+    assert await meta.due_deletions(4_999) == []
+    assert sorted(key for key, _ in await meta.due_deletions(5_000)) == queued
+    assert names(await meta.children(home.ino)) == ["renamed-over", "replaced"]
+
+
+async def test_a_name_taken_from_a_linked_inode_queues_nothing(meta: MetaStore) -> None:
+    home, sub, f = await linked_pair(meta)
+    view = await meta.lookup(sub.ino, "g")
+    assert view is not None
+    await meta.remove(view, drop_at_ns=5_000)
+    other, _ = await meta.insert(a_file(home.ino, "other"))
+    await meta.link(other, sub.ino, "o2")
+    await meta.insert(a_file(home.ino, "other", size=1), replace=True, drop_at_ns=5_000)
+    assert await meta.pending_deletions() == []
+    await meta.remove(f, drop_at_ns=5_000)  # its last name: now it goes
+    assert await meta.pending_deletions() == ["blob-f"]

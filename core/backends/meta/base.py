@@ -185,14 +185,16 @@ class MetaStore(Protocol):
         ...
 
     async def insert(
-        self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None
+        self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None,
+        drop_at_ns: int | None = None,
     ) -> tuple[Node, Node | None]:
         """Add ``node`` under ``node.parent``; returns it with its new ino.
 
         With ``replace`` an existing non-directory entry of that name is
         removed in the same transaction and returned; otherwise an existing
         name raises :class:`AlreadyExistsError`. A parent that does not
-        exist raises :class:`ArtifactNotFoundError`.
+        exist raises :class:`ArtifactNotFoundError`. ``drop_at_ns``: see
+        :meth:`remove`.
         """
         ...
 
@@ -215,9 +217,11 @@ class MetaStore(Protocol):
         ...
 
     async def rename(
-        self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None
+        self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None,
+        drop_at_ns: int | None = None,
     ) -> Node | None:
-        """Move ``node`` (as it is given, ctime and all); returns the node it replaced, if any.
+        """Move ``node`` (as it is given, ctime and all); returns the node it replaced, if any
+        (``drop_at_ns``: see :meth:`remove`).
 
         Only if ``node`` is still at revision ``node.rev``: else nothing
         changes and :class:`StaleRecordError` carries the stored node. A node
@@ -244,13 +248,17 @@ class MetaStore(Protocol):
         (else :class:`StaleRecordError`)."""
         ...
 
-    async def remove(self, node: Node, *, touch_ns: int | None = None) -> Node | None:
+    async def remove(self, node: Node, *, touch_ns: int | None = None, drop_at_ns: int | None = None) -> Node | None:
         """Unlink ``node`` if it is still the entry ``node.parent``/``node.name``; a directory must be empty.
 
-        Returns the record as stored then, seen through that name (its blob
-        is the one to delete, whatever version the caller read, unless it had
-        other names and lives on), or None if that entry no longer names the
-        inode (removed or moved meanwhile): nothing changes.
+        Returns the record as stored then, seen through that name, or None
+        if that entry no longer names the inode (removed or moved
+        meanwhile): nothing changes. With ``drop_at_ns``, the blob of an
+        inode the change removes (its last name gone) is queued for deletion
+        at that time (:meth:`defer_delete`) in the same transaction, as
+        stored then, whatever version the caller read: no crash between the
+        change and a later call can leave it named by nothing and queued
+        nowhere (issue #16).
         """
         ...
 

@@ -470,7 +470,8 @@ class SQLiteMetaStore:
             self._write(db, parent, insert=False, old=fields)
 
     async def insert(
-        self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None
+        self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None,
+        drop_at_ns: int | None = None,
     ) -> tuple[Node, Node | None]:
         ino = self._next_ino()
         with self._tx() as db:
@@ -481,7 +482,7 @@ class SQLiteMetaStore:
                     raise AlreadyExistsError(f"{node.name!r} exists")
                 if old.is_dir:
                     raise IsADirectoryError_(f"{node.name!r} is a directory")
-                self._unname(db, old, ctime_ns=touch_ns)
+                self._unname(db, old, ctime_ns=touch_ns, drop_at_ns=drop_at_ns)
             node.ino = ino
             self._write(db, node, insert=True)
             self._charge(db, node, +1)
@@ -539,7 +540,8 @@ class SQLiteMetaStore:
             self._account(db, new_key, node.size, +1)
 
     async def rename(
-        self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None
+        self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None,
+        drop_at_ns: int | None = None,
     ) -> Node | None:
         with self._tx() as db:
             current, row = self._load_at_rev(db, node)
@@ -553,7 +555,7 @@ class SQLiteMetaStore:
                     raise NotADirectoryError_(f"{new_name!r} is not a directory")
                 if old.is_dir and self._has_entries(db, old.ino):
                     raise DirectoryNotEmptyError(f"{new_name!r} is not empty")
-                self._unname(db, old, ctime_ns=touch_ns)
+                self._unname(db, old, ctime_ns=touch_ns, drop_at_ns=drop_at_ns)
             elif old is not None:
                 if (new_parent, new_name) != (node.parent, node.name):
                     return None  # two names of one inode: rename(2) does nothing
@@ -584,7 +586,7 @@ class SQLiteMetaStore:
         for node, done in ((a, a2), (b, b2)):
             node.parent, node.name, node.rev = done.parent, done.name, done.rev
 
-    async def remove(self, node: Node, *, touch_ns: int | None = None) -> Node | None:
+    async def remove(self, node: Node, *, touch_ns: int | None = None, drop_at_ns: int | None = None) -> Node | None:
         """The protocol's remove; ``touch_ns`` also sets the parent's mtime/ctime."""
         with self._tx() as db:
             current, row = self._load_for_update(db, node.ino)
@@ -593,19 +595,24 @@ class SQLiteMetaStore:
             if current.is_dir and self._has_entries(db, node.ino):
                 raise DirectoryNotEmptyError(f"{node.name!r} is not empty")
             current = current.seen_as(node.parent, node.name)
-            self._unname(db, current, row, ctime_ns=touch_ns)
+            self._unname(db, current, row, ctime_ns=touch_ns, drop_at_ns=drop_at_ns)
             if touch_ns is not None:
                 self._touch(db, node.parent, touch_ns)
         return current
 
     def _unname(
-        self, db: sqlite3.Connection, node: Node, row: tuple | None = None, *, ctime_ns: int | None = None
+        self, db: sqlite3.Connection, node: Node, row: tuple | None = None, *, ctime_ns: int | None = None,
+        drop_at_ns: int | None = None,
     ) -> None:
-        """Take away the name view ``node`` was reached by: the inode goes with its last name, and
-        else its ctime becomes ``ctime_ns`` (a link count changed), if given."""
+        """Take away the name view ``node`` was reached by: the inode goes with its last name (its
+        blob queued for deletion at ``drop_at_ns``, if given), and else its ctime becomes
+        ``ctime_ns`` (a link count changed), if given."""
         if len(node.names) == 1:
             db.execute("DELETE FROM node WHERE ino=?", (node.ino,))
             self._charge(db, node, -1)
+            key = node.artifact.blob_key if node.artifact is not None else None
+            if drop_at_ns is not None and key is not None:
+                self._defer(db, [key], drop_at_ns)
             return
         if row is None:
             _, row = self._load_for_update(db, node.ino)
@@ -639,11 +646,15 @@ class SQLiteMetaStore:
             return
         with self._tx() as db:
             db.executemany("DELETE FROM deferred_blob WHERE key=? AND not_before=?", [tuple(e) for e in forget])
-            db.executemany(
-                "INSERT INTO deferred_blob (key, not_before) VALUES (?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET not_before = excluded.not_before",
-                [(k, not_before_ns) for k in keys],
-            )
+            self._defer(db, keys, not_before_ns)
+
+    @staticmethod
+    def _defer(db: sqlite3.Connection, keys: Collection[str], not_before_ns: int) -> None:
+        db.executemany(
+            "INSERT INTO deferred_blob (key, not_before) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET not_before = excluded.not_before",
+            [(k, not_before_ns) for k in keys],
+        )
 
     async def due_deletions(self, now_ns: int, limit: int = 1000) -> list[Deferred]:
         rows = self.db.execute(

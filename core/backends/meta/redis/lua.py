@@ -28,6 +28,9 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
                            script, rebuilt by ``page`` where it is missing or
                            short (a store written before it existed)
 ``P:ino``           str    the inode counter; numbers are never handed out twice
+``P:gc``            zset   the deletion queue: blob key by the time (us) gc may
+                           delete it from (``defer_delete``); the scripts that
+                           drop an inode queue its blob here in the same step
 ``P:art``           hash   artifact id -> ino
 ``P:x:<tag>``       set    search indexes: ``sb:<sandbox>``, ``sc:<sandbox>/<scope>``,
                            ``se:<sandbox>/<session>``, ``us:<sandbox>/<user>``
@@ -232,10 +235,19 @@ local function store(n)
   index(n)
 end
 
-local function drop(n)
+-- the inode n gone; its blob (the record's, as stored) queued for deletion at ``at`` (microseconds,
+-- the client's ``defer_delete`` queue) if given, in this same step (issue #16)
+local function drop(n, at)
   unlink(n)
   unindex(n)
   redis.call('DEL', ikey(n.ino), dkey(n.ino), okey(n.ino))
+  if at and at ~= '' then
+    local ok, rec = pcall(cjson.decode, n.rec)
+    local art = ok and type(rec) == 'table' and rec.artifact
+    if type(art) == 'table' and type(art.blob_key) == 'string' then
+      redis.call('ZADD', P .. ':gc', at, art.blob_key)
+    end
+  end
 end
 
 -- n over old (the same inode), its names included: those old had and n has not are unlinked
@@ -247,8 +259,8 @@ end
 
 -- a name taken from ``old``, an inode that goes with it unless it has others: then ``succ``
 -- (its record without that name) is stored, if the inode is still at the revision its sender read
-local function unname(old, succ)
-  if #names(old) == 1 then drop(old); return true end
+local function unname(old, succ, at)
+  if #names(old) == 1 then drop(old, at); return true end
   if not succ or succ.node.ino ~= old.ino or not at_rev(old, succ.rev) then return false end
   rewrite(succ.node, old)
   return true
@@ -450,12 +462,12 @@ function ops.find()
   return fetch(ino)
 end
 
--- ARGV: replace, expect, its successor, node, touch (3), then optionally the cover: the root's
--- revision as read, the root
+-- ARGV: replace, expect, when its blob may go, its successor, node, touch (3), then optionally the
+-- cover: the root's revision as read, the root
 function ops.insert()
-  local replace, expect, succ = ARGV[3] == '1', ARGV[4], successor(5)
-  local n = argnode(5 + SUCCESSOR_ARGS)
-  local at = 5 + SUCCESSOR_ARGS + NODE_ARGS
+  local replace, expect, drop_at, succ = ARGV[3] == '1', ARGV[4], ARGV[5], successor(6)
+  local n = argnode(6 + SUCCESSOR_ARGS)
+  local at = 6 + SUCCESSOR_ARGS + NODE_ARGS
   local parent = redis.call('HGET', ikey(n.p), 'k')
   if not parent then return {'ERR', 'noparent'} end
   if parent ~= 'd' then return {'ERR', 'notdir'} end
@@ -480,7 +492,7 @@ function ops.insert()
       return answer('STALE', record(was))  -- it changed since the caller read it: cover it as it is now
     end
   end
-  if old then unname(old, succ); inode(cur) end
+  if old then unname(old, succ, drop_at); inode(cur) end
   if root then rewrite(root, was); inode(root.ino) end
   store(n)
   touch(n.p, at)
@@ -514,11 +526,12 @@ function ops.update()
   return {'OK'}
 end
 
--- ARGV: replace, expect, its successor, node (the name moved is its primary one), the revision it
--- replaces, the old parent, the old name, touch of the old parent (3), touch of the new parent (3)
+-- ARGV: replace, expect, when its blob may go, its successor, node (the name moved is its primary
+-- one), the revision it replaces, the old parent, the old name, touch of the old parent (3), touch
+-- of the new parent (3)
 function ops.rename()
-  local replace, expect, succ = ARGV[3] == '1', ARGV[4], successor(5)
-  local base = 5 + SUCCESSOR_ARGS
+  local replace, expect, drop_at, succ = ARGV[3] == '1', ARGV[4], ARGV[5], successor(6)
+  local base = 6 + SUCCESSOR_ARGS
   local n = argnode(base)
   local rev, from, from_name, at = ARGV[base + NODE_ARGS], ARGV[base + NODE_ARGS + 1], ARGV[base + NODE_ARGS + 2], base + NODE_ARGS + 3
   local cur = load(n.ino)
@@ -535,7 +548,7 @@ function ops.rename()
     if dst ~= expect or (#names(old) > 1 and not (succ and at_rev(old, succ.rev))) then
       return answer('CONFLICT', record(old))
     end
-    unname(old, succ)
+    unname(old, succ, drop_at)
     inode(dst)
   elseif dst == n.ino and not (from == n.p and from_name == n.n) and has_name(cur, n.p, n.n) then
     return {'OK'}  -- two names of one inode: rename(2) does nothing
@@ -576,13 +589,13 @@ function ops.exchange()
   return {'OK'}
 end
 
--- ARGV: ino, the parent and name the caller read it at, touch of its parent (3), the successor
--- (an inode with other names: its record without this one)
+-- ARGV: ino, the parent and name the caller read it at, touch of its parent (3), when its blob may
+-- go ('' for not queued), the successor (an inode with other names: its record without this one)
 function ops.remove()
   local cur, parent, name = load(ARGV[3]), ARGV[4], ARGV[5]
   if not cur or not has_name(cur, parent, name) then return {'OK'} end  -- gone from there already
   if cur.k == 'd' and redis.call('HLEN', dkey(cur.ino)) > 0 then return {'ERR', 'notempty'} end
-  if not unname(cur, successor(9)) then return answer('STALE', record(cur)) end
+  if not unname(cur, successor(10), ARGV[9]) then return answer('STALE', record(cur)) end
   notice[#notice + 1] = 'e' .. parent .. '/' .. name
   inode(cur.ino)
   if touch(parent, 6) then inode(parent) end

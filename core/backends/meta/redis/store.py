@@ -424,11 +424,12 @@ class RedisMetaStore:
 
     async def _replacing(
         self, what: str, op: str, flag: bool, node: Node, extra: list[object], cover: Node | None = None,
-        ctime_ns: int | None = None,
+        ctime_ns: int | None = None, drop_at_ns: int | None = None,
     ) -> Node | None:
         """Run an op that may replace an entry, verifying the record it replaces first.
 
-        An entry whose inode has other names loses this one and lives on, its ctime ``ctime_ns``.
+        An entry whose inode has other names loses this one and lives on, its ctime ``ctime_ns``;
+        else the inode goes, its blob queued at ``drop_at_ns`` (if given).
 
         ``extra`` follows the node (a rename's revision, the touches). ``cover`` is the session root as
         read, to be moved out to cover ``node`` (inserts only).
@@ -436,7 +437,8 @@ class RedisMetaStore:
         expect: bytes = b""
         successor: list[object] = list(NO_SUCCESSOR)
         for attempt in range(_MAX_CONFLICTS):
-            args = ["1" if flag else "0", expect, *successor, *self._args(node), *extra, *self._cover_args(cover, node)]
+            args = ["1" if flag else "0", expect, _drop_at(drop_at_ns), *successor, *self._args(node), *extra,
+                    *self._cover_args(cover, node)]
             reply = self._check(await self._script(what, op, *args), what)
             if reply[0] == b"CONFLICT":
                 loaded = self._load(*reply[1:])  # refuses a corrupted record before it is touched
@@ -489,12 +491,13 @@ class RedisMetaStore:
         return node.role is NodeRole.ENTRY
 
     async def insert(
-        self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None
+        self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None,
+        drop_at_ns: int | None = None,
     ) -> tuple[Node, Node | None]:
         node.ino = await self._new_ino()
         touch = self._touch(node.parent, touch_ns if self._touches(node) else None)
         root = cover.root if cover is not None else None
-        old = await self._replacing(repr(node.name), "insert", replace, node, touch, root, touch_ns)
+        old = await self._replacing(repr(node.name), "insert", replace, node, touch, root, touch_ns, drop_at_ns)
         return node, old
 
     async def update(self, node: Node) -> None:
@@ -513,13 +516,15 @@ class RedisMetaStore:
         return None
 
     async def rename(
-        self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None
+        self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None,
+        drop_at_ns: int | None = None,
     ) -> Node | None:
         moved = node.model_copy(update={"parent": new_parent, "name": new_name, "rev": node.rev + 1})
         time_ns = touch_ns if self._touches(node) else None
         touches = [*self._touch(node.parent, time_ns), *self._touch(new_parent, time_ns)]
         extra = [node.rev, node.parent, _name(node.name), *touches]
-        old = await self._replacing(repr(new_name), "rename", replace, moved, extra, ctime_ns=touch_ns)
+        old = await self._replacing(repr(new_name), "rename", replace, moved, extra, ctime_ns=touch_ns,
+                                    drop_at_ns=drop_at_ns)
         node.parent, node.name, node.rev = new_parent, new_name, moved.rev
         return old
 
@@ -537,12 +542,12 @@ class RedisMetaStore:
         for node, done in ((a, a2), (b, b2)):
             node.parent, node.name, node.rev = done.parent, done.name, done.rev
 
-    async def remove(self, node: Node, *, touch_ns: int | None = None) -> Node | None:
+    async def remove(self, node: Node, *, touch_ns: int | None = None, drop_at_ns: int | None = None) -> Node | None:
         touch = self._touch(node.parent, touch_ns if self._touches(node) else None)
         what = repr(node.name)
         parent, name = node.parent, node.name
         for _ in range(_MAX_CONFLICTS):
-            args = [node.ino, parent, _name(name), *touch, *self._successor(node, touch_ns)]
+            args = [node.ino, parent, _name(name), *touch, _drop_at(drop_at_ns), *self._successor(node, touch_ns)]
             reply = self._check(await self._script(what, "remove", *args), what)
             stored = self._load(*reply[1:]) if len(reply) > 1 else None
             if reply[0] != b"STALE":
@@ -624,6 +629,11 @@ return 0
 def _micros(ns: int) -> int:
     """A queue time as Redis keeps it: microseconds, rounded up (never due early; exact in a double)."""
     return -(-ns // 1000)
+
+
+def _drop_at(ns: int | None) -> int | str:
+    """A script's time to queue the blob of an inode it drops: as the queue keeps it, or '' for none."""
+    return "" if ns is None else _micros(ns)
 
 
 def from_settings(settings: Settings, signer: RecordSigner) -> RedisMetaStore:
