@@ -135,6 +135,14 @@ class Usage(BaseModel):
     files: int = 0
 
 
+class BackendHealth(BaseModel):
+    """Whether one backend answered a probe in time, how long it took, and why not."""
+
+    ok: bool
+    seconds: float
+    error: str | None = None
+
+
 class MultipartUploadInitRequest(BaseModel):
     """Where a multipart upload's artifact will live, and what it will be."""
 

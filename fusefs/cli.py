@@ -75,6 +75,19 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=None, help="port (default 8470, or $ARTIFACT_SERVE_PORT; 0 picks one)")
     p.add_argument("--public-url", default=None,
                    help="the URL clients use to reach this service, when not http://HOST:PORT (a proxy in front)")
+    _metrics_argument(p)
+
+
+def _address(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def _metrics_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", type=_address, default=None, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics and a health probe at /healthz")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the kernel may answer lookups and stats from its caches, like other FUSE filesystems' "
              "entry/attr timeouts (default 5, or 1 on a store other hosts change: Redis); 0 caches nothing",
     )
+    _metrics_argument(mount)
     mount.add_argument("--debug", action="store_true",
                        help="verbose logging to the mount's log file: every request, with its metadata round trips")
 
@@ -147,7 +161,7 @@ def mount_options(args: argparse.Namespace, parser: argparse.ArgumentParser, set
     values: dict[str, object] = {
         "mountpoint": args.mountpoint, "sandbox": args.sandbox, "foreground": args.foreground,
         "allow_other": "allow_other" in fuse, "user_uids": users, "admin_uids": frozenset(args.admin_uids),
-        "debug": args.debug, "serve": args.serve, "request_timeout": args.request_timeout,
+        "debug": args.debug, "serve": args.serve, "metrics": args.metrics, "request_timeout": args.request_timeout,
         "cache_timeout": args.cache_timeout, "data_dir": args.data_dir or default_data_dir(settings),
     }
     try:

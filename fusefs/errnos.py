@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, Protocol, TypeVar
 
@@ -42,6 +43,7 @@ from core.errors import (
     StoreFullError,
     TooManyLinksError,
 )
+from core.infra import metrics
 from core.infra.tally import tally
 from fusefs.watchdog import Watchdog
 
@@ -142,7 +144,25 @@ def fuse_call(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             finally:
                 log.debug("%s answered: %d metadata round trips (%s)", name, counted.round_trips, describe(args))
 
+    seconds = metrics.FUSE_SECONDS.labels(name)
+
     async def answer(args: tuple[object, ...]) -> R:
+        """The request answered, timed and counted by its outcome (artifactfs_fuse_requests_total)."""
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await settle(args)
+        except pyfuse3.FUSEError as exc:
+            outcome = errno.errorcode.get(exc.errno, str(exc.errno))
+            raise
+        except BaseException:
+            outcome = "cancelled"
+            raise
+        finally:
+            seconds.observe(time.perf_counter() - start)
+            metrics.FUSE_REQUESTS.labels(name, outcome).inc()
+
+    async def settle(args: tuple[object, ...]) -> R:
         owner: Guarded = args[0]  # type: ignore[assignment]
         try:
             return await owner.watchdog.answer(name, handler, args, lambda: describe(args))  # type: ignore[no-any-return]

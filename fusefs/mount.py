@@ -42,6 +42,7 @@ from core.infra.private import new_private_dir, private_dir, private_file
 from core.nodes import ROOT_INO
 from core.settings import Settings
 from core.infra.fdlimit import raise_fd_limit
+from core.transfers import monitor
 from core.transfers.service import listen as listen_presigned
 from core.transfers.service import serve as serve_presigned
 from core.tree.namespace import Namespace
@@ -264,17 +265,20 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
         follower = None
         if feed is not None:
             follower = ChangeFollower(feed, ops.inodes, callers.changed_elsewhere, cache_seconds=cache_seconds)
-        listener = None
-        if options.serve is not None:  # taken before mounting: a port in use must not leave a dead mount
-            try:
-                listener = listen_presigned(transfers.settings, *options.serve_address)
-            except ConfigurationError as exc:
-                raise MountError(str(exc)) from None
+        # Addresses are taken before mounting: a port in use must not leave a dead mount.
+        listener = monitor_listener = None
         try:
+            if options.serve is not None:
+                listener = listen_presigned(transfers.settings, *options.serve_address)
+            if options.metrics is not None:
+                monitor_listener = monitor.listen(options.metrics)
             pyfuse3.init(ops, str(options.mountpoint_abs), _fuse_options(options))
-        except RuntimeError as exc:
-            if listener is not None:
-                listener.close()
+        except (ConfigurationError, RuntimeError) as exc:
+            for sock in (listener, monitor_listener):
+                if sock is not None:
+                    sock.close()
+            if isinstance(exc, ConfigurationError):
+                raise MountError(str(exc)) from None
             raise MountError(f"the kernel refused the mount at {options.mountpoint_abs} ({exc})") from None
         stopped_by_us = False
         ready = False
@@ -306,6 +310,8 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
                 if listener is not None:
                     url = await nursery.start(functools.partial(serve_presigned, transfers, sock=listener))
                     log.info("presigned URLs served at %s", url)
+                if monitor_listener is not None:
+                    await nursery.start(monitor.serve, ns.health, monitor_listener)
                 device = await _wait_answering(options.mountpoint_abs)
                 _widen_readahead(device)
                 log.info("mounted %s at %s (the kernel caches entries and attributes for %g s)",

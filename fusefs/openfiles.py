@@ -461,6 +461,10 @@ class OpenFiles:
     def get(self, ino: int) -> OpenFile | None:
         return self._files.get(ino)
 
+    def spooled_bytes(self) -> int:
+        """What the spools of the files open for writing hold (the metrics' scrape asks, from its thread)."""
+        return sum(file.spool.size for file in list(self._files.values()) if file.spool is not None)
+
     def handle(self, fh: int) -> Handle:
         return self._handles[fh]
 

@@ -32,6 +32,7 @@ from core.errors import (
     ProviderError,
     ReadOnlyError,
 )
+from core.infra import metrics
 from core.models import Scope
 from core.nodes import SPECIAL_KINDS, Node, NodeKind, NodeRole, Space
 from core.tree import grid
@@ -61,6 +62,7 @@ _PUBLISHING = frozenset({"flush", "fsync", "release"})
 SHUTDOWN_BOUND = 10.0  # seconds the clean-up at unmount may take
 _USER_XATTRS = XATTR_USER_PREFIX.encode()
 _CREATE_RACES = 10  # creates that find the name taken, then gone again, before they give up
+_READ_BYTES, _WRITTEN_BYTES = metrics.FUSE_BYTES.labels("read"), metrics.FUSE_BYTES.labels("write")
 _NAME_RACES = 10  # unlinks and renames that find the node they looked up replaced at its name, before they give up
 
 
@@ -122,6 +124,7 @@ class Operations(pyfuse3.Operations):
         self.attrs = Attributes(self.inodes, callers, os.getgid())
         self.xattrs = Xattrs(presigner, ns.limits)
         self.files = OpenFiles(ns, spool_dir, self._spawn, self._invalidate)
+        metrics.SPOOL_BYTES.set_function(self.files.spooled_bytes)
         self._dirs: dict[int, OpenDirectory] = {}
         self.readdir_page = readdir_page
         self._next_dir = 1
@@ -479,7 +482,9 @@ class Operations(pyfuse3.Operations):
     @fuse_call
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         try:
-            return await self.files.handle(fh).file.read(off, size)
+            data = await self.files.handle(fh).file.read(off, size)
+            _READ_BYTES.inc(len(data))
+            return data
         except ArtifactNotFoundError:
             # The version this descriptor reads was replaced or removed through another face of
             # the store, which dropped its blob: the handle is stale (as over NFS), not the name missing.
@@ -492,6 +497,7 @@ class Operations(pyfuse3.Operations):
         except ArtifactNotFoundError:
             # The first write keeps the bytes around it, of the version this descriptor opened: as in read().
             raise pyfuse3.FUSEError(errno.ESTALE) from None
+        _WRITTEN_BYTES.inc(len(buf))
         return len(buf)
 
     @fuse_call

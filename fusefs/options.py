@@ -46,6 +46,7 @@ class MountOptions(BaseModel):
     admin_uids: frozenset[int] = frozenset()
     debug: bool = False
     serve: str | None = None  # --serve: None off, "" the default address, else HOST:PORT
+    metrics: str | None = None  # --metrics HOST:PORT: /metrics and /healthz (core.transfers.monitor)
     request_timeout: float = Field(default=REQUEST_TIMEOUT, gt=0, le=MAX_REQUEST_TIMEOUT)  # --request-timeout SECONDS
     # --cache-timeout SECONDS: how long the kernel may answer lookups and stats from its caches (as other FUSE
     # filesystems' entry_timeout/attr_timeout). None: 5 s, or 1 s on a store other hosts change (fusefs.attrs).

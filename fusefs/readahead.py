@@ -34,12 +34,14 @@ import trio
 
 from core.backends.blobs.base import BlobReader
 from core.errors import ArtifactCorruptedError
+from core.infra import metrics
 
 log = logging.getLogger("artifactfs.mount")
 
 WINDOW = 1 << 20
 DEPTH = 4
 CLOSE_WAIT = 5.0  # seconds close() waits for fetches to stop
+_HIT, _MISS, _RANDOM = (metrics.READAHEAD.labels(result) for result in ("hit", "miss", "random"))
 SMALL = 128 * 1024  # a blob this small is read whole at the first read: one request, checked at once
 
 
@@ -98,9 +100,12 @@ class ReadAhead:
         sequential = self._last - 1 <= first <= self._last + 1
         self._last = max(self._last, last)
         if not sequential:
+            _RANDOM.inc()
             self._stop_verifying()
             self._drop(lambda index: True)
             return await self._reader.read(offset, length)
+        ahead = self._chunks.get(first)
+        (_HIT if ahead is not None and ahead.ready.is_set() else _MISS).inc()
         await self._hashed(first - 2 * DEPTH)  # hashing lags behind: hold the reader, not the chunks
         # One behind: requests may come a little out of order. Chunks further behind are forgotten but
         # not called off: one still in flight has a reader waiting for it (the kernel's requests overtake

@@ -24,6 +24,7 @@ from core.config import backends_of, build_backends, build_transfers, checked
 from core.errors import ArtifactStoreError
 from core.infra.clock import SystemClock
 from core.settings import Settings
+from core.transfers import monitor
 from core.transfers.service import serve
 from core.tree.namespace import Namespace
 from fusefs.options import COMMAND_DEFAULTS, default_data_dir
@@ -39,16 +40,24 @@ def settings_for(data_dir: Path | None, public_url: str | None = None, *, settin
 
 
 async def run_service(
-    settings: Settings, host: str | None, port: int | None, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    settings: Settings, host: str | None, port: int | None, metrics: str | None = None, *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Open the backends ``settings`` names and serve until cancelled; reports the URL once listening."""
+    """Open the backends ``settings`` names and serve until cancelled; reports the URL once listening.
+
+    ``metrics``: also serve ``/metrics`` and ``/healthz`` at that ``HOST:PORT``.
+    """
+    monitor_listener = monitor.listen(metrics) if metrics is not None else None  # before anything else
     blobs, meta = build_backends(settings)
     await blobs.open()
     await meta.open()
     try:
         ns = Namespace(meta, blobs, SystemClock(), settings.limits)
         transfers = build_transfers(ns, settings)
-        await serve(transfers, host, port, task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            if monitor_listener is not None:
+                await nursery.start(monitor.serve, ns.health, monitor_listener)
+            await serve(transfers, host, port, task_status=task_status)
     finally:
         with trio.CancelScope(shield=True):
             await meta.close()
@@ -64,7 +73,7 @@ async def _main(args: argparse.Namespace) -> None:
             "serve them from that process with core.transfers.service.serve(store.transfers)"
         )
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(run_service, settings, args.host, args.port)
+        url = await nursery.start(run_service, settings, args.host, args.port, args.metrics)
         print(f"artifactfs serve: {url} (data dir {settings.fs_root})", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:

@@ -29,9 +29,11 @@ EXTRA_OF_PLACE = {
     "core/backends/uploads/redis.py": "redis",
     "core/transfers/service.py": "serve",
     "core/transfers/connections.py": "serve",
+    "core/transfers/monitor.py": "serve",
+    "core/infra/metrics.py": "metrics",
     "fusefs/": "all",
 }
-OPTIONAL_MODULES = ("pyfuse3", "trio", "redis", "aioboto3", "botocore", "aiohttp", "yarl", "hypercorn")
+OPTIONAL_MODULES = ("pyfuse3", "trio", "redis", "aioboto3", "botocore", "aiohttp", "yarl", "hypercorn", "prometheus_client")
 
 
 def _names(requirements: list[str]) -> set[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from core.api.base import StoreBase
+from core.models import BackendHealth
+from core.tree.namespace import HEALTH_TIMEOUT
 from core.errors import (
     ArtifactStoreError,
     StoreClosedError,
@@ -39,6 +41,15 @@ class StatusApi(StoreBase):
             "session_manager": {"default_session_ttl": ns.limits.session_ttl, "default_ttl": ns.limits.default_ttl},
             "limits": ns.limits.model_dump(),
         }
+
+    async def health_check(self, timeout: float = HEALTH_TIMEOUT) -> bool:
+        """Whether both backends answer within ``timeout`` seconds (the reference's health check)."""
+        return all(part.ok for part in (await self.health(timeout)).values())
+
+    async def health(self, timeout: float = HEALTH_TIMEOUT) -> dict[str, BackendHealth]:
+        """Each backend's probe: answered or not, how fast, and why not (``/healthz`` answers this)."""
+        ns = await self._ready()
+        return await ns.health(timeout)
 
     async def validate_configuration(self) -> dict[str, Any]:
         """Probe both backends; never raises for a backend fault, reports it."""

@@ -13,8 +13,10 @@ from core.api.listing import ListingApi
 from core.api.presign import PresignApi
 from core.api.sessions import SessionsApi
 from core.api.status import StatusApi
+from core.infra.metrics import instrumented
 
 
+@instrumented  # every public call timed and counted (artifact_operation_duration_seconds, ...)
 class ArtifactStore(FilesApi, ListingApi, SessionsApi, PresignApi, StatusApi):
     """An artifact store over one blob backend and one metadata backend.
 

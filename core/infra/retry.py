@@ -16,6 +16,7 @@ import anyio
 from pydantic import BaseModel, Field
 
 from core.errors import ArtifactStoreError, ProviderError
+from core.infra import metrics
 
 T = TypeVar("T")
 
@@ -47,11 +48,17 @@ async def retrying(
     pauses = policy.delays()
     while True:
         try:
-            return await attempt()
+            result = await attempt()
         except Exception as exc:
             if not transient(exc):
+                metrics.backend_request(what, "error")  # an answer, if not a happy one (a missing key)
                 raise
             pause = next(pauses, None)
             if pause is None:
+                metrics.backend_request(what, "gave_up")
                 raise error(f"{what} failed after {policy.attempts} attempts: {exc!r}") from exc
+            metrics.backend_request(what, "retried")
+        else:
+            metrics.backend_request(what, "ok")
+            return result
         await anyio.sleep(pause)

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+
+from core.errors import ConfigurationError
 
 log = logging.getLogger("artifactfs.presign")
 
@@ -153,3 +156,22 @@ async def serve_connections(
         await listener.aclose()
         await context.terminated.set()  # keep-alive connections close once their request ends
         connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+
+
+def bind(host: str, port: int, what: str, hint: str) -> socket.socket:
+    """A listening socket on ``host``:``port`` (0 picks a free port), or a :class:`ConfigurationError`
+    in one sentence: ``what`` cannot listen there, why, and ``hint`` (where the address is set)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigurationError(f"{what} cannot listen on {host}:{port}: {reason}; choose another address ({hint})") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """``http://host:port`` of a listening socket."""
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"

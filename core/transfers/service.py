@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import os
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,7 +39,6 @@ from core.errors import (
     ArtifactNotFoundError,
     ArtifactStoreError,
     ArtifactTooLargeError,
-    ConfigurationError,
     InvalidArgumentError,
     ProviderError,
     QuotaExceededError,
@@ -49,6 +47,7 @@ from core.errors import (
 )
 from core.infra.fdlimit import connection_cap, raise_fd_limit
 from core.settings import PresignSettings
+from core.transfers.connections import bind, url_of
 from core.transfers.engine import Download, Transfers
 from core.transfers.urls import Grant, Refusal, TargetKind
 from core.tree.namespace import NS
@@ -340,19 +339,10 @@ def listen(settings: PresignSettings, host: str | None = None, port: int | None 
     :func:`serve`. An address it cannot take is a :class:`ConfigurationError`
     that says so in one sentence.
     """
-    host = settings.host if host is None else host
-    port = settings.port if port is None else port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise ConfigurationError(
-            f"the presign service cannot listen on {host}:{port}: {reason}; choose another address "
-            "(the command's address option, or ARTIFACT_SERVE_HOST / ARTIFACT_SERVE_PORT)"
-        ) from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    return bind(
+        settings.host if host is None else host, settings.port if port is None else port, "the presign service",
+        "the command's address option, or ARTIFACT_SERVE_HOST / ARTIFACT_SERVE_PORT",
+    )
 
 
 async def serve(
@@ -372,8 +362,7 @@ async def serve(
     cap = connection_cap(settings.max_connections, raise_fd_limit())
     if sock is None:
         sock = listen(settings, host, port)
-    bound_host, bound_port = sock.getsockname()[:2]
-    url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
+    url = url_of(sock)
     if settings.base_url is None:
         transfers.base_url = url
 

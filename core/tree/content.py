@@ -37,6 +37,7 @@ from core.errors import (
     ProviderError,
     StaleRecordError,
 )
+from core.infra import metrics
 from core.nodes import Node
 from core.tree.base import EMPTY_SHA256, MAX_COMMIT_RACES, Change, TreeBase, adopt
 from core.tree.grid import parse_grid_key
@@ -286,6 +287,7 @@ class Content(TreeBase):
                 await self.discard_blob(art.blob_key)
             raise
         await self.settle_blobs(art.blob_key, superseded - {art.blob_key})
+        metrics.stored(node.size, new=False)
         adopt(node, attempt)
         return node
 

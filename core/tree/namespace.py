@@ -10,14 +10,18 @@ the metadata commit makes it visible, and only then is the old blob removed.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
+
+import anyio
 
 from core.backends.blobs.base import BlobStore
 from core.backends.meta.base import ChildrenPage, Cover, MetaStore
 from core.errors import (
     AlreadyExistsError,
     ArtifactExpiredError,
+    ArtifactStoreError,
     ArtifactNotFoundError,
     CrossScopeError,
     DirectoryLinkError,
@@ -30,8 +34,9 @@ from core.errors import (
     StaleRecordError,
     TooManyLinksError,
 )
+from core.infra import metrics
 from core.infra.clock import Clock
-from core.models import Scope, Usage
+from core.models import BackendHealth, Scope, Usage
 from core.nodes import (
     MADE_BY_UID,
     MAX_LINKS,
@@ -65,6 +70,9 @@ def _filename(node: Node, known: Mapping[int, Node]) -> str:
         parts.append(parent.name)
         parent = known.get(parent.parent)
     return "/".join(reversed(parts))
+
+
+HEALTH_TIMEOUT = 5.0  # seconds a backend has to answer a health probe
 
 
 class _FixedInos(NamedTuple):
@@ -106,6 +114,29 @@ class Namespace(Content, Quotas):
     async def check_meta(self) -> None:
         """Raise the backend's error if the metadata store does not answer."""
         await self.meta.get(ROOT_INO)
+
+    async def health(self, timeout: float = HEALTH_TIMEOUT) -> dict[str, BackendHealth]:
+        """Probe the metadata and blob stores at once, each within ``timeout`` seconds (retries included).
+
+        Never raises for a backend's fault: that is the answer.
+        """
+        found: dict[str, BackendHealth] = {}
+
+        async def probe(name: str, check: Callable[[], Awaitable[None]]) -> None:
+            start = time.monotonic()
+            error: str | None = f"no answer within {timeout:g} s"
+            with anyio.move_on_after(timeout):
+                try:
+                    await check()
+                    error = None
+                except ArtifactStoreError as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+            found[name] = BackendHealth(ok=error is None, seconds=round(time.monotonic() - start, 6), error=error)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(probe, "metadata", self.check_meta)
+            tg.start_soon(probe, "blobs", self.check_blobs)
+        return {name: found[name] for name in ("metadata", "blobs")}
 
     async def totals(self) -> Usage:
         return await self.meta.totals()
@@ -504,6 +535,7 @@ class Namespace(Content, Quotas):
         cover = await self._session_cover(node.space, parent, root)
         node, _ = await self._insert(node, replace=replace, cover=cover)  # which queued a replaced file's blob
         await self.settle_blobs(node.artifact.blob_key if node.artifact is not None else None, [])
+        metrics.stored(node.size, new=True)
         return node
 
     async def symlink(self, parent: Node, name: str, target: str, uid: int = 0, gid: int = 0) -> Node:

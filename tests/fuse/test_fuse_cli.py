@@ -77,9 +77,14 @@ def test_the_kernel_cache_time_is_a_mount_option(mount: Mount) -> None:
     wait_for(lambda: line in mount.log_text(), 10, "the mount's ready line")
 
 
-def test_a_presign_port_in_use_is_one_line_and_leaves_no_dead_mount(tmp_path: Path) -> None:
-    """Regression (issue #11): with the port taken, the mount answered "unexpected error" and left
-    a dead mount (Transport endpoint is not connected) at its mountpoint."""
+@pytest.mark.semantics("S-metrics")
+@pytest.mark.parametrize(("option", "served"), [
+    ("--serve", "presigned URLs served at http://127.0.0.1:{port}"),
+    ("--metrics", "metrics at http://127.0.0.1:{port}/metrics"),
+], ids=["serve", "metrics"])
+def test_a_port_in_use_is_one_line_and_leaves_no_dead_mount(tmp_path: Path, option: str, served: str) -> None:
+    """Regression (issue #11): with the presign port taken, the mount answered "unexpected error" and
+    left a dead mount (Transport endpoint is not connected) at its mountpoint. The metrics port too."""
     mnt, data = tmp_path / "mnt", tmp_path / "data"
     mnt.mkdir()
     with socket.socket() as taken:
@@ -87,15 +92,15 @@ def test_a_presign_port_in_use_is_one_line_and_leaves_no_dead_mount(tmp_path: Pa
         taken.listen()
         port = taken.getsockname()[1]
         for extra in ([], ["--foreground"]):
-            done = artifactfs("mount", mnt, "--data-dir", data, "--serve", f"127.0.0.1:{port}", *extra)
+            done = artifactfs("mount", mnt, "--data-dir", data, option, f"127.0.0.1:{port}", *extra)
             assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
             assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "in use" in done.stderr, done.stderr
             assert not is_mounted(mnt)
             assert os.listdir(mnt) == []  # a plain empty directory, not a dead mount
-    done = artifactfs("mount", mnt, "--data-dir", data, "--serve", f"127.0.0.1:{port}")  # free now
+    done = artifactfs("mount", mnt, "--data-dir", data, option, f"127.0.0.1:{port}")  # free now
     try:
         assert done.returncode == 0, done.stderr
-        assert f"presigned URLs served at http://127.0.0.1:{port}" in (data / "mount.log").read_text()
+        assert served.format(port=port) in (data / "mount.log").read_text()
     finally:
         assert artifactfs("umount", mnt).returncode == 0
 
