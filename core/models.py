@@ -135,6 +135,27 @@ class Usage(BaseModel):
     files: int = 0
 
 
+class Reclaimed(BaseModel):
+    """What a collection gave back (or, dry, would): artifacts and their bytes."""
+
+    files: int = 0
+    bytes: int = 0
+
+    def add(self, files: int, size: int) -> None:
+        self.files += files
+        self.bytes += size
+
+
+class GcReport(BaseModel):
+    """What ``gc`` reclaimed, or with ``dry_run`` would reclaim, by kind."""
+
+    dry_run: bool
+    expired: Reclaimed = Field(default_factory=Reclaimed)  # artifacts past their TTL, their sessions with them
+    blobs: int = 0  # blobs past their grace period (deleted, replaced versions, dead writers' uploads)
+    uploads: int = 0  # upload records past their window, with their bytes
+    spool: Reclaimed = Field(default_factory=Reclaimed)  # staged writes a dead mount left in its data dir
+
+
 class BackendHealth(BaseModel):
     """Whether one backend answered a probe in time, how long it took, and why not."""
 

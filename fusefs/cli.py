@@ -2,9 +2,10 @@
 
     artifactfs mount MOUNTPOINT [--sandbox S] [--data-dir D] [--foreground] [-o allow_other]
                                 [--map-user NAME=UID ...] [--admin-uid UID ...] [--serve [HOST:PORT]]
-                                [--request-timeout SECONDS] [--cache-timeout SECONDS]
+                                [--request-timeout SECONDS] [--cache-timeout SECONDS] [--metrics HOST:PORT]
     artifactfs umount [--force] MOUNTPOINT
-    artifactfs serve [--data-dir D] [--host H] [--port N] [--public-url URL]   (fusefs.serve_cmd)
+    artifactfs serve [--data-dir D] [--host H] [--port N] [--public-url URL] [--metrics HOST:PORT]   (fusefs.serve_cmd)
+    artifactfs gc [--data-dir D] [--dry-run]   (fusefs.gc_cmd)
 
 The environment is read once per command, by :meth:`core.settings.Settings.from_env`;
 :func:`run` takes the store's clock as a parameter, so a caller (a test) can
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--debug", action="store_true",
                        help="verbose logging to the mount's log file: every request, with its metadata round trips")
 
+    gc = commands.add_parser(
+        "gc", help="reclaim expired artifacts, blobs past their grace period, expired uploads and a dead mount's spool",
+    )
+    gc.add_argument("--data-dir", type=Path, default=None, help=f"the store's data dir (default: {DATA_DIR_HELP})")
+    gc.add_argument("--dry-run", action="store_true", help="count what would be reclaimed; change nothing")
+
     umount = commands.add_parser("umount", help="unmount MOUNTPOINT and wait for its process to finish")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     umount.add_argument(
@@ -188,6 +195,10 @@ def run(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int
             from fusefs.serve_cmd import run as serve
 
             return serve(args)
+        if args.command == "gc":
+            from fusefs.gc_cmd import run as gc
+
+            return gc(args)
         from fusefs import mount as lifecycle
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in _EXTRA_MODULES:

@@ -56,6 +56,7 @@ _DOT, _DOTDOT = b".", b".."
 # it may stay only in the page cache (fsync() makes it durable at once).
 SYNC_SECONDS = 5.0
 GC_SECONDS = 300.0  # how often a mount deletes the blobs whose grace period is over
+GC_EXPIRED_BATCHES = 10  # batches of expired nodes (up to 1,000 each) a mount removes per sweep
 # A close or fsync may take longer than an ordinary request by the time its bytes need to go out.
 PUBLISH_BYTES_PER_SECOND = 1 << 20
 _PUBLISHING = frozenset({"flush", "fsync", "release"})
@@ -153,9 +154,16 @@ class Operations(pyfuse3.Operations):
         while True:
             await trio.sleep(GC_SECONDS)
             try:
-                await self.ns.collect_garbage()
+                await self.collect_once()
             except Exception:
-                log.exception("background gc of deferred blobs failed; retrying in %s s", GC_SECONDS)
+                log.exception("background gc failed; retrying in %s s", GC_SECONDS)
+
+    async def collect_once(self) -> None:
+        """One background sweep: expired entries (a bounded number of batches, so a backlog is worked
+        off over several sweeps rather than in one long one), then the blobs past their grace period.
+        No library process is needed for expiry to free anything (issue #11)."""
+        await self.ns.collect_expired(batches=GC_EXPIRED_BATCHES)
+        await self.ns.collect_garbage()
 
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         assert self._nursery is not None, "Operations.start() was not called"

@@ -536,6 +536,21 @@ class Transfers:
             return False
         return True
 
+    async def expired_uploads(self) -> int:
+        """How many uploads :meth:`collect_expired` would remove now (a dry run)."""
+        now = self.ns.now()
+        found = 0
+        for upload_id in await self.registry.ids():
+            try:
+                record = await self.registry.get(upload_id)
+            except ArtifactCorruptedError:
+                found += 1
+                continue
+            found += record is not None and record.expires_at_ns <= now and not (
+                record.state is UploadState.COMPLETING and now - record.state_since_ns < STALE_COMPLETION_S * NS
+            )
+        return found
+
     async def collect_expired(self) -> int:
         """Remove uploads past their window with their bytes; returns how many."""
         now = self.ns.now()

@@ -315,6 +315,11 @@ class Content(TreeBase):
         if superseded or met:
             await self.meta.defer_delete(superseded, self.grace_deadline(), forget=met)
 
+    async def due_blobs(self) -> int:
+        """How many queued blobs :meth:`collect_garbage` would delete now (a dry run)."""
+        due = await self.meta.due_deletions(self.now(), 1_000_000)
+        return sum([not await self.blob_is_named(key) for key, _ in due])
+
     async def collect_garbage(self, now_ns: int | None = None) -> int:
         """Delete the queued blobs that are due and that no record names; returns the blobs deleted.
 

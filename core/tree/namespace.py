@@ -9,6 +9,7 @@ the metadata commit makes it visible, and only then is the old blob removed.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -36,7 +37,7 @@ from core.errors import (
 )
 from core.infra import metrics
 from core.infra.clock import Clock
-from core.models import BackendHealth, Scope, Usage
+from core.models import BackendHealth, Reclaimed, Scope, Usage
 from core.nodes import (
     MADE_BY_UID,
     MAX_LINKS,
@@ -757,27 +758,48 @@ class Namespace(Content, Quotas):
                 raise InvalidArgumentError("cannot move a directory into itself")
             cursor = await self.meta.get(cursor.parent)
 
-    async def purge(self, node: Node) -> int:
-        """Remove a whole subtree with its blobs; returns the files removed."""
+    async def purge(self, node: Node, into: Reclaimed | None = None) -> int:
+        """Remove a whole subtree with its blobs; returns the files removed (and adds them, with
+        their bytes, to ``into``)."""
         removed = 0
         if node.is_dir:
             for child in await self.meta.children(node.ino):
-                removed += await self.purge(child)
+                removed += await self.purge(child, into)
         gone = await self.meta.remove(node, drop_at_ns=self.grace_deadline())  # which queues the blob of what goes
         if gone is not None and gone.is_file and gone.last_name:  # None: moved or removed meanwhile, not ours to purge
             removed += 1
+            if into is not None:
+                into.add(1, gone.size)
         return removed
 
     # -- expiry
 
-    async def collect_expired(self) -> int:
-        """Delete expired artifacts, sessions and their blobs; returns artifacts removed."""
+    async def collect_expired(self, into: Reclaimed | None = None, *, batches: int | None = None) -> int:
+        """Delete expired artifacts, sessions and their blobs; returns artifacts removed.
+
+        ``batches``: stop after that many batches of expired nodes (a
+        background sweep at a bounded rate), else go on until none is left.
+        """
         removed = 0
-        while True:
+        for _ in itertools.count() if batches is None else range(batches):
             batch = await self.meta.expired(self.now())
             if not batch:
-                return removed
+                break
             for node in batch:
                 if await self.meta.get(node.ino) is not None:
-                    removed += await self.purge(node)
+                    removed += await self.purge(node, into)
+        return removed
+
+    async def expired_now(self, limit: int = 1_000_000) -> Reclaimed:
+        """What :meth:`collect_expired` would remove now (a dry run): the expired files, and the
+        files below expired directories (sessions), each counted once."""
+        found = Reclaimed()
+        counted: set[int] = set()
+        for node in await self.meta.expired(self.now(), limit):
+            below = await self.meta.subtree(node.ino) if node.is_dir else [node]
+            for file in below:
+                if file.is_file and file.ino not in counted:
+                    counted.add(file.ino)
+                    found.add(1, file.size)
+        return found
 

@@ -98,3 +98,23 @@ async def test_an_expired_sessions_name_makes_a_new_empty_session(tmp_path: Path
         await k.write_file("sessions/s1/f", b"new")
         assert await k.ino("sessions/s1/f") != old
         assert await k.read_file("sessions/s1/f") == b"new"
+
+
+@pytest.mark.semantics("S-expiry-collect")
+async def test_the_mount_reaps_expired_entries_itself(tmp_path: Path) -> None:
+    """Regression (issue #11): expired bytes stayed stored until a library process happened to
+    call cleanup_expired_sessions(); the mount's own background sweep removes them now."""
+    clock = ManualClock(START)
+    async with kernel(tmp_path, clock=clock) as k:
+        await k.write_file("sessions/s1/out/deep.txt", b"deep")
+        await k.write_file("users/alice/forever.txt", b"no ttl")
+        expired = await k.ns.meta.find_artifact((await k.getxattr("sessions/s1/out/deep.txt", "user.artifact.id")).decode())
+        assert expired is not None and expired.artifact is not None
+        clock.advance(901)
+        await k.ops.collect_once()
+        assert await k.ns.meta.get(expired.ino) is None  # the record, not just hidden
+        assert expired.artifact.blob_key in await k.ns.meta.pending_deletions()  # its bytes wait out the grace period
+        assert await k.read_file("users/alice/forever.txt") == b"no ttl"
+        clock.advance(k.ns.limits.blob_grace + 1)
+        await k.ops.collect_once()
+        assert await k.ns.meta.pending_deletions() == []

@@ -1,0 +1,90 @@
+"""``artifactfs gc [--data-dir D] [--dry-run]``: reclaim what nothing needs any more (issue #11).
+
+The store's part is :meth:`core.api.maintenance.MaintenanceApi.gc`; this
+command adds the data dir's own: the spool a mount that died left behind,
+taken only while no mount holds the data dir (its lock is held meanwhile,
+so none starts). Safe from cron on every host of a shared store at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import trio
+
+from core import ArtifactStore
+from core.config import backends_of
+from core.errors import ArtifactStoreError
+from core.models import GcReport, Reclaimed
+from core.settings import Settings
+from fusefs.mount import SPOOL_DIR, DataDirLock, MountError
+from fusefs.serve_cmd import settings_for
+
+
+def spool_leftovers(data_dir: Path, *, dry_run: bool) -> Reclaimed | None:
+    """The files a dead mount staged in ``data_dir``, removed unless ``dry_run``; None while a mount runs."""
+    spool = data_dir / SPOOL_DIR
+    if not spool.is_dir():
+        return Reclaimed()
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire(Path("(artifactfs gc)"))
+    except MountError:
+        return None  # a live mount owns its spool
+    try:
+        found = Reclaimed()
+        for path in sorted(spool.rglob("*"), reverse=True):  # files before the directories holding them
+            if path.is_file() or path.is_symlink():
+                found.add(1, path.lstat().st_size)
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+            elif not dry_run:
+                path.rmdir()
+        return found
+    finally:
+        lock.release()
+
+
+def describe(report: GcReport, spool: Reclaimed | None) -> list[str]:
+    """One line per kind: what was (or, dry, would be) reclaimed."""
+    verb = "would reclaim" if report.dry_run else "reclaimed"
+    lines = [
+        f"expired artifacts: {report.expired.files} ({_size(report.expired.bytes)})",
+        f"blobs past their grace period: {report.blobs}",
+        f"expired uploads: {report.uploads}",
+        "spool of a dead mount: skipped, a mount is running" if spool is None
+        else f"spool of a dead mount: {spool.files} files ({_size(spool.bytes)})",
+    ]
+    return [f"artifactfs gc {verb}:", *(f"  {line}" for line in lines)]
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+async def _collect(settings: Settings, dry_run: bool) -> GcReport:
+    async with ArtifactStore(settings=settings) as store:
+        return await store.gc(dry_run=dry_run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run with already-parsed arguments (the ``artifactfs`` CLI's subcommand)."""
+    try:
+        settings = settings_for(args.data_dir)
+        if backends_of(settings)[0].in_memory:
+            print("artifactfs gc: the memory backend keeps artifacts inside one process; nothing to collect here",
+                  file=sys.stderr)
+            return 1
+        report = trio.run(_collect, settings, args.dry_run)
+        spool = spool_leftovers(Path(settings.fs_root), dry_run=args.dry_run)
+    except (ArtifactStoreError, OSError) as exc:
+        print(f"artifactfs gc: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(describe(report, spool)))
+    return 0
