@@ -28,7 +28,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -536,38 +536,38 @@ class Transfers:
             return False
         return True
 
+    async def _records(self) -> AsyncIterator[tuple[str, UploadRecord | None]]:
+        """Every upload's record, None for one that cannot be read (corrupted): gc's walk."""
+        for upload_id in await self.registry.ids():
+            try:
+                yield upload_id, await self.registry.get(upload_id)
+            except ArtifactCorruptedError:
+                yield upload_id, None
+
+    @staticmethod
+    def _due(record: UploadRecord, now: int) -> bool:
+        """Whether gc removes ``record``: past its window, and not being completed right now."""
+        completing = record.state is UploadState.COMPLETING and now - record.state_since_ns < STALE_COMPLETION_S * NS
+        return record.expires_at_ns <= now and not completing
+
     async def expired_uploads(self) -> int:
         """How many uploads :meth:`collect_expired` would remove now (a dry run)."""
         now = self.ns.now()
-        found = 0
-        for upload_id in await self.registry.ids():
-            try:
-                record = await self.registry.get(upload_id)
-            except ArtifactCorruptedError:
-                found += 1
-                continue
-            found += record is not None and record.expires_at_ns <= now and not (
-                record.state is UploadState.COMPLETING and now - record.state_since_ns < STALE_COMPLETION_S * NS
-            )
-        return found
+        return sum([record is None or self._due(record, now) async for _, record in self._records()])
 
     async def collect_expired(self) -> int:
         """Remove uploads past their window with their bytes; returns how many."""
         now = self.ns.now()
         collected = 0
-        for upload_id in await self.registry.ids():
-            try:
-                record = await self.registry.get(upload_id)
-            except ArtifactCorruptedError:
-                await self.registry.discard(upload_id)
-                continue
+        async for upload_id, record in self._records():
             if record is None:
+                await self.registry.discard(upload_id)
                 continue
             if record.expires_at_ns > now:
                 if record.native_id is not None and record.publish_on_upload:
                     await self._settle_quietly(record.upload_id)
                 continue
-            if record.state is UploadState.COMPLETING and now - record.state_since_ns < STALE_COMPLETION_S * NS:
+            if not self._due(record, now):
                 continue
             removed = await self.registry.remove(upload_id, only_open=False)
             if removed is None:
