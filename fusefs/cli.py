@@ -6,6 +6,7 @@
     artifactfs umount [--force] MOUNTPOINT
     artifactfs serve [--data-dir D] [--host H] [--port N] [--public-url URL] [--metrics HOST:PORT]   (fusefs.serve_cmd)
     artifactfs gc [--data-dir D] [--dry-run]   (fusefs.gc_cmd)
+    artifactfs status [MOUNTPOINT | --data-dir D]   (fusefs.status_cmd)
 
 The environment is read once per command, by :meth:`core.settings.Settings.from_env`;
 :func:`run` takes the store's clock as a parameter, so a caller (a test) can
@@ -140,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--data-dir", type=Path, default=None, help=f"the store's data dir (default: {DATA_DIR_HELP})")
     gc.add_argument("--dry-run", action="store_true", help="count what would be reclaimed; change nothing")
 
+    status = commands.add_parser("status", help="what the store holds, and the mount on it if one runs")
+    status.add_argument("mountpoint", type=Path, nargs="?", default=None, metavar="MOUNTPOINT",
+                        help="a mounted store (default: the data dir's)")
+    status.add_argument("--data-dir", type=Path, default=None, help=f"the store's data dir (default: {DATA_DIR_HELP})")
+
     umount = commands.add_parser("umount", help="unmount MOUNTPOINT and wait for its process to finish")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     umount.add_argument(
@@ -199,6 +205,10 @@ def run(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int
             from fusefs.gc_cmd import run as gc
 
             return gc(args)
+        if args.command == "status":
+            from fusefs.status_cmd import run as status
+
+            return status(args)
         from fusefs import mount as lifecycle
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in _EXTRA_MODULES:

@@ -51,16 +51,17 @@ def describe(report: GcReport, spool: Reclaimed | None) -> list[str]:
     """One line per kind: what was (or, dry, would be) reclaimed."""
     verb = "would reclaim" if report.dry_run else "reclaimed"
     lines = [
-        f"expired artifacts: {report.expired.files} ({_size(report.expired.bytes)})",
+        f"expired artifacts: {report.expired.files} ({size_text(report.expired.bytes)})",
         f"blobs past their grace period: {report.blobs}",
         f"expired uploads: {report.uploads}",
         "spool of a dead mount: skipped, a mount is running" if spool is None
-        else f"spool of a dead mount: {spool.files} files ({_size(spool.bytes)})",
+        else f"spool of a dead mount: {spool.files} files ({size_text(spool.bytes)})",
     ]
     return [f"artifactfs gc {verb}:", *(f"  {line}" for line in lines)]
 
 
-def _size(count: int) -> str:
+def size_text(count: int) -> str:
+    """A byte count as people read it: 2048 -> 2.0 KiB."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if count < 1024 or unit == "GiB":
             return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"

@@ -113,25 +113,31 @@ class DataDirLock:
             self.forget()
 
     @staticmethod
-    def signal_holder(data_dir: Path, signum: int) -> bool:
-        """Send ``signum`` to the process that holds ``data_dir``; False if none does."""
+    def holder(data_dir: Path) -> tuple[int, str] | None:
+        """The pid and mountpoint of the mount that holds ``data_dir``, or None if none does."""
         path = data_dir / LOCK_FILE
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return False
+            return None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return False  # nobody holds it
+                return None  # nobody holds it
             except BlockingIOError:
-                pid = os.pread(fd, 64, 0).split(b"\n", 1)[0]
+                pid, _, where = os.pread(fd, 4096, 0).decode(errors="replace").partition("\n")
         finally:
             os.close(fd)
-        if not pid.isdigit():
+        return (int(pid), where.strip()) if pid.isdigit() else None
+
+    @staticmethod
+    def signal_holder(data_dir: Path, signum: int) -> bool:
+        """Send ``signum`` to the process that holds ``data_dir``; False if none does."""
+        held = DataDirLock.holder(data_dir)
+        if held is None:
             return False
         try:
-            os.kill(int(pid), signum)
+            os.kill(held[0], signum)
         except ProcessLookupError:
             return False
         return True
@@ -501,8 +507,7 @@ def umount(mountpoint: Path, *, say: Callable[[str], None], force: bool = False)
     if not fstype.startswith("fuse"):
         say(f"artifactfs: {path} is a {fstype} mount, not an artifactfs one")
         return 1
-    prefix = f"{FS_TYPE}:"
-    data_dir = Path(source[len(prefix) :]) if source.startswith(prefix) else None
+    data_dir = data_dir_of(source)
     # --force: the mount process unmounts itself (lazily) on SIGTERM; signalled after a detach, it
     # could find its signal watcher gone already and die mid-clean-up.
     if force and data_dir is not None and DataDirLock.signal_holder(data_dir, signal.SIGTERM):
@@ -524,6 +529,18 @@ def umount(mountpoint: Path, *, say: Callable[[str], None], force: bool = False)
         say(f"artifactfs: unmounted {path}, but its process still holds {data_dir} after {UMOUNT_WAIT:.0f} s")
         return 1
     return 0
+
+
+def data_dir_of(source: str) -> Path | None:
+    """The data dir a mount's source (``artifactfs:<data dir>``, its fsname) names, if it names one."""
+    prefix = f"{FS_TYPE}:"
+    return Path(source[len(prefix) :]) if source.startswith(prefix) else None
+
+
+def mounted_data_dir(mountpoint: Path) -> Path | None:
+    """The data dir of the artifactfs mount at ``mountpoint``, or None if there is none."""
+    entry = _mount_entry(Path(os.path.abspath(mountpoint)))
+    return data_dir_of(entry[1]) if entry is not None and entry[0].startswith("fuse") else None
 
 
 def _mount_entry(path: Path) -> tuple[str, str] | None:

@@ -803,3 +803,14 @@ async def test_a_name_taken_from_a_linked_inode_queues_nothing(meta: MetaStore) 
     assert await meta.pending_deletions() == []
     await meta.remove(f, drop_at_ns=5_000)  # its last name: now it goes
     assert await meta.pending_deletions() == ["blob-f"]
+
+
+async def test_usages_lists_every_account(meta: MetaStore) -> None:
+    home = await scope_root(meta)
+    bob_home = await scope_root(meta, BOB, "bob")
+    await meta.insert(a_file(home.ino, "a", size=3))
+    await meta.insert(a_file(home.ino, "b", size=4))
+    await meta.insert(a_file(bob_home.ino, "c", size=5, space=BOB))
+    found = await meta.usages()
+    assert found[ALICE.usage_key] == Usage(bytes=7, files=2) and found[BOB.usage_key] == Usage(bytes=5, files=1)
+    assert sum(u.bytes for u in found.values()) == (await meta.totals()).bytes

@@ -59,3 +59,19 @@ def test_the_mount_serves_its_metrics_and_health(mount_factory: MountFactory) ->
 def test_a_bad_metrics_address_is_refused_before_anything(tmp_path: Path) -> None:
     done = artifactfs("mount", tmp_path / "mnt", "--data-dir", tmp_path / "data", "--metrics", "nonsense")
     assert done.returncode == 2 and "HOST:PORT" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.semantics("S-status")
+def test_status_shows_the_store_and_the_mount_on_it(mount_factory: MountFactory) -> None:
+    mount = mount_factory()
+    (mount.user_dir("alice") / "a.txt").write_bytes(b"x" * 3000)
+    (mount.user_dir("alice") / "b.txt").write_bytes(b"y" * 72)
+    done = artifactfs("status", mount.mountpoint, env=mount.world.mount_env(mount.data_dir))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("store: blobs on ") and "sandbox app: user 2 artifacts (3.0 KiB)" in done.stdout
+    assert f"mount: pid {mount.process.pid} at {mount.mountpoint}, up " in done.stdout, done.stdout
+    assert "files open for writing: 0" in done.stdout and "last errors: none" in done.stdout
+    mount.stop()
+    after = artifactfs("status", "--data-dir", mount.data_dir, env=mount.world.mount_env(mount.data_dir))
+    assert after.returncode == 0 and f"mount: none on {mount.data_dir}" in after.stdout, after.stdout

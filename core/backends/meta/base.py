@@ -268,6 +268,10 @@ class MetaStore(Protocol):
 
     async def totals(self) -> Usage: ...
 
+    async def usages(self) -> dict[str, Usage]:
+        """Every usage account (``<sandbox>/<scope>/<owner>``) with what it holds: ``status``'s table."""
+        ...
+
     # -- the deletion queue (issue #16): blobs wait here before gc deletes them
 
     async def defer_delete(

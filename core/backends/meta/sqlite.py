@@ -413,6 +413,10 @@ class SQLiteMetaStore:
         row = self.db.execute("SELECT bytes, files FROM usage WHERE key=?", (usage_key,)).fetchone()
         return Usage(bytes=row[0], files=row[1]) if row else Usage()
 
+    async def usages(self) -> dict[str, Usage]:
+        rows = self.db.execute("SELECT key, bytes, files FROM usage ORDER BY key").fetchall()
+        return {key: Usage(bytes=size, files=files) for key, size, files in rows}
+
     async def totals(self) -> Usage:
         row = self.db.execute("SELECT COALESCE(SUM(bytes),0), COALESCE(SUM(files),0) FROM usage").fetchone()
         return Usage(bytes=row[0], files=row[1])

@@ -416,6 +416,17 @@ class RedisMetaStore:
         size, files = await self._call("usage", read)
         return Usage(bytes=int(size or 0), files=int(files or 0))
 
+    async def usages(self) -> dict[str, Usage]:
+        async def read(client: aioredis.Redis, _s: object) -> tuple:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self.key("ub"))
+                pipe.hgetall(self.key("uf"))
+                return await pipe.execute()
+
+        sizes, files = await self._call("usages", read)
+        keys = sorted({*sizes, *files})
+        return {k.decode(): Usage(bytes=int(sizes.get(k, 0)), files=int(files.get(k, 0))) for k in keys}
+
     async def totals(self) -> Usage:
         size, files = await self._call("totals", lambda client, _s: client.hmget(self.key("tot"), "bytes", "files"))
         return Usage(bytes=int(size or 0), files=int(files or 0))

@@ -1,0 +1,114 @@
+"""``artifactfs status [MOUNTPOINT | --data-dir D]``: the store, and the mount on it if one runs (issue #11).
+
+Read only, and never through the mount: the store part opens the backends
+the data dir's settings name (what is stored, per sandbox and scope, and
+the uploads still open), the mount part reads what the mount process leaves
+in its data dir (its lock names its pid and mountpoint; its spool holds the
+files open for writing; its log, the errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import trio
+
+from core import ArtifactStore
+from core.config import backends_of
+from core.errors import ArtifactStoreError
+from core.models import Reclaimed, Usage
+from core.settings import Settings
+from fusefs.gc_cmd import size_text
+from fusefs.mount import LOG_FILE, SPOOL_DIR, DataDirLock, mounted_data_dir
+from fusefs.serve_cmd import settings_for
+
+LAST_ERRORS = 5  # log lines shown
+
+
+async def _store_lines(settings: Settings) -> list[str]:
+    async with ArtifactStore(settings=settings) as store:
+        usages = await store.ns.meta.usages()
+        uploads = len(await store.transfers.registry.ids())
+    blobs, meta = backends_of(settings)
+    lines = [f"store: blobs on {blobs.name}, metadata on {meta.name}"]
+    by_sandbox: dict[str, dict[str, Usage]] = defaultdict(lambda: defaultdict(Usage))
+    for key, usage in usages.items():
+        sandbox, _, rest = key.partition("/")
+        scope = rest.partition("/")[0]
+        held = by_sandbox[sandbox][scope]
+        held.bytes, held.files = held.bytes + usage.bytes, held.files + usage.files
+    for sandbox, scopes in sorted(by_sandbox.items()):
+        parts = [f"{scope} {u.files} artifacts ({size_text(u.bytes)})" for scope, u in sorted(scopes.items())]
+        lines.append(f"  sandbox {sandbox}: " + ", ".join(parts))
+    if not by_sandbox:
+        lines.append("  no artifacts")
+    lines.append(f"  open uploads: {uploads}")
+    return lines
+
+
+def mount_lines(data_dir: Path) -> list[str]:
+    """What the mount process on ``data_dir`` shows of itself, or that none runs."""
+    held = DataDirLock.holder(data_dir)
+    if held is None:
+        return [f"mount: none on {data_dir}"]
+    pid, mountpoint = held
+    spool = Reclaimed()
+    for path in (data_dir / SPOOL_DIR).rglob("*"):
+        if path.is_file():
+            spool.add(1, path.stat().st_size)
+    lines = [
+        f"mount: pid {pid} at {mountpoint or '?'}, up {_uptime(pid)}",
+        f"  files open for writing: {spool.files} (spool {size_text(spool.bytes)})",
+    ]
+    errors = _last_errors(data_dir / LOG_FILE)
+    lines.append("  last errors: none" if not errors else "  last errors:")
+    lines += [f"    {line}" for line in errors]
+    return lines
+
+
+def _uptime(pid: int) -> str:
+    """How long process ``pid`` has run, from /proc (its start in clock ticks after boot)."""
+    try:
+        started = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+        since_boot = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return "?"
+    seconds = int(since_boot - started / os.sysconf("SC_CLK_TCK"))
+    hours, rest = divmod(max(seconds, 0), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _last_errors(log: Path) -> list[str]:
+    """The last few ERROR lines of the mount's log (its tail only: the log may be large)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - (256 << 10)))
+            tail = f.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return [line for line in tail if " ERROR " in line][-LAST_ERRORS:]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run with already-parsed arguments (the ``artifactfs`` CLI's subcommand)."""
+    data_dir = args.data_dir
+    if args.mountpoint is not None:
+        data_dir = mounted_data_dir(args.mountpoint)
+        if data_dir is None:
+            print(f"artifactfs status: {args.mountpoint} is not an artifactfs mount", file=sys.stderr)
+            return 1
+    try:
+        settings = settings_for(data_dir)
+        if backends_of(settings)[0].in_memory:
+            print("artifactfs status: the memory backend keeps artifacts inside one process", file=sys.stderr)
+            return 1
+        lines = trio.run(_store_lines, settings)
+    except (ArtifactStoreError, OSError) as exc:
+        print(f"artifactfs status: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join([*lines, *mount_lines(Path(settings.fs_root))]))
+    return 0
