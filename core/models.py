@@ -156,6 +156,33 @@ class GcReport(BaseModel):
     spool: Reclaimed = Field(default_factory=Reclaimed)  # staged writes a dead mount left in its data dir
 
 
+class ProblemKind(str, Enum):
+    """What ``fsck`` found wrong."""
+
+    UNREADABLE = "unreadable"  # a record fails its signature or cannot be parsed: the walk stops there
+    MISSING_BLOB = "missing-blob"  # a record names a blob the blob store does not have
+    DAMAGED_BLOB = "damaged-blob"  # its bytes do not match the record's size or SHA-256 (--verify-data)
+    USAGE = "usage"  # a usage counter differs from the records it counts
+    SUBDIRS = "subdirs"  # a directory's subdirectory count (st_nlink) differs from its entries
+
+
+class Problem(BaseModel):
+    """One thing ``fsck`` found: where (a path, or the account or inode), what, and the detail."""
+
+    where: str
+    kind: ProblemKind
+    detail: str
+
+
+class FsckReport(BaseModel):
+    """What ``fsck`` checked and found; clean when ``problems`` is empty."""
+
+    nodes: int = 0
+    files: int = 0
+    verified: int = 0  # files whose bytes were read and checked (--verify-data)
+    problems: list[Problem] = Field(default_factory=list)
+
+
 class BackendHealth(BaseModel):
     """Whether one backend answered a probe in time, how long it took, and why not."""
 

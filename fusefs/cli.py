@@ -7,6 +7,7 @@
     artifactfs serve [--data-dir D] [--host H] [--port N] [--public-url URL] [--metrics HOST:PORT]   (fusefs.serve_cmd)
     artifactfs gc [--data-dir D] [--dry-run]   (fusefs.gc_cmd)
     artifactfs status [MOUNTPOINT | --data-dir D]   (fusefs.status_cmd)
+    artifactfs fsck [--data-dir D] [--verify-data]   (fusefs.fsck_cmd)
 
 The environment is read once per command, by :meth:`core.settings.Settings.from_env`;
 :func:`run` takes the store's clock as a parameter, so a caller (a test) can
@@ -141,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--data-dir", type=Path, default=None, help=f"the store's data dir (default: {DATA_DIR_HELP})")
     gc.add_argument("--dry-run", action="store_true", help="count what would be reclaimed; change nothing")
 
+    fsck = commands.add_parser("fsck", help="check records, blobs and counters; change nothing (exit 0 clean, 1 "
+                                             "problems found, 2 could not run)")
+    fsck.add_argument("--data-dir", type=Path, default=None, help=f"the store's data dir (default: {DATA_DIR_HELP})")
+    fsck.add_argument("--verify-data", action="store_true", help="also read every file and check its SHA-256")
+
     status = commands.add_parser("status", help="what the store holds, and the mount on it if one runs")
     status.add_argument("mountpoint", type=Path, nargs="?", default=None, metavar="MOUNTPOINT",
                         help="a mounted store (default: the data dir's)")
@@ -209,6 +215,10 @@ def run(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int
             from fusefs.status_cmd import run as status
 
             return status(args)
+        if args.command == "fsck":
+            from fusefs.fsck_cmd import run as fsck
+
+            return fsck(args)
         from fusefs import mount as lifecycle
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in _EXTRA_MODULES:

@@ -12,15 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import trio
-
-from core import ArtifactStore
-from core.config import backends_of
 from core.errors import ArtifactStoreError
 from core.models import GcReport, Reclaimed
-from core.settings import Settings
 from fusefs.mount import SPOOL_DIR, DataDirLock, MountError
-from fusefs.serve_cmd import settings_for
+from fusefs.store_cmd import on_store
 
 
 def spool_leftovers(data_dir: Path, *, dry_run: bool) -> Reclaimed | None:
@@ -69,20 +64,10 @@ def size_text(count: int) -> str:
     raise AssertionError("unreachable")
 
 
-async def _collect(settings: Settings, dry_run: bool) -> GcReport:
-    async with ArtifactStore(settings=settings) as store:
-        return await store.gc(dry_run=dry_run)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run with already-parsed arguments (the ``artifactfs`` CLI's subcommand)."""
     try:
-        settings = settings_for(args.data_dir)
-        if backends_of(settings)[0].in_memory:
-            print("artifactfs gc: the memory backend keeps artifacts inside one process; nothing to collect here",
-                  file=sys.stderr)
-            return 1
-        report = trio.run(_collect, settings, args.dry_run)
+        settings, report = on_store(args.data_dir, lambda store: store.gc(dry_run=args.dry_run))
         spool = spool_leftovers(Path(settings.fs_root), dry_run=args.dry_run)
     except (ArtifactStoreError, OSError) as exc:
         print(f"artifactfs gc: {exc}", file=sys.stderr)

@@ -15,8 +15,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import trio
-
 from core import ArtifactStore
 from core.config import backends_of
 from core.errors import ArtifactStoreError
@@ -24,15 +22,16 @@ from core.models import Reclaimed, Usage
 from core.settings import Settings
 from fusefs.gc_cmd import size_text
 from fusefs.mount import LOG_FILE, SPOOL_DIR, DataDirLock, mounted_data_dir
-from fusefs.serve_cmd import settings_for
+from fusefs.store_cmd import on_store
 
 LAST_ERRORS = 5  # log lines shown
 
 
-async def _store_lines(settings: Settings) -> list[str]:
-    async with ArtifactStore(settings=settings) as store:
-        usages = await store.ns.meta.usages()
-        uploads = len(await store.transfers.registry.ids())
+async def _read(store: ArtifactStore) -> tuple[dict[str, Usage], int]:
+    return await store.ns.meta.usages(), len(await store.transfers.registry.ids())
+
+
+def _store_lines(settings: Settings, usages: dict[str, Usage], uploads: int) -> list[str]:
     blobs, meta = backends_of(settings)
     lines = [f"store: blobs on {blobs.name}, metadata on {meta.name}"]
     by_sandbox: dict[str, dict[str, Usage]] = defaultdict(lambda: defaultdict(Usage))
@@ -102,13 +101,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"artifactfs status: {args.mountpoint} is not an artifactfs mount", file=sys.stderr)
             return 1
     try:
-        settings = settings_for(data_dir)
-        if backends_of(settings)[0].in_memory:
-            print("artifactfs status: the memory backend keeps artifacts inside one process", file=sys.stderr)
-            return 1
-        lines = trio.run(_store_lines, settings)
+        settings, (usages, uploads) = on_store(data_dir, _read)
     except (ArtifactStoreError, OSError) as exc:
         print(f"artifactfs status: {exc}", file=sys.stderr)
         return 1
-    print("\n".join([*lines, *mount_lines(Path(settings.fs_root))]))
+    print("\n".join([*_store_lines(settings, usages, uploads), *mount_lines(Path(settings.fs_root))]))
     return 0

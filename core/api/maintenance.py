@@ -1,13 +1,17 @@
-"""``gc``: reclaim what nothing needs any more, or say what that would be (issue #11)."""
+"""``gc`` and ``fsck`` (issue #11): reclaim what nothing needs any more, and check what is kept."""
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
+
 from core.api.base import StoreBase
-from core.models import GcReport, Reclaimed
+from core.errors import ArtifactCorruptedError, ArtifactNotFoundError
+from core.models import FsckReport, GcReport, Problem, ProblemKind, Reclaimed, Usage
+from core.nodes import ROOT_INO, Node
 
 
 class MaintenanceApi(StoreBase):
-    """Garbage collection over the whole store (every sandbox, every scope)."""
+    """Garbage collection and checking over the whole store (every sandbox, every scope)."""
 
     async def gc(self, *, dry_run: bool = False) -> GcReport:
         """Remove expired artifacts and sessions, blobs past their grace period that no record
@@ -30,4 +34,62 @@ class MaintenanceApi(StoreBase):
         report.expired = expired
         report.uploads = await self.transfers.collect_expired()
         report.blobs = await ns.collect_garbage()  # last: what the steps above queued may be due already
+        return report
+
+    async def fsck(self, *, verify_data: bool = False) -> FsckReport:
+        """Check the whole store; change nothing.
+
+        Every record's signature (the walk reads each one), every file's blob
+        (present in the blob store; with ``verify_data`` its bytes against the
+        record's size and SHA-256), every usage counter against the records
+        it counts, and every directory's subdirectory count. Each problem
+        comes back with the node's path (``<sandbox>/<scope>/<owner>/<filename>``).
+        """
+        ns = await self._ready()
+        report = FsckReport()
+        try:
+            nodes = await ns.meta.subtree(ROOT_INO)
+        except ArtifactCorruptedError as exc:
+            report.problems.append(Problem(where="/", kind=ProblemKind.UNREADABLE, detail=str(exc)))
+            return report
+        report.nodes = len(nodes)
+        files = [node for node in nodes if node.is_file and node.artifact is not None]
+        report.files = len(files)
+        paths = dict(zip((node.ino for node in files), await ns.filenames(files)))
+
+        def where(node: Node) -> str:
+            space = node.space
+            owner = f"{space.sandbox_id}/{space.scope.value}/{space.owner or ''}".rstrip("/") if space else "?"
+            return f"{owner}/{paths.get(node.ino, node.name)}"
+
+        stored = {key async for key in ns.blobs.keys()}
+        counted: dict[str, Usage] = defaultdict(Usage)
+        for node in files:
+            art = node.artifact
+            assert art is not None and node.space is not None
+            counted[node.space.usage_key].bytes += node.size
+            counted[node.space.usage_key].files += 1
+            if art.blob_key is not None and art.blob_key not in stored:
+                report.problems.append(Problem(where=where(node), kind=ProblemKind.MISSING_BLOB, detail=art.blob_key))
+            elif verify_data:
+                try:
+                    async for _ in ns.read_chunks(node, 1 << 20, verify=True):
+                        pass
+                    report.verified += 1
+                except (ArtifactCorruptedError, ArtifactNotFoundError) as exc:
+                    report.problems.append(Problem(where=where(node), kind=ProblemKind.DAMAGED_BLOB, detail=str(exc)))
+        for key, usage in sorted({**{k: Usage() for k in counted}, **await ns.meta.usages()}.items()):
+            if (usage.bytes, usage.files) != (counted[key].bytes, counted[key].files):
+                report.problems.append(Problem(
+                    where=key, kind=ProblemKind.USAGE,
+                    detail=f"counts {usage.files} files, {usage.bytes} bytes; the records hold "
+                           f"{counted[key].files} files, {counted[key].bytes} bytes",
+                ))
+        subdirs = Counter(node.parent for node in nodes if node.is_dir)
+        for node in nodes:
+            if node.is_dir and node.subdirs != subdirs[node.ino]:
+                report.problems.append(Problem(
+                    where=f"inode {node.ino} ({node.name})", kind=ProblemKind.SUBDIRS,
+                    detail=f"counts {node.subdirs} subdirectories, holds {subdirs[node.ino]}",
+                ))
         return report

@@ -1,0 +1,29 @@
+"""``artifactfs fsck [--data-dir D] [--verify-data]``: check the store, change nothing (issue #11).
+
+One line per problem (where, what, the detail), then a summary line. Exit
+status 0 when clean, 1 when problems were found, 2 when the check could not
+run (a backend unreachable, bad settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from core.errors import ArtifactStoreError
+from fusefs.store_cmd import on_store
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run with already-parsed arguments (the ``artifactfs`` CLI's subcommand)."""
+    try:
+        _, report = on_store(args.data_dir, lambda store: store.fsck(verify_data=args.verify_data))
+    except (ArtifactStoreError, OSError) as exc:
+        print(f"artifactfs fsck: could not run: {exc}", file=sys.stderr)
+        return 2
+    for problem in report.problems:
+        print(f"{problem.where}: {problem.kind.value}: {problem.detail}")
+    verified = f", {report.verified} verified" if args.verify_data else ""
+    found = f"{len(report.problems)} problem(s)" if report.problems else "clean"
+    print(f"artifactfs fsck: {report.nodes} nodes, {report.files} files{verified}: {found}")
+    return 1 if report.problems else 0
