@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,52 @@ async def test_a_signal_unmounts_and_discards_unpublished_writes(mount: Mount, a
         assert await store.read_file(files["kept.txt"].artifact_id) == b"published"
         assert await store.read_file(files["open.txt"].artifact_id) == b"old version"
     assert os.listdir(mount.data_dir / "spool") == []
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.semantics("S-operations")
+def test_an_fstab_line_mounts_the_store(tmp_path: Path) -> None:
+    """mount(8) runs mount.fuse.artifactfs (linked by scripts/setup) for a fuse.artifactfs line."""
+    mnt, data, fstab = tmp_path / "mnt", tmp_path / "data", tmp_path / "fstab"
+    mnt.mkdir()
+    fstab.write_text(f"{data} {mnt} fuse.artifactfs sandbox=app,noauto,_netdev,nofail,x-systemd.automount 0 0\n")
+    done = subprocess.run(["mount", "--fstab", str(fstab), str(mnt)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    try:
+        assert is_mounted(mnt) and sorted(os.listdir(mnt)) == ["sessions", "shared", "users"]
+        (mnt / "users" / "alice").mkdir()
+        (mnt / "users" / "alice" / "f.txt").write_text("through fstab")
+    finally:
+        assert artifactfs("umount", mnt).returncode == 0
+    fstab.write_text(f"{data} {mnt} fuse.artifactfs sandbox=app,bogus=1 0 0\n")
+    refused = subprocess.run(["mount", "--fstab", str(fstab), str(mnt)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "unsupported option 'bogus=1'" in refused.stderr, refused.stderr
+    assert not is_mounted(mnt)
+
+
+@pytest.mark.semantics("S-operations")
+def test_the_systemd_unit_s_commands_mount_and_unmount(tmp_path: Path) -> None:
+    """No systemd here: the unit's ExecStart and ExecStop are run as systemd would run them."""
+    unit = (REPO / "docs" / "artifactfs.service").read_text()
+    commands = {key: value for key, _, value in (line.partition("=") for line in unit.splitlines()) if key.startswith("Exec")}
+    mnt, data = tmp_path / "mnt", tmp_path / "data"
+
+    def here(command: str) -> list[str]:
+        command = command.replace("/mnt/artifacts", str(mnt)).replace("/var/lib/artifactfs", str(data))
+        return shlex.split(command.replace("127.0.0.1:9470", "127.0.0.1:0"))
+
+    subprocess.run(here(commands["ExecStartPre"]), check=True, timeout=60)
+    service = subprocess.Popen(here(commands["ExecStart"]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: is_mounted(mnt), 60, "the service's mount")
+        (mnt / "default" / "users" / "alice").mkdir()  # no --sandbox: one directory per sandbox at the root
+        assert (mnt / "default" / "users" / "alice").is_dir()
+        stop = subprocess.run(here(commands["ExecStop"]), capture_output=True, text=True, timeout=120)
+        assert stop.returncode == 0, stop.stderr
+        assert service.wait(timeout=60) == 0  # the foreground process ends with its mount
+    finally:
+        if service.poll() is None:
+            service.kill()
+    assert not is_mounted(mnt)
