@@ -35,7 +35,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from core.config import build_backends, build_change_feed, build_transfers, checked
+from core.config import backends_of, build_backends, build_change_feed, build_transfers, checked
 from core.errors import ArtifactStoreError, ConfigurationError
 from core.infra.clock import Clock, SystemClock
 from core.infra.private import new_private_dir, private_dir, private_file
@@ -262,6 +262,7 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
             ns, root_ino=box.ino if options.sandbox else ROOT_INO, sandbox_id=settings.sandbox_id,
             callers=callers, data_dir=options.data_dir, spool_dir=spool_dir,
             presigner=transfers, request_timeout=options.request_timeout, per_uid=settings.mount_uid_requests,
+            blobs_on_disk=backends_of(settings)[0].uses_data_dir,
         )
         # A lost notice is seen late by at most the cache time, so a followed store gets a short one by default.
         cache_seconds = options.cache_timeout

@@ -64,6 +64,8 @@ SHUTDOWN_BOUND = 10.0  # seconds the clean-up at unmount may take
 _USER_XATTRS = XATTR_USER_PREFIX.encode()
 _CREATE_RACES = 10  # creates that find the name taken, then gone again, before they give up
 _READ_BYTES, _WRITTEN_BYTES = metrics.FUSE_BYTES.labels("read"), metrics.FUSE_BYTES.labels("write")
+REMOTE_CAPACITY = 1 << 50  # bytes statfs reports for a remote blob store (S3): 1 PiB
+REMOTE_FILES = 1 << 32  # and files
 _NAME_RACES = 10  # unlinks and renames that find the node they looked up replaced at its name, before they give up
 
 
@@ -112,10 +114,11 @@ class Operations(pyfuse3.Operations):
     def __init__(
         self, ns: Namespace, *, root_ino: int, sandbox_id: str, callers: Callers, data_dir: Path, spool_dir: Path,
         presigner: Presigner | None = None, request_timeout: float | None = REQUEST_TIMEOUT,
-        readdir_page: int = PAGE_SIZE, per_uid: int | None = PER_UID,
+        readdir_page: int = PAGE_SIZE, per_uid: int | None = PER_UID, blobs_on_disk: bool = True,
     ) -> None:
         super().__init__()
         self.ns = ns
+        self.blobs_on_disk = blobs_on_disk  # the blob store keeps its bytes on the data dir's disk
         self.fair = PerUid(per_uid)
         self.watchdog = Watchdog(request_timeout, allowance=self._publish_allowance, admit=self._admit)
         self.sandbox_id = sandbox_id  # whose users' quotas statfs reports
@@ -666,6 +669,12 @@ class Operations(pyfuse3.Operations):
         stats.f_bsize, stats.f_frsize = disk.f_bsize, disk.f_frsize
         stats.f_blocks, stats.f_bfree, stats.f_bavail = disk.f_blocks, disk.f_bfree, disk.f_bavail
         stats.f_files, stats.f_ffree, stats.f_favail = disk.f_files, disk.f_ffree, disk.f_favail
+        if not self.blobs_on_disk:  # S3 has no size to ask: a large constant, less what the store holds
+            held = await self.ns.totals()
+            stats.f_blocks = REMOTE_CAPACITY // disk.f_frsize
+            stats.f_bfree = stats.f_bavail = max(0, REMOTE_CAPACITY - held.bytes) // disk.f_frsize
+            stats.f_files = REMOTE_FILES
+            stats.f_ffree = stats.f_favail = max(0, REMOTE_FILES - held.files)
         stats.f_namemax = grid.MAX_NAME_BYTES
         user = self.callers.session_user(ctx.uid) if self.callers.enforce else None
         if user is not None:  # a uid with one user: its quota is what it may still fill

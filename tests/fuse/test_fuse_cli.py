@@ -175,4 +175,7 @@ def test_the_systemd_unit_s_commands_mount_and_unmount(tmp_path: Path) -> None:
     finally:
         if service.poll() is None:
             service.kill()
+            service.wait(timeout=60)
+        if is_mounted(mnt):  # killed: nothing unmounted it
+            subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, timeout=60)
     assert not is_mounted(mnt)

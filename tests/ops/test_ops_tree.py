@@ -352,3 +352,17 @@ async def test_a_directory_links_two_plus_its_subdirectories(
         listed = {name: attr.st_nlink for name, attr, _ in await k.readdir(fh)}
         await k.ops.releasedir(fh)
         assert (listed[b"a"], listed[b"f"]) == (2, 2)  # readdirplus gives the same counts
+
+
+@pytest.mark.semantics("S-limit-statfs")
+async def test_statfs_on_a_remote_blob_store_is_a_large_constant_less_what_is_held(tmp_path: Path) -> None:
+    """S3 has no size to ask: df shows 1 PiB and 2^32 files, less what the store holds."""
+    from fusefs.operations import REMOTE_CAPACITY, REMOTE_FILES
+
+    async with kernel(tmp_path) as k:
+        k.ops.blobs_on_disk = False  # as a mount on S3 is made
+        await k.write_file("users/alice/f", b"x" * 8192)
+        stats = await k.ops.statfs(ctx(ROOT))
+        assert stats.f_blocks * stats.f_frsize == REMOTE_CAPACITY
+        assert stats.f_bavail == stats.f_bfree == (REMOTE_CAPACITY - 8192) // stats.f_frsize
+        assert (stats.f_files, stats.f_ffree) == (REMOTE_FILES, REMOTE_FILES - 1)
