@@ -152,6 +152,7 @@ class GcReport(BaseModel):
     dry_run: bool
     expired: Reclaimed = Field(default_factory=Reclaimed)  # artifacts past their TTL, their sessions with them
     blobs: int = 0  # blobs past their grace period (deleted, replaced versions, dead writers' uploads)
+    orphans: int = 0  # blobs no record names and nothing had queued: queued now, gone after the grace period
     uploads: int = 0  # upload records past their window, with their bytes
     spool: Reclaimed = Field(default_factory=Reclaimed)  # staged writes a dead mount left in its data dir
 

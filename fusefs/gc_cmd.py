@@ -48,6 +48,7 @@ def describe(report: GcReport, spool: Reclaimed | None) -> list[str]:
     lines = [
         f"expired artifacts: {report.expired.files} ({size_text(report.expired.bytes)})",
         f"blobs past their grace period: {report.blobs}",
+        f"orphan blobs (queued; they go after the grace period): {report.orphans}",
         f"expired uploads: {report.uploads}",
         "spool of a dead mount: skipped, a mount is running" if spool is None
         else f"spool of a dead mount: {spool.files} files ({size_text(spool.bytes)})",

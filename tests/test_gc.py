@@ -95,3 +95,31 @@ def test_artifactfs_gc_reports_and_clears_a_dead_mount_s_spool(tmp_path) -> None
     done = gc()
     assert done.returncode == 0 and "reclaimed:" in done.stdout and "1 files" in done.stdout, done.stdout
     assert list(spool.iterdir()) == []
+
+
+@pytest.mark.semantics("S-gc")
+async def test_gc_queues_orphan_blobs_and_deletes_them_after_the_grace_period(
+    store: ArtifactStore, clock: ManualClock
+) -> None:
+    """A blob no record names and nothing queued (a store written before intents, a backend edited
+    by hand) is queued by gc and deleted by a later gc once the grace period is over; an upload's
+    intent queued meanwhile keeps its own, later time."""
+    kept = await store.store(b"named", filename="kept", user_id="alice", scope=Scope.USER)
+    ns = store.ns
+    orphan = f"grid/{store.sandbox_id}/users/alice/{'0' * 32}.v1-orphan"
+    await ns.blobs.put(orphan, b"nobody's")
+    in_flight = f"grid/{store.sandbox_id}/users/alice/{'1' * 32}.v1-uploading"
+    intent_until = ns.now() + ns.limits.upload_intent_ttl * 10**9
+    await ns.meta.defer_delete([in_flight], intent_until)  # its intent, queued before its bytes
+    await ns.blobs.put(in_flight, b"on its way")
+
+    assert (await store.gc(dry_run=True)).orphans == 1
+    assert orphan not in await ns.meta.pending_deletions()
+    assert (await store.gc()).orphans == 1
+    await ns.meta.queue_if_absent([in_flight], ns.grace_deadline())  # as a racing gc would: no effect
+    clock.advance(ns.limits.blob_grace + 1)
+    report = await store.gc()
+    assert report.blobs == 1 and report.orphans == 0  # the orphan, not the upload still within its intent
+    stored = {key async for key in ns.blobs.keys()}
+    assert orphan not in stored and in_flight in stored
+    assert await store.retrieve(kept, user_id="alice") == b"named"

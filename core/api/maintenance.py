@@ -16,7 +16,8 @@ class MaintenanceApi(StoreBase):
     async def gc(self, *, dry_run: bool = False) -> GcReport:
         """Remove expired artifacts and sessions, blobs past their grace period that no record
         names, and expired uploads (with the backend's incomplete multipart uploads older than a
-        day); ``dry_run`` only counts them.
+        day), and queue orphan blobs (named by nothing, queued nowhere) for the next gc after the
+        grace period; ``dry_run`` only counts them.
 
         Never what a live record, an open upload or a reader within the grace period still
         needs: each step is the store's own collection, conditional on the records as they are
@@ -28,12 +29,14 @@ class MaintenanceApi(StoreBase):
             report.expired = await ns.expired_now()
             report.blobs = await ns.due_blobs()
             report.uploads = await self.transfers.expired_uploads()
+            report.orphans = await ns.queue_orphans(dry_run=True)
             return report
         expired = Reclaimed()
         await ns.collect_expired(expired)
         report.expired = expired
         report.uploads = await self.transfers.collect_expired()
-        report.blobs = await ns.collect_garbage()  # last: what the steps above queued may be due already
+        report.blobs = await ns.collect_garbage()  # what the steps above queued may be due already
+        report.orphans = await ns.queue_orphans()  # after: a blob gc just deleted is no orphan
         return report
 
     async def fsck(self, *, verify_data: bool = False) -> FsckReport:

@@ -315,6 +315,25 @@ class Content(TreeBase):
         if superseded or met:
             await self.meta.defer_delete(superseded, self.grace_deadline(), forget=met)
 
+    async def queue_orphans(self, *, dry_run: bool = False) -> int:
+        """Queue for gc every blob that no record names and no queue entry holds; returns how many.
+
+        None should exist (every blob is queued before its upload, and before
+        it stops being named), but a store written before that rule, or a
+        backend edited by hand, may have some. They are queued, not deleted:
+        gc deletes them after the grace period if still unnamed then, so a
+        blob that a racing writer is about to name loses nothing. Parts of
+        open presigned uploads (``/up-`` keys) are the upload registry's.
+        """
+        queued = set(await self.meta.pending_deletions())
+        found: list[str] = []
+        async for key in self.blobs.keys():
+            if key not in queued and "/up-" not in key and not await self.blob_is_named(key):
+                found.append(key)
+        if found and not dry_run:
+            await self.meta.queue_if_absent(found, self.grace_deadline())
+        return len(found)
+
     async def due_blobs(self) -> int:
         """How many queued blobs :meth:`collect_garbage` would delete now (a dry run)."""
         due = await self.meta.due_deletions(self.now(), 1_000_000)

@@ -306,6 +306,11 @@ class MetaStore(Protocol):
         """
         ...
 
+    async def queue_if_absent(self, keys: Collection[str], not_before_ns: int) -> None:
+        """Queue each of ``keys`` that is not queued already (an orphan found by gc), never moving
+        the time of one that is: an upload's intent keeps its own."""
+        ...
+
     async def pending_deletions(self) -> list[str]:
         """Every queued key, due or not (audits and tests: what the bucket may hold beyond the records)."""
         ...

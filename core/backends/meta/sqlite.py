@@ -672,6 +672,12 @@ class SQLiteMetaStore:
             with self._tx() as db:
                 db.executemany("DELETE FROM deferred_blob WHERE key=? AND not_before=?", [tuple(e) for e in entries])
 
+    async def queue_if_absent(self, keys: Collection[str], not_before_ns: int) -> None:
+        if keys:
+            with self._tx() as db:
+                db.executemany("INSERT INTO deferred_blob (key, not_before) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+                               [(k, not_before_ns) for k in keys])
+
     async def pending_deletions(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT key FROM deferred_blob ORDER BY key").fetchall()]
 

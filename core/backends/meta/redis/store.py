@@ -614,6 +614,12 @@ class RedisMetaStore:
         if entries:
             await self._queue("forget deletions", entries, 0, ())
 
+    async def queue_if_absent(self, keys: Collection[str], not_before_ns: int) -> None:
+        if keys:
+            score = _micros(not_before_ns)
+            mapping = {key: score for key in keys}
+            await self._call("queue orphans", lambda client, _s: client.zadd(self.key("gc"), mapping, nx=True))
+
     async def pending_deletions(self) -> list[str]:
         keys = await self._call("pending deletions", lambda client, _s: client.zrange(self.key("gc"), 0, -1))
         return sorted(k.decode() for k in keys)
