@@ -15,6 +15,7 @@ from pathlib import Path
 from core.errors import ArtifactStoreError
 from core.models import GcReport, Reclaimed
 from fusefs.mount import SPOOL_DIR, DataDirLock, MountError
+from fusefs.progress import Progress
 from fusefs.store_cmd import on_store
 
 
@@ -67,8 +68,12 @@ def size_text(count: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run with already-parsed arguments (the ``artifactfs`` CLI's subcommand)."""
+    bar = Progress("gc: blobs listed")
     try:
-        settings, report = on_store(args.data_dir, lambda store: store.gc(dry_run=args.dry_run))
+        try:
+            settings, report = on_store(args.data_dir, lambda store: store.gc(dry_run=args.dry_run, progress=bar))
+        finally:
+            bar.close()
         spool = spool_leftovers(Path(settings.fs_root), dry_run=args.dry_run)
     except (ArtifactStoreError, OSError) as exc:
         print(f"artifactfs gc: {exc}", file=sys.stderr)

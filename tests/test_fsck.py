@@ -82,3 +82,41 @@ def test_artifactfs_fsck_exits_0_clean_1_damaged_2_unable(tmp_path) -> None:
     assert damaged.returncode == 1 and "default/user/alice/f.bin: damaged-blob:" in damaged.stdout, damaged.stdout
     unable = fsck(env={**os.environ, "SESSION_PROVIDER": "nonsense"})
     assert unable.returncode == 2 and "could not run" in unable.stderr and "Traceback" not in unable.stderr
+
+
+@pytest.mark.semantics("S-fsck")
+def test_fsck_draws_a_progress_bar_on_a_terminal_only(tmp_path) -> None:
+    import pty
+
+    data = tmp_path / "data"
+    data.mkdir()
+    plain = subprocess.run([sys.executable, "-m", "fusefs", "fsck", "--data-dir", str(data)],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert plain.returncode == 0 and "\r" not in plain.stderr + plain.stdout
+    script = (
+        "import asyncio, sys\n"
+        "from core import ArtifactStore, Scope\n"
+        "async def main():\n"
+        "    async with ArtifactStore(storage_provider='filesystem', session_provider='sqlite', fs_root=sys.argv[1]) as s:\n"
+        "        await s.store(b'x', filename='f', user_id='alice', scope=Scope.USER)\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(data)], check=True, cwd=REPO, timeout=120)
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "fusefs", "fsck", "--data-dir", str(data)], stderr=follower,
+                              stdout=subprocess.PIPE, text=True, cwd=REPO, timeout=120)
+        os.close(follower)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(leader)
+    assert done.returncode == 0 and "clean" in done.stdout
+    assert b"fsck [" in drawn and b"1/1 ETA" in drawn, drawn

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
 from core.api.base import StoreBase
 from core.errors import ArtifactCorruptedError, ArtifactNotFoundError
 from core.models import FsckReport, GcReport, Problem, ProblemKind, Reclaimed, Usage
 from core.nodes import ROOT_INO, Node
 
+Progress = Callable[[int, "int | None"], None]  # (done, total if known): a long command's bar
+
 
 class MaintenanceApi(StoreBase):
     """Garbage collection and checking over the whole store (every sandbox, every scope)."""
 
-    async def gc(self, *, dry_run: bool = False) -> GcReport:
+    async def gc(self, *, dry_run: bool = False, progress: Progress | None = None) -> GcReport:
         """Remove expired artifacts and sessions, blobs past their grace period that no record
         names, and expired uploads (with the backend's incomplete multipart uploads older than a
         day), and queue orphan blobs (named by nothing, queued nowhere) for the next gc after the
-        grace period; ``dry_run`` only counts them.
+        grace period; ``dry_run`` only counts them. ``progress`` is told the blobs listed so far.
 
         Never what a live record, an open upload or a reader within the grace period still
         needs: each step is the store's own collection, conditional on the records as they are
@@ -29,17 +32,17 @@ class MaintenanceApi(StoreBase):
             report.expired = await ns.expired_now()
             report.blobs = await ns.due_blobs()
             report.uploads = await self.transfers.expired_uploads()
-            report.orphans = await ns.queue_orphans(dry_run=True)
+            report.orphans = await ns.queue_orphans(dry_run=True, progress=progress)
             return report
         expired = Reclaimed()
         await ns.collect_expired(expired)
         report.expired = expired
         report.uploads = await self.transfers.collect_expired()
         report.blobs = await ns.collect_garbage()  # what the steps above queued may be due already
-        report.orphans = await ns.queue_orphans()  # after: a blob gc just deleted is no orphan
+        report.orphans = await ns.queue_orphans(progress=progress)  # after: a blob gc just deleted is no orphan
         return report
 
-    async def fsck(self, *, verify_data: bool = False) -> FsckReport:
+    async def fsck(self, *, verify_data: bool = False, progress: Progress | None = None) -> FsckReport:
         """Check the whole store; change nothing.
 
         Every record's signature (the walk reads each one), every file's blob
@@ -47,6 +50,7 @@ class MaintenanceApi(StoreBase):
         record's size and SHA-256), every usage counter against the records
         it counts, and every directory's subdirectory count. Each problem
         comes back with the node's path (``<sandbox>/<scope>/<owner>/<filename>``).
+        ``progress`` is told the files checked so far, of how many.
         """
         ns = await self._ready()
         report = FsckReport()
@@ -67,7 +71,9 @@ class MaintenanceApi(StoreBase):
 
         stored = {key async for key in ns.blobs.keys()}
         counted: dict[str, Usage] = defaultdict(Usage)
-        for node in files:
+        for checked, node in enumerate(files, 1):
+            if progress is not None:
+                progress(checked, len(files))
             art = node.artifact
             assert art is not None and node.space is not None
             counted[node.space.usage_key].bytes += node.size

@@ -315,7 +315,9 @@ class Content(TreeBase):
         if superseded or met:
             await self.meta.defer_delete(superseded, self.grace_deadline(), forget=met)
 
-    async def queue_orphans(self, *, dry_run: bool = False) -> int:
+    async def queue_orphans(
+        self, *, dry_run: bool = False, progress: Callable[[int, int | None], None] | None = None
+    ) -> int:
         """Queue for gc every blob that no record names and no queue entry holds; returns how many.
 
         None should exist (every blob is queued before its upload, and before
@@ -327,7 +329,11 @@ class Content(TreeBase):
         """
         queued = set(await self.meta.pending_deletions())
         found: list[str] = []
+        listed = 0
         async for key in self.blobs.keys():
+            listed += 1
+            if progress is not None:
+                progress(listed, None)
             if key not in queued and "/up-" not in key and not await self.blob_is_named(key):
                 found.append(key)
         if found and not dry_run:
