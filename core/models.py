@@ -129,17 +129,10 @@ class StreamDownloadRequest(_Request):
 
 
 class Usage(BaseModel):
-    """Bytes and artifact count charged to one user or session."""
+    """Artifacts and their bytes: what one user or session is charged, or what a collection reclaimed."""
 
     bytes: int = 0
     files: int = 0
-
-
-class Reclaimed(BaseModel):
-    """What a collection gave back (or, dry, would): artifacts and their bytes."""
-
-    files: int = 0
-    bytes: int = 0
 
     def add(self, files: int, size: int) -> None:
         self.files += files
@@ -150,11 +143,11 @@ class GcReport(BaseModel):
     """What ``gc`` reclaimed, or with ``dry_run`` would reclaim, by kind."""
 
     dry_run: bool
-    expired: Reclaimed = Field(default_factory=Reclaimed)  # artifacts past their TTL, their sessions with them
+    expired: Usage = Field(default_factory=Usage)  # artifacts past their TTL, their sessions with them
     blobs: int = 0  # blobs past their grace period (deleted, replaced versions, dead writers' uploads)
     orphans: int = 0  # blobs no record names and nothing had queued: queued now, gone after the grace period
     uploads: int = 0  # upload records past their window, with their bytes
-    spool: Reclaimed = Field(default_factory=Reclaimed)  # staged writes a dead mount left in its data dir
+    spool: Usage = Field(default_factory=Usage)  # staged writes a dead mount left in its data dir
 
 
 class ProblemKind(str, Enum):

@@ -164,6 +164,10 @@ class Node(BaseModel):
             (link.parent, link.name) == (parent, name) for link in self.links
         )
 
+    def has_other_name(self, parent: int, name: str) -> bool:
+        """Whether ``parent``/``name`` is one of this node's names besides the one it was reached by."""
+        return (parent, name) != (self.parent, self.name) and self.has_name(parent, name)
+
     def seen_as(self, parent: int, name: str) -> Node:
         """The view of this node reached through its name ``parent``/``name`` (one of its names)."""
         if (self.parent, self.name) == (parent, name):
@@ -173,7 +177,8 @@ class Node(BaseModel):
     def with_names(self, names: list[tuple[int, str]]) -> Node:
         """A copy entered under ``names`` (the first primary); ``subdirs`` kept, as it is not in the record."""
         (parent, name), rest = names[0], names[1:]
-        return self.model_copy(update={"parent": parent, "name": name, "links": [Link(parent=p, name=n) for p, n in rest]})
+        links = [Link(parent=p, name=n) for p, n in rest]
+        return self.model_copy(update={"parent": parent, "name": name, "links": links})
 
     def without_name(self) -> Node:
         """The record once the name this view was reached by is gone (it must have another)."""

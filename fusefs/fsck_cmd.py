@@ -17,12 +17,9 @@ from fusefs.store_cmd import on_store
 
 def run(args: argparse.Namespace) -> int:
     """Run with already-parsed arguments (the ``artifactfs`` CLI's subcommand)."""
-    bar = Progress("fsck")
     try:
-        try:
+        with Progress("fsck") as bar:
             _, report = on_store(args.data_dir, lambda store: store.fsck(verify_data=args.verify_data, progress=bar))
-        finally:
-            bar.close()  # before any line is printed
     except (ArtifactStoreError, OSError) as exc:
         print(f"artifactfs fsck: could not run: {exc}", file=sys.stderr)
         return 2

@@ -13,24 +13,24 @@ import sys
 from pathlib import Path
 
 from core.errors import ArtifactStoreError
-from core.models import GcReport, Reclaimed
+from core.models import GcReport, Usage
 from fusefs.mount import SPOOL_DIR, DataDirLock, MountError
 from fusefs.progress import Progress
-from fusefs.store_cmd import on_store
+from fusefs.store_cmd import on_store, size_text
 
 
-def spool_leftovers(data_dir: Path, *, dry_run: bool) -> Reclaimed | None:
+def spool_leftovers(data_dir: Path, *, dry_run: bool) -> Usage | None:
     """The files a dead mount staged in ``data_dir``, removed unless ``dry_run``; None while a mount runs."""
     spool = data_dir / SPOOL_DIR
     if not spool.is_dir():
-        return Reclaimed()
+        return Usage()
     lock = DataDirLock(data_dir)
     try:
         lock.acquire(Path("(artifactfs gc)"))
     except MountError:
         return None  # a live mount owns its spool
     try:
-        found = Reclaimed()
+        found = Usage()
         for path in sorted(spool.rglob("*"), reverse=True):  # files before the directories holding them
             if path.is_file() or path.is_symlink():
                 found.add(1, path.lstat().st_size)
@@ -43,7 +43,7 @@ def spool_leftovers(data_dir: Path, *, dry_run: bool) -> Reclaimed | None:
         lock.release()
 
 
-def describe(report: GcReport, spool: Reclaimed | None) -> list[str]:
+def describe(report: GcReport, spool: Usage | None) -> list[str]:
     """One line per kind: what was (or, dry, would be) reclaimed."""
     verb = "would reclaim" if report.dry_run else "reclaimed"
     lines = [
@@ -57,23 +57,11 @@ def describe(report: GcReport, spool: Reclaimed | None) -> list[str]:
     return [f"artifactfs gc {verb}:", *(f"  {line}" for line in lines)]
 
 
-def size_text(count: int) -> str:
-    """A byte count as people read it: 2048 -> 2.0 KiB."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024  # type: ignore[assignment]
-    raise AssertionError("unreachable")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run with already-parsed arguments (the ``artifactfs`` CLI's subcommand)."""
-    bar = Progress("gc: blobs listed")
     try:
-        try:
+        with Progress("gc: blobs listed") as bar:
             settings, report = on_store(args.data_dir, lambda store: store.gc(dry_run=args.dry_run, progress=bar))
-        finally:
-            bar.close()
         spool = spool_leftovers(Path(settings.fs_root), dry_run=args.dry_run)
     except (ArtifactStoreError, OSError) as exc:
         print(f"artifactfs gc: {exc}", file=sys.stderr)

@@ -41,6 +41,12 @@ class Progress:
         self.stream.flush()
         self._shown = True
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()  # before the command prints anything
+
     def close(self) -> None:
         """End the bar's line, if one was drawn."""
         if self._shown:

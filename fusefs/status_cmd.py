@@ -18,11 +18,10 @@ from pathlib import Path
 from core import ArtifactStore
 from core.config import backends_of
 from core.errors import ArtifactStoreError
-from core.models import Reclaimed, Usage
+from core.models import Usage
 from core.settings import Settings
-from fusefs.gc_cmd import size_text
 from fusefs.mount import LOG_FILE, SPOOL_DIR, DataDirLock, mounted_data_dir
-from fusefs.store_cmd import on_store
+from fusefs.store_cmd import on_store, size_text
 
 LAST_ERRORS = 5  # log lines shown
 
@@ -38,8 +37,7 @@ def _store_lines(settings: Settings, usages: dict[str, Usage], uploads: int) -> 
     for key, usage in usages.items():
         sandbox, _, rest = key.partition("/")
         scope = rest.partition("/")[0]
-        held = by_sandbox[sandbox][scope]
-        held.bytes, held.files = held.bytes + usage.bytes, held.files + usage.files
+        by_sandbox[sandbox][scope].add(usage.files, usage.bytes)
     for sandbox, scopes in sorted(by_sandbox.items()):
         parts = [f"{scope} {u.files} artifacts ({size_text(u.bytes)})" for scope, u in sorted(scopes.items())]
         lines.append(f"  sandbox {sandbox}: " + ", ".join(parts))
@@ -55,7 +53,7 @@ def mount_lines(data_dir: Path) -> list[str]:
     if held is None:
         return [f"mount: none on {data_dir}"]
     pid, mountpoint = held
-    spool = Reclaimed()
+    spool = Usage()
     for path in (data_dir / SPOOL_DIR).rglob("*"):
         if path.is_file():
             spool.add(1, path.stat().st_size)

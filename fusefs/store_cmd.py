@@ -32,3 +32,12 @@ def on_store(data_dir: Path | None, work: Callable[[ArtifactStore], Awaitable[T]
             return await work(store)
 
     return settings, trio.run(main)
+
+
+def size_text(count: int) -> str:
+    """A byte count as people read it: 2048 -> 2.0 KiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from core.api.base import StoreBase
 from core.errors import ArtifactCorruptedError, ArtifactNotFoundError
-from core.models import FsckReport, GcReport, Problem, ProblemKind, Reclaimed, Usage
+from core.models import FsckReport, GcReport, Problem, ProblemKind, Usage
 from core.nodes import ROOT_INO, Node
 
 Progress = Callable[[int, "int | None"], None]  # (done, total if known): a long command's bar
@@ -34,7 +34,7 @@ class MaintenanceApi(StoreBase):
             report.uploads = await self.transfers.expired_uploads()
             report.orphans = await ns.queue_orphans(dry_run=True, progress=progress)
             return report
-        expired = Reclaimed()
+        expired = Usage()
         await ns.collect_expired(expired)
         report.expired = expired
         report.uploads = await self.transfers.collect_expired()
@@ -76,8 +76,7 @@ class MaintenanceApi(StoreBase):
                 progress(checked, len(files))
             art = node.artifact
             assert art is not None and node.space is not None
-            counted[node.space.usage_key].bytes += node.size
-            counted[node.space.usage_key].files += 1
+            counted[node.space.usage_key].add(1, node.size)
             if art.blob_key is not None and art.blob_key not in stored:
                 report.problems.append(Problem(where=where(node), kind=ProblemKind.MISSING_BLOB, detail=art.blob_key))
             elif verify_data:
@@ -88,7 +87,7 @@ class MaintenanceApi(StoreBase):
                 except (ArtifactCorruptedError, ArtifactNotFoundError) as exc:
                     report.problems.append(Problem(where=where(node), kind=ProblemKind.DAMAGED_BLOB, detail=str(exc)))
         for key, usage in sorted({**{k: Usage() for k in counted}, **await ns.meta.usages()}.items()):
-            if (usage.bytes, usage.files) != (counted[key].bytes, counted[key].files):
+            if usage != counted[key]:
                 report.problems.append(Problem(
                     where=key, kind=ProblemKind.USAGE,
                     detail=f"counts {usage.files} files, {usage.bytes} bytes; the records hold "

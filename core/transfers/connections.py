@@ -166,7 +166,9 @@ def bind(host: str, port: int, what: str, hint: str) -> socket.socket:
         sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=False)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise ConfigurationError(f"{what} cannot listen on {host}:{port}: {reason}; choose another address ({hint})") from None
+        raise ConfigurationError(
+            f"{what} cannot listen on {host}:{port}: {reason}; choose another address ({hint})"
+        ) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -175,3 +177,16 @@ def url_of(sock: socket.socket) -> str:
     """``http://host:port`` of a listening socket."""
     host, port = sock.getsockname()[:2]
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+async def lifespan(
+    receive: Callable[[], Awaitable[dict[str, Any]]], send: Callable[[dict[str, Any]], Awaitable[None]]
+) -> None:
+    """An ASGI app's lifespan: nothing to start or stop, said when asked."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -23,7 +23,7 @@ import trio
 
 from core.infra import metrics
 from core.models import BackendHealth
-from core.transfers.connections import bind, serve_connections, url_of
+from core.transfers.connections import bind, lifespan, serve_connections, url_of
 
 log = logging.getLogger("artifactfs.monitor")
 
@@ -46,9 +46,7 @@ class MonitorApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return

@@ -47,7 +47,7 @@ from core.errors import (
 )
 from core.infra.fdlimit import connection_cap, raise_fd_limit
 from core.settings import PresignSettings
-from core.transfers.connections import bind, url_of
+from core.transfers.connections import bind, lifespan, url_of
 from core.transfers.engine import Download, Transfers
 from core.transfers.urls import Grant, Refusal, TargetKind
 from core.tree.namespace import NS
@@ -106,7 +106,7 @@ class PresignService:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
 
@@ -319,16 +319,6 @@ async def _text(send: Send, status: int, text: str, extra: list[tuple[bytes, byt
         *(extra or []),
     ]})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def listen(settings: PresignSettings, host: str | None = None, port: int | None = None) -> socket.socket:

@@ -37,7 +37,7 @@ from core.errors import (
 )
 from core.infra import metrics
 from core.infra.clock import Clock
-from core.models import BackendHealth, Reclaimed, Scope, Usage
+from core.models import BackendHealth, Scope, Usage
 from core.nodes import (
     MADE_BY_UID,
     MAX_LINKS,
@@ -399,12 +399,16 @@ class Namespace(Content, Quotas):
         transaction."""
         covering = None if cover is None else Cover(cover)
         drop_at = self.grace_deadline() if replace else None
-        try:
+
+        async def insert() -> tuple[Node, Node | None]:
             return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering, drop_at_ns=drop_at)
+
+        try:
+            return await insert()
         except AlreadyExistsError:
             if not await self._clear_expired(node.parent, node.name):
                 raise
-            return await self.meta.insert(node, replace=replace, touch_ns=self.now(), cover=covering, drop_at_ns=drop_at)
+            return await insert()
 
     # -- expired entries in the way
 
@@ -688,7 +692,7 @@ class Namespace(Content, Quotas):
             raise CrossScopeError("rename across scopes")
         if node.is_dir and new_parent.ino != node.parent:  # within its own directory it cannot go below itself
             await self._refuse_own_subtree(node, new_parent)
-        if (new_parent.ino, new_name) != (node.parent, node.name) and node.has_name(new_parent.ino, new_name):
+        if node.has_other_name(new_parent.ino, new_name):
             return None  # two names of one inode: rename(2) does nothing
         now = self.now()
         moved = node.model_copy(update={"ctime_ns": now})
@@ -710,9 +714,10 @@ class Namespace(Content, Quotas):
                 current = exc.current if isinstance(exc.current, Node) else await self.meta.get(node.ino)
                 if current is None or not current.has_name(node.parent, node.name):
                     raise ArtifactNotFoundError(f"{node.name!r} was moved or removed meanwhile") from None
-                if current.has_name(new_parent.ino, new_name) and (new_parent.ino, new_name) != (node.parent, node.name):
+                current = current.seen_as(node.parent, node.name)
+                if current.has_other_name(new_parent.ino, new_name):
                     return None  # linked there meanwhile: two names of one inode now
-                moved = current.seen_as(node.parent, node.name).model_copy(update={"ctime_ns": now})
+                moved = current.model_copy(update={"ctime_ns": now})
         else:
             raise ProviderError(f"{node.name!r}: the record kept changing, {MAX_RACES} times")
         adopt(node, moved)
@@ -758,7 +763,7 @@ class Namespace(Content, Quotas):
                 raise InvalidArgumentError("cannot move a directory into itself")
             cursor = await self.meta.get(cursor.parent)
 
-    async def purge(self, node: Node, into: Reclaimed | None = None) -> int:
+    async def purge(self, node: Node, into: Usage | None = None) -> int:
         """Remove a whole subtree with its blobs; returns the files removed (and adds them, with
         their bytes, to ``into``)."""
         removed = 0
@@ -774,7 +779,7 @@ class Namespace(Content, Quotas):
 
     # -- expiry
 
-    async def collect_expired(self, into: Reclaimed | None = None, *, batches: int | None = None) -> int:
+    async def collect_expired(self, into: Usage | None = None, *, batches: int | None = None) -> int:
         """Delete expired artifacts, sessions and their blobs; returns artifacts removed.
 
         ``batches``: stop after that many batches of expired nodes (a
@@ -790,10 +795,10 @@ class Namespace(Content, Quotas):
                     removed += await self.purge(node, into)
         return removed
 
-    async def expired_now(self, limit: int = 1_000_000) -> Reclaimed:
+    async def expired_now(self, limit: int = 1_000_000) -> Usage:
         """What :meth:`collect_expired` would remove now (a dry run): the expired files, and the
         files below expired directories (sessions), each counted once."""
-        found = Reclaimed()
+        found = Usage()
         counted: set[int] = set()
         for node in await self.meta.expired(self.now(), limit):
             below = await self.meta.subtree(node.ino) if node.is_dir else [node]

@@ -561,7 +561,7 @@ class SQLiteMetaStore:
                     raise DirectoryNotEmptyError(f"{new_name!r} is not empty")
                 self._unname(db, old, ctime_ns=touch_ns, drop_at_ns=drop_at_ns)
             elif old is not None:
-                if (new_parent, new_name) != (node.parent, node.name):
+                if node.has_other_name(new_parent, new_name):
                     return None  # two names of one inode: rename(2) does nothing
                 old = None  # renaming onto itself
             moved = node.model_copy(update={"parent": new_parent, "name": new_name, "rev": node.rev + 1})
