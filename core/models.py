@@ -158,6 +158,7 @@ class ProblemKind(str, Enum):
     DAMAGED_BLOB = "damaged-blob"  # its bytes do not match the record's size or SHA-256 (--verify-data)
     USAGE = "usage"  # a usage counter differs from the records it counts
     SUBDIRS = "subdirs"  # a directory's subdirectory count (st_nlink) differs from its entries
+    ORPHAN = "orphan"  # a record no directory entry reaches (its directory is gone)
 
 
 class Problem(BaseModel):
@@ -166,6 +167,9 @@ class Problem(BaseModel):
     where: str
     kind: ProblemKind
     detail: str
+    ino: int | None = None  # the node's inode number, where the problem is one node's
+    repair: str | None = None  # what ``--repair`` did about it, or why it left it; None: not asked
+    repaired: bool = False
 
 
 class FsckReport(BaseModel):
@@ -175,6 +179,10 @@ class FsckReport(BaseModel):
     files: int = 0
     verified: int = 0  # files whose bytes were read and checked (--verify-data)
     problems: list[Problem] = Field(default_factory=list)
+
+    @property
+    def repaired(self) -> int:
+        return sum(problem.repaired for problem in self.problems)
 
 
 class BackendHealth(BaseModel):

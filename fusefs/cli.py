@@ -7,7 +7,7 @@
     artifactfs serve [--data-dir D] [--host H] [--port N] [--public-url URL] [--metrics HOST:PORT]   (fusefs.serve_cmd)
     artifactfs gc [--data-dir D] [--dry-run]   (fusefs.gc_cmd)
     artifactfs status [MOUNTPOINT | --data-dir D]   (fusefs.status_cmd)
-    artifactfs fsck [--data-dir D] [--verify-data]   (fusefs.fsck_cmd)
+    artifactfs fsck [--data-dir D] [--verify-data] [--repair]   (fusefs.fsck_cmd)
 
 The environment is read once per command, by :meth:`core.settings.Settings.from_env`;
 :func:`run` takes the store's clock as a parameter, so a caller (a test) can
@@ -142,10 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--data-dir", type=Path, default=None, help=f"the store's data dir (default: {DATA_DIR_HELP})")
     gc.add_argument("--dry-run", action="store_true", help="count what would be reclaimed; change nothing")
 
-    fsck = commands.add_parser("fsck", help="check records, blobs and counters; change nothing (exit 0 clean, 1 "
-                                             "problems found, 2 could not run)")
+    fsck = commands.add_parser("fsck", help="check records, blobs and counters; change nothing unless --repair "
+                                             "(exit 0 clean, 1 problems found, 2 could not run)")
     fsck.add_argument("--data-dir", type=Path, default=None, help=f"the store's data dir (default: {DATA_DIR_HELP})")
     fsck.add_argument("--verify-data", action="store_true", help="also read every file and check its SHA-256")
+    fsck.add_argument("--repair", action="store_true",
+                      help="fix what is safe: counters, and orphans moved to lost+found of their scope")
 
     status = commands.add_parser("status", help="what the store holds, and the mount on it if one runs")
     status.add_argument("mountpoint", type=Path, nargs="?", default=None, metavar="MOUNTPOINT",

@@ -74,6 +74,7 @@ def _filename(node: Node, known: Mapping[int, Node]) -> str:
 
 
 HEALTH_TIMEOUT = 5.0  # seconds a backend has to answer a health probe
+LOST_AND_FOUND = "lost+found"  # where fsck --repair puts what no directory reached, in each scope
 
 
 class _FixedInos(NamedTuple):
@@ -724,6 +725,25 @@ class Namespace(Content, Quotas):
         if replaced is not None and replaced.last_name and replacing is not None:
             await replacing(replaced)  # its blob, queued by the rename, waits out the grace period
         return replaced
+
+    async def rehome(self, orphan: Node) -> str:
+        """Move a record no entry reaches (fsck's orphan) to ``lost+found/#<ino>-<name>`` of its scope.
+
+        Returns that path below the scope root. Conditional on the record as
+        fsck read it (StaleRecordError if it changed since); a fixed
+        directory (a scope root, a sandbox's) is not an entry and stays.
+        """
+        if orphan.role is not NodeRole.ENTRY or orphan.space is None:
+            raise ReadOnlyError(f"{orphan.name!r} is not an entry of a scope")
+        _, found = await self.place(orphan.space, [LOST_AND_FOUND])
+        name = f"#{orphan.ino}-{orphan.name}"
+        if len(name.encode()) > grid.MAX_NAME_BYTES:
+            name = f"#{orphan.ino}"
+        now = self.now()
+        moved = orphan.model_copy(update={"ctime_ns": now})
+        await self.meta.rename(moved, found.ino, name, replace=False, touch_ns=now)
+        adopt(orphan, moved)
+        return f"{LOST_AND_FOUND}/{name}"
 
     async def _clear_expired_target(self, parent: Node, name: str, refusal: Exception) -> bool:
         if isinstance(refusal, AlreadyExistsError):

@@ -57,6 +57,27 @@ class Quotas(TreeBase):
         if max_files is not None and add_files > 0 and usage.files + add_files > max_files:
             raise QuotaExceededError(f"{who} {space.owner} would hold {usage.files + add_files} of {max_files} files")
 
+    async def recount_usage(self, usage_key: str) -> Usage | None:
+        """Reset an account's counters to what its signed records hold; None if a change raced the count.
+
+        The records are found through the account's own index, whose members
+        come and go only with changes that move its counters, and the reset
+        is conditional on the account's generation as read before the count
+        (``MetaStore.reset_usage``): a store or delete that races it is never
+        overwritten. A key that names no space (a forged row) can hold nothing.
+        """
+        generation = await self.meta.usage_generation(usage_key)
+        counted = Usage()
+        space = _space_of(usage_key)
+        if space is not None:
+            found = await self.meta.search(
+                space.sandbox_id, scope=space.scope, session_id=space.session_id, user_id=space.user_id
+            )
+            for node in {node.ino: node for node in found}.values():
+                if node.is_file and node.space is not None and node.space.usage_key == usage_key:
+                    counted.add(1, node.size)
+        return counted if await self.meta.reset_usage(usage_key, counted, generation=generation) else None
+
     async def headroom(self, space: Space) -> tuple[Usage, int | None, int | None]:
         """What ``space`` uses, and the bytes and files its quota still allows (None: no quota)."""
         usage = await self._usage(space)
@@ -71,3 +92,18 @@ class Quotas(TreeBase):
             None if max_bytes is None else max(0, max_bytes - usage.bytes),
             None if max_files is None else max(0, max_files - usage.files),
         )
+
+
+def _space_of(usage_key: str) -> Space | None:
+    """The space an account key (``<sandbox>/<scope>/<owner>``) stands for, if it is one."""
+    sandbox_id, _, rest = usage_key.partition("/")
+    scope_name, _, owner = rest.partition("/")
+    try:
+        scope = Scope(scope_name)
+        if scope is Scope.SESSION:
+            return Space(sandbox_id=sandbox_id, scope=scope, session_id=owner)
+        if scope is Scope.USER:
+            return Space(sandbox_id=sandbox_id, scope=scope, user_id=owner)
+        return Space(sandbox_id=sandbox_id, scope=scope) if not owner else None
+    except ValueError:  # pydantic's ValidationError is one
+        return None

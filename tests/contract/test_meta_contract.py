@@ -584,6 +584,35 @@ async def test_usage_and_totals_follow_every_change(meta: MetaStore) -> None:
     assert await meta.usage("box/user/nobody") == Usage()
 
 
+
+# -- repair (fsck --repair): conditional on the account's generation, or one atomic step
+
+
+async def test_reset_usage_is_refused_once_a_change_charged_the_account(meta: MetaStore) -> None:
+    alice = await scope_root(meta, ALICE, "alice")
+    await meta.insert(a_file(alice.ino, "f", size=10))
+    seen = await meta.usage_generation(ALICE.usage_key)
+    await meta.insert(a_file(alice.ino, "g", size=5))  # lands between a count and its reset
+    assert not await meta.reset_usage(ALICE.usage_key, Usage(bytes=10, files=1), generation=seen)
+    assert await meta.usage(ALICE.usage_key) == Usage(bytes=15, files=2)
+    now = await meta.usage_generation(ALICE.usage_key)
+    assert now != seen
+    assert await meta.reset_usage(ALICE.usage_key, Usage(bytes=20, files=3), generation=now)
+    assert await meta.usage(ALICE.usage_key) == Usage(bytes=20, files=3)
+    assert await meta.totals() == Usage(bytes=20, files=3)  # the totals follow a reset too
+    assert not await meta.reset_usage(ALICE.usage_key, Usage(), generation=now)  # a reset moves it as well
+
+
+async def test_recount_subdirs_takes_the_count_from_the_entries(meta: MetaStore) -> None:
+    alice = await scope_root(meta, ALICE, "alice")
+    await meta.insert(a_dir(alice.ino, "a"))
+    await meta.insert(a_dir(alice.ino, "b"))
+    await meta.insert(a_file(alice.ino, "f"))
+    assert await meta.recount_subdirs(alice.ino) == 2
+    stored = await meta.get(alice.ino)
+    assert stored is not None and stored.subdirs == 2
+
+
 # -- a second client: the same records, trusted only under the same key
 
 

@@ -272,6 +272,34 @@ class MetaStore(Protocol):
         """Every usage account (``<sandbox>/<scope>/<owner>``) with what it holds: ``status``'s table."""
         ...
 
+    # -- repair (``fsck --repair``, issue #11): each conditional, or one atomic step of the backend
+
+    async def usage_generation(self, usage_key: str) -> int:
+        """How many changes have charged the account so far: every change of its counters moves it.
+
+        A repair reads it before counting the account's records and resets
+        the counters only if it has not moved, so a store or delete that
+        raced the count is never overwritten by it.
+        """
+        ...
+
+    async def reset_usage(self, usage_key: str, usage: Usage, *, generation: int) -> bool:
+        """Set the account to ``usage`` if its generation is still ``generation``; False if it moved."""
+        ...
+
+    async def recount_subdirs(self, ino: int) -> int:
+        """Count directory ``ino``'s subdirectories and keep that as its count, in one atomic step."""
+        ...
+
+    async def orphans(self) -> list[Node]:
+        """Records that no directory entry reaches: their parent is gone, or its entry names another.
+
+        A scan of every record (fsck's, not a request's): such records come
+        only from damage, since every change that unnames a directory's
+        entries is refused while it has any.
+        """
+        ...
+
     # -- the deletion queue (issue #16): blobs wait here before gc deletes them
 
     async def defer_delete(

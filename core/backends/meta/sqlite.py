@@ -99,6 +99,9 @@ CREATE TABLE IF NOT EXISTS link (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS link_ino ON link(ino);
 """
+# An account's generation (issue #11): every change of its counters moves it, so a repair can reset
+# them conditionally on what it counted (MetaStore.reset_usage). A store made before it: the column.
+_USAGE_GENERATION_MIGRATION = "ALTER TABLE usage ADD COLUMN gen INTEGER NOT NULL DEFAULT 0;"
 _COLUMNS = "ino, record, sig, subdirs"
 _RECORD_COLUMNS = "node.ino, node.record, node.sig, node.subdirs"  # the same, in a join
 # The columns derived from a record, in the order _write computes them.
@@ -180,6 +183,8 @@ class SQLiteMetaStore:
         if "subdirs" not in {column[1] for column in db.execute("PRAGMA table_info(node)")}:
             db.executescript(f"BEGIN IMMEDIATE; {_SUBDIR_MIGRATION} COMMIT;")
         db.executescript(_SUBDIR_SCHEMA)
+        if "gen" not in {column[1] for column in db.execute("PRAGMA table_info(usage)")}:
+            db.executescript(f"BEGIN IMMEDIATE; {_USAGE_GENERATION_MIGRATION} COMMIT;")
         self._db = db
         if await self.get(ROOT_INO) is None:
             root = new_node(parent=0, name="", kind=NodeKind.DIR, mode=0o755, role=NodeRole.ROOT, now_ns=0)
@@ -287,8 +292,8 @@ class SQLiteMetaStore:
     def _account(db: sqlite3.Connection, usage_key: str | None, add_bytes: int, add_files: int) -> None:
         if usage_key is not None and (add_bytes or add_files):
             db.execute(
-                "INSERT INTO usage (key, bytes, files) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE"
-                " SET bytes = bytes + excluded.bytes, files = files + excluded.files",
+                "INSERT INTO usage (key, bytes, files, gen) VALUES (?, ?, ?, 1) ON CONFLICT(key) DO UPDATE"
+                " SET bytes = bytes + excluded.bytes, files = files + excluded.files, gen = gen + 1",
                 (usage_key, add_bytes, add_files),
             )
 
@@ -420,6 +425,40 @@ class SQLiteMetaStore:
     async def totals(self) -> Usage:
         row = self.db.execute("SELECT COALESCE(SUM(bytes),0), COALESCE(SUM(files),0) FROM usage").fetchone()
         return Usage(bytes=row[0], files=row[1])
+
+    # -- repair
+
+    async def usage_generation(self, usage_key: str) -> int:
+        row = self.db.execute("SELECT gen FROM usage WHERE key=?", (usage_key,)).fetchone()
+        return row[0] if row else 0
+
+    async def reset_usage(self, usage_key: str, usage: Usage, *, generation: int) -> bool:
+        with self._tx() as db:
+            row = db.execute("SELECT gen FROM usage WHERE key=?", (usage_key,)).fetchone()
+            if (row[0] if row else 0) != generation:
+                return False
+            db.execute(
+                "INSERT INTO usage (key, bytes, files, gen) VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE"
+                " SET bytes = excluded.bytes, files = excluded.files, gen = excluded.gen",
+                (usage_key, usage.bytes, usage.files, generation + 1),
+            )
+        return True
+
+    async def recount_subdirs(self, ino: int) -> int:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE node SET subdirs = (SELECT COUNT(*) FROM node AS sub WHERE sub.parent = node.ino"
+                " AND sub.is_dir AND sub.ino != node.ino) WHERE ino = ?", (ino,),
+            )
+            row = db.execute("SELECT subdirs FROM node WHERE ino=?", (ino,)).fetchone()
+        return row[0] if row else 0
+
+    async def orphans(self) -> list[Node]:
+        # An entry is its row's (parent, name): only a parent that is gone leaves a row unreached.
+        return self._many(
+            f"SELECT {_RECORD_COLUMNS} FROM node LEFT JOIN node AS up ON up.ino = node.parent"
+            " WHERE up.ino IS NULL AND node.ino != ?", (ROOT_INO,),
+        )
 
     # -- changes
 

@@ -36,6 +36,8 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
                            ``se:<sandbox>/<session>``, ``us:<sandbox>/<user>``
 ``P:exp``           zset   ino by expires_at (ns)
 ``P:ub`` ``P:uf``   hash   usage key -> bytes, files
+``P:ug``            hash   usage key -> generation: moved by every change of
+                           the account's counters (a repair's condition)
 ``P:tot``           hash   ``bytes``, ``files``: the totals of all usage keys
 ``P:events``        chan   change notices (when the store is made with notify)
 ==================  =====  ====================================================
@@ -169,6 +171,7 @@ local function le(a, b) return #a < #b or (#a == #b and a <= b) end
 local function charge(n, sign)
   if n.uk == '' then return end
   local files = sign > 0 and '1' or '-1'
+  redis.call('HINCRBY', P .. ':ug', n.uk, 1)
   redis.call('HINCRBY', P .. ':uf', n.uk, files)
   redis.call('HINCRBY', P .. ':tot', 'files', files)
   if n.sz ~= '0' and n.sz ~= '' then
@@ -624,6 +627,48 @@ function ops.link()
   if touch(dir, at + 3) then inode(dir) end
   publish()
   return {'OK'}
+end
+
+-- ARGV: usage key, the generation the caller counted at, bytes, files (fsck --repair)
+function ops.reset_usage()
+  local uk, gen = ARGV[3], ARGV[4]
+  if (redis.call('HGET', P .. ':ug', uk) or '0') ~= gen then return {'ERR', 'moved'} end
+  for at, field in ipairs({'ub', 'uf'}) do  -- a number passed to redis.call as '%d': '%.14g' would round
+    local was = tonumber(redis.call('HGET', P .. ':' .. field, uk) or '0')
+    local delta = string.format('%d', tonumber(ARGV[4 + at]) - was)
+    redis.call('HINCRBY', P .. ':tot', at == 1 and 'bytes' or 'files', delta)
+    redis.call('HSET', P .. ':' .. field, uk, ARGV[4 + at])
+  end
+  redis.call('HINCRBY', P .. ':ug', uk, 1)
+  return {'OK'}
+end
+
+-- ARGV: inos (a page of fsck's scan). The records of those no entry reaches: the parent gone, or
+-- its entry under the name naming another inode. Checked and read in one step, so the revision
+-- answered is the one found unreached: a repair conditional on it moves nothing placed meanwhile.
+function ops.unreached()
+  local out = {}
+  for at = 3, #ARGV do
+    local ino = ARGV[at]
+    local place = redis.call('HMGET', ikey(ino), 'p', 'n')
+    local p = place[1]
+    if p and p ~= '0' and (redis.call('EXISTS', ikey(p)) == 0 or redis.call('HGET', dkey(p), place[2]) ~= ino) then
+      for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
+    end
+  end
+  return out
+end
+
+-- ARGV: ino of a directory whose subdirectory count to take again from its entries
+function ops.recount_subdirs()
+  local ino = ARGV[3]
+  if redis.call('EXISTS', ikey(ino)) == 0 then return {'OK', '0'} end
+  local count = 0
+  for _, child in ipairs(redis.call('HVALS', dkey(ino))) do
+    if redis.call('HGET', ikey(child), 'k') == 'd' and child ~= ino then count = count + 1 end
+  end
+  redis.call('HSET', ikey(ino), 'sd', count)
+  return {'OK', tostring(count)}
 end
 
 local op = ops[ARGV[1]]

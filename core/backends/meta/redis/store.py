@@ -431,6 +431,34 @@ class RedisMetaStore:
         size, files = await self._call("totals", lambda client, _s: client.hmget(self.key("tot"), "bytes", "files"))
         return Usage(bytes=int(size or 0), files=int(files or 0))
 
+    # -- repair
+
+    async def usage_generation(self, usage_key: str) -> int:
+        gen = await self._call("usage generation", lambda client, _s: client.hget(self.key("ug"), usage_key))
+        return int(gen or 0)
+
+    async def reset_usage(self, usage_key: str, usage: Usage, *, generation: int) -> bool:
+        reply = await self._script("reset usage", "reset_usage", usage_key, generation, usage.bytes, usage.files)
+        return reply[0] == b"OK"
+
+    async def recount_subdirs(self, ino: int) -> int:
+        reply = self._check(await self._script("recount subdirectories", "recount_subdirs", ino), "recount")
+        return int(reply[1])
+
+    async def orphans(self) -> list[Node]:
+        found: dict[int, Node] = {}
+        cursor = 0
+        pattern = _glob_escape(self.key("i", "")) + "*"
+        while True:
+            cursor, keys = await self._call(
+                "scan records", lambda client, _s, at=cursor: client.scan(at, match=pattern, count=1000)
+            )
+            inos = [ino for ino in (int(key.rsplit(b":", 1)[1]) for key in keys) if ino != ROOT_INO]
+            if inos:  # SCAN may answer a key twice: the last answer wins
+                found.update((node.ino, node) for node in self._records(await self._script("orphans", "unreached", *inos)))
+            if cursor == 0:
+                return [found[ino] for ino in sorted(found)]
+
     # -- changes
 
     async def _replacing(
@@ -658,3 +686,8 @@ def from_settings(settings: Settings, signer: RecordSigner) -> RedisMetaStore:
     if not settings.redis_url:
         raise ConfigurationError("SESSION_PROVIDER=redis needs SESSION_REDIS_URL")
     return RedisMetaStore(settings.redis_url, signer, prefix=settings.redis_prefix, notify=settings.redis_notify)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by SCAN's glob pattern (a prefix may hold ``[`` or ``*``)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
