@@ -10,6 +10,7 @@ from core.errors import (
     ArtifactTooLargeError,
     InvalidArgumentError,
     InvalidNameError,
+    NamespaceNotFoundError,
     NameTooLongError,
     ProviderError,
     QuotaExceededError,
@@ -23,8 +24,11 @@ from core.models import (
     MultipartUploadCompleteRequest,
     MultipartUploadInitRequest,
     MultipartUploadPart,
+    NamespaceInfo,
+    NamespaceType,
     Scope,
     SessionInfo,
+    StorageScope,
     StreamDownloadRequest,
     StreamUploadRequest,
 )
@@ -37,4 +41,5 @@ __all__ = [
     "QuotaExceededError", "Scope", "SessionError", "SessionInfo", "StoreClosedError", "StoreFullError",
     "StreamDownloadRequest", "StreamUploadRequest",
     "MultipartUploadCompleteRequest", "MultipartUploadInitRequest", "MultipartUploadPart",
+    "NamespaceInfo", "NamespaceNotFoundError", "NamespaceType", "StorageScope",
 ]

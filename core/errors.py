@@ -18,6 +18,10 @@ class ArtifactNotFoundError(ArtifactStoreError):
     """No artifact, file or directory by that id or name."""
 
 
+class NamespaceNotFoundError(ArtifactNotFoundError, ValueError):
+    """No such namespace, or no such path in one (a ValueError, as the reference raises)."""
+
+
 class ArtifactExpiredError(ArtifactNotFoundError):
     """It existed, but its TTL (or its session's) has run out."""
 

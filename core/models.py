@@ -20,6 +20,16 @@ class Scope(str, Enum):
     SANDBOX = "sandbox"
 
 
+StorageScope = Scope  # the reference's name for it (namespaces)
+
+
+class NamespaceType(str, Enum):
+    """A namespace is one file (BLOB) or a directory tree (WORKSPACE) (issue #10)."""
+
+    BLOB = "blob"
+    WORKSPACE = "workspace"
+
+
 class _Mapping(BaseModel):
     """A model that also answers ``obj["field"]`` and ``obj.get()``.
 
@@ -86,6 +96,32 @@ class SessionInfo(_Mapping):
 
 
 ProgressCallback = Callable[[int, int | None], Any]
+
+
+class NamespaceInfo(_Mapping):
+    """A namespace as the reference describes it, plus ``path``: where it is in the mount.
+
+    Times are ISO 8601 strings ending in ``Z``, as in the reference.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    namespace_id: str
+    type: NamespaceType
+    name: str | None = None
+    provider_type: str
+    scope: Scope
+    session_id: str
+    sandbox_id: str
+    user_id: str | None = None
+    owner_id: str | None = None  # the user of a user-scope namespace
+    created_at: str
+    expires_at: str | None = None
+    ttl_seconds: int
+    grid_path: str
+    current_path: str = "/"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    path: str  # below the sandbox's directory in the mount: users/alice/namespaces/ns-...
 
 
 class _Request(BaseModel):

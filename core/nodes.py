@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from core.models import Scope
+from core.models import NamespaceType, Scope
 
 ROOT_INO = 1
 # The session_meta key of a session a checked uid made through the mount (``mkdir sessions/<id>``): that uid.
@@ -97,6 +97,22 @@ class Artifact(BaseModel):
     ttl: int | None = None
 
 
+class NamespaceRecord(BaseModel):
+    """What makes a node a namespace (issue #10): a workspace directory or a blob file.
+
+    In the node's signed record, so a namespace is found, listed and
+    checked like any other node, by every process and mount at once.
+    """
+
+    namespace_id: str
+    type: NamespaceType
+    name: str | None = None
+    provider_type: str
+    session_id: str  # the session it was created in (the reference names one for every namespace)
+    ttl_seconds: int = 0
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
 MAX_LINKS = 1000  # names one inode may have (EMLINK beyond): each one makes its record longer
 
 
@@ -135,6 +151,8 @@ class Node(BaseModel):
     links: list[Link] = Field(default_factory=list)  # hard links: names beyond the primary one
     artifact: Artifact | None = None  # files
     session_meta: dict[str, Any] | None = None  # session scope roots
+    # Namespaces (issue #10); absent from every other record, so they carry no byte of it.
+    namespace: NamespaceRecord | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @property
     def is_dir(self) -> bool:

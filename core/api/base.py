@@ -47,6 +47,12 @@ def as_datetime(ns: int | None) -> datetime | None:
     return None if ns is None else datetime.fromtimestamp(ns / NS, tz=timezone.utc)
 
 
+def iso_z(ns: int | None) -> str | None:
+    """A time as the reference's namespace API writes it: ISO 8601 in UTC, ending in ``Z``."""
+    when = as_datetime(ns)
+    return None if when is None else when.isoformat().replace("+00:00", "Z")
+
+
 class StoreBase:
     """The state and the checks every API call shares."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from core.api.files import FilesApi
 from core.api.listing import ListingApi
 from core.api.maintenance import MaintenanceApi
+from core.api.namespaces import NamespaceApi
 from core.api.presign import PresignApi
 from core.api.sessions import SessionsApi
 from core.api.status import StatusApi
@@ -18,7 +19,7 @@ from core.infra.metrics import instrumented
 
 
 @instrumented  # every public call timed and counted (artifact_operation_duration_seconds, ...)
-class ArtifactStore(FilesApi, ListingApi, SessionsApi, PresignApi, StatusApi, MaintenanceApi):
+class ArtifactStore(NamespaceApi, FilesApi, ListingApi, SessionsApi, PresignApi, StatusApi, MaintenanceApi):
     """An artifact store over one blob backend and one metadata backend.
 
     With no arguments it keeps everything in memory (the reference's zero

@@ -27,6 +27,7 @@ import sniffio
 from anyio.from_thread import BlockingPortal
 
 T = TypeVar("T")
+_BRIDGE_THREAD = "artifactfs-asyncio"
 P = ParamSpec("P")
 
 
@@ -65,7 +66,7 @@ class _PortalThread:
 
                 thread = threading.Thread(
                     target=anyio.run, args=(serve,), kwargs={"backend": "asyncio"},
-                    name="artifactfs-asyncio", daemon=True,
+                    name=_BRIDGE_THREAD, daemon=True,
                 )
                 thread.start()
                 if not started.wait(30) or not ready:
@@ -151,3 +152,17 @@ class LoopLocal(Generic[T]):
         values, self._values = self._values, {}
         for loop, value in values.items():
             await _on_loop(loop, lambda value=value: self._dispose(value))
+
+
+def call_blocking(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``fn(*args)`` to its end from synchronous code, on the bridge's loop.
+
+    For the reference API's few synchronous methods (``list_namespaces``,
+    ``get_namespace_info``), which must still read the metadata store: the
+    calling thread waits, and with it any loop it runs. Never from the
+    bridge's own thread, which would wait for itself.
+    """
+    if threading.current_thread().name == _BRIDGE_THREAD:
+        raise RuntimeError("call_blocking() from the bridge's own loop would wait for ever")
+    portal = _THREAD.start()
+    return portal.call(lambda: fn(*args, **kwargs))

@@ -44,6 +44,7 @@ from core.nodes import (
     ROOT_INO,
     SPECIAL_KINDS,
     Artifact,
+    NamespaceRecord,
     Node,
     NodeKind,
     NodeRole,
@@ -448,15 +449,17 @@ class Namespace(Content, Quotas):
 
     async def mkdir(
         self, parent: Node, name: str, mode: int = 0o755, uid: int = 0, gid: int = 0, *, session_user: str | None = None,
-        made_by_uid: int | None = None,
+        made_by_uid: int | None = None, namespace: NamespaceRecord | None = None,
     ) -> Node:
         """A directory; in ``sessions/`` a new session (of ``session_user``; ``made_by_uid``: a uid's claim,
-        see :func:`core.api.access.check_session_join`), in ``users/`` a user space."""
+        see :func:`core.api.access.check_session_join`), in ``users/`` a user space; with ``namespace``, a
+        workspace, made with its record in one insert."""
         if parent.role in (NodeRole.SESSIONS, NodeRole.USERS, NodeRole.ROOT):
             return await self._mkdir_fixed(parent, name, uid, gid, session_user, made_by_uid)
         space = self.entry_space(parent, name)
         node = new_node(parent=parent.ino, name=name, kind=NodeKind.DIR, mode=mode & 0o7777, now_ns=self.now(),
                         space=space, uid=uid, gid=gid)
+        node.namespace = namespace
         node, _ = await self._insert(node)
         return node
 
@@ -688,6 +691,8 @@ class Namespace(Content, Quotas):
         """
         if node.role is not NodeRole.ENTRY:
             raise ReadOnlyError(f"{node.name!r} cannot be renamed")
+        if node.namespace is not None:  # its id names its place (core.api.namespaces)
+            raise ReadOnlyError(f"{node.name!r} is a namespace: it keeps its name")
         space = self.entry_space(new_parent, new_name)
         if node.space is None or space.usage_key != node.space.usage_key:
             raise CrossScopeError("rename across scopes")

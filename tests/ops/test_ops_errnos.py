@@ -26,6 +26,7 @@ EXPECTED: dict[type[errors.ArtifactStoreError], int] = {
     errors.ArtifactNotFoundError: errno.ENOENT,
     errors.ArtifactExpiredError: errno.ENOENT,
     errors.UploadNotFoundError: errno.ENOENT,
+    errors.NamespaceNotFoundError: errno.ENOENT,
     errors.AccessDeniedError: errno.EACCES,
     errors.ReadOnlyError: errno.EACCES,
     errors.UrlRefusedError: errno.EACCES,
