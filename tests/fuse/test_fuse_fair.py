@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mounting import Mount
 
-STABLE = 5_000
+STABLE = 2_000  # eight pages of the mount's listing (fusefs.dirhandles.PAGE_SIZE = 256)
 
 
 def churn(where: Path, stop: threading.Event, rounds: list[int]) -> None:
