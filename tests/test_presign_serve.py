@@ -380,3 +380,19 @@ async def test_abandoned_uploads_are_reclaimed_by_cleanup(served: Served) -> Non
             while _staged(served.data_dir, 7_777):
                 await trio.sleep(0.5)
                 await store.cleanup_expired_sessions()
+
+
+@pytest.mark.semantics("S-presign-range-verified")
+async def test_a_block_map_the_service_made_is_trusted_by_the_application(app_store: ArtifactStore) -> None:
+    """Both processes derive the map's key from the one signing key in the data dir."""
+    from core.tree.blockmap import BlockMap
+
+    data = os.urandom(2 * MiB + 9)
+    artifact_id = await app_store.store(data, filename="ranged.bin")
+    url = await app_store.presign(artifact_id)
+    assert await curl("-r", f"{MiB - 1}-{MiB}", url) == data[MiB - 1 : MiB + 1]  # the service makes the map
+    node = await app_store.ns.artifact_node(artifact_id)
+    key, sha256 = node.artifact.blob_key, node.artifact.sha256  # type: ignore[union-attr]
+    stored = await app_store.ns.read_block_map(key, BlockMap.max_bytes(key, len(data), sha256))
+    assert stored is not None
+    assert BlockMap.decode(stored, app_store.transfers.block_maps.signer, key, len(data), sha256) is not None

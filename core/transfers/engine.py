@@ -29,6 +29,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -55,11 +56,13 @@ from core.errors import (
     UploadConflictError,
     UploadNotFoundError,
 )
+from core.infra.signing import RecordSigner
 from core.nodes import Node, Space
 from core.settings import PresignSettings
 from core.transfers.native import NativeUploads
-from core.transfers.urls import MAX_PARTS, Target, TargetKind, UrlSigner, check_expires
+from core.transfers.urls import MAX_PARTS, Target, TargetKind, UrlSigner, check_expires, derive_key
 from core.tree import grid
+from core.tree.blockmap import BlockMaps
 from core.tree.namespace import NS, Namespace
 
 log = logging.getLogger("artifactfs.transfers")
@@ -87,35 +90,50 @@ class Download(BaseModel):
     def etag(self) -> str:
         return f'"{self.sha256}"'
 
-    async def pump(self, ns: Namespace, start: int, end: int, verify: bool, out: MemoryObjectSendStream[bytes]) -> None:
-        """Send bytes ``[start, end)`` into ``out``; with ``verify`` (the whole blob) check the SHA-256.
+    async def pump(
+        self, ns: Namespace, maps: BlockMaps, start: int, end: int, out: MemoryObjectSendStream[bytes]
+    ) -> None:
+        """Send bytes ``[start, end)`` into ``out``, checked: the whole file against its SHA-256, a range
+        block by block against the blob's block map (:mod:`core.tree.blockmap`).
 
-        Reading and hashing run in worker threads while the caller sends the
-        previous chunk, so the digest costs little wall time. The check comes
-        before the last chunk is handed over: a client of a corrupted
-        artifact never receives a complete body.
+        A client of a corrupted artifact never receives a complete body: the
+        whole file's check comes before its last chunk is handed over, and a
+        range's blocks are each checked before any of their bytes.
         """
-        digest = hashlib.sha256() if verify else None
         async with out:
             if self.blob_key is None or end <= start:
-                self._check(digest)
-                return
-            reader = await ns.blob_reader(self.blob_key)
-            try:
-                offset = start
-                while offset < end:
-                    chunk = await reader.read(offset, min(CHUNK, end - offset))
-                    if not chunk:
-                        raise ArtifactCorruptedError(f"artifact {self.artifact_id} is shorter than recorded")
-                    offset += len(chunk)
-                    if digest is not None:
-                        await anyio.to_thread.run_sync(digest.update, chunk)
-                        if offset >= end:
-                            self._check(digest)
-                    await out.send(chunk)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await reader.close()
+                self._check(hashlib.sha256() if (start, end) == (0, self.size) else None)
+            elif (start, end) == (0, self.size):
+                await self._pump_whole(ns, out)
+            else:
+                ranged = maps.read_range(self.artifact_id, self.blob_key, self.size, self.sha256, start, end)
+                async with aclosing(ranged) as chunks:
+                    async for chunk in chunks:
+                        await out.send(chunk)
+
+    async def _pump_whole(self, ns: Namespace, out: MemoryObjectSendStream[bytes]) -> None:
+        """The whole blob, hashed on the way (no map needed).
+
+        Reading and hashing run in worker threads while the caller sends the
+        previous chunk, so the digest costs little wall time.
+        """
+        assert self.blob_key is not None
+        digest = hashlib.sha256()
+        reader = await ns.blob_reader(self.blob_key)
+        try:
+            offset = 0
+            while offset < self.size:
+                chunk = await reader.read(offset, min(CHUNK, self.size - offset))
+                if not chunk:
+                    raise ArtifactCorruptedError(f"artifact {self.artifact_id} is shorter than recorded")
+                offset += len(chunk)
+                await anyio.to_thread.run_sync(digest.update, chunk)
+                if offset >= self.size:
+                    self._check(digest)
+                await out.send(chunk)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await reader.close()
 
     def _check(self, digest: Any) -> None:
         if digest is not None and digest.hexdigest() != self.sha256:
@@ -133,6 +151,7 @@ class Transfers:
     def __init__(self, ns: Namespace, settings: PresignSettings, signing_key: bytes, registry: UploadRegistry) -> None:
         self.ns, self.settings, self.registry = ns, settings, registry
         self.signer = UrlSigner(signing_key, settings.url)
+        self.block_maps = BlockMaps(ns, RecordSigner(derive_key(signing_key, "block-map/v1")))
         # The backend's own URLs when it has them (S3); the service's otherwise.
         backend = ns.native_presign
         self.native = NativeUploads(ns, backend, registry, settings, self._file_node) if backend is not None else None

@@ -188,9 +188,9 @@ class PresignService:
         if method == "HEAD":
             await send({"type": "http.response.body", "body": b""})
             return
-        await self._stream(found, start, end, verify=status == 200, receive=receive, send=send)
+        await self._stream(found, start, end, receive=receive, send=send)
 
-    async def _stream(self, found: Download, start: int, end: int, *, verify: bool, receive: Receive, send: Send) -> None:
+    async def _stream(self, found: Download, start: int, end: int, *, receive: Receive, send: Send) -> None:
         """Send the bytes as a reader task produces them; stop as soon as the client goes away.
 
         The last send must not be cancelled: within it hypercorn ends the
@@ -210,7 +210,7 @@ class PresignService:
                     tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
-            tg.start_soon(found.pump, self.transfers.ns, start, end, verify, chunks_in)
+            tg.start_soon(found.pump, self.transfers.ns, self.transfers.block_maps, start, end, chunks_in)
             async with chunks_out:
                 async for chunk in chunks_out:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -40,9 +40,11 @@ from core.errors import (
 from core.infra import metrics
 from core.nodes import Node
 from core.tree.base import EMPTY_SHA256, MAX_COMMIT_RACES, Change, TreeBase, adopt
+from core.tree.blockmap import sidecar_base, sidecar_key
 from core.tree.grid import parse_grid_key
 
 _GC_BATCH = 500  # queued keys gc looks at per round trip
+_MAP_READ = 1 << 20
 
 
 class Content(TreeBase):
@@ -326,6 +328,8 @@ class Content(TreeBase):
         gc deletes them after the grace period if still unnamed then, so a
         blob that a racing writer is about to name loses nothing. Parts of
         open presigned uploads (``/up-`` keys) are the upload registry's.
+        A block map (``<key>.blocks``) lives and goes with its blob: it is an
+        orphan only once its blob is neither named nor queued.
         """
         queued = set(await self.meta.pending_deletions())
         found: list[str] = []
@@ -334,7 +338,13 @@ class Content(TreeBase):
             listed += 1
             if progress is not None:
                 progress(listed, None)
-            if key not in queued and "/up-" not in key and not await self.blob_is_named(key):
+            if key in queued:
+                continue
+            base = sidecar_base(key)
+            if base is not None:
+                if base not in queued and not await self.blob_is_named(base):
+                    found.append(key)
+            elif "/up-" not in key and not await self.blob_is_named(key):
                 found.append(key)
         if found and not dry_run:
             await self.meta.queue_if_absent(found, self.grace_deadline())
@@ -349,7 +359,10 @@ class Content(TreeBase):
         """Delete the queued blobs that are due and that no record names; returns the blobs deleted.
 
         A key found still named (an intent whose commit came, a blob a
-        commit meant to supersede but did not) only leaves the queue.
+        commit meant to supersede but did not) only leaves the queue. A
+        blob's block map goes with it where maps are made at all. A store
+        that signs its own URLs (S3) never makes one, and each delete there
+        is a request: a stray map there is left to the orphan sweep.
         """
         now = self.now() if now_ns is None else now_ns
         deleted = 0
@@ -361,6 +374,8 @@ class Content(TreeBase):
             for key, _ in due:
                 if not await self.blob_is_named(key):
                     await self.blobs.delete(key)
+                    if self.native_presign is None and sidecar_base(key) is None:
+                        await self.blobs.delete(sidecar_key(key))
                     deleted += 1
             await self.meta.forget_deletions(due)
             seen.update(due)  # re-queued for the same time meanwhile: next gc's, not an endless loop
@@ -438,6 +453,34 @@ class Content(TreeBase):
     async def blob_reader(self, key: str, size: int | None = None) -> BlobReader:
         """Raw ranged reads of one blob; whoever reads it whole checks it (see :meth:`read_chunks`)."""
         return await self.blobs.reader(key, size=size)
+
+    async def read_block_map(self, blob_key: str, limit: int) -> bytes | None:
+        """The stored block map of ``blob_key`` (:mod:`core.tree.blockmap`), None when there is none.
+
+        At most ``limit + 1`` bytes are read: a map longer than a good one
+        is refused by its reader anyway, and a huge one must not fill memory.
+        """
+        try:
+            reader = await self.blobs.reader(sidecar_key(blob_key))
+        except ArtifactNotFoundError:
+            return None
+        try:
+            data = bytearray()
+            while len(data) <= limit:
+                chunk = await reader.read(len(data), min(_MAP_READ, limit + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+            return bytes(data)
+        except ArtifactNotFoundError:
+            return None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await reader.close()
+
+    async def write_block_map(self, blob_key: str, data: bytes) -> None:
+        """Store a block map beside its blob: one atomic put, so a reader sees all of it or the one before."""
+        await self.blobs.put(sidecar_key(blob_key), data)
 
     def file_upload(self, node: Node) -> FileUpload | None:
         """A part-by-part upload of ``node``'s next version, if the backend takes one (S3 multipart)."""
