@@ -25,6 +25,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The longest tests first: workers hand out tests in this order, and one started last would
+    # hold the whole run open for minutes after the others are done.
+    items.sort(key=lambda item: not (item.get_closest_marker("slow") or item.get_closest_marker("heavy")))
     target = config.getoption(CLAIMS_OPTION)
     if target:
         claims = {item.nodeid: [i for mark in item.iter_markers("semantics") for i in mark.args] for item in items}

@@ -64,6 +64,7 @@ def test_tail_of_a_cold_file_of_a_few_chunks(mount: Mount, alice: Path, size: in
 
 
 @pytest.mark.semantics("S-posix-model")
+@pytest.mark.heavy
 def test_fsx_bigfile_seed_4(mount: Mount, fsx_bin: Path) -> None:
     """The issue's reproduction, as given: it stopped at op 2506 for good."""
     work = mount.user_dir("root") / "fsx"

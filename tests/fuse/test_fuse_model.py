@@ -394,6 +394,7 @@ def model(mount: Mount, alice: Path, tmp_path: Path) -> type[MountModel]:
 
 @pytest.mark.semantics("S-posix-model")
 @pytest.mark.embedded_only("thousands of operations: on Redis + S3 their cost would be moto's")
+@pytest.mark.heavy
 def test_the_mount_behaves_like_the_local_disk(model: type[MountModel]) -> None:
     run_state_machine_as_test(model, settings=CI_RUN)
 
