@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
+import anyio
 import pytest
 from mounting import Mount, wait_for
 
@@ -19,15 +19,13 @@ async def test_a_workspace_is_a_directory_every_tool_works_in(mount: Mount) -> N
         await vfs.write_file("/src/main.py", b"print('v1')\n")
         workspace = mount.mountpoint / info.path
         wait_for(lambda: (workspace / "src" / "main.py").exists(), 30, "the workspace in the mount")
-        assert subprocess.run(["cat", str(workspace / "src" / "main.py")], capture_output=True, check=True,
-                              timeout=60).stdout == b"print('v1')\n"
+        assert (await anyio.run_process(["cat", str(workspace / "src" / "main.py")])).stdout == b"print('v1')\n"
         assert os.listdir(mount.mountpoint / "users" / "alice" / "namespaces") == [workspace.name]
 
         (workspace / "notes.txt").write_bytes(b"written by a shell tool")  # and back: the library reads it
         assert await store.read_namespace(info.namespace_id, path="/notes.txt") == b"written by a shell tool"
         assert sorted(await vfs.ls("/")) == ["notes.txt", "src"]
-        subprocess.run(["tar", "-C", str(workspace), "-cf", str(mount.data_dir.parent / "ws.tar"), "."], check=True,
-                       timeout=60)
+        await anyio.run_process(["tar", "-C", str(workspace), "-cf", str(mount.data_dir.parent / "ws.tar"), "."])
         with pytest.raises(PermissionError):  # its id names its place: a namespace keeps its name
             os.rename(workspace, workspace.with_name("renamed"))
 
