@@ -20,6 +20,7 @@ from core.errors import (
 )
 from core.models import (
     ArtifactMetadata,
+    CheckpointInfo,
     GridKey,
     MultipartUploadCompleteRequest,
     MultipartUploadInitRequest,
@@ -41,5 +42,5 @@ __all__ = [
     "QuotaExceededError", "Scope", "SessionError", "SessionInfo", "StoreClosedError", "StoreFullError",
     "StreamDownloadRequest", "StreamUploadRequest",
     "MultipartUploadCompleteRequest", "MultipartUploadInitRequest", "MultipartUploadPart",
-    "NamespaceInfo", "NamespaceNotFoundError", "NamespaceType", "StorageScope",
+    "CheckpointInfo", "NamespaceInfo", "NamespaceNotFoundError", "NamespaceType", "StorageScope",
 ]

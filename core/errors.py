@@ -133,6 +133,10 @@ class ReadOnlyError(AccessDeniedError):
     """A place in the tree that nobody writes to (the root, ``sessions/``)."""
 
 
+class FrozenError(ReadOnlyError):
+    """A checkpoint and what is in it are read-only (EROFS in the mount)."""
+
+
 class NotSupportedError(ArtifactStoreError):
     """An operation this store does not offer (e.g. RENAME_EXCHANGE)."""
 

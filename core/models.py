@@ -124,6 +124,19 @@ class NamespaceInfo(_Mapping):
     path: str  # below the sandbox's directory in the mount: users/alice/namespaces/ns-...
 
 
+class CheckpointInfo(_Mapping):
+    """A checkpoint of a workspace, as the reference describes one (``workspace_id``: its namespace)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    checkpoint_id: str
+    workspace_id: str
+    name: str | None = None
+    description: str = ""
+    created_at: str
+    stats: dict[str, Any] = Field(default_factory=dict)  # files, bytes (shared with the workspace, not copied)
+
+
 class _Request(BaseModel):
     """A request model whose bad fields raise InvalidArgumentError, like a bad keyword argument would.
 

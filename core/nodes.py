@@ -64,6 +64,8 @@ class NodeRole(str, Enum):
     USERS = "users"  # <sandbox>/users/: one directory per user
     SCOPE_ROOT = "scope_root"  # a session's, a user's, or the shared directory
     ENTRY = "entry"  # anything an artifact user created below a scope root
+    CHECKPOINTS = "checkpoints"  # namespaces/.checkpoints/, and in it one directory per workspace
+    FROZEN = "frozen"  # a checkpoint and everything in it: read-only
 
 
 class Space(BaseModel):
@@ -95,6 +97,21 @@ class Artifact(BaseModel):
     version: int = 1
     blob_key: str | None = None  # None while the file is empty
     ttl: int | None = None
+    # Checkpoints (issue #10) share blobs: a copy names the blob of another artifact (``blob_of``, the
+    # id in the blob's key) and is charged for it only when no other holder is (``charged``); both
+    # are absent from the records of every other file.
+    blob_of: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    charged: bool = Field(default=True, exclude_if=lambda value: value)
+
+
+class CheckpointRecord(BaseModel):
+    """What a checkpoint's directory says of it (issue #10), signed with it."""
+
+    checkpoint_id: str
+    name: str | None = None
+    description: str = ""
+    files: int = 0
+    bytes: int = 0
 
 
 class NamespaceRecord(BaseModel):
@@ -153,6 +170,7 @@ class Node(BaseModel):
     session_meta: dict[str, Any] | None = None  # session scope roots
     # Namespaces (issue #10); absent from every other record, so they carry no byte of it.
     namespace: NamespaceRecord | None = Field(default=None, exclude_if=lambda value: value is None)
+    checkpoint: CheckpointRecord | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @property
     def is_dir(self) -> bool:
@@ -208,6 +226,14 @@ class Node(BaseModel):
     @property
     def st_mode(self) -> int:
         return TYPE_BITS[self.kind] | (self.mode & 0o7777)
+
+
+def account_of(node: Node) -> str | None:
+    """The usage account ``node`` is charged to, if any: a file's space's, unless the blob it
+    shares with others is charged to another of its holders (checkpoints: issue #10)."""
+    if not node.is_file or node.space is None or (node.artifact is not None and not node.artifact.charged):
+        return None
+    return node.space.usage_key
 
 
 def new_node(

@@ -8,6 +8,7 @@
     artifactfs gc [--data-dir D] [--dry-run]   (fusefs.gc_cmd)
     artifactfs status [MOUNTPOINT | --data-dir D]   (fusefs.status_cmd)
     artifactfs fsck [--data-dir D] [--verify-data] [--repair]   (fusefs.fsck_cmd)
+    artifactfs checkpoint {create,list,restore,delete} WORKSPACE [NAME]   (fusefs.checkpoint_cmd)
 
 The environment is read once per command, by :meth:`core.settings.Settings.from_env`;
 :func:`run` takes the store's clock as a parameter, so a caller (a test) can
@@ -154,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a mounted store (default: the data dir's)")
     status.add_argument("--data-dir", type=Path, default=None, help=f"the store's data dir (default: {DATA_DIR_HELP})")
 
+    checkpoint = commands.add_parser("checkpoint", help="make, list, restore or delete a workspace's checkpoints "
+                                                        "(through the mount)")
+    checkpoint.add_argument("action", choices=["create", "list", "restore", "delete"])
+    checkpoint.add_argument("workspace", type=Path, metavar="WORKSPACE", help="a workspace's directory in the mount")
+    checkpoint.add_argument("name", nargs="?", default=None, metavar="NAME",
+                            help="the checkpoint (create: default cp-<date>-<time>)")
+
     umount = commands.add_parser("umount", help="unmount MOUNTPOINT and wait for its process to finish")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     umount.add_argument(
@@ -221,6 +229,10 @@ def run(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int
             from fusefs.fsck_cmd import run as fsck
 
             return fsck(args)
+        if args.command == "checkpoint":
+            from fusefs.checkpoint_cmd import run as checkpoint
+
+            return checkpoint(args)
         from fusefs import mount as lifecycle
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in _EXTRA_MODULES:

@@ -37,6 +37,7 @@ from core.errors import (
     OwnershipChangeError,
     ProviderError,
     QuotaExceededError,
+    FrozenError,
     ReadOnlyError,
     SessionError,
     StoreClosedError,
@@ -57,6 +58,7 @@ ERRNO_OF: dict[type[ArtifactStoreError], int] = {
     # The fixed upper tree (mount root, sessions/, users/): nobody may write there, which a real
     # filesystem reports as a permission problem on the directory.
     ReadOnlyError: errno.EACCES,
+    FrozenError: errno.EROFS,  # a checkpoint: read-only as a snapshot is
     AccessDeniedError: errno.EACCES,
     QuotaExceededError: errno.EDQUOT,
     ArtifactTooLargeError: errno.EFBIG,

@@ -33,9 +33,11 @@ from core.errors import (
     ReadOnlyError,
 )
 from core.infra import metrics
-from core.models import Scope
+from core.models import NamespaceType, Scope
 from core.nodes import SPECIAL_KINDS, Node, NodeKind, NodeRole, Space
 from core.tree import grid
+from core.tree.base import refuse_frozen
+from core.tree.checkpoints import HOLDER
 from core.tree.namespace import Namespace
 from fusefs.attrs import Attributes, Inodes
 from fusefs.callers import Callers
@@ -51,6 +53,8 @@ from fusefs.xattrs import Presigner, Xattrs
 log = logging.getLogger("artifactfs.mount")
 
 _DOT, _DOTDOT = b".", b".."
+_CHECKPOINTS = HOLDER.encode()  # <workspace>/.checkpoints: a view of its checkpoints (core.tree.checkpoints)
+RESTORE_XATTR = "user.artifact.restore"  # set on a workspace to a checkpoint's name: restore it
 
 # close() publishes a file without waiting for stable storage; this bounds how long
 # it may stay only in the page cache (fsync() makes it durable at once).
@@ -260,7 +264,9 @@ class Operations(pyfuse3.Operations):
         if name in (_DOT, _DOTDOT):
             parent = await self._node(parent_inode)
             return self._attr(parent if name == _DOT else await self._parent_of(parent))
-        _, node = await self._entry(parent_inode, name, ctx, write=False)
+        parent, node = await self._entry(parent_inode, name, ctx, write=False)
+        if node is None and name == _CHECKPOINTS and _is_workspace(parent):
+            node = await self.ns.checkpoints.holder(parent, create=True)  # hidden from readdir, as ZFS's .zfs
         if node is None:
             raise ArtifactNotFoundError(f"{name!r} not found")
         return self._attr(node)
@@ -298,6 +304,7 @@ class Operations(pyfuse3.Operations):
             await self.files.truncate(node, attr.st_size, publish=fh is None)
             node = await self._node(inode)
         if fields.update_mode or fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime:
+            refuse_frozen(node)
             if node.role not in (NodeRole.ENTRY, NodeRole.SCOPE_ROOT):
                 raise ReadOnlyError(f"{node.name or '/'!r} is part of the fixed tree")
 
@@ -402,6 +409,10 @@ class Operations(pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = await self._node(parent_inode)
         entry = _name(name)
+        if parent.role is NodeRole.CHECKPOINTS:  # mkdir <workspace>/.checkpoints/<name>: a checkpoint, as on ZFS
+            workspace = await self.ns.checkpoints.workspace_of(parent)
+            await self.callers.check(ctx.uid, workspace, write=True)
+            return self._attr(await self.ns.checkpoints.create(workspace, entry))
         if parent.role in (NodeRole.ROOT, NodeRole.SESSIONS, NodeRole.USERS):
             self.callers.check_new_scope(ctx.uid, parent, entry)
         else:
@@ -417,7 +428,11 @@ class Operations(pyfuse3.Operations):
         if node is None:
             raise ArtifactNotFoundError(f"{name!r} not found")
         await self.callers.check(ctx.uid, parent if parent.space is not None else node, write=True)
-        await self.ns.rmdir(node)
+        if parent.role is NodeRole.CHECKPOINTS and node.checkpoint is not None:
+            await self.callers.check(ctx.uid, await self.ns.checkpoints.workspace_of(parent), write=True)
+            await self.ns.checkpoints.drop(node)  # rmdir of a checkpoint, whole: it is not an ordinary directory
+        else:
+            await self.ns.rmdir(node)
         self._dir_removed(node)
         if node.role is NodeRole.SCOPE_ROOT:
             self.callers.forget_session(node)
@@ -478,6 +493,8 @@ class Operations(pyfuse3.Operations):
         if node.is_dir:
             raise IsADirectoryError_(f"{node.name!r} is a directory")
         writable = flags & os.O_ACCMODE != os.O_RDONLY
+        if writable or flags & os.O_TRUNC:
+            refuse_frozen(node)
         await self.callers.check(ctx.uid, node, write=writable or bool(flags & os.O_TRUNC))
         fh, file, cache = self.files.open(node, writable)
         if writable and flags & os.O_TRUNC:
@@ -707,8 +724,21 @@ class Operations(pyfuse3.Operations):
         node = await self._node(inode)
         await self.callers.check(ctx.uid, node, write=True)
         key, now = _text(name, "an attribute name"), self.ns.now()
+        if key == RESTORE_XATTR:
+            await self._restore(node, _text(value, "a checkpoint's name"))
+            return
         # update_node moves the session out first if this moves the node's expiry (user.artifact.ttl)
         await self.ns.update_node(node, lambda node: self.xattrs.set(node, key, value, now))
+
+    async def _restore(self, workspace: Node, checkpoint_id: str) -> None:
+        """``setfattr -n user.artifact.restore -v <checkpoint> <workspace>`` (``artifactfs checkpoint restore``)."""
+        if not _is_workspace(workspace):
+            raise InvalidArgumentError(f"{workspace.name!r} is not a workspace: nothing to restore")
+        restored = await self.ns.checkpoints.restore(workspace, await self.ns.checkpoints.find(workspace, checkpoint_id))
+        # The kernel did not ask for this change: its name for the workspace now leads to another inode.
+        self._spawn(trio.to_thread.run_sync, _invalidate_entry, self.inodes.fuse(restored.parent),
+                    restored.name.encode())
+        self._invalidate(workspace.ino)
 
     @fuse_call
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -722,6 +752,18 @@ class Operations(pyfuse3.Operations):
         await self.callers.check(ctx.uid, node, write=True)
         key = _text(name, "an attribute name")
         await self.ns.update_node(node, lambda node: self.xattrs.remove(node, key))
+
+
+def _is_workspace(node: Node | None) -> bool:
+    return node is not None and node.namespace is not None and node.namespace.type is NamespaceType.WORKSPACE
+
+
+def _invalidate_entry(fuse_parent: int, name: bytes) -> None:
+    try:
+        pyfuse3.invalidate_entry(fuse_parent, name)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("invalidating entry %r of inode %d: %s", name, fuse_parent, exc)
 
 
 def _invalidate_inode(fuse_ino: int, attr_only: bool) -> None:

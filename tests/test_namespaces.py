@@ -12,10 +12,13 @@ from core import (
     NamespaceInfo,
     NamespaceNotFoundError,
     NamespaceType,
+    QuotaExceededError,
     Scope,
     StorageScope,
 )
+from core.errors import AlreadyExistsError, FrozenError, NotSupportedError
 from core.infra.clock import ManualClock
+from core.models import Usage
 from core.settings import Limits
 
 
@@ -165,3 +168,147 @@ async def test_another_process_sees_a_namespace_at_once(backend: str, tmp_path, 
         assert await first.read_namespace(info.namespace_id, path="/x.txt") == b"from the second"
         await first.destroy_namespace(info.namespace_id)
         assert second.list_namespaces(user_id="alice") == []
+
+
+async def blob_bytes(store: ArtifactStore) -> int:
+    """What the blob store holds, in bytes, each blob read to its end (block maps and all)."""
+    total = 0
+    async for key in store.ns.blobs.keys():
+        reader = await store.ns.blobs.reader(key)
+        try:
+            offset = 0
+            while chunk := await reader.read(offset, 1 << 20):
+                offset += len(chunk)
+            total += offset
+        finally:
+            await reader.close()
+    return total
+
+
+@pytest.mark.semantics("S-checkpoints")
+async def test_the_seed_004_flow_checkpoint_change_restore(backend: str, tmp_path, limits: Limits) -> None:
+    clock = ManualClock(10**18)
+    async with make_store(backend, tmp_path / "data", clock, limits) as store:
+        project = await store.create_namespace(NamespaceType.WORKSPACE, name="demo", scope=StorageScope.USER,
+                                               user_id="alice")
+        ns_id = project.namespace_id
+        vfs = store.get_namespace_vfs(ns_id)
+        await vfs.write_file("/src/Main.tsx", b"v1 main")
+        await vfs.write_file("/assets/logo.png", b"\x89PNG v1" * 1000)
+        stored_before = await blob_bytes(store)
+        checkpoint = await store.checkpoint_namespace(ns_id, name="v1.0", description="Ready for review")
+        assert checkpoint.checkpoint_id == "v1.0" and checkpoint.workspace_id == ns_id
+        assert checkpoint.stats == {"files": 2, "bytes": 7 + 7000} and checkpoint.created_at.endswith("Z")
+        assert await blob_bytes(store) == stored_before  # records only: not one byte copied
+
+        await vfs.write_file("/src/Main.tsx", b"v2 main, longer")
+        await vfs.rm("/assets/logo.png")
+        await vfs.write_file("/new.txt", b"after the checkpoint")
+        assert [c.checkpoint_id for c in await store.list_checkpoints(ns_id)] == ["v1.0"]
+        usage = await store.ns.meta.usage(f"{store.sandbox_id}/user/alice")
+
+        assert await store.restore_namespace(ns_id, "v1.0")
+        assert await store.read_namespace(ns_id, path="/src/Main.tsx") == b"v1 main"
+        assert await store.read_namespace(ns_id, path="/assets/logo.png") == b"\x89PNG v1" * 1000
+        assert not await vfs.exists("/new.txt")
+        assert store.get_namespace_info(ns_id).namespace_id == ns_id  # the same namespace, restored in place
+        # The checkpoint still shows v1 after the workspace changes again.
+        await vfs.write_file("/src/Main.tsx", b"v3")
+        cp_main = await checkpoint_file(store, ns_id, "v1.0", "src/Main.tsx")
+        assert await store.retrieve(cp_main.artifact.artifact_id) == b"v1 main"  # type: ignore[union-attr]
+        assert usage.files >= 2
+        with pytest.raises(NamespaceNotFoundError):
+            await store.restore_namespace(ns_id, "v9")
+        assert await store.delete_checkpoint(ns_id, "v1.0")
+        assert await store.list_checkpoints(ns_id) == []
+
+
+async def checkpoint_file(store: ArtifactStore, ns_id: str, checkpoint_id: str, path: str):
+    _, workspace = await store._located(ns_id)
+    found = await store.ns.checkpoints.find(workspace, checkpoint_id)
+    for part in path.split("/"):
+        found = await store.ns.meta.lookup(found.ino, part)
+        assert found is not None
+    return found
+
+
+@pytest.mark.semantics("S-checkpoints")
+async def test_a_checkpoint_keeps_its_blobs_from_gc_and_counts_them_once(
+    backend: str, tmp_path, limits: Limits,
+) -> None:
+    clock = ManualClock(10**18)
+    async with make_store(backend, tmp_path / "data", clock, limits) as store:
+        info = await store.create_namespace(NamespaceType.WORKSPACE, scope=Scope.USER, user_id="alice")
+        account = f"{store.sandbox_id}/user/alice"
+        await store.write_namespace(info.namespace_id, b"a" * 1000, path="/a.bin")
+        await store.write_namespace(info.namespace_id, b"b" * 500, path="/b.bin")
+        assert await store.ns.meta.usage(account) == Usage(files=2, bytes=1500)
+        await store.checkpoint_namespace(info.namespace_id, name="cp")
+        assert await store.ns.meta.usage(account) == Usage(files=2, bytes=1500)  # shared blobs count once
+
+        vfs = store.get_namespace_vfs(info.namespace_id)
+        await vfs.rm("/a.bin")  # its blob is the checkpoint's alone now
+        await vfs.write_file("/b.bin", b"B" * 200)  # a new version: the old blob is the checkpoint's
+        clock.advance(store.ns.limits.blob_grace + 1)
+        report = await store.gc()
+        assert report.blobs == 0  # nothing the checkpoint names was deleted
+        cp_a = await checkpoint_file(store, info.namespace_id, "cp", "a.bin")
+        assert await store.retrieve(cp_a.artifact.artifact_id) == b"a" * 1000
+        # Each blob is charged once: the checkpoint's two old blobs and the new b.bin.
+        assert await store.ns.meta.usage(account) == Usage(files=3, bytes=1000 + 500 + 200)
+        assert (await store.fsck(verify_data=True)).problems == []
+
+        await store.delete_checkpoint(info.namespace_id, "cp")
+        clock.advance(store.ns.limits.blob_grace + 1)
+        assert (await store.gc()).blobs == 2  # the blobs only the checkpoint held
+        assert await store.ns.meta.usage(account) == Usage(files=1, bytes=200)
+        assert (await store.fsck(verify_data=True)).problems == []
+
+
+@pytest.mark.semantics("S-checkpoints")
+async def test_a_checkpoint_is_read_only_and_goes_with_its_namespace(store: ArtifactStore) -> None:
+    info = await store.create_namespace(NamespaceType.WORKSPACE, scope=Scope.USER, user_id="alice")
+    await store.write_namespace(info.namespace_id, b"x", path="/d/f.txt")
+    await store.checkpoint_namespace(info.namespace_id, name="one")
+    auto = await store.checkpoint_namespace(info.namespace_id)
+    assert auto.checkpoint_id.startswith("cp-") and auto.name is None
+    with pytest.raises(AlreadyExistsError):
+        await store.checkpoint_namespace(info.namespace_id, name="one")
+    with pytest.raises(InvalidArgumentError):
+        await store.checkpoint_namespace(info.namespace_id, name="../up")
+    frozen = await checkpoint_file(store, info.namespace_id, "one", "d/f.txt")
+    with pytest.raises(FrozenError):
+        await store.update_file(frozen.artifact.artifact_id, data=b"changed")  # type: ignore[union-attr]
+    with pytest.raises(FrozenError):
+        await store.delete(frozen.artifact.artifact_id)  # type: ignore[union-attr]
+    assert [m.filename for m in await store.search(user_id="alice", scope=Scope.USER)] == [
+        f"namespaces/{info.path.rpartition('/')[2]}/d/f.txt"]  # the copies are not artifacts of their own
+    blob = await store.create_namespace(NamespaceType.BLOB, scope=Scope.USER, user_id="alice")
+    with pytest.raises(NotSupportedError):
+        await store.checkpoint_namespace(blob.namespace_id)
+    await store.destroy_namespace(info.namespace_id)
+    assert await store.ns.meta.search(store.sandbox_id, scope=Scope.USER, session_id=None, user_id="alice") == [
+        n for n in await store.ns.meta.search(store.sandbox_id, scope=Scope.USER, session_id=None, user_id="alice")
+        if n.namespace is not None]  # only the blob namespace is left
+
+
+@pytest.mark.semantics("S-checkpoints")
+async def test_quotas_count_a_checkpointed_blob_once(backend: str, tmp_path) -> None:
+    clock = ManualClock(10**18)
+    limits = Limits(user_quota_bytes=3000)
+    async with make_store(backend, tmp_path / "data", clock, limits) as store:
+        info = await store.create_namespace(NamespaceType.WORKSPACE, scope=Scope.USER, user_id="alice")
+        await store.write_namespace(info.namespace_id, b"a" * 2000, path="/a.bin")
+        await store.checkpoint_namespace(info.namespace_id, name="cp")  # shares the blob: nothing more to charge
+        with pytest.raises(QuotaExceededError):
+            await store.write_namespace(info.namespace_id, b"b" * 1500, path="/b.bin")
+        assert await store.get_namespace_vfs(info.namespace_id).rm("/a.bin")
+        clock.advance(store.ns.limits.blob_grace + 1)
+        await store.gc()  # the checkpoint is the blob's holder now, and is charged for it
+        assert await store.ns.meta.usage(f"{store.sandbox_id}/user/alice") == Usage(files=1, bytes=2000)
+        with pytest.raises(QuotaExceededError):
+            await store.write_namespace(info.namespace_id, b"b" * 1500, path="/b.bin")
+        await store.delete_checkpoint(info.namespace_id, "cp")
+        clock.advance(store.ns.limits.blob_grace + 1)
+        await store.gc()
+        await store.write_namespace(info.namespace_id, b"b" * 1500, path="/b.bin")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from core.api.base import StoreBase
 from core.errors import ArtifactCorruptedError, ArtifactNotFoundError, ArtifactStoreError
 from core.models import FsckReport, GcReport, Problem, ProblemKind, Usage
-from core.nodes import ROOT_INO, Node
+from core.nodes import ROOT_INO, Node, account_of
 
 Progress = Callable[[int, "int | None"], None]  # (done, total if known): a long command's bar
 
@@ -94,7 +94,9 @@ class MaintenanceApi(StoreBase):
                 progress(checked, len(files))
             art = node.artifact
             assert art is not None and node.space is not None
-            counted[node.space.usage_key].add(1, node.size)
+            account = account_of(node)  # a copy sharing a blob charged elsewhere counts nowhere
+            if account is not None:
+                counted[account].add(1, node.size)
             if art.blob_key is not None and art.blob_key not in stored:
                 report.problems.append(Problem(where=where(node), kind=ProblemKind.MISSING_BLOB, detail=art.blob_key))
             elif verify_data:

@@ -36,7 +36,7 @@ from core.errors import (
     shown,
 )
 from core.infra import aio_bridge
-from core.models import NamespaceInfo, NamespaceType, Scope
+from core.models import CheckpointInfo, NamespaceInfo, NamespaceType, Scope
 from core.nodes import NamespaceRecord, Node, Space
 from core.tree import grid
 from core.tree.base import EMPTY_SHA256
@@ -278,6 +278,9 @@ class NamespaceApi(FilesApi, SessionsApi):
             raise AccessDeniedError(f"Access denied to namespace: {namespace_id}")
         check_write(Principal(trusted=True, admin=self.admin), node.space, f"namespace {namespace_id}")
         try:
+            holder = await self.ns.checkpoints.holder(node, create=False)
+            if holder is not None:
+                await self.ns.purge(holder)  # its checkpoints first: they name its blobs
             await self.ns.purge(node)
         except ArtifactNotFoundError:
             pass  # destroyed by another process meanwhile
@@ -288,3 +291,57 @@ class NamespaceApi(FilesApi, SessionsApi):
 
         aio_bridge.call_blocking(self._located, namespace_id)  # NamespaceNotFoundError now, as the reference
         return NamespaceVfs(self, namespace_id)
+
+    # -- checkpoints (core.tree.checkpoints: records copied, no byte)
+
+    async def _writable_namespace(self, namespace_id: str) -> Node:
+        _, node = await self._located(namespace_id)
+        assert node.space is not None
+        check_write(Principal(trusted=True, admin=self.admin), node.space, f"namespace {namespace_id}")
+        return node
+
+    def _checkpoint_info(self, namespace_id: str, node: Node) -> CheckpointInfo:
+        record = node.checkpoint
+        assert record is not None
+        return CheckpointInfo(
+            checkpoint_id=record.checkpoint_id, workspace_id=namespace_id, name=record.name,
+            description=record.description, created_at=iso_z(node.crtime_ns) or "",
+            stats={"files": record.files, "bytes": record.bytes},
+        )
+
+    async def _checkpoint(self, namespace_id: str, checkpoint_id: str) -> tuple[Node, Node]:
+        node = await self._writable_namespace(namespace_id)
+        if not isinstance(checkpoint_id, str):
+            raise NamespaceNotFoundError(f"Checkpoint not found: {shown(checkpoint_id)}")
+        try:
+            return node, await self.ns.checkpoints.find(node, checkpoint_id)
+        except ArtifactNotFoundError:
+            raise NamespaceNotFoundError(f"Checkpoint not found: {checkpoint_id}") from None
+
+    async def checkpoint_namespace(self, namespace_id: str, name: str | None = None, description: str = "") -> CheckpointInfo:
+        """A read-only copy of a workspace as it is now, made of records alone: no byte is copied.
+
+        Its id is ``name`` when given (then unique in the workspace), else a
+        new ``cp-...``; in the mount it is ``<workspace>/.checkpoints/<id>``.
+        """
+        node = await self._writable_namespace(namespace_id)
+        name = _label(name, "name")
+        description = rules.summary(description)
+        return self._checkpoint_info(namespace_id, await self.ns.checkpoints.create(node, name, description))
+
+    async def list_checkpoints(self, namespace_id: str) -> list[CheckpointInfo]:
+        _, node = await self._located(namespace_id)
+        return [self._checkpoint_info(namespace_id, cp) for cp in await self.ns.checkpoints.listed(node)]
+
+    async def restore_namespace(self, namespace_id: str, checkpoint_id: str) -> bool:
+        """Make the workspace what the checkpoint holds, in one step readers see whole."""
+        node, checkpoint = await self._checkpoint(namespace_id, checkpoint_id)
+        await self.ns.checkpoints.restore(node, checkpoint)
+        return True
+
+    async def delete_checkpoint(self, namespace_id: str, checkpoint_id: str) -> bool:
+        """Remove a checkpoint; the bytes only it held go to gc after the grace period."""
+        _, checkpoint = await self._checkpoint(namespace_id, checkpoint_id)
+        await self.ns.checkpoints.drop(checkpoint)
+        return True
+

@@ -14,7 +14,8 @@ import anyio
 from core.backends.blobs.base import BlobStore
 from core.backends.meta.base import MetaStore
 from core.infra.clock import Clock
-from core.nodes import Node
+from core.errors import FrozenError
+from core.nodes import Node, NodeRole
 from core.settings import Limits
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -23,6 +24,12 @@ MAX_COMMIT_RACES = 100  # commits of one file that each find another version cam
 MAX_RACES = 100  # conditional writes of one record that each find it changed meanwhile
 
 Change = Callable[[Node], object]  # applies one change to a node record, as read or as re-read
+
+
+def refuse_frozen(node: Node) -> None:
+    """A checkpoint and what is in it never change (issue #10): EROFS in the mount."""
+    if node.role is NodeRole.FROZEN:
+        raise FrozenError(f"{node.name!r} is in a checkpoint: read-only")
 
 
 def adopt(node: Node, stored: Node) -> None:

@@ -39,7 +39,7 @@ from core.errors import (
 )
 from core.infra import metrics
 from core.nodes import Node
-from core.tree.base import EMPTY_SHA256, MAX_COMMIT_RACES, Change, TreeBase, adopt
+from core.tree.base import EMPTY_SHA256, MAX_COMMIT_RACES, Change, TreeBase, adopt, refuse_frozen
 from core.tree.blockmap import sidecar_base, sidecar_key
 from core.tree.grid import parse_grid_key
 
@@ -176,6 +176,7 @@ class Content(TreeBase):
             raise ArtifactTooLargeError(f"artifact exceeds the size limit of {self.limits.max_artifact_bytes} bytes")
         now = self.now()
         node.artifact.blob_key, node.artifact.sha256 = key, sha256
+        node.artifact.blob_of, node.artifact.charged = None, True  # its own blob now, which it alone holds
         node.artifact.version += 1
         node.size = size
         node.mtime_ns = node.ctime_ns = now
@@ -204,6 +205,7 @@ class Content(TreeBase):
         it was made from is still the file's.
         """
         assert node.space is not None and node.artifact is not None
+        refuse_frozen(node)
         # Commits of one file in this process take turns, so they never meet in the store; writers in
         # other processes meet in its conditional commit (meta.commit), and the later one goes again.
         lock = self._commit_locks.setdefault(node.ino, anyio.Lock())
@@ -372,33 +374,70 @@ class Content(TreeBase):
             if not due:
                 return deleted
             for key, _ in due:
-                if not await self.blob_is_named(key):
-                    await self.blobs.delete(key)
-                    if self.native_presign is None and sidecar_base(key) is None:
-                        await self.blobs.delete(sidecar_key(key))
-                    deleted += 1
+                holders = await self.holders(key)
+                if holders:
+                    await self._charge_once(holders)  # a holder gone may have carried the blob's charge
+                    continue
+                await self.blobs.delete(key)
+                if self.native_presign is None and sidecar_base(key) is None:
+                    await self.blobs.delete(sidecar_key(key))
+                deleted += 1
             await self.meta.forget_deletions(due)
             seen.update(due)  # re-queued for the same time meanwhile: next gc's, not an endless loop
 
     async def blob_is_named(self, key: str) -> bool:
-        """Whether a signed record names ``key``, found through the artifact id in the key.
+        """Whether a signed record names ``key`` (see :meth:`holders`)."""
+        return bool(await self.holders(key))
+
+    async def holders(self, key: str) -> list[Node]:
+        """The files whose signed records name blob ``key``, found through the artifact id in the key.
 
         A version's blob is ``<grid key>.v<n>-<token>`` (an id may hold dots,
         so each cut at a dot is tried: one look-up for the usual id); an
         upload's part is ``<grid key>/up-...``. A key outside the grid is
-        named by no record.
+        named by no record. Besides the artifact the key is of, checkpoints'
+        copies and what was restored from them may hold it (their
+        ``blob_of``: issue #10).
         """
         try:
             place = parse_grid_key(key)
         except InvalidArgumentError:
-            return False
+            return []
         stem = place.artifact_id or ""
         ids = [stem] if place.subpath else [stem[:i] for i, ch in enumerate(stem) if ch == "."]
+        found: list[Node] = []
         for artifact_id in ids:
             node = await self.meta.find_artifact(artifact_id)
             if node is not None and node.artifact is not None and node.artifact.blob_key == key:
-                return True
-        return False
+                found.append(node)
+            if not place.subpath:
+                found += [n for n in await self.meta.sharers(artifact_id) if n.artifact and n.artifact.blob_key == key]
+            if found:
+                return found
+        return found
+
+    async def _charge_once(self, holders: list[Node]) -> None:
+        """Leave exactly one holder of a shared blob charged for it (quotas count a blob once).
+
+        The one with the lowest inode number, unless one is charged already:
+        every gc picks the same, so two at once cannot charge two holders.
+        Each change is conditional on the record read; a lost race is the
+        next gc's to settle.
+        """
+        charged = [h for h in holders if h.artifact is not None and h.artifact.charged]
+        if len(charged) == 1:
+            return
+        keeper = min(charged or holders, key=lambda h: h.ino)
+        for holder in holders:
+            want = holder.ino == keeper.ino
+            if holder.artifact is None or holder.artifact.charged == want:
+                continue
+            changed = holder.model_copy(deep=True)
+            changed.artifact.charged = want  # type: ignore[union-attr]
+            try:
+                await self.meta.update(changed)
+            except (StaleRecordError, ArtifactNotFoundError):
+                pass
 
     async def drop_unnamed_blob(self, key: str | None) -> None:
         """Delete at once a blob no record ever named, so no reader can hold it.

@@ -53,7 +53,8 @@ from core.nodes import (
 )
 from core.settings import Limits
 from core.tree import grid
-from core.tree.base import EMPTY_SHA256, MAX_RACES, NS, Change, adopt
+from core.tree.base import EMPTY_SHA256, MAX_RACES, NS, Change, adopt, refuse_frozen
+from core.tree.checkpoints import Checkpoints
 from core.tree.content import Content
 from core.tree.quotas import Quotas
 
@@ -99,6 +100,7 @@ class Namespace(Content, Quotas):
     def __init__(self, meta: MetaStore, blobs: BlobStore, clock: Clock, limits: Limits) -> None:
         super().__init__(meta, blobs, clock, limits)
         self._fixed_inos: dict[str, _FixedInos] = {}
+        self.checkpoints = Checkpoints(self)
 
     # -- the backends behind this door: nothing else calls them
 
@@ -201,8 +203,13 @@ class Namespace(Content, Quotas):
     async def search(
         self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
     ) -> list[Node]:
-        """File nodes of a sandbox matching the given space fields, expired or not (indexed)."""
-        return await self.meta.search(sandbox_id, scope=scope, session_id=session_id, user_id=user_id)
+        """File nodes of a sandbox matching the given space fields, expired or not (indexed).
+
+        A checkpoint's frozen copies are not artifacts of their own to a search: they are found
+        through their checkpoint.
+        """
+        found = await self.meta.search(sandbox_id, scope=scope, session_id=session_id, user_id=user_id)
+        return [node for node in found if node.role is not NodeRole.FROZEN]
 
     async def artifact_node(self, artifact_id: str) -> Node:
         grid.validate_id(artifact_id, "artifact id")
@@ -247,8 +254,8 @@ class Namespace(Content, Quotas):
         while pending:
             ino, prefix = pending.pop()
             for child in children.get(ino, ()):
-                if child.expired(now):
-                    continue
+                if child.expired(now) or child.role is not NodeRole.ENTRY:
+                    continue  # an expired entry, or the checkpoints of a workspace (found through it)
                 if child.is_dir and child.ino not in walked:
                     walked.add(child.ino)
                     pending.append((child.ino, f"{prefix}{child.name}/"))
@@ -443,6 +450,7 @@ class Namespace(Content, Quotas):
         grid.validate_name(name)
         if parent.kind is not NodeKind.DIR:
             raise NotADirectoryError_(f"{parent.name!r} is not a directory")
+        refuse_frozen(parent)
         if parent.role not in (NodeRole.SCOPE_ROOT, NodeRole.ENTRY) or parent.space is None:
             raise ReadOnlyError(f"nothing but scope directories can be made in {parent.name or '/'!r}")
         return parent.space
@@ -583,6 +591,7 @@ class Namespace(Content, Quotas):
         session out (an artifact never outlives its session). ``ctime``: the
         change sets the node's ctime.
         """
+        refuse_frozen(node)
         for _ in range(MAX_RACES):
             expires = node.expires_at_ns
             change(node)
@@ -612,6 +621,7 @@ class Namespace(Content, Quotas):
         """
         if node.is_dir:
             raise DirectoryLinkError(f"{node.name!r} is a directory: no hard links to directories")
+        refuse_frozen(node)
         if node.role is not NodeRole.ENTRY:
             raise ReadOnlyError(f"{node.name!r} cannot be linked")
         space = self.entry_space(new_parent, new_name)
@@ -647,6 +657,7 @@ class Namespace(Content, Quotas):
         """
         if node.is_dir:
             raise IsADirectoryError_(f"{node.name!r} is a directory")
+        refuse_frozen(node)
         if node.role is not NodeRole.ENTRY:
             raise ReadOnlyError(f"{node.name!r} cannot be removed")
         for _ in range(MAX_LINKS + MAX_RACES):
@@ -666,6 +677,7 @@ class Namespace(Content, Quotas):
     async def rmdir(self, node: Node) -> None:
         if not node.is_dir:
             raise NotADirectoryError_(f"{node.name!r} is not a directory")
+        refuse_frozen(node)
         if node.role not in (NodeRole.ENTRY, NodeRole.SCOPE_ROOT) or (
             node.space is not None and node.space.scope is Scope.SANDBOX and node.role is NodeRole.SCOPE_ROOT
         ):
@@ -689,6 +701,7 @@ class Namespace(Content, Quotas):
         with the name (its last), while its blob waits out the grace period
         in gc's queue: an open descriptor of it may still copy its bytes.
         """
+        refuse_frozen(node)
         if node.role is not NodeRole.ENTRY:
             raise ReadOnlyError(f"{node.name!r} cannot be renamed")
         if node.namespace is not None:  # its id names its place (core.api.namespaces)
@@ -757,6 +770,8 @@ class Namespace(Content, Quotas):
         return target is not None and await self._clear_expired_children(target)
 
     async def exchange(self, a: Node, b: Node) -> None:
+        refuse_frozen(a)
+        refuse_frozen(b)
         if a.role is not NodeRole.ENTRY or b.role is not NodeRole.ENTRY:
             raise ReadOnlyError("only entries below a scope can be exchanged")
         if a.space is None or b.space is None or a.space.usage_key != b.space.usage_key:

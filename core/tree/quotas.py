@@ -11,7 +11,7 @@ from core.errors import (
     QuotaExceededError,
 )
 from core.models import Scope, Usage
-from core.nodes import Space
+from core.nodes import Space, account_of
 from core.tree.base import TreeBase
 
 
@@ -74,7 +74,7 @@ class Quotas(TreeBase):
                 space.sandbox_id, scope=space.scope, session_id=space.session_id, user_id=space.user_id
             )
             for node in {node.ino: node for node in found}.values():
-                if node.is_file and node.space is not None and node.space.usage_key == usage_key:
+                if account_of(node) == usage_key:
                     counted.add(1, node.size)
         return counted if await self.meta.reset_usage(usage_key, counted, generation=generation) else None
 

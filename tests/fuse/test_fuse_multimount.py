@@ -37,6 +37,8 @@ from mounting import Mount, start_mount, wait_for
 from servers import MotoServer, RedisServer
 from worlds import StoreWorld, WorldKind
 
+from core import NamespaceType, Scope
+
 DEADLINE = 1.0  # seconds from A's change to B showing it
 LONG_CACHE = ("--cache-timeout", "60")  # B's kernel trusts its caches for a minute
 
@@ -386,3 +388,19 @@ def test_invalidations_are_coalesced_and_mapped_to_the_kernels_numbers(monkeypat
     assert kernel.join(10)
     kernel.submit(Change(ChangeOp.REMOVE, ((7, b"later"),), ()))
     assert not kernel._entries  # nothing hoarded for a session that is gone
+
+
+@pytest.mark.semantics("S-checkpoints")
+async def test_a_checkpoint_and_a_restore_in_one_mount_are_seen_in_the_other(pair: Pair) -> None:
+    async with pair.a.store() as store:
+        info = await store.create_namespace(NamespaceType.WORKSPACE, scope=Scope.USER, user_id="alice")
+    a, b = pair.a.mountpoint / info.path, pair.b.mountpoint / info.path
+    (a / "f.txt").write_bytes(b"v1")
+    seen_within(lambda: (b / "f.txt").read_bytes() == b"v1")
+    os.mkdir(a / ".checkpoints" / "one")
+    seen_within(lambda: os.listdir(b / ".checkpoints") == ["one"])
+    (a / "f.txt").write_bytes(b"v2")
+    seen_within(lambda: (b / "f.txt").read_bytes() == b"v2")
+    os.setxattr(a, "user.artifact.restore", b"one")
+    seen_within(lambda: (b / "f.txt").read_bytes() == b"v1")
+    assert (b / ".checkpoints" / "one" / "f.txt").read_bytes() == b"v1"

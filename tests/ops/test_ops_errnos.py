@@ -27,6 +27,7 @@ EXPECTED: dict[type[errors.ArtifactStoreError], int] = {
     errors.ArtifactExpiredError: errno.ENOENT,
     errors.UploadNotFoundError: errno.ENOENT,
     errors.NamespaceNotFoundError: errno.ENOENT,
+    errors.FrozenError: errno.EROFS,
     errors.AccessDeniedError: errno.EACCES,
     errors.ReadOnlyError: errno.EACCES,
     errors.UrlRefusedError: errno.EACCES,

@@ -152,6 +152,11 @@ class MetaStore(Protocol):
         """File nodes of a sandbox matching the given space fields (indexed)."""
         ...
 
+    async def sharers(self, artifact_id: str) -> list[Node]:
+        """The files holding a blob of artifact ``artifact_id`` that is not their own (``blob_of``):
+        checkpoints' copies and what was restored from them (issue #10). One read."""
+        ...
+
     async def resolve(self, parent: int, names: Sequence[str]) -> list[Node]:
         """The nodes along the path ``names`` below directory ``parent``, in one read.
 

@@ -92,6 +92,17 @@ def in_space(
     return kept
 
 
+def sharing(nodes: Iterable[Node], artifact_id: str) -> list[Node]:
+    """The files whose records say they hold a blob of artifact ``artifact_id`` (not their own)."""
+    kept = []
+    for node in nodes:
+        if node.artifact is not None and node.artifact.blob_of == artifact_id:
+            kept.append(node)
+        else:
+            _dropped(node, f"sharers of {artifact_id}")
+    return kept
+
+
 def along(nodes: Iterable[Node], parent: int, names: Sequence[str]) -> list[Node]:
     """The prefix of a path walk whose records chain: each the entry ``names[i]`` of the one before."""
     kept: list[Node] = []

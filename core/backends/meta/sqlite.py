@@ -30,7 +30,7 @@ from core.errors import (
 from core.infra.private import FILE_MODE, private_dir, private_file
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
-from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
+from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, account_of, new_node
 from core.settings import Settings
 
 log = logging.getLogger("artifactfs.meta")
@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS node (
     usage_key TEXT,
     size INTEGER NOT NULL,
     expires_at INTEGER,
+    blob_of TEXT,
     record BLOB NOT NULL,
     sig TEXT NOT NULL,
     subdirs INTEGER NOT NULL DEFAULT 0,
@@ -106,7 +107,7 @@ _COLUMNS = "ino, record, sig, subdirs"
 _RECORD_COLUMNS = "node.ino, node.record, node.sig, node.subdirs"  # the same, in a join
 # The columns derived from a record, in the order _write computes them.
 _FIELDS = ("parent", "name", "is_dir", "artifact_id", "sandbox_id", "scope", "session_id", "user_id", "usage_key",
-           "size", "expires_at")
+           "size", "expires_at", "blob_of")
 _FIELDS_SQL = ", ".join(_FIELDS)
 _UPDATE_SQL: dict[tuple[int, ...], str] = {}  # changed field positions -> UPDATE statement
 _INO_BLOCK = 64  # inode numbers reserved per counter update
@@ -183,6 +184,9 @@ class SQLiteMetaStore:
         if "subdirs" not in {column[1] for column in db.execute("PRAGMA table_info(node)")}:
             db.executescript(f"BEGIN IMMEDIATE; {_SUBDIR_MIGRATION} COMMIT;")
         db.executescript(_SUBDIR_SCHEMA)
+        if "blob_of" not in {column[1] for column in db.execute("PRAGMA table_info(node)")}:
+            db.execute("ALTER TABLE node ADD COLUMN blob_of TEXT")  # a store made before checkpoints
+        db.execute("CREATE INDEX IF NOT EXISTS node_blob_of ON node(blob_of) WHERE blob_of IS NOT NULL")
         if "gen" not in {column[1] for column in db.execute("PRAGMA table_info(usage)")}:
             db.executescript(f"BEGIN IMMEDIATE; {_USAGE_GENERATION_MIGRATION} COMMIT;")
         self._db = db
@@ -249,16 +253,17 @@ class SQLiteMetaStore:
             space.scope.value if space else None,
             space.session_id if space else None,
             space.user_id if space else None,
-            space.usage_key if (space and node.is_file) else None,
+            account_of(node),
             node.size,
             node.expires_at_ns,
+            art.blob_of if art else None,
             record,
             self._signer.sign(record),
         )
         if insert:
             db.execute(
                 "INSERT INTO node (ino, parent, name, is_dir, artifact_id, sandbox_id, scope, session_id,"
-                " user_id, usage_key, size, expires_at, record, sig) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " user_id, usage_key, size, expires_at, blob_of, record, sig) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (node.ino, *values),
             )
         else:
@@ -285,8 +290,7 @@ class SQLiteMetaStore:
                        [(link.parent, link.name, node.ino) for link in node.links])
 
     def _charge(self, db: sqlite3.Connection, node: Node, sign: int) -> None:
-        if node.is_file and node.space is not None:
-            self._account(db, node.space.usage_key, sign * node.size, sign)
+        self._account(db, account_of(node), sign * node.size, sign)
 
     @staticmethod
     def _account(db: sqlite3.Connection, usage_key: str | None, add_bytes: int, add_files: int) -> None:
@@ -380,6 +384,9 @@ class SQLiteMetaStore:
                 sql += f" AND {column}=?"
                 args.append(value)
         return checks.in_space(self._many(sql, tuple(args)), sandbox_id, scope, session_id, user_id)
+
+    async def sharers(self, artifact_id: str) -> list[Node]:
+        return checks.sharing(self._many(f"SELECT {_COLUMNS} FROM node WHERE blob_of=?", (artifact_id,)), artifact_id)
 
     async def resolve(self, parent: int, names: Sequence[str]) -> list[Node]:
         if not names:
@@ -573,9 +580,9 @@ class SQLiteMetaStore:
         """
         self._write(db, node, insert=False, old=row)
         self._relink(db, node, current)
-        old_key = _usage_key(current)
+        old_key = account_of(current)
         old_size = current.size if old_key is not None else 0
-        new_key = node.space.usage_key if (node.is_file and node.space is not None) else None
+        new_key = account_of(node)
         if old_key == new_key:
             self._account(db, new_key, node.size - old_size, 0)
         else:
@@ -733,8 +740,6 @@ def in_memory(settings: Settings, signer: RecordSigner) -> SQLiteMetaStore:
     return SQLiteMetaStore(":memory:", signer)
 
 
-def _usage_key(node: Node) -> str | None:
-    return node.space.usage_key if (node.is_file and node.space is not None) else None
 
 
 def _next_rev(node: Node) -> Node:

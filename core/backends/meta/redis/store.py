@@ -52,7 +52,7 @@ from core.infra import aio_bridge, tally
 from core.infra.retry import RetryPolicy, retrying
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
-from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, new_node
+from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, account_of, new_node
 from core.settings import Settings
 
 T = TypeVar("T")
@@ -110,6 +110,8 @@ def index_tags(node: Node) -> list[str]:
         tags.append(f"se:{box}/{space.session_id}")
     if space.user_id is not None:
         tags.append(f"us:{box}/{space.user_id}")
+    if node.artifact.blob_of is not None:
+        tags.append(f"bo:{node.artifact.blob_of}")  # the holders of another artifact's blob (sharers)
     return tags
 
 
@@ -220,7 +222,7 @@ class RedisMetaStore:
 
     def _args(self, node: Node) -> list[object]:
         record = node.model_dump_json().encode()
-        art, space = node.artifact, node.space
+        art = node.artifact
         return [
             node.ino,
             record,
@@ -230,7 +232,7 @@ class RedisMetaStore:
             _KIND_CODE[node.kind],
             art.artifact_id if art else "",
             "\n".join(index_tags(node)),
-            space.usage_key if (space is not None and node.is_file) else "",
+            account_of(node) or "",
             node.size,
             "" if node.expires_at_ns is None else node.expires_at_ns,
             art.version if art else "",
@@ -367,6 +369,14 @@ class RedisMetaStore:
         else:
             found = await self._load_many("search", sorted(int(m) for m in reply[1:]))
         return checks.in_space(found, sandbox_id, scope, session_id, user_id)
+
+    async def sharers(self, artifact_id: str) -> list[Node]:
+        reply = await self._script("sharers", "search", f"bo:{artifact_id}", _LIST_INLINE)
+        if reply[0] == b"RECORDS":
+            found = list(self._records(reply[1:]))
+        else:
+            found = await self._load_many("sharers", sorted(int(m) for m in reply[1:]))
+        return checks.sharing(found, artifact_id)
 
     async def resolve(self, parent: int, names: Sequence[str]) -> list[Node]:
         if not names:
