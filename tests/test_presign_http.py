@@ -660,6 +660,60 @@ def test_service_runs_on_asyncio(tmp_path: Path) -> None:
     anyio.run(main, backend="asyncio")
 
 
+@pytest.mark.semantics("S-presign-service-connections")
+def test_an_asyncio_service_keeps_the_same_connection_bounds() -> None:
+    """Regression: in-process under asyncio the service had no cap on connections and no write timeout."""
+    import asyncio
+
+    import anyio
+    import psutil
+
+    from core.settings import Settings
+
+    def served_sockets(port: int) -> int:  # the service's end of its connections, in any state: its descriptors
+        return sum(1 for c in psutil.Process().net_connections(kind="tcp")
+                   if c.laddr and c.laddr.port == port and c.status != psutil.CONN_LISTEN)
+
+    async def until(condition, what: str) -> None:
+        with anyio.fail_after(60):
+            while not condition():
+                await anyio.sleep(0.05)
+
+    async def main() -> None:
+        settings = Settings.from_env(environ={
+            "ARTIFACT_PROVIDER": "memory", "SESSION_PROVIDER": "memory", "ARTIFACT_SERVE_MAX_CONNECTIONS": "4",
+            "ARTIFACT_SERVE_IO_TIMEOUT": "1", "ARTIFACT_SERVE_IDLE_TIMEOUT": "600",
+        })
+        async with ArtifactStore(settings=settings) as store, anyio.create_task_group() as tg:
+            url = await tg.start(presign_service.serve, store.transfers, "127.0.0.1", 0)
+            port = httpx.URL(url).port
+            idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+            await until(lambda: served_sockets(port) == 4, "the four idle connections")
+            for _ in range(10):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                assert (await asyncio.wait_for(reader.read(), 30)).startswith(b"HTTP/1.1 503")
+                writer.close()
+            assert served_sockets(port) == 4
+            for _, writer in idle:
+                writer.close()
+            await until(lambda: served_sockets(port) == 0, "the idle ones to go")
+
+            big = await store.presign(await store.store(os.urandom(16 * MiB), filename="big.bin"))
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+            path = httpx.URL(big).raw_path.decode()
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")  # and not one more byte read
+            await until(lambda: served_sockets(port) == 0, "the unread download to be cut")
+            writer.close()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main, backend="asyncio")
+
+
 def test_port_in_use_is_a_clear_error() -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))

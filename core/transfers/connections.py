@@ -1,4 +1,4 @@
-"""The presign service's connections on trio: how many, and how long a slow client may hold one.
+"""The presign service's connections: how many, and how long a slow client may hold one.
 
 hypercorn bounds a request's header size (h11) and closes a connection idle
 between requests, or one whose headers never end (``keep_alive_timeout``);
@@ -16,11 +16,13 @@ behind an accept loop that
   attempt (trio's ``serve_listeners`` logs each).
 
 A request body that stalls is the application's to time out (it is waiting
-in ``receive``): see :mod:`core.transfers.service`.
+in ``receive``): see :mod:`core.transfers.service`. An application on asyncio
+that serves its own URLs gets the same bounds (:func:`serve_connections_asyncio`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -156,6 +158,99 @@ async def serve_connections(
         await listener.aclose()
         await context.terminated.set()  # keep-alive connections close once their request ends
         connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+
+
+class _TimedWriter:
+    """An asyncio client writer whose ``drain`` gives up after ``io_timeout`` seconds (hypercorn's
+    asyncio handler writes, then drains: a client that stops reading would hold it for ever)."""
+
+    def __init__(self, inner: asyncio.StreamWriter, io_timeout: float) -> None:
+        self._inner, self._io_timeout = inner, io_timeout
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def drain(self) -> None:
+        try:
+            await asyncio.wait_for(self._inner.drain(), self._io_timeout)
+        except TimeoutError:
+            self._inner.transport.abort()
+            raise ConnectionResetError("the client stopped reading") from None
+
+
+class _WatchedReader:
+    """An asyncio client reader that says when the client has gone, as :class:`GuardedStream` does."""
+
+    def __init__(self, inner: asyncio.StreamReader) -> None:
+        self._inner = inner
+        self.on_gone: Callable[[], Awaitable[None]] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def read(self, n: int = -1) -> bytes:
+        try:
+            data = await self._inner.read(n)
+        except (ConnectionError, OSError):
+            await self._gone()
+            raise
+        if not data:
+            await self._gone()
+        return data
+
+    async def _gone(self) -> None:
+        if self.on_gone is not None:
+            await self.on_gone()
+
+
+async def serve_connections_asyncio(
+    sock: socket.socket, app: Any, config: Any, *, max_connections: int, io_timeout: float,
+    stopping: Callable[[], Awaitable[Any]],
+) -> None:
+    """:func:`serve_connections` for an application on asyncio: the same cap, the same write timeout.
+
+    asyncio's own accept loop pauses by itself when descriptors run out.
+    """
+    from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.asyncio.worker_context import WorkerContext
+    from hypercorn.utils import wrap_app
+
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    context = WorkerContext(None)
+    loop = asyncio.get_running_loop()
+    open_now = 0
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        if open_now >= max_connections:
+            writer.write(_BUSY)  # a few bytes into a fresh socket's buffer: written at once
+            writer.close()
+            return
+        open_now += 1
+        watched = _WatchedReader(reader)
+        try:
+            server = TCPServer(wrapped, loop, config, context, {}, watched, _TimedWriter(writer, io_timeout))  # type: ignore[arg-type]
+            watched.on_gone = server.idle_task.stop  # else the keep-alive timer holds a connection its client left
+            await server
+        finally:
+            open_now -= 1
+            writer.transport.abort()
+
+    server = await asyncio.start_server(on_connect, sock=sock, backlog=1024)
+    try:
+        await stopping()
+    finally:
+        server.close()
+        await context.terminated.set()  # keep-alive connections close once their request ends
+        if tasks:
+            _, late = await asyncio.wait(set(tasks), timeout=config.graceful_timeout)
+            for task in late:
+                task.cancel()
 
 
 def bind(host: str, port: int, what: str, hint: str) -> socket.socket:

@@ -367,11 +367,9 @@ async def serve(
     import sniffio
 
     if sniffio.current_async_library() == "trio":
-        from hypercorn.trio import serve as hypercorn_serve
         from hypercorn.trio import tcp_server
     else:
-        from hypercorn.asyncio import serve as hypercorn_serve  # type: ignore[assignment,no-redef]
-        from hypercorn.asyncio import tcp_server
+        from hypercorn.asyncio import tcp_server  # type: ignore[no-redef]
     # hypercorn reads a socket 64 KiB at a time and hands each read to the app as
     # one message; for multi-MiB bodies that per-message cost is most of an
     # upload's CPU time. Larger reads (a module setting, so process-wide) keep
@@ -380,10 +378,7 @@ async def serve(
     app = PresignService(transfers)
     stop, stopped = anyio.Event(), anyio.Event()
     on_trio = sniffio.current_async_library() == "trio"
-    if on_trio:
-        from core.transfers.connections import serve_connections
-    else:
-        config.bind = [f"fd://{sock.detach()}"]  # hypercorn takes over the listening socket
+    from core.transfers.connections import serve_connections, serve_connections_asyncio
 
     async def run() -> None:
         # Shielded: the server is stopped through ``stop``, which lets
@@ -396,7 +391,9 @@ async def serve(
                         stopping=stop,  # type: ignore[arg-type]
                     )
                 else:
-                    await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+                    await serve_connections_asyncio(
+                        sock, app, config, max_connections=cap, io_timeout=settings.io_timeout, stopping=stop.wait,
+                    )
             finally:
                 stopped.set()
 
