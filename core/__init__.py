@@ -10,6 +10,7 @@ from core.errors import (
     ArtifactTooLargeError,
     InvalidArgumentError,
     InvalidNameError,
+    NamespaceAccessError,
     NamespaceNotFoundError,
     NameTooLongError,
     ProviderError,
@@ -42,5 +43,5 @@ __all__ = [
     "QuotaExceededError", "Scope", "SessionError", "SessionInfo", "StoreClosedError", "StoreFullError",
     "StreamDownloadRequest", "StreamUploadRequest",
     "MultipartUploadCompleteRequest", "MultipartUploadInitRequest", "MultipartUploadPart",
-    "CheckpointInfo", "NamespaceInfo", "NamespaceNotFoundError", "NamespaceType", "StorageScope",
+    "CheckpointInfo", "NamespaceAccessError", "NamespaceInfo", "NamespaceNotFoundError", "NamespaceType", "StorageScope",
 ]

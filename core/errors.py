@@ -34,6 +34,10 @@ class AccessDeniedError(ArtifactStoreError):
     """The caller's session or user may not do this to that artifact."""
 
 
+class NamespaceAccessError(AccessDeniedError, PermissionError):
+    """A namespace of another session (a PermissionError too, as the reference raises)."""
+
+
 class OwnershipChangeError(AccessDeniedError):
     """Changing owner or group of a node the caller does not own (EPERM)."""
 

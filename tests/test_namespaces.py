@@ -108,7 +108,7 @@ async def test_listing_follows_the_reference_rules_and_is_never_stale(store: Art
 async def test_access_and_bad_input_get_precise_errors(store: ArtifactStore) -> None:
     info = await store.create_namespace(NamespaceType.WORKSPACE, user_id="alice")
     other = await store.create_session(user_id="alice")
-    with pytest.raises(AccessDeniedError):
+    with pytest.raises(PermissionError):  # an AccessDeniedError, and what the reference raises
         store.get_namespace_info(info.namespace_id, session_id=other)
     assert store.get_namespace_info(info.namespace_id, session_id=info.session_id).namespace_id == info.namespace_id
     with pytest.raises(AccessDeniedError):

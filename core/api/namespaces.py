@@ -29,9 +29,9 @@ from core.api.base import iso_z
 from core.api.files import FilesApi
 from core.api.sessions import SessionsApi
 from core.errors import (
-    AccessDeniedError,
     ArtifactNotFoundError,
     InvalidArgumentError,
+    NamespaceAccessError,
     NamespaceNotFoundError,
     shown,
 )
@@ -224,7 +224,7 @@ class NamespaceApi(FilesApi, SessionsApi):
     # -- describe, list, destroy
 
     def get_namespace_info(self, namespace_id: str, session_id: str | None = None) -> NamespaceInfo:
-        """Synchronous, as in the reference; a session namespace is another session's: AccessDeniedError."""
+        """Synchronous, as in the reference; a session namespace is another session's: NamespaceAccessError (a PermissionError)."""
         return aio_bridge.call_blocking(self.namespace_info, namespace_id, session_id)
 
     async def namespace_info(self, namespace_id: str, session_id: str | None = None) -> NamespaceInfo:
@@ -232,7 +232,7 @@ class NamespaceApi(FilesApi, SessionsApi):
         root, node = await self._located(namespace_id)
         assert node.space is not None
         if session_id is not None and node.space.scope is Scope.SESSION and node.space.session_id != session_id:
-            raise AccessDeniedError(f"Access denied to namespace: {namespace_id}")
+            raise NamespaceAccessError(f"Access denied to namespace: {namespace_id}")
         return self._info(root, node)
 
     def list_namespaces(
@@ -275,7 +275,7 @@ class NamespaceApi(FilesApi, SessionsApi):
         _, node = await self._located(namespace_id)
         assert node.space is not None and node.namespace is not None
         if session_id is not None and node.space.scope is Scope.SESSION and node.space.session_id != session_id:
-            raise AccessDeniedError(f"Access denied to namespace: {namespace_id}")
+            raise NamespaceAccessError(f"Access denied to namespace: {namespace_id}")
         check_write(Principal(trusted=True, admin=self.admin), node.space, f"namespace {namespace_id}")
         try:
             holder = await self.ns.checkpoints.holder(node, create=False)

@@ -28,6 +28,7 @@ EXPECTED: dict[type[errors.ArtifactStoreError], int] = {
     errors.UploadNotFoundError: errno.ENOENT,
     errors.NamespaceNotFoundError: errno.ENOENT,
     errors.FrozenError: errno.EROFS,
+    errors.NamespaceAccessError: errno.EACCES,
     errors.AccessDeniedError: errno.EACCES,
     errors.ReadOnlyError: errno.EACCES,
     errors.UrlRefusedError: errno.EACCES,
