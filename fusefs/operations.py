@@ -254,6 +254,8 @@ class Operations(pyfuse3.Operations):
             await self.callers.check(ctx.uid, await self._node(parent_inode), write=write)
             raise
         parent, node = await self.ns.entry(self.inodes.node(parent_inode), name)
+        if write:
+            refuse_frozen(parent)  # a read-only filesystem says so before it looks at permissions
         await self.callers.check(ctx.uid, parent, write=write)
         return parent, node
 
@@ -265,7 +267,9 @@ class Operations(pyfuse3.Operations):
             parent = await self._node(parent_inode)
             return self._attr(parent if name == _DOT else await self._parent_of(parent))
         parent, node = await self._entry(parent_inode, name, ctx, write=False)
-        if node is None and name == _CHECKPOINTS and _is_workspace(parent):
+        if node is not None and node.role is NodeRole.CHECKPOINTS:
+            node = None  # its one way in is the view below: a directory the kernel sees with one parent
+        elif node is None and name == _CHECKPOINTS and _is_workspace(parent):
             node = await self.ns.checkpoints.holder(parent, create=True)  # hidden from readdir, as ZFS's .zfs
         if node is None:
             raise ArtifactNotFoundError(f"{name!r} not found")
@@ -293,6 +297,7 @@ class Operations(pyfuse3.Operations):
         if file is not None and file.removed:  # ftruncate, fchmod, futimens of an unlinked open file
             return await self._setattr_removed(file, attr, fields, ctx)
         node = await self._node(inode)
+        refuse_frozen(node)  # before anything: a truncate would copy the file first (EROFS, as a read-only fs)
         await self.callers.check(ctx.uid, node, write=True)
         if fields.update_size:
             if node.is_dir:
@@ -304,7 +309,6 @@ class Operations(pyfuse3.Operations):
             await self.files.truncate(node, attr.st_size, publish=fh is None)
             node = await self._node(inode)
         if fields.update_mode or fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime:
-            refuse_frozen(node)
             if node.role not in (NodeRole.ENTRY, NodeRole.SCOPE_ROOT):
                 raise ReadOnlyError(f"{node.name or '/'!r} is part of the fixed tree")
 
@@ -376,6 +380,8 @@ class Operations(pyfuse3.Operations):
         if start_id <= 1 and not pyfuse3.readdir_reply(token, _DOTDOT, self._parent_entry(node), 2):
             return
         for child, offset in entries:
+            if child.role is NodeRole.CHECKPOINTS:
+                continue  # namespaces/.checkpoints: reached as <workspace>/.checkpoints alone (one parent)
             if not pyfuse3.readdir_reply(token, child.name.encode(), self._attr(child), offset):
                 break
 
@@ -413,6 +419,7 @@ class Operations(pyfuse3.Operations):
             workspace = await self.ns.checkpoints.workspace_of(parent)
             await self.callers.check(ctx.uid, workspace, write=True)
             return self._attr(await self.ns.checkpoints.create(workspace, entry))
+        refuse_frozen(parent)
         if parent.role in (NodeRole.ROOT, NodeRole.SESSIONS, NodeRole.USERS):
             self.callers.check_new_scope(ctx.uid, parent, entry)
         else:

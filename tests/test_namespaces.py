@@ -312,3 +312,36 @@ async def test_quotas_count_a_checkpointed_blob_once(backend: str, tmp_path) -> 
         clock.advance(store.ns.limits.blob_grace + 1)
         await store.gc()
         await store.write_namespace(info.namespace_id, b"b" * 1500, path="/b.bin")
+
+
+@pytest.mark.semantics("S-checkpoints")
+async def test_a_restored_file_written_again_is_charged_and_later_checkpoints_keep_it(
+    backend: str, tmp_path,
+) -> None:
+    """Regression: a commit that rebased onto the stored record kept its old blob_of and charged=False,
+    so the new blob was charged to nobody, and a later checkpoint's copy of it was not found by gc."""
+    clock = ManualClock(10**18)
+    limits = Limits(user_quota_bytes=10**6)  # with a quota every commit rebases onto the stored record
+    async with make_store(backend, tmp_path / "data", clock, limits) as store:
+        account = f"{store.sandbox_id}/user/alice"
+        info = await store.create_namespace(NamespaceType.WORKSPACE, scope=Scope.USER, user_id="alice")
+        vfs = store.get_namespace_vfs(info.namespace_id)
+        await vfs.write_file("/r.bin", b"1" * 100)
+        await store.checkpoint_namespace(info.namespace_id, name="one")
+        await store.restore_namespace(info.namespace_id, "one")
+        await store.update_file(await store_id(store, info, "r.bin"), data=b"2" * 300)  # a restored file, written
+        await store.checkpoint_namespace(info.namespace_id, name="two")
+        await vfs.write_file("/r.bin", b"3" * 50)
+        await vfs.rm("/r.bin")
+        clock.advance(store.ns.limits.blob_grace + 1)
+        await store.gc()
+        copy = await checkpoint_file(store, info.namespace_id, "two", "r.bin")
+        assert await store.retrieve(copy.artifact.artifact_id) == b"2" * 300  # type: ignore[union-attr]
+        assert (await store.fsck(verify_data=True)).problems == []
+        assert await store.ns.meta.usage(account) == Usage(files=2, bytes=100 + 300)  # one and two, once each
+
+
+async def store_id(store: ArtifactStore, info: NamespaceInfo, path: str) -> str:
+    _, node = await store.namespace_node(info.namespace_id, path)
+    assert node is not None and node.artifact is not None
+    return node.artifact.artifact_id

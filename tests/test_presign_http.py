@@ -25,6 +25,8 @@ from core import (
     MultipartUploadCompleteRequest,
     MultipartUploadInitRequest,
     MultipartUploadPart,
+    NamespaceType,
+    Scope,
 )
 from core.errors import (
     ArtifactCorruptedError,
@@ -213,6 +215,28 @@ async def test_presigned_put_then_register(store: ArtifactStore, http: httpx.Asy
     with pytest.raises(UploadNotFoundError):
         await store.register_uploaded_artifact(artifact_id)
     assert (await http.put(url, content=b"again")).status_code == 404  # the upload is over
+
+
+@pytest.mark.semantics("S-checkpoints")
+async def test_an_uploaded_file_in_a_checkpoint_keeps_its_bytes(
+    store: ArtifactStore, clock: ManualClock, http: httpx.AsyncClient,
+) -> None:
+    """Regression: a published upload's blob is its part's key (``.../up-...``), which gc looked up
+    without the checkpoints' copies, so deleting the live file let gc delete what a checkpoint named."""
+    info = await store.create_namespace(NamespaceType.WORKSPACE, scope=Scope.USER, user_id="alice")
+    entry = info.path.rpartition("/")[2]
+    url, artifact_id = await store.presign_upload(filename=f"namespaces/{entry}/up.bin", user_id="alice", scope="user")
+    assert (await http.put(url, content=b"uploaded bytes")).status_code == 200
+    assert await store.register_uploaded_artifact(artifact_id)
+    assert "/up-" in (await store.ns.artifact_node(artifact_id)).artifact.blob_key  # type: ignore[union-attr,operator]
+    await store.checkpoint_namespace(info.namespace_id, name="cp")
+    assert await store.delete(artifact_id)
+    clock.advance(store.ns.limits.blob_grace + 1)
+    await store.gc()
+    vfs_root = (await store.namespace_node(info.namespace_id, "/"))[0]
+    holder = await store.ns.checkpoints.find(vfs_root, "cp")
+    copy = await store.ns.meta.lookup(holder.ino, "up.bin")
+    assert copy is not None and await store.retrieve(copy.artifact.artifact_id) == b"uploaded bytes"  # type: ignore[union-attr]
 
 
 async def test_put_again_replaces_the_bytes_before_register(store: ArtifactStore, http: httpx.AsyncClient) -> None:

@@ -281,6 +281,8 @@ class NamespaceApi(FilesApi, SessionsApi):
             holder = await self.ns.checkpoints.holder(node, create=False)
             if holder is not None:
                 await self.ns.purge(holder)  # its checkpoints first: they name its blobs
+            for leftover in await self.ns.checkpoints.leftovers(node):
+                await self.ns.purge(leftover)
             await self.ns.purge(node)
         except ArtifactNotFoundError:
             pass  # destroyed by another process meanwhile

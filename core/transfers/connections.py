@@ -177,6 +177,13 @@ class _TimedWriter:
             self._inner.transport.abort()
             raise ConnectionResetError("the client stopped reading") from None
 
+    async def wait_closed(self) -> None:
+        """A close waits for what is still buffered to go out: no longer than a write may take."""
+        try:
+            await asyncio.wait_for(self._inner.wait_closed(), self._io_timeout)
+        except TimeoutError:
+            self._inner.transport.abort()
+
 
 class _WatchedReader:
     """An asyncio client reader that says when the client has gone, as :class:`GuardedStream` does."""
@@ -251,6 +258,7 @@ async def serve_connections_asyncio(
             _, late = await asyncio.wait(set(tasks), timeout=config.graceful_timeout)
             for task in late:
                 task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 def bind(host: str, port: int, what: str, hint: str) -> socket.socket:

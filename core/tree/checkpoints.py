@@ -28,17 +28,26 @@ across the restore reads on.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from core.errors import AlreadyExistsError, ArtifactNotFoundError, InvalidArgumentError, NotSupportedError
+from core.errors import (
+    AlreadyExistsError,
+    ArtifactNotFoundError,
+    ArtifactStoreError,
+    InvalidArgumentError,
+    NotSupportedError,
+)
 from core.models import NamespaceType
 from core.nodes import CheckpointRecord, Node, NodeKind, NodeRole, new_node
 from core.tree import grid
 
 if TYPE_CHECKING:
     from core.tree.namespace import Namespace
+
+log = logging.getLogger("artifactfs.checkpoints")
 
 HOLDER = ".checkpoints"  # in a scope's namespaces/ directory, and (as a view) in each workspace
 INCOMPLETE = ".incomplete-"  # a checkpoint being made; one a crash left is removed with its workspace
@@ -78,6 +87,8 @@ class Checkpoints:
                 return None
             top = await self._fixed(workspace.parent, HOLDER, workspace)
         if top.role is not NodeRole.CHECKPOINTS:
+            if not create:
+                return None
             raise AlreadyExistsError(f"{HOLDER!r} in {workspace.space.usage_key if workspace.space else '?'}/"
                                      "namespaces is an ordinary entry: move it away to keep checkpoints")
         found = await ns.meta.lookup(top.ino, workspace.name)
@@ -180,8 +191,18 @@ class Checkpoints:
         except BaseException:
             await ns.purge(staging)
             raise
-        await ns.purge(workspace)  # the old tree, now under the staging name
+        try:
+            await ns.purge(workspace)  # the old tree, now under the staging name
+        except ArtifactStoreError as exc:  # a file made in it meanwhile: destroy_namespace sweeps it
+            log.warning("restore of %s: the old tree stays as %s: %s", workspace.name, staging.name, exc)
         return await ns.get(staging.ino)
+
+    async def leftovers(self, workspace: Node) -> list[Node]:
+        """Trees a restore left beside ``workspace`` (the old tree, or a new one a crash cut short)."""
+        assert workspace.namespace is not None
+        return [n for n in await self.ns.meta.children(workspace.parent)
+                if n.name.startswith(RESTORING) and n.namespace is not None
+                and n.namespace.namespace_id == workspace.namespace.namespace_id]
 
     # -- the copying
 
@@ -200,6 +221,7 @@ class Checkpoints:
         store's own inserts, one write each: O(files) metadata, no byte.
         """
         ns = self.ns
+        await ns.hold_while_copied([n.artifact.blob_key for n in nodes if n.artifact and n.artifact.blob_key])
         for node in nodes:
             parent = placed.get(node.parent)
             if parent is None:

@@ -39,7 +39,7 @@ from core.errors import (
 )
 from core.infra import metrics
 from core.nodes import Node
-from core.tree.base import EMPTY_SHA256, MAX_COMMIT_RACES, Change, TreeBase, adopt, refuse_frozen
+from core.tree.base import EMPTY_SHA256, MAX_COMMIT_RACES, NS, Change, TreeBase, adopt, refuse_frozen
 from core.tree.blockmap import sidecar_base, sidecar_key
 from core.tree.grid import parse_grid_key
 
@@ -252,6 +252,7 @@ class Content(TreeBase):
             fresh = attempt.artifact
             assert fresh is not None
             fresh.blob_key, fresh.sha256, fresh.version = art.blob_key, art.sha256, art.version
+            fresh.blob_of, fresh.charged = art.blob_of, art.charged  # whose blob it is, and who pays for it
             attempt.size, attempt.mtime_ns, attempt.ctime_ns = node.size, node.mtime_ns, node.ctime_ns
             return current.artifact.version
 
@@ -376,7 +377,10 @@ class Content(TreeBase):
             for key, _ in due:
                 holders = await self.holders(key)
                 if holders:
-                    await self._charge_once(holders)  # a holder gone may have carried the blob's charge
+                    # A holder gone may have carried the blob's charge; a change that raced
+                    # the new one is the next gc's to settle, so the key stays queued for it.
+                    if not await self._charge_once(holders):
+                        await self.meta.defer_delete([key], now + 1)
                     continue
                 await self.blobs.delete(key)
                 if self.native_presign is None and sidecar_base(key) is None:
@@ -410,24 +414,25 @@ class Content(TreeBase):
             node = await self.meta.find_artifact(artifact_id)
             if node is not None and node.artifact is not None and node.artifact.blob_key == key:
                 found.append(node)
-            if not place.subpath:
-                found += [n for n in await self.meta.sharers(artifact_id) if n.artifact and n.artifact.blob_key == key]
+            # An upload's part may be a record's blob too (adopted at publish), and so shared.
+            found += [n for n in await self.meta.sharers(artifact_id) if n.artifact and n.artifact.blob_key == key]
             if found:
                 return found
         return found
 
-    async def _charge_once(self, holders: list[Node]) -> None:
+    async def _charge_once(self, holders: list[Node]) -> bool:
         """Leave exactly one holder of a shared blob charged for it (quotas count a blob once).
 
         The one with the lowest inode number, unless one is charged already:
         every gc picks the same, so two at once cannot charge two holders.
-        Each change is conditional on the record read; a lost race is the
-        next gc's to settle.
+        Each change is conditional on the record read; False when one lost
+        its race (the caller keeps the key queued for the next gc).
         """
         charged = [h for h in holders if h.artifact is not None and h.artifact.charged]
         if len(charged) == 1:
-            return
+            return True
         keeper = min(charged or holders, key=lambda h: h.ino)
+        settled = True
         for holder in holders:
             want = holder.ino == keeper.ino
             if holder.artifact is None or holder.artifact.charged == want:
@@ -437,7 +442,16 @@ class Content(TreeBase):
             try:
                 await self.meta.update(changed)
             except (StaleRecordError, ArtifactNotFoundError):
-                pass
+                settled = False
+        return settled
+
+    async def hold_while_copied(self, keys: Collection[str]) -> None:
+        """Keep ``keys`` from gc while records that will name them are being written (a checkpoint's
+        copies, a restore's): queued for the upload-intent time, which the last copy comes well
+        before, so a blob its source record gave up meanwhile is still there for the copy. Each
+        key then leaves the queue at that time, when gc finds it named."""
+        if keys:
+            await self.meta.defer_delete(sorted(set(keys)), self.now() + self.limits.upload_intent_ttl * NS)
 
     async def drop_unnamed_blob(self, key: str | None) -> None:
         """Delete at once a blob no record ever named, so no reader can hold it.

@@ -690,6 +690,10 @@ class Namespace(Content, Quotas):
             removed = await self.meta.remove(node, touch_ns=self.now())
         if removed is None:
             raise ArtifactNotFoundError(f"{node.name!r} was removed or moved meanwhile")
+        if node.namespace is not None:  # a workspace removed by hand: its checkpoints go with it
+            holder = await self.checkpoints.holder(node, create=False)
+            if holder is not None:
+                await self.purge(holder)
 
     async def rename(
         self, node: Node, new_parent: Node, new_name: str, *, replace: bool = True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
 
 import anyio
@@ -12,6 +13,7 @@ import pytest
 from mounting import REPO, Mount, wait_for
 
 from core import NamespaceType, Scope
+from core.nodes import Space
 
 
 def checkpoint_cli(*args: str) -> anyio.abc.Process:
@@ -55,7 +57,9 @@ async def test_checkpoints_through_the_shell_and_the_api(mount: Mount) -> None:
         assert [c.checkpoint_id for c in await store.list_checkpoints(info.namespace_id)] == ["v1.0"]
         frozen = workspace / ".checkpoints" / "v1.0" / "src" / "main.py"
         for attempt in (lambda: frozen.write_bytes(b"x"), frozen.unlink, lambda: os.chmod(frozen, 0o600),
-                        lambda: (frozen.parent / "new").write_bytes(b"x"), lambda: os.mkdir(frozen.parent / "d")):
+                        lambda: os.truncate(frozen, 0), lambda: os.setxattr(frozen, "user.x", b"1"),
+                        lambda: (frozen.parent / "new").write_bytes(b"x"), lambda: os.mkdir(frozen.parent / "d"),
+                        lambda: os.rename(frozen, workspace / "stolen"), lambda: os.link(frozen, frozen.parent / "l")):
             with pytest.raises(OSError) as refused:
                 attempt()
             assert refused.value.errno == errno.EROFS
@@ -82,3 +86,11 @@ async def test_checkpoints_through_the_shell_and_the_api(mount: Mount) -> None:
         assert os.listdir(workspace / ".checkpoints") == ["v2"]
         missing = await checkpoint_cli("restore", str(workspace), "nope")
         assert missing.returncode == 1 and b"nope" in missing.stderr and b"Traceback" not in missing.stderr
+
+        # The checkpoints are reached through their workspace alone: a directory the kernel sees with one parent.
+        namespaces = workspace.parent
+        assert ".checkpoints" not in os.listdir(namespaces) and not (namespaces / ".checkpoints").exists()
+        shutil.rmtree(workspace)  # removed by hand: its checkpoints go with it
+        space = Space(sandbox_id=store.sandbox_id, scope=Scope.USER, user_id="alice")
+        found = await store.ns.walk(space, ["namespaces", ".checkpoints", workspace.name])
+        assert [n.name for n in found[1:]] == ["namespaces", ".checkpoints"]  # and no holder for the workspace

@@ -101,8 +101,7 @@ CREATE TABLE IF NOT EXISTS link (
 CREATE INDEX IF NOT EXISTS link_ino ON link(ino);
 """
 # An account's generation (issue #11): every change of its counters moves it, so a repair can reset
-# them conditionally on what it counted (MetaStore.reset_usage). A store made before it: the column.
-_USAGE_GENERATION_MIGRATION = "ALTER TABLE usage ADD COLUMN gen INTEGER NOT NULL DEFAULT 0;"
+# them conditionally on what it counted (MetaStore.reset_usage).
 _COLUMNS = "ino, record, sig, subdirs"
 _RECORD_COLUMNS = "node.ino, node.record, node.sig, node.subdirs"  # the same, in a join
 # The columns derived from a record, in the order _write computes them.
@@ -184,11 +183,9 @@ class SQLiteMetaStore:
         if "subdirs" not in {column[1] for column in db.execute("PRAGMA table_info(node)")}:
             db.executescript(f"BEGIN IMMEDIATE; {_SUBDIR_MIGRATION} COMMIT;")
         db.executescript(_SUBDIR_SCHEMA)
-        if "blob_of" not in {column[1] for column in db.execute("PRAGMA table_info(node)")}:
-            db.execute("ALTER TABLE node ADD COLUMN blob_of TEXT")  # a store made before checkpoints
+        _add_column(db, "node", "blob_of", "TEXT")  # a store made before checkpoints
         db.execute("CREATE INDEX IF NOT EXISTS node_blob_of ON node(blob_of) WHERE blob_of IS NOT NULL")
-        if "gen" not in {column[1] for column in db.execute("PRAGMA table_info(usage)")}:
-            db.executescript(f"BEGIN IMMEDIATE; {_USAGE_GENERATION_MIGRATION} COMMIT;")
+        _add_column(db, "usage", "gen", "INTEGER NOT NULL DEFAULT 0")  # before fsck --repair
         self._db = db
         if await self.get(ROOT_INO) is None:
             root = new_node(parent=0, name="", kind=NodeKind.DIR, mode=0o755, role=NodeRole.ROOT, now_ns=0)
@@ -788,3 +785,14 @@ def _provider_error(exc: sqlite3.Error) -> ProviderError:
     if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
         return StoreFullError(f"metadata store: {exc}")
     return ProviderError(f"metadata store: {exc}")
+
+
+def _add_column(db: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
+    """A column a store made by an older version lacks; two processes opening it at once both may try."""
+    if column in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+        return
+    try:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):
+            raise
