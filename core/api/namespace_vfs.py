@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
 from core.api.access import Principal, check_write
 from core.api.base import iso_z
 from core.errors import AlreadyExistsError, ArtifactNotFoundError, DirectoryNotEmptyError, InvalidArgumentError, shown
-from core.models import NamespaceType, StreamUploadRequest
-from core.nodes import Node
+from core.models import ArtifactMetadata, NamespaceType, StreamUploadRequest
+from core.nodes import Node, Space
 from core.tree import grid
-
-if TYPE_CHECKING:
-    from core.api.namespaces import NamespaceApi
+from core.tree.namespace import Namespace
 
 BLOB_DATA = "_data"  # a blob namespace's one file, as the reference names it
 _READ_CHUNK = 1 << 20
@@ -63,10 +61,30 @@ def _parts(path: Any) -> list[str]:
     return grid.split_filename(stripped) if stripped else []
 
 
+class _Store(Protocol):
+    """What the view needs of the store that hands it out (:class:`core.api.namespaces.NamespaceApi`)."""
+
+    ns: Namespace
+    admin: bool
+
+    async def namespace_node(self, namespace_id: str, path: str | None = None) -> tuple[Node, Node | None]: ...
+
+    async def write_namespace(self, namespace_id: str, data: bytes, path: str | None = None,
+                              mime: str | None = None) -> None: ...
+
+    async def owner_args(self, space: Space) -> dict[str, Any]: ...
+
+    async def retrieve(self, artifact_id: str, *, session_id: str | None = None, user_id: str | None = None) -> bytes: ...
+
+    async def update_metadata(self, artifact_id: str, **fields: Any) -> ArtifactMetadata: ...
+
+    async def stream_upload(self, request: StreamUploadRequest) -> str: ...
+
+
 class NamespaceVfs:
     """One namespace's files: :meth:`NamespaceApi.get_namespace_vfs` hands these out."""
 
-    def __init__(self, store: NamespaceApi, namespace_id: str) -> None:
+    def __init__(self, store: _Store, namespace_id: str) -> None:
         self.store = store
         self.namespace_id = namespace_id
 

@@ -29,16 +29,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 import anyio.to_thread
 
+from core.backends.blobs.base import BlobReader
 from core.errors import ArtifactCorruptedError, ArtifactStoreError
 from core.infra.signing import RecordSigner
-
-if TYPE_CHECKING:
-    from core.tree.content import Content
 
 log = logging.getLogger("artifactfs.blockmap")
 
@@ -114,6 +112,16 @@ def _block_digest(block: bytes) -> bytes:
     return hashlib.sha256(block).digest()
 
 
+class _Blobs(Protocol):
+    """What block maps need of :class:`~core.tree.content.Content` (the one door to blobs)."""
+
+    async def blob_reader(self, key: str, size: int | None = None) -> BlobReader: ...
+
+    async def read_block_map(self, blob_key: str, limit: int) -> bytes | None: ...
+
+    async def write_block_map(self, blob_key: str, data: bytes) -> None: ...
+
+
 class BlockMaps:
     """Block maps of one store's blobs, and the ranged reads they check.
 
@@ -122,7 +130,7 @@ class BlockMaps:
     for a metadata record or a URL, nor they for a map.
     """
 
-    def __init__(self, content: Content, signer: RecordSigner) -> None:
+    def __init__(self, content: _Blobs, signer: RecordSigner) -> None:
         self.content, self.signer = content, signer
         # Requests of one blob in this process take turns to build its map: a client that opens
         # several ranges at once (a download accelerator) costs one whole read, not one each.

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterable
+from typing import Protocol
 
+from core.backends.meta.base import MetaStore
 from core.errors import (
     AlreadyExistsError,
     ArtifactNotFoundError,
@@ -40,12 +41,9 @@ from core.errors import (
     InvalidArgumentError,
     NotSupportedError,
 )
-from core.models import NamespaceType
+from core.models import NamespaceType, Usage
 from core.nodes import CheckpointRecord, Node, NodeKind, NodeRole, new_node
 from core.tree import grid
-
-if TYPE_CHECKING:
-    from core.tree.namespace import Namespace
 
 log = logging.getLogger("artifactfs.checkpoints")
 
@@ -70,10 +68,30 @@ def _parents_first(nodes: Iterable[Node], root: int) -> list[Node]:
     return ordered
 
 
+class _Tree(Protocol):
+    """What checkpoints need of the :class:`~core.tree.namespace.Namespace` they belong to."""
+
+    meta: MetaStore
+
+    def now(self) -> int: ...
+
+    def visible(self, node: Node | None) -> bool: ...
+
+    def new_artifact_id(self) -> str: ...
+
+    async def get(self, ino: int) -> Node: ...
+
+    async def purge(self, node: Node, into: Usage | None = None) -> int: ...
+
+    async def exchange(self, a: Node, b: Node) -> None: ...
+
+    async def hold_while_copied(self, keys: Collection[str]) -> None: ...
+
+
 class Checkpoints:
     """Make, list, restore and drop the checkpoints of workspaces, over one :class:`Namespace`."""
 
-    def __init__(self, ns: Namespace) -> None:
+    def __init__(self, ns: _Tree) -> None:
         self.ns = ns
 
     # -- where they are
