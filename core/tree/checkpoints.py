@@ -14,8 +14,9 @@ files name the very blobs the workspace's name (``Artifact.blob_of``). So
   are counted nowhere.
 
 Where they live: ``<scope>/namespaces/.checkpoints/<workspace entry>/<id>``.
-The mount shows that directory as ``<workspace>/.checkpoints`` too, as ZFS
-shows ``.zfs/snapshot``. A checkpoint is made under a name no reader looks
+The mount shows that directory as ``<workspace>/.checkpoints`` alone, as ZFS
+shows ``.zfs/snapshot``: its real place is hidden there, so the kernel never
+sees one directory under two parents. A checkpoint is made under a name no reader looks
 at (``.incomplete-...``) and renamed into place when whole, so it is never
 seen half made.
 
