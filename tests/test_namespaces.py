@@ -44,6 +44,8 @@ async def test_a_workspace_through_the_api_and_its_vfs(store: ArtifactStore) -> 
     assert await vfs.mkdir("/assets/img") and not await vfs.mkdir("/assets/img")
     assert await vfs.mv("/README.md", "/docs/README.md") and not await vfs.exists("/README.md")
     assert await vfs.cp("/src", "/src2") and await vfs.read_binary("/src2/Main.tsx") == b"export default 1;\n"
+    with pytest.raises(InvalidArgumentError):
+        await vfs.cp("/src", "/src/inner")  # as cp -r: not into itself
     assert await vfs.find("*.tsx") == ["/src/Main.tsx", "/src2/Main.tsx"]
     assert await vfs.find("*", path="/docs", recursive=False) == ["/docs/README.md"]
     assert await vfs.touch("/empty.txt") and await vfs.read_binary("/empty.txt") == b""

@@ -265,6 +265,8 @@ class NamespaceVfs:
         node = await self._at(source)
         if node is None:
             return False
+        if node.is_dir and _parts(destination)[: len(_parts(source))] == _parts(source):
+            raise InvalidArgumentError(f"cannot copy {source!r} into itself ({destination!r})")
         if node.is_file:
             await self.write_file(destination, await self.read_binary(source) or b"")
             return True
