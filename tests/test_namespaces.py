@@ -85,6 +85,7 @@ async def test_a_blob_namespace_holds_one_file(store: ArtifactStore) -> None:
     assert await store.read_namespace(info.namespace_id) == b"second version"
     vfs = store.get_namespace_vfs(info.namespace_id)
     assert await vfs.ls("/") == ["_data"] and await vfs.read_binary("/_data") == b"second version"
+    assert not await vfs.exists("/other") and await vfs.read_binary("/other") is None  # one file, nothing else
     node_info = await vfs.get_node_info("/_data")
     assert node_info is not None and node_info.mime_type == "video/mp4"
     with pytest.raises(InvalidArgumentError):

@@ -54,7 +54,8 @@ def _bytes(content: Any, what: str) -> bytes:
     raise InvalidArgumentError(f"{what} takes str or bytes, got {shown(content)}")
 
 
-def _parts(path: Any) -> list[str]:
+def path_parts(path: Any) -> list[str]:
+    """The names of ``path`` (``/src/a.txt``) below a namespace's directory; ``/`` is none."""
     if not isinstance(path, str):
         raise InvalidArgumentError(f"path must be a string, got {shown(path)}")
     stripped = path.strip("/")
@@ -91,13 +92,15 @@ class NamespaceVfs:
     # -- finding things
 
     async def _lookup(self, path: Any) -> tuple[Node, Node | None]:
-        """The namespace's node, and the node at ``path`` (the workspace itself for ``/``), or None."""
-        parts = _parts(path)
-        if parts == [BLOB_DATA]:
-            namespace, _ = await self.store.namespace_node(self.namespace_id, "/")
-            if namespace.namespace is not None and namespace.namespace.type is NamespaceType.BLOB:
-                return namespace, namespace
-        return await self.store.namespace_node(self.namespace_id, "/".join(parts) or "/")
+        """The namespace's node, and the node at ``path`` (the workspace itself for ``/``), or None.
+
+        A blob's tree is ``/`` and ``/_data``, both its file: nothing else is there.
+        """
+        parts = path_parts(path)
+        namespace, node = await self.store.namespace_node(self.namespace_id, "/".join(parts) or "/")
+        if namespace.namespace is not None and namespace.namespace.type is NamespaceType.BLOB:
+            return namespace, namespace if parts in ([], [BLOB_DATA]) else None
+        return namespace, node
 
     async def _at(self, path: Any) -> Node | None:
         return (await self._lookup(path))[1]
@@ -106,7 +109,7 @@ class NamespaceVfs:
         namespace, node = await self._lookup(path)
         assert namespace.space is not None and namespace.namespace is not None
         check_write(Principal(trusted=True, admin=self.store.admin), namespace.space, f"namespace {self.namespace_id}")
-        if namespace.namespace.type is NamespaceType.BLOB and _parts(path) not in ([], [BLOB_DATA]):
+        if namespace.namespace.type is NamespaceType.BLOB and path_parts(path) not in ([], [BLOB_DATA]):
             raise InvalidArgumentError(f"a blob namespace holds only /{BLOB_DATA}")
         return namespace, node
 
@@ -114,7 +117,7 @@ class NamespaceVfs:
         """The workspace directory at ``path``, made (with its parents) if ``make``."""
         namespace, node = await self._writable(path)
         if node is None and make:
-            return await self.store.ns.mkdirs(namespace, _parts(path))
+            return await self.store.ns.mkdirs(namespace, path_parts(path))
         if node is None or not node.is_dir:
             raise ArtifactNotFoundError(f"{path!r} is not a directory of namespace {self.namespace_id}")
         return node
@@ -128,7 +131,7 @@ class NamespaceVfs:
         return True
 
     def _target(self, path: str) -> str | None:
-        return None if _parts(path) == [BLOB_DATA] else path
+        return None if path_parts(path) == [BLOB_DATA] else path
 
     async def write_binary(self, path: str, content: bytes, **metadata: Any) -> bool:
         if not isinstance(content, (bytes, bytearray, memoryview)):
@@ -159,7 +162,7 @@ class NamespaceVfs:
         """Bytes from an async iterable into the file at ``path``, in bounded memory."""
         namespace, _ = await self._writable(path)
         assert namespace.space is not None
-        parts = _parts(path)
+        parts = path_parts(path)
         if not parts or parts == [BLOB_DATA]:
             raise InvalidArgumentError("stream_write takes a file path of a workspace")
         space = namespace.space
@@ -217,7 +220,7 @@ class NamespaceVfs:
         if node is None:
             return []
         if namespace.namespace is not None and namespace.namespace.type is NamespaceType.BLOB:
-            return [BLOB_DATA] if _parts(path or "/") == [] else []
+            return [BLOB_DATA] if path_parts(path or "/") == [] else []
         if not node.is_dir:
             return [node.name]
         ns = self.store.ns
@@ -226,7 +229,7 @@ class NamespaceVfs:
     async def mkdir(self, path: str, **metadata: Any) -> bool:
         """A directory, with its parents; False if something is there already."""
         _, node = await self._writable(path)
-        if node is not None or not _parts(path):
+        if node is not None or not path_parts(path):
             return False
         try:
             await self._directory(path, make=True)
@@ -237,7 +240,7 @@ class NamespaceVfs:
     async def rmdir(self, path: str) -> bool:
         """Remove an empty directory; False if there is none, or it holds something."""
         _, node = await self._writable(path)
-        if node is None or not node.is_dir or not _parts(path):
+        if node is None or not node.is_dir or not path_parts(path):
             return False
         try:
             await self.store.ns.rmdir(node)
@@ -248,11 +251,11 @@ class NamespaceVfs:
     async def rm(self, path: str) -> bool:
         """Remove a file or an empty directory; False if nothing is there."""
         _, node = await self._writable(path)
-        if node is None or not _parts(path):
+        if node is None or not path_parts(path):
             return False
         if node.is_dir:
             return await self.rmdir(path)
-        if _parts(path) == [BLOB_DATA]:
+        if path_parts(path) == [BLOB_DATA]:
             raise InvalidArgumentError("a blob namespace's data goes with destroy_namespace()")
         try:
             await self.store.ns.unlink(node, every_name=True)
@@ -265,7 +268,7 @@ class NamespaceVfs:
         node = await self._at(source)
         if node is None:
             return False
-        if node.is_dir and _parts(destination)[: len(_parts(source))] == _parts(source):
+        if node.is_dir and path_parts(destination)[: len(path_parts(source))] == path_parts(source):
             raise InvalidArgumentError(f"cannot copy {source!r} into itself ({destination!r})")
         if node.is_file:
             await self.write_file(destination, await self.read_binary(source) or b"")
@@ -278,9 +281,9 @@ class NamespaceVfs:
     async def mv(self, source: str, destination: str) -> bool:
         """Move a file or directory within the workspace (a rename: no byte moves)."""
         _, node = await self._writable(source)
-        if node is None or not _parts(source):
+        if node is None or not path_parts(source):
             return False
-        parts = _parts(destination)
+        parts = path_parts(destination)
         if not parts:
             raise InvalidArgumentError("cannot move onto the workspace itself")
         parent = await self._directory("/".join(parts[:-1]) or "/", make=True)
@@ -292,7 +295,7 @@ class NamespaceVfs:
         _, node = await self._lookup(path)
         if node is None or not node.is_dir:
             return []
-        base = "/" + "/".join(_parts(path))
+        base = "/" + "/".join(path_parts(path))
         ns = self.store.ns
         if recursive:
             found = await ns.files_below(node)
@@ -307,7 +310,7 @@ class NamespaceVfs:
         node = await self._at(path)
         if node is None:
             return None
-        parts = _parts(path)
+        parts = path_parts(path)
         art = node.artifact
         return VfsNodeInfo(
             name=parts[-1] if parts else "", is_dir=node.is_dir, parent_path="/" + "/".join(parts[:-1]),

@@ -21,12 +21,14 @@ written for it runs unchanged; they read the store on the bridge's loop
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 from core.api import rules
 from core.api.access import Principal, check_write
 from core.api.base import iso_z
 from core.api.files import FilesApi
+from core.api.namespace_vfs import NamespaceVfs, path_parts
 from core.api.sessions import SessionsApi
 from core.errors import (
     ArtifactNotFoundError,
@@ -41,9 +43,6 @@ from core.nodes import NamespaceRecord, Node, Space
 from core.tree import grid
 from core.tree.base import EMPTY_SHA256
 from core.tree.namespace import NS
-
-if TYPE_CHECKING:
-    from core.api.namespace_vfs import NamespaceVfs
 
 NAMESPACES_DIR = "namespaces"  # in each scope root: one entry per namespace
 MAX_LABEL_CHARS = 255  # a namespace's name, a provider type
@@ -83,13 +82,18 @@ class NamespaceApi(FilesApi, SessionsApi):
 
     async def _located(self, namespace_id: str) -> tuple[Node, Node]:
         """The scope root and the namespace's node, as they are now."""
+        root, node, _ = await self._located_along(namespace_id, ())
+        return root, node
+
+    async def _located_along(self, namespace_id: str, below: Sequence[str]) -> tuple[Node, Node, list[Node]]:
+        """The scope root, the namespace's node, and the nodes along ``below`` in it: one read."""
         space, entry = self._space_of_id(namespace_id)
         ns = await self._ready()
-        path = await ns.walk(space, [NAMESPACES_DIR, entry])
-        if len(path) == 3 and all(ns.visible(node) for node in path):
+        path = await ns.walk(space, [NAMESPACES_DIR, entry, *below])
+        if len(path) >= 3 and all(ns.visible(node) for node in path[:3]):
             node = path[2]
             if node.namespace is not None and node.namespace.namespace_id == namespace_id:
-                return path[0], node
+                return path[0], node, path[3:]
         raise NamespaceNotFoundError(f"Namespace not found: {namespace_id}")
 
     def _info(self, root: Node, node: Node) -> NamespaceInfo:
@@ -164,10 +168,7 @@ class NamespaceApi(FilesApi, SessionsApi):
             raise InvalidArgumentError(f"namespace {node.namespace.namespace_id} is a blob: it has no paths")
         if path is None:
             raise InvalidArgumentError("path required for workspace namespaces")
-        if not isinstance(path, str):
-            raise InvalidArgumentError(f"path must be a string, got {shown(path)}")
-        stripped = path.strip("/")
-        return grid.split_filename(stripped) if stripped else []
+        return path_parts(path)
 
     async def owner_args(self, space: Space) -> dict[str, Any]:
         """The store() arguments that put a file in ``space`` as its owner would (the VFS's writes too).
@@ -200,19 +201,23 @@ class NamespaceApi(FilesApi, SessionsApi):
                          **await self.owner_args(node.space))
 
     async def namespace_node(self, namespace_id: str, path: str | None = None) -> tuple[Node, Node | None]:
-        """The namespace's node and, for a workspace, the node at ``path`` in it (None: nothing there)."""
-        _, node = await self._located(namespace_id)
-        assert node.namespace is not None and node.space is not None
+        """The namespace's node and, for a workspace, the node at ``path`` in it (None: nothing there).
+
+        One read of the whole path; a blob has no paths, so ``path`` means nothing to it.
+        """
+        try:
+            parts = path_parts(path) if path is not None else []
+        except InvalidArgumentError:
+            parts = []  # a workspace raises it below; a blob ignores its path
+        _, node, along = await self._located_along(namespace_id, parts)
+        assert node.namespace is not None
         if node.namespace.type is NamespaceType.BLOB:
             return node, node
-        parts = self._workspace_path(node, path)
-        if not parts:
+        if self._workspace_path(node, path) != parts or not parts:
             return node, node
-        ns = self.ns
-        found = await ns.walk(node.space, [NAMESPACES_DIR, node.name, *parts])
-        if len(found) != len(parts) + 3 or not all(ns.visible(n) for n in found):
+        if len(along) != len(parts) or not all(self.ns.visible(n) for n in along):
             return node, None
-        return node, found[-1]
+        return node, along[-1]
 
     async def read_namespace(self, namespace_id: str, path: str | None = None) -> bytes:
         """A blob's bytes, or those of the file at ``path`` of a workspace, checked against its SHA-256."""
@@ -289,8 +294,6 @@ class NamespaceApi(FilesApi, SessionsApi):
 
     def get_namespace_vfs(self, namespace_id: str) -> NamespaceVfs:
         """A file-system view of a workspace (or a blob), with chuk-virtual-fs's method names."""
-        from core.api.namespace_vfs import NamespaceVfs
-
         aio_bridge.call_blocking(self._located, namespace_id)  # NamespaceNotFoundError now, as the reference
         return NamespaceVfs(self, namespace_id)
 
