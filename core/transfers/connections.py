@@ -41,7 +41,32 @@ _BUSY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: c
 ACCEPT_PAUSE_S = 0.1
 
 
-class GuardedStream(trio.abc.HalfCloseableStream):
+class _Departures:
+    """Says when the client has gone (EOF or reset), through ``on_gone``.
+
+    hypercorn then ends the request but leaves its keep-alive timer running,
+    and the connection (its descriptor, its place under the cap) waits for
+    that timer: ``on_gone`` stops it.
+    """
+
+    on_gone: Callable[[], Awaitable[None]] | None = None
+
+    async def _watched(self, receiving: Awaitable[Any], closed: tuple[type[BaseException], ...]) -> Any:
+        try:
+            data = await receiving
+        except closed:
+            await self._gone()
+            raise
+        if not data:
+            await self._gone()
+        return data
+
+    async def _gone(self) -> None:
+        if self.on_gone is not None:
+            await self.on_gone()
+
+
+class GuardedStream(_Departures, trio.abc.HalfCloseableStream):
     """A client's socket whose writes give up after ``io_timeout`` seconds.
 
     hypercorn shields its writes from cancellation from outside; the
@@ -50,10 +75,6 @@ class GuardedStream(trio.abc.HalfCloseableStream):
 
     def __init__(self, inner: trio.SocketStream, io_timeout: float) -> None:
         self.inner, self.io_timeout = inner, io_timeout
-        # Called when the client has gone (EOF or reset). hypercorn then ends the
-        # request but leaves its keep-alive timer running, and the connection
-        # (its descriptor, its place under the cap) waits for that timer.
-        self.on_gone: Callable[[], Awaitable[None]] | None = None
 
     @property
     def socket(self) -> Any:
@@ -70,18 +91,7 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         await self.inner.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        try:
-            data = await self.inner.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await self._gone()
-            raise
-        if not data:
-            await self._gone()
-        return data
-
-    async def _gone(self) -> None:
-        if self.on_gone is not None:
-            await self.on_gone()
+        return await self._watched(self.inner.receive_some(max_bytes), (trio.BrokenResourceError, trio.ClosedResourceError))
 
     async def send_eof(self) -> None:
         await self.inner.send_eof()
@@ -185,29 +195,17 @@ class _TimedWriter:
             self._inner.transport.abort()
 
 
-class _WatchedReader:
+class _WatchedReader(_Departures):
     """An asyncio client reader that says when the client has gone, as :class:`GuardedStream` does."""
 
     def __init__(self, inner: asyncio.StreamReader) -> None:
         self._inner = inner
-        self.on_gone: Callable[[], Awaitable[None]] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     async def read(self, n: int = -1) -> bytes:
-        try:
-            data = await self._inner.read(n)
-        except (ConnectionError, OSError):
-            await self._gone()
-            raise
-        if not data:
-            await self._gone()
-        return data
-
-    async def _gone(self) -> None:
-        if self.on_gone is not None:
-            await self.on_gone()
+        return await self._watched(self._inner.read(n), (ConnectionError, OSError))
 
 
 async def serve_connections_asyncio(
