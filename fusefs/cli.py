@@ -21,21 +21,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+from fusefs.defaults import COMMAND_DEFAULTS, DATA_DIR_HELP, MAX_CACHE_TIMEOUT, MAX_REQUEST_TIMEOUT, REQUEST_TIMEOUT
 
-from core.errors import InvalidArgumentError
-from core.infra.clock import Clock
-from core.settings import Settings
-from fusefs.options import (
-    COMMAND_DEFAULTS,
-    DATA_DIR_HELP,
-    MAX_CACHE_TIMEOUT,
-    MAX_REQUEST_TIMEOUT,
-    REQUEST_TIMEOUT,
-    MountOptions,
-    default_data_dir,
-)
+if TYPE_CHECKING:  # the store is imported by the commands that use it: `umount` starts in milliseconds
+    from core.infra.clock import Clock
+    from core.settings import Settings
+    from fusefs.options import MountOptions
 
 SUPPORTED_FUSE_OPTIONS = ("allow_other",)
 
@@ -178,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def mount_options(args: argparse.Namespace, parser: argparse.ArgumentParser, settings: Settings) -> MountOptions:
     """The mount ``args`` ask for; ``settings`` (from the environment) give the default data dir."""
+    from pydantic import ValidationError
+
+    from core.errors import InvalidArgumentError
+    from fusefs.options import MountOptions, default_data_dir
+
     fuse = [opt.strip() for group in args.fuse_options for opt in group.split(",") if opt.strip()]
     unknown = sorted(set(fuse) - set(SUPPORTED_FUSE_OPTIONS))
     if unknown:
@@ -212,6 +210,10 @@ def run(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    if args.command == "umount":
+        from fusefs.umount_cmd import umount
+
+        return umount(args.mountpoint, say=say, force=args.force)
     try:  # imported here: `artifactfs --help` stays fast, and works without the extras
         if args.command == "serve":
             from fusefs.serve_cmd import run as serve
@@ -233,6 +235,8 @@ def run(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int
             from fusefs.checkpoint_cmd import run as checkpoint
 
             return checkpoint(args)
+        from core.errors import InvalidArgumentError
+        from core.settings import Settings
         from fusefs import mount as lifecycle
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in _EXTRA_MODULES:
@@ -241,14 +245,12 @@ def run(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int
         say(f"artifactfs {args.command}: needs {exc.name}, which the library alone does not install; "
             f"pip install 'artifactfs[{extra}]' (the fuse extra builds against libfuse3-dev)")
         return 1
-    if args.command == "mount":
-        try:
-            settings = Settings.from_env(defaults=COMMAND_DEFAULTS)
-        except InvalidArgumentError as exc:
-            say(f"artifactfs: {exc}")
-            return 1
-        return lifecycle.mount(mount_options(args, parser, settings), settings, say=say, clock=clock)
-    return lifecycle.umount(args.mountpoint, say=say, force=args.force)
+    try:
+        settings = Settings.from_env(defaults=COMMAND_DEFAULTS)
+    except InvalidArgumentError as exc:
+        say(f"artifactfs: {exc}")
+        return 1
+    return lifecycle.mount(mount_options(args, parser, settings), settings, say=say, clock=clock)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from core.errors import ArtifactStoreError
 from core.models import GcReport, Usage
-from fusefs.mount import SPOOL_DIR, DataDirLock, MountError
+from fusefs.datadir import SPOOL_DIR, DataDirLock, MountError
 from fusefs.progress import Progress
 from fusefs.store_cmd import on_store, size_text
 

@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import functools
 import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,16 +35,17 @@ import trio
 from core.config import backends_of, build_backends, build_change_feed, build_transfers, checked
 from core.errors import ArtifactStoreError, ConfigurationError
 from core.infra.clock import Clock, SystemClock
+from core.infra.fdlimit import raise_fd_limit
 from core.infra.private import new_private_dir, private_dir, private_file
 from core.nodes import ROOT_INO
 from core.settings import Settings
-from core.infra.fdlimit import raise_fd_limit
 from core.transfers import monitor
 from core.transfers.service import listen as listen_presigned
 from core.transfers.service import serve as serve_presigned
 from core.tree.namespace import Namespace
 from fusefs.attrs import CACHE_SECONDS
 from fusefs.callers import Callers
+from fusefs.datadir import FS_TYPE, LOG_FILE, SPOOL_DIR, DataDirLock, MountError
 from fusefs.errnos import trace
 from fusefs.invalidation import FOLLOWED_CACHE_SECONDS, ChangeFollower
 from fusefs.operations import Operations
@@ -55,113 +53,8 @@ from fusefs.options import MountOptions
 
 log = logging.getLogger("artifactfs.mount")
 
-LOCK_FILE = "mount.lock"
-LOG_FILE = "mount.log"
-SPOOL_DIR = "spool"
-FS_TYPE = "artifactfs"
 READY_TIMEOUT = 30.0
 READ_AHEAD_KB = 1024
-UMOUNT_WAIT = 60.0
-
-
-class MountError(Exception):
-    """A mount that cannot go ahead, with a sentence for the user."""
-
-
-# -- the data dir
-
-
-class DataDirLock:
-    """The one-mount-per-data-dir claim: an ``flock`` on ``mount.lock``."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self, mountpoint: Path) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").split("\n")
-            os.close(fd)
-            pid, where = (holder + ["?", "?"])[:2]
-            raise MountError(
-                f"the data dir {self.path.parent} is already mounted (pid {pid or '?'} at {where or '?'}); "
-                f"unmount it first: artifactfs umount {where or 'MOUNTPOINT'}"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n{mountpoint}\n".encode(), 0)
-        self._fd = fd
-
-    def record_pid(self) -> None:
-        """After a fork, name the process that really holds the mount."""
-        assert self._fd is not None
-        holder = os.pread(self._fd, 4096, 0).decode().split("\n")
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n{holder[1]}\n".encode(), 0)
-
-    def forget(self) -> None:
-        """Close our descriptor without unlocking (the forked child keeps the lock)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            self.forget()
-
-    @staticmethod
-    def holder(data_dir: Path) -> tuple[int, str] | None:
-        """The pid and mountpoint of the mount that holds ``data_dir``, or None if none does."""
-        path = data_dir / LOCK_FILE
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return None  # nobody holds it
-            except BlockingIOError:
-                pid, _, where = os.pread(fd, 4096, 0).decode(errors="replace").partition("\n")
-        finally:
-            os.close(fd)
-        return (int(pid), where.strip()) if pid.isdigit() else None
-
-    @staticmethod
-    def signal_holder(data_dir: Path, signum: int) -> bool:
-        """Send ``signum`` to the process that holds ``data_dir``; False if none does."""
-        held = DataDirLock.holder(data_dir)
-        if held is None:
-            return False
-        try:
-            os.kill(held[0], signum)
-        except ProcessLookupError:
-            return False
-        return True
-
-    @staticmethod
-    def wait_released(data_dir: Path, timeout: float) -> bool:
-        """Wait (bounded) until no mount holds ``data_dir``."""
-        path = data_dir / LOCK_FILE
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return True
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                pass
-            finally:
-                os.close(fd)
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
 
 
 def settings_for(options: MountOptions, settings: Settings) -> Settings:
@@ -416,7 +309,7 @@ def mount(
     """Mount; returns the exit status. ``say`` prints a line for the user.
 
     ``settings`` name the store (:meth:`Settings.from_env` with
-    :data:`fusefs.options.COMMAND_DEFAULTS`); the mount puts it on ``options.data_dir``.
+    :data:`fusefs.defaults.COMMAND_DEFAULTS`); the mount puts it on ``options.data_dir``.
     ``clock`` is the time the store's TTLs run on (default: the system's).
     """
     clock = clock or SystemClock()
@@ -490,75 +383,3 @@ def _daemonize(
     finally:
         lock.release()
         os._exit(code)
-
-
-def umount(mountpoint: Path, *, say: Callable[[str], None], force: bool = False) -> int:
-    """Unmount, then wait (bounded) for the mount process to finish and free its data dir.
-
-    ``force``: detach even while busy, and stop the mount process (SIGTERM): requests it is
-    still serving are answered ``EIO``, writes nobody closed are discarded (its log says so),
-    and processes still using the mount get ``ENOTCONN``.
-    """
-    path = Path(os.path.abspath(mountpoint))
-    entry = _mount_entry(path)
-    if entry is None:
-        say(f"artifactfs: {path} is not mounted")
-        return 1
-    fstype, source = entry
-    if not fstype.startswith("fuse"):
-        say(f"artifactfs: {path} is a {fstype} mount, not an artifactfs one")
-        return 1
-    data_dir = data_dir_of(source)
-    # --force: the mount process unmounts itself (lazily) on SIGTERM; signalled after a detach, it
-    # could find its signal watcher gone already and die mid-clean-up.
-    if force and data_dir is not None and DataDirLock.signal_holder(data_dir, signal.SIGTERM):
-        if DataDirLock.wait_released(data_dir, UMOUNT_WAIT):
-            return 0
-        say(f"artifactfs: the mount process of {path} still holds {data_dir} {UMOUNT_WAIT:.0f} s after SIGTERM")
-        return 1
-    command = ["fusermount3", "-uz" if force else "-u", str(path)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=UMOUNT_WAIT)
-    if done.returncode != 0:
-        reason = done.stderr.strip() or f"fusermount3 exited {done.returncode}"
-        hint = ""
-        if "busy" in reason.lower():
-            hint = (" (a process still uses it: close its files or leave the directory, or stop the mount anyway"
-                    " with artifactfs umount --force)")
-        say(f"artifactfs: cannot unmount {path}: {reason}{hint}")
-        return 1
-    if data_dir is not None and not DataDirLock.wait_released(data_dir, UMOUNT_WAIT):
-        say(f"artifactfs: unmounted {path}, but its process still holds {data_dir} after {UMOUNT_WAIT:.0f} s")
-        return 1
-    return 0
-
-
-def data_dir_of(source: str) -> Path | None:
-    """The data dir a mount's source (``artifactfs:<data dir>``, its fsname) names, if it names one."""
-    prefix = f"{FS_TYPE}:"
-    return Path(source[len(prefix) :]) if source.startswith(prefix) else None
-
-
-def mounted_data_dir(mountpoint: Path) -> Path | None:
-    """The data dir of the artifactfs mount at ``mountpoint``, or None if there is none."""
-    entry = _mount_entry(Path(os.path.abspath(mountpoint)))
-    return data_dir_of(entry[1]) if entry is not None and entry[0].startswith("fuse") else None
-
-
-def _mount_entry(path: Path) -> tuple[str, str] | None:
-    """(filesystem type, source) of the mount at ``path``, from /proc/self/mountinfo."""
-    found = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
-        for line in table:
-            fields = line.split()
-            if len(fields) < 10 or _unescape(fields[4]) != str(path):
-                continue
-            rest = fields[fields.index("-") + 1 :]
-            found = (rest[0], _unescape(rest[1]))
-    return found
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes."""
-    for code in ("\\040", "\\011", "\\012", "\\134"):
-        field = field.replace(code, chr(int(code[1:], 8)))
-    return field

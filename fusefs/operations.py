@@ -41,11 +41,11 @@ from core.tree.checkpoints import HOLDER
 from core.tree.namespace import Namespace
 from fusefs.attrs import Attributes, Inodes
 from fusefs.callers import Callers
+from fusefs.defaults import REQUEST_TIMEOUT
 from fusefs.dirhandles import PAGE_SIZE, OpenDirectory
 from fusefs.errnos import fuse_call
 from fusefs.fairness import PER_UID, PerUid
 from fusefs.openfiles import KernelCache, OpenFile, OpenFiles
-from fusefs.options import REQUEST_TIMEOUT
 from fusefs.watchdog import Watchdog
 from fusefs.xattrs import PREFIX as XATTR_USER_PREFIX
 from fusefs.xattrs import Presigner, Xattrs

@@ -27,7 +27,8 @@ from core.settings import Settings
 from core.transfers import monitor
 from core.transfers.service import serve
 from core.tree.namespace import Namespace
-from fusefs.options import COMMAND_DEFAULTS, default_data_dir
+from fusefs.defaults import COMMAND_DEFAULTS
+from fusefs.options import default_data_dir
 
 
 def settings_for(data_dir: Path | None, public_url: str | None = None, *, settings: Settings | None = None) -> Settings:

@@ -20,7 +20,7 @@ from core.config import backends_of
 from core.errors import ArtifactStoreError
 from core.models import Usage
 from core.settings import Settings
-from fusefs.mount import LOG_FILE, SPOOL_DIR, DataDirLock, mounted_data_dir
+from fusefs.datadir import LOG_FILE, SPOOL_DIR, DataDirLock, mounted_data_dir
 from fusefs.store_cmd import on_store, size_text
 
 LAST_ERRORS = 5  # log lines shown

@@ -82,7 +82,7 @@ def test_artifactfs_gc_reports_and_clears_a_dead_mount_s_spool(tmp_path) -> None
     assert dry.returncode == 0, dry.stderr
     assert "would reclaim" in dry.stdout and "spool of a dead mount: 1 files (2.0 KiB)" in dry.stdout
     assert (spool / "17.part").exists()
-    from fusefs.mount import DataDirLock
+    from fusefs.datadir import DataDirLock
 
     live = DataDirLock(data)  # a running mount holds this lock: its spool is its own
     live.acquire(tmp_path / "mnt")

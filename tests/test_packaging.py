@@ -150,3 +150,19 @@ def test_the_mount_command_without_the_fuse_extra_says_what_to_install(tmp_path:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "pip install 'artifactfs[fuse]'" in result.stderr
+
+
+def test_umount_loads_neither_the_store_nor_fuse(tmp_path: Path) -> None:
+    """`artifactfs umount` runs on the standard library: half a second of imports saved on every unmount."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from fusefs.cli import run
+        status = run(["umount", sys.argv[1]])
+        heavy = {"core", "pydantic", "pydantic_settings", "trio", "pyfuse3", "redis", "aioboto3"}
+        print(status, sorted(heavy & {m.partition(".")[0] for m in sys.modules}))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.stdout.split("\n")[0] == "1 []", done.stdout + done.stderr
+    assert "is not mounted" in done.stderr

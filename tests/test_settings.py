@@ -24,7 +24,8 @@ from core.config import build_backends, build_upload_registry, checked, data_dir
 from core.errors import ConfigurationError, UnknownProviderError
 from core.infra.signing import RecordSigner
 from core.settings import Settings
-from fusefs.options import COMMAND_DEFAULTS, SYSTEM_DATA_DIR, default_data_dir
+from fusefs.defaults import COMMAND_DEFAULTS, SYSTEM_DATA_DIR
+from fusefs.options import default_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS_MODULE = REPO / "core" / "settings.py"

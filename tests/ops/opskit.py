@@ -38,8 +38,8 @@ from core.infra.signing import RecordSigner
 from core.settings import Limits
 from core.tree.namespace import Namespace
 from fusefs.callers import Callers
+from fusefs.defaults import REQUEST_TIMEOUT
 from fusefs.operations import Operations
-from fusefs.options import REQUEST_TIMEOUT
 from fusefs.xattrs import Presigner
 
 SANDBOX = "app"
