@@ -87,6 +87,8 @@ READAHEAD = _make("Counter", "artifactfs_readahead_reads", "Reads of closed-then
 BACKEND_REQUESTS = _make("Counter", "artifactfs_backend_requests", "Requests to a backend, by backend and outcome: "
                          "ok; error (answered with one, e.g. a missing key); retried (a transient fault, tried "
                          "again); gave_up (still failing when the retries were spent)", ("backend", "outcome"))
+METADATA_LOCK_WAITS = _make("Counter", "artifactfs_metadata_lock_waits", "Metadata transactions that found "
+                            "another process's write lock (SQLite) and waited for it, the other requests going on")
 
 
 def register(registry: Any) -> None:

@@ -11,15 +11,18 @@ wrap these; other test files reuse them directly for mounts of their own
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from worlds import EMBEDDED, StoreWorld
 
 from core import ArtifactStore
@@ -118,6 +121,12 @@ class Mount:
             raise AssertionError(f"{shlex.join(map(str, argv))} did not finish within {timeout:.0f} s") from None
         return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
+    def metrics_url(self) -> str:
+        """Where a mount started with ``--metrics 127.0.0.1:0`` serves them (its log says)."""
+        found = re.search(r"metrics at (http://127\.0\.0\.1:\d+)/metrics", self.log_text())
+        assert found, self.log_text()
+        return found.group(1)
+
     def user_dir(self, user: str) -> Path:
         path = self.mountpoint / "users" / user
         path.mkdir(exist_ok=True)
@@ -153,6 +162,16 @@ class Mount:
 
 # How the artifactfs command is started: as `python -m fusefs`, the way `artifactfs` runs it.
 ARTIFACTFS = ("-m", "fusefs")
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a mount's ``/metrics``, by name and labels."""
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
 
 
 def start_mount(

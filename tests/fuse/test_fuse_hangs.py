@@ -9,6 +9,9 @@ and the test fails instead of the suite hanging.
   which nobody fetched (``git clone`` hung on its pack's trailer the same way).
 - fsx's ``bigfile`` run, seed 4: a ``mapread`` across a new end of file right
   after the ``msync`` that published it — the same wait.
+- Another process (a library on the same data dir) holding SQLite's write
+  lock: the loop used to sleep inside SQLite's busy handler, every request
+  waiting up to 10 s behind one write.
 - A backend that stops answering: the kernel gets EIO within the request
   timeout, and SIGTERM unmounts within a bound, discarding (and saying so)
   what a stopped writer never closed.
@@ -19,12 +22,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from mounting import REPO, Mount, artifactfs, wait_for
+from mounting import REPO, Mount, artifactfs, scrape, wait_for
 from servers import MotoServer, RedisServer
 from worlds import StoreWorld, WorldKind
 
@@ -250,3 +254,30 @@ def test_umount_force_of_an_idle_mount_exits_cleanly(mount: Mount, alice: Path) 
     (alice / "f").write_bytes(b"kept")
     log = _stop_in_time(mount, "umount --force")
     assert "unmounted" in log
+
+
+@pytest.mark.semantics("S-multimount-library-lock")
+@pytest.mark.embedded_only("SQLite's write lock: the embedded store's metadata")
+def test_another_process_s_write_lock_holds_up_only_the_writes_that_need_it(mount_factory) -> None:
+    mount = mount_factory(args=["--metrics", "127.0.0.1:0"])
+    url, alice, bob = mount.metrics_url(), mount.user_dir("alice"), mount.user_dir("bob")
+    (bob / "old").write_bytes(b"kept")
+    waits = ("artifactfs_metadata_lock_waits_total", ())
+    before = scrape(url).get(waits, 0)
+    holder = sqlite3.connect(mount.data_dir / "meta.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # what a library process's store() holds while it commits
+    try:
+        writer = subprocess.Popen(["sh", "-c", f"echo new > {alice / 'new'}"])
+        wait_for(lambda: scrape(url).get(waits, 0) > before, COMMAND_BOUND, "the create to wait for the lock")
+        # The create is waiting: everything that writes no metadata is answered meanwhile (in another
+        # directory: the kernel holds the directory of a pending create locked against listings).
+        for argv in (["getfattr", "-n", "user.artifact.sha256", "--only-values", str(bob / "old")],
+                     ["cat", str(bob / "old")], ["ls", "-l", str(bob)], ["stat", str(mount.mountpoint / "users")]):
+            done = mount.run_bounded(argv, COMMAND_BOUND)
+            assert done.returncode == 0, done.stderr
+        assert writer.poll() is None, "the create did not wait for the lock"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert writer.wait(timeout=COMMAND_BOUND) == 0
+    assert (alice / "new").read_text() == "new\n"

@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import json
-import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mounting import Mount, artifactfs
-from prometheus_client.parser import text_string_to_metric_families
+from mounting import Mount, artifactfs, scrape
 
 MountFactory = Callable[..., Mount]
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as answer:
-        text = answer.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
-    }
 
 
 @pytest.mark.semantics("S-metrics", "S-health")
 def test_the_mount_serves_its_metrics_and_health(mount_factory: MountFactory) -> None:
     mount = mount_factory(args=["--metrics", "127.0.0.1:0"])
-    logged = (mount.data_dir / "mount.log").read_text()
-    found = re.search(r"metrics at (http://127\.0\.0\.1:\d+)/metrics", logged)
-    assert found, logged
-    url = found.group(1)
+    url = mount.metrics_url()
     path = mount.user_dir("alice") / "f.bin"
     path.write_bytes(b"x" * 100_000)
     assert path.read_bytes() == b"x" * 100_000

@@ -2,6 +2,11 @@
 
 Calls run inline on the event loop: a WAL commit with ``synchronous=NORMAL``
 takes tens of microseconds, far less than a hop to a worker thread would.
+The one thing that could stall the loop is another process's write lock (a
+library process writing to the same data dir): a transaction never waits for
+it inside SQLite, but polls for it with an async sleep (:class:`_Transaction`),
+so a mount answers every other request meanwhile. Readers never wait for a
+writer in WAL mode.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
+
+import anyio
 
 from core.backends.meta import checks
 from core.backends.meta.base import ChildrenPage, Cover, Deferred, decode_record
@@ -27,6 +35,7 @@ from core.errors import (
     StoreClosedError,
     StoreFullError,
 )
+from core.infra import metrics
 from core.infra.private import FILE_MODE, private_dir, private_file
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
@@ -34,6 +43,10 @@ from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, account_of, new_node
 from core.settings import Settings
 
 log = logging.getLogger("artifactfs.meta")
+
+BUSY_TIMEOUT_MS = 10_000  # what a statement other than BEGIN IMMEDIATE may wait inside SQLite (WAL recovery)
+LOCK_WAIT = 30.0  # seconds a transaction waits for another process's write lock, polling
+_LOCK_POLL = (0.001, 0.025)  # the first and the longest pause between two tries
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS node (
@@ -173,7 +186,7 @@ class SQLiteMetaStore:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=10)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=10000")
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         # A checkpoint runs inside the COMMIT that crosses this many WAL pages, fsyncs included:
         # 4x SQLite's default halves how often the loop waits for one (+8% stores/s at 64 tasks).
         db.execute("PRAGMA wal_autocheckpoint=4000")
@@ -190,7 +203,7 @@ class SQLiteMetaStore:
         if await self.get(ROOT_INO) is None:
             root = new_node(parent=0, name="", kind=NodeKind.DIR, mode=0o755, role=NodeRole.ROOT, now_ns=0)
             root.ino = ROOT_INO
-            with self._tx() as db:
+            async with self._tx() as db:
                 self._write(db, root, insert=True)
 
     def _make_private(self) -> None:
@@ -437,7 +450,7 @@ class SQLiteMetaStore:
         return row[0] if row else 0
 
     async def reset_usage(self, usage_key: str, usage: Usage, *, generation: int) -> bool:
-        with self._tx() as db:
+        async with self._tx() as db:
             row = db.execute("SELECT gen FROM usage WHERE key=?", (usage_key,)).fetchone()
             if (row[0] if row else 0) != generation:
                 return False
@@ -449,7 +462,7 @@ class SQLiteMetaStore:
         return True
 
     async def recount_subdirs(self, ino: int) -> int:
-        with self._tx() as db:
+        async with self._tx() as db:
             db.execute(
                 "UPDATE node SET subdirs = (SELECT COUNT(*) FROM node AS sub WHERE sub.parent = node.ino"
                 " AND sub.is_dir AND sub.ino != node.ino) WHERE ino = ?", (ino,),
@@ -466,7 +479,7 @@ class SQLiteMetaStore:
 
     # -- changes
 
-    def _next_ino(self) -> int:
+    async def _next_ino(self) -> int:
         """A fresh inode number, from a block reserved in its own committed transaction.
 
         A counter, never MAX(ino)+1: a freed number must not come back while a
@@ -474,7 +487,7 @@ class SQLiteMetaStore:
         a page write per insert; numbers left unused at exit are skipped.
         """
         if self._ino_next >= self._ino_end:
-            with self._tx() as db:
+            async with self._tx() as db:
                 (end,) = db.execute("UPDATE counter SET value = value + ? WHERE name='ino' RETURNING value",
                                     (_INO_BLOCK,)).fetchone()
             self._ino_next, self._ino_end = end - _INO_BLOCK + 1, end + 1
@@ -520,8 +533,8 @@ class SQLiteMetaStore:
         self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None,
         drop_at_ns: int | None = None,
     ) -> tuple[Node, Node | None]:
-        ino = self._next_ino()
-        with self._tx() as db:
+        ino = await self._next_ino()
+        async with self._tx() as db:
             self._check_directory(db, node.parent)
             old = self._occupant(db, node.parent, node.name)
             if old is not None:
@@ -558,7 +571,7 @@ class SQLiteMetaStore:
             raise StaleRecordError(f"inode {node.ino} changed since it was read", current)
 
     async def commit(self, node: Node, *, base_version: int | None) -> Node | None:
-        with self._tx() as db:
+        async with self._tx() as db:
             current, row = self._load_for_update(db, node.ino)
             if current is None:
                 raise ArtifactNotFoundError(f"inode {node.ino} was removed")
@@ -590,7 +603,7 @@ class SQLiteMetaStore:
         self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None,
         drop_at_ns: int | None = None,
     ) -> Node | None:
-        with self._tx() as db:
+        async with self._tx() as db:
             current, row = self._load_at_rev(db, node)
             old = self._occupant(db, new_parent, new_name)
             if old is not None and old.ino != node.ino:
@@ -617,7 +630,7 @@ class SQLiteMetaStore:
         return old
 
     async def exchange(self, a: Node, b: Node, *, touch_ns: int | None = None) -> None:
-        with self._tx() as db:
+        async with self._tx() as db:
             stored = [self._load_at_rev(db, node)[0] for node in (a, b)]
             a2 = a.model_copy(update={"parent": b.parent, "name": b.name, "rev": a.rev + 1})
             b2 = b.model_copy(update={"parent": a.parent, "name": a.name, "rev": b.rev + 1})
@@ -635,7 +648,7 @@ class SQLiteMetaStore:
 
     async def remove(self, node: Node, *, touch_ns: int | None = None, drop_at_ns: int | None = None) -> Node | None:
         """The protocol's remove; ``touch_ns`` also sets the parent's mtime/ctime."""
-        with self._tx() as db:
+        async with self._tx() as db:
             current, row = self._load_for_update(db, node.ino)
             if current is None or not current.has_name(node.parent, node.name):
                 return None  # gone from that name already (removed, or moved by another writer)
@@ -671,7 +684,7 @@ class SQLiteMetaStore:
         self._relink(db, left, None)  # ``node`` is a view: its links need not be the rows
 
     async def link(self, node: Node, new_parent: int, new_name: str, *, touch_ns: int | None = None) -> None:
-        with self._tx() as db:
+        async with self._tx() as db:
             current, row = self._load_at_rev(db, node)
             self._check_directory(db, new_parent)
             if self._occupant(db, new_parent, new_name) is not None:
@@ -691,7 +704,7 @@ class SQLiteMetaStore:
     ) -> None:
         if not keys and not forget:
             return
-        with self._tx() as db:
+        async with self._tx() as db:
             db.executemany("DELETE FROM deferred_blob WHERE key=? AND not_before=?", [tuple(e) for e in forget])
             self._defer(db, keys, not_before_ns)
 
@@ -712,12 +725,12 @@ class SQLiteMetaStore:
 
     async def forget_deletions(self, entries: Collection[Deferred]) -> None:
         if entries:
-            with self._tx() as db:
+            async with self._tx() as db:
                 db.executemany("DELETE FROM deferred_blob WHERE key=? AND not_before=?", [tuple(e) for e in entries])
 
     async def queue_if_absent(self, keys: Collection[str], not_before_ns: int) -> None:
         if keys:
-            with self._tx() as db:
+            async with self._tx() as db:
                 db.executemany("INSERT INTO deferred_blob (key, not_before) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
                                [(k, not_before_ns) for k in keys])
 
@@ -745,19 +758,48 @@ def _next_rev(node: Node) -> Node:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any error."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any error.
+
+    The write lock is taken without SQLite's busy handler, which would sleep in
+    C with the event loop stopped: while another process holds the lock, the
+    next try comes after an async pause, for :data:`LOCK_WAIT` seconds at most.
+    The body runs without an await, so no other task of this connection can
+    come between its statements.
+    """
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
-    def __enter__(self) -> sqlite3.Connection:
+    async def __aenter__(self) -> sqlite3.Connection:
+        deadline, pause = 0.0, _LOCK_POLL[0]
+        while not self._begin():
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + LOCK_WAIT
+                metrics.METADATA_LOCK_WAITS.inc()
+            elif now > deadline:
+                raise ProviderError(f"metadata store: another process held the write lock for {LOCK_WAIT:.0f} s")
+            await anyio.sleep(pause)
+            pause = min(pause * 2, _LOCK_POLL[1])
+        return self._db
+
+    def _begin(self) -> bool:
+        """Take the write lock if it is free; False if another process holds it."""
+        self._db.execute("PRAGMA busy_timeout=0")
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                return False
             raise _provider_error(exc) from exc
-        return self._db
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return True
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        return self._end(exc_type, exc)
+
+    def _end(self, exc_type, exc) -> bool:
         if exc_type is None:
             try:
                 self._db.execute("COMMIT")
