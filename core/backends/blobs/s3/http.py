@@ -10,6 +10,10 @@ presigned URLs, ``gc``) stays on botocore, made only when first needed.
 Signing is :mod:`core.backends.blobs.s3.sigv4`; credentials are the keys the
 settings carry (``AWS_ACCESS_KEY_ID`` ...), else botocore's usual chain
 (profile, SSO, instance role), refreshed when they rotate.
+Every PutObject and UploadPart carries the SHA-256 of its body
+(``x-amz-checksum-sha256``), which S3 checks before it stores a byte: a body
+damaged on the way is refused (``BadDigest``) instead of being stored, and
+found at the next verified read.
 Errors are :class:`S3Error` with S3's status and code, so the store's retry
 rules see the same facts they see from botocore.
 """
@@ -17,6 +21,7 @@ rules see the same facts they see from botocore.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -27,11 +32,13 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from core.backends.blobs.s3.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials, canonical_query, sign, uri_encode
+from core.backends.blobs.s3.sigv4 import Credentials, canonical_query, sign, uri_encode
 from core.errors import ProviderError
 
 HASH_IN_THREAD = 256 * 1024  # a bigger body is hashed off the event loop
 FILE_CHUNK = 1 << 20  # a file region goes out this much at a time
+CHECKSUM_HEADER = "x-amz-checksum-sha256"
+_EMPTY_DIGEST = hashlib.sha256(b"").digest()
 
 
 class FileRegion:
@@ -61,11 +68,12 @@ class FileRegion:
                 left -= len(chunk)
                 yield chunk
 
-    def sha256(self) -> str:
+    def sha256(self) -> bytes:
+        """The region's digest, read a chunk at a time (blocking: run it off the loop)."""
         digest = hashlib.sha256()
         for chunk in self._chunks():
             digest.update(chunk)
-        return digest.hexdigest()
+        return digest.digest()
 
     async def stream(self) -> AsyncIterator[bytes]:
         chunks = self._chunks()
@@ -74,6 +82,22 @@ class FileRegion:
 
 
 Body = bytes | bytearray | memoryview | FileRegion
+
+
+async def sha256_of(body: Body) -> bytes:
+    """The SHA-256 of a request body; a big one is hashed off the event loop."""
+    if not body:
+        return _EMPTY_DIGEST
+    if isinstance(body, FileRegion):
+        return await asyncio.to_thread(body.sha256)
+    if len(body) < HASH_IN_THREAD:
+        return hashlib.sha256(body).digest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(body).digest())
+
+
+def checksum_text(digest: bytes) -> str:
+    """A digest as S3's checksum headers and elements carry it (base64, where SigV4 wants hex)."""
+    return base64.b64encode(digest).decode("ascii")
 
 
 class S3Error(Exception):
@@ -121,8 +145,6 @@ class S3Http:
         self.bucket, self.region = bucket, region
         endpoint = urlsplit(endpoint_url or f"https://s3.{region}.amazonaws.com")
         self._scheme = endpoint.scheme
-        # Over TLS the payload needs no hash of its own (as botocore decides); over plain HTTP it is signed.
-        self._sign_payload = endpoint.scheme != "https"
         if path_style:
             self._host, self._root = endpoint.netloc, f"{endpoint.path.rstrip('/')}/{uri_encode(bucket, keep_slash=False)}/"
         else:
@@ -152,17 +174,6 @@ class S3Http:
         frozen = await keys.get_frozen_credentials()  # botocore's refresh happens here
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
-    async def _payload_hash(self, body: Body) -> str:
-        if not self._sign_payload:
-            return UNSIGNED_PAYLOAD
-        if not body:
-            return EMPTY_SHA256
-        if isinstance(body, FileRegion):
-            return await asyncio.to_thread(body.sha256)
-        if len(body) < HASH_IN_THREAD:
-            return hashlib.sha256(body).hexdigest()
-        return await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
-
     async def send(
         self,
         method: str,
@@ -171,15 +182,20 @@ class S3Http:
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         body: Body = b"",
+        digest: bytes | None = None,
     ) -> aiohttp.ClientResponse:
         """One signed request for ``key`` (None: the bucket); an error status raises :class:`S3Error`.
 
+        ``digest`` is the body's SHA-256 when the caller has taken it already.
         The response is returned unread: the caller reads (or streams) the body and releases it.
         """
         assert self._session is not None, "S3Http.open() was not called"
+        # The payload is signed over TLS too (botocore sends UNSIGNED-PAYLOAD there): a PUT's body is
+        # hashed for its checksum anyway, so signing it costs no second pass, and a store that ignores
+        # checksum headers still has the signed hash to check the bytes against.
+        payload_hash = (digest if digest is not None else await sha256_of(body)).hex()
         url, signed = self.prepare(
-            method, key, query or {}, headers or {}, await self._payload_hash(body), await self._frozen(),
-            datetime.now(UTC),
+            method, key, query or {}, headers or {}, payload_hash, await self._frozen(), datetime.now(UTC)
         )
         data: Any = body or None
         if isinstance(body, FileRegion):
@@ -232,8 +248,24 @@ class S3Http:
         """A streaming GET of bytes ``[start, end)``; read ``.content``, then ``close()`` it."""
         return await self.send("GET", key, headers={"Range": f"bytes={start}-{end - 1}"})
 
+    async def _checked_put(
+        self, key: str, body: Body, headers: Mapping[str, str], query: Mapping[str, str] | None = None
+    ) -> tuple[Mapping[str, str], str]:
+        """A PUT whose body S3 checks against its SHA-256; returns the reply's headers and the checksum sent.
+
+        The body is hashed once, here, for both the checksum and the signed payload hash; a retry
+        comes back here and hashes again, so a file region that changed under a refused send is
+        sent with the hash of what it holds now.
+        """
+        digest = await sha256_of(body)
+        checksum = checksum_text(digest)
+        reply, _ = await self._done(
+            "PUT", key, query=query, headers={**headers, CHECKSUM_HEADER: checksum}, body=body, digest=digest
+        )
+        return reply, checksum
+
     async def put_object(self, key: str, body: Body, headers: Mapping[str, str]) -> None:
-        await self._done("PUT", key, body=body, headers=headers)
+        await self._checked_put(key, body, headers)
 
     async def delete_object(self, key: str) -> None:
         await self._done("DELETE", key)
@@ -241,22 +273,30 @@ class S3Http:
     # -- multipart
 
     async def create_multipart(self, key: str, headers: Mapping[str, str]) -> str:
+        """Start an upload whose parts all carry their SHA-256 (S3 then wants each listed at completion)."""
+        headers = {**headers, "x-amz-checksum-algorithm": "SHA256"}
         _, body = await self._done("POST", key, query={"uploads": ""}, headers=headers)
         upload_id = _xml_fields(body, "UploadId").get("UploadId")
         if not upload_id:
             raise S3Error(500, "InternalError", "CreateMultipartUpload returned no UploadId")
         return upload_id
 
-    async def upload_part(self, key: str, upload_id: str, number: int, body: Body) -> str:
-        reply, _ = await self._done("PUT", key, query={"partNumber": str(number), "uploadId": upload_id}, body=body)
+    async def upload_part(self, key: str, upload_id: str, number: int, body: Body) -> tuple[str, str]:
+        """Send part ``number``; returns its ETag and checksum, both of which completion lists."""
+        reply, checksum = await self._checked_put(
+            key, body, {}, {"partNumber": str(number), "uploadId": upload_id}
+        )
         etag = reply.get("ETag")
         if not etag:
             raise S3Error(500, "InternalError", f"UploadPart {number} returned no ETag")
-        return etag
+        return etag, checksum
 
-    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str, str]]) -> None:
+        """Join ``(number, ETag, checksum)`` parts, as :meth:`upload_part` returned them."""
         listed = "".join(
-            f"<Part><PartNumber>{n}</PartNumber><ETag>{_xml_text(etag)}</ETag></Part>" for n, etag in parts
+            f"<Part><PartNumber>{n}</PartNumber><ETag>{_xml_text(etag)}</ETag>"
+            f"<ChecksumSHA256>{checksum}</ChecksumSHA256></Part>"
+            for n, etag, checksum in parts
         )
         document = f'<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{listed}</CompleteMultipartUpload>'
         _, body = await self._done(

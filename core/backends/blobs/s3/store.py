@@ -447,7 +447,7 @@ class _Multipart:
     def __init__(self, store: S3BlobStore, key: str, upload_id: str, in_flight: int) -> None:
         self.store, self.key, self.upload_id, self.in_flight = store, key, upload_id, in_flight
         self.object_key = store.object_key(key)
-        self.etags: dict[int, str] = {}
+        self.parts: dict[int, tuple[str, str]] = {}  # number -> (ETag, checksum), as completion lists them
         self.inflight: set[asyncio.Task[None]] = set()
         self.next_number = 1
 
@@ -471,7 +471,7 @@ class _Multipart:
         self.inflight.add(asyncio.create_task(self._upload(number, data)))
 
     async def _upload(self, number: int, data: Body) -> None:
-        self.etags[number] = await self.store.sent(
+        self.parts[number] = await self.store.sent(
             f"{self.key} (part {number})", lambda h: h.upload_part(self.object_key, self.upload_id, number, data)
         )
 
@@ -487,9 +487,9 @@ class _Multipart:
         """Join parts 1 to ``count`` (every part sent, by default); parts beyond are dropped by S3."""
         await self._settle(0)
         numbers = range(1, (count or self.next_number - 1) + 1)
-        if any(number not in self.etags for number in numbers):
+        if any(number not in self.parts for number in numbers):
             raise ProviderError(f"blob {self.key}: parts are missing")
-        parts = [(number, self.etags[number]) for number in numbers]
+        parts = [(number, *self.parts[number]) for number in numbers]
 
         async def finish(h: S3Http) -> None:
             try:
