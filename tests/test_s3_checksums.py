@@ -1,4 +1,4 @@
-"""Every body the S3 store sends carries its SHA-256, for S3 to check.
+"""Every body the S3 store sends carries its SHA-256, and S3 refusing one as damaged costs a retry.
 
 moto keeps whatever it is sent, checksum or not, so these tests put a strict
 front before it (tests/s3front.py) that checks each PUT's
@@ -25,7 +25,8 @@ from s3front import S3Front, Seen
 from servers import BUCKET, MotoServer, RedisServer, redis_s3_settings
 
 from core import ArtifactStore, StreamUploadRequest
-from core.backends.blobs.s3.store import MiB, S3BlobStore
+from core.backends.blobs.s3.http import S3Error
+from core.backends.blobs.s3.store import MiB, S3BlobStore, _transient
 from core.infra.retry import RetryPolicy
 
 FAST_RETRY = RetryPolicy(attempts=3, first_delay=0.01, max_delay=0.05)
@@ -96,6 +97,7 @@ async def read_all(store: S3BlobStore, key: str) -> bytes:
 # -- every write is checked
 
 
+@pytest.mark.semantics("S-integrity-upload")
 async def test_every_put_and_part_of_the_blob_store_carries_its_checksum(
     blobs: S3BlobStore, front: S3Front, tmp_path: Path
 ) -> None:
@@ -115,6 +117,7 @@ async def test_every_put_and_part_of_the_blob_store_carries_its_checksum(
         assert await read_all(blobs, key) == data
 
 
+@pytest.mark.semantics("S-integrity-upload")
 async def test_artifacts_stored_through_the_api_carry_checksums(
     redis_server: RedisServer, front: S3Front, tmp_path: Path
 ) -> None:
@@ -136,6 +139,38 @@ async def test_artifacts_stored_through_the_api_carry_checksums(
             assert await store.retrieve(artifact_id, user_id="u") == data
     puts = assert_every_put_checked(front)
     assert operations(puts) == {"PutObject": 1, "UploadPart": 5}
+
+
+# -- damage on the way
+
+
+@pytest.mark.semantics("S-integrity-upload")
+@pytest.mark.parametrize("damaged", ["UploadPart", "PutObject"])
+async def test_bytes_damaged_on_the_way_are_refused_and_sent_again(
+    redis_server: RedisServer, front: S3Front, tmp_path: Path, damaged: str
+) -> None:
+    """A byte flipped in transit must cost a refused request and one more, never a stored blob that
+    fails its SHA-256 at the next read: the source bytes are intact, so the store sends them again."""
+    data = random.Random(3).randbytes(3 * PART if damaged == "UploadPart" else 4000)
+    front.corrupt(1, damaged)
+    async with api_store(front, tmp_path / "data") as store:
+        artifact_id = await store.store(data, user_id="u", scope="user")
+        assert await store.retrieve(artifact_id, user_id="u") == data  # verified against its SHA-256
+    sent = [p for p in front.puts() if p.operation == damaged]
+    refused = [p for p in sent if p.status == 400]
+    assert len(refused) == 1 and refused[0].corrupted and refused[0].error == "BadDigest"
+    assert len(sent) == (4 if damaged == "UploadPart" else 2)  # every part once, the refused one twice
+    again = [p for p in sent if p.path == refused[0].path and p.checksum == refused[0].checksum]
+    assert [p.status for p in again] == [400, 200]
+
+
+@pytest.mark.parametrize("code", ["BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"])
+def test_a_refused_digest_is_retried_and_other_refusals_are_not(code: str) -> None:
+    """A digest refused is damage on the way, which a fresh send mends; a 400 of any other kind
+    (a bad argument) would be refused again, and is reported at once."""
+    assert _transient(S3Error(400, code))
+    assert not _transient(S3Error(400, "InvalidArgument"))
+    assert not _transient(S3Error(403, code))
 
 
 # -- the front itself

@@ -12,8 +12,8 @@ settings carry (``AWS_ACCESS_KEY_ID`` ...), else botocore's usual chain
 (profile, SSO, instance role), refreshed when they rotate.
 Every PutObject and UploadPart carries the SHA-256 of its body
 (``x-amz-checksum-sha256``), which S3 checks before it stores a byte: a body
-damaged on the way is refused (``BadDigest``) instead of being stored, and
-found at the next verified read.
+damaged on the way is refused (``BadDigest``) and sent again, instead of
+being stored and found at the next verified read.
 Errors are :class:`S3Error` with S3's status and code, so the store's retry
 rules see the same facts they see from botocore.
 """

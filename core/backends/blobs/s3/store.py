@@ -21,9 +21,10 @@ Object reads, writes and deletes go out through :mod:`core.backends.blobs.s3.htt
 listings, ``gc`` and presigned URLs through aioboto3, whose client is made
 only when one of those is first used. Every network call runs on an asyncio
 loop through :mod:`core.infra.aio_bridge`, once per call (never per byte), with
-bounded retries on timeouts, dropped connections, 5xx and throttling
-(botocore's own retries are switched off, so the count is ours and a dead
-endpoint fails in seconds).
+bounded retries on timeouts, dropped connections, 5xx, throttling and bodies
+S3 refused as damaged on the way (every object and part is sent with its
+SHA-256; botocore's own retries are switched off, so the count is ours and a
+dead endpoint fails in seconds).
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ _TRANSIENT_CODES = {
     "InternalError", "ServiceUnavailable", "SlowDown", "Throttling", "ThrottlingException",
     "RequestTimeout", "RequestTimeoutException", "RequestLimitExceeded", "OperationAborted",
 }
+# A 400 with one of these: the bytes S3 received do not match the checksum or signed hash they were
+# sent with (MinIO names it XAmzContentChecksumMismatch). The source bytes are intact, so a fresh
+# send is the remedy, as for a dropped connection.
+_DAMAGED_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
@@ -74,11 +79,16 @@ def _code(exc: botocore.exceptions.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _transient_answer(status: int, code: str) -> bool:
+    """Whether an error S3 answered may pass on a fresh send: its own fault, throttling, damage on the way."""
+    return status >= 500 or status == 429 or code in _TRANSIENT_CODES or status == 400 and code in _DAMAGED_CODES
+
+
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, S3Error):
-        return exc.status >= 500 or exc.status == 429 or exc.code in _TRANSIENT_CODES
+        return _transient_answer(exc.status, exc.code)
     if isinstance(exc, botocore.exceptions.ClientError):
-        return _status(exc) >= 500 or _status(exc) == 429 or _code(exc) in _TRANSIENT_CODES
+        return _transient_answer(_status(exc), _code(exc))
     return isinstance(
         exc,
         (
