@@ -95,12 +95,17 @@ async def seeded(store: ArtifactStore) -> tuple[ArtifactStore, str, str]:
     return store, session, file_id
 
 
-async def refused(store: ArtifactStore, error: type[ArtifactStoreError], call: Callable[[], Awaitable[Any]]) -> None:
-    """``call`` raises exactly ``error`` (or a subclass) and leaves every node and blob as it was."""
+async def refused(store: ArtifactStore, error: type[ArtifactStoreError], *calls: Callable[[], Awaitable[Any]]) -> None:
+    """Each of ``calls`` raises exactly ``error`` (or a subclass) and leaves every node and blob as it was.
+
+    One footprint taken before the first serves as the "before" of every call: a call that changed
+    anything fails right there, so the store each later call meets is that same one.
+    """
     before = await footprint(store)
-    with pytest.raises(error):
-        await call()
-    assert await footprint(store) == before
+    for number, call in enumerate(calls):
+        with pytest.raises(error):
+            await call()
+        assert await footprint(store) == before, f"call {number} changed the store"
 
 
 async def unchanged(store: ArtifactStore, file_id: str, snapshot: Any) -> None:
@@ -112,17 +117,20 @@ async def unchanged(store: ArtifactStore, file_id: str, snapshot: Any) -> None:
 async def test_bad_filenames(seeded, filename: Any, error: type[ArtifactStoreError]) -> None:
     store, session, file_id = seeded
     snapshot = await store.metadata(file_id)
-    await refused(store, error, lambda: store.store(b"x", filename=filename, session_id=session))
-    await refused(store, error, lambda: store.store(b"x", filename=filename, user_id="newbie"))
-    await refused(store, error, lambda: store.write_file("x", filename=filename, session_id=session))
+    await refused(
+        store, error,
+        lambda: store.store(b"x", filename=filename, session_id=session),
+        lambda: store.store(b"x", filename=filename, user_id="newbie"),
+        lambda: store.write_file("x", filename=filename, session_id=session),
+        lambda: store.store_batch([{"data": b"x", "filename": filename}], session_id=session),
+        lambda: store.copy_file(file_id, new_filename=filename),
+        lambda: store.move_file(file_id, new_filename=filename, new_meta={"moved": True}),
+        lambda: store.update_file(file_id, data=b"changed", filename=filename, summary="new"),
+        lambda: store.update_metadata(file_id, filename=filename, summary="new"),
+    )
     # A request model refuses a name of the wrong type itself (InvalidArgumentError, the parent class).
     await refused(store, error if isinstance(filename, str) else InvalidArgumentError, lambda: store.stream_upload(
         StreamUploadRequest(data_stream=iter([b"x"]), filename=filename, session_id=session)))
-    await refused(store, error, lambda: store.store_batch([{"data": b"x", "filename": filename}], session_id=session))
-    await refused(store, error, lambda: store.copy_file(file_id, new_filename=filename))
-    await refused(store, error, lambda: store.move_file(file_id, new_filename=filename, new_meta={"moved": True}))
-    await refused(store, error, lambda: store.update_file(file_id, data=b"changed", filename=filename, summary="new"))
-    await refused(store, error, lambda: store.update_metadata(file_id, filename=filename, summary="new"))
     await unchanged(store, file_id, snapshot)
 
 
@@ -152,8 +160,7 @@ async def test_bad_ids(seeded, bad_id: Any, error: type[ArtifactStoreError]) -> 
         lambda: store.extend_session_ttl(bad_id, 1),
         lambda: store.delete_session(bad_id),
     ]
-    for call in calls:
-        await refused(store, error, call)
+    await refused(store, error, *calls)
     with pytest.raises(error):
         store.get_canonical_prefix(bad_id)
     with pytest.raises(error if isinstance(bad_id, str) else InvalidArgumentError):
@@ -164,7 +171,7 @@ async def test_bad_ids(seeded, bad_id: Any, error: type[ArtifactStoreError]) -> 
 async def test_bad_meta(seeded, meta: Any) -> None:
     store, session, file_id = seeded
     snapshot = await store.metadata(file_id)
-    for call in (
+    calls = (
         lambda: store.store(b"x", meta=meta, session_id=session, filename="new/x"),
         lambda: store.stream_upload(StreamUploadRequest(data_stream=iter([b"x"]), meta=meta, user_id="bob")),
         lambda: store.store_batch([{"data": b"x", "meta": meta}], user_id="bob"),
@@ -175,8 +182,8 @@ async def test_bad_meta(seeded, meta: Any) -> None:
         lambda: store.move_file(file_id, new_meta=meta, new_filename="moved.txt"),
         lambda: store.create_session(custom_metadata=meta),
         lambda: store.search(meta_filter=meta),
-    ):
-        await refused(store, InvalidArgumentError, call)
+    )
+    await refused(store, InvalidArgumentError, *calls)
     await unchanged(store, file_id, snapshot)
 
 
@@ -194,7 +201,7 @@ async def test_meta_that_grows_too_big_by_merging(seeded) -> None:
 async def test_bad_ttl(seeded, ttl: Any) -> None:
     store, session, file_id = seeded
     snapshot = await store.metadata(file_id)
-    for call in (
+    calls = (
         lambda: store.store(b"x", ttl=ttl, session_id=session),
         lambda: store.store(b"x", ttl=ttl, user_id="bob", scope="user"),
         lambda: store.write_file("x", filename="t.txt", ttl=ttl, user_id="bob"),
@@ -203,8 +210,8 @@ async def test_bad_ttl(seeded, ttl: Any) -> None:
         lambda: store.store_batch([{"data": b"x", "ttl": ttl}], user_id="bob"),
         lambda: store.update_metadata(file_id, ttl=ttl, summary="new"),
         lambda: store.extend_ttl(file_id, ttl),
-    ):
-        await refused(store, InvalidArgumentError, call)
+    )
+    await refused(store, InvalidArgumentError, *calls)
     await unchanged(store, file_id, snapshot)
 
 
@@ -222,14 +229,14 @@ async def test_bad_session_hours(seeded, hours: Any) -> None:
 @pytest.mark.parametrize("scope", ["planet", "SESSION ", "shared", "", None, 3])
 async def test_unknown_scope(seeded, scope: Any) -> None:
     store, session, file_id = seeded
-    for call in (
+    calls = (
         lambda: store.store(b"x", scope=scope, user_id="alice"),
         lambda: store.stream_upload(StreamUploadRequest(data_stream=iter([b"x"]), scope=scope, user_id="alice")),
         lambda: store.store_batch([{"data": b"x"}], scope=scope, user_id="alice"),
         lambda: store.store_batch([{"data": b"x", "scope": scope}], user_id="alice"),
         lambda: store.search(scope=scope) if scope is not None else store.store(b"x", scope=scope),
-    ):
-        await refused(store, InvalidArgumentError, call)
+    )
+    await refused(store, InvalidArgumentError, *calls)
 
 
 async def test_other_bad_arguments(seeded) -> None:
@@ -240,7 +247,7 @@ async def test_other_bad_arguments(seeded) -> None:
         yield b"fine"
         yield "not bytes"
 
-    for call in (
+    calls = (
         lambda: store.store("text, not bytes", session_id=session),
         lambda: store.store(None, session_id=session),
         lambda: store.store(b"x", mime="not a mime type", session_id=session),
@@ -276,8 +283,8 @@ async def test_other_bad_arguments(seeded) -> None:
         lambda: store.list_by_session(session, limit=-1),
         lambda: store.search(limit="ten"),
         lambda: store.read_file(file_id, as_text=True, encoding="no-such-codec"),
-    ):
-        await refused(store, InvalidArgumentError, call)
+    )
+    await refused(store, InvalidArgumentError, *calls)
     await unchanged(store, file_id, snapshot)
 
 
