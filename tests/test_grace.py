@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from storekit import commit_bytes, hold
+from storekit import commit_bytes
 from storeprobe import blob_keys
 
 from core import ArtifactStore, Limits, Scope
@@ -144,10 +144,11 @@ async def test_a_process_killed_between_upload_and_commit_leaves_an_intent_gc_re
 async def test_a_commit_meeting_its_intent_keeps_a_deletion_another_writer_queued_meanwhile(
     store: ArtifactStore, clock: ManualClock
 ) -> None:
-    """A commits its version; before A clears that version's upload intent, B commits over it and
-    queues A's blob for deletion. A's clearing must not drop B's entry. Was: it did (an
-    unconditional removal from the queue), and A's blob stayed in the bucket, named by nothing
-    and queued for nothing: leaked for good."""
+    """A commits its version, B commits over it at once and queues A's blob for deletion: B's entry
+    must stay. Was: A cleared its upload intent in a step after its commit, B's commit could land
+    in between, and the clearing (an unconditional removal from the queue) dropped B's entry: A's
+    blob stayed in the bucket, named by nothing and queued for nothing, leaked for good. The
+    clearing is now conditional and part of the commit's own step, so B comes after both."""
     a = store.ns
     b = Namespace(a.meta, a.blobs, clock, a.limits)  # another process on the same store
     artifact_id = await store.store(b"v1", filename="r.txt", user_id="alice", scope=Scope.USER)
@@ -160,8 +161,8 @@ async def test_a_commit_meeting_its_intent_keeps_a_deletion_another_writer_queue
     old = node.artifact.blob_key
     key, size, sha256 = await a.put_blob(node, b"v2 from A")
     a.set_content(node, key, size, sha256)
-    hold(a.meta, "defer_delete", b_commits)  # B's whole commit lands between A's commit and its clearing
     await a.commit(node, old_blob=old)
+    await b_commits()
     assert key in await a.meta.pending_deletions()
     clock.advance(GRACE + 1)
     await store.collect_garbage()

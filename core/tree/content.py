@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 
 from core.backends.blobs.base import BlobReader, BlobWriter, FileUpload, NativePresign
-from core.backends.meta.base import Deferred
+from core.backends.meta.base import Deferred, Settle
 from core.errors import (
     ArtifactCorruptedError,
     ArtifactNotFoundError,
@@ -267,7 +267,8 @@ class Content(TreeBase):
                 await self.ensure_room(node.space, node.size - current.size, 0)
             for _ in range(MAX_COMMIT_RACES):
                 await self._intend_superseding(superseded, queued)
-                current = await self.meta.commit(attempt, base_version=base)
+                settle = self._settlement(art.blob_key, superseded - {art.blob_key})
+                current = await self.meta.commit(attempt, base_version=base, settle=settle)
                 if current is None:
                     break
                 base = rebase(current)
@@ -291,7 +292,7 @@ class Content(TreeBase):
             if art.blob_key not in superseded:
                 await self.discard_blob(art.blob_key)
             raise
-        await self.settle_blobs(art.blob_key, superseded - {art.blob_key})
+        self._met(art.blob_key, settle)
         metrics.stored(node.size, new=False)
         adopt(node, attempt)
         return node
@@ -314,11 +315,22 @@ class Content(TreeBase):
         the key since: then it stays queued); the blobs of ``gone`` wait out
         the grace period.
         """
-        due = self._intents.pop(stored, None) if stored is not None else None
+        settle = self._settlement(stored, gone)
+        self._met(stored, settle)
+        if settle is not None:
+            await self.meta.defer_delete(settle.keys, settle.not_before_ns, forget=settle.forget)
+
+    def _settlement(self, stored: str | None, gone: Collection[str | None]) -> Settle | None:
+        """The queue changes of :meth:`settle_blobs`, for a commit to make in its own step (None: none)."""
+        due = self._intents.get(stored) if stored is not None else None
         met = [Deferred(stored, due)] if stored is not None and due is not None else []
         superseded = {key for key in gone if key is not None and key != stored}
-        if superseded or met:
-            await self.meta.defer_delete(superseded, self.grace_deadline(), forget=met)
+        return Settle(superseded, self.grace_deadline(), met) if superseded or met else None
+
+    def _met(self, stored: str | None, settle: Settle | None) -> None:
+        """Once its settlement is made, the intent of ``stored`` is no longer this process's to meet."""
+        if stored is not None and settle is not None and any(e.key == stored for e in settle.forget):
+            self._intents.pop(stored, None)
 
     async def queue_orphans(
         self, *, dry_run: bool = False, progress: Callable[[int, int | None], None] | None = None

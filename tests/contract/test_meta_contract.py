@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from servers import RedisServer
 
-from core.backends.meta.base import Cover, Deferred, MetaStore
+from core.backends.meta.base import Cover, Deferred, MetaStore, Settle
 from core.backends.meta.redis.store import RedisMetaStore
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.errors import (
@@ -676,6 +676,28 @@ async def test_forgetting_a_deletion_is_conditional_on_the_time_read(meta: MetaS
     await meta.forget_deletions(due)
     assert await meta.pending_deletions() == ["kept"]
     assert await meta.due_deletions(t + 1) == []
+
+
+async def test_a_commit_changes_the_deletion_queue_in_its_own_step_or_not_at_all(meta: MetaStore) -> None:
+    """A close's commit meets its blob's upload intent and queues the blob it replaces, with the record."""
+    t = 1_733_000_000_000_000_000
+    home = await scope_root(meta)
+    node, _ = await meta.insert(a_file(home.ino, "f"))
+    await meta.defer_delete(["v2"], t)  # the upload intent of the new version's blob
+    mine, theirs = await meta.get(node.ino), await meta.get(node.ino)
+    assert mine is not None and theirs is not None and mine.artifact is not None and theirs.artifact is not None
+    theirs.artifact.version, theirs.artifact.blob_key = 2, "their-v2"
+    assert await meta.commit(theirs, base_version=1) is None
+    mine.artifact.version, mine.artifact.blob_key = 2, "v2"
+    settle = Settle({"v1"}, t + 5_000, [Deferred("v2", t)])
+    assert await meta.commit(mine, base_version=1, settle=settle) == theirs  # refused: the queue is untouched
+    assert await meta.pending_deletions() == ["v2"]
+    mine = await meta.get(node.ino)
+    assert mine is not None and mine.artifact is not None
+    mine.artifact.version, mine.artifact.blob_key = 3, "v2"
+    assert await meta.commit(mine, base_version=2, settle=Settle({"their-v2"}, t + 5_000, [Deferred("v2", t)])) is None
+    assert await meta.pending_deletions() == ["their-v2"]
+    assert [e.not_before_ns for e in await meta.due_deletions(t + 5_000)] == [t + 5_000]
 
 
 async def test_the_deletion_queue_is_shared_by_every_client(shared: Backend) -> None:

@@ -118,6 +118,20 @@ class Deferred(NamedTuple):
     not_before_ns: int
 
 
+class Settle(NamedTuple):
+    """What a commit changes in the deletion queue in its own step, as :meth:`MetaStore.defer_delete` would.
+
+    ``forget``: the entries it meets (the upload intent of the blob it now
+    names), each dropped only if still queued for its time; ``keys``: the
+    blobs it stops naming, queued for ``not_before_ns``. One step instead of
+    two is one transaction less per close on SQLite, a round trip on Redis.
+    """
+
+    keys: Collection[str]
+    not_before_ns: int
+    forget: Collection[Deferred] = ()
+
+
 class MetaStore(Protocol):
     async def open(self) -> None: ...
 
@@ -211,9 +225,9 @@ class MetaStore(Protocol):
         """
         ...
 
-    async def commit(self, node: Node, *, base_version: int | None) -> Node | None:
+    async def commit(self, node: Node, *, base_version: int | None, settle: Settle | None = None) -> Node | None:
         """Rewrite file ``node`` with a new version, if the stored one is still at revision
-        ``node.rev`` (and so still ``base_version``).
+        ``node.rev`` (and so still ``base_version``), and make the queue changes of ``settle``.
 
         Returns None when done; else changes nothing and returns the stored
         node (another version was committed, or the node changed, meanwhile).

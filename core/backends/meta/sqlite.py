@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 
 from core.backends.meta import checks
-from core.backends.meta.base import ChildrenPage, Cover, Deferred, decode_record
+from core.backends.meta.base import ChildrenPage, Cover, Deferred, Settle, decode_record
 from core.errors import (
     AlreadyExistsError,
     ArtifactCorruptedError,
@@ -570,7 +570,7 @@ class SQLiteMetaStore:
         if current is not None:
             raise StaleRecordError(f"inode {node.ino} changed since it was read", current)
 
-    async def commit(self, node: Node, *, base_version: int | None) -> Node | None:
+    async def commit(self, node: Node, *, base_version: int | None, settle: Settle | None = None) -> Node | None:
         async with self._tx() as db:
             current, row = self._load_for_update(db, node.ino)
             if current is None:
@@ -579,6 +579,8 @@ class SQLiteMetaStore:
             if current.rev != node.rev or (base_version is not None and version not in (None, base_version)):
                 return current
             self._rewrite(db, _next_rev(node), current, row)
+            if settle is not None:
+                self._settle(db, settle.keys, settle.not_before_ns, settle.forget)
         node.rev += 1
         return None
 
@@ -705,8 +707,14 @@ class SQLiteMetaStore:
         if not keys and not forget:
             return
         async with self._tx() as db:
-            db.executemany("DELETE FROM deferred_blob WHERE key=? AND not_before=?", [tuple(e) for e in forget])
-            self._defer(db, keys, not_before_ns)
+            self._settle(db, keys, not_before_ns, forget)
+
+    @classmethod
+    def _settle(
+        cls, db: sqlite3.Connection, keys: Collection[str], not_before_ns: int, forget: Collection[Deferred]
+    ) -> None:
+        db.executemany("DELETE FROM deferred_blob WHERE key=? AND not_before=?", [tuple(e) for e in forget])
+        cls._defer(db, keys, not_before_ns)
 
     @staticmethod
     def _defer(db: sqlite3.Connection, keys: Collection[str], not_before_ns: int) -> None:

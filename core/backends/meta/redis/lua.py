@@ -114,7 +114,23 @@ NODE_ARGS = 1 + len(FIELDS)
 NO_TOUCH = ("", "", "")
 NO_SUCCESSOR = ("",) * (1 + NODE_ARGS)  # a replace or remove of an inode's last name
 
-SCRIPT = r"""
+# Changes to the deletion queue ``gc``, from ARGV[at] on: how many entries to forget, each a key
+# and the score it must still have (else another writer queued it since, and it stays), then the
+# score and the keys to queue. A commit makes them in its own step (``update``); the store's
+# ``defer_delete`` runs them alone.
+SETTLE = r"""
+local function settle(gc, at)
+  local n = tonumber(ARGV[at])
+  for i = at + 1, at + 2 * n, 2 do
+    local score = redis.call('ZSCORE', gc, ARGV[i])
+    if score and tonumber(score) == tonumber(ARGV[i + 1]) then redis.call('ZREM', gc, ARGV[i]) end
+  end
+  local score = ARGV[at + 2 * n + 1]
+  for i = at + 2 * n + 2, #ARGV do redis.call('ZADD', gc, score, ARGV[i]) end
+end
+"""
+
+SCRIPT = SETTLE + r"""
 local P = KEYS[1]
 local notify = string.sub(ARGV[2], 1, 1) == '1'
 local origin = string.sub(ARGV[2], 2)
@@ -504,7 +520,8 @@ function ops.insert()
   return replaced_reply(old)
 end
 
--- ARGV: node, the revision it replaces, then '' or the version it replaces (a commit)
+-- ARGV: node, the revision it replaces, '' or the version it replaces (a commit), then the deletion
+-- queue's changes that go with it, if any (see SETTLE)
 function ops.update()
   local n = argnode(3)
   local rev, expect = ARGV[3 + NODE_ARGS], ARGV[4 + NODE_ARGS]
@@ -524,6 +541,7 @@ function ops.update()
   if id_taken(n, false) then return {'ERR', 'dupid'} end
   if moved then entry(old); entry(n) end
   rewrite(n, old)
+  if ARGV[5 + NODE_ARGS] then settle(P .. ':gc', 5 + NODE_ARGS) end
   inode(n.ino)
   publish()
   return {'OK'}

@@ -34,8 +34,8 @@ from redis.exceptions import ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.backends.meta import checks
-from core.backends.meta.base import ChildrenPage, Cover, Deferred, decode_record
-from core.backends.meta.redis.lua import NO_SUCCESSOR, NO_TOUCH, SCRIPT
+from core.backends.meta.base import ChildrenPage, Cover, Deferred, Settle, decode_record
+from core.backends.meta.redis.lua import NO_SUCCESSOR, NO_TOUCH, SCRIPT, SETTLE
 from core.errors import (
     AlreadyExistsError,
     ArtifactCorruptedError,
@@ -554,11 +554,12 @@ class RedisMetaStore:
         if current is not None:
             raise StaleRecordError(f"inode {node.ino} changed since it was read", current)
 
-    async def commit(self, node: Node, *, base_version: int | None) -> Node | None:
+    async def commit(self, node: Node, *, base_version: int | None, settle: Settle | None = None) -> Node | None:
         what = f"inode {node.ino}"
         written = node.model_copy(update={"rev": node.rev + 1})
         expect = "" if base_version is None else base_version
-        reply = self._check(await self._script(what, "update", *self._args(written), node.rev, expect), what)
+        queue = _settle_args(settle.forget, _micros(settle.not_before_ns), settle.keys) if settle is not None else []
+        reply = self._check(await self._script(what, "update", *self._args(written), node.rev, expect, *queue), what)
         if reply[0] == b"CONFLICT":
             return self._load(*reply[1:])
         node.rev = written.rev
@@ -631,10 +632,7 @@ class RedisMetaStore:
 
         Atomic, and a retry after a lost reply ends in the same state.
         """
-        argv: list[object] = [len(forget)]
-        for key, not_before_ns in forget:
-            argv += [key, _micros(not_before_ns)]
-        argv += [score, *keys]
+        argv = _settle_args(forget, score, keys)
         # Plain EVAL: one command each time (a Script's first EVALSHA would cost a NOSCRIPT and a LOAD
         # inside some caller's request); the text is ~400 bytes, and the server caches its compilation.
         await self._call(what, lambda client, _s: client.eval(_QUEUE, 1, self.key("gc"), *argv))
@@ -663,22 +661,16 @@ class RedisMetaStore:
         return sorted(k.decode() for k in keys)
 
 
-# The deletion queue's one change. ARGV: n, then n (key, score) pairs to drop if the key is still
-# queued at that score, then the score and the keys to queue at it (ZADD: a queued key takes it).
-_QUEUE = """
-local n = tonumber(ARGV[1])
-for i = 2, 2 * n, 2 do
-    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-    if score and tonumber(score) == tonumber(ARGV[i + 1]) then
-        redis.call('ZREM', KEYS[1], ARGV[i])
-    end
-end
-local score = ARGV[2 * n + 2]
-for i = 2 * n + 3, #ARGV do
-    redis.call('ZADD', KEYS[1], score, ARGV[i])
-end
-return 0
-"""
+# The deletion queue's changes alone (ARGV as SETTLE reads them from 1).
+_QUEUE = SETTLE + "settle(KEYS[1], 1)\nreturn 0\n"
+
+
+def _settle_args(forget: Collection[Deferred], score: int, keys: Collection[str]) -> list[object]:
+    """The deletion queue's changes as :data:`~core.backends.meta.redis.lua.SETTLE` reads them."""
+    argv: list[object] = [len(forget)]
+    for key, not_before_ns in forget:
+        argv += [key, _micros(not_before_ns)]
+    return [*argv, score, *keys]
 
 
 def _micros(ns: int) -> int:
