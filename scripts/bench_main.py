@@ -42,11 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description="artifactfs benchmarks")
     parser.add_argument("--only", default="", help=f"comma-separated sections, of: {', '.join(sections)}")
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
-    parser.add_argument("--repeat", type=int, default=Context().repeat, help="runs per figure; the median is shown")
+    parser.add_argument("--repeat", type=int, default=Context().repeat,
+                        help="rounds; every target runs once per round, and the median is shown")
     parser.add_argument("--seconds", type=float, default=Context().seconds, help="length of one timed run")
     parser.add_argument("--work-dir", type=Path, default=Context().work_dir, help="where data dirs go (a real disk)")
     parser.add_argument("--keep", action="store_true", help="keep the data dirs")
     parser.add_argument("--json", type=Path, help="also write every figure, with its samples, to this file")
+    parser.add_argument("--no-samples", action="store_true", help="print the tables without each row's samples")
     args = parser.parse_args(argv)
     if args.list:
         for section in sections.values():
@@ -57,13 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
     ctx = Context(repeat=args.repeat, seconds=args.seconds, work_dir=args.work_dir, keep=args.keep)
-    print(f"# artifactfs bench: {machine_line()}; median of {ctx.repeat} runs", flush=True)
+    print(f"# artifactfs bench: {machine_line()}; {ctx.repeat} interleaved rounds: medians, the median of the "
+          "per-round ratios, every sample", flush=True)
     tables: list[Table] = []
     for name in chosen:
         started, load_before = time.perf_counter(), load_line()
         for table in sections[name].run(ctx):
             tables.append(table)
-            print(table.render(), flush=True)
+            print(table.render(samples=not args.no_samples), flush=True)
         print(f"   (section {name}: {time.perf_counter() - started:.0f} s; before: {load_before}; after: {load_line()})\n",
               flush=True)
     if args.json:

@@ -10,7 +10,8 @@ directory, and that plain directory itself. Each runs the same workload
 cold (page cache dropped, the mount remounted) and warm; 10,000 files of 4 KiB
 created, stat'ed and read, cold; ``ls -l`` of their directory, cold and warm;
 the peak RSS of the mount process during the write. Targets are interleaved
-per repeat so the machine's noise falls on all of them alike.
+per round so the machine's noise falls on all of them alike, and each ratio
+is taken within a round.
 
 The peers section (``bench_peers.py``) reuses the targets and the workload
 on Redis + S3.
@@ -39,7 +40,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from bench_common import MB, Context, KiB, MiB, Section, Table, filesystem_of, load_line, median
+from bench_common import MB, Context, KiB, MiB, Section, Table, filesystem_of, load_line, median, paired_ratio
 
 EXAMPLES = Path("/usr/share/doc/libfuse3-dev/examples")
 PASSTHROUGH = "passthrough_ll"  # low-level API like pyfuse3; passthrough.c sets every cache timeout to 0
@@ -500,15 +501,14 @@ def measure(targets: Sequence[Target], w: Workload, repeat: int,
 
 
 def build_table(title: str, w: Workload, subject: str, refs: Sequence[str], samples: dict[str, Samples]) -> Table:
-    """Rows per figure: ``subject``'s median, then each reference's median and the ratio to it."""
+    """Rows per figure: ``subject``'s samples beside each reference's from the same rounds."""
     table = Table(title=title, key_columns=["figure"], ref_columns=list(refs))
     for figure, spec in figure_specs(w).items():
         mine = samples[subject].get(figure)
         if not mine:
             continue
-        theirs = {ref: (median(samples[ref][figure]) if samples[ref].get(figure) else None) for ref in refs}
-        row = table.add([spec.label], mine, spec.unit, **theirs)
-        row.higher_is_better = spec.higher_is_better
+        theirs = {ref: samples[ref].get(figure) for ref in refs}
+        table.add([spec.label], mine, spec.unit, higher_is_better=spec.higher_is_better, **theirs)
     return table
 
 
@@ -543,13 +543,14 @@ def goals_table(samples: dict[str, Samples], w: Workload) -> Table:
     for goal in GOALS:
         if not mine.get(goal.figure):
             continue
-        value = median(mine[goal.figure])
+        value: float | None = median(mine[goal.figure])
         unit = figure_specs(w)[goal.figure].unit
         if goal.versus is not None:
-            ref = samples[goal.versus].get(goal.figure)
-            if not ref:
+            # the figure over the reference's of the same round, median over the rounds
+            value = paired_ratio(mine[goal.figure], samples[goal.versus].get(goal.figure) or [])
+            if value is None:
                 continue
-            value, unit = value / median(ref), f"x {goal.versus}"
+            unit = f"x {goal.versus}"
         met = (goal.at_least is None or value >= goal.at_least) and (goal.at_most is None or value <= goal.at_most)
         table.add([goal.text.format(files=f"{w.files:,}"), "met" if met else "MISSED"], [value], unit)
     return table
@@ -578,14 +579,13 @@ def run(ctx: Context, workload: Workload | None = None) -> Iterator[Table]:
         table = build_table(f"mount: artifactfs (embedded default) vs libfuse {PASSTHROUGH} vs native, "
                             f"{filesystem_of(base)}", w, "artifactfs", ["passthrough", "native"], samples)
         table.notes += [
-            f"median of {ctx.repeat} interleaved runs ({elapsed:.0f} s); before: {load_before}; after: {load_line()}",
+            f"median of {ctx.repeat} interleaved rounds ({elapsed:.0f} s); before: {load_before}; after: {load_line()}",
             (f"passthrough: libfuse's {PASSTHROUGH}.c example built with cc -O2 at bench time, -o cache=always "
             "(keeps the page cache across opens, as artifactfs does); native: the directory under it"),
             "cold: page cache dropped (echo 3 > drop_caches) and the mount remounted; warm: read again at once",
             ("create: open(O_CREAT|O_TRUNC) + one 4 KiB write + close per file, no fsync, as cp or tar do "
             "(artifactfs publishes at close and makes it durable in the background); stat / read / ls -l run "
             "after a remount + drop_caches"),
-            "x col = how many times better than col: measured / col for rates, col / measured for s and MiB",
             *notes,
             *(n for t in targets for n in t.notes()),
         ]

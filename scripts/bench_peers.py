@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the test fixtures' redis-server and moto
 
 import anyio
-from bench_common import Context, MiB, Section, Table, load_line, median
+from bench_common import Context, MiB, Section, Table, load_line, median, paired_ratio
 from bench_core import CONCURRENCY, OPS, PUBLISHED, measure_store, run_store
 from bench_mount import (
     ArtifactfsTarget,
@@ -203,10 +203,9 @@ def peers_goals(samples: dict[str, Samples], w: Workload) -> Table:
             continue
         ratios = {}
         for peer in PEERS:
-            theirs = samples[peer].get(figure)
-            if theirs:
-                a, b = median(mine), median(theirs)
-                ratios[peer] = a / b if spec.higher_is_better else b / a
+            ratio = paired_ratio(mine, samples[peer].get(figure) or [], spec.higher_is_better)
+            if ratio is not None:
+                ratios[peer] = ratio
         if not ratios:
             continue
         behind = [peer for peer, r in ratios.items() if r < 1.0]
@@ -280,7 +279,7 @@ def run(ctx: Context, workload: Workload | None = None) -> Iterator[Table]:
         table = build_table(f"peers: the mount workload on Redis + S3 (moto): artifactfs vs {' and '.join(PEERS)}",
                             w, "artifactfs", PEERS, samples)
         table.notes += [
-            f"median of {ctx.repeat} interleaved runs ({elapsed:.0f} s); before: {load_before}; after: {load_line()}",
+            f"median of {ctx.repeat} interleaved rounds ({elapsed:.0f} s); before: {load_before}; after: {load_line()}",
             (f"scaled down from the mount section (moto is slow): {w.seq_label} instead of 1 GiB, "
             f"{w.files:,} small files instead of 10,000"),
             ("all three on one moto server and one bucket (own prefixes), path-style, dummy credentials; "
@@ -292,7 +291,6 @@ def run(ctx: Context, workload: Workload | None = None) -> Iterator[Table]:
             "(scripts/moto_ranged.py)"),
             ("cold: page cache dropped and the mount remounted; s3fs and rclone (cache mode off) do not keep the "
             "page cache across opens, so their warm reads go to S3 again"),
-            "x col = how many times better than col: measured / col for rates, col / measured for s and MiB",
             *notes,
             *(n for t in targets for n in t.notes()),
         ]

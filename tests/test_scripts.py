@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,3 +54,37 @@ def test_setup_puts_the_command_on_path() -> None:
     assert Path(found.stdout.strip()).resolve() == (REPO / ".venv/bin/artifactfs").resolve()
     done = subprocess.run(["artifactfs", "--help"], capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0 and "mount" in done.stdout
+
+
+def _bench_common() -> ModuleType:
+    """scripts/bench_common.py, imported from scripts/ as the sections import it."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import bench_common
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    return bench_common
+
+
+def test_bench_ratios_are_paired_per_round() -> None:
+    """A row's ratio is the median of each round's ratio, not the ratio of the medians (issue #12)."""
+    table = _bench_common().Table(title="t", key_columns=["op"], ref_columns=["native", "published"])
+    rate = table.add(["rate"], [100.0, 50.0, 200.0], "ops/s", native=[50.0, 100.0, 400.0], published=25.0)
+    assert rate.refs == {"native": 100.0, "published": 25.0}
+    assert rate.paired_ratios("native") == [2.0, 0.5, 0.5]
+    assert rate.ratio("native") == 0.5  # the medians alone would say 1.0
+    assert rate.ratio("published") == 4.0
+    seconds = table.add(["time"], [2.0, None, 1.0], "s", higher_is_better=False, native=[1.0, 1.0, 4.0])
+    assert seconds.paired_ratios("native") == [0.5, None, 4.0]
+    assert seconds.ratio("native") == 2.25  # a round without a figure is left out, not counted as 0
+
+
+def test_bench_tables_show_and_keep_every_sample() -> None:
+    common = _bench_common()
+    table = common.Table(title="t", key_columns=["op"], ref_columns=["native"])
+    table.add(["rate"], [123.0, 456.0, 789.0], "ops/s", native=[321.0, 654.0, 987.0])
+    shown = table.render()
+    assert all(figure in shown for figure in ("123", "456", "789", "321", "654", "987"))
+    dumped = table.model_dump()["rows"][0]
+    assert dumped["samples"] == [123.0, 456.0, 789.0] and dumped["ref_samples"] == {"native": [321.0, 654.0, 987.0]}
+    assert "123" not in table.render(samples=False)
