@@ -1,40 +1,104 @@
-"""Section "core": the library API on the embedded backends, against the published figures and the disk.
+"""Section "core": the library API on the embedded backends, against chuk-artifacts 0.11.4, the disk and the
+published figures, round by round.
 
-Per backend (memory; filesystem blobs + SQLite metadata in a data dir on a
-real disk) it times store / retrieve / metadata / update_file of 1 KiB items
-at concurrency 1 and 64, and stream_upload / stream_download of a 256 MiB
-artifact. Beside each figure: the published reference figure, and a native
-figure measured in the same run on the same disk with plain Python (what the
-same job costs without the store: the floor set by the disk and fsync).
+Targets, each measured once per round and in this order every round, so the
+machine's noise falls on all of them alike: the native disk (plain Python on
+the same disk: the floor set by the disk and fsync), our store on memory and
+on filesystem blobs + SQLite (under trio, and under asyncio), and
+chuk-artifacts 0.11.4 on its memory and filesystem providers. Operations:
+store / retrieve / metadata / update_file (with data, and meta-only) of 1 KiB
+items at concurrency 1 and 64, list_by_session of 1,000 items among 10,000,
+and a 256 MiB artifact streamed up (with the process's peak RSS), streamed
+down and retrieved whole.
+
+Every store runs in a driver process of its own (``store_driver.py``), opened
+once and kept open across the rounds; chuk-artifacts' driver runs from a side
+venv (``.venv-chuk``) that this section makes on first use, so its packages
+never mix with ours. If that install fails the section says why and goes on
+without the chuk columns.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import select
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
 from pathlib import Path
 
-import anyio
-from bench_common import MB, Context, KiB, MiB, Section, Table, filesystem_of, median, repeat
+from bench_common import MB, Context, MiB, Sample, Section, Table, filesystem_of, load_line
+from pydantic import BaseModel
+from store_driver import (
+    BLOCK,
+    ITEM,
+    LIST_ITEMS,
+    LIST_SESSIONS,
+    RATE_OPS,
+    STREAM,
+    WARM_ITEMS,
+    Impl,
+    Loop,
+    Op,
+    Provider,
+)
 
-from core import ArtifactStore, StreamDownloadRequest, StreamUploadRequest
-
-ITEM = KiB
-STREAM = 256 * MiB
-BLOCK = MiB
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DRIVER = HERE / "store_driver.py"
 CONCURRENCY = (1, 64)
-WARM_ITEMS = 64  # stored before timing; at least the highest concurrency, so workers never share an item
+CHUK = "chuk-artifacts"
+CHUK_VERSION = "0.11.4"
+CHUK_VENV = REPO / ".venv-chuk"
+PIP_TIMEOUT = 900.0
+READY_TIMEOUT = 900.0  # setup stores 10,000 items; a slow provider may take minutes
+ROUND_TIMEOUT = 900.0  # one round of one target; past it the target is given up, not waited for
 
 # The published figures (S3 + Redis at concurrency 128; streams on the memory provider).
-PUBLISHED = {"store": 3083.0, "retrieve": 4693.0, "metadata": None, "update_file": 2156.0,
-             "stream_upload": 380.0, "stream_download": 2124.0}
+PUBLISHED: dict[Op, float | None] = {Op.STORE: 3083.0, Op.RETRIEVE: 4693.0, Op.METADATA: None, Op.UPDATE: 2156.0,
+                                     Op.STREAM_UPLOAD: 380.0, Op.STREAM_DOWNLOAD: 2124.0}
+PUBLISH = "publish"  # the native floor of a durable atomic publish, a reference for store
 
-Samples = dict[tuple[str, int], list[float]]
+Key = tuple[str, int]  # (operation, concurrency)
+Figures = dict[Key, float | None]  # one round of one target
+Samples = dict[Key, list[Sample]]  # every round of one target, indexed by round
+
+
+class Plan(BaseModel):
+    """What each target runs in a round."""
+
+    rates: list[tuple[Op, int]]
+    streams: bool = True
+
+
+def full_plan() -> Plan:
+    return Plan(rates=[(op, conc) for op in RATE_OPS for conc in (CONCURRENCY if op is not Op.LIST else (1,))])
+
+
+class Target:
+    """Something measured once per round; ``round`` gives its figures and the errors of ops that failed."""
+
+    name = "target"
+    alive = True
+
+    def start(self) -> None:
+        pass
+
+    def wait_ready(self) -> None:
+        pass
+
+    def round(self, n: int, plan: Plan) -> tuple[Figures, dict[Key, str]]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        pass
 
 
 # -- the native reference: the same jobs in plain Python on the same disk
@@ -61,7 +125,7 @@ def _native_rate(op: Callable[[int, int], None], concurrency: int, seconds: floa
     return sum(counts) / (time.perf_counter() - start)
 
 
-def _write_file(path: str, data: bytes, flags: int) -> None:
+def _write_file(path: str | Path, data: bytes, flags: int) -> None:
     fd = os.open(path, os.O_WRONLY | flags, 0o600)
     try:
         os.write(fd, data)
@@ -70,60 +134,95 @@ def _write_file(path: str, data: bytes, flags: int) -> None:
         os.close(fd)
 
 
-def measure_native(ctx: Context, root: Path) -> Samples:
-    """1 KiB files written + fsynced, read, stat'ed, rewritten + fsynced; a 256 MiB file written and read."""
-    payload = os.urandom(ITEM)
-    made: list[str] = []
-    fresh = itertools.count()
-    samples: Samples = {}
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    def store(w: int, n: int) -> None:
-        path = str(root / f"n{next(fresh)}")
-        _write_file(path, payload, os.O_CREAT | os.O_EXCL)
-        made.append(path)
 
-    def pick(w: int, n: int, concurrency: int) -> str:
-        return made[(w + n * concurrency) % len(made)]
+class NativeDisk(Target):
+    """1 KiB files written + fsynced, read, stat'ed, rewritten; a directory listed; a 256 MiB file written and read.
 
-    staging, published = root / "staging", root / "published"
-    staging.mkdir()
-    published.mkdir()
+    It runs in the bench's own process, with threads for concurrency: there
+    is no store to keep apart.
+    """
 
-    def publish(w: int, n: int) -> None:
-        """What the store's blob publish costs on the disk: write, fsync, rename, fsync the directory."""
-        name = f"p{next(fresh)}"
-        _write_file(str(staging / name), payload, os.O_CREAT | os.O_EXCL)
-        os.rename(staging / name, published / name)
-        fd = os.open(published, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    name = "native"
 
-    for conc in CONCURRENCY:
-        samples["store", conc] = repeat(ctx.repeat, lambda: _native_rate(store, conc, ctx.seconds))
-        samples["publish", conc] = repeat(ctx.repeat, lambda: _native_rate(publish, conc, ctx.seconds))
-    for conc in CONCURRENCY:
-        def retrieve(w: int, n: int, c: int = conc) -> None:
-            with open(pick(w, n, c), "rb") as f:
+    def __init__(self, root: Path, seconds: float) -> None:
+        self.root, self.seconds = root, seconds
+        self.payload = os.urandom(ITEM)
+        self.made: list[str] = []
+        self.fresh = itertools.count()
+
+    def start(self) -> None:
+        for sub in ("items", "staging", "published"):
+            (self.root / sub).mkdir(parents=True)
+        for _ in range(WARM_ITEMS):
+            self._store(0, 0)
+        for s in range(LIST_SESSIONS):  # the listing corpus, as the stores get theirs: 10 dirs of 1,000
+            folder = self.root / f"session-{s}"
+            folder.mkdir()
+            for i in range(LIST_ITEMS):
+                (folder / f"listed-{i}.bin").write_bytes(self.payload)
+
+    def _store(self, w: int, n: int) -> None:
+        path = str(self.root / "items" / f"n{next(self.fresh)}")
+        _write_file(path, self.payload, os.O_CREAT | os.O_EXCL)
+        self.made.append(path)
+
+    def _publish(self, w: int, n: int) -> None:
+        """What a store's blob publish costs on the disk: write, fsync, rename, fsync the directory."""
+        name = f"p{next(self.fresh)}"
+        staged, published = self.root / "staging" / name, self.root / "published" / name
+        _write_file(staged, self.payload, os.O_CREAT | os.O_EXCL)
+        os.rename(staged, published)
+        _fsync_dir(published.parent)
+
+    def _list(self, w: int, n: int) -> None:
+        folder = self.root / "session-0"
+        for entry in os.listdir(folder):
+            os.stat(folder / entry)
+
+    def _op(self, op: Op, conc: int) -> Callable[[int, int], None] | None:
+        shares = [self.made[w::conc] for w in range(conc)]
+
+        def mine(w: int, n: int) -> str:
+            return shares[w][n % len(shares[w])]
+
+        def retrieve(w: int, n: int) -> None:
+            with open(mine(w, n), "rb") as f:
                 f.read()
 
-        def metadata(w: int, n: int, c: int = conc) -> None:
-            os.stat(pick(w, n, c))
+        def metadata(w: int, n: int) -> None:
+            os.stat(mine(w, n))
 
-        shares = [made[w::conc] for w in range(conc)]
+        calls: dict[Op, Callable[[int, int], None]] = {
+            Op.STORE: self._store,
+            Op.RETRIEVE: retrieve,
+            Op.METADATA: metadata,
+            Op.UPDATE: lambda w, n: _write_file(mine(w, n), self.payload, os.O_TRUNC),
+            Op.LIST: self._list,
+        }
+        return calls.get(op)
 
-        def update(w: int, n: int, shares: list[list[str]] = shares) -> None:
-            _write_file(shares[w][n % len(shares[w])], payload, os.O_TRUNC)
+    def round(self, n: int, plan: Plan) -> tuple[Figures, dict[Key, str]]:
+        figures: Figures = {}
+        for op, conc in plan.rates:
+            call = self._op(op, conc)
+            if call is not None:
+                figures[op.value, conc] = _native_rate(call, conc, self.seconds)
+            if op is Op.STORE:
+                figures[PUBLISH, conc] = _native_rate(self._publish, conc, self.seconds)
+        if plan.streams:
+            figures.update(self._streams())
+        return figures, {}
 
-        samples["retrieve", conc] = repeat(ctx.repeat, lambda: _native_rate(retrieve, conc, ctx.seconds))
-        samples["metadata", conc] = repeat(ctx.repeat, lambda: _native_rate(metadata, conc, ctx.seconds))
-        samples["update_file", conc] = repeat(ctx.repeat, lambda: _native_rate(update, conc, ctx.seconds))
-
-    block = os.urandom(BLOCK)
-    big = root / "big"
-
-    def write_big() -> float:
+    def _streams(self) -> Figures:
+        """1 MiB writes + fsync, then the file read back in 1 MiB reads and whole (page cache warm, as for a store)."""
+        block, big = os.urandom(BLOCK), self.root / "big"
         start = time.perf_counter()
         fd = os.open(big, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -132,185 +231,333 @@ def measure_native(ctx: Context, root: Path) -> Samples:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return STREAM / MB / (time.perf_counter() - start)
-
-    def read_big() -> float:
+        figures: Figures = {(Op.STREAM_UPLOAD.value, 1): STREAM / MB / (time.perf_counter() - start)}
         start = time.perf_counter()
         with open(big, "rb", buffering=0) as f:
             while f.read(BLOCK):
                 pass
-        return STREAM / MB / (time.perf_counter() - start)
-
-    samples["stream_upload", 1] = repeat(ctx.repeat, write_big)
-    samples["stream_download", 1] = repeat(ctx.repeat, read_big)
-    return samples
-
-
-# -- the store
-
-
-async def _rate(op: Callable[[int, int], Awaitable[object]], concurrency: int, seconds: float) -> float:
-    """Operations per second of ``await op(worker, n)`` run by ``concurrency`` tasks."""
-    deadline = time.perf_counter() + seconds
-    total = 0
-
-    async def worker(w: int) -> None:
-        nonlocal total
-        n = 0
-        while time.perf_counter() < deadline:
-            await op(w, n)
-            n += 1
-        total += n
-
-    start = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for w in range(concurrency):
-            tg.start_soon(worker, w)
-    return total / (time.perf_counter() - start)
+        figures[Op.STREAM_DOWNLOAD.value, 1] = STREAM / MB / (time.perf_counter() - start)
+        start = time.perf_counter()
+        if len(big.read_bytes()) != STREAM:
+            raise RuntimeError(f"{big} is not {STREAM} bytes")
+        figures[Op.RETRIEVE_BIG.value, 1] = STREAM / MB / (time.perf_counter() - start)
+        big.unlink()
+        return figures
 
 
-async def _blocks(count: int, block: bytes) -> AsyncIterator[bytes]:
-    for _ in range(count):
-        yield block
+# -- a store in a driver process
 
 
-async def measure_store(
-    store: ArtifactStore, ctx: Context, ops: tuple[str, ...], streams: bool
-) -> Samples:
-    samples: Samples = {}
-    payload, payload2 = os.urandom(ITEM), os.urandom(ITEM)
-    session = await store.create_session(user_id="bench")
-    names = itertools.count()
-    ids: list[str] = []
-
-    async def store_one(w: int, n: int) -> None:
-        ids.append(await store.store(payload, mime="application/octet-stream", summary="bench",
-                                     filename=f"item-{next(names)}.bin", session_id=session))
-
-    for i in range(WARM_ITEMS):
-        await store_one(0, i)
-
-    async def run(op_name: str, conc: int) -> None:
-        shares = [ids[w::conc] for w in range(conc)]  # no two workers ever touch the same item
-
-        def mine(w: int, n: int, concurrency: int) -> str:
-            share = shares[w]
-            return share[n % len(share)]
-
-        if op_name == "store":
-            op = store_one
-        elif op_name == "retrieve":
-            async def op(w: int, n: int) -> None:
-                await store.retrieve(mine(w, n, conc))
-        elif op_name == "metadata":
-            async def op(w: int, n: int) -> None:
-                await store.metadata(mine(w, n, conc))
-        else:
-            async def op(w: int, n: int) -> None:
-                await store.update_file(mine(w, n, conc), data=payload2)
-        samples[op_name, conc] = [await _rate(op, conc, ctx.seconds) for _ in range(ctx.repeat)]
-
-    for op_name in ops:
-        for conc in CONCURRENCY:
-            await run(op_name, conc)
-
-    if streams:
-        block = os.urandom(BLOCK)
-        up, down, raw = [], [], []
-        for i in range(ctx.repeat):
-            start = time.perf_counter()
-            artifact_id = await store.stream_upload(StreamUploadRequest(
-                data_stream=_blocks(STREAM // BLOCK, block), filename=f"big-{i}.bin", session_id=session,
-                content_length=STREAM))
-            up.append(STREAM / MB / (time.perf_counter() - start))
-            for verify, into in ((True, down), (False, raw)):
-                start, got = time.perf_counter(), 0
-                request = StreamDownloadRequest(artifact_id=artifact_id, chunk_size=BLOCK, verify=verify)
-                async for chunk in store.stream_download(request):
-                    got += len(chunk)
-                into.append(got / MB / (time.perf_counter() - start))
-                assert got == STREAM
-            await store.delete(artifact_id)
-        samples["stream_upload", 1], samples["stream_download", 1] = up, down
-        samples["stream_download verify=False", 1] = raw
-    return samples
+class DriverFigure(BaseModel):
+    op: Op
+    conc: int
+    value: float | None = None
+    error: str | None = None
 
 
-def open_store(backend: str, data_dir: Path) -> ArtifactStore:
-    if backend == "memory":
-        return ArtifactStore(storage_provider="memory", session_provider="memory")
-    return ArtifactStore(storage_provider="filesystem", session_provider="sqlite", fs_root=data_dir)
+class DriverTarget(Target):
+    """A store opened once in its own ``store_driver.py`` process and measured there round by round."""
+
+    def __init__(self, name: str, python: Path, impl: Impl, provider: Provider, loop: Loop, root: Path,
+                 seconds: float, log: Path, env: dict[str, str] | None = None) -> None:
+        self.name, self.python, self.impl, self.provider, self.loop = name, python, impl, provider, loop
+        self.root, self.seconds, self.log, self.env = root, seconds, log, env
+        self.process: subprocess.Popen[str] | None = None
+        self.version = ""
+        self.failure: str | None = None
+
+    @property
+    def alive(self) -> bool:  # type: ignore[override]
+        return self.failure is None
+
+    def start(self) -> None:
+        argv = [str(self.python), str(DRIVER), "--impl", self.impl.value, "--provider", self.provider.value,
+                "--loop", self.loop.value, "--root", str(self.root), "--seconds", str(self.seconds)]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                            text=True, env=self.env, cwd=self.root.parent)
+
+    def _answer(self, timeout: float) -> dict:
+        """The driver's next line (it writes exactly one per request, so nothing waits in a buffer)."""
+        assert self.process is not None and self.process.stdout is not None
+        if not select.select([self.process.stdout], [], [], timeout)[0]:
+            raise TimeoutError(f"no answer in {timeout:.0f} s")
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the driver exited {self.process.wait()}: {self._log_tail()}")
+        return json.loads(line)
+
+    def _log_tail(self) -> str:
+        try:
+            lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return "no log"
+        return lines[-1][:300] if lines else "no log"
+
+    def wait_ready(self) -> None:
+        try:
+            ready = self._answer(READY_TIMEOUT)
+            if not ready.get("ready"):
+                raise RuntimeError(ready.get("error", "not ready"))
+            self.version = ready.get("version", "")
+        except Exception as exc:  # noqa: BLE001 - a target that cannot start leaves its columns empty
+            self.fail(f"setup failed: {exc}")
+
+    def round(self, n: int, plan: Plan) -> tuple[Figures, dict[Key, str]]:
+        if self.process is None or self.process.stdin is None:
+            return {}, {}
+        try:
+            self.process.stdin.write(json.dumps({"round": n, **plan.model_dump(mode="json")}) + "\n")
+            self.process.stdin.flush()
+            answer = self._answer(ROUND_TIMEOUT)
+            if "figures" not in answer:
+                raise RuntimeError(answer.get("error", f"unexpected answer {answer}"))
+        except Exception as exc:  # noqa: BLE001
+            self.fail(f"round {n + 1} failed: {exc}")
+            return {}, {}
+        figures: Figures = {}
+        errors: dict[Key, str] = {}
+        for raw in answer["figures"]:
+            got = DriverFigure.model_validate(raw)
+            figures[got.op.value, got.conc] = got.value
+            if got.error:
+                errors[got.op.value, got.conc] = got.error
+        return figures, errors
+
+    def fail(self, why: str) -> None:
+        self.failure = why
+        self.stop()
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            if process.stdin is not None:
+                process.stdin.close()  # EOF: the driver closes its store and exits
+            process.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            process.kill()
+            process.wait()
 
 
-def run_store(backend: str, loop: str, data_dir: Path, ctx: Context, ops: tuple[str, ...], streams: bool) -> Samples:
-    async def main() -> Samples:
-        async with open_store(backend, data_dir) as store:
-            return await measure_store(store, ctx, ops, streams)
+# -- chuk-artifacts in a side venv
 
-    return anyio.run(main, backend=loop)
+
+def chuk_python(venv: Path = CHUK_VENV) -> tuple[Path | None, str]:
+    """The side venv's python with chuk-artifacts 0.11.4 (made or fixed on first use), or None and why not."""
+    python = venv / "bin" / "python"
+    if _installed_version(python) == CHUK_VERSION:
+        return python, f"reused {venv}"
+    print(f"bench: installing {CHUK}=={CHUK_VERSION} into {venv} ...", file=sys.stderr, flush=True)
+    steps = [[sys.executable, "-m", "venv", "--clear", str(venv)],
+             [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{CHUK}=={CHUK_VERSION}"]]
+    for step in steps:
+        try:
+            done = subprocess.run(step, capture_output=True, text=True, timeout=PIP_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, f"`{' '.join(step[-3:])}` failed: {exc}"
+        if done.returncode != 0:
+            said = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            return None, f"`{' '.join(step[-3:])}` exited {done.returncode}: {said[:300]}"
+    got = _installed_version(python)
+    if got != CHUK_VERSION:
+        return None, f"{CHUK} {got or 'is missing'} in {venv} after pip install"
+    return python, f"installed into {venv}"
+
+
+def _installed_version(python: Path) -> str | None:
+    if not python.exists():
+        return None
+    done = subprocess.run([str(python), "-c", f"import importlib.metadata as m; print(m.version('{CHUK}'))"],
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+# -- rounds
+
+
+def measure_rounds(targets: Sequence[Target], repeat: int, plan: Plan) -> tuple[dict[str, Samples], list[str]]:
+    """Every target once per round, in order; samples per target indexed by round, and notes of failures."""
+    samples: dict[str, Samples] = {t.name: {} for t in targets}
+    errors: dict[tuple[str, Key], str] = {}
+    for n in range(repeat):
+        for target in targets:
+            if not target.alive:
+                continue
+            figures, failed = target.round(n, plan)
+            for key, value in figures.items():
+                samples[target.name].setdefault(key, [None] * repeat)[n] = value
+            for key, why in failed.items():
+                errors.setdefault((target.name, key), f"round {n + 1}: {why}")
+    notes = [f"{name}: {op} c={conc} failed ({why})" for (name, (op, conc)), why in errors.items()]
+    notes += [f"{t.name}: {t.failure}" for t in targets if isinstance(t, DriverTarget) and t.failure]
+    return samples, notes
+
+
+def start_all(targets: Sequence[Target]) -> None:
+    """Start every target, then wait for all: their setups overlap, and none of it is timed."""
+    for target in targets:
+        target.start()
+    for target in targets:
+        target.wait_ready()
+
+
+def stop_all(targets: Sequence[Target]) -> None:
+    for target in targets:
+        target.stop()
 
 
 # -- the section
 
 
-OPS = ("store", "retrieve", "metadata", "update_file")
-BACKENDS = ("memory", "fs+sqlite")
-ASYNCIO_OPS = ("store", "retrieve")  # a representative part, under asyncio on the embedded default
+class Backend(str, Enum):
+    MEMORY = "memory"
+    FS_SQLITE = "fs+sqlite"
+
+
+class Ours(BaseModel):
+    backend: Backend
+    loop: Loop
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend.value} {self.loop.value}"
+
+    @property
+    def provider(self) -> Provider:
+        return Provider.MEMORY if self.backend is Backend.MEMORY else Provider.FILESYSTEM
+
+    @property
+    def chuk(self) -> str:
+        """The chuk-artifacts target it is compared to: the same kind of provider."""
+        return "chuk memory" if self.backend is Backend.MEMORY else "chuk filesystem"
+
+
+OURS = [Ours(backend=Backend.MEMORY, loop=Loop.TRIO), Ours(backend=Backend.FS_SQLITE, loop=Loop.TRIO),
+        Ours(backend=Backend.FS_SQLITE, loop=Loop.ASYNCIO)]
+CHUK_TARGETS = {"chuk memory": Provider.MEMORY, "chuk filesystem": Provider.FILESYSTEM}
+
+
+def make_targets(base: Path, ctx: Context, chuk: Path | None) -> list[Target]:
+    targets: list[Target] = [NativeDisk(base / "native", ctx.seconds)]
+    for ours in OURS:
+        slug = ours.name.replace(" ", "-").replace("+", "")
+        targets.append(DriverTarget(ours.name, Path(sys.executable), Impl.ARTIFACTFS, ours.provider, ours.loop,
+                                    base / slug, ctx.seconds, base / f"{slug}.log"))
+    if chuk is not None:
+        for name, provider in CHUK_TARGETS.items():
+            slug = name.replace(" ", "-")
+            targets.append(DriverTarget(name, chuk, Impl.CHUK, provider, Loop.ASYNCIO, base / slug, ctx.seconds,
+                                        base / f"{slug}.log"))
+    return targets
+
+
+def _of(samples: dict[str, Samples], target: str, key: Key) -> list[Sample] | None:
+    return samples.get(target, {}).get(key)
+
+
+def ops_table(samples: dict[str, Samples]) -> Table:
+    table = Table(title=f"core: 1 KiB items, operations per second, vs {CHUK} {CHUK_VERSION}",
+                  key_columns=["op", "backend", "loop", "conc"], ref_columns=["chuk", "native", PUBLISH, "published"])
+    for op, conc in full_plan().rates:
+        key = (op.value, conc)
+        for ours in OURS:
+            mine = _of(samples, ours.name, key)
+            if mine is None:
+                continue
+            label = f"{op.value} ({LIST_ITEMS:,} of {LIST_ITEMS * LIST_SESSIONS:,})" if op is Op.LIST else op.value
+            table.add([label, ours.backend.value, ours.loop.value, conc], mine, "ops/s",
+                      chuk=_of(samples, ours.chuk, key), native=_of(samples, "native", key),
+                      publish=_of(samples, "native", (PUBLISH, conc)) if op is Op.STORE else None,
+                      published=PUBLISHED.get(op))
+    return table
+
+
+STREAM_ROWS: list[tuple[Op, str, bool]] = [  # op, unit, higher is better
+    (Op.STREAM_UPLOAD, "MB/s", True), (Op.STREAM_DOWNLOAD, "MB/s", True), (Op.STREAM_DOWNLOAD_RAW, "MB/s", True),
+    (Op.RETRIEVE_BIG, "MB/s", True), (Op.UPLOAD_PEAK_RSS, "MiB", False), (Op.UPLOAD_START_RSS, "MiB", False),
+]
+
+
+def streams_table(samples: dict[str, Samples]) -> Table:
+    table = Table(title=f"core: one {STREAM // MiB} MiB artifact, vs {CHUK} {CHUK_VERSION}",
+                  key_columns=["op", "backend", "loop"], ref_columns=["chuk", "native", "published"])
+    for op, unit, higher in STREAM_ROWS:
+        key = (op.value, 1)
+        # chuk has no verify switch: its one stream_download stands beside both of ours
+        theirs = (Op.STREAM_DOWNLOAD.value, 1) if op is Op.STREAM_DOWNLOAD_RAW else key
+        for ours in OURS:
+            mine = _of(samples, ours.name, key)
+            if mine is None:
+                continue
+            table.add([op.value, ours.backend.value, ours.loop.value], mine, unit, higher_is_better=higher,
+                      chuk=_of(samples, ours.chuk, theirs), native=_of(samples, "native", key),
+                      published=PUBLISHED.get(Op.STREAM_DOWNLOAD if op is Op.STREAM_DOWNLOAD_RAW else op))
+    return table
 
 
 def run(ctx: Context) -> Iterator[Table]:
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    chuk, chuk_said = chuk_python()
     base = Path(tempfile.mkdtemp(prefix="artifactfs-bench-", dir=ctx.work_dir))
+    targets = make_targets(base, ctx, chuk)
+    load_before = load_line()
     try:
-        native_dir = base / "native"
-        native_dir.mkdir()
-        native = measure_native(ctx, native_dir)
-        shutil.rmtree(native_dir)
-        results: dict[tuple[str, str], Samples] = {}
-        for backend in BACKENDS:
-            results[backend, "trio"] = run_store(backend, "trio", base / f"{backend}-trio", ctx, OPS, streams=True)
-        results["fs+sqlite", "asyncio"] = run_store("fs+sqlite", "asyncio", base / "fs-asyncio", ctx, ASYNCIO_OPS,
-                                                    streams=False)
-
-        ops = Table(title="core: 1 KiB items, operations per second", key_columns=["op", "backend", "loop", "conc"],
-                    ref_columns=["published", "native", "publish"])
-        for op in OPS:
-            for conc in CONCURRENCY:
-                for (backend, loop), samples in results.items():
-                    if (op, conc) in samples:
-                        publish = median(native["publish", conc]) if op == "store" else None
-                        ops.add([op, backend, loop, conc], samples[op, conc], "ops/s",
-                                published=PUBLISHED[op], native=median(native[op, conc]), publish=publish)
+        setup_started = time.perf_counter()
+        start_all(targets)
+        setup = time.perf_counter() - setup_started
+        started = time.perf_counter()
+        samples, failures = measure_rounds(targets, ctx.repeat, full_plan())
+        elapsed = time.perf_counter() - started
+        versions = [f"{t.name}: {t.version}" for t in targets if isinstance(t, DriverTarget) and t.impl is Impl.CHUK]
         where = f"{filesystem_of(base)} ({base})"
+        common = [
+            (f"{ctx.repeat} rounds of {ctx.seconds:g} s per op ({elapsed:.0f} s, after {setup:.0f} s of setup); "
+             f"each round runs, in this order: {', '.join(t.name for t in targets)}; before: {load_before}; "
+             f"after: {load_line()}"),
+            ("every store runs in a driver process of its own (scripts/store_driver.py), opened once and kept "
+             f"open across the rounds; setup (not timed): {WARM_ITEMS} warm items, and "
+             f"{LIST_SESSIONS} sessions of {LIST_ITEMS:,} items to list one of"),
+            (f"chuk: {CHUK} {CHUK_VERSION} ({chuk_said}) on the same kind of provider, asyncio, same sizes, "
+             "same concurrency, same driver code" if chuk else f"chuk: no {CHUK} columns: {chuk_said}"),
+            *versions,
+            *failures,
+        ]
+        ops = ops_table(samples)
         ops.notes += [
-            f"fs+sqlite data dir on {where}; memory = memory blobs + SQLite :memory:",
-            "native: plain Python on the same disk, same concurrency (threads): create+write+fsync of a new file"
-            " (store), open+read (retrieve), stat (metadata), truncate+write+fsync (update_file)",
-            "publish: the disk's floor for a store's durable atomic publish (write+fsync to staging, rename,"
-            " fsync of the directory), plain Python, same concurrency",
+            (f"fs+sqlite and chuk filesystem data dirs on {where}; memory = memory blobs + SQLite :memory:; "
+             "chuk memory = its memory storage + memory sessions; chuk filesystem = its filesystem storage + "
+             "memory sessions"),
+            ("c=64: 64 tasks (asyncio.gather / a trio nursery), each on its own items; one untimed call per task "
+             "before each timed run"),
+            ("native: plain Python on the same disk, same concurrency (threads): create+write+fsync of a new file "
+             "(store), open+read (retrieve), stat (metadata), truncate+write+fsync (update_file), listdir + stat "
+             f"of a {LIST_ITEMS:,}-file dir (list_by_session); none for meta-only updates"),
+            ("publish: the disk's floor for a store's durable atomic publish (write+fsync to staging, rename, "
+             "fsync of the directory), plain Python, same concurrency"),
             "published: S3 + Redis, 128 concurrent tasks; it gives no metadata throughput",
-            f"median of {ctx.repeat} runs of {ctx.seconds:g} s each",
+            *common,
         ]
         yield ops
-
-        streams = Table(title="core: one 256 MiB artifact, MB/s", key_columns=["op", "backend", "loop"],
-                        ref_columns=["published", "native"])
-        for op in ("stream_upload", "stream_download", "stream_download verify=False"):
-            for (backend, loop), samples in results.items():
-                if (op, 1) in samples:
-                    kind = op.split()[0]
-                    streams.add([op, backend, loop], samples[op, 1], "MB/s", published=PUBLISHED[kind],
-                                native=median(native[kind, 1]))
+        streams = streams_table(samples)
         streams.notes += [
-            "1 MiB chunks; upload includes the SHA-256 and the fsync + publish; download verifies the SHA-256"
-            " (the default) unless verify=False",
-            "native: 1 MiB writes + fsync, then 1 MiB reads of the same file (page cache warm, as for the store)",
+            ("1 MiB chunks, content_length given; upload includes the SHA-256 and the fsync + publish; our "
+             "download verifies the SHA-256 (the default) unless verify=False; chuk has no such switch, so its one "
+             "stream_download figure stands beside both"),
+            ("retrieve whole: the 256 MiB as one bytes object; peak RSS: the driver process's VmHWM over the upload "
+             "(reset just before it through /proc/self/clear_refs); RSS before: VmRSS then, after gc"),
+            ("native: 1 MiB writes + fsync, then 1 MiB reads of the same file and one read of it whole "
+             "(page cache warm, as for the store)"),
             "published: 10 MB file on the memory provider; MB = 10^6 bytes",
+            *common,
         ]
         yield streams
     finally:
+        stop_all(targets)
         if not ctx.keep:
             shutil.rmtree(base, ignore_errors=True)
 
 
-SECTION = Section("core", "the library API on memory and filesystem+SQLite, vs published figures and the disk", run)
+SECTION = Section("core", f"the library API on memory and filesystem+SQLite, vs {CHUK} {CHUK_VERSION}, the disk "
+                  "and published figures", run)

@@ -39,9 +39,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the test fixtures' redis-server and moto
 
-import anyio
-from bench_common import Context, MiB, Section, Table, load_line, median, paired_ratio
-from bench_core import CONCURRENCY, OPS, PUBLISHED, measure_store, run_store
+from bench_common import Context, MiB, Section, Table, load_line, paired_ratio
+from bench_core import PUBLISHED, STREAM_ROWS, DriverTarget, full_plan, measure_rounds, start_all
 from bench_mount import (
     ArtifactfsTarget,
     ProcessMount,
@@ -55,9 +54,7 @@ from bench_mount import (
     stop_all,
 )
 from servers import AWS_ENV, BUCKET, SIGNING_KEY, MotoServer, RedisServer
-
-from core import ArtifactStore
-from core.config import Settings
+from store_driver import Impl, Loop, Op, Provider
 
 WORKLOAD = Workload(seq_bytes=256 * MiB, files=1_000)
 PEERS = ("s3fs", "rclone")
@@ -217,38 +214,53 @@ def peers_goals(samples: dict[str, Samples], w: Workload) -> Table:
 # -- the library on Redis + S3
 
 
-def library_settings(base: Path, redis: RedisServer, moto: MotoServer) -> Settings:
-    return Settings(
-        storage_provider="s3", session_provider="redis", fs_root=base / "lib-s3", bucket=BUCKET,
-        redis_url=redis.url, s3_endpoint_url=moto.endpoint, s3_prefix="library/", redis_prefix="bench-lib",
-        signing_key=SIGNING_KEY,
+def library_env(base: Path, redis: RedisServer, moto: MotoServer) -> dict[str, str]:
+    """The environment a store driver reads its Redis + S3 settings from (as the mount's are given)."""
+    return child_env(
+        ARTIFACT_PROVIDER="s3", SESSION_PROVIDER="redis", SESSION_REDIS_URL=redis.url, S3_ENDPOINT_URL=moto.endpoint,
+        ARTIFACT_BUCKET=BUCKET, ARTIFACT_S3_PREFIX="library/", ARTIFACT_REDIS_PREFIX="bench-lib",
+        ARTIFACT_SIGNING_KEY=SIGNING_KEY, ARTIFACT_FS_ROOT=str(base / "lib-s3"),
     )
 
 
-def library_table(ctx: Context, base: Path, settings: Settings) -> Table:
-    async def on_s3() -> dict:
-        async with ArtifactStore(settings=settings) as store:
-            return await measure_store(store, ctx, OPS, streams=True)
-
+def library_table(ctx: Context, base: Path, env: dict[str, str]) -> Table:
+    """The core section's operations on Redis + S3 and on the embedded default, interleaved round by round."""
+    python = Path(sys.executable)
+    targets = [
+        DriverTarget("redis+s3", python, Impl.ARTIFACTFS, Provider.ENV, Loop.TRIO, base / "lib-s3", ctx.seconds,
+                     base / "lib-s3.log", env),
+        DriverTarget("embedded", python, Impl.ARTIFACTFS, Provider.FILESYSTEM, Loop.TRIO, base / "lib-embedded",
+                     ctx.seconds, base / "lib-embedded.log"),
+    ]
     started = time.perf_counter()
-    s3 = anyio.run(on_s3, backend="trio")
-    embedded = run_store("fs+sqlite", "trio", base / "lib-embedded", ctx, OPS, streams=True)
+    try:
+        start_all(targets)
+        samples, failures = measure_rounds(targets, ctx.repeat, full_plan())
+    finally:
+        for target in targets:
+            target.stop()
     elapsed = time.perf_counter() - started
+    s3, embedded = samples["redis+s3"], samples["embedded"]
     table = Table(title="peers: the library API on Redis + S3 (moto) vs the embedded default (fs + SQLite)",
                   key_columns=["op", "conc"], ref_columns=["embedded", "published"])
-    for op in OPS:
-        for conc in CONCURRENCY:
-            table.add([op, conc], s3[op, conc], "ops/s", embedded=median(embedded[op, conc]),
-                      published=PUBLISHED[op])
-    for op in ("stream_upload", "stream_download", "stream_download verify=False"):
-        table.add([f"{op} 256 MiB", 1], s3[op, 1], "MB/s", embedded=median(embedded[op, 1]),
-                  published=PUBLISHED[op.split()[0]])
+    for op, conc in full_plan().rates:
+        key = (op.value, conc)
+        if key in s3:
+            table.add([op.value, conc], s3[key], "ops/s", embedded=embedded.get(key), published=PUBLISHED.get(op))
+    for op, unit, higher in STREAM_ROWS:
+        key = (op.value, 1)
+        if key in s3:
+            published = PUBLISHED.get(Op.STREAM_DOWNLOAD if op is Op.STREAM_DOWNLOAD_RAW else op)
+            table.add([f"{op.value} 256 MiB", 1], s3[key], unit, higher_is_better=higher,
+                      embedded=embedded.get(key), published=published)
     table.notes += [
-        (f"1 KiB items; median of {ctx.repeat} runs of {ctx.seconds:g} s ({elapsed:.0f} s in all); "
-        f"{load_line()}"),
+        (f"1 KiB items; {ctx.repeat} interleaved rounds of {ctx.seconds:g} s per op ({elapsed:.0f} s in all, with "
+         f"setup); {load_line()}"),
         ("Redis + S3: redis-server and stock-behaving moto on 127.0.0.1 (every ranged GET copies the whole object: "
         "the stream_download rows measure moto); embedded: filesystem blobs + SQLite on the same disk"),
+        "each store in a driver process of its own (scripts/store_driver.py), as in the core section",
         "published: S3 + Redis at 128 concurrent tasks (streams: 10 MB on the memory provider)",
+        *failures,
     ]
     return table
 
@@ -296,7 +308,7 @@ def run(ctx: Context, workload: Workload | None = None) -> Iterator[Table]:
         ]
         yield table
         yield peers_goals(samples, w)
-        yield library_table(ctx, base, library_settings(base, redis, moto))
+        yield library_table(ctx, base, library_env(base, redis, moto))
     finally:
         stop_all(targets)
         moto.stop()
