@@ -9,9 +9,12 @@ directory, and that plain directory itself. Each runs the same workload
 ``conv=fsync`` (so the store is measured, not the page cache) and read back
 cold (page cache dropped, the mount remounted) and warm; 10,000 files of 4 KiB
 created, stat'ed and read, cold; ``ls -l`` of their directory, cold and warm;
-the peak RSS of the mount process during the write. Targets are interleaved
-per round so the machine's noise falls on all of them alike, and each ratio
-is taken within a round.
+5,000 empty files created, listed cold (``os.listdir``) and deleted; 4 KiB
+``pwrite`` + ``fsync`` at random offsets of a 64 MiB file, then 4 KiB
+``pread`` there, cold, one at a time; the peak RSS of the mount process during
+the write, and its RSS after the whole pass. Targets are interleaved per
+round so the machine's noise falls on all of them alike, and each ratio is
+taken within a round.
 
 The peers section (``bench_peers.py``) reuses the targets and the workload
 on Redis + S3.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -48,11 +52,24 @@ MOUNT_TIMEOUT = 30.0
 REPEAT_BUDGET = 45.0  # seconds: a part of the workload that took longer on a target is not repeated there
 
 
+class Part(str, Enum):
+    SEQUENTIAL = "sequential"
+    SMALL_FILES = "small-file"
+    METADATA = "metadata"  # empty files: create, list cold, delete
+    RANDOM = "random-io"  # 4 KiB pwrite + fsync, then 4 KiB pread cold
+
+
 class Workload(BaseModel):
     seq_bytes: int = 1024 * MiB
     block: int = MiB
     files: int = 10_000
     file_size: int = 4 * KiB
+    empty_files: int = 5_000
+    random_bytes: int = 64 * MiB  # the file random I/O runs in, written whole first
+    random_block: int = 4 * KiB
+    random_ops: int = 2_000  # per random run, or as many as fit in random_seconds
+    random_seconds: float = 5.0
+    parts: frozenset[Part] = frozenset(Part)
 
     @property
     def seq_label(self) -> str:
@@ -71,7 +88,13 @@ class Figure(str, Enum):
     READ = "read"
     LS_COLD = "ls_cold"
     LS_WARM = "ls_warm"
+    CREATE_EMPTY = "create_empty"
+    LISTDIR_COLD = "listdir_cold"
+    DELETE = "delete"
+    RAND_WRITE = "rand_write_fsync"
+    RAND_READ_COLD = "rand_read_cold"
     RSS = "rss"
+    RSS_AFTER = "rss_after"
 
 
 class FigureSpec(BaseModel):
@@ -82,6 +105,7 @@ class FigureSpec(BaseModel):
 
 def figure_specs(w: Workload) -> dict[Figure, FigureSpec]:
     seq, n, size = w.seq_label, f"{w.files:,}", f"{w.file_size // KiB} KiB"
+    m, block, rand = f"{w.empty_files:,}", f"{w.random_block // KiB} KiB", f"{w.random_bytes // MiB} MiB"
     return {
         Figure.SEQ_WRITE: FigureSpec(label=f"write {seq}, dd bs=1M conv=fsync", unit="MB/s"),
         Figure.SEQ_READ_COLD: FigureSpec(label=f"read {seq}, dd bs=1M, cold", unit="MB/s"),
@@ -93,8 +117,15 @@ def figure_specs(w: Workload) -> dict[Figure, FigureSpec]:
         Figure.READ: FigureSpec(label=f"read {n} files of {size}, cold", unit="files/s"),
         Figure.LS_COLD: FigureSpec(label=f"ls -l of {n} entries, cold", unit="s", higher_is_better=False),
         Figure.LS_WARM: FigureSpec(label=f"ls -l of {n} entries, warm", unit="s", higher_is_better=False),
+        Figure.CREATE_EMPTY: FigureSpec(label=f"create {m} empty files", unit="files/s"),
+        Figure.LISTDIR_COLD: FigureSpec(label=f"os.listdir of {m} entries, cold", unit="ms", higher_is_better=False),
+        Figure.DELETE: FigureSpec(label=f"delete {m} empty files (unlink)", unit="files/s"),
+        Figure.RAND_WRITE: FigureSpec(label=f"random {block} pwrite + fsync, {rand} file", unit="IOPS"),
+        Figure.RAND_READ_COLD: FigureSpec(label=f"random {block} pread, cold, QD1, {rand} file", unit="IOPS"),
         Figure.RSS: FigureSpec(label=f"peak RSS of the mount process, {seq} write", unit="MiB",
                                higher_is_better=False),
+        Figure.RSS_AFTER: FigureSpec(label="RSS of the mount process after the workload", unit="MiB",
+                                     higher_is_better=False),
     }
 
 
@@ -115,11 +146,12 @@ def reset_peak_rss(pid: int | None) -> None:
         Path(f"/proc/{pid}/clear_refs").write_text("5\n")  # VmHWM starts again from the current RSS
 
 
-def peak_rss_mib(pid: int | None) -> float | None:
+def peak_rss_mib(pid: int | None, field: str = "VmHWM") -> float | None:
+    """The peak RSS of ``pid`` since the last reset (``field="VmRSS"``: the RSS now)."""
     if pid is None:
         return None
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * KiB / MiB
     return None
 
@@ -410,11 +442,6 @@ def ls_l(directory: Path, entries: int) -> float:
     return seconds
 
 
-class Part(str, Enum):
-    SEQUENTIAL = "sequential"
-    SMALL_FILES = "small-file"
-
-
 class Pass(BaseModel):
     """What one repeat runs on a target: later repeats skip a part that was too slow to repeat."""
 
@@ -424,16 +451,22 @@ class Pass(BaseModel):
 
 
 def run_workload(target: Target, w: Workload, run: Pass, into: Samples) -> dict[Part, float]:
-    """One pass of the workload on ``target``; returns the seconds each part took."""
+    """One pass of the workload on ``target``; returns the seconds each part took.
+
+    The mount's RSS is read last, after every part of the pass: what the
+    process keeps once it has seen many files and a big write.
+    """
     took: dict[Part, float] = {}
-    if Part.SEQUENTIAL in run.parts:
-        started = time.perf_counter()
-        _sequential(target, w, run, into)
-        took[Part.SEQUENTIAL] = time.perf_counter() - started
-    if Part.SMALL_FILES in run.parts:
-        started = time.perf_counter()
-        _small_files(target, w, run, into)
-        took[Part.SMALL_FILES] = time.perf_counter() - started
+    steps = {Part.SEQUENTIAL: _sequential, Part.SMALL_FILES: _small_files, Part.METADATA: _metadata,
+             Part.RANDOM: _random_io}
+    for part, step in steps.items():
+        if part in run.parts and part in w.parts:
+            started = time.perf_counter()
+            step(target, w, run, into)
+            took[part] = time.perf_counter() - started
+    rss = peak_rss_mib(target.pid, "VmRSS")
+    if rss is not None:
+        into.setdefault(Figure.RSS_AFTER, []).append(rss)
     return took
 
 
@@ -473,6 +506,93 @@ def _small_files(target: Target, w: Workload, run: Pass, into: Samples) -> None:
     into.setdefault(Figure.STAT, []).append(stat_files(paths, w.file_size))
     target.cold()
     into.setdefault(Figure.READ, []).append(read_files(paths, w.file_size))
+
+
+def create_empty(paths: list[Path]) -> float:
+    def create(path: Path) -> None:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+
+    return _per_file(paths, create)
+
+
+def delete_files(paths: list[Path]) -> float:
+    return _per_file(paths, os.unlink)
+
+
+def listdir_ms(directory: Path, entries: int) -> float:
+    started = time.perf_counter()
+    listed = len(os.listdir(directory))
+    elapsed = time.perf_counter() - started
+    if listed != entries:
+        raise RuntimeError(f"os.listdir({directory}) gave {listed} entries, not {entries}")
+    return elapsed * 1000
+
+
+def _metadata(target: Target, w: Workload, run: Pass, into: Samples) -> None:
+    directory = target.root / f"empty-{run.tag}"
+    directory.mkdir()
+    paths = [directory / f"e{i:05d}" for i in range(w.empty_files)]
+    into.setdefault(Figure.CREATE_EMPTY, []).append(create_empty(paths))
+    target.cold()
+    into.setdefault(Figure.LISTDIR_COLD, []).append(listdir_ms(directory, w.empty_files))
+    into.setdefault(Figure.DELETE, []).append(delete_files(paths))
+    directory.rmdir()
+
+
+def _offsets(w: Workload, seed: str) -> list[int]:
+    """The same block-aligned random offsets on every target of a round (seeded by the round)."""
+    chooser = random.Random(seed)
+    return [chooser.randrange(w.random_bytes // w.random_block) * w.random_block for _ in range(w.random_ops)]
+
+
+def _bounded_iops(fd: int, offsets: list[int], seconds: float, op: Callable[[int, int], None]) -> float:
+    """``op(fd, offset)`` for each offset, one at a time, until the offsets or ``seconds`` run out."""
+    started = time.perf_counter()
+    deadline, done = started + seconds, 0
+    for offset in offsets:
+        op(fd, offset)
+        done += 1
+        if time.perf_counter() > deadline:
+            break
+    return done / (time.perf_counter() - started)
+
+
+def _random_io(target: Target, w: Workload, run: Pass, into: Samples) -> None:
+    """4 KiB pwrite + fsync at random offsets of a file written whole first; then 4 KiB preads there, cold."""
+    path = target.root / f"random-{run.tag}"
+    block = os.urandom(w.block)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(w.random_bytes // w.block):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    small = os.urandom(w.random_block)
+
+    def write(fd: int, offset: int) -> None:
+        if os.pwrite(fd, small, offset) != len(small):
+            raise RuntimeError(f"{path}: short write at {offset}")
+        os.fsync(fd)
+
+    def read(fd: int, offset: int) -> None:
+        if len(os.pread(fd, w.random_block, offset)) != w.random_block:
+            raise RuntimeError(f"{path}: short read at {offset}")
+
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        into.setdefault(Figure.RAND_WRITE, []).append(
+            _bounded_iops(fd, _offsets(w, f"write {run.tag}"), w.random_seconds, write))
+    finally:
+        os.close(fd)
+    target.cold()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        into.setdefault(Figure.RAND_READ_COLD, []).append(
+            _bounded_iops(fd, _offsets(w, f"read {run.tag}"), w.random_seconds, read))
+    finally:
+        os.close(fd)
+    path.unlink()
 
 
 def measure(targets: Sequence[Target], w: Workload, repeat: int,
@@ -586,6 +706,13 @@ def run(ctx: Context, workload: Workload | None = None) -> Iterator[Table]:
             ("create: open(O_CREAT|O_TRUNC) + one 4 KiB write + close per file, no fsync, as cp or tar do "
             "(artifactfs publishes at close and makes it durable in the background); stat / read / ls -l run "
             "after a remount + drop_caches"),
+            (f"empty files: open(O_CREAT|O_EXCL) + close, then os.listdir after a remount + drop_caches, then "
+             "unlink of each; random I/O: the file is written whole (1 MiB writes + fsync, not timed), then "
+             f"pwrite + fsync of {w.random_block // KiB} KiB at random aligned offsets, then (remount + drop_caches) "
+             f"pread of {w.random_block // KiB} KiB at others, one at a time; each random run stops at "
+             f"{w.random_ops:,} ops or {w.random_seconds:g} s; the offsets are the same on every target of a round"),
+            ("RSS after the workload: VmRSS of the mount process at the end of each round's pass, after 10,000 "
+             "small files and the big write (files from earlier rounds stay)"),
             *notes,
             *(n for t in targets for n in t.notes()),
         ]
@@ -597,7 +724,8 @@ def run(ctx: Context, workload: Workload | None = None) -> Iterator[Table]:
             remove_work_dir(base)
 
 
-SECTION = Section("mount", "the FUSE mount vs libfuse's C passthrough and the native disk (1 GiB, 10,000 files)", run)
+SECTION = Section("mount", "the FUSE mount vs libfuse's C passthrough and the native disk (1 GiB, 10,000 files, "
+                  "5,000 empty files, random 4 KiB I/O)", run)
 
 
 if __name__ == "__main__":
