@@ -537,6 +537,9 @@ def run(ctx: Context) -> Iterator[Table]:
             ("publish: the disk's floor for a store's durable atomic publish (write+fsync to staging, rename, "
              "fsync of the directory), plain Python, same concurrency"),
             "published: S3 + Redis, 128 concurrent tasks; it gives no metadata throughput",
+            ("durability differs: ours makes each store durable before it is visible (blob fsynced, renamed, "
+             "directory fsynced, metadata committed); chuk's filesystem provider writes the object, a second copy "
+             "under its filename and a .meta.json, with no fsync, and keeps its metadata in memory sessions"),
             *common,
         ]
         yield ops
@@ -550,6 +553,8 @@ def run(ctx: Context) -> Iterator[Table]:
             ("native: 1 MiB writes + fsync, then 1 MiB reads of the same file and one read of it whole "
              "(page cache warm, as for the store)"),
             "published: 10 MB file on the memory provider; MB = 10^6 bytes",
+            ("our memory backend keeps each deleted blob for the blob grace (1 h by default, for readers of an old "
+             "version), so its RSS grows by one 256 MiB upload per round"),
             *common,
         ]
         yield streams
