@@ -1,4 +1,5 @@
-"""A 1 GiB artifact streamed in and out of filesystem+SQLite with bounded memory.
+"""A 1 GiB artifact streamed in and out of filesystem+SQLite with bounded memory; on the memory
+backend, an upload that holds the artifact once, not twice.
 
 The streaming runs in a child process of its own, so its peak RSS is not
 polluted by whatever earlier tests left in this one. The child reports its
@@ -6,7 +7,7 @@ resident size just before each stream and the peak during it (sampled, and
 the kernel's high-water mark); the test allows a few MiB of growth, nowhere
 near the gigabyte that buffering would cost.
 
-Run directly (``python tests/test_streaming_large.py DATA_DIR SIZE``) it is the child.
+Run directly (``python tests/test_streaming_large.py DATA_DIR SIZE``, or ``memory SIZE``) it is the child.
 """
 
 from __future__ import annotations
@@ -131,15 +132,44 @@ async def _child(data_dir: Path, size: int) -> dict[str, object]:
     }
 
 
+async def _memory_child(size: int) -> dict[str, object]:
+    """The memory backend keeps the artifact in RAM: what an upload may cost is that, once."""
+    from core import ArtifactStore, StreamUploadRequest
+
+    pattern = _pattern()
+
+    async def source(total: int):
+        for index in range(0, total // CHUNK):
+            yield index.to_bytes(8, "big") + pattern[8:]
+
+    async with ArtifactStore(storage_provider="memory", session_provider="memory") as store:
+        await store.stream_upload(StreamUploadRequest(data_stream=source(8 * CHUNK), user_id="big", scope="user"))
+        with PeakRss() as upload:
+            await store.stream_upload(StreamUploadRequest(data_stream=source(size), user_id="big", scope="user",
+                                                          content_length=size))
+    return {"upload_growth": upload.growth}
+
+
+def _run_child(*args: object) -> dict:
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, __file__, *map(str, args)], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_memory_upload_holds_the_artifact_once() -> None:
+    """Was: the writer's buffer was copied into bytes at commit, 2x the artifact at the end of an upload."""
+    size = 128 * MiB
+    report = _run_child("memory", size)
+    assert report["upload_growth"] <= 1.1 * size + 16 * MiB, report
+
+
 @pytest.mark.slow
 def test_one_gib_stream_in_and_out_with_bounded_memory(tmp_path: Path) -> None:
     size = GiB
-    repo = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, __file__, str(tmp_path / "data"), str(size)], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=540)
-    assert done.returncode == 0, done.stderr[-4000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = _run_child(tmp_path / "data", size)
     print(f"\n1 GiB stream, filesystem+SQLite: upload RSS growth {report['upload_growth'] / MiB:.1f} MiB "
           f"({size / report['upload_s'] / MiB:.0f} MiB/s), download RSS growth "
           f"{report['download_growth'] / MiB:.1f} MiB ({size / report['download_s'] / MiB:.0f} MiB/s)")
@@ -155,5 +185,8 @@ def test_one_gib_stream_in_and_out_with_bounded_memory(tmp_path: Path) -> None:
 if __name__ == "__main__":
     import trio
 
-    result = trio.run(_child, Path(sys.argv[1]), int(sys.argv[2]))
+    if sys.argv[1] == "memory":
+        result = trio.run(_memory_child, int(sys.argv[2]))
+    else:
+        result = trio.run(_child, Path(sys.argv[1]), int(sys.argv[2]))
     print(json.dumps(result))

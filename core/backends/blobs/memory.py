@@ -11,7 +11,9 @@ from core.settings import Settings
 
 class MemoryBlobStore:
     def __init__(self) -> None:
-        self._blobs: dict[str, bytes] = {}
+        # A streamed blob keeps the buffer it was written into: never changed once committed, and a
+        # copy into bytes would hold the artifact twice at the end of its upload.
+        self._blobs: dict[str, bytes | bytearray] = {}
 
     async def open(self) -> None:
         pass
@@ -66,22 +68,21 @@ def from_settings(settings: Settings) -> MemoryBlobStore:
 
 
 class _MemoryWriter:
-    def __init__(self, blobs: dict[str, bytes], key: str) -> None:
+    def __init__(self, blobs: dict[str, bytes | bytearray], key: str) -> None:
         self._blobs, self._key, self._parts = blobs, key, bytearray()
 
     async def write(self, data: bytes) -> None:
         self._parts += data
 
     async def commit(self) -> None:
-        self._blobs[self._key] = bytes(self._parts)
-        self._parts = bytearray()
+        self._blobs[self._key], self._parts = self._parts, bytearray()
 
     async def abort(self) -> None:
         self._parts = bytearray()
 
 
 class _MemoryReader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self._data = memoryview(data)
 
     async def read(self, offset: int, length: int, *, ahead: bool = False) -> bytes:
