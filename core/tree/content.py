@@ -292,7 +292,7 @@ class Content(TreeBase):
             if art.blob_key not in superseded:
                 await self.discard_blob(art.blob_key)
             raise
-        self._met(art.blob_key, settle)
+        self._intents.pop(art.blob_key or "", None)  # met, in the commit's own step
         metrics.stored(node.size, new=False)
         adopt(node, attempt)
         return node
@@ -316,7 +316,7 @@ class Content(TreeBase):
         the grace period.
         """
         settle = self._settlement(stored, gone)
-        self._met(stored, settle)
+        self._intents.pop(stored or "", None)
         if settle is not None:
             await self.meta.defer_delete(settle.keys, settle.not_before_ns, forget=settle.forget)
 
@@ -326,11 +326,6 @@ class Content(TreeBase):
         met = [Deferred(stored, due)] if stored is not None and due is not None else []
         superseded = {key for key in gone if key is not None and key != stored}
         return Settle(superseded, self.grace_deadline(), met) if superseded or met else None
-
-    def _met(self, stored: str | None, settle: Settle | None) -> None:
-        """Once its settlement is made, the intent of ``stored`` is no longer this process's to meet."""
-        if stored is not None and settle is not None and any(e.key == stored for e in settle.forget):
-            self._intents.pop(stored, None)
 
     async def queue_orphans(
         self, *, dry_run: bool = False, progress: Callable[[int, int | None], None] | None = None
