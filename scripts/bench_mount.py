@@ -579,19 +579,17 @@ def _random_io(target: Target, w: Workload, run: Pass, into: Samples) -> None:
         if len(os.pread(fd, w.random_block, offset)) != w.random_block:
             raise RuntimeError(f"{path}: short read at {offset}")
 
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        into.setdefault(Figure.RAND_WRITE, []).append(
-            _bounded_iops(fd, _offsets(w, f"write {run.tag}"), w.random_seconds, write))
-    finally:
-        os.close(fd)
+    def timed(figure: Figure, flags: int, what: str, op: Callable[[int, int], None]) -> None:
+        fd = os.open(path, flags)
+        try:
+            offsets = _offsets(w, f"{what} {run.tag}")
+            into.setdefault(figure, []).append(_bounded_iops(fd, offsets, w.random_seconds, op))
+        finally:
+            os.close(fd)
+
+    timed(Figure.RAND_WRITE, os.O_WRONLY, "write", write)
     target.cold()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        into.setdefault(Figure.RAND_READ_COLD, []).append(
-            _bounded_iops(fd, _offsets(w, f"read {run.tag}"), w.random_seconds, read))
-    finally:
-        os.close(fd)
+    timed(Figure.RAND_READ_COLD, os.O_RDONLY, "read", read)
     path.unlink()
 
 
