@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from loopthread import LoopThread
+
 _CRLF = b"\r\n"
 _SCRIPT_CALLS = (b"EVALSHA", b"EVAL", b"EVALSHA_RO", b"EVAL_RO")
 
@@ -163,9 +165,8 @@ class RedisProxy:
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._armed: list[Hold] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._serving = LoopThread(f"redisproxy-{name}")
         self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._waiting: set[Hold] = set()
 
@@ -176,22 +177,19 @@ class RedisProxy:
     # -- lifecycle
 
     def start(self) -> RedisProxy:
-        started = threading.Event()
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            self._server = loop.run_until_complete(asyncio.start_server(self._serve, self.host, 0))
-            self.port = self._server.sockets[0].getsockname()[1]
-            started.set()
-            loop.run_forever()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"redisproxy-{self.name}", daemon=True)
-        self._thread.start()
-        if not started.wait(30):
-            raise RuntimeError(f"the Redis proxy {self.name} did not start")
+        self._serving.start(self._listen, self._hang_up)
         return self
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _hang_up(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await asyncio.sleep(0)
 
     def close(self) -> None:
         """Release every hold, drop every connection, stop the thread."""
@@ -199,21 +197,7 @@ class RedisProxy:
             holds, self._armed = [*self._armed, *self._waiting], []
         for hold in holds:
             hold.release()
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-
-        async def stop() -> None:
-            assert self._server is not None
-            self._server.close()
-            for writer in list(self._writers):
-                writer.close()
-            await asyncio.sleep(0)
-
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        self._loop = self._thread = None
+        self._serving.stop()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -25,7 +25,6 @@ checks no signature, so the Host the client signed need not be moto's.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import re
@@ -36,6 +35,7 @@ from xml.etree import ElementTree as ET
 
 import aiohttp
 from aiohttp import web
+from loopthread import LoopThread
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -108,7 +108,8 @@ def listed_parts(document: bytes) -> tuple[tuple[int, str | None], ...]:
         root = ET.fromstring(document)
     except ET.ParseError:
         return ()
-    return tuple((int(_text(part, "PartNumber") or 0), _text(part, "ChecksumSHA256")) for part in _children(root, "Part"))
+    parts = _children(root, "Part")
+    return tuple((int(_text(part, "PartNumber") or 0), _text(part, "ChecksumSHA256")) for part in parts)
 
 
 class S3Front:
@@ -122,8 +123,7 @@ class S3Front:
         self._to_corrupt: list[str | None] = []  # one entry per PUT still to damage: its operation, or any
         self._sha256_uploads: set[str] = set()  # upload ids started with x-amz-checksum-algorithm: SHA256
         self._accepted: dict[tuple[str, int], str] = {}  # (upload id, part number) -> checksum of the part kept
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = LoopThread("s3front")
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -151,32 +151,14 @@ class S3Front:
     # -- lifecycle
 
     def start(self) -> Self:
-        started = threading.Event()
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            try:
-                loop.run_until_complete(self._open())
-            finally:
-                started.set()  # listening, or failed (and the thread's exception says why)
-            loop.run_forever()
-            loop.run_until_complete(self._shut())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="s3front", daemon=True)
-        self._thread.start()
-        if not started.wait(30) or not self.port:
+        self._serving.start(self._open, self._shut)
+        if not self.port:
             raise RuntimeError("the S3 front did not start")
         return self
 
     def close(self) -> None:
         """Stop serving, close every connection, end the thread."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        self._loop = self._thread = None
+        self._serving.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -217,7 +199,8 @@ class S3Front:
             if checksum is not None and checksum != sha256_b64(body):
                 return "BadDigest"
             payload_hash = request.headers.get("x-amz-content-sha256")
-            if payload_hash and not _NOT_A_HASH.fullmatch(payload_hash) and payload_hash != hashlib.sha256(body).hexdigest():
+            signed = payload_hash and not _NOT_A_HASH.fullmatch(payload_hash)
+            if signed and payload_hash != hashlib.sha256(body).hexdigest():
                 return "XAmzContentSHA256Mismatch"
         if op == "CompleteMultipartUpload":
             upload_id = request.query["uploadId"]
@@ -262,7 +245,8 @@ class S3Front:
         if status != 200:
             return
         with self._lock:
-            if op == "CreateMultipartUpload" and request.headers.get("x-amz-checksum-algorithm", "").upper() == "SHA256":
+            algorithm = request.headers.get("x-amz-checksum-algorithm", "").upper()
+            if op == "CreateMultipartUpload" and algorithm == "SHA256":
                 upload_id = _text(ET.fromstring(payload), "UploadId")
                 if upload_id:
                     self._sha256_uploads.add(upload_id)
