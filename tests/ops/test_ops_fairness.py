@@ -16,6 +16,7 @@ import trio.testing
 from opskit import ROOT, Caller, ctx, errno_of, kernel
 
 from core.nodes import Node
+from fusefs.fairness import PerUid
 
 ALICE, BOB = Caller(uid=1001, gid=1001), Caller(uid=1002, gid=1002)
 
@@ -64,7 +65,7 @@ async def test_a_flooding_uid_runs_at_most_its_share_and_others_still_get_throug
             assert answered == []
             gate.open.set()
         assert answered == [f] * 40 and gate.most == 3
-        assert k.ops.fair.running(ALICE.uid) == 0 and k.ops.fair._limiters == {}  # nothing kept for idle uids
+        assert k.ops.fair.running(ALICE.uid) == 0 and k.ops.fair._shares == {}  # nothing kept for idle uids
 
 
 @pytest.mark.semantics("S-fair-uids")
@@ -110,3 +111,56 @@ async def test_requests_queued_for_their_turn_are_called_off_at_unmount(tmp_path
             await trio.testing.wait_all_tasks_blocked()
             gate.open.set()  # what still waits in the store now would be answered, not called off
         assert codes == [errno.EIO] * 3 and gate.most == 1
+
+
+async def test_a_waiter_called_off_leaves_no_slot_behind() -> None:
+    """A queued request cancelled (its caller interrupted) gives up its place; one cancelled just
+    before the slot was handed to it passes the slot on. Either way the uid keeps its whole share."""
+    fair = PerUid(per_uid=1)
+    release = trio.Event()
+    entered: list[str] = []
+
+    async def request(tag: str, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            async with fair.turn(ALICE.uid):
+                entered.append(tag)
+                await release.wait()
+
+    await fair._enter(ALICE.uid)  # this test holds the uid's one slot
+    async with trio.open_nursery() as nursery:
+        waiting = [await nursery.start(request, f"w{n}") for n in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert fair.running(ALICE.uid) == 1 and fair.waiting(ALICE.uid) == 3
+        waiting[0].cancel()  # called off while queued
+        await trio.testing.wait_all_tasks_blocked()
+        assert fair.running(ALICE.uid) == 1 and fair.waiting(ALICE.uid) == 2
+        # Called off, and handed the slot before it ran again: it must pass the slot to w2.
+        waiting[1].cancel()
+        fair._leave(ALICE.uid)  # the slot goes to w1's Event
+        await trio.testing.wait_all_tasks_blocked()
+        assert entered == ["w2"]
+        assert fair.running(ALICE.uid) == 1 and fair.waiting(ALICE.uid) == 0
+        release.set()
+    assert fair.running(ALICE.uid) == 0 and fair._shares == {}
+
+
+async def test_a_finished_request_hands_its_slot_to_the_first_in_line() -> None:
+    """Queued requests run in the order they came, and a newcomer does not overtake them."""
+    fair = PerUid(per_uid=1)
+    release = trio.Event()
+    order: list[int] = []
+
+    async def request(n: int) -> None:
+        async with fair.turn(ALICE.uid):
+            order.append(n)
+            if n == 0:
+                await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        for n in range(5):
+            nursery.start_soon(request, n)
+            await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert order == [0, 1, 2, 3, 4]
+    assert fair._shares == {}
