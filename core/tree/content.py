@@ -208,7 +208,9 @@ class Content(TreeBase):
         refuse_frozen(node)
         # Commits of one file in this process take turns, so they never meet in the store; writers in
         # other processes meet in its conditional commit (meta.commit), and the later one goes again.
-        lock = self._commit_locks.setdefault(node.ino, anyio.Lock())
+        lock = self._commit_locks.get(node.ino)
+        if lock is None:  # fast_acquire: an uncontended commit goes in without a trip through the scheduler
+            lock = self._commit_locks[node.ino] = anyio.Lock(fast_acquire=True)
         try:
             async with lock:
                 return await self._commit(node, old_blob, change, from_version)

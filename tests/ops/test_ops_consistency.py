@@ -160,6 +160,7 @@ async def test_what_close_published_is_synced_every_five_seconds(tmp_path: Path,
     async with kernel(tmp_path, blobs=blobs, request_timeout=None) as k:
         await k.write_file("users/alice/f", b"closed, not synced")
         assert blobs.syncs == 0
+        await trio.testing.wait_all_tasks_blocked()  # the periodic sync is asleep before the clock moves
         for rounds in (1, 2, 3):
             mock_clock.jump(SYNC_SECONDS)
             await trio.testing.wait_all_tasks_blocked()
