@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import anyio.to_thread
 import pytest
 
 from core.backends.blobs.filesystem import FilesystemBlobStore
@@ -41,3 +42,46 @@ def _spool(tmp_path: Path) -> Path:
     path = tmp_path / "spool2"
     path.write_bytes(b"more")
     return path
+
+
+@pytest.mark.semantics("S-durable-close", "S-durable-fsync")
+async def test_a_small_non_durable_put_into_a_known_directory_takes_no_thread_and_sync_still_fsyncs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mount's close of a small file writes on the event loop; what sync() fsyncs is unchanged."""
+    blobs = FilesystemBlobStore(tmp_path)
+    await blobs.open()
+    await blobs.put("grid/a/shared/first.v1", b"makes the directory", durable=False)  # a worker makes grid/a/shared
+    hops: list[object] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counted(fn: object, *args: object, **kwargs: object) -> object:
+        hops.append(fn)
+        return await real_run_sync(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    await blobs.put("grid/a/shared/small.v1", b"x" * 4096, durable=False)
+    assert hops == []  # before: one hop to a worker thread per close
+    assert (tmp_path / "blobs/grid/a/shared/small.v1").read_bytes() == b"x" * 4096
+    assert list((tmp_path / "staging").iterdir()) == []
+    await blobs.put("grid/a/shared/big.v1", b"x" * (64 * 1024 + 1), durable=False)  # larger ones: a worker
+    await blobs.put("grid/a/shared/durable.v1", b"x", durable=True)  # an fsync to wait for: a worker
+    await blobs.put("grid/a/other/new.v1", b"x", durable=False)  # a directory to make: a worker
+    assert len(hops) == 3
+
+    fsynced: list[str] = []
+    monkeypatch.setattr("core.backends.blobs.filesystem._fsync_file", lambda path: fsynced.append(str(path)))
+    await blobs.sync()
+    assert sorted(Path(p).name for p in fsynced) == ["big.v1", "first.v1", "new.v1", "small.v1"]
+
+
+async def test_a_small_put_into_a_directory_removed_behind_the_store_makes_it_again(tmp_path: Path) -> None:
+    blobs = FilesystemBlobStore(tmp_path)
+    await blobs.open()
+    await blobs.put("grid/a/shared/first.v1", b"one", durable=False)
+    for leftover in (tmp_path / "blobs/grid/a/shared").iterdir():
+        leftover.unlink()
+    (tmp_path / "blobs/grid/a/shared").rmdir()
+    await blobs.put("grid/a/shared/second.v1", b"two", durable=False)
+    assert (tmp_path / "blobs/grid/a/shared/second.v1").read_bytes() == b"two"
+    assert list((tmp_path / "staging").iterdir()) == []
