@@ -4,7 +4,9 @@ Writes go to ``staging/`` and are published by ``rename`` after ``fsync`` of
 the file, then ``fsync`` of its directory, so a blob is either whole under
 its key or absent; a directory made for a key is itself fsynced into its
 parent. Blocking calls run in worker threads; small ones are batched so a
-1 KiB store costs one thread hop, not five.
+1 KiB store costs one thread hop, not five. A small put that waits for no
+fsync (the mount's close, ``durable=False``) into a directory known to
+exist runs on the event loop: no thread hop at all.
 
 Concurrent publishes into one directory share its ``fsync`` (group commit,
 :class:`_DirSync`): one journal commit covers every rename made before it
