@@ -1,5 +1,7 @@
 """Publishing without waiting for stable storage, and making it durable later (the mount's close/fsync)."""
 
+import os
+import threading
 from pathlib import Path
 
 import anyio.to_thread
@@ -85,3 +87,32 @@ async def test_a_small_put_into_a_directory_removed_behind_the_store_makes_it_ag
     await blobs.put("grid/a/shared/second.v1", b"two", durable=False)
     assert (tmp_path / "blobs/grid/a/shared/second.v1").read_bytes() == b"two"
     assert list((tmp_path / "staging").iterdir()) == []
+
+
+@pytest.mark.semantics("S-durable-periodic", "S-durable-fsync")
+async def test_sync_fsyncs_the_blobs_published_meanwhile_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fsyncs of one sync run at once, so their journal commits merge: all of them are in
+    flight together before any returns (one after the other, the barrier is never reached)."""
+    blobs = FilesystemBlobStore(tmp_path)
+    await blobs.open()
+    names = [f"f{i}.v1" for i in range(8)]
+    for name in names:
+        await blobs.put(f"grid/a/shared/{name}", b"x", durable=False)
+    await blobs.delete("grid/a/shared/f0.v1")  # gone before the sync: skipped, and still counted as arrived
+    together = threading.Barrier(len(names), timeout=60)
+    fsynced: list[str] = []
+
+    def fsync_file(path: str) -> None:
+        if not os.path.exists(path):
+            together.wait()
+            raise FileNotFoundError(path)
+        together.wait()
+        fsynced.append(Path(path).name)
+
+    monkeypatch.setattr("core.backends.blobs.filesystem._fsync_file", fsync_file)
+    await blobs.sync()
+    assert sorted(fsynced) == names[1:]
+    assert blobs._unsynced == []
+    await blobs.close()
