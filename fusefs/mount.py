@@ -43,6 +43,7 @@ from core.transfers import monitor
 from core.transfers.service import listen as listen_presigned
 from core.transfers.service import serve as serve_presigned
 from core.tree.namespace import Namespace
+from fusefs import heap
 from fusefs.attrs import CACHE_SECONDS
 from fusefs.callers import Callers
 from fusefs.datadir import FS_TYPE, LOG_FILE, SPOOL_DIR, DataDirLock, MountError
@@ -217,6 +218,7 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
                 log.info("mounted %s at %s (the kernel caches entries and attributes for %g s)",
                          options.data_dir, options.mountpoint_abs, cache_seconds)
                 ready = True
+                log.debug("the collector leaves the %d objects of start-up alone", heap.settle())
                 notify.ready()
         finally:
             with trio.CancelScope(shield=True):
