@@ -140,6 +140,7 @@ class FilesApi(StoreBase):
             with anyio.CancelScope(shield=True):
                 await ns.discard_blob(key)
             raise
+        await ns.sync_meta()  # durable when store() returns: the record too, not only the blob
         assert node.artifact is not None
         return node.artifact.artifact_id
 
@@ -291,6 +292,8 @@ class FilesApi(StoreBase):
             await self.ns.update_node(node, fields)
         if filename is not None:
             await self._rename(node, filename)
+        if data is not None:
+            await self.ns.sync_meta()  # a new version is durable on return, as a store is
         return True
 
     def _apply_fields(self, node: Node, *, summary: Any, mime: Any, meta: Any, merge: bool) -> None:

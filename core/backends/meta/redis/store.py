@@ -660,6 +660,9 @@ class RedisMetaStore:
         keys = await self._call("pending deletions", lambda client, _s: client.zrange(self.key("gc"), 0, -1))
         return sorted(k.decode() for k in keys)
 
+    async def sync(self) -> None:
+        """Nothing to do: what Redis acknowledged is as durable as its own persistence makes it."""
+
 
 # The deletion queue's changes alone (ARGV as SETTLE reads them from 1).
 _QUEUE = SETTLE + "settle(KEYS[1], 1)\nreturn 0\n"
