@@ -207,3 +207,23 @@ class _CommitFails:
         if sql == "COMMIT":
             raise sqlite3.OperationalError("disk I/O error")
         return self._db.execute(sql, *args)
+
+
+async def test_a_second_store_opens_while_a_batch_holds_the_lock(tmp_path: Path) -> None:
+    """A batch holds the write lock across one scheduler pass: a second connection in the same thread
+    must wait for it with async pauses, not in SQLite's busy handler, which would stop the loop that
+    is to release it (found as "database is locked" after 10 s in tests/test_namespaces.py)."""
+    first = SQLiteMetaStore(tmp_path / "meta.sqlite3", SIGNER)
+    await first.open()
+    second = SQLiteMetaStore(tmp_path / "meta.sqlite3", SIGNER)
+
+    async def write() -> None:
+        async with first._tx() as db:
+            db.execute("INSERT INTO usage (key, bytes, files) VALUES ('a', 1, 1)")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)  # runs first: its batch is open when the second store opens
+        nursery.start_soon(second.open)
+    assert second.db.execute("SELECT key FROM usage").fetchall() == [("a",)]
+    await second.close()
+    await first.close()

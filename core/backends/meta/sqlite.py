@@ -20,8 +20,11 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+
+import anyio
 
 from core.backends.meta import checks
 from core.backends.meta.base import ChildrenPage, Cover, Deferred, Settle, decode_record
@@ -188,21 +191,7 @@ class SQLiteMetaStore:
         if self._path != ":memory:":
             self._make_private()
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=10)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        # A checkpoint runs inside the COMMIT that crosses this many WAL pages, fsyncs included:
-        # 4x SQLite's default halves how often the loop waits for one (+8% stores/s at 64 tasks).
-        db.execute("PRAGMA wal_autocheckpoint=4000")
-        db.executescript(_SCHEMA)
-        db.executescript(_DEFERRED_SCHEMA)
-        db.executescript(_LINK_SCHEMA)
-        if "subdirs" not in {column[1] for column in db.execute("PRAGMA table_info(node)")}:
-            db.executescript(f"BEGIN IMMEDIATE; {_SUBDIR_MIGRATION} COMMIT;")
-        db.executescript(_SUBDIR_SCHEMA)
-        _add_column(db, "node", "blob_of", "TEXT")  # a store made before checkpoints
-        db.execute("CREATE INDEX IF NOT EXISTS node_blob_of ON node(blob_of) WHERE blob_of IS NOT NULL")
-        _add_column(db, "usage", "gen", "INTEGER NOT NULL DEFAULT 0")  # before fsck --repair
+        await _polled(db, _prepare)
         self._db = db
         self._group = GroupCommit(db, lambda: _try_begin(db), lock_wait=LOCK_WAIT, poll=_LOCK_POLL,
                                   error=_provider_error)
@@ -780,6 +769,52 @@ def in_memory(settings: Settings, signer: RecordSigner) -> SQLiteMetaStore:
 def _next_rev(node: Node) -> Node:
     """``node`` as its conditional write stores it: at the revision after the one it was read at."""
     return node.model_copy(update={"rev": node.rev + 1})
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    """The connection's settings and the schema, made or brought up to date (idempotent)."""
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    # A checkpoint runs inside the COMMIT that crosses this many WAL pages, fsyncs included:
+    # 4x SQLite's default halves how often the loop waits for one (+8% stores/s at 64 tasks).
+    db.execute("PRAGMA wal_autocheckpoint=4000")
+    db.executescript(_SCHEMA)
+    db.executescript(_DEFERRED_SCHEMA)
+    db.executescript(_LINK_SCHEMA)
+    if "subdirs" not in {column[1] for column in db.execute("PRAGMA table_info(node)")}:
+        db.executescript(f"BEGIN IMMEDIATE; {_SUBDIR_MIGRATION} COMMIT;")
+    db.executescript(_SUBDIR_SCHEMA)
+    _add_column(db, "node", "blob_of", "TEXT")  # a store made before checkpoints
+    db.execute("CREATE INDEX IF NOT EXISTS node_blob_of ON node(blob_of) WHERE blob_of IS NOT NULL")
+    _add_column(db, "usage", "gen", "INTEGER NOT NULL DEFAULT 0")  # before fsck --repair
+
+
+async def _polled(db: sqlite3.Connection, step: Callable[[sqlite3.Connection], None]) -> None:
+    """Run ``step`` (idempotent) until no other connection's write lock is in its way, waiting with
+    async pauses, never in SQLite's busy handler.
+
+    A batch of :class:`GroupCommit` holds the write lock across one scheduler
+    pass: a second store on the same file in this thread, waiting for that
+    lock inside SQLite, would stop the very loop that is to release it.
+    """
+    deadline, pause = 0.0, _LOCK_POLL[0]
+    db.execute("PRAGMA busy_timeout=0")
+    while True:
+        try:
+            step(db)
+            break
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                raise
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            now = time.monotonic()
+            deadline = deadline or now + LOCK_WAIT
+            if now > deadline:
+                raise ProviderError(f"metadata store: another process held the write lock for {LOCK_WAIT:.0f} s") from exc
+            await anyio.sleep(pause)
+            pause = min(pause * 2, _LOCK_POLL[1])
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _try_begin(db: sqlite3.Connection) -> bool:
