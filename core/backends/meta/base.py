@@ -362,6 +362,12 @@ class MetaStore(Protocol):
         """Every queued key, due or not (audits and tests: what the bucket may hold beyond the records)."""
         ...
 
+    def read_token(self) -> object | None:
+        """A value that differs whenever a change may have been committed since it was taken (by
+        this process or any other), for callers that keep what they read; None: no such value,
+        keep nothing. Cheap: no round trip."""
+        ...
+
     async def sync(self) -> None:
         """Make every change committed so far durable (SQLite: one shared fsync of its WAL).
 

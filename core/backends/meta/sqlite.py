@@ -233,6 +233,12 @@ class SQLiteMetaStore:
             raise StoreClosedError("the metadata store is closed")
         return self._group.member()
 
+    def read_token(self) -> tuple[int, int]:
+        """SQLite's ``data_version`` (it moves when another connection commits) and this connection's
+        own count of changes (every savepoint released, every commit or rollback)."""
+        assert self._group is not None
+        return self.db.execute("PRAGMA data_version").fetchone()[0], self._group.changes
+
     async def sync(self) -> None:
         """Make every commit so far durable against a power loss (``synchronous=NORMAL`` leaves that
         to a checkpoint): one ``fdatasync`` of the WAL, shared by concurrent callers."""

@@ -60,6 +60,7 @@ class GroupCommit:
                  poll: tuple[float, float], error: Callable[[sqlite3.Error], ProviderError]) -> None:
         self._db, self._begin, self._lock_wait, self._poll, self._error = db, begin, lock_wait, poll, error
         self._batch: _Batch | None = None
+        self.changes = 0  # moves with every change this connection makes visible or takes back
 
     def member(self) -> Member:
         return Member(self)
@@ -95,6 +96,7 @@ class GroupCommit:
 
     def leave(self, batch: _Batch, failed: bool) -> None:
         """Close this member's savepoint: kept on success, undone (alone) on failure."""
+        self.changes += 1
         try:
             if failed:
                 self._db.execute(f"ROLLBACK TO {_MEMBER}")
@@ -109,6 +111,7 @@ class GroupCommit:
         """The batch cannot commit: every member gets the error, and later writers a new batch."""
         if batch.error is None:
             batch.error = exc
+        self.changes += 1
         if self._batch is batch:
             self._batch = None
             self._roll_back()
@@ -119,6 +122,7 @@ class GroupCommit:
             await anyio.lowlevel.checkpoint()
         if self._batch is batch:
             self._batch = None
+            self.changes += 1
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
