@@ -213,17 +213,44 @@ async def test_a_second_store_opens_while_a_batch_holds_the_lock(tmp_path: Path)
     """A batch holds the write lock across one scheduler pass: a second connection in the same thread
     must wait for it with async pauses, not in SQLite's busy handler, which would stop the loop that
     is to release it (found as "database is locked" after 10 s in tests/test_namespaces.py)."""
-    first = SQLiteMetaStore(tmp_path / "meta.sqlite3", SIGNER)
-    await first.open()
-    second = SQLiteMetaStore(tmp_path / "meta.sqlite3", SIGNER)
+    for attempt in range(8):  # trio may run the two tasks in either order: some attempts open mid-batch
+        path = tmp_path / f"meta-{attempt}.sqlite3"
+        first = SQLiteMetaStore(path, SIGNER)
+        await first.open()
+        second = SQLiteMetaStore(path, SIGNER)
 
-    async def write() -> None:
-        async with first._tx() as db:
-            db.execute("INSERT INTO usage (key, bytes, files) VALUES ('a', 1, 1)")
+        async def write() -> None:
+            async with first._tx() as db:
+                db.execute("INSERT INTO usage (key, bytes, files) VALUES ('a', 1, 1)")
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(write)  # runs first: its batch is open when the second store opens
-        nursery.start_soon(second.open)
-    assert second.db.execute("SELECT key FROM usage").fetchall() == [("a",)]
-    await second.close()
-    await first.close()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            nursery.start_soon(second.open)
+        assert second.db.execute("SELECT key FROM usage").fetchall() == [("a",)]
+        await second.close()
+        await first.close()
+
+
+async def test_closing_the_store_under_an_open_batch_fails_its_members_without_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meta = SQLiteMetaStore(tmp_path / "meta.sqlite3", SIGNER)
+    await meta.open()
+    outcomes: list[str] = []
+
+    async def close_instead_of_yielding() -> None:  # the leader's one scheduler pass, where another task closes
+        await meta.close()
+
+    monkeypatch.setattr(sqlite_group.anyio.lowlevel, "checkpoint", close_instead_of_yielding)
+
+    async def writer(key: str) -> None:
+        try:
+            async with meta._tx() as db:
+                db.execute("INSERT INTO usage (key, bytes, files) VALUES (?, 1, 1)", (key,))
+            outcomes.append("ok")
+        except ProviderError:
+            outcomes.append("failed")
+
+    with trio.fail_after(60):  # a generous bound: a member left waiting would hang here
+        await writer("a")
+    assert outcomes == ["failed"]

@@ -118,25 +118,27 @@ class GroupCommit:
 
     async def finish(self, batch: _Batch) -> None:
         """The leader's end: let the runnable writers join, then commit for all of them."""
-        with anyio.CancelScope(shield=True):  # the others' changes ride on this commit
-            await anyio.lowlevel.checkpoint()
-        if self._batch is batch:
-            self._batch = None
-            self.changes += 1
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                batch.error = exc
-                self._roll_back()
-        batch.done.set()
+        try:
+            with anyio.CancelScope(shield=True):  # the others' changes ride on this commit
+                await anyio.lowlevel.checkpoint()
+            if self._batch is batch:
+                self._batch = None
+                self.changes += 1
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:  # the store closed meanwhile is a ProgrammingError, one of these
+                    batch.error = exc
+                    self._roll_back()
+        finally:
+            batch.done.set()  # whatever happened, no member waits for ever
 
     def _roll_back(self) -> None:
         # SQLite may have rolled back on its own: a ROLLBACK then fails with "no transaction is active".
-        if self._db.in_transaction:
-            try:
+        try:
+            if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            except sqlite3.Error as err:
-                log.warning("metadata store: rollback failed: %s", err)
+        except sqlite3.Error as err:
+            log.warning("metadata store: rollback failed: %s", err)
 
 
 class Member:
