@@ -41,11 +41,26 @@ _MEMBER = "member"  # the savepoint name: members run one at a time, so one name
 class _Batch:
     """One open transaction and the writers in it."""
 
-    __slots__ = ("done", "error")
+    __slots__ = ("done", "finished", "error")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self.done: anyio.Event | None = None  # made when a member joins: a lone leader needs none
+        self.finished = False
         self.error: BaseException | None = None
+
+    async def wait(self) -> None:
+        """Until the leader has committed (or failed) this batch."""
+        if self.finished:
+            return
+        if self.done is None:
+            self.done = anyio.Event()
+        with anyio.CancelScope(shield=True):  # one scheduler pass: the leader commits next
+            await self.done.wait()
+
+    def end(self) -> None:
+        self.finished = True
+        if self.done is not None:
+            self.done.set()
 
 
 class GroupCommit:
@@ -119,6 +134,8 @@ class GroupCommit:
     async def finish(self, batch: _Batch) -> None:
         """The leader's end: let the runnable writers join, then commit for all of them."""
         try:
+            # Always one pass: no loop says which tasks are about to run (trio's count leaves out
+            # the rest of the batch it is running, where 64 writers woken together are).
             with anyio.CancelScope(shield=True):  # the others' changes ride on this commit
                 await anyio.lowlevel.checkpoint()
             if self._batch is batch:
@@ -130,7 +147,7 @@ class GroupCommit:
                     batch.error = exc
                     self._roll_back()
         finally:
-            batch.done.set()  # whatever happened, no member waits for ever
+            batch.end()  # whatever happened, no member waits for ever
 
     def _roll_back(self) -> None:
         # SQLite may have rolled back on its own: a ROLLBACK then fails with "no transaction is active".
@@ -163,9 +180,8 @@ class Member:
         group.leave(batch, failed=exc_type is not None)
         if self._leader:
             await group.finish(batch)
-        elif not batch.done.is_set():
-            with anyio.CancelScope(shield=True):  # one scheduler pass: the leader commits next
-                await batch.done.wait()
+        else:
+            await batch.wait()
         if exc_type is not None:
             if isinstance(exc, sqlite3.Error):
                 raise group._error(exc) from exc
