@@ -81,7 +81,7 @@ class GroupCommit:
         return Member(self)
 
     async def join(self) -> tuple[_Batch, bool]:
-        """The open batch, or a new one this caller leads; a savepoint is open in it either way."""
+        """The open batch (a savepoint opened in it), or a new one this caller leads."""
         deadline, pause = 0.0, self._poll[0]
         while True:
             batch = self._batch
@@ -100,18 +100,27 @@ class GroupCommit:
                 raise ProviderError(f"metadata store: another process held the write lock for {self._lock_wait:.0f} s")
             await anyio.sleep(pause)
             pause = min(pause * 2, self._poll[1])
+        if leader:
+            return batch, leader  # alone in the transaction until its body is done: no savepoint
         try:
             self._db.execute(f"SAVEPOINT {_MEMBER}")
         except sqlite3.Error as exc:
             self._broken(batch, exc)
-            if leader:
-                await self.finish(batch)
             raise self._error(exc) from exc
         return batch, leader
 
-    def leave(self, batch: _Batch, failed: bool) -> None:
-        """Close this member's savepoint: kept on success, undone (alone) on failure."""
+    def leave(self, batch: _Batch, failed: bool, leader: bool) -> None:
+        """Close this writer's part: kept on success, undone (alone) on failure.
+
+        The leader's body ran before anyone else could join (no await between
+        BEGIN and here), so its failure rolls back the whole transaction.
+        """
         self.changes += 1
+        if leader:
+            if failed and self._batch is batch:
+                self._batch = None
+                self._roll_back()
+            return
         try:
             if failed:
                 self._db.execute(f"ROLLBACK TO {_MEMBER}")
@@ -136,8 +145,7 @@ class GroupCommit:
         try:
             # Always one pass: no loop says which tasks are about to run (trio's count leaves out
             # the rest of the batch it is running, where 64 writers woken together are).
-            with anyio.CancelScope(shield=True):  # the others' changes ride on this commit
-                await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.cancel_shielded_checkpoint()  # uncancellable: the others' changes ride on this commit
             if self._batch is batch:
                 self._batch = None
                 self.changes += 1
@@ -177,7 +185,7 @@ class Member:
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         group, batch = self._group, self._batch
-        group.leave(batch, failed=exc_type is not None)
+        group.leave(batch, failed=exc_type is not None, leader=self._leader)
         if self._leader:
             await group.finish(batch)
         else:
