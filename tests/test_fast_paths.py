@@ -131,3 +131,38 @@ async def test_a_streamed_blob_is_whole_and_an_aborted_one_leaves_nothing(tmp_pa
     assert list(blobs.staging_dir.iterdir()) == []
     assert [k async for k in blobs.keys()] == ["grid/s/whole"]
     await blobs.close()
+
+
+async def test_a_filename_reads_a_scope_root_once_and_stays_right(store: ArtifactStore) -> None:
+    """A directory seen not to be an entry (the scope root) is not read again for a filename."""
+    session = await store.create_session()
+    flat = await store.store(b"x", filename="flat.txt", session_id=session)
+    deep = await store.store(b"y", filename="a/b/deep.txt", session_id=session)
+    ns = store.ns
+    asked: list[set[int]] = []
+    lineage = ns.meta.lineage
+
+    async def counted(inos):  # type: ignore[no-untyped-def]
+        asked.append(set(inos))
+        return await lineage(inos)
+
+    async def filename(artifact_id: str) -> str:
+        return await ns.filename_of(await ns.artifact_node(artifact_id))
+
+    ns.meta.lineage = counted  # type: ignore[method-assign]
+    try:
+        assert await filename(flat) == "flat.txt"
+        assert await filename(flat) == "flat.txt"
+        assert len(asked) == 1  # the first call learnt that the file's directory is the scope root
+        for _ in range(2):  # a directory that is an entry is read every time: a rename must show at once
+            assert await filename(deep) == "a/b/deep.txt"
+        assert len(asked) == 3
+        await store.move_file(deep, new_filename="c/deeper.txt")
+        assert await filename(deep) == "c/deeper.txt"
+        await store.move_file(deep, new_filename="top.txt")
+        assert await filename(deep) == "top.txt"
+        assert (await store.metadata(deep)).filename == "top.txt"
+        listed = {m.filename for m in await store.list_by_session(session)}
+        assert listed == {"flat.txt", "top.txt"}
+    finally:
+        del ns.meta.lineage

@@ -16,6 +16,11 @@ PERSISTENT = [b for b in BACKENDS if b != "memory"]
 
 @pytest.fixture(params=PERSISTENT)
 def backend(request: pytest.FixtureRequest) -> str:
+    # This overrides conftest's fixture, so it must start the servers as that one does
+    # (without, the redis-s3 case fails unless another test happened to start them first).
+    if request.param == "redis-s3":
+        request.getfixturevalue("redis_server")
+        request.getfixturevalue("moto_server")
     return request.param
 
 

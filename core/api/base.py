@@ -21,6 +21,7 @@ import anyio
 
 from core.api import rules
 from core.api.access import Principal, check_read, check_session_join, check_write
+from core.api.described import DescribedCache
 from core.api.rules import DEFAULT, TTLArg
 from core.backends.blobs.base import BlobStore
 from core.backends.meta.base import MetaStore
@@ -87,6 +88,7 @@ class StoreBase:
         self.admin = admin
         self._state: Literal["new", "open", "closed"] = "new"
         self._opening: anyio.Lock | None = None
+        self._answers = DescribedCache()  # metadata() answers, while the store is unchanged
 
     async def __aenter__(self) -> Self:
         await self._ready()

@@ -9,8 +9,9 @@ from typing import Any, NamedTuple
 import anyio
 
 from core.api import rules
-from core.api.access import check_batch_user, check_write
+from core.api.access import check_batch_user, check_read, check_write
 from core.api.base import StoreBase
+from core.api.described import handed_out
 from core.api.rules import DEFAULT, TTLArg
 from core.errors import (
     AccessDeniedError,
@@ -41,7 +42,18 @@ class FilesApi(StoreBase):
     # -- reading
 
     async def metadata(self, artifact_id: str, *, session_id: str | None = None, user_id: str | None = None) -> ArtifactMetadata:
-        return await self._describe(await self._node(artifact_id, session_id, user_id))
+        ns = await self._ready()
+        token = ns.meta.read_token()  # taken before the reads: a change during them makes the answer stale
+        hit = self._answers.get(artifact_id, token) if token is not None else None
+        if hit is not None and not hit.node.expired(ns.now()):
+            assert hit.node.space is not None
+            check_read(self._principal(session_id, user_id), hit.node.space, f"artifact {artifact_id}")
+            return handed_out(hit.answer)
+        node = await self._node(artifact_id, session_id, user_id)
+        answer = await self._describe(node)
+        if token is not None:
+            self._answers.put(artifact_id, token, node, answer)
+        return handed_out(answer)
 
     async def exists(self, artifact_id: str, *, session_id: str | None = None, user_id: str | None = None) -> bool:
         try:
@@ -140,6 +152,7 @@ class FilesApi(StoreBase):
             with anyio.CancelScope(shield=True):
                 await ns.discard_blob(key)
             raise
+        await ns.sync_meta()  # durable when store() returns: the record too, not only the blob
         assert node.artifact is not None
         return node.artifact.artifact_id
 
@@ -291,6 +304,8 @@ class FilesApi(StoreBase):
             await self.ns.update_node(node, fields)
         if filename is not None:
             await self._rename(node, filename)
+        if data is not None:
+            await self.ns.sync_meta()  # a new version is durable on return, as a store is
         return True
 
     def _apply_fields(self, node: Node, *, summary: Any, mime: Any, meta: Any, merge: bool) -> None:

@@ -166,8 +166,14 @@ class Content(TreeBase):
         return key
 
     async def sync_blobs(self) -> None:
-        """Make every blob published with ``durable=False`` durable."""
+        """Make every blob published with ``durable=False`` durable, and every metadata commit so far
+        (the mount's fsync and periodic sync: a record is durable only once its commit is synced)."""
         await self.blobs.sync()
+        await self.meta.sync()
+
+    async def sync_meta(self) -> None:
+        """Make every metadata commit so far durable: what ``store()`` has written when it returns."""
+        await self.meta.sync()
 
     def set_content(self, node: Node, key: str | None, size: int, sha256: str) -> Node:
         """Point ``node`` at a new version (in memory; :meth:`commit` stores it)."""

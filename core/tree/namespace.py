@@ -56,6 +56,7 @@ from core.tree import grid
 from core.tree.base import EMPTY_SHA256, MAX_RACES, NS, Change, adopt, refuse_frozen
 from core.tree.checkpoints import Checkpoints
 from core.tree.content import Content
+from core.tree.non_entries import NonEntries
 from core.tree.quotas import Quotas
 
 
@@ -100,6 +101,7 @@ class Namespace(Content, Quotas):
     def __init__(self, meta: MetaStore, blobs: BlobStore, clock: Clock, limits: Limits) -> None:
         super().__init__(meta, blobs, clock, limits)
         self._fixed_inos: dict[str, _FixedInos] = {}
+        self._non_entries = NonEntries()  # directories a filename need not read (scope roots, ...)
         self.checkpoints = Checkpoints(self)
 
     # -- the backends behind this door: nothing else calls them
@@ -232,7 +234,9 @@ class Namespace(Content, Quotas):
         name in every path below it. The records come in one read for all
         the nodes (issue #9: a search of 20 files once made 81 round trips).
         """
-        known = await self.meta.lineage({node.parent for node in nodes}) if nodes else {}
+        parents = {node.parent for node in nodes if node.parent not in self._non_entries}
+        known = await self.meta.lineage(parents) if parents else {}
+        self._non_entries.learn(known.values())
         return [_filename(node, known) for node in nodes]
 
     async def files_below(self, root: Node) -> list[tuple[str, Node]]:

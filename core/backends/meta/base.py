@@ -361,3 +361,18 @@ class MetaStore(Protocol):
     async def pending_deletions(self) -> list[str]:
         """Every queued key, due or not (audits and tests: what the bucket may hold beyond the records)."""
         ...
+
+    def read_token(self) -> object | None:
+        """A value that differs whenever a change may have been committed since it was taken (by
+        this process or any other), for callers that keep what they read; None: no such value,
+        keep nothing. Cheap: no round trip."""
+        ...
+
+    async def sync(self) -> None:
+        """Make every change committed so far durable (SQLite: one shared fsync of its WAL).
+
+        A committed change is visible at once; callers that promise
+        durability (``store()``, the mount's ``fsync``) call this after it.
+        A backend whose commits are durable when acknowledged does nothing.
+        """
+        ...

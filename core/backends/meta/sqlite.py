@@ -4,9 +4,14 @@ Calls run inline on the event loop: a WAL commit with ``synchronous=NORMAL``
 takes tens of microseconds, far less than a hop to a worker thread would.
 The one thing that could stall the loop is another process's write lock (a
 library process writing to the same data dir): a transaction never waits for
-it inside SQLite, but polls for it with an async sleep (:class:`_Transaction`),
+it inside SQLite, but polls for it with an async sleep (:class:`GroupCommit`),
 so a mount answers every other request meanwhile. Readers never wait for a
 writer in WAL mode.
+
+Writers that overlap share one transaction, each in a savepoint of its own,
+and one COMMIT (:mod:`sqlite_group`). A commit is durable against a power
+loss only after :meth:`SQLiteMetaStore.sync` (one shared ``fdatasync`` of
+the WAL in a worker thread): the callers that promise durability call it.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import anyio
 
 from core.backends.meta import checks
 from core.backends.meta.base import ChildrenPage, Cover, Deferred, Settle, decode_record
+from core.backends.meta.sqlite_group import GroupCommit, Member, WalSync
 from core.errors import (
     AlreadyExistsError,
     ArtifactCorruptedError,
@@ -35,7 +41,6 @@ from core.errors import (
     StoreClosedError,
     StoreFullError,
 )
-from core.infra import metrics
 from core.infra.private import FILE_MODE, private_dir, private_file
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
@@ -177,6 +182,8 @@ class SQLiteMetaStore:
         self._db: sqlite3.Connection | None = None
         self._ino_next = self._ino_end = 0  # the reserved block of inode numbers: [next, end)
         self._watermark = checks.RevisionWatermark()
+        self._group: GroupCommit | None = None
+        self._wal_sync = WalSync(self._path)
 
     # -- lifecycle
 
@@ -184,22 +191,10 @@ class SQLiteMetaStore:
         if self._path != ":memory:":
             self._make_private()
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=10)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        # A checkpoint runs inside the COMMIT that crosses this many WAL pages, fsyncs included:
-        # 4x SQLite's default halves how often the loop waits for one (+8% stores/s at 64 tasks).
-        db.execute("PRAGMA wal_autocheckpoint=4000")
-        db.executescript(_SCHEMA)
-        db.executescript(_DEFERRED_SCHEMA)
-        db.executescript(_LINK_SCHEMA)
-        if "subdirs" not in {column[1] for column in db.execute("PRAGMA table_info(node)")}:
-            db.executescript(f"BEGIN IMMEDIATE; {_SUBDIR_MIGRATION} COMMIT;")
-        db.executescript(_SUBDIR_SCHEMA)
-        _add_column(db, "node", "blob_of", "TEXT")  # a store made before checkpoints
-        db.execute("CREATE INDEX IF NOT EXISTS node_blob_of ON node(blob_of) WHERE blob_of IS NOT NULL")
-        _add_column(db, "usage", "gen", "INTEGER NOT NULL DEFAULT 0")  # before fsck --repair
+        await _polled(db, _prepare)
         self._db = db
+        self._group = GroupCommit(db, lambda: _try_begin(db), lock_wait=LOCK_WAIT, poll=_LOCK_POLL,
+                                  error=_provider_error)
         if await self.get(ROOT_INO) is None:
             root = new_node(parent=0, name="", kind=NodeKind.DIR, mode=0o755, role=NodeRole.ROOT, now_ns=0)
             root.ino = ROOT_INO
@@ -224,6 +219,7 @@ class SQLiteMetaStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+            self._group = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -231,8 +227,24 @@ class SQLiteMetaStore:
             raise StoreClosedError("the metadata store is closed")
         return self._db
 
-    def _tx(self) -> _Transaction:
-        return _Transaction(self.db)
+    def _tx(self) -> Member:
+        """A write transaction: the body runs without an await, and may share its COMMIT (GroupCommit)."""
+        if self._group is None:
+            raise StoreClosedError("the metadata store is closed")
+        return self._group.member()
+
+    def read_token(self) -> tuple[int, int]:
+        """SQLite's ``data_version`` (it moves when another connection commits) and this connection's
+        own count of changes (every savepoint released, every commit or rollback)."""
+        assert self._group is not None
+        return self.db.execute("PRAGMA data_version").fetchone()[0], self._group.changes
+
+    async def sync(self) -> None:
+        """Make every commit so far durable against a power loss (``synchronous=NORMAL`` leaves that
+        to a checkpoint): one ``fdatasync`` of the WAL, shared by concurrent callers."""
+        if self._db is None:
+            raise StoreClosedError("the metadata store is closed")
+        await self._wal_sync.sync()
 
     # -- records
 
@@ -765,69 +777,69 @@ def _next_rev(node: Node) -> Node:
     return node.model_copy(update={"rev": node.rev + 1})
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any error.
+def _prepare(db: sqlite3.Connection) -> None:
+    """The connection's settings and the schema, made or brought up to date (idempotent)."""
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    # A checkpoint runs inside the COMMIT that crosses this many WAL pages, fsyncs included:
+    # 4x SQLite's default halves how often the loop waits for one (+8% stores/s at 64 tasks).
+    db.execute("PRAGMA wal_autocheckpoint=4000")
+    db.executescript(_SCHEMA)
+    db.executescript(_DEFERRED_SCHEMA)
+    db.executescript(_LINK_SCHEMA)
+    if "subdirs" not in {column[1] for column in db.execute("PRAGMA table_info(node)")}:
+        db.executescript(f"BEGIN IMMEDIATE; {_SUBDIR_MIGRATION} COMMIT;")
+    db.executescript(_SUBDIR_SCHEMA)
+    _add_column(db, "node", "blob_of", "TEXT")  # a store made before checkpoints
+    db.execute("CREATE INDEX IF NOT EXISTS node_blob_of ON node(blob_of) WHERE blob_of IS NOT NULL")
+    _add_column(db, "usage", "gen", "INTEGER NOT NULL DEFAULT 0")  # before fsck --repair
 
-    The write lock is taken without SQLite's busy handler, which would sleep in
-    C with the event loop stopped: while another process holds the lock, the
-    next try comes after an async pause, for :data:`LOCK_WAIT` seconds at most.
-    The body runs without an await, so no other task of this connection can
-    come between its statements.
+
+async def _polled(db: sqlite3.Connection, step: Callable[[sqlite3.Connection], None]) -> None:
+    """Run ``step`` (idempotent) until no other connection's write lock is in its way, waiting with
+    async pauses, never in SQLite's busy handler.
+
+    A batch of :class:`GroupCommit` holds the write lock across one scheduler
+    pass: a second store on the same file in this thread, waiting for that
+    lock inside SQLite, would stop the very loop that is to release it.
     """
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    async def __aenter__(self) -> sqlite3.Connection:
-        deadline, pause = 0.0, _LOCK_POLL[0]
-        while not self._begin():
+    deadline, pause = 0.0, _LOCK_POLL[0]
+    db.execute("PRAGMA busy_timeout=0")
+    while True:
+        try:
+            step(db)
+            break
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                raise
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             now = time.monotonic()
-            if not deadline:
-                deadline = now + LOCK_WAIT
-                metrics.METADATA_LOCK_WAITS.inc()
-            elif now > deadline:
-                raise ProviderError(f"metadata store: another process held the write lock for {LOCK_WAIT:.0f} s")
+            deadline = deadline or now + LOCK_WAIT
+            if now > deadline:
+                raise ProviderError(f"metadata store: another process held the write lock for {LOCK_WAIT:.0f} s") from exc
             await anyio.sleep(pause)
             pause = min(pause * 2, _LOCK_POLL[1])
-        return self._db
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
-    def _begin(self) -> bool:
-        """Take the write lock if it is free; False if another process holds it."""
-        self._db.execute("PRAGMA busy_timeout=0")
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-                return False
-            raise _provider_error(exc) from exc
-        finally:
-            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        return True
 
-    async def __aexit__(self, exc_type, exc, tb) -> bool:
-        return self._end(exc_type, exc)
+def _try_begin(db: sqlite3.Connection) -> bool:
+    """``BEGIN IMMEDIATE`` if the write lock is free; False if another process holds it.
 
-    def _end(self, exc_type, exc) -> bool:
-        if exc_type is None:
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error as err:
-                self._roll_back()
-                raise _provider_error(err) from err
+    The lock is taken without SQLite's busy handler, which would sleep in C
+    with the event loop stopped: :class:`GroupCommit` polls this with async
+    pauses instead, for :data:`LOCK_WAIT` seconds at most.
+    """
+    db.execute("PRAGMA busy_timeout=0")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
             return False
-        self._roll_back()
-        if isinstance(exc, sqlite3.Error):
-            raise _provider_error(exc) from exc
-        return False
-
-    def _roll_back(self) -> None:
-        # SQLite may have rolled back on its own (a full disk does that): a ROLLBACK then fails
-        # with "no transaction is active", and must not hide the error that caused it.
-        if self._db.in_transaction:
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error as err:
-                log.warning("metadata store: rollback failed: %s", err)
+        raise _provider_error(exc) from exc
+    finally:
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return True
 
 
 def _provider_error(exc: sqlite3.Error) -> ProviderError:

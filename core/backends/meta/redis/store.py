@@ -660,6 +660,13 @@ class RedisMetaStore:
         keys = await self._call("pending deletions", lambda client, _s: client.zrange(self.key("gc"), 0, -1))
         return sorted(k.decode() for k in keys)
 
+    def read_token(self) -> None:
+        """None: another host's change shows only through a round trip, so nothing read is kept."""
+        return None
+
+    async def sync(self) -> None:
+        """Nothing to do: what Redis acknowledged is as durable as its own persistence makes it."""
+
 
 # The deletion queue's changes alone (ARGV as SETTLE reads them from 1).
 _QUEUE = SETTLE + "settle(KEYS[1], 1)\nreturn 0\n"
