@@ -276,7 +276,11 @@ class Operations(pyfuse3.Operations):
         return self._attr(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        pass  # nodes live in the store, not in this process: nothing to free
+        # Nodes live in the store, not in this process; only the record of what the kernel holds shrinks.
+        handed = self.attrs.handed
+        if handed is not None:
+            for inode, _ in inode_list:
+                handed.forget(self.inodes.node(inode))
 
     @fuse_call
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
