@@ -49,6 +49,7 @@ from core.backends.meta.changes import Change, ChangeFeed, ChangeOp
 from core.nodes import ROOT_INO
 from fusefs.attrs import Inodes
 from fusefs.handed import Handed
+from fusefs.listings import Listings
 
 log = logging.getLogger("artifactfs.mount")
 
@@ -157,8 +158,10 @@ class ChangeFollower:
 
     def __init__(
         self, feed: ChangeFeed, inodes: Inodes, handed: Handed, changed: Callable[[int], None] | None = None,
+        listings: Listings | None = None,
     ) -> None:
         self._feed = feed
+        self._listings = listings  # pages read ahead for lookups: dropped at every notice, own ones too
         self._handed = handed  # what the kernel was told it may keep for long: taken back when in doubt
         self._kernel = KernelInvalidator(inodes)
         self._changed = changed  # told of every inode changed elsewhere (cached owners and such)
@@ -231,11 +234,15 @@ class ChangeFollower:
 
     def _take_back(self) -> None:
         """Drop from the kernel everything it was allowed to keep for long."""
+        if self._listings is not None:
+            self._listings.drop()
         entries, inodes = self._handed.take_all()
         if entries or inodes:
             self._kernel.submit(Change(ChangeOp.RESYNC, tuple(entries), tuple(inodes)))
 
     def _take(self, change: Change) -> None:
+        if self._listings is not None:
+            self._listings.drop()
         if change.op is ChangeOp.RESYNC:
             log.info("change notices may have been lost; dropping what the kernel cached")
             self._resync()

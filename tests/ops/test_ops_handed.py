@@ -18,6 +18,7 @@ from core.nodes import NodeKind, NodeRole, new_node
 from fusefs.attrs import Inodes
 from fusefs.handed import Handed
 from fusefs.invalidation import ChangeFollower
+from fusefs.listings import Listings
 
 LONG, SHORT = 600.0, 1.0
 ROOT = 1
@@ -105,7 +106,7 @@ async def _follow(monkeypatch: pytest.MonkeyPatch, body) -> None:  # noqa: ANN00
     kernel = Kernel(monkeypatch)
     feed = FakeFeed()
     handed = Handed(ROOT, LONG, SHORT)
-    follower = ChangeFollower(feed, Inodes(ROOT), handed)  # type: ignore[arg-type]
+    follower = ChangeFollower(feed, Inodes(ROOT), handed, listings=Listings())  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(follower.run)
         await body(kernel, feed, handed, follower)
@@ -118,9 +119,16 @@ async def test_a_resync_takes_back_everything_handed_out_and_settles_short(monke
     async def body(kernel: Kernel, feed: FakeFeed, handed: Handed, follower: ChangeFollower) -> None:
         for i in range(50):
             handed.hand(_file(100 + i, 7, f"n{i}"))
+        listings = follower._listings
+        assert listings is not None
+        epoch = listings.epoch
         await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"n0"),), (100,), origin="other")])
         await _until(lambda: (7, b"n0") in kernel.entries, "the notice's invalidation")
         assert len(kernel.entries) == 1  # a notice drops what it names, nothing else
+        assert listings.epoch > epoch  # and every page read ahead for lookups
+        epoch = listings.epoch
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"n1"),), (101,), origin="me")])  # our own
+        await _until(lambda: listings.epoch > epoch, "our own notice drops the pages too")
         await feed.send.send([RESYNC])
         await _until(lambda: len(kernel.entries) == 50 and len(kernel.inodes) == 50, "everything taken back")
         assert follower.resyncs == 1
