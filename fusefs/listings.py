@@ -54,9 +54,11 @@ class Listings:
         self.hits = self.reads = 0
 
     def drop(self) -> None:
-        """Something changed (or may have): no window read before now may answer."""
+        """Something changed (or may have): no window read before now may answer, and a walk
+        starts afresh (lookups between changes, as a create's, are no walk worth a page)."""
         self.epoch += 1
         self._windows.clear()
+        self._walks.clear()
 
     def find(self, parent_ino: int, name: str) -> Window | None:
         """The window that knows whether ``name`` is in ``parent_ino``, if one does."""
@@ -68,7 +70,7 @@ class Listings:
         return window
 
     def walking(self, parent_ino: int, name: str) -> bool:
-        """Whether a lookup of ``name`` that missed carries on a walk in name order (worth a page)."""
+        """Whether a lookup of ``name`` (an entry) that missed carries on a walk in name order (worth a page)."""
         previous = self._walks.get(parent_ino)
         self._walks[parent_ino] = name
         self._walks.move_to_end(parent_ino)

@@ -287,7 +287,7 @@ class Operations(pyfuse3.Operations):
             return window.parent, node if self.ns.visible(node) else None
         epoch = listings.epoch
         parent, node = await self.ns.entry(parent_ino, name)
-        if parent.is_dir and listings.walking(parent_ino, name):
+        if node is not None and parent.is_dir and listings.walking(parent_ino, name):
             page = await self.ns.list_page(parent, name, PAGE_NAMES)
             listings.keep(epoch, parent, name, node, page.nodes, page.last, page.more)
         return parent, node
