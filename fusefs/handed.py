@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 from core.nodes import Node
 
-HANDED_LIMIT = 65_536  # inodes recorded at most (some 150 bytes each)
+HANDED_LIMIT = 32_768  # inodes recorded at most (some 200 bytes each: ~6 MiB)
 
 
 class Handed:

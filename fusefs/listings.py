@@ -17,7 +17,7 @@ A window is only as good as the moment it was read. It is dropped:
   is about): then every lookup asks the store.
 
 A page whose read overlapped any of those (the epoch moved meanwhile) is not
-kept. Bounded: :data:`MAX_WINDOWS` directories, one window each.
+kept. Bounded: :data:`MAX_WINDOWS` directories, one window of :data:`PAGE_NAMES` names each.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from core.nodes import Node
 
-MAX_WINDOWS = 64  # directories with a window at a time (least recently used goes)
+MAX_WINDOWS = 8  # directories with a window at a time (least recently used goes): ~1,000 records at most
 PAGE_NAMES = 128  # names one read ahead covers
 
 
