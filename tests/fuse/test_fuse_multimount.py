@@ -6,15 +6,16 @@ waits, bounded, for B to show the change. The deadline is one second from
 the moment A's call returned: a correctness deadline of the design (DESIGN
 §3 and fusefs/invalidation.py), not a speed figure.
 
-Three configurations of the same two mounts show which mechanism does what:
+Four configurations of the same two mounts show which mechanism does what:
 
-- ``default``: change notices plus a kernel cache of at most one second.
-- ``notices``: B caches for a minute, so only the notices can make it see
-  a change in time: this is the test that the notices work at all.
-- ``no-notices``: A announces nothing and B caches for a minute. Nothing
-  tells B, yet close-to-open still holds: the next ``open`` in B asks the
-  store, drops stale pages, and a name another mount replaced or removed
-  is looked up again (ESTALE), at once.
+- ``default``: B's kernel caches for ten minutes, so only the notices can
+  make it see a change in time: this is the test that the notices work.
+- ``notices``: the same with ``--cache-timeout 60`` given.
+- ``no-notices``: A announces nothing and B caches for a minute (until it
+  sees A's count of unannounced changes). Even before, close-to-open
+  holds: the next ``open`` in B asks the store, drops stale pages, and a
+  name another mount replaced or removed is looked up again (ESTALE), at
+  once.
 - ``quiet-writer``: A announces nothing, B as by default (ten minutes, on
   notice). A's changes are counted in ``<prefix>:quiet``; B looks at it,
   takes back what its kernel holds and caches for one second from then on:
