@@ -17,9 +17,12 @@ A long lifetime is what makes ``ls -l`` of a large directory cheap: the
 attributes come with the listing (readdirplus) and the ``lstat`` of each
 entry that follows is answered by the kernel. Five seconds covers a listing
 of tens of thousands of entries with room to spare, while keeping the
-window for a foreign change short. An entry that expires sooner (a session
-artifact near its TTL) is cached only until it expires, so it vanishes from
-lookups on time.
+window for a foreign change short. On a store that announces its changes
+(Redis) the window is not needed: each change's notice drops what it names,
+so replies carry ten minutes, recorded so they can all be taken back
+(:mod:`fusefs.handed`). An entry that expires sooner (a session artifact
+near its TTL) is cached only until it expires, so it vanishes from lookups
+on time.
 
 Ownership shown
 ---------------
