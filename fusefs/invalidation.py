@@ -61,6 +61,9 @@ FOLLOWED_CACHE_SECONDS = 600.0
 # While notices cannot be trusted (a writer that sends none is about), or once fusefs.handed is
 # full: how late a change elsewhere may be seen through a name or stat the kernel cached.
 SHORT_CACHE_SECONDS = 1.0
+# A reply the mount computed before a change but the kernel takes in after the change's invalidation
+# would hide it for the whole cache time: each notice is acted on again this much later.
+AGAIN_SECONDS = 1.0
 RESYNC_SETTLE = 5.0  # seconds after a resync during which replies get the short time (requests then in flight)
 QUIET_POLL = 0.5  # seconds between looks at the store's count of changes made without a notice
 JOIN_TIMEOUT = 5.0  # at unmount, how long to wait for an invalidation the kernel holds up
@@ -168,6 +171,7 @@ class ChangeFollower:
         self._quiet = 0  # the store's count of changes made without a notice, as last seen
         self._settling = 0  # resyncs whose in-flight requests may still answer from before the gap
         self._nursery: trio.Nursery | None = None
+        self._again: list[Change] = []  # foreign changes to invalidate once more, AGAIN_SECONDS on
         self.own = self.foreign = self.resyncs = 0
 
     async def check_quiet(self) -> None:
@@ -192,6 +196,7 @@ class ChangeFollower:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._watch_quiet)
+            nursery.start_soon(self._invalidate_again)
             await self._follow()
 
     async def _follow(self) -> None:
@@ -213,6 +218,19 @@ class ChangeFollower:
                 await self.check_quiet()
             except Exception:  # a Redis outage: the feed's RESYNC will take everything back
                 log.debug("looking for unannounced changes failed", exc_info=True)
+
+    async def _invalidate_again(self) -> None:
+        """Each change's names and inodes are dropped twice: at its notice, and once more a second on.
+
+        The kernel guards an entry against a lookup answered across its invalidation, and
+        recent kernels attributes too (an attribute version); the second pass covers any
+        reply that still slipped in between, which the long cache time would otherwise keep.
+        """
+        while True:
+            await trio.sleep(AGAIN_SECONDS)
+            again, self._again = self._again, []
+            for change in again:
+                self._kernel.submit(change)
 
     def _resync(self) -> None:
         """Notices may have been lost: take everything back, and hand out short times for a while.
@@ -255,6 +273,7 @@ class ChangeFollower:
             for ino in change.inodes:
                 self._changed(ino)
         self._kernel.submit(change)
+        self._again.append(change)
 
     def stop(self) -> None:
         """The FUSE session is ending: no kernel call may start after this."""

@@ -56,6 +56,7 @@ class Kernel:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.entries: set[tuple[int, bytes]] = set()
         self.inodes: set[int] = set()
+        self.calls: list[tuple[int, bytes] | int] = []
         self._lock = threading.Lock()
         monkeypatch.setattr(pyfuse3, "invalidate_entry", self._entry)
         monkeypatch.setattr(pyfuse3, "invalidate_inode", self._inode)
@@ -63,10 +64,12 @@ class Kernel:
     def _entry(self, parent: int, name: bytes) -> None:
         with self._lock:
             self.entries.add((parent, name))
+            self.calls.append((parent, name))
 
     def _inode(self, ino: int, attr_only: bool) -> None:
         with self._lock:
             self.inodes.add(ino)
+            self.calls.append(ino)
 
 
 async def _until(condition, what: str) -> None:  # noqa: ANN001
@@ -150,5 +153,18 @@ async def test_a_writer_without_notices_makes_the_mount_take_back_and_cache_shor
         feed.quiet = 0  # none for the marker's lifetime: notices tell everything again
         await _until(lambda: handed.trusted, "trust again")
         assert handed.hand(_file(301, 7, "y")) == LONG
+
+    await _follow(monkeypatch, body)
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_each_notice_is_acted_on_twice_for_replies_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(kernel: Kernel, feed: FakeFeed, handed: Handed, follower: ChangeFollower) -> None:
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"n0"),), (100,), origin="other")])
+        await _until(lambda: kernel.calls.count((7, b"n0")) == 2 and kernel.calls.count(100) == 2, "both passes")
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"n1"),), (101,), origin="me")])  # our own: none
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"n2"),), (102,), origin="other")])
+        await _until(lambda: kernel.calls.count((7, b"n2")) == 2, "the next notice's second pass")
+        assert follower.own == 1 and (7, b"n1") not in kernel.calls and 101 not in kernel.calls
 
     await _follow(monkeypatch, body)
