@@ -256,7 +256,9 @@ class ChangeFollower:
             self._listings.drop()
         entries, inodes = self._handed.take_all()
         if entries or inodes:
-            self._kernel.submit(Change(ChangeOp.RESYNC, tuple(entries), tuple(inodes)))
+            taken = Change(ChangeOp.RESYNC, tuple(entries), tuple(inodes))
+            self._kernel.submit(taken)
+            self._again.append(taken)  # a reply in flight across the take-back: dropped a second on
 
     def _take(self, change: Change) -> None:
         if self._listings is not None:
