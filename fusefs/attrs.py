@@ -17,9 +17,12 @@ A long lifetime is what makes ``ls -l`` of a large directory cheap: the
 attributes come with the listing (readdirplus) and the ``lstat`` of each
 entry that follows is answered by the kernel. Five seconds covers a listing
 of tens of thousands of entries with room to spare, while keeping the
-window for a foreign change short. An entry that expires sooner (a session
-artifact near its TTL) is cached only until it expires, so it vanishes from
-lookups on time.
+window for a foreign change short. On a store that announces its changes
+(Redis) the window is not needed: each change's notice drops what it names,
+so replies carry ten minutes, recorded so they can all be taken back
+(:mod:`fusefs.handed`). An entry that expires sooner (a session artifact
+near its TTL) is cached only until it expires, so it vanishes from lookups
+on time.
 
 Ownership shown
 ---------------
@@ -40,6 +43,7 @@ import pyfuse3
 
 from core.nodes import Node, NodeRole
 from fusefs.callers import Callers
+from fusefs.handed import Handed
 
 CACHE_SECONDS = 5.0
 BLOCK_SIZE = 1 << 20  # st_blksize: tools size their buffers by it, and large FUSE requests are cheaper
@@ -66,7 +70,8 @@ class Attributes:
         self.callers = callers
         self.mount_gid = mount_gid
         self._open_dirs = callers.enforce
-        self.cache_seconds = CACHE_SECONDS  # shorter on a mount that follows other hosts (fusefs.invalidation)
+        self.cache_seconds = CACHE_SECONDS  # when nothing is handed out for long (no change feed)
+        self.handed: Handed | None = None  # on a mount that follows the change feed: long times, taken back on notice
 
     def _owner(self, node: Node) -> tuple[int, int]:
         if node.uid != 0:
@@ -106,7 +111,7 @@ class Attributes:
         attr.st_mtime_ns = node.mtime_ns if mtime_ns is None else mtime_ns
         attr.st_ctime_ns = node.ctime_ns
         attr.st_birthtime_ns = node.crtime_ns
-        timeout = self.cache_seconds
+        timeout = self.cache_seconds if self.handed is None else self.handed.hand(node)
         if node.expires_at_ns is not None:
             timeout = min(timeout, max(0.0, (node.expires_at_ns - now_ns) / _NS))
         attr.attr_timeout = attr.entry_timeout = timeout

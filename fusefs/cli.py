@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument(
         "--cache-timeout", type=_cache_seconds, default=None, metavar="SECONDS",
         help="how long the kernel may answer lookups and stats from its caches, like other FUSE filesystems' "
-             "entry/attr timeouts (default 5, or 1 on a store other hosts change: Redis); 0 caches nothing",
+             "entry/attr timeouts (default 5, or 600 on Redis, where change notices drop them); 0 caches nothing",
     )
     _metrics_argument(mount)
     mount.add_argument("--debug", action="store_true",

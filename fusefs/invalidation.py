@@ -21,12 +21,18 @@ for itself. A :class:`KernelInvalidator` thread makes the calls instead,
 coalescing what piled up while it was busy (a ``cp -r`` of 10,000 files in
 another mount is 10,000 notices, each entry invalidated once).
 
-Notices are hints: one may be lost (Redis restarted, a reconnect). So a
-mount that follows changes also trusts its kernel caches for at most
-:data:`FOLLOWED_CACHE_SECONDS` (unless ``--cache-timeout`` says otherwise);
-and ``open`` always asks the store
-(close-to-open), answering ``ESTALE`` for an inode that is gone so that the
-kernel looks the name up again.
+Notices are what lets the kernel cache for long (:data:`FOLLOWED_CACHE_SECONDS`,
+ten minutes): a change elsewhere is dropped on notice, not waited out. But
+a notice may be lost (Redis restarted, a reconnect): the feed then reports
+a RESYNC, and the follower takes back everything the mount handed out for
+long (:mod:`fusefs.handed` records it). And a writer may announce nothing
+(a store made with ``ARTIFACT_REDIS_NOTIFY=0``): its scripts count such
+changes in ``<prefix>:quiet``, which the follower looks at every
+:data:`QUIET_POLL` seconds; while it is there, the mount takes everything
+back and hands out :data:`SHORT_CACHE_SECONDS` only, as if it had no
+notices. ``open`` always asks the store (close-to-open), answering
+``ESTALE`` for an inode that is gone so that the kernel looks the name up
+again.
 """
 
 from __future__ import annotations
@@ -42,15 +48,24 @@ import trio
 from core.backends.meta.changes import Change, ChangeFeed, ChangeOp
 from core.nodes import ROOT_INO
 from fusefs.attrs import Inodes
+from fusefs.handed import Handed
+from fusefs.listings import Listings
 
 log = logging.getLogger("artifactfs.mount")
 
-# How long the kernel may answer from its caches on a mount that follows changes. It bounds how
-# late a change is seen when its notice is lost: an entry or attribute cached just before another
-# host's change is dropped by the kernel at most this long after it. Notices usually make it
-# milliseconds; one second keeps `ls -l` of a large directory served from the kernel's cache
-# (readdirplus fills it, and the `lstat` of each entry follows within the second).
-FOLLOWED_CACHE_SECONDS = 1.0
+# How long the kernel may answer from its caches on a mount that follows changes: every change
+# made elsewhere is dropped on its notice, and a lost notice makes the mount take everything back
+# (RESYNC), so this bounds nothing a user can see; it saves a Redis round trip per repeated lookup
+# or stat. (Bounded by what fusefs.handed may record, and by an entry's own expiry.)
+FOLLOWED_CACHE_SECONDS = 600.0
+# While notices cannot be trusted (a writer that sends none is about), or once fusefs.handed is
+# full: how late a change elsewhere may be seen through a name or stat the kernel cached.
+SHORT_CACHE_SECONDS = 1.0
+# A reply the mount computed before a change but the kernel takes in after the change's invalidation
+# would hide it for the whole cache time: each notice is acted on again this much later.
+AGAIN_SECONDS = 1.0
+RESYNC_SETTLE = 5.0  # seconds after a resync during which replies get the short time (requests then in flight)
+QUIET_POLL = 0.5  # seconds between looks at the store's count of changes made without a notice
 JOIN_TIMEOUT = 5.0  # at unmount, how long to wait for an invalidation the kernel holds up
 _GONE = (errno.ENOTCONN, errno.ENODEV, errno.EBADF)  # the session ended: nothing left to invalidate
 
@@ -145,30 +160,112 @@ class ChangeFollower:
     """The mount's background task that follows the store's change notices."""
 
     def __init__(
-        self, feed: ChangeFeed, inodes: Inodes, changed: Callable[[int], None] | None = None, *,
-        cache_seconds: float = FOLLOWED_CACHE_SECONDS,
+        self, feed: ChangeFeed, inodes: Inodes, handed: Handed, changed: Callable[[int], None] | None = None,
+        listings: Listings | None = None,
     ) -> None:
         self._feed = feed
-        self._cache_seconds = cache_seconds  # how long the kernel trusts what it cached (the mount's setting)
+        self._listings = listings  # pages read ahead for lookups: dropped at every notice, own ones too
+        self._handed = handed  # what the kernel was told it may keep for long: taken back when in doubt
         self._kernel = KernelInvalidator(inodes)
         self._changed = changed  # told of every inode changed elsewhere (cached owners and such)
-        self.own = self.foreign = 0
+        self._quiet = 0  # the store's count of changes made without a notice, as last seen
+        self._settling = 0  # resyncs whose in-flight requests may still answer from before the gap
+        self._nursery: trio.Nursery | None = None
+        self._again: list[Change] = []  # foreign changes to invalidate once more, AGAIN_SECONDS on
+        self.own = self.foreign = self.resyncs = 0
+
+    async def check_quiet(self) -> None:
+        """Look at the store's count of unannounced changes; a move means notices missed something."""
+        quiet = await self._feed.unannounced()
+        if quiet == self._quiet:
+            return
+        if quiet and self._handed.trusted:
+            log.info("a writer on this store sends no change notices; the kernel caches for %g s now",
+                     self._handed.short_seconds)
+        elif not quiet:
+            log.info("no unannounced changes for a while; the kernel caches for %g s again", self._handed.long_seconds)
+        self._quiet = quiet
+        self._trust()
+        self._take_back()  # whatever was handed out before this look may hide an unannounced change
+
+    def _trust(self) -> None:
+        self._handed.trusted = not self._quiet and not self._settling
 
     async def run(self) -> None:
         self._kernel.start()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._watch_quiet)
+            nursery.start_soon(self._invalidate_again)
+            await self._follow()
+
+    async def _follow(self) -> None:
         while True:
             try:
                 batch = await self._feed.next_batch()
             except Exception:  # the feed reconnects by itself; anything else must not end the mount
                 log.warning("reading change notices failed; trying again", exc_info=True)
+                self._resync()  # notices may have been lost meanwhile
                 await trio.sleep(1.0)
                 continue
             for change in batch:
                 self._take(change)
 
+    async def _watch_quiet(self) -> None:
+        while True:
+            await trio.sleep(QUIET_POLL)
+            try:
+                await self.check_quiet()
+            except Exception:  # a Redis outage: the feed's RESYNC will take everything back
+                log.debug("looking for unannounced changes failed", exc_info=True)
+
+    async def _invalidate_again(self) -> None:
+        """Each change's names and inodes are dropped twice: at its notice, and once more a second on.
+
+        The kernel guards an entry against a lookup answered across its invalidation, and
+        recent kernels attributes too (an attribute version); the second pass covers any
+        reply that still slipped in between, which the long cache time would otherwise keep.
+        """
+        while True:
+            await trio.sleep(AGAIN_SECONDS)
+            again, self._again = self._again, []
+            for change in again:
+                self._kernel.submit(change)
+
+    def _resync(self) -> None:
+        """Notices may have been lost: take everything back, and hand out short times for a while.
+
+        A request that read the store before the gap closed may answer after the
+        take-back; while settling, its answer is cached only briefly.
+        """
+        self.resyncs += 1
+        self._settling += 1
+        self._trust()
+        self._take_back()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._settled)
+
+    async def _settled(self) -> None:
+        await trio.sleep(RESYNC_SETTLE)
+        self._settling -= 1
+        self._trust()
+
+    def _take_back(self) -> None:
+        """Drop from the kernel everything it was allowed to keep for long."""
+        if self._listings is not None:
+            self._listings.drop()
+        entries, inodes = self._handed.take_all()
+        if entries or inodes:
+            taken = Change(ChangeOp.RESYNC, tuple(entries), tuple(inodes))
+            self._kernel.submit(taken)
+            self._again.append(taken)  # a reply in flight across the take-back: dropped a second on
+
     def _take(self, change: Change) -> None:
+        if self._listings is not None:
+            self._listings.drop()
         if change.op is ChangeOp.RESYNC:
-            log.info("change notices may have been lost; cached entries expire within %g s", self._cache_seconds)
+            log.info("change notices may have been lost; dropping what the kernel cached")
+            self._resync()
             return
         if change.origin and change.origin == self._feed.origin:
             self.own += 1
@@ -178,6 +275,7 @@ class ChangeFollower:
             for ino in change.inodes:
                 self._changed(ino)
         self._kernel.submit(change)
+        self._again.append(change)
 
     def stop(self) -> None:
         """The FUSE session is ending: no kernel call may start after this."""

@@ -48,7 +48,8 @@ from fusefs.attrs import CACHE_SECONDS
 from fusefs.callers import Callers
 from fusefs.datadir import FS_TYPE, LOG_FILE, SPOOL_DIR, DataDirLock, MountError
 from fusefs.errnos import trace
-from fusefs.invalidation import FOLLOWED_CACHE_SECONDS, ChangeFollower
+from fusefs.handed import Handed
+from fusefs.invalidation import FOLLOWED_CACHE_SECONDS, SHORT_CACHE_SECONDS, ChangeFollower
 from fusefs.operations import Operations
 from fusefs.options import MountOptions
 
@@ -158,14 +159,17 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
             presigner=transfers, request_timeout=options.request_timeout, per_uid=settings.mount_uid_requests,
             blobs_on_disk=backends_of(settings)[0].uses_data_dir,
         )
-        # A lost notice is seen late by at most the cache time, so a followed store gets a short one by default.
+        # A followed store drops the kernel's copies on notice, so they may live long (fusefs.handed).
         cache_seconds = options.cache_timeout
         if cache_seconds is None:
             cache_seconds = CACHE_SECONDS if feed is None else FOLLOWED_CACHE_SECONDS
         ops.attrs.cache_seconds = cache_seconds
         follower = None
         if feed is not None:
-            follower = ChangeFollower(feed, ops.inodes, callers.changed_elsewhere, cache_seconds=cache_seconds)
+            handed = Handed(ops.inodes.root_ino, cache_seconds, min(cache_seconds, SHORT_CACHE_SECONDS))
+            ops.attrs.handed = handed
+            follower = ChangeFollower(feed, ops.inodes, handed, callers.changed_elsewhere, ops.listings)
+            await follower.check_quiet()  # before the mount answers: a writer without notices is known
         # Addresses are taken before mounting: a port in use must not leave a dead mount.
         listener = monitor_listener = None
         try:

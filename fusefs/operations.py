@@ -45,6 +45,7 @@ from fusefs.defaults import REQUEST_TIMEOUT
 from fusefs.dirhandles import PAGE_SIZE, OpenDirectory
 from fusefs.errnos import fuse_call
 from fusefs.fairness import PER_UID, PerUid
+from fusefs.listings import PAGE_NAMES, Listings
 from fusefs.openfiles import KernelCache, OpenFile, OpenFiles
 from fusefs.watchdog import Watchdog
 from fusefs.xattrs import PREFIX as XATTR_USER_PREFIX
@@ -137,6 +138,7 @@ class Operations(pyfuse3.Operations):
         self.readdir_page = readdir_page
         self._next_dir = 1
         self._removed_dirs: dict[int, Node] = {}  # ino -> a directory removed while open here, as it was
+        self.listings = Listings()  # lookups in name order answered from a page read ahead (followed stores)
         self._nursery: trio.Nursery | None = None
 
     # -- the mount's background work
@@ -197,9 +199,20 @@ class Operations(pyfuse3.Operations):
 
     def _admit(self, name: str, args: tuple[Any, ...]) -> AbstractAsyncContextManager[None]:
         """A request's turn among its uid's own (:mod:`fusefs.fairness`). Requests on an open
-        handle carry no caller: the open that made the handle took its uid's turn."""
+        handle carry no caller: the open that made the handle took its uid's turn. One that may
+        change the tree drops the read-ahead windows (:mod:`fusefs.listings`) as it starts and ends."""
         uid = getattr(args[-1], "uid", None) if args else None  # the RequestContext, which comes last
-        return self.fair.turn(uid if isinstance(uid, int) else None)
+        turn = self.fair.turn(uid if isinstance(uid, int) else None)
+        return _Changing(turn, self.listings) if self._may_change(name, args) else turn
+
+    def _may_change(self, name: str, args: tuple[Any, ...]) -> bool:
+        """Whether a request may change the store: reads do not, nor the close of a handle with nothing to publish."""
+        if name in _READS:
+            return False
+        if name in _HANDLE_CLOSES:
+            handle = self.files.find(args[0])
+            return handle is None or handle.writable or handle.file.spool is not None
+        return True
 
     async def shutdown(self, bound: float = SHUTDOWN_BOUND) -> None:
         """Unmount: drop what was never published, sync what was; give up after ``bound`` seconds."""
@@ -244,19 +257,39 @@ class Operations(pyfuse3.Operations):
         return node if node.ino == self.inodes.root_ino else await self.ns.get(node.parent)
 
     async def _entry(
-        self, parent_inode: int, raw: bytes, ctx: pyfuse3.RequestContext, *, write: bool
+        self, parent_inode: int, raw: bytes, ctx: pyfuse3.RequestContext, *, write: bool, ahead: bool = False
     ) -> tuple[Node, Node | None]:
-        """A directory the caller may use and its entry ``raw`` (None if there is none), in one read."""
+        """A directory the caller may use and its entry ``raw`` (None if there is none), in one read
+        (``ahead``: or none, from a page read ahead for a lookup, :mod:`fusefs.listings`)."""
         try:
             name = _name(raw)
         except InvalidNameError:
             # The caller's access is refused before its name, as the VFS checks a directory before looking in it.
             await self.callers.check(ctx.uid, await self._node(parent_inode), write=write)
             raise
-        parent, node = await self.ns.entry(self.inodes.node(parent_inode), name)
+        handed = self.attrs.handed
+        if ahead and handed is not None and handed.trusted:  # only where every change drops the windows
+            parent, node = await self._entry_ahead(self.inodes.node(parent_inode), name)
+        else:
+            parent, node = await self.ns.entry(self.inodes.node(parent_inode), name)
         if write:
             refuse_frozen(parent)  # a read-only filesystem says so before it looks at permissions
         await self.callers.check(ctx.uid, parent, write=write)
+        return parent, node
+
+    async def _entry_ahead(self, parent_ino: int, name: str) -> tuple[Node, Node | None]:
+        """:meth:`Namespace.entry`, answered from a window when one covers ``name``; a lookup that
+        carries on a walk in name order reads the page after ``name`` for the lookups to come."""
+        listings = self.listings
+        window = listings.find(parent_ino, name)
+        if window is not None and self.ns.visible(window.parent):
+            node = window.nodes.get(name)
+            return window.parent, node if self.ns.visible(node) else None
+        epoch = listings.epoch
+        parent, node = await self.ns.entry(parent_ino, name)
+        if node is not None and parent.is_dir and listings.walking(parent_ino, name):
+            page = await self.ns.list_page(parent, name, PAGE_NAMES)
+            listings.keep(epoch, parent, name, node, page.nodes, page.last, page.more)
         return parent, node
 
     # -- lookups and attributes
@@ -266,7 +299,7 @@ class Operations(pyfuse3.Operations):
         if name in (_DOT, _DOTDOT):
             parent = await self._node(parent_inode)
             return self._attr(parent if name == _DOT else await self._parent_of(parent))
-        parent, node = await self._entry(parent_inode, name, ctx, write=False)
+        parent, node = await self._entry(parent_inode, name, ctx, write=False, ahead=True)
         if node is not None and node.role is NodeRole.CHECKPOINTS:
             node = None  # its one way in is the view below: a directory the kernel sees with one parent
         elif node is None and name == _CHECKPOINTS and _is_workspace(parent):
@@ -276,7 +309,11 @@ class Operations(pyfuse3.Operations):
         return self._attr(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        pass  # nodes live in the store, not in this process: nothing to free
+        # Nodes live in the store, not in this process; only the record of what the kernel holds shrinks.
+        handed = self.attrs.handed
+        if handed is not None:
+            for inode, _ in inode_list:
+                handed.forget(self.inodes.node(inode))
 
     @fuse_call
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -759,6 +796,30 @@ class Operations(pyfuse3.Operations):
         await self.callers.check(ctx.uid, node, write=True)
         key = _text(name, "an attribute name")
         await self.ns.update_node(node, lambda node: self.xattrs.remove(node, key))
+
+
+# Requests that change nothing in the store: the others drop the read-ahead windows.
+_READS = frozenset({"lookup", "getattr", "readdir", "opendir", "releasedir", "read", "readlink", "getxattr",
+                    "listxattr", "statfs", "forget", "access", "open"})
+_HANDLE_CLOSES = frozenset({"flush", "release"})  # change the store only when they publish
+
+
+class _Changing:
+    """A request's turn, for one that may change the tree: the windows are dropped as it starts
+    (a lookup meanwhile reads afresh) and as it ends (a page read across it is not kept)."""
+
+    __slots__ = ("_listings", "_turn")
+
+    def __init__(self, turn: AbstractAsyncContextManager[None], listings: Listings) -> None:
+        self._turn, self._listings = turn, listings
+
+    async def __aenter__(self) -> None:
+        await self._turn.__aenter__()
+        self._listings.drop()
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        self._listings.drop()
+        return await self._turn.__aexit__(*exc)  # type: ignore[arg-type]
 
 
 def _is_workspace(node: Node | None) -> bool:

@@ -42,7 +42,7 @@ class MountOptions(BaseModel):
     metrics: str | None = None  # --metrics HOST:PORT: /metrics and /healthz (core.transfers.monitor)
     request_timeout: float = Field(default=REQUEST_TIMEOUT, gt=0, le=MAX_REQUEST_TIMEOUT)  # --request-timeout SECONDS
     # --cache-timeout SECONDS: how long the kernel may answer lookups and stats from its caches (as other FUSE
-    # filesystems' entry_timeout/attr_timeout). None: 5 s, or 1 s on a store other hosts change (fusefs.attrs).
+    # filesystems' entry_timeout/attr_timeout). None: 5 s, or 600 s on a store that announces changes (fusefs.handed).
     cache_timeout: float | None = Field(default=None, ge=0, le=MAX_CACHE_TIMEOUT)
 
     @field_validator("serve")

@@ -3,7 +3,8 @@
 ``MONITOR`` shows every command a client sends and, marked ``lua``, the
 calls a script makes inside its one round trip, which are not counted. Only
 commands naming one store's key prefix count, so other stores on the same
-server (other tests) and the change feed's health checks do not. A marker
+server (other tests) and the change feed's health checks do not, nor a
+mount's periodic look at ``<prefix>:quiet``. A marker
 (``ECHO``) sent before and after an operation delimits it: every request
 the operation made was answered before it returned, so its commands lie
 between the two. A pipeline would show as one command per call, and count
@@ -51,6 +52,9 @@ class RoundTrips:
     def __init__(self, server: RedisServer, prefix: str) -> None:
         self._server = server
         self._prefix = prefix
+        # A mount's look, twice a second, for changes made without notices (fusefs.invalidation):
+        # background work of its own, not a round trip of any request.
+        self._quiet_poll = f"GET {prefix}:quiet"
         self._seen: queue.Queue[Seen | None] = queue.Queue()
         self._stop = f"stop-{secrets.token_hex(8)}"  # the marker that ends the monitor's thread
         # No socket timeout: a monitor waits for commands for as long as the server is quiet.
@@ -89,7 +93,7 @@ class RoundTrips:
             assert command is not None, "the MONITOR connection closed"
             if command == f"ECHO {token}":
                 return seen
-            if self._prefix in command:
+            if self._prefix in command and command != self._quiet_poll:
                 seen.append(command)
 
     def during(self, operation: Callable[[], object]) -> list[Seen]:

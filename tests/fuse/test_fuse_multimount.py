@@ -6,17 +6,24 @@ waits, bounded, for B to show the change. The deadline is one second from
 the moment A's call returned: a correctness deadline of the design (DESIGN
 §3 and fusefs/invalidation.py), not a speed figure.
 
-Three configurations of the same two mounts show which mechanism does what:
+Four configurations of the same two mounts show which mechanism does what:
 
-- ``default``: change notices plus a kernel cache of at most one second.
-- ``notices``: B caches for a minute, so only the notices can make it see
-  a change in time: this is the test that the notices work at all.
-- ``no-notices``: A announces nothing and B caches for a minute. Nothing
-  tells B, yet close-to-open still holds: the next ``open`` in B asks the
-  store, drops stale pages, and a name another mount replaced or removed
-  is looked up again (ESTALE). What it cannot see is a file that was only
-  renamed: its inode still exists, and the kernel does not ask whether the
-  old name still leads to it until the entry expires.
+- ``default``: B's kernel caches for ten minutes, so only the notices can
+  make it see a change in time: this is the test that the notices work.
+- ``notices``: the same with ``--cache-timeout 60`` given.
+- ``no-notices``: A announces nothing and B caches for a minute (until it
+  sees A's count of unannounced changes). Even before, close-to-open
+  holds: the next ``open`` in B asks the store, drops stale pages, and a
+  name another mount replaced or removed is looked up again (ESTALE), at
+  once.
+- ``quiet-writer``: A announces nothing, B as by default (ten minutes, on
+  notice). A's changes are counted in ``<prefix>:quiet``; B looks at it,
+  takes back what its kernel holds and caches for one second from then on:
+  every change is seen within :data:`QUIET_DEADLINE`.
+
+Lost notices: B's subscription is cut (``CLIENT KILL TYPE pubsub``) just
+before A's change, so its notice never reaches B; B resubscribes, takes
+back everything its kernel was allowed to keep, and shows the change.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from worlds import StoreWorld, WorldKind
 from core import NamespaceType, Scope
 
 DEADLINE = 1.0  # seconds from A's change to B showing it
+QUIET_DEADLINE = 2.0  # the same, for a writer that sends no notices (B looks every 0.5 s, then caches 1 s)
 LONG_CACHE = ("--cache-timeout", "60")  # B's kernel trusts its caches for a minute
 
 
@@ -82,6 +90,7 @@ CONFIGS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "default": ({}, ()),
     "notices": ({}, LONG_CACHE),
     "no-notices": ({"ARTIFACT_REDIS_NOTIFY": "0"}, LONG_CACHE),
+    "quiet-writer": ({"ARTIFACT_REDIS_NOTIFY": "0"}, ()),
 }
 
 
@@ -270,6 +279,41 @@ def test_without_notices_the_next_open_still_sees_the_store(quiet_pair: Pair, na
     scenario.prime(a, b)
     scenario.change(a)
     assert scenario.at_open(b)  # at once: no waiting, nothing told B
+
+
+@pytest.fixture(scope="module")
+def quiet_writer_pair(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, moto_server: MotoServer
+) -> Iterator[Pair]:
+    with two_mounts("quiet-writer", tmp_path_factory, redis_server, moto_server) as made:
+        yield made
+
+
+@pytest.mark.semantics("S-multimount-notices")
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_a_writer_without_notices_is_seen_within_two_seconds(quiet_writer_pair: Pair, name: str) -> None:
+    scenario = SCENARIOS[name]
+    a, b = quiet_writer_pair.both(name)
+    scenario.prime(a, b)
+    scenario.change(a)
+    seen_within(lambda: scenario.shown(b), QUIET_DEADLINE)
+
+
+@pytest.mark.semantics("S-multimount-notices")
+@pytest.mark.parametrize("name", ["rename", "chmod", "delete"])
+def test_a_lost_notice_is_made_up_for_when_the_subscription_comes_back(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, moto_server: MotoServer, name: str
+) -> None:
+    """B's kernel may keep what it cached for ten minutes; A's notice is lost: B still shows the change."""
+    scenario = SCENARIOS[name]
+    with two_mounts("default", tmp_path_factory, redis_server, moto_server) as made:
+        a, b = made.both(name)
+        scenario.prime(a, b)
+        with redis_server.client() as client:
+            client.client_kill_filter(_type="pubsub")  # every subscription: B's notices are lost until it is back
+        scenario.change(a)
+        seen_within(lambda: scenario.shown(b))
+        wait_for(lambda: "dropping what the kernel cached" in made.b.log_text(), 30, "B's resync")
 
 
 @pytest.mark.semantics("S-multimount-notices")

@@ -105,8 +105,10 @@ BOUNDS = {
     "rename to a name of another MIME type": Bound(6, lambda i: f"cp{i}.pdf"),
     "unlink": Bound(4),
     "rmdir": Bound(3),
-    "stat, cold": Bound(1, lambda i: f"cp{i}.pdf"),
-    "open+read+close, cold": Bound(2, lambda i: f"s{i}"),
+    # Runs look names up in name order: the second also reads the page after its name, which answers
+    # the third's lookup with no round trip (fusefs.listings).
+    "stat, cold": Bound(2, lambda i: f"cp{i}.pdf"),
+    "open+read+close, cold": Bound(3, lambda i: f"s{i}"),
     "open+read+close, name cached": Bound(1),
     "ls -l": Bound(3),
 }
@@ -265,7 +267,8 @@ def measured(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
 def test_round_trips_within_bound(measured: Measured, what: str) -> None:
     counts = measured.counts(what)
     assert max(counts) <= BOUNDS[what].trips, measured.report(what)
-    assert min(counts) >= 1, measured.report(what)  # the counter saw the operation at all
+    # The counter saw the operation at all (a run may cost none: a lookup answered from a page read ahead).
+    assert max(counts) >= 1, measured.report(what)
 
 
 @pytest.mark.parametrize("what", sorted(BOUNDS))

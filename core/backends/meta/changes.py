@@ -57,4 +57,8 @@ class ChangeFeed(Protocol):
     async def next_batch(self) -> list[Change]:
         """The next changes, in the order they were committed (at least one)."""
 
+    async def unannounced(self) -> int:
+        """A count that moves with every change made on the store without a notice; 0 when there
+        was none lately. While it is not 0, notices alone do not tell a follower everything."""
+
     async def close(self) -> None: ...

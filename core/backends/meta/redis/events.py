@@ -69,6 +69,7 @@ class RedisChangeFeed:
 
     def __init__(self, store: RedisMetaStore, *, socket_timeout: float = 5.0) -> None:
         self.origin = store.origin
+        self._store = store
         self.channel = store.key("events")
         self._url = store.url
         self._socket_timeout = socket_timeout
@@ -89,6 +90,9 @@ class RedisChangeFeed:
 
     async def close(self) -> None:
         await aio_bridge.run(self._drop)
+
+    async def unannounced(self) -> int:
+        return await self._store.unannounced()
 
     # -- on an asyncio loop
 

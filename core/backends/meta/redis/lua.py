@@ -40,6 +40,8 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
                            the account's counters (a repair's condition)
 ``P:tot``           hash   ``bytes``, ``files``: the totals of all usage keys
 ``P:events``        chan   change notices (when the store is made with notify)
+``P:quiet``         str    counts changes made without a notice (a store made
+                           without notify); expires ``QUIET_TTL`` s after the last
 ==================  =====  ====================================================
 
 ``ARGV[1]`` names the op, ``ARGV[2]`` is ``1`` to publish a change notice
@@ -130,7 +132,11 @@ local function settle(gc, at)
 end
 """
 
-SCRIPT = SETTLE + r"""
+# Seconds ``P:quiet`` outlives the last change made without a notice: while it exists, mounts
+# keep their kernel caches short (fusefs.handed), as notices alone cannot tell them everything.
+QUIET_TTL = 3600
+
+SCRIPT = SETTLE + f"local QUIET_TTL = {QUIET_TTL}\n" + r"""
 local P = KEYS[1]
 local notify = string.sub(ARGV[2], 1, 1) == '1'
 local origin = string.sub(ARGV[2], 2)
@@ -303,7 +309,11 @@ local notice = {ARGV[1]}
 local function entry(n) notice[#notice + 1] = 'e' .. n.p .. '/' .. n.n end
 local function inode(ino) notice[#notice + 1] = 'i' .. ino end
 local function publish()
-  if not notify then return end
+  if not notify then  -- no notice: let followers know they cannot rely on notices alone (P:quiet)
+    redis.call('INCR', P .. ':quiet')
+    redis.call('EXPIRE', P .. ':quiet', QUIET_TTL)
+    return
+  end
   if origin ~= '' then notice[#notice + 1] = 'o' .. origin end
   redis.call('PUBLISH', P .. ':events', table.concat(notice, '\0'))
 end

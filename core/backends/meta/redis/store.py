@@ -218,6 +218,15 @@ class RedisMetaStore:
         self._open = False
         await self._clients.dispose_all()
 
+    async def unannounced(self) -> int:
+        """How many changes were made without a notice lately (``P:quiet``; 0: none for ``QUIET_TTL``).
+
+        Changes by a store made without ``notify`` reach no follower: a mount
+        that sees this move stops trusting notices alone (:mod:`fusefs.handed`).
+        """
+        raw = await self._call("quiet", lambda client, _s: client.get(self.key("quiet")))
+        return int(raw) if raw is not None else 0
+
     # -- records
 
     def _args(self, node: Node) -> list[object]:

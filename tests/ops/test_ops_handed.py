@@ -1,0 +1,170 @@
+"""Long kernel caches on a followed store, and how the mount takes them back (fusefs.handed).
+
+Without a kernel: the follower is fed changes by a fake feed, and the calls it
+would make to the kernel are recorded instead. What is checked is which
+entries and inodes are invalidated, and which cache time replies carry.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pyfuse3
+import pytest
+import trio
+
+from core.backends.meta.changes import RESYNC, Change, ChangeOp
+from core.nodes import NodeKind, NodeRole, new_node
+from fusefs.attrs import Inodes
+from fusefs.handed import Handed
+from fusefs.invalidation import ChangeFollower
+from fusefs.listings import Listings
+
+LONG, SHORT = 600.0, 1.0
+ROOT = 1
+
+
+def _file(ino: int, parent: int, name: str):  # noqa: ANN202 - a Node
+    node = new_node(parent=parent, name=name, kind=NodeKind.FILE, mode=0o644, role=NodeRole.ENTRY, now_ns=0)
+    node.ino = ino
+    return node
+
+
+class FakeFeed:
+    """Changes handed over one batch at a time; a count of unannounced changes the test sets."""
+
+    origin = "me"
+
+    def __init__(self) -> None:
+        self.quiet = 0
+        self.send, self._receive = trio.open_memory_channel[list[Change]](100)
+
+    async def open(self) -> None: ...
+
+    async def next_batch(self) -> list[Change]:
+        return await self._receive.receive()
+
+    async def unannounced(self) -> int:
+        return self.quiet
+
+    async def close(self) -> None: ...
+
+
+class Kernel:
+    """What the follower's thread would have asked the kernel to drop."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entries: set[tuple[int, bytes]] = set()
+        self.inodes: set[int] = set()
+        self.calls: list[tuple[int, bytes] | int] = []
+        self._lock = threading.Lock()
+        monkeypatch.setattr(pyfuse3, "invalidate_entry", self._entry)
+        monkeypatch.setattr(pyfuse3, "invalidate_inode", self._inode)
+
+    def _entry(self, parent: int, name: bytes) -> None:
+        with self._lock:
+            self.entries.add((parent, name))
+            self.calls.append((parent, name))
+
+    def _inode(self, ino: int, attr_only: bool) -> None:
+        with self._lock:
+            self.inodes.add(ino)
+            self.calls.append(ino)
+
+
+async def _until(condition, what: str) -> None:  # noqa: ANN001
+    with trio.fail_after(30):  # a bound on a hang, not a measure
+        while not condition():
+            await trio.sleep(0.01)
+
+
+def test_replies_are_recorded_up_to_the_limit_then_get_the_short_time() -> None:
+    handed = Handed(ROOT, LONG, SHORT, limit=3)
+    assert [handed.hand(_file(10 + i, 5, f"f{i}")) for i in range(4)] == [LONG, LONG, LONG, SHORT]
+    assert handed.hand(_file(10, 5, "f0")) == LONG  # already recorded: no room needed
+    handed.forget(11)  # the kernel let it go
+    assert handed.hand(_file(20, 5, "g")) == LONG
+    entries, inodes = handed.take_all()
+    assert sorted(inodes) == [10, 12, 20]
+    assert sorted(entries) == [(5, b"f0"), (5, b"f2"), (5, b"g")]
+    assert handed.take_all() == ([], [])  # taken back once
+
+
+def test_a_second_name_of_an_inode_is_taken_back_too() -> None:
+    handed = Handed(ROOT, LONG, SHORT)
+    handed.hand(_file(10, 5, "a"))
+    handed.hand(_file(10, 6, "b"))  # a hard link, looked up by its other name
+    entries, inodes = handed.take_all()
+    assert sorted(entries) == [(5, b"a"), (6, b"b")] and inodes == [10]
+
+
+def test_while_notices_are_not_trusted_nothing_is_handed_for_long() -> None:
+    handed = Handed(ROOT, LONG, SHORT)
+    handed.trusted = False
+    assert handed.hand(_file(10, 5, "a")) == SHORT
+    assert handed.take_all() == ([], [])
+
+
+async def _follow(monkeypatch: pytest.MonkeyPatch, body) -> None:  # noqa: ANN001
+    kernel = Kernel(monkeypatch)
+    feed = FakeFeed()
+    handed = Handed(ROOT, LONG, SHORT)
+    follower = ChangeFollower(feed, Inodes(ROOT), handed, listings=Listings())  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follower.run)
+        await body(kernel, feed, handed, follower)
+        nursery.cancel_scope.cancel()
+    follower.stop()
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_a_resync_takes_back_everything_handed_out_and_settles_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(kernel: Kernel, feed: FakeFeed, handed: Handed, follower: ChangeFollower) -> None:
+        for i in range(50):
+            handed.hand(_file(100 + i, 7, f"n{i}"))
+        listings = follower._listings
+        assert listings is not None
+        epoch = listings.epoch
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"n0"),), (100,), origin="other")])
+        await _until(lambda: (7, b"n0") in kernel.entries, "the notice's invalidation")
+        assert len(kernel.entries) == 1  # a notice drops what it names, nothing else
+        assert listings.epoch > epoch  # and every page read ahead for lookups
+        epoch = listings.epoch
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"n1"),), (101,), origin="me")])  # our own
+        await _until(lambda: listings.epoch > epoch, "our own notice drops the pages too")
+        await feed.send.send([RESYNC])
+        await _until(lambda: len(kernel.entries) == 50 and len(kernel.inodes) == 50, "everything taken back")
+        assert follower.resyncs == 1
+        assert handed.hand(_file(200, 7, "late")) == SHORT  # a request in flight across the gap: cached briefly
+
+    await _follow(monkeypatch, body)
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_a_writer_without_notices_makes_the_mount_take_back_and_cache_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def body(kernel: Kernel, feed: FakeFeed, handed: Handed, follower: ChangeFollower) -> None:
+        for i in range(5):
+            handed.hand(_file(100 + i, 7, f"n{i}"))
+        feed.quiet = 1  # a change made without a notice
+        await _until(lambda: len(kernel.entries) == 5, "everything taken back")
+        assert not handed.trusted and handed.hand(_file(300, 7, "x")) == SHORT
+        feed.quiet = 0  # none for the marker's lifetime: notices tell everything again
+        await _until(lambda: handed.trusted, "trust again")
+        assert handed.hand(_file(301, 7, "y")) == LONG
+
+    await _follow(monkeypatch, body)
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_each_notice_is_acted_on_twice_for_replies_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(kernel: Kernel, feed: FakeFeed, handed: Handed, follower: ChangeFollower) -> None:
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"n0"),), (100,), origin="other")])
+        await _until(lambda: kernel.calls.count((7, b"n0")) == 2 and kernel.calls.count(100) == 2, "both passes")
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"n1"),), (101,), origin="me")])  # our own: none
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"n2"),), (102,), origin="other")])
+        await _until(lambda: kernel.calls.count((7, b"n2")) == 2, "the next notice's second pass")
+        assert follower.own == 1 and (7, b"n1") not in kernel.calls and 101 not in kernel.calls
+
+    await _follow(monkeypatch, body)
