@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.api import rules
+from core.api import cursors, rules
 from core.api.base import StoreBase
+from core.api.cursors import CursorKind, FilesCursor
+from core.errors import InvalidArgumentError, InvalidCursorError
 from core.models import (
     ArtifactMetadata,
+    ArtifactPage,
     GridKey,
     Scope,
 )
 from core.tree import grid
+from core.tree.pages import Bound
 
 _MISSING = object()
 
@@ -33,11 +37,51 @@ class ListingApi(StoreBase):
         found = [self._described(node, path) for path, node in await ns.files_below(root)]  # type: ignore[arg-type]
         return sorted(found, key=lambda m: m.filename)
 
+    async def _files_page(
+        self, session_id: str, prefix: str, limit: int, after: str | None = None
+    ) -> tuple[list[ArtifactMetadata], bool]:
+        """Up to ``limit`` of a session's files in filename order, after ``after``; and whether that was all.
+
+        Reads about ``limit`` records whatever the session holds (issue #12),
+        where :meth:`_session_files` reads them all.
+        """
+        ns = await self._ready()
+        grid.validate_id(session_id, "session id")
+        if not isinstance(prefix, str):
+            raise InvalidArgumentError("prefix must be a string")
+        root = await ns.session_root(self.sandbox_id, session_id)
+        if not ns.visible(root):
+            return [], True
+        page = await ns.files_page(root, after=Bound(after, False) if after else None,  # type: ignore[arg-type]
+                                   prefix=prefix, limit=limit)
+        return [self._described(node, path) for path, node in page.files], page.complete
+
     async def list_by_session(self, session_id: str, limit: int | None = None) -> list[ArtifactMetadata]:
-        return rules.limited(await self._session_files(session_id), limit)
+        if limit is None:
+            return await self._session_files(session_id)
+        return (await self._files_page(session_id, "", rules.a_limit(limit)))[0]
 
     async def list_files(self, session_id: str, prefix: str = "", limit: int | None = None) -> list[ArtifactMetadata]:
-        return rules.limited([m for m in await self._session_files(session_id) if m.filename.startswith(prefix)], limit)
+        if limit is None:
+            return [m for m in await self._session_files(session_id) if m.filename.startswith(prefix)]
+        return (await self._files_page(session_id, prefix, rules.a_limit(limit)))[0]
+
+    async def list_page(
+        self, session_id: str, *, prefix: str = "", limit: int = 100, cursor: str | None = None
+    ) -> ArtifactPage:
+        """One page of a session's files (those whose filename starts with ``prefix``), in filename
+        order; pass ``next_cursor`` back to read the next. Costs what the page holds, not the session."""
+        limit = rules.page_size(limit)
+        query = cursors.query_digest(CursorKind.FILES, sandbox=self.sandbox_id, session=session_id, prefix=prefix)
+        after = None
+        if cursor is not None:
+            position = cursors.decode(cursor, query)
+            if not isinstance(position, FilesCursor):
+                raise InvalidCursorError("the cursor belongs to a search, not a listing")
+            after = position.after
+        items, complete = await self._files_page(session_id, prefix, limit, after)
+        last = None if complete or not items else cursors.encode(FilesCursor(query=query, after=items[-1].filename))
+        return ArtifactPage(items=items, next_cursor=last)
 
     async def get_directory_contents(
         self, session_id: str, directory_prefix: str = "", limit: int | None = None

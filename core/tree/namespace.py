@@ -56,6 +56,7 @@ from core.tree import grid
 from core.tree.base import EMPTY_SHA256, MAX_RACES, NS, Change, adopt, refuse_frozen
 from core.tree.checkpoints import Checkpoints
 from core.tree.content import Content
+from core.tree.pages import Bound, FilesPage, files_page
 from core.tree.quotas import Quotas
 
 
@@ -262,6 +263,11 @@ class Namespace(Content, Quotas):
                 elif child.is_file:
                     found.append((prefix + child.name, child))
         return found
+
+    async def files_page(self, root: Node, *, after: Bound | None, prefix: str, limit: int) -> FilesPage:
+        """Up to ``limit`` visible files below ``root`` in path order, after ``after``: what
+        :meth:`files_below` finds, read a page at a time (:mod:`core.tree.pages`)."""
+        return await files_page(self.meta, root, now_ns=self.now(), after=after, prefix=prefix, limit=limit)
 
     # -- the fixed upper tree
 

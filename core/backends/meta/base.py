@@ -48,6 +48,7 @@ from typing import NamedTuple, Protocol
 from pydantic import ValidationError
 
 from core.errors import ArtifactCorruptedError
+from core.infra import tally
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
 from core.nodes import Node
@@ -59,6 +60,9 @@ def decode_record(signer: RecordSigner, ino: int, record: bytes | None, sig: str
     Every backend loads records through here, so a record edited outside
     the store reads as corrupted the same way everywhere (DESIGN §6).
     """
+    counting = tally.current()
+    if counting is not None:
+        counting.records += 1
     if record is None or sig is None or not signer.verify(record, sig):
         raise ArtifactCorruptedError(f"the metadata record of inode {ino} fails its signature")
     try:
