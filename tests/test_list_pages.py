@@ -1,0 +1,182 @@
+"""Listing pages cost what the page holds, not what the session holds (issue #12), on SQLite and Redis.
+
+Costs are counted, never timed: the records a call decodes and verifies
+(``tally().records``, counted in ``decode_record``), so a loaded machine can
+only make these tests slower, not fail them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from servers import RedisServer
+
+from core import ArtifactStore
+from core.api.cursors import CursorKind, SearchCursor, encode, query_digest
+from core.backends.blobs.memory import MemoryBlobStore
+from core.backends.meta.base import MetaStore
+from core.backends.meta.redis.store import RedisMetaStore
+from core.backends.meta.sqlite import SQLiteMetaStore
+from core.errors import InvalidArgumentError, InvalidCursorError
+from core.infra import tally
+from core.infra.clock import ManualClock
+from core.infra.signing import RecordSigner
+
+SIGNER = RecordSigner(b"list-pages-key-0123456789abcdef")
+MANY = 2000
+PAGE = 10
+# Records a page of PAGE may decode: the page, the directory read's few extra, the session root and
+# the fixed directories above it. The whole session is MANY.
+PAGE_BOUND = 40
+TRICKY = [  # names whose filename order is not a walk by name: a directory 'a' sorts as 'a/', after 'a.txt'
+    "a!", "a-1", "a.b/x", "a.txt", "a/b.txt", "a/c.b/q", "a/c/d", "a/c/e", "b", "c/d-e/z", "c/d.txt",
+    "c/d/e/f.txt", "d/x", "do", "docs/a.md", "docs/deep/c.md", "z z", "é", "日本/語.txt",
+]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def meta(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetaStore]:
+    if request.param == "sqlite":
+        yield SQLiteMetaStore(tmp_path / "meta.db", SIGNER)
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = f"lp-{uuid.uuid4().hex[:12]}"
+    yield RedisMetaStore(server.url, SIGNER, prefix=prefix)
+    with server.client() as client:
+        for key in client.scan_iter(f"{prefix}:*", count=1000):
+            client.delete(key)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def store(meta: MetaStore, clock: ManualClock) -> AsyncIterator[ArtifactStore]:
+    async with ArtifactStore(storage_provider="memory", session_provider="memory", sandbox_id="box",
+                             meta_store=meta, blob_store=MemoryBlobStore(), clock=clock) as s:
+        yield s
+
+
+async def fill(store: ArtifactStore, session: str, names: list[str], **kw: object) -> None:
+    items = [{"data": b"x", "filename": name, "mime": "text/plain", **kw} for name in names]
+    for at in range(0, len(items), 200):
+        await store.store_batch(items[at:at + 200], session_id=session)
+
+
+async def every_page(store: ArtifactStore, session: str, limit: int, prefix: str = "") -> list[str]:
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(10_000):  # a cursor that never ends would fail here, not hang
+        page = await store.list_page(session, prefix=prefix, limit=limit, cursor=cursor)
+        seen += [m.filename for m in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            return seen
+    raise AssertionError("the pages never ended")
+
+
+async def test_a_page_of_ten_among_two_thousand_decodes_about_ten_records(store: ArtifactStore) -> None:
+    session = await store.create_session()
+    names = [f"f{i:05d}.txt" for i in range(MANY - 100)] + [f"dir/g{i:03d}.txt" for i in range(100)]
+    await fill(store, session, names)
+
+    with tally.tally() as whole:
+        assert len(await store.list_by_session(session)) == MANY
+    assert whole.records >= MANY  # what a page saves: the call without a limit reads them all
+
+    with tally.tally() as first:
+        page = await store.list_page(session, limit=PAGE)
+    assert [m.filename for m in page.items] == sorted(names)[:PAGE] and page.next_cursor
+    with tally.tally() as second:
+        following = await store.list_page(session, limit=PAGE, cursor=page.next_cursor)
+    assert [m.filename for m in following.items] == sorted(names)[PAGE:2 * PAGE]
+    with tally.tally() as old_call:
+        assert [m.filename for m in await store.list_by_session(session, limit=PAGE)] == sorted(names)[:PAGE]
+    with tally.tally() as prefixed:
+        found = await store.list_files(session, prefix="dir/", limit=PAGE)
+    assert [m.filename for m in found] == [f"dir/g{i:03d}.txt" for i in range(PAGE)]
+    with tally.tally() as deep:  # a cursor near the end goes straight back down to it
+        late = await store.list_page(session, limit=PAGE, cursor=_cursor_after(store, session, "dir/g050.txt"))
+    assert [m.filename for m in late.items] == [f"dir/g{i:03d}.txt" for i in range(51, 51 + PAGE)]
+    for counted in (first, second, old_call, prefixed, deep):
+        assert counted.records <= PAGE_BOUND, (counted.records, whole.records)
+
+
+def _cursor_after(store: ArtifactStore, session: str, filename: str) -> str:
+    from core.api.cursors import FilesCursor
+
+    query = query_digest(CursorKind.FILES, sandbox=store.sandbox_id, session=session, prefix="")
+    return encode(FilesCursor(query=query, after=filename))
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_pages_answer_every_file_once_in_filename_order(store: ArtifactStore) -> None:
+    session = await store.create_session()
+    await fill(store, session, TRICKY)
+    everything = [m.filename for m in await store.list_by_session(session)]
+    assert everything == sorted(TRICKY)  # code point order is UTF-8 byte order
+    for limit in (1, 2, 3, 7, 100):
+        assert await every_page(store, session, limit) == everything
+        assert [m.filename for m in await store.list_by_session(session, limit=limit)] == everything[:limit]
+    for prefix in ("a", "a/", "a/c", "c/d", "d", "do", "docs/", "x", "é", "日本/"):
+        expected = [name for name in everything if name.startswith(prefix)]
+        for limit in (1, 2, 100):
+            assert await every_page(store, session, limit, prefix) == expected, (prefix, limit)
+        assert [m.filename for m in await store.list_files(session, prefix=prefix, limit=2)] == expected[:2]
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_a_file_present_all_along_is_answered_once_while_others_come_and_go(store: ArtifactStore) -> None:
+    session = await store.create_session()
+    await fill(store, session, [f"k{i:03d}" for i in range(0, 60, 2)])
+    seen: list[str] = []
+    page = await store.list_page(session, limit=7)
+    while True:
+        seen += [m.filename for m in page.items]
+        if page.next_cursor is None:
+            break
+        last = page.items[-1].filename
+        await fill(store, session, [f"{last}-new", "a-before"])  # one after the cursor, one before it
+        page = await store.list_page(session, limit=7, cursor=page.next_cursor)
+    assert len(seen) == len(set(seen))
+    assert [name for name in seen if "-" not in name] == [f"k{i:03d}" for i in range(0, 60, 2)]
+    assert "a-before" not in seen
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_expired_files_are_not_in_pages_and_a_page_of_only_expired_ones_ends(
+    store: ArtifactStore, clock: ManualClock
+) -> None:
+    session = await store.create_session()
+    await fill(store, session, [f"old{i:03d}" for i in range(300)] + [f"sub/old{i:03d}" for i in range(50)], ttl=60)
+    await fill(store, session, ["zlast", "sub/zkept"], ttl=3600)
+    clock.advance(120)
+    assert await every_page(store, session, 5) == ["sub/zkept", "zlast"]
+    assert await every_page(store, session, 5, prefix="old") == []
+    page = await store.list_page(session, limit=5, prefix="old")
+    assert page.items == [] and page.next_cursor is None
+    assert [m.filename for m in await store.list_by_session(session, limit=1)] == ["sub/zkept"]
+
+
+async def test_a_bad_cursor_is_refused_as_such(store: ArtifactStore) -> None:
+    session = await store.create_session()
+    await fill(store, session, ["a", "b", "c"])
+    good = (await store.list_page(session, limit=1)).next_cursor
+    assert good is not None
+    other_query = (await store.list_page(session, limit=1, prefix="")).next_cursor
+    assert other_query == good  # same query, same cursor
+    search_kind = encode(SearchCursor(query=query_digest(CursorKind.SEARCH), stored_at_ns=1, artifact_id="x"))
+    for bad in ("", "!!!", good[:-3], good + "A", "e30", "x" * 9000, 12, search_kind):
+        with pytest.raises(InvalidCursorError):
+            await store.list_page(session, limit=1, cursor=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidCursorError):  # a listing's cursor for another prefix
+        await store.list_page(session, limit=1, prefix="a", cursor=good)
+    assert issubclass(InvalidCursorError, InvalidArgumentError)
+    for limit in (0, -1, 1001, True, 2.0):
+        with pytest.raises(InvalidArgumentError):
+            await store.list_page(session, limit=limit)  # type: ignore[arg-type]
