@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import anyio
 
 from core.backends.blobs.base import BlobStore
-from core.backends.meta.base import ChildrenPage, Cover, MetaStore
+from core.backends.meta.base import ChildrenPage, Cover, MetaStore, SearchPage, SearchQuery
 from core.errors import (
     AlreadyExistsError,
     ArtifactExpiredError,
@@ -211,6 +211,13 @@ class Namespace(Content, Quotas):
         """
         found = await self.meta.search(sandbox_id, scope=scope, session_id=session_id, user_id=user_id)
         return [node for node in found if node.role is not NodeRole.FROZEN]
+
+    async def search_page(self, query: SearchQuery, *, after: tuple[int, str] | None, limit: int) -> SearchPage:
+        """A page of :meth:`search`'s artifacts, unexpired, in (stored_at, artifact_id) order (issue #12)."""
+        now = self.now()
+        page = await self.meta.search_page(query, after=after, now_ns=now, limit=limit)
+        kept = [node for node in page.nodes if node.role is not NodeRole.FROZEN and not node.expired(now)]
+        return page._replace(nodes=kept)
 
     async def artifact_node(self, artifact_id: str) -> Node:
         grid.validate_id(artifact_id, "artifact id")

@@ -43,9 +43,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import ArtifactCorruptedError
 from core.infra import tally
@@ -101,6 +101,51 @@ class ChildrenPage(NamedTuple):
     nodes: list[Node]
     last: str | None
     more: bool
+
+
+class SearchQuery(BaseModel):
+    """What a search page asks the metadata store for: a space, and optionally a MIME type prefix and
+    meta fields that must equal the values given (the store may answer more; the caller checks each
+    record)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sandbox_id: str
+    scope: Scope | None = None
+    session_id: str | None = None
+    user_id: str | None = None
+    mime_prefix: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchPage(NamedTuple):
+    """Artifacts in (stored_at, artifact_id) order; ``last`` is the position the page covered (a record
+    read and refused included), None with ``more`` False once the search is exhausted."""
+
+    nodes: list[Node]
+    last: tuple[int, str] | None
+    more: bool
+
+
+_MISSING = object()
+
+
+def search_page_of(nodes: Sequence[Node], query: SearchQuery, after: tuple[int, str] | None, now_ns: int,
+                   limit: int) -> SearchPage:
+    """A search page cut from every artifact of the space, for a store without an ordered index (Redis).
+
+    Costs what the space holds: the store read it all (one round trip per page of records).
+    """
+    chosen = sorted(
+        ((node.crtime_ns, node.artifact.artifact_id), node) for node in nodes
+        if node.artifact is not None and not node.expired(now_ns)
+        and (not query.mime_prefix or node.artifact.mime.startswith(query.mime_prefix))
+        and all(node.artifact.meta.get(key, _MISSING) == value for key, value in query.meta.items())
+        and (after is None or (node.crtime_ns, node.artifact.artifact_id) > after)
+    )
+    page = chosen[:limit]
+    more = len(chosen) > limit
+    return SearchPage([node for _, node in page], page[-1][0] if page and more else None, more)
 
 
 class Cover(NamedTuple):
@@ -168,6 +213,21 @@ class MetaStore(Protocol):
         self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
     ) -> list[Node]:
         """File nodes of a sandbox matching the given space fields (indexed)."""
+        ...
+
+    async def search_page(
+        self, query: SearchQuery, *, after: tuple[int, str] | None, now_ns: int, limit: int
+    ) -> SearchPage:
+        """Up to ``limit`` unexpired artifacts of ``query`` after position ``after`` (stored_at ns,
+        artifact id), in that order (issue #12).
+
+        On SQLite an index range: the space's, or the MIME type's, in that
+        order, so a page costs what it holds. Meta fields are tested in the
+        database but not indexed: a page reads at most a bounded number of
+        the space's records, and may come back short (even empty) with
+        ``more``, its ``last`` past what it read. On Redis the space's whole
+        index is read and cut (:func:`search_page_of`).
+        """
         ...
 
     async def sharers(self, artifact_id: str) -> list[Node]:
