@@ -180,3 +180,116 @@ async def test_a_bad_cursor_is_refused_as_such(store: ArtifactStore) -> None:
     for limit in (0, -1, 1001, True, 2.0):
         with pytest.raises(InvalidArgumentError):
             await store.list_page(session, limit=limit)  # type: ignore[arg-type]
+
+
+# -- search pages
+
+
+async def every_search_page(store: ArtifactStore, limit: int, **query: object) -> list[str]:
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(10_000):
+        page = await store.search_page(limit=limit, cursor=cursor, **query)  # type: ignore[arg-type]
+        seen += [m.artifact_id for m in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            return seen
+    raise AssertionError("the pages never ended")
+
+
+async def fill_varied(store: ArtifactStore, count: int, clock: ManualClock) -> list[str]:
+    """``count`` artifacts in three sessions of two users, three MIME types, meta k = i % 5; the clock
+    moves between batches so stored_at both differs and ties (ties are ordered by artifact id)."""
+    sessions = [await store.create_session(user_id=f"u{i % 2}") for i in range(3)]
+    mimes = ["text/plain", "text/csv", "image/png"]
+    for at in range(0, count, 100):
+        for session_no, session in enumerate(sessions):
+            items = [{"data": b"x", "filename": f"f{i:05d}", "mime": mimes[(i // 3) % 3],
+                      "meta": {"k": i % 5, "odd": i % 2 == 1}}
+                     for i in range(at, min(at + 100, count)) if i % 3 == session_no]
+            await store.store_batch(items, session_id=session, user_id=f"u{session_no % 2}")
+        clock.advance(1)
+    return sessions
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_search_pages_answer_what_search_does_in_order(store: ArtifactStore, clock: ManualClock) -> None:
+    sessions = await fill_varied(store, 300, clock)
+    for query in ({}, {"session_id": sessions[1]}, {"user_id": "u1"}, {"scope": "session"}, {"mime_prefix": "text/"},
+                  {"mime_prefix": "image/png", "user_id": "u0"}, {"meta_filter": {"k": 3}},
+                  {"meta_filter": {"odd": True, "k": 1}}, {"mime_prefix": "text/c", "meta_filter": {"k": 2}},
+                  {"mime_prefix": "video/"}):
+        everything = [m.artifact_id for m in await store.search(**query)]  # type: ignore[arg-type]
+        for limit in (13, 1000):
+            assert await every_search_page(store, limit, **query) == everything, (query, limit)
+            assert [m.artifact_id for m in await store.search(limit=limit, **query)] == everything[:limit]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("meta", ["sqlite"], indirect=True)
+async def test_a_search_page_reads_its_results_not_the_space(store: ArtifactStore, clock: ManualClock) -> None:
+    sessions = await fill_varied(store, MANY, clock)
+    for query in ({}, {"session_id": sessions[0]}, {"user_id": "u1"}, {"mime_prefix": "image/"},
+                  {"mime_prefix": "text/", "session_id": sessions[2]}, {"meta_filter": {"k": 4}}):
+        with tally.tally() as first:
+            page = await store.search_page(limit=PAGE, **query)  # type: ignore[arg-type]
+        with tally.tally() as second:
+            await store.search_page(limit=PAGE, cursor=page.next_cursor, **query)  # type: ignore[arg-type]
+        with tally.tally() as old_call:
+            assert len(await store.search(limit=PAGE, **query)) == PAGE  # type: ignore[arg-type]
+        for counted in (first, second, old_call):
+            assert counted.records <= PAGE_BOUND, (query, counted.records)
+    with tally.tally() as none_found:  # a MIME type no artifact has: nothing read at all
+        assert await store.search(mime_prefix="video/", limit=PAGE) == []
+    assert none_found.records <= 5
+
+
+@pytest.mark.parametrize("meta", ["sqlite"], indirect=True)
+async def test_a_meta_search_reads_a_bounded_stretch_per_page_and_its_cursor_moves_on(
+    store: ArtifactStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.backends.meta import sqlite
+
+    monkeypatch.setattr(sqlite, "SEARCH_SCAN", 50)
+    session = await store.create_session()
+    await fill(store, session, [f"n{i:04d}" for i in range(400)])
+    await store.store(b"x", filename="rare", session_id=session, meta={"rare": "yes"})
+    pages, found = 0, []
+    cursor: str | None = None
+    while True:
+        pages += 1
+        page = await store.search_page(meta_filter={"rare": "yes"}, limit=10, cursor=cursor)
+        found += [m.filename for m in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+        assert pages < 50
+    assert found == ["rare"] and pages >= 401 // 50  # short (empty) pages, each a stretch further on
+    assert [m.filename for m in await store.search(meta_filter={"rare": "yes"}, limit=5)] == ["rare"]
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_expired_artifacts_are_not_in_search_pages(store: ArtifactStore, clock: ManualClock) -> None:
+    session = await store.create_session()
+    await fill(store, session, [f"old{i:03d}" for i in range(200)], ttl=60)
+    clock.advance(1)
+    await fill(store, session, ["kept"], ttl=3600)
+    clock.advance(120)
+    assert [m.filename for m in await store.search(session_id=session, limit=5)] == ["kept"]
+    assert await every_search_page(store, 5, session_id=session) == [
+        m.artifact_id for m in await store.search(session_id=session)]
+    page = await store.search_page(session_id=session, mime_prefix="image/", limit=5)
+    assert page.items == [] and page.next_cursor is None
+
+
+async def test_a_search_cursor_belongs_to_its_query(store: ArtifactStore) -> None:
+    session = await store.create_session()
+    await fill(store, session, ["a", "b", "c"])
+    cursor = (await store.search_page(session_id=session, limit=1)).next_cursor
+    assert cursor is not None
+    assert len((await store.search_page(session_id=session, limit=5, cursor=cursor)).items) == 2
+    for other in ({"session_id": session, "mime_prefix": "text/"}, {}, {"meta_filter": {"a": 1}, "session_id": session}):
+        with pytest.raises(InvalidCursorError):
+            await store.search_page(limit=1, cursor=cursor, **other)  # type: ignore[arg-type]
+    listing = (await store.list_page(session, limit=1)).next_cursor
+    with pytest.raises(InvalidCursorError):
+        await store.search_page(session_id=session, limit=1, cursor=listing)

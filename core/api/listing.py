@@ -168,9 +168,9 @@ class ListingApi(StoreBase):
         now = ns.now()
         nodes = await ns.search(self.sandbox_id, scope=query.scope, session_id=query.session_id,
                                 user_id=query.user_id)
-        found = await self._described_all([node for node in nodes if self._matches(node, query, now)])
-        found.sort(key=lambda m: (m.stored_at, m.artifact_id))
-        return found
+        chosen = [node for node in nodes if self._matches(node, query, now)]
+        chosen.sort(key=lambda n: (n.crtime_ns, n.artifact.artifact_id))  # type: ignore[union-attr]  # the pages' order
+        return await self._described_all(chosen)
 
     async def _search_page(
         self, query: SearchQuery, after: tuple[int, str] | None, limit: int
