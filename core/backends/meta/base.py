@@ -130,22 +130,19 @@ class SearchPage(NamedTuple):
 _MISSING = object()
 
 
-def search_page_of(nodes: Sequence[Node], query: SearchQuery, after: tuple[int, str] | None, now_ns: int,
-                   limit: int) -> SearchPage:
-    """A search page cut from every artifact of the space, for a store without an ordered index (Redis).
-
-    Costs what the space holds: the store read it all (one round trip per page of records).
-    """
-    chosen = sorted(
-        ((node.crtime_ns, node.artifact.artifact_id), node) for node in nodes
-        if node.artifact is not None and not node.expired(now_ns)
-        and (not query.mime_prefix or node.artifact.mime.startswith(query.mime_prefix))
-        and all(node.artifact.meta.get(key, _MISSING) == value for key, value in query.meta.items())
-        and (after is None or (node.crtime_ns, node.artifact.artifact_id) > after)
+def search_matches(node: Node, query: SearchQuery, now_ns: int) -> bool:
+    """Whether an artifact's record answers ``query``'s MIME type and meta fields and is unexpired."""
+    art = node.artifact
+    return (
+        art is not None and not node.expired(now_ns)
+        and (not query.mime_prefix or art.mime.startswith(query.mime_prefix))
+        and all(art.meta.get(key, _MISSING) == value for key, value in query.meta.items())
     )
-    page = chosen[:limit]
-    more = len(chosen) > limit
-    return SearchPage([node for _, node in page], page[-1][0] if page and more else None, more)
+
+
+def search_position(node: Node) -> tuple[int, str]:
+    """Where an artifact sorts in a search: (stored_at ns, artifact id)."""
+    return node.crtime_ns, node.artifact.artifact_id if node.artifact is not None else ""
 
 
 class Cover(NamedTuple):
@@ -221,12 +218,13 @@ class MetaStore(Protocol):
         """Up to ``limit`` unexpired artifacts of ``query`` after position ``after`` (stored_at ns,
         artifact id), in that order (issue #12).
 
-        On SQLite an index range: the space's, or the MIME type's, in that
-        order, so a page costs what it holds. Meta fields are tested in the
-        database but not indexed: a page reads at most a bounded number of
-        the space's records, and may come back short (even empty) with
-        ``more``, its ``last`` past what it read. On Redis the space's whole
-        index is read and cut (:func:`search_page_of`).
+        An index range in that order (SQLite: the space's, or the MIME
+        type's; Redis: the space's sorted set, in one script), so a page
+        costs what it holds. What is not indexed (meta fields; MIME types on
+        Redis) is tested on a bounded stretch of the space per page, which
+        may come back short (even empty) with ``more`` and a ``last`` past
+        what it read. The caller checks each record again
+        (:func:`search_matches`): an index only says where to look.
         """
         ...
 

@@ -90,7 +90,8 @@ _SEARCH_SCHEMA = """
 DROP INDEX IF EXISTS node_user;
 DROP INDEX IF EXISTS node_session;
 DROP INDEX IF EXISTS node_scope;
-CREATE INDEX IF NOT EXISTS node_sandbox_by_time ON node(sandbox_id, stored_at, artifact_id) WHERE artifact_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS node_sandbox_by_time ON node(sandbox_id, stored_at, artifact_id)
+    WHERE artifact_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS node_user_by_time ON node(sandbox_id, user_id, stored_at, artifact_id)
     WHERE artifact_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS node_session_by_time ON node(sandbox_id, session_id, stored_at, artifact_id)
@@ -438,8 +439,9 @@ class SQLiteMetaStore:
             else "node"
         tests = _meta_tests(query.meta)
         if tests is None:  # nothing to test in the database: the index range is the page
-            rows = self.db.execute(f"SELECT {_COLUMNS}, stored_at, artifact_id FROM {table} WHERE {where} {order} LIMIT ?",
-                                   (*args, limit + 1)).fetchall()
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS}, stored_at, artifact_id FROM {table} WHERE {where} {order} LIMIT ?",
+                (*args, limit + 1)).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
             end = (rows[-1][4], rows[-1][5]) if rows and more else None
@@ -452,8 +454,9 @@ class SQLiteMetaStore:
             rows = rows[:limit]
             end = (rows[-1][4], rows[-1][5]) if rows and more else None
             if not more:  # the stretch's last record, and whether the range goes on after it
-                tail = self.db.execute(f"SELECT stored_at, artifact_id FROM {table} WHERE {where} {order} LIMIT 2 OFFSET ?",
-                                       (*args, SEARCH_SCAN - 1)).fetchall()
+                tail = self.db.execute(
+                    f"SELECT stored_at, artifact_id FROM {table} WHERE {where} {order} LIMIT 2 OFFSET ?",
+                    (*args, SEARCH_SCAN - 1)).fetchall()
                 more = len(tail) == 2
                 end = (tail[0][0], tail[0][1]) if more else None
         nodes = [n for n in map(self._load, (row[:4] for row in rows)) if n is not None]
