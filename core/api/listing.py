@@ -7,7 +7,7 @@ from typing import Any
 from core.api import cursors, rules
 from core.api.base import StoreBase
 from core.api.cursors import CursorKind, FilesCursor, SearchCursor
-from core.backends.meta.base import SearchQuery
+from core.backends.meta.base import SearchQuery, search_matches
 from core.errors import InvalidArgumentError, InvalidCursorError
 from core.models import (
     ArtifactMetadata,
@@ -18,9 +18,6 @@ from core.models import (
 from core.nodes import Node
 from core.tree import grid
 from core.tree.pages import Bound
-
-_MISSING = object()
-
 
 class ListingApi(StoreBase):
     """What is stored where: a session's files, search across scopes, and grid keys.
@@ -150,16 +147,6 @@ class ListingApi(StoreBase):
         return SearchQuery(sandbox_id=self.sandbox_id, scope=scope, session_id=session_id, user_id=user_id,
                            mime_prefix=mime_prefix or None, meta=rules.meta(meta_filter, self.ns.limits))
 
-    @staticmethod
-    def _matches(node: Node, query: SearchQuery, now: int) -> bool:
-        """What the signed record says, whatever an index answered."""
-        art = node.artifact
-        if node.expired(now) or art is None:
-            return False
-        if query.mime_prefix and not art.mime.startswith(query.mime_prefix):
-            return False
-        return all(art.meta.get(k, _MISSING) == v for k, v in query.meta.items())
-
     async def _described_all(self, nodes: list[Node]) -> list[ArtifactMetadata]:
         return [self._described(node, name) for node, name in zip(nodes, await self.ns.filenames(nodes))]
 
@@ -168,7 +155,7 @@ class ListingApi(StoreBase):
         now = ns.now()
         nodes = await ns.search(self.sandbox_id, scope=query.scope, session_id=query.session_id,
                                 user_id=query.user_id)
-        chosen = [node for node in nodes if self._matches(node, query, now)]
+        chosen = [node for node in nodes if search_matches(node, query, now)]
         chosen.sort(key=lambda n: (n.crtime_ns, n.artifact.artifact_id))  # type: ignore[union-attr]  # the pages' order
         return await self._described_all(chosen)
 
@@ -179,7 +166,7 @@ class ListingApi(StoreBase):
         ns = await self._ready()
         page = await ns.search_page(query, after=after, limit=limit)
         now = ns.now()
-        items = await self._described_all([node for node in page.nodes if self._matches(node, query, now)])
+        items = await self._described_all([node for node in page.nodes if search_matches(node, query, now)])
         return items, page.last if page.more else None
 
     def parse_grid_key(self, key: str) -> GridKey:
