@@ -19,6 +19,7 @@ from core.nodes import Node
 from core.tree import grid
 from core.tree.pages import Bound
 
+
 class ListingApi(StoreBase):
     """What is stored where: a session's files, search across scopes, and grid keys.
 
