@@ -317,3 +317,29 @@ async def test_a_search_cursor_belongs_to_its_query(store: ArtifactStore) -> Non
     listing = (await store.list_page(session, limit=1)).next_cursor
     with pytest.raises(InvalidCursorError):
         await store.search_page(session_id=session, limit=1, cursor=listing)
+
+
+async def test_a_sqlite_store_made_before_search_pages_gets_their_columns_from_its_records(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+
+    def opened() -> ArtifactStore:
+        return ArtifactStore(storage_provider="memory", session_provider="memory", sandbox_id="box",
+                             meta_store=SQLiteMetaStore(path, SIGNER), blob_store=MemoryBlobStore())
+
+    async with opened() as store:
+        session = await store.create_session()
+        await fill(store, session, [f"f{i}" for i in range(30)])
+        await store.store(b"<svg/>", filename="pic.svg", mime="image/svg+xml", session_id=session)
+        expected = [m.artifact_id for m in await store.search(session_id=session)]
+    db = sqlite3.connect(path)  # as the previous version left it: no columns, no indexes of the pages
+    for index in ("node_sandbox_by_time", "node_user_by_time", "node_session_by_time", "node_scope_by_time",
+                  "node_mime_by_time"):
+        db.execute(f"DROP INDEX {index}")
+    db.execute("ALTER TABLE node DROP COLUMN stored_at")
+    db.execute("ALTER TABLE node DROP COLUMN mime")
+    db.close()
+    async with opened() as store:
+        assert await every_search_page(store, 4, session_id=session) == expected
+        assert [m.filename for m in (await store.search_page(mime_prefix="image/", limit=5)).items] == ["pic.svg"]
