@@ -343,3 +343,22 @@ async def test_a_sqlite_store_made_before_search_pages_gets_their_columns_from_i
     async with opened() as store:
         assert await every_search_page(store, 4, session_id=session) == expected
         assert [m.filename for m in (await store.search_page(mime_prefix="image/", limit=5)).items] == ["pic.svg"]
+
+
+@pytest.mark.parametrize("meta", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("merge", [1, 32])
+async def test_a_mime_prefix_over_many_types_is_read_in_order_either_way(
+    store: ArtifactStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, merge: int
+) -> None:
+    from core.backends.meta import sqlite
+
+    monkeypatch.setattr(sqlite, "_MIME_MERGE", merge)  # 1: more types than merged, the range is sorted instead
+    session = await store.create_session()
+    for i in range(40):
+        await store.store(b"x", filename=f"f{i:02d}", mime=f"text/t{i % 5}", session_id=session)
+        clock.advance(0.001 * (i % 3))
+    expected = [m.artifact_id for m in await store.search(mime_prefix="text/")]
+    assert len(expected) == 40
+    assert await every_search_page(store, 6, mime_prefix="text/") == expected
+    assert await every_search_page(store, 6, mime_prefix="text/t3", scope="session") == [
+        m.artifact_id for m in await store.search(mime_prefix="text/t3")]

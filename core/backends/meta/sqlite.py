@@ -102,6 +102,7 @@ CREATE INDEX IF NOT EXISTS node_mime_by_time ON node(sandbox_id, mime, stored_at
     WHERE artifact_id IS NOT NULL;
 """
 SEARCH_SCAN = 10_000  # records a page with meta fields reads at most (they are not indexed)
+_MIME_MERGE = 32  # MIME types one prefix search merges, each read in order; beyond, the range is sorted
 
 # A directory's subdirectories (st_nlink is 2 + that), kept by the database itself: triggers move
 # the parent's count wherever a directory's row is inserted, deleted or given another parent, so no
@@ -419,49 +420,85 @@ class SQLiteMetaStore:
     async def search_page(
         self, query: SearchQuery, *, after: tuple[int, str] | None, now_ns: int, limit: int
     ) -> SearchPage:
-        where = "artifact_id IS NOT NULL AND sandbox_id=? AND (expires_at IS NULL OR expires_at>?)"
-        args: list[object] = [query.sandbox_id, now_ns]
-        for column, value in (("scope", query.scope.value if query.scope else None), ("session_id", query.session_id),
-                              ("user_id", query.user_id)):
-            if value is not None:
-                where += f" AND {column}=?"
-                args.append(value)
-        if query.mime_prefix:
-            where += " AND mime>=? AND mime<?"
-            args += [query.mime_prefix, _next_prefix(query.mime_prefix)]
-        if after is not None:
-            where += " AND (stored_at>? OR (stored_at=? AND artifact_id>?))"
-            args += [after[0], after[0], after[1]]
         order = "ORDER BY stored_at, artifact_id"
-        # A MIME search across a sandbox or a scope reads the MIME type's range (cost: its matches, sorted),
-        # not the whole space in order; within a session or a user the space's range is the smaller bet.
-        table = "node INDEXED BY node_mime_by_time" if query.mime_prefix and not (query.session_id or query.user_id) \
-            else "node"
         tests = _meta_tests(query.meta)
         if tests is None:  # nothing to test in the database: the index range is the page
-            rows = self.db.execute(
-                f"SELECT {_COLUMNS}, stored_at, artifact_id FROM {table} WHERE {where} {order} LIMIT ?",
-                (*args, limit + 1)).fetchall()
+            sql, args = self._in_order(query, after, now_ns, limit + 1)
+            rows = self.db.execute(sql, args).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
             end = (rows[-1][4], rows[-1][5]) if rows and more else None
         else:  # a bounded stretch of the range, tested in the database: the page may come back short
             sql_tests, test_args = tests
-            scanned = f"SELECT {_COLUMNS}, stored_at, artifact_id FROM {table} WHERE {where} {order} LIMIT ?"
-            rows = self.db.execute(f"SELECT * FROM ({scanned}) WHERE {sql_tests} {order} LIMIT ?",
-                                   (*args, SEARCH_SCAN, *test_args, limit + 1)).fetchall()
+            sql, args = self._in_order(query, after, now_ns, SEARCH_SCAN)
+            # No ORDER BY here: the stretch comes in order, and stops at the page, not at its end.
+            rows = sorted(self.db.execute(f"SELECT * FROM ({sql}) WHERE {sql_tests} LIMIT ?",
+                                          (*args, *test_args, limit + 1)).fetchall(), key=lambda row: row[4:6])
             more = len(rows) > limit
             rows = rows[:limit]
             end = (rows[-1][4], rows[-1][5]) if rows and more else None
             if not more:  # the stretch's last record, and whether the range goes on after it
-                tail = self.db.execute(
-                    f"SELECT stored_at, artifact_id FROM {table} WHERE {where} {order} LIMIT 2 OFFSET ?",
-                    (*args, SEARCH_SCAN - 1)).fetchall()
+                sql, args = self._in_order(query, after, now_ns, SEARCH_SCAN + 1)
+                tail = self.db.execute(f"SELECT stored_at, artifact_id FROM ({sql}) {order} LIMIT 2 OFFSET ?",
+                                       (*args, SEARCH_SCAN - 1)).fetchall()
                 more = len(tail) == 2
                 end = (tail[0][0], tail[0][1]) if more else None
         nodes = [n for n in map(self._load, (row[:4] for row in rows)) if n is not None]
         found = checks.in_space(nodes, query.sandbox_id, query.scope, query.session_id, query.user_id)
         return SearchPage(found, end, more)
+
+    def _in_order(
+        self, query: SearchQuery, after: tuple[int, str] | None, now_ns: int, most: int
+    ) -> tuple[str, list[object]]:
+        """A query of up to ``most`` unexpired rows of the search after ``after``, in (stored_at, id) order,
+        each a record and its position, read from an index in that order so it costs what it answers.
+
+        A MIME prefix across a sandbox or a scope reads each MIME type it covers in order and merges
+        them (types are few); within a session or a user, the space's range is read and tested.
+        """
+        where = "artifact_id IS NOT NULL AND sandbox_id=? AND (expires_at IS NULL OR expires_at>?)"
+        args: list[object] = [query.sandbox_id, now_ns]
+        for column, value in (("scope", query.scope.value if query.scope else None),
+                              ("session_id", query.session_id), ("user_id", query.user_id)):
+            if value is not None:
+                where += f" AND {column}=?"
+                args.append(value)
+        if after is not None:
+            where += " AND (stored_at>? OR (stored_at=? AND artifact_id>?))"
+            args += [after[0], after[0], after[1]]
+        order = "ORDER BY stored_at, artifact_id"
+        columns = f"{_COLUMNS}, stored_at, artifact_id"
+        prefix = query.mime_prefix
+        types = self._mime_types(query.sandbox_id, prefix) if prefix and not (query.session_id or query.user_id) \
+            else None
+        if types is None:
+            if prefix:
+                where += " AND mime>=? AND mime<?"
+                args += [prefix, _next_prefix(prefix)]
+            return f"SELECT {columns} FROM node WHERE {where} {order} LIMIT ?", [*args, most]
+        if not types:
+            return f"SELECT {columns} FROM node WHERE 0 LIMIT ?", [most]
+        part = (f"SELECT * FROM (SELECT {columns} FROM node INDEXED BY node_mime_by_time"
+                f" WHERE {where} AND mime=? {order} LIMIT ?)")
+        merged = " UNION ALL ".join([part] * len(types))
+        return f"SELECT * FROM ({merged}) {order} LIMIT ?", [
+            *(value for mime in types for value in (*args, mime, most)), most]
+
+    def _mime_types(self, sandbox_id: str, prefix: str) -> list[str] | None:
+        """The MIME types of a sandbox's artifacts that start with ``prefix``, one index probe each;
+        None if there are more than :data:`_MIME_MERGE` (the range is then read and sorted)."""
+        found: list[str] = []
+        bound, upper = prefix, _next_prefix(prefix)
+        while len(found) <= _MIME_MERGE:
+            row = self.db.execute(
+                "SELECT mime FROM node INDEXED BY node_mime_by_time WHERE artifact_id IS NOT NULL AND sandbox_id=?"
+                f" AND mime{'>' if found else '>='}? AND mime<? ORDER BY mime LIMIT 1", (sandbox_id, bound, upper),
+            ).fetchone()
+            if row is None:
+                return found
+            found.append(row[0])
+            bound = row[0]
+        return None
 
     async def sharers(self, artifact_id: str) -> list[Node]:
         return checks.sharing(self._many(f"SELECT {_COLUMNS} FROM node WHERE blob_of=?", (artifact_id,)), artifact_id)
