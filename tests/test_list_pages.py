@@ -105,6 +105,8 @@ async def test_a_page_of_ten_among_two_thousand_decodes_about_ten_records(store:
     assert [m.filename for m in late.items] == [f"dir/g{i:03d}.txt" for i in range(51, 51 + PAGE)]
     for counted in (first, second, old_call, prefixed, deep):
         assert counted.records <= PAGE_BOUND, (counted.records, whole.records)
+    if isinstance(store.ns.meta, RedisMetaStore):  # the session root, then a directory page or two
+        assert first.round_trips <= 3 and old_call.round_trips <= 3, (first.round_trips, old_call.round_trips)
 
 
 def _cursor_after(store: ArtifactStore, session: str, filename: str) -> str:
@@ -241,6 +243,8 @@ async def test_a_search_page_reads_its_results_not_the_space(store: ArtifactStor
             assert len(await store.search(limit=PAGE, **query)) == PAGE  # type: ignore[arg-type]
         for counted in (first, second, old_call):
             assert counted.records <= PAGE_BOUND, (query, counted.records)
+            if isinstance(store.ns.meta, RedisMetaStore):  # the page in one script, the filenames in one more
+                assert counted.round_trips <= 2, (query, counted.round_trips)
     if isinstance(store.ns.meta, SQLiteMetaStore):
         with tally.tally() as none_found:  # a MIME type no artifact has: nothing read at all
             assert await store.search(mime_prefix="video/", limit=PAGE) == []
