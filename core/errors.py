@@ -82,6 +82,10 @@ class InvalidArgumentError(ArtifactStoreError, ValueError):
     """An argument is malformed: bad TTL, unknown scope, non-JSON meta, ..."""
 
 
+class InvalidCursorError(InvalidArgumentError):
+    """A page cursor that this store did not hand out for this query (edited, truncated, or another query's)."""
+
+
 class InvalidNameError(InvalidArgumentError):
     """A name or id is not allowed: '..', NUL, '/' in a component, empty."""
 

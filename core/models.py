@@ -86,6 +86,17 @@ class ArtifactMetadata(_Mapping):
     expires_at: datetime | None
 
 
+class ArtifactPage(BaseModel):
+    """One page of a listing or a search, and where the next one starts.
+
+    ``next_cursor`` is None once the listing is exhausted; a full page may
+    still be followed by an empty one (the store does not read ahead to know).
+    """
+
+    items: list[ArtifactMetadata] = Field(default_factory=list)
+    next_cursor: str | None = None
+
+
 class SessionInfo(_Mapping):
     session_id: str
     sandbox_id: str

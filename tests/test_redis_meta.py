@@ -80,12 +80,20 @@ def assert_consistent(url: str, prefix: str) -> None:
         str(i).encode(): float(h[b"ex"]) for i, h in inodes.items() if h[b"ex"]
     }
     tags: dict[bytes, set[bytes]] = {}
+    orders: dict[bytes, set[bytes]] = {}  # each tag's (stored_at, artifact id) order (issue #12)
     for ino, record in inodes.items():
-        for tag in filter(None, record[b"ix"].split(b"\n")):
+        lines = list(filter(None, record[b"ix"].split(b"\n")))
+        member = next((line[1:] for line in lines if line.startswith(b"=")), None)
+        for tag in (line for line in lines if not line.startswith(b"=")):
             tags.setdefault(tag, set()).add(str(ino).encode())
+            if member is not None:
+                orders.setdefault(tag, set()).add(member)
     for key in r.scan_iter(f"{prefix}:x:*"):
         assert r.smembers(key) == tags.pop(key[len(prefix) + 3 :], set())
     assert not tags
+    for key in r.scan_iter(f"{prefix}:y:*"):
+        assert set(r.zrange(key, 0, -1)) == orders.pop(key[len(prefix) + 3 :], set())
+    assert not orders
     files: Counter[bytes] = Counter()
     size: Counter[bytes] = Counter()
     for record in inodes.values():

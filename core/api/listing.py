@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.api import rules
+from core.api import cursors, rules
 from core.api.base import StoreBase
+from core.api.cursors import CursorKind, FilesCursor, SearchCursor
+from core.backends.meta.base import SearchQuery, search_matches
+from core.errors import InvalidArgumentError, InvalidCursorError
 from core.models import (
     ArtifactMetadata,
+    ArtifactPage,
     GridKey,
     Scope,
 )
+from core.nodes import Node
 from core.tree import grid
-
-_MISSING = object()
+from core.tree.pages import Bound
 
 
 class ListingApi(StoreBase):
@@ -33,11 +37,51 @@ class ListingApi(StoreBase):
         found = [self._described(node, path) for path, node in await ns.files_below(root)]  # type: ignore[arg-type]
         return sorted(found, key=lambda m: m.filename)
 
+    async def _files_page(
+        self, session_id: str, prefix: str, limit: int, after: str | None = None
+    ) -> tuple[list[ArtifactMetadata], bool]:
+        """Up to ``limit`` of a session's files in filename order, after ``after``; and whether that was all.
+
+        Reads about ``limit`` records whatever the session holds (issue #12),
+        where :meth:`_session_files` reads them all.
+        """
+        ns = await self._ready()
+        grid.validate_id(session_id, "session id")
+        if not isinstance(prefix, str):
+            raise InvalidArgumentError("prefix must be a string")
+        root = await ns.session_root(self.sandbox_id, session_id)
+        if not ns.visible(root):
+            return [], True
+        page = await ns.files_page(root, after=Bound(after, False) if after else None,  # type: ignore[arg-type]
+                                   prefix=prefix, limit=limit)
+        return [self._described(node, path) for path, node in page.files], page.complete
+
     async def list_by_session(self, session_id: str, limit: int | None = None) -> list[ArtifactMetadata]:
-        return rules.limited(await self._session_files(session_id), limit)
+        if limit is None:
+            return await self._session_files(session_id)
+        return (await self._files_page(session_id, "", rules.a_limit(limit)))[0]
 
     async def list_files(self, session_id: str, prefix: str = "", limit: int | None = None) -> list[ArtifactMetadata]:
-        return rules.limited([m for m in await self._session_files(session_id) if m.filename.startswith(prefix)], limit)
+        if limit is None:
+            return [m for m in await self._session_files(session_id) if m.filename.startswith(prefix)]
+        return (await self._files_page(session_id, prefix, rules.a_limit(limit)))[0]
+
+    async def list_page(
+        self, session_id: str, *, prefix: str = "", limit: int = 100, cursor: str | None = None
+    ) -> ArtifactPage:
+        """One page of a session's files (those whose filename starts with ``prefix``), in filename
+        order; pass ``next_cursor`` back to read the next. Costs what the page holds, not the session."""
+        limit = rules.page_size(limit)
+        query = cursors.query_digest(CursorKind.FILES, sandbox=self.sandbox_id, session=session_id, prefix=prefix)
+        after = None
+        if cursor is not None:
+            position = cursors.decode(cursor, query)
+            if not isinstance(position, FilesCursor):
+                raise InvalidCursorError("the cursor belongs to a search, not a listing")
+            after = position.after
+        items, complete = await self._files_page(session_id, prefix, limit, after)
+        last = None if complete or not items else cursors.encode(FilesCursor(query=query, after=items[-1].filename))
+        return ArtifactPage(items=items, next_cursor=last)
 
     async def get_directory_contents(
         self, session_id: str, directory_prefix: str = "", limit: int | None = None
@@ -55,28 +99,76 @@ class ListingApi(StoreBase):
         self, *, user_id: str | None = None, scope: Scope | str | None = None, mime_prefix: str | None = None,
         meta_filter: dict[str, Any] | None = None, session_id: str | None = None, limit: int | None = None,
     ) -> list[ArtifactMetadata]:
-        ns = await self._ready()
+        query = self._search_query(user_id, scope, mime_prefix, meta_filter, session_id)
+        if limit is None:
+            return await self._search_all(query)
+        wanted = rules.a_limit(limit)
+        found: list[ArtifactMetadata] = []
+        after: tuple[int, str] | None = None
+        while len(found) < wanted:  # pages until the limit is met: cost follows the results, not the space
+            items, after = await self._search_page(query, after, min(wanted - len(found), rules.MAX_PAGE))
+            found += items
+            if after is None:
+                break
+        return found[:wanted]
+
+    async def search_page(
+        self, *, user_id: str | None = None, scope: Scope | str | None = None, mime_prefix: str | None = None,
+        meta_filter: dict[str, Any] | None = None, session_id: str | None = None, limit: int = 100,
+        cursor: str | None = None,
+    ) -> ArtifactPage:
+        """One page of :meth:`search`'s results, in (stored_at, artifact_id) order; pass ``next_cursor``
+        back for the next. A page may hold fewer than ``limit`` (meta fields are tested on a bounded
+        stretch of the space per page): only ``next_cursor`` None says the search is done."""
+        limit = rules.page_size(limit)
+        query = self._search_query(user_id, scope, mime_prefix, meta_filter, session_id)
+        digest = cursors.query_digest(CursorKind.SEARCH, **query.model_dump(mode="json"))
+        after = None
+        if cursor is not None:
+            position = cursors.decode(cursor, digest)
+            if not isinstance(position, SearchCursor):
+                raise InvalidCursorError("the cursor belongs to a listing, not a search")
+            after = (position.stored_at_ns, position.artifact_id)
+        items, end = await self._search_page(query, after, limit)
+        next_cursor = None if end is None else cursors.encode(
+            SearchCursor(query=digest, stored_at_ns=end[0], artifact_id=end[1]))
+        return ArtifactPage(items=items, next_cursor=next_cursor)
+
+    def _search_query(
+        self, user_id: str | None, scope: Scope | str | None, mime_prefix: str | None,
+        meta_filter: dict[str, Any] | None, session_id: str | None,
+    ) -> SearchQuery:
         scope = rules.scope(scope) if scope is not None else None
         if user_id is not None:
             grid.validate_id(user_id, "user id")
         if session_id is not None:
             grid.validate_id(session_id, "session id")
-        meta_filter = rules.meta(meta_filter, self.ns.limits)
+        if mime_prefix is not None and not isinstance(mime_prefix, str):
+            raise InvalidArgumentError("mime_prefix must be a string")
+        return SearchQuery(sandbox_id=self.sandbox_id, scope=scope, session_id=session_id, user_id=user_id,
+                           mime_prefix=mime_prefix or None, meta=rules.meta(meta_filter, self.ns.limits))
+
+    async def _described_all(self, nodes: list[Node]) -> list[ArtifactMetadata]:
+        return [self._described(node, name) for node, name in zip(nodes, await self.ns.filenames(nodes))]
+
+    async def _search_all(self, query: SearchQuery) -> list[ArtifactMetadata]:
+        ns = await self._ready()
         now = ns.now()
-        nodes = await ns.search(self.sandbox_id, scope=scope, session_id=session_id, user_id=user_id)
-        chosen = []
-        for node in nodes:
-            art = node.artifact
-            if node.expired(now) or art is None:
-                continue
-            if mime_prefix and not art.mime.startswith(mime_prefix):
-                continue
-            if any(art.meta.get(k, _MISSING) != v for k, v in meta_filter.items()):
-                continue
-            chosen.append(node)
-        found = [self._described(node, name) for node, name in zip(chosen, await ns.filenames(chosen))]
-        found.sort(key=lambda m: (m.stored_at, m.artifact_id))
-        return rules.limited(found, limit)
+        nodes = await ns.search(self.sandbox_id, scope=query.scope, session_id=query.session_id,
+                                user_id=query.user_id)
+        chosen = [node for node in nodes if search_matches(node, query, now)]
+        chosen.sort(key=lambda n: (n.crtime_ns, n.artifact.artifact_id))  # type: ignore[union-attr]  # the pages' order
+        return await self._described_all(chosen)
+
+    async def _search_page(
+        self, query: SearchQuery, after: tuple[int, str] | None, limit: int
+    ) -> tuple[list[ArtifactMetadata], tuple[int, str] | None]:
+        """A page of matches and the position to continue after (None: the search is done)."""
+        ns = await self._ready()
+        page = await ns.search_page(query, after=after, limit=limit)
+        now = ns.now()
+        items = await self._described_all([node for node in page.nodes if search_matches(node, query, now)])
+        return items, page.last if page.more else None
 
     def parse_grid_key(self, key: str) -> GridKey:
         return grid.parse_grid_key(key)

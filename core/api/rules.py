@@ -130,9 +130,23 @@ def hours(hours: Any, limits: Limits = _LIMITS) -> int:
 def limited(items: list[T], limit: int | None) -> list[T]:
     if limit is None:
         return items
+    return items[:a_limit(limit)]
+
+
+def a_limit(limit: Any) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise InvalidArgumentError(f"limit must be a non-negative whole number, got {shown(limit)}")
-    return items[:limit]
+    return limit
+
+
+MAX_PAGE = 1000  # items one page may hold: a page is one bounded read, whatever the caller asks
+
+
+def page_size(limit: Any) -> int:
+    """A page's ``limit``: 1 to :data:`MAX_PAGE` (a cursor continues past it)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_PAGE:
+        raise InvalidArgumentError(f"a page's limit must be a whole number from 1 to {MAX_PAGE}, got {shown(limit)}")
+    return limit
 
 
 def model(kind: type[M], value: Any) -> M:

@@ -23,10 +23,13 @@ from contextvars import ContextVar
 class Tally:
     """The round trips counted so far, shared by every task that inherited it (a mutable cell)."""
 
-    __slots__ = ("round_trips",)
+    __slots__ = ("records", "round_trips")
 
     def __init__(self) -> None:
         self.round_trips = 0
+        # Records verified and parsed (``decode_record``): what a listing page costs in the
+        # process, so a test can show a page of 10 decodes ~10 records whatever the store holds.
+        self.records = 0
 
 
 _OPEN: ContextVar[Tally | None] = ContextVar("artifactfs_tally", default=None)

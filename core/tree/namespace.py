@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import anyio
 
 from core.backends.blobs.base import BlobStore
-from core.backends.meta.base import ChildrenPage, Cover, MetaStore
+from core.backends.meta.base import ChildrenPage, Cover, MetaStore, SearchPage, SearchQuery
 from core.errors import (
     AlreadyExistsError,
     ArtifactExpiredError,
@@ -57,6 +57,7 @@ from core.tree.base import EMPTY_SHA256, MAX_RACES, NS, Change, adopt, refuse_fr
 from core.tree.checkpoints import Checkpoints
 from core.tree.content import Content
 from core.tree.non_entries import NonEntries
+from core.tree.pages import Bound, FilesPage, files_page
 from core.tree.quotas import Quotas
 
 
@@ -213,6 +214,13 @@ class Namespace(Content, Quotas):
         found = await self.meta.search(sandbox_id, scope=scope, session_id=session_id, user_id=user_id)
         return [node for node in found if node.role is not NodeRole.FROZEN]
 
+    async def search_page(self, query: SearchQuery, *, after: tuple[int, str] | None, limit: int) -> SearchPage:
+        """A page of :meth:`search`'s artifacts, unexpired, in (stored_at, artifact_id) order (issue #12)."""
+        now = self.now()
+        page = await self.meta.search_page(query, after=after, now_ns=now, limit=limit)
+        kept = [node for node in page.nodes if node.role is not NodeRole.FROZEN and not node.expired(now)]
+        return page._replace(nodes=kept)
+
     async def artifact_node(self, artifact_id: str) -> Node:
         grid.validate_id(artifact_id, "artifact id")
         node = await self.meta.find_artifact(artifact_id)
@@ -266,6 +274,11 @@ class Namespace(Content, Quotas):
                 elif child.is_file:
                     found.append((prefix + child.name, child))
         return found
+
+    async def files_page(self, root: Node, *, after: Bound | None, prefix: str, limit: int) -> FilesPage:
+        """Up to ``limit`` visible files below ``root`` in path order, after ``after``: what
+        :meth:`files_below` finds, read a page at a time (:mod:`core.tree.pages`)."""
+        return await files_page(self.meta, root, now_ns=self.now(), after=after, prefix=prefix, limit=limit)
 
     # -- the fixed upper tree
 

@@ -43,11 +43,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import ArtifactCorruptedError
+from core.infra import tally
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
 from core.nodes import Node
@@ -59,6 +60,9 @@ def decode_record(signer: RecordSigner, ino: int, record: bytes | None, sig: str
     Every backend loads records through here, so a record edited outside
     the store reads as corrupted the same way everywhere (DESIGN §6).
     """
+    counting = tally.current()
+    if counting is not None:
+        counting.records += 1
     if record is None or sig is None or not signer.verify(record, sig):
         raise ArtifactCorruptedError(f"the metadata record of inode {ino} fails its signature")
     try:
@@ -97,6 +101,48 @@ class ChildrenPage(NamedTuple):
     nodes: list[Node]
     last: str | None
     more: bool
+
+
+class SearchQuery(BaseModel):
+    """What a search page asks the metadata store for: a space, and optionally a MIME type prefix and
+    meta fields that must equal the values given (the store may answer more; the caller checks each
+    record)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sandbox_id: str
+    scope: Scope | None = None
+    session_id: str | None = None
+    user_id: str | None = None
+    mime_prefix: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchPage(NamedTuple):
+    """Artifacts in (stored_at, artifact_id) order; ``last`` is the position the page covered (a record
+    read and refused included), None with ``more`` False once the search is exhausted."""
+
+    nodes: list[Node]
+    last: tuple[int, str] | None
+    more: bool
+
+
+_MISSING = object()
+
+
+def search_matches(node: Node, query: SearchQuery, now_ns: int) -> bool:
+    """Whether an artifact's record answers ``query``'s MIME type and meta fields and is unexpired."""
+    art = node.artifact
+    return (
+        art is not None and not node.expired(now_ns)
+        and (not query.mime_prefix or art.mime.startswith(query.mime_prefix))
+        and all(art.meta.get(key, _MISSING) == value for key, value in query.meta.items())
+    )
+
+
+def search_position(node: Node) -> tuple[int, str]:
+    """Where an artifact sorts in a search: (stored_at ns, artifact id)."""
+    return node.crtime_ns, node.artifact.artifact_id if node.artifact is not None else ""
 
 
 class Cover(NamedTuple):
@@ -164,6 +210,22 @@ class MetaStore(Protocol):
         self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
     ) -> list[Node]:
         """File nodes of a sandbox matching the given space fields (indexed)."""
+        ...
+
+    async def search_page(
+        self, query: SearchQuery, *, after: tuple[int, str] | None, now_ns: int, limit: int
+    ) -> SearchPage:
+        """Up to ``limit`` unexpired artifacts of ``query`` after position ``after`` (stored_at ns,
+        artifact id), in that order (issue #12).
+
+        An index range in that order (SQLite: the space's, or the MIME
+        type's; Redis: the space's sorted set, in one script), so a page
+        costs what it holds. What is not indexed (meta fields; MIME types on
+        Redis) is tested on a bounded stretch of the space per page, which
+        may come back short (even empty) with ``more`` and a ``last`` past
+        what it read. The caller checks each record again
+        (:func:`search_matches`): an index only says where to look.
+        """
         ...
 
     async def sharers(self, artifact_id: str) -> list[Node]:

@@ -23,11 +23,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from core.backends.meta import checks
-from core.backends.meta.base import ChildrenPage, Cover, Deferred, Settle, decode_record
+from core.backends.meta.base import ChildrenPage, Cover, Deferred, SearchPage, SearchQuery, Settle, decode_record
 from core.backends.meta.sqlite_group import GroupCommit, Member, WalSync
 from core.errors import (
     AlreadyExistsError,
@@ -89,6 +90,25 @@ CREATE TABLE IF NOT EXISTS deferred_blob (key TEXT PRIMARY KEY, not_before INTEG
 CREATE INDEX IF NOT EXISTS deferred_blob_due ON deferred_blob(not_before);
 """
 
+# Search pages (issue #12): each space, and each MIME type, in (stored_at, artifact_id) order.
+_SEARCH_SCHEMA = """
+DROP INDEX IF EXISTS node_user;
+DROP INDEX IF EXISTS node_session;
+DROP INDEX IF EXISTS node_scope;
+CREATE INDEX IF NOT EXISTS node_sandbox_by_time ON node(sandbox_id, stored_at, artifact_id)
+    WHERE artifact_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS node_user_by_time ON node(sandbox_id, user_id, stored_at, artifact_id)
+    WHERE artifact_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS node_session_by_time ON node(sandbox_id, session_id, stored_at, artifact_id)
+    WHERE artifact_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS node_scope_by_time ON node(sandbox_id, scope, stored_at, artifact_id)
+    WHERE artifact_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS node_mime_by_time ON node(sandbox_id, mime, stored_at, artifact_id)
+    WHERE artifact_id IS NOT NULL;
+"""
+SEARCH_SCAN = 10_000  # records a page with meta fields reads at most (they are not indexed)
+_MIME_MERGE = 32  # MIME types one prefix search merges, each read in order; beyond, the range is sorted
+
 # A directory's subdirectories (st_nlink is 2 + that), kept by the database itself: triggers move
 # the parent's count wherever a directory's row is inserted, deleted or given another parent, so no
 # write path of this module can leave it wrong, and a read costs nothing more. Not in the record.
@@ -124,7 +144,7 @@ _COLUMNS = "ino, record, sig, subdirs"
 _RECORD_COLUMNS = "node.ino, node.record, node.sig, node.subdirs"  # the same, in a join
 # The columns derived from a record, in the order _write computes them.
 _FIELDS = ("parent", "name", "is_dir", "artifact_id", "sandbox_id", "scope", "session_id", "user_id", "usage_key",
-           "size", "expires_at", "blob_of")
+           "size", "expires_at", "blob_of", "stored_at", "mime")
 _FIELDS_SQL = ", ".join(_FIELDS)
 _UPDATE_SQL: dict[tuple[int, ...], str] = {}  # changed field positions -> UPDATE statement
 _INO_BLOCK = 64  # inode numbers reserved per counter update
@@ -279,13 +299,14 @@ class SQLiteMetaStore:
             node.size,
             node.expires_at_ns,
             art.blob_of if art else None,
+            node.crtime_ns if art else None,
+            art.mime if art else None,
             record,
             self._signer.sign(record),
         )
         if insert:
             db.execute(
-                "INSERT INTO node (ino, parent, name, is_dir, artifact_id, sandbox_id, scope, session_id,"
-                " user_id, usage_key, size, expires_at, blob_of, record, sig) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO node (ino, {_FIELDS_SQL}, record, sig) VALUES ({', '.join('?' * (len(_FIELDS) + 3))})",
                 (node.ino, *values),
             )
         else:
@@ -406,6 +427,89 @@ class SQLiteMetaStore:
                 sql += f" AND {column}=?"
                 args.append(value)
         return checks.in_space(self._many(sql, tuple(args)), sandbox_id, scope, session_id, user_id)
+
+    async def search_page(
+        self, query: SearchQuery, *, after: tuple[int, str] | None, now_ns: int, limit: int
+    ) -> SearchPage:
+        order = "ORDER BY stored_at, artifact_id"
+        tests = _meta_tests(query.meta)
+        if tests is None:  # nothing to test in the database: the index range is the page
+            sql, args = self._in_order(query, after, now_ns, limit + 1)
+            rows = self.db.execute(sql, args).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            end = (rows[-1][4], rows[-1][5]) if rows and more else None
+        else:  # a bounded stretch of the range, tested in the database: the page may come back short
+            sql_tests, test_args = tests
+            sql, args = self._in_order(query, after, now_ns, SEARCH_SCAN)
+            # No ORDER BY here: the stretch comes in order, and stops at the page, not at its end.
+            rows = sorted(self.db.execute(f"SELECT * FROM ({sql}) WHERE {sql_tests} LIMIT ?",
+                                          (*args, *test_args, limit + 1)).fetchall(), key=lambda row: row[4:6])
+            more = len(rows) > limit
+            rows = rows[:limit]
+            end = (rows[-1][4], rows[-1][5]) if rows and more else None
+            if not more:  # the stretch's last record, and whether the range goes on after it
+                sql, args = self._in_order(query, after, now_ns, SEARCH_SCAN + 1)
+                tail = self.db.execute(f"SELECT stored_at, artifact_id FROM ({sql}) {order} LIMIT 2 OFFSET ?",
+                                       (*args, SEARCH_SCAN - 1)).fetchall()
+                more = len(tail) == 2
+                end = (tail[0][0], tail[0][1]) if more else None
+        nodes = [n for n in map(self._load, (row[:4] for row in rows)) if n is not None]
+        found = checks.in_space(nodes, query.sandbox_id, query.scope, query.session_id, query.user_id)
+        return SearchPage(found, end, more)
+
+    def _in_order(
+        self, query: SearchQuery, after: tuple[int, str] | None, now_ns: int, most: int
+    ) -> tuple[str, list[object]]:
+        """A query of up to ``most`` unexpired rows of the search after ``after``, in (stored_at, id) order,
+        each a record and its position, read from an index in that order so it costs what it answers.
+
+        A MIME prefix across a sandbox or a scope reads each MIME type it covers in order and merges
+        them (types are few); within a session or a user, the space's range is read and tested.
+        """
+        where = "artifact_id IS NOT NULL AND sandbox_id=? AND (expires_at IS NULL OR expires_at>?)"
+        args: list[object] = [query.sandbox_id, now_ns]
+        for column, value in (("scope", query.scope.value if query.scope else None),
+                              ("session_id", query.session_id), ("user_id", query.user_id)):
+            if value is not None:
+                where += f" AND {column}=?"
+                args.append(value)
+        if after is not None:
+            where += " AND (stored_at>? OR (stored_at=? AND artifact_id>?))"
+            args += [after[0], after[0], after[1]]
+        order = "ORDER BY stored_at, artifact_id"
+        columns = f"{_COLUMNS}, stored_at, artifact_id"
+        prefix = query.mime_prefix
+        types = self._mime_types(query.sandbox_id, prefix) if prefix and not (query.session_id or query.user_id) \
+            else None
+        if types is None:
+            if prefix:
+                where += " AND mime>=? AND mime<?"
+                args += [prefix, _next_prefix(prefix)]
+            return f"SELECT {columns} FROM node WHERE {where} {order} LIMIT ?", [*args, most]
+        if not types:
+            return f"SELECT {columns} FROM node WHERE 0 LIMIT ?", [most]
+        part = (f"SELECT * FROM (SELECT {columns} FROM node INDEXED BY node_mime_by_time"
+                f" WHERE {where} AND mime=? {order} LIMIT ?)")
+        merged = " UNION ALL ".join([part] * len(types))
+        return f"SELECT * FROM ({merged}) {order} LIMIT ?", [
+            *(value for mime in types for value in (*args, mime, most)), most]
+
+    def _mime_types(self, sandbox_id: str, prefix: str) -> list[str] | None:
+        """The MIME types of a sandbox's artifacts that start with ``prefix``, one index probe each;
+        None if there are more than :data:`_MIME_MERGE` (the range is then read and sorted)."""
+        found: list[str] = []
+        bound, upper = prefix, _next_prefix(prefix)
+        while len(found) <= _MIME_MERGE:
+            row = self.db.execute(
+                "SELECT mime FROM node INDEXED BY node_mime_by_time WHERE artifact_id IS NOT NULL AND sandbox_id=?"
+                f" AND mime{'>' if found else '>='}? AND mime<? ORDER BY mime LIMIT 1", (sandbox_id, bound, upper),
+            ).fetchone()
+            if row is None:
+                return found
+            found.append(row[0])
+            bound = row[0]
+        return None
 
     async def sharers(self, artifact_id: str) -> list[Node]:
         return checks.sharing(self._many(f"SELECT {_COLUMNS} FROM node WHERE blob_of=?", (artifact_id,)), artifact_id)
@@ -793,6 +897,7 @@ def _prepare(db: sqlite3.Connection) -> None:
     _add_column(db, "node", "blob_of", "TEXT")  # a store made before checkpoints
     db.execute("CREATE INDEX IF NOT EXISTS node_blob_of ON node(blob_of) WHERE blob_of IS NOT NULL")
     _add_column(db, "usage", "gen", "INTEGER NOT NULL DEFAULT 0")  # before fsck --repair
+    _search_order(db)
 
 
 async def _polled(db: sqlite3.Connection, step: Callable[[sqlite3.Connection], None]) -> None:
@@ -849,12 +954,47 @@ def _provider_error(exc: sqlite3.Error) -> ProviderError:
     return ProviderError(f"metadata store: {exc}")
 
 
-def _add_column(db: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
-    """A column a store made by an older version lacks; two processes opening it at once both may try."""
+def _next_prefix(prefix: str) -> str:
+    """The least string after every string that starts with ``prefix``: a prefix as an index range."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1) if ord(prefix[-1]) < 0x10FFFF else prefix + "\U0010ffff"
+
+
+def _meta_tests(meta: dict[str, Any]) -> tuple[str, list[object]] | None:
+    """SQL that keeps the records whose meta may equal ``meta`` (a superset: the caller tests each
+    record), for the fields a JSON path can name and whose values are plain; None if none is."""
+    tests, args = [], []
+    for key, value in meta.items():
+        if '"' in key or "\\" in key or isinstance(value, (dict, list)) or value is None:
+            continue  # tested on the record alone
+        tests.append("json_extract(CAST(record AS TEXT), ?) = ?")
+        args += [f'$.artifact.meta."{key}"', int(value) if isinstance(value, bool) else value]
+    return (" AND ".join(tests), args) if tests else None
+
+
+def _add_column(db: sqlite3.Connection, table: str, column: str, declaration: str) -> bool:
+    """A column a store made by an older version lacks; two processes opening it at once both may try.
+    True if this call added it."""
     if column in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-        return
+        return False
     try:
         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
     except sqlite3.OperationalError as exc:
         if "duplicate column" not in str(exc):
             raise
+        return False
+    return True
+
+
+def _search_order(db: sqlite3.Connection) -> None:
+    """The columns and indexes a search page reads in (stored_at, artifact_id) order (issue #12).
+
+    A store made before them gets the columns filled from its records once.
+    The old space indexes are replaced by these, whose leading columns are
+    the same: a search of a whole space still uses them.
+    """
+    added = _add_column(db, "node", "stored_at", "INTEGER")
+    added = _add_column(db, "node", "mime", "TEXT") or added
+    if added:
+        db.execute("UPDATE node SET stored_at = json_extract(CAST(record AS TEXT), '$.crtime_ns'),"
+                   " mime = json_extract(CAST(record AS TEXT), '$.artifact.mime') WHERE artifact_id IS NOT NULL")
+    db.executescript(_SEARCH_SCHEMA)

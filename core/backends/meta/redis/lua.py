@@ -34,6 +34,9 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
 ``P:art``           hash   artifact id -> ino
 ``P:x:<tag>``       set    search indexes: ``sb:<sandbox>``, ``sc:<sandbox>/<scope>``,
                            ``se:<sandbox>/<session>``, ``us:<sandbox>/<user>``
+``P:y:<tag>``       zset   the same artifacts in (stored_at, artifact id) order,
+                           score 0, member ``<stored_at ns, 20 digits>/<id>``
+                           (the ``=`` line of ``ix``): ``spage`` (ZRANGEBYLEX)
 ``P:exp``           zset   ino by expires_at (ns)
 ``P:ub`` ``P:uf``   hash   usage key -> bytes, files
 ``P:ug``            hash   usage key -> generation: moved by every change of
@@ -203,16 +206,31 @@ local function charge(n, sign)
   end
 end
 
+-- a search set's member in (stored_at, artifact id) order: the ix line that starts with '=', if any
+local function order_of(n) return string.match('\n' .. n.ix, '\n=([^\n]+)') end
+
 local function index(n)
   if n.a ~= '' then redis.call('HSET', P .. ':art', n.a, n.ino) end
-  for tag in string.gmatch(n.ix, '[^\n]+') do redis.call('SADD', P .. ':x:' .. tag, n.ino) end
+  local member = order_of(n)
+  for tag in string.gmatch(n.ix, '[^\n]+') do
+    if string.sub(tag, 1, 1) ~= '=' then
+      redis.call('SADD', P .. ':x:' .. tag, n.ino)
+      if member then redis.call('ZADD', P .. ':y:' .. tag, 0, member) end
+    end
+  end
   if n.ex ~= '' then redis.call('ZADD', P .. ':exp', n.ex, n.ino) end
   charge(n, 1)
 end
 
 local function unindex(n)
   if n.a ~= '' and redis.call('HGET', P .. ':art', n.a) == n.ino then redis.call('HDEL', P .. ':art', n.a) end
-  for tag in string.gmatch(n.ix, '[^\n]+') do redis.call('SREM', P .. ':x:' .. tag, n.ino) end
+  local member = order_of(n)
+  for tag in string.gmatch(n.ix, '[^\n]+') do
+    if string.sub(tag, 1, 1) ~= '=' then
+      redis.call('SREM', P .. ':x:' .. tag, n.ino)
+      if member then redis.call('ZREM', P .. ':y:' .. tag, member) end
+    end
+  end
   if n.ex ~= '' then redis.call('ZREM', P .. ':exp', n.ino) end
   charge(n, -1)
 end
@@ -396,6 +414,25 @@ end
 -- its inos alone, for the client to fetch in a pipeline (see list)
 function ops.search()
   return records_or_inos(redis.call('SMEMBERS', P .. ':x:' .. ARGV[3]), tonumber(ARGV[4]), false)
+end
+
+-- ARGV: index tag, the member to start after ('' for the first), how many members at most. A page of
+-- the tag's artifacts in (stored_at, artifact id) order (issue #12): the number of members it covered,
+-- the last of them, then the records of those still stored. REBUILD if the order does not hold what the
+-- set does (a store written before it): the client rebuilds it and asks again.
+function ops.spage()
+  local tag, after, most = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local order = P .. ':y:' .. tag
+  if redis.call('ZCARD', order) ~= redis.call('SCARD', P .. ':x:' .. tag) then return {'REBUILD'} end
+  local members = redis.call('ZRANGEBYLEX', order, after == '' and '-' or '(' .. after, '+', 'LIMIT', 0, most)
+  local out = {'PAGE', #members, members[#members] or ''}
+  for _, member in ipairs(members) do
+    local ino = redis.call('HGET', P .. ':art', string.match(member, '/(.*)$'))
+    if ino then
+      for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
+    end
+  end
+  return out
 end
 
 -- ARGV: directory, then the names of a path below it. The records along the path, each the entry of

@@ -34,7 +34,17 @@ from redis.exceptions import ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.backends.meta import checks
-from core.backends.meta.base import ChildrenPage, Cover, Deferred, Settle, decode_record
+from core.backends.meta.base import (
+    ChildrenPage,
+    Cover,
+    Deferred,
+    SearchPage,
+    SearchQuery,
+    Settle,
+    decode_record,
+    search_matches,
+    search_position,
+)
 from core.backends.meta.redis.lua import NO_SUCCESSOR, NO_TOUCH, SCRIPT, SETTLE
 from core.errors import (
     AlreadyExistsError,
@@ -65,6 +75,7 @@ _INO_BATCH = 64  # inode numbers reserved per INCRBY; unused ones are simply ski
 _MAX_CONFLICTS = 100  # replace attempts that meet a new occupant each time (heavy contention on one name)
 _READ = ("rec", "sig", "mt", "mts", "sd")  # what a reader fetches of an inode
 _WIDTH = 1 + len(_READ)  # a record as the scripts answer it: its ino, then those
+SEARCH_SCAN = 1000  # members a search page with MIME or meta tests reads at most (they are not indexed)
 _LIST_INLINE = 1024  # a listing of up to this many entries comes in one round trip, records and all (1,000: ~4 ms of server time)
 
 _ERRORS: dict[bytes, Callable[[str], Exception]] = {
@@ -112,7 +123,24 @@ def index_tags(node: Node) -> list[str]:
         tags.append(f"us:{box}/{space.user_id}")
     if node.artifact.blob_of is not None:
         tags.append(f"bo:{node.artifact.blob_of}")  # the holders of another artifact's blob (sharers)
+    tags.append(f"={order_member(node.crtime_ns, node.artifact.artifact_id)}")  # each tag's order (not a tag)
     return tags
+
+
+def _search_tag(sandbox_id: str, scope: Scope | None, session_id: str | None, user_id: str | None) -> str:
+    """The narrowest search set that holds every artifact of a space."""
+    if session_id is not None:
+        return f"se:{sandbox_id}/{session_id}"
+    if user_id is not None:
+        return f"us:{sandbox_id}/{user_id}"
+    if scope is not None:
+        return f"sc:{sandbox_id}/{scope.value}"
+    return f"sb:{sandbox_id}"
+
+
+def order_member(stored_at_ns: int, artifact_id: str) -> str:
+    """An artifact's member in its search sets' order: zero-padded, so byte order is (stored_at, id) order."""
+    return f"{stored_at_ns:020d}/{artifact_id}"
 
 
 class RedisMetaStore:
@@ -364,20 +392,59 @@ class RedisMetaStore:
     async def search(
         self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
     ) -> list[Node]:
-        if session_id is not None:
-            tag = f"se:{sandbox_id}/{session_id}"
-        elif user_id is not None:
-            tag = f"us:{sandbox_id}/{user_id}"
-        elif scope is not None:
-            tag = f"sc:{sandbox_id}/{scope.value}"
-        else:
-            tag = f"sb:{sandbox_id}"
+        tag = _search_tag(sandbox_id, scope, session_id, user_id)
         reply = await self._script("search", "search", tag, _LIST_INLINE)
         if reply[0] == b"RECORDS":
             found = sorted(self._records(reply[1:]), key=lambda n: n.ino)
         else:
             found = await self._load_many("search", sorted(int(m) for m in reply[1:]))
         return checks.in_space(found, sandbox_id, scope, session_id, user_id)
+
+    async def search_page(
+        self, query: SearchQuery, *, after: tuple[int, str] | None, now_ns: int, limit: int
+    ) -> SearchPage:
+        # One script: a range of the space's ordered set. MIME and meta are tested here, on a bounded
+        # stretch (they are not indexed), so a page of them may come back short with a cursor further on.
+        tag = _search_tag(query.sandbox_id, query.scope, query.session_id, query.user_id)
+        most = limit if not (query.mime_prefix or query.meta) else max(limit, SEARCH_SCAN)
+        start = "" if after is None else order_member(*after)
+        for _ in range(2):
+            reply = await self._script("search page", "spage", tag, start, most)
+            if reply[0] == b"PAGE":
+                break
+            await self._rebuild_order(tag)
+        else:
+            raise ProviderError(f"the search order of {tag} keeps changing under its rebuild")
+        covered, last = int(reply[1]), _text(reply[2])
+        nodes = checks.in_space(self._records(reply[3:]), query.sandbox_id, query.scope, query.session_id,
+                                query.user_id)
+        kept = [node for node in nodes if search_matches(node, query, now_ns)
+                and (after is None or search_position(node) > after)]  # a stale member: its record moved on
+        more = covered >= most
+        stored_at, _, artifact_id = last.partition("/")
+        return SearchPage(kept, (int(stored_at), artifact_id) if more else None, more)
+
+    async def _rebuild_order(self, tag: str) -> None:
+        """The ordered set of ``tag`` made again from its set's records (a store written before it).
+
+        Not atomic with writers: a change racing it may leave the counts apart, and the next page
+        rebuilds again; a stale member is skipped (its record's position differs) until then.
+        """
+        reply = await self._script("search", "search", tag, _LIST_INLINE)
+        if reply[0] == b"RECORDS":
+            nodes = list(self._records(reply[1:]))
+        else:
+            nodes = await self._load_many("search", sorted(int(m) for m in reply[1:]))
+        members = [order_member(n.crtime_ns, n.artifact.artifact_id) for n in nodes if n.artifact is not None]
+
+        async def rebuild(client: aioredis.Redis, _s: object) -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.delete(self.key("y", tag))
+                for at in range(0, len(members), 1000):
+                    pipe.zadd(self.key("y", tag), {member: 0 for member in members[at:at + 1000]})
+                await pipe.execute()
+
+        await self._call("rebuild search order", rebuild)
 
     async def sharers(self, artifact_id: str) -> list[Node]:
         reply = await self._script("sharers", "search", f"bo:{artifact_id}", _LIST_INLINE)

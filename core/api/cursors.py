@@ -1,0 +1,79 @@
+"""Page cursors: where the next page of a listing or a search starts, as an opaque string.
+
+A cursor is a position, not a capability: every page applies the caller's
+access rules again, so a forged cursor can only start a page somewhere else
+in what the caller may read anyway. It is therefore validated, not signed:
+bounded in length, one pydantic model, and tied to the query it continues
+(a digest of its arguments), so a cursor of another query, or an edited or
+truncated one, is an :class:`InvalidCursorError` rather than a wrong page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from core.errors import InvalidCursorError
+
+MAX_CURSOR_CHARS = 8192  # base64 of the model: a listing cursor holds a path, at most this long encoded
+_DIGEST_CHARS = 16  # hex digits of the query digest: enough to tell queries apart, not a secret
+
+
+class CursorKind(str, Enum):
+    FILES = "files"  # a session's files, in filename order
+    SEARCH = "search"  # a search, in (stored_at, artifact_id) order
+
+
+class _Cursor(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    query: str = Field(min_length=_DIGEST_CHARS, max_length=_DIGEST_CHARS)
+
+
+class FilesCursor(_Cursor):
+    """After the file with path ``after`` below the session's root."""
+
+    kind: Literal[CursorKind.FILES] = CursorKind.FILES
+    after: str = Field(min_length=1, max_length=MAX_CURSOR_CHARS)
+
+
+class SearchCursor(_Cursor):
+    """After the artifact stored at ``stored_at_ns`` with id ``artifact_id`` (ties broken by id)."""
+
+    kind: Literal[CursorKind.SEARCH] = CursorKind.SEARCH
+    stored_at_ns: int = Field(ge=0)
+    artifact_id: str = Field(min_length=1, max_length=256)
+
+
+Cursor = Annotated[FilesCursor | SearchCursor, Field(discriminator="kind")]
+_CURSOR: TypeAdapter[FilesCursor | SearchCursor] = TypeAdapter(Cursor)
+
+
+def query_digest(kind: CursorKind, **arguments: Any) -> str:
+    """What ties a cursor to its query: a digest of the kind and the arguments that choose the results."""
+    canonical = json.dumps({"kind": kind.value, **arguments}, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:_DIGEST_CHARS]
+
+
+def encode(cursor: FilesCursor | SearchCursor) -> str:
+    return base64.urlsafe_b64encode(cursor.model_dump_json().encode()).decode().rstrip("=")
+
+
+def decode(text: object, query: str) -> FilesCursor | SearchCursor:
+    """The cursor ``text`` encodes, if it is one this store could have handed out for ``query``."""
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_CURSOR_CHARS:
+        raise InvalidCursorError("a cursor is a non-empty string this store handed out")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        cursor = _CURSOR.validate_json(raw)
+    except (binascii.Error, ValueError, ValidationError) as exc:  # ValidationError first would be shadowed
+        raise InvalidCursorError("the cursor is damaged or was not handed out by this store") from exc
+    if cursor.query != query:
+        raise InvalidCursorError("the cursor belongs to another query")
+    return cursor
