@@ -416,20 +416,29 @@ function ops.search()
   return records_or_inos(redis.call('SMEMBERS', P .. ':x:' .. ARGV[3]), tonumber(ARGV[4]), false)
 end
 
--- ARGV: index tag, the member to start after ('' for the first), how many members at most. A page of
--- the tag's artifacts in (stored_at, artifact id) order (issue #12): the number of members it covered,
--- the last of them, then the records of those still stored. REBUILD if the order does not hold what the
--- set does (a store written before it): the client rebuilds it and asks again.
+-- ARGV: index tag, the member to start after ('' for the first), how many members to read at most, how
+-- many records to answer at most, and text a record must hold to be answered ('' for any: a MIME prefix
+-- as the record spells it, a superset the client checks). A page of the tag's artifacts in (stored_at,
+-- artifact id) order (issue #12): the last member read, 1 if more may follow it, then the records.
+-- REBUILD if the order does not hold what the set does (a store written before it): the client
+-- rebuilds it and asks again.
 function ops.spage()
-  local tag, after, most = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local tag, after, most, want, needle = ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
   local order = P .. ':y:' .. tag
   if redis.call('ZCARD', order) ~= redis.call('SCARD', P .. ':x:' .. tag) then return {'REBUILD'} end
   local members = redis.call('ZRANGEBYLEX', order, after == '' and '-' or '(' .. after, '+', 'LIMIT', 0, most)
-  local out = {'PAGE', #members, members[#members] or ''}
-  for _, member in ipairs(members) do
+  local out = {'PAGE', '', #members >= most and 1 or 0}
+  local found = 0
+  for at, member in ipairs(members) do
+    if found >= want then out[3] = 1; break end
+    out[2] = member
     local ino = redis.call('HGET', P .. ':art', string.match(member, '/(.*)$'))
     if ino then
-      for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
+      local rec = fetch(ino)
+      if needle == '' or (rec[2] and string.find(rec[2], needle, 1, true)) then
+        found = found + 1
+        for _, part in ipairs(rec) do out[#out + 1] = part end
+      end
     end
   end
   return out

@@ -76,6 +76,7 @@ _MAX_CONFLICTS = 100  # replace attempts that meet a new occupant each time (hea
 _READ = ("rec", "sig", "mt", "mts", "sd")  # what a reader fetches of an inode
 _WIDTH = 1 + len(_READ)  # a record as the scripts answer it: its ino, then those
 SEARCH_SCAN = 1000  # members a search page with MIME or meta tests reads at most (they are not indexed)
+SEARCH_SCAN_MIME = 10_000  # the same with a MIME prefix alone: the script tests it, so only matches travel
 _LIST_INLINE = 1024  # a listing of up to this many entries comes in one round trip, records and all (1,000: ~4 ms of server time)
 
 _ERRORS: dict[bytes, Callable[[str], Exception]] = {
@@ -136,6 +137,14 @@ def _search_tag(sandbox_id: str, scope: Scope | None, session_id: str | None, us
     if scope is not None:
         return f"sc:{sandbox_id}/{scope.value}"
     return f"sb:{sandbox_id}"
+
+
+def _mime_needle(prefix: str | None) -> str:
+    """What a record's JSON holds if its MIME type starts with ``prefix`` (the script skips the others
+    unread), or '' when the prefix has characters JSON may spell otherwise."""
+    if not prefix or not all(" " < c < "\x7f" and c not in '"\\' for c in prefix):
+        return ""
+    return f'"mime":"{prefix}'
 
 
 def order_member(stored_at_ns: int, artifact_id: str) -> str:
@@ -403,25 +412,31 @@ class RedisMetaStore:
     async def search_page(
         self, query: SearchQuery, *, after: tuple[int, str] | None, now_ns: int, limit: int
     ) -> SearchPage:
-        # One script: a range of the space's ordered set. MIME and meta are tested here, on a bounded
-        # stretch (they are not indexed), so a page of them may come back short with a cursor further on.
+        # One script: a range of the space's ordered set. MIME (in the script) and meta (here) are tested on
+        # a bounded stretch (they are not indexed): such a page may come back short with a cursor further on.
         tag = _search_tag(query.sandbox_id, query.scope, query.session_id, query.user_id)
-        most = limit if not (query.mime_prefix or query.meta) else max(limit, SEARCH_SCAN)
+        needle = _mime_needle(query.mime_prefix)
+        if not (query.mime_prefix or query.meta):
+            most = limit
+        else:
+            most = max(limit, SEARCH_SCAN_MIME if needle and not query.meta else SEARCH_SCAN)
         start = "" if after is None else order_member(*after)
         for _ in range(2):
-            reply = await self._script("search page", "spage", tag, start, most)
+            # Meta fields are tested here, not in the script: every record read travels (a bounded stretch).
+            want = most if query.meta else limit
+            reply = await self._script("search page", "spage", tag, start, most, want, needle)
             if reply[0] == b"PAGE":
                 break
             await self._rebuild_order(tag)
         else:
             raise ProviderError(f"the search order of {tag} keeps changing under its rebuild")
-        covered, last = int(reply[1]), _text(reply[2])
+        last, more = _text(reply[1]), reply[2] == 1
         nodes = checks.in_space(self._records(reply[3:]), query.sandbox_id, query.scope, query.session_id,
                                 query.user_id)
         kept = [node for node in nodes if search_matches(node, query, now_ns)
                 and (after is None or search_position(node) > after)]  # a stale member: its record moved on
-        more = covered >= most
         stored_at, _, artifact_id = last.partition("/")
+        more = more and bool(last)
         return SearchPage(kept, (int(stored_at), artifact_id) if more else None, more)
 
     async def _rebuild_order(self, tag: str) -> None:
