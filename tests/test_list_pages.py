@@ -344,12 +344,102 @@ async def test_a_sqlite_store_made_before_search_pages_gets_their_columns_from_i
     for index in ("node_sandbox_by_time", "node_user_by_time", "node_session_by_time", "node_scope_by_time",
                   "node_mime_by_time"):
         db.execute(f"DROP INDEX {index}")
+    db.execute("DROP TRIGGER node_search_fill")
     db.execute("ALTER TABLE node DROP COLUMN stored_at")
     db.execute("ALTER TABLE node DROP COLUMN mime")
     db.close()
     async with opened() as store:
         assert await every_search_page(store, 4, session_id=session) == expected
         assert [m.filename for m in (await store.search_page(mime_prefix="image/", limit=5)).items] == ["pic.svg"]
+
+
+async def test_a_row_an_earlier_version_inserts_is_found_by_search_pages(tmp_path: Path) -> None:
+    """A process of an earlier version, sharing the data dir, inserts rows without the search
+    columns: the database fills them, so such a row is neither missed nor a crash of the page."""
+    import sqlite3
+
+    path = tmp_path / "shared.db"
+    async with ArtifactStore(storage_provider="memory", session_provider="memory", sandbox_id="box",
+                             meta_store=SQLiteMetaStore(path, SIGNER), blob_store=MemoryBlobStore()) as store:
+        session = await store.create_session()
+        await fill(store, session, [f"f{i}" for i in range(4)])
+        await store.store(b"<svg/>", filename="pic.svg", mime="image/svg+xml", session_id=session)
+        expected = [m.artifact_id for m in await store.search(session_id=session)]
+        old_columns = ("ino, parent, name, is_dir, artifact_id, sandbox_id, scope, session_id, user_id, usage_key,"
+                       " size, expires_at, blob_of, record, sig, subdirs")
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("CREATE TEMP TABLE old AS SELECT * FROM node WHERE artifact_id IS NOT NULL")
+        db.execute("DELETE FROM node WHERE artifact_id IS NOT NULL")
+        db.execute(f"INSERT INTO node ({old_columns}) SELECT {old_columns} FROM old")  # as it writes them
+        db.execute("COMMIT")
+        db.close()
+        assert await every_search_page(store, 2, session_id=session) == expected
+        assert [m.filename for m in (await store.search_page(mime_prefix="image/", limit=5)).items] == ["pic.svg"]
+
+
+async def test_a_lock_met_while_filling_the_search_columns_leaves_them_filled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the columns were added in statements of their own, then filled; another
+    process's write lock met by the fill made the retry skip it, leaving every record unsearchable."""
+    import sqlite3
+
+    import anyio
+
+    from core.backends.meta import sqlite as sqlite_module
+
+    path = tmp_path / "old.db"
+
+    def opened() -> ArtifactStore:
+        return ArtifactStore(storage_provider="memory", session_provider="memory", sandbox_id="box",
+                             meta_store=SQLiteMetaStore(path, SIGNER), blob_store=MemoryBlobStore())
+
+    async with opened() as store:
+        session = await store.create_session()
+        await fill(store, session, [f"f{i}" for i in range(5)])
+        expected = [m.artifact_id for m in await store.search(session_id=session)]
+    db = sqlite3.connect(path, isolation_level=None)
+    for index in ("node_sandbox_by_time", "node_user_by_time", "node_session_by_time", "node_scope_by_time",
+                  "node_mime_by_time"):
+        db.execute(f"DROP INDEX {index}")
+    db.execute("DROP TRIGGER node_search_fill")
+    db.execute("ALTER TABLE node DROP COLUMN stored_at")
+    db.execute("ALTER TABLE node DROP COLUMN mime")
+
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)  # another process, about to write
+    connect = sqlite3.connect
+
+    def traced(*args, **kwargs):  # type: ignore[no-untyped-def]
+        conn = connect(*args, **kwargs)
+
+        def on_statement(sql: str) -> None:
+            if sql.startswith("UPDATE node SET stored_at") and not other.in_transaction:
+                try:
+                    other.execute("BEGIN IMMEDIATE")  # the lock, taken between two of the opener's statements
+                except sqlite3.OperationalError:
+                    pass  # the opener holds it across the whole migration
+
+        conn.set_trace_callback(on_statement)
+        return conn
+
+    monkeypatch.setattr(sqlite_module.sqlite3, "connect", traced)
+
+    async def release_later() -> None:
+        await anyio.sleep(0.2)
+        if other.in_transaction:
+            other.execute("COMMIT")
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(release_later)
+        store = opened()
+        await store.__aenter__()
+    try:
+        assert await every_search_page(store, 2, session_id=session) == expected
+    finally:
+        await store.__aexit__(None, None, None)
+        db.close()
+        other.close()
 
 
 @pytest.mark.parametrize("meta", ["sqlite"], indirect=True)

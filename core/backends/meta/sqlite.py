@@ -75,9 +75,6 @@ CREATE TABLE IF NOT EXISTS node (
     UNIQUE (parent, name)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS node_artifact ON node(artifact_id) WHERE artifact_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS node_user ON node(sandbox_id, user_id) WHERE artifact_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS node_session ON node(sandbox_id, session_id) WHERE artifact_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS node_scope ON node(sandbox_id, scope) WHERE artifact_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS node_expiry ON node(expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS usage (key TEXT PRIMARY KEY, bytes INTEGER NOT NULL, files INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -105,6 +102,14 @@ CREATE INDEX IF NOT EXISTS node_scope_by_time ON node(sandbox_id, scope, stored_
     WHERE artifact_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS node_mime_by_time ON node(sandbox_id, mime, stored_at, artifact_id)
     WHERE artifact_id IS NOT NULL;
+-- A process of an earlier version inserts rows without these columns: fill them from the record.
+CREATE TRIGGER IF NOT EXISTS node_search_fill AFTER INSERT ON node
+    WHEN NEW.artifact_id IS NOT NULL AND NEW.stored_at IS NULL
+BEGIN
+    UPDATE node SET stored_at = json_extract(CAST(NEW.record AS TEXT), '$.crtime_ns'),
+                    mime = json_extract(CAST(NEW.record AS TEXT), '$.artifact.mime')
+    WHERE ino = NEW.ino;
+END;
 """
 SEARCH_SCAN = 10_000  # records a page with meta fields reads at most (they are not indexed)
 _MIME_MERGE = 32  # MIME types one prefix search merges, each read in order; beyond, the range is sorted
@@ -891,7 +896,7 @@ def _prepare(db: sqlite3.Connection) -> None:
     db.executescript(_SCHEMA)
     db.executescript(_DEFERRED_SCHEMA)
     db.executescript(_LINK_SCHEMA)
-    if "subdirs" not in {column[1] for column in db.execute("PRAGMA table_info(node)")}:
+    if "subdirs" not in _columns(db, "node"):
         db.executescript(f"BEGIN IMMEDIATE; {_SUBDIR_MIGRATION} COMMIT;")
     db.executescript(_SUBDIR_SCHEMA)
     _add_column(db, "node", "blob_of", "TEXT")  # a store made before checkpoints
@@ -971,18 +976,19 @@ def _meta_tests(meta: dict[str, Any]) -> tuple[str, list[object]] | None:
     return (" AND ".join(tests), args) if tests else None
 
 
-def _add_column(db: sqlite3.Connection, table: str, column: str, declaration: str) -> bool:
-    """A column a store made by an older version lacks; two processes opening it at once both may try.
-    True if this call added it."""
-    if column in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-        return False
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _add_column(db: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
+    """A column a store made by an older version lacks; two processes opening it at once both may try."""
+    if column in _columns(db, table):
+        return
     try:
         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
     except sqlite3.OperationalError as exc:
         if "duplicate column" not in str(exc):
             raise
-        return False
-    return True
 
 
 def _search_order(db: sqlite3.Connection) -> None:
@@ -992,9 +998,20 @@ def _search_order(db: sqlite3.Connection) -> None:
     The old space indexes are replaced by these, whose leading columns are
     the same: a search of a whole space still uses them.
     """
-    added = _add_column(db, "node", "stored_at", "INTEGER")
-    added = _add_column(db, "node", "mime", "TEXT") or added
-    if added:
-        db.execute("UPDATE node SET stored_at = json_extract(CAST(record AS TEXT), '$.crtime_ns'),"
-                   " mime = json_extract(CAST(record AS TEXT), '$.artifact.mime') WHERE artifact_id IS NOT NULL")
+    if not {"stored_at", "mime"} <= _columns(db, "node"):
+        # Columns and their fill in one transaction: a lock lost half-way (``_polled`` tries again)
+        # must not leave the columns added and empty.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            present = _columns(db, "node")  # another process may have added them meanwhile
+            for column, declaration in (("stored_at", "INTEGER"), ("mime", "TEXT")):
+                if column not in present:
+                    db.execute(f"ALTER TABLE node ADD COLUMN {column} {declaration}")
+            db.execute("UPDATE node SET stored_at = json_extract(CAST(record AS TEXT), '$.crtime_ns'),"
+                       " mime = json_extract(CAST(record AS TEXT), '$.artifact.mime') WHERE artifact_id IS NOT NULL")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
     db.executescript(_SEARCH_SCHEMA)
