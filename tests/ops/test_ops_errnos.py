@@ -49,6 +49,7 @@ EXPECTED: dict[type[errors.ArtifactStoreError], int] = {
     errors.UnknownProviderError: errno.EINVAL,
     errors.InvalidNameError: errno.EINVAL,
     errors.InvalidPartError: errno.EINVAL,
+    errors.InvalidCursorError: errno.EINVAL,  # the API's pages only; a mount never meets one
     errors.NameTooLongError: errno.ENAMETOOLONG,
     errors.AlreadyExistsError: errno.EEXIST,
     errors.NotADirectoryError_: errno.ENOTDIR,
