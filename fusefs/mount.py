@@ -108,7 +108,17 @@ def _setup_logging(data_dir: Path, *, foreground: bool, debug: bool) -> None:
         console.setFormatter(fmt)
         root.addHandler(console)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger("pyfuse3").addFilter(_reply_to_no_one)
     trace.enabled = debug
+
+
+def _reply_to_no_one(record: logging.LogRecord) -> bool:
+    """pyfuse3 logs a refused reply as an error; refused with ENOENT, the kernel no longer waited
+    for it (the request was interrupted, or a lazily unmounted mount's last file closed): not ours
+    to alarm anyone with."""
+    if record.levelno >= logging.ERROR and "fuse_reply_* failed with No such file or directory" in record.getMessage():
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
 
 
 # -- serving
