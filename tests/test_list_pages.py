@@ -7,6 +7,7 @@ only make these tests slower, not fail them.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -326,21 +327,14 @@ async def test_a_search_cursor_belongs_to_its_query(store: ArtifactStore) -> Non
         await store.search_page(session_id=session, limit=1, cursor=listing)
 
 
-async def test_a_sqlite_store_made_before_search_pages_gets_their_columns_from_its_records(tmp_path: Path) -> None:
-    import sqlite3
+def sqlite_store(path: Path) -> ArtifactStore:
+    return ArtifactStore(storage_provider="memory", session_provider="memory", sandbox_id="box",
+                         meta_store=SQLiteMetaStore(path, SIGNER), blob_store=MemoryBlobStore())
 
-    path = tmp_path / "old.db"
 
-    def opened() -> ArtifactStore:
-        return ArtifactStore(storage_provider="memory", session_provider="memory", sandbox_id="box",
-                             meta_store=SQLiteMetaStore(path, SIGNER), blob_store=MemoryBlobStore())
-
-    async with opened() as store:
-        session = await store.create_session()
-        await fill(store, session, [f"f{i}" for i in range(30)])
-        await store.store(b"<svg/>", filename="pic.svg", mime="image/svg+xml", session_id=session)
-        expected = [m.artifact_id for m in await store.search(session_id=session)]
-    db = sqlite3.connect(path)  # as the previous version left it: no columns, no indexes of the pages
+def as_before_search_pages(path: Path) -> None:
+    """Leave the store at ``path`` as the previous version did: no search columns, indexes or trigger."""
+    db = sqlite3.connect(path, isolation_level=None)
     for index in ("node_sandbox_by_time", "node_user_by_time", "node_session_by_time", "node_scope_by_time",
                   "node_mime_by_time"):
         db.execute(f"DROP INDEX {index}")
@@ -348,7 +342,18 @@ async def test_a_sqlite_store_made_before_search_pages_gets_their_columns_from_i
     db.execute("ALTER TABLE node DROP COLUMN stored_at")
     db.execute("ALTER TABLE node DROP COLUMN mime")
     db.close()
-    async with opened() as store:
+
+
+async def test_a_sqlite_store_made_before_search_pages_gets_their_columns_from_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+
+    async with sqlite_store(path) as store:
+        session = await store.create_session()
+        await fill(store, session, [f"f{i}" for i in range(30)])
+        await store.store(b"<svg/>", filename="pic.svg", mime="image/svg+xml", session_id=session)
+        expected = [m.artifact_id for m in await store.search(session_id=session)]
+    as_before_search_pages(path)
+    async with sqlite_store(path) as store:
         assert await every_search_page(store, 4, session_id=session) == expected
         assert [m.filename for m in (await store.search_page(mime_prefix="image/", limit=5)).items] == ["pic.svg"]
 
@@ -356,11 +361,8 @@ async def test_a_sqlite_store_made_before_search_pages_gets_their_columns_from_i
 async def test_a_row_an_earlier_version_inserts_is_found_by_search_pages(tmp_path: Path) -> None:
     """A process of an earlier version, sharing the data dir, inserts rows without the search
     columns: the database fills them, so such a row is neither missed nor a crash of the page."""
-    import sqlite3
-
     path = tmp_path / "shared.db"
-    async with ArtifactStore(storage_provider="memory", session_provider="memory", sandbox_id="box",
-                             meta_store=SQLiteMetaStore(path, SIGNER), blob_store=MemoryBlobStore()) as store:
+    async with sqlite_store(path) as store:
         session = await store.create_session()
         await fill(store, session, [f"f{i}" for i in range(4)])
         await store.store(b"<svg/>", filename="pic.svg", mime="image/svg+xml", session_id=session)
@@ -383,29 +385,17 @@ async def test_a_lock_met_while_filling_the_search_columns_leaves_them_filled(
 ) -> None:
     """Regression: the columns were added in statements of their own, then filled; another
     process's write lock met by the fill made the retry skip it, leaving every record unsearchable."""
-    import sqlite3
-
     import anyio
 
     from core.backends.meta import sqlite as sqlite_module
 
     path = tmp_path / "old.db"
 
-    def opened() -> ArtifactStore:
-        return ArtifactStore(storage_provider="memory", session_provider="memory", sandbox_id="box",
-                             meta_store=SQLiteMetaStore(path, SIGNER), blob_store=MemoryBlobStore())
-
-    async with opened() as store:
+    async with sqlite_store(path) as store:
         session = await store.create_session()
         await fill(store, session, [f"f{i}" for i in range(5)])
         expected = [m.artifact_id for m in await store.search(session_id=session)]
-    db = sqlite3.connect(path, isolation_level=None)
-    for index in ("node_sandbox_by_time", "node_user_by_time", "node_session_by_time", "node_scope_by_time",
-                  "node_mime_by_time"):
-        db.execute(f"DROP INDEX {index}")
-    db.execute("DROP TRIGGER node_search_fill")
-    db.execute("ALTER TABLE node DROP COLUMN stored_at")
-    db.execute("ALTER TABLE node DROP COLUMN mime")
+    as_before_search_pages(path)
 
     other = sqlite3.connect(path, isolation_level=None, timeout=0)  # another process, about to write
     connect = sqlite3.connect
@@ -432,13 +422,12 @@ async def test_a_lock_met_while_filling_the_search_columns_leaves_them_filled(
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(release_later)
-        store = opened()
+        store = sqlite_store(path)
         await store.__aenter__()
     try:
         assert await every_search_page(store, 2, session_id=session) == expected
     finally:
         await store.__aexit__(None, None, None)
-        db.close()
         other.close()
 
 
