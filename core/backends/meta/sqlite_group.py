@@ -10,7 +10,9 @@ join it as a ``SAVEPOINT``: a member whose body fails rolls back to its own
 savepoint and leaves the others' changes in place. The one that opened the
 transaction (the leader) yields to the scheduler once, so that the tasks
 already runnable join, then commits for all. A lone writer pays one
-scheduler pass, never a timed wait.
+scheduler pass, never a timed wait. Reads share the connection, so while a
+batch is open they wait for its end (:meth:`GroupCommit.settled`): none
+sees a change its failed COMMIT takes back.
 
 :class:`WalSync` makes the commits so far durable with one ``fdatasync`` of
 the ``-wal`` file in a worker thread, shared by every caller that arrives
