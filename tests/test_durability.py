@@ -1,13 +1,17 @@
 """Publishing without waiting for stable storage, and making it durable later (the mount's close/fsync)."""
 
+import errno
 import os
 import threading
 from pathlib import Path
 
 import anyio.to_thread
 import pytest
+import trio
+import trio.testing
 
 from core.backends.blobs.filesystem import FilesystemBlobStore
+from core.errors import ProviderError
 
 
 @pytest.mark.semantics("S-durable-close", "S-durable-periodic")
@@ -115,4 +119,62 @@ async def test_sync_fsyncs_the_blobs_published_meanwhile_together(
     await blobs.sync()
     assert sorted(fsynced) == names[1:]
     assert blobs._unsynced == []
+    await blobs.close()
+
+
+@pytest.mark.semantics("S-durable-fsync")
+async def test_a_sync_during_a_running_one_returns_only_once_the_earlier_blobs_are_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The periodic sync has taken the list and is fsyncing; an fsync() arriving then finds the list
+    empty, yet must not return before those earlier closes' blobs are on disk."""
+    blobs = FilesystemBlobStore(tmp_path)
+    await blobs.open()
+    await blobs.put("grid/a/shared/early.v1", b"x", durable=False)
+    entered, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def fsync_file(path: str) -> None:
+        entered.set()
+        assert release.wait(timeout=60)
+        order.append(f"fsynced {Path(path).name}")
+
+    monkeypatch.setattr("core.backends.blobs.filesystem._fsync_file", fsync_file)
+
+    async def second() -> None:
+        await blobs.sync()
+        order.append("second sync returned")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(blobs.sync)  # the periodic one
+        await trio.to_thread.run_sync(entered.wait)
+        nursery.start_soon(second)
+        await trio.testing.wait_all_tasks_blocked()  # the second has returned, or waits
+        order.append("released")
+        release.set()
+    assert order == ["released", "fsynced early.v1", "second sync returned"], order
+    await blobs.close()
+
+
+@pytest.mark.semantics("S-durable-periodic")
+async def test_a_failed_sync_keeps_its_blobs_for_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An fsync that fails (EIO) leaves the blob pending: the periodic loop's retry fsyncs it."""
+    blobs = FilesystemBlobStore(tmp_path)
+    await blobs.open()
+    await blobs.put("grid/a/shared/one.v1", b"x", durable=False)
+    attempts: list[str] = []
+
+    def fsync_file(path: str) -> None:
+        attempts.append(Path(path).name)
+        if len(attempts) == 1:
+            raise OSError(errno.EIO, "I/O error", path)
+
+    monkeypatch.setattr("core.backends.blobs.filesystem._fsync_file", fsync_file)
+    with pytest.raises(ProviderError):
+        await blobs.sync()
+    await blobs.sync()
+    assert attempts == ["one.v1", "one.v1"]
+    assert blobs._unsynced == []
+    await blobs.sync()  # nothing left: no fsync
+    assert attempts == ["one.v1", "one.v1"]
     await blobs.close()

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from core import ArtifactStore
 from core.backends.meta import sqlite_group
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.errors import ProviderError
 from core.infra.signing import RecordSigner
+from core.models import Usage
+from core.nodes import ROOT_INO, NodeKind, new_node
 
 SIGNER = RecordSigner(b"sqlite-group-test-key-0123456789ab")
 STORES = 32
@@ -181,6 +184,66 @@ async def test_a_failed_commit_fails_every_member(tmp_path: Path, monkeypatch: p
     async with meta._tx() as db:  # and the next writer starts a fresh batch
         db.execute("INSERT INTO usage (key, bytes, files) VALUES ('d', 1, 1)")
     assert meta.db.execute("SELECT key FROM usage").fetchall() == [("d",)]
+    await meta.close()
+
+
+@pytest.mark.semantics("S-durable-store")
+async def test_a_read_during_an_open_batch_never_sees_what_its_failed_commit_takes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader yields once with its transaction open, on the connection every read uses. A reader
+    that runs in that pass (a lookup, gc's look at usage) must wait for the batch's end: here its
+    COMMIT fails as a full disk's does, and the row it would have seen never existed."""
+    meta = SQLiteMetaStore(tmp_path / "meta.sqlite3", SIGNER)
+    await meta.open()
+    group = meta._group
+    assert group is not None
+    real = group._db
+    written = trio.Event()
+    seen: dict[str, object] = {}
+
+    async def others_run_then_commit_fails() -> None:  # the leader's pass: every runnable task runs to a block
+        await trio.testing.wait_all_tasks_blocked()
+        group._db = _CommitFails(real)  # type: ignore[assignment]
+
+    monkeypatch.setattr(sqlite_group.anyio.lowlevel, "cancel_shielded_checkpoint", others_run_then_commit_fails)
+
+    async def writer() -> None:
+        node = new_node(parent=ROOT_INO, name="n", kind=NodeKind.FILE, mode=0o644, now_ns=1)
+        node.ino = 1000
+        with pytest.raises(ProviderError):
+            async with meta._tx() as db:
+                meta._write(db, node, insert=True)
+                db.execute("INSERT INTO usage (key, bytes, files) VALUES ('a', 1, 1)")
+                written.set()
+
+    async def reader() -> None:
+        await written.wait()
+        token = meta.read_token()  # as metadata() takes it, before its reads
+        seen["lookup"] = await meta.lookup(ROOT_INO, "n")
+        seen["get"] = await meta.get(1000)
+        seen["usage"] = await meta.usage("a")
+        seen["token"] = token
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        nursery.start_soon(reader)
+    group._db = real
+    assert seen["lookup"] is None and seen["get"] is None
+    assert seen["usage"] == Usage()
+    assert meta.read_token() != seen["token"]  # an answer kept under the reader's token is never reused
+    assert meta.db.execute("SELECT COUNT(*) FROM usage").fetchone() == (0,)
+    await meta.close()
+
+
+async def test_a_lone_reader_passes_the_gate_without_a_checkpoint(tmp_path: Path) -> None:
+    """No batch open: the read gate costs one attribute test, not a scheduler pass."""
+    meta = SQLiteMetaStore(tmp_path / "meta.sqlite3", SIGNER)
+    await meta.open()
+    with trio.CancelScope() as scope:
+        scope.cancel()  # any checkpoint would raise Cancelled
+        assert (await meta.get(ROOT_INO)) is not None
+    assert not scope.cancelled_caught
     await meta.close()
 
 

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import anyio
 import anyio.to_thread
 
 from core.errors import ArtifactNotFoundError, ProviderError, StoreFullError
@@ -126,6 +127,9 @@ class FilesystemBlobStore:
         self._batch_running: anyio.Event | None = None
         self._pool: ThreadPoolExecutor | None = None  # batched puts, write-behind, read-ahead
         self._unsynced: list[str] = []  # blobs published with durable=False, until sync()
+        self._unsynced_lock = threading.Lock()  # worker threads add to it while the loop takes it
+        self._syncs_started = self._syncs_done = 0  # flushes of _unsynced, as sqlite_group.WalSync counts
+        self._sync_idle: anyio.Event | None = None  # set when the running flush ends
 
     def _path(self, key: str) -> str:
         # Keys are built from validated ids, but a key is never trusted to stay inside:
@@ -187,7 +191,12 @@ class FilesystemBlobStore:
         if durable:
             self._dir_sync.sync(directory)
         else:
-            self._unsynced.append(final)
+            self._not_synced(final)
+
+    def _not_synced(self, path: str) -> None:
+        """``path`` was published without an fsync: the next :meth:`sync` makes it durable."""
+        with self._unsynced_lock:
+            self._unsynced.append(path)
 
     async def writer(self, key: str) -> "_FileWriter":
         return _FileWriter(self, key)
@@ -238,7 +247,7 @@ class FilesystemBlobStore:
                 self._known_dirs = {self._blob_root}  # removed since it was made: forget what we knew
                 return False
             raise
-        self._unsynced.append(final)
+        self._not_synced(final)
         return True
 
     async def _submit(self, job: "_Job") -> None:
@@ -310,23 +319,53 @@ class FilesystemBlobStore:
         await _run(work)
 
     async def sync(self) -> None:
-        pending, self._unsynced = self._unsynced, []
-        if not pending:
-            return
+        """Make every blob published with ``durable=False`` before the call durable.
 
-        def work() -> None:
-            # In parallel, as a batch of puts is: the filesystem merges the fsyncs' journal commits.
-            # One after the other, the mount's 5-second sync of 1,000 small closes took 2.7-5.4 s
-            # (a journal commit each, the disk busy under every create meanwhile); in parallel 0.1-0.2 s.
-            if len(pending) == 1:
-                _fsync_published(pending[0])
-            else:
-                for _ in self.io_pool().map(_fsync_published, pending):
-                    pass
-            for directory in {os.path.dirname(p) for p in pending}:
-                self._dir_sync.sync(directory)
+        Returns once a flush that started after the call has ended, as
+        ``sqlite_group.WalSync`` does: a flush already running may have taken the
+        list before this caller's blobs went in (the mount's fsync() arriving
+        during the periodic sync). Callers that arrive while one runs share
+        the next. A flush that fails puts its paths back, so a later sync (the
+        periodic loop's retry) fsyncs them, and its error is the caller's.
+        """
+        need = self._syncs_started + 1
+        while self._syncs_done < need:
+            if self._sync_idle is not None:
+                await self._sync_idle.wait()
+                continue
+            with self._unsynced_lock:
+                pending, self._unsynced = self._unsynced, []
+            if not pending:
+                return  # none running, none failed: everything published so far is durable
+            self._syncs_started += 1
+            generation, idle = self._syncs_started, anyio.Event()
+            self._sync_idle = idle
+            try:
+                with anyio.CancelScope(shield=True):  # its waiters count on it finishing
+                    await _run(self._fsync_all, pending)
+                self._syncs_done = generation
+            except BaseException:
+                with self._unsynced_lock:
+                    self._unsynced[:0] = pending
+                raise
+            finally:
+                self._sync_idle = None
+                idle.set()
 
-        await _run(work)
+    def _fsync_all(self, pending: list[str]) -> None:
+        """The blobs, then their directories, fsynced.
+
+        In parallel, as a batch of puts is: the filesystem merges the fsyncs' journal commits.
+        One after the other, the mount's 5-second sync of 1,000 small closes took 2.7-5.4 s
+        (a journal commit each, the disk busy under every create meanwhile); in parallel 0.1-0.2 s.
+        """
+        if len(pending) == 1:
+            _fsync_published(pending[0])
+        else:
+            for _ in self.io_pool().map(_fsync_published, pending):
+                pass
+        for directory in {os.path.dirname(p) for p in pending}:
+            self._dir_sync.sync(directory)
 
     def file_upload(self, key: str) -> None:
         """Local bytes gain nothing from going out early: :meth:`put_file` takes the whole file."""

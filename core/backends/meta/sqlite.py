@@ -16,14 +16,15 @@ the WAL in a worker thread): the callers that promise durability call it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -49,6 +50,7 @@ from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, account_of, new_node
 from core.settings import Settings
 
 log = logging.getLogger("artifactfs.meta")
+_T = TypeVar("_T")
 
 BUSY_TIMEOUT_MS = 10_000  # what a statement other than BEGIN IMMEDIATE may wait inside SQLite (WAL recovery)
 LOCK_WAIT = 30.0  # seconds a transaction waits for another process's write lock, polling
@@ -865,6 +867,34 @@ class SQLiteMetaStore:
 
     async def pending_deletions(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT key FROM deferred_blob ORDER BY key").fetchall()]
+
+
+def _after_batch(read: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+    """``read`` once no group-commit batch is open (:meth:`GroupCommit.settled`).
+
+    Why: reads share the writers' connection, and a batch stays open across
+    its leader's scheduler pass; a read then would see rows a failed COMMIT
+    takes back (a lookup answering an artifact that never existed, gc
+    deleting a blob whose removal comes back). With no batch open the gate
+    is one attribute test.
+    """
+
+    @functools.wraps(read)
+    async def gated(self: SQLiteMetaStore, *args: Any, **kwargs: Any) -> _T:
+        group = self._group
+        if group is not None and group.busy:
+            await group.settled()
+        return await read(self, *args, **kwargs)
+
+    return gated
+
+
+# Every read outside a transaction (the writes read inside theirs, with no await).
+_READS = ("get", "lookup", "children_page", "find_artifact", "search", "search_page", "sharers", "resolve",
+          "subtree", "lineage", "expired", "usage", "usages", "totals", "usage_generation", "orphans",
+          "due_deletions", "pending_deletions")
+for _name in _READS:
+    setattr(SQLiteMetaStore, _name, _after_batch(getattr(SQLiteMetaStore, _name)))
 
 
 def from_settings(settings: Settings, signer: RecordSigner) -> SQLiteMetaStore:

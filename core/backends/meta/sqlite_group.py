@@ -10,7 +10,9 @@ join it as a ``SAVEPOINT``: a member whose body fails rolls back to its own
 savepoint and leaves the others' changes in place. The one that opened the
 transaction (the leader) yields to the scheduler once, so that the tasks
 already runnable join, then commits for all. A lone writer pays one
-scheduler pass, never a timed wait.
+scheduler pass, never a timed wait. Reads share the connection, so while a
+batch is open they wait for its end (:meth:`GroupCommit.settled`): none
+sees a change its failed COMMIT takes back.
 
 :class:`WalSync` makes the commits so far durable with one ``fdatasync`` of
 the ``-wal`` file in a worker thread, shared by every caller that arrives
@@ -75,10 +77,44 @@ class GroupCommit:
                  poll: tuple[float, float], error: Callable[[sqlite3.Error], ProviderError]) -> None:
         self._db, self._begin, self._lock_wait, self._poll, self._error = db, begin, lock_wait, poll, error
         self._batch: _Batch | None = None
+        self._readers = 0  # reads waiting for a batch to end (settled)
+        self._drained: anyio.Event | None = None  # set when the last of them has read
         self.changes = 0  # moves with every change this connection makes visible or takes back
 
     def member(self) -> Member:
         return Member(self)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is open: its changes are not committed yet."""
+        return self._batch is not None
+
+    async def settled(self) -> None:
+        """Until no batch is open: what a read outside a transaction waits for.
+
+        Why: every read in the process uses this connection, and while the
+        leader yields its transaction is open, so a read then would see the
+        batch's uncommitted rows, which a failed COMMIT (a full disk) takes
+        back. Readers only wait, never hold a batch: no deadlock. A new batch
+        waits for the readers woken by the last one's end (see ``join``), so
+        a reader waits for one batch, and with none open pays nothing.
+        """
+        self._readers += 1
+        try:
+            while (batch := self._batch) is not None:
+                await batch.wait()
+        finally:
+            self._readers -= 1
+            if not self._readers and self._drained is not None:
+                self._drained.set()
+                self._drained = None
+
+    async def _readers_done(self) -> None:
+        """Until the readers waiting for the last batch have read: a writer that led a new batch
+        first would put them behind it, and their writes, one by one, each behind the next."""
+        if self._drained is None:
+            self._drained = anyio.Event()
+        await self._drained.wait()
 
     async def join(self) -> tuple[_Batch, bool]:
         """The open batch (a savepoint opened in it), or a new one this caller leads."""
@@ -88,6 +124,9 @@ class GroupCommit:
             if batch is not None:
                 leader = False
                 break
+            if self._readers:
+                await self._readers_done()
+                continue
             if self._begin():
                 batch = self._batch = _Batch()
                 leader = True
