@@ -448,3 +448,39 @@ async def test_a_mime_prefix_over_many_types_is_read_in_order_either_way(
     assert await every_search_page(store, 6, mime_prefix="text/") == expected
     assert await every_search_page(store, 6, mime_prefix="text/t3", scope="session") == [
         m.artifact_id for m in await store.search(mime_prefix="text/t3")]
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_odd_prefixes_and_wide_numbers_are_answered_or_refused_as_typed_errors(store: ArtifactStore) -> None:
+    """A prefix that cannot be UTF-8 is an InvalidArgumentError; one whose index bound is the last
+    character before the surrogates, or U+10FFFF, is a range like any other; an int beyond 64 bits is
+    tested on the record, not bound into SQL."""
+    session = await store.create_session()
+    await store.store(b"x", filename="t", session_id=session, mime="text/plain", meta={"n": 2**64})
+    for mime_prefix in ("text\ud7ff", "\U0010ffff", "t\U0010ffff\U0010ffff", "text/"):
+        page = await store.search_page(mime_prefix=mime_prefix, limit=5)
+        assert [m.filename for m in page.items] == (["t"] if mime_prefix == "text/" else [])
+    assert [m.filename for m in (await store.search_page(meta_filter={"n": 2**64}, limit=5)).items] == ["t"]
+    assert [m.filename for m in await store.search(meta_filter={"n": -(2**70)}, limit=5)] == []
+    for call in (lambda: store.search_page(mime_prefix="\ud800", limit=5),
+                 lambda: store.search(mime_prefix="\ud800", limit=2),
+                 lambda: store.search(mime_prefix="x" * 10_000, limit=2),
+                 lambda: store.list_page(session, prefix="\ud800", limit=2),
+                 lambda: store.list_files(session, prefix="\ud800", limit=2),
+                 lambda: store.list_files(session, prefix="\ud800")):
+        with pytest.raises(InvalidArgumentError):
+            await call()
+
+
+def test_a_mime_prefix_bound_is_after_every_string_it_starts() -> None:
+    from core.backends.meta.sqlite import _next_prefix
+
+    for prefix in ("text/", "text\ud7ff", "a\U0010ffff", "\U0010ffff", "a\U0010ffff\U0010ffff"):
+        upper = _next_prefix(prefix)
+        for tail in ("", "a", "\U0010ffff", "\U0010ffff" * 3):
+            assert upper is None or prefix + tail < upper, (prefix, tail)
+        if upper is not None:
+            upper.encode("utf-8")  # a bound SQLite can be given
+            assert not upper.startswith(prefix)
+    assert _next_prefix("\U0010ffff") is None and _next_prefix("text\ud7ff") == "text\ue000"
+
