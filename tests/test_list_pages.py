@@ -7,6 +7,7 @@ only make these tests slower, not fail them.
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ import pytest
 from servers import RedisServer
 
 from core import ArtifactStore
-from core.api.cursors import CursorKind, SearchCursor, encode, query_digest
+from core.api.cursors import CursorKind, FilesCursor, SearchCursor, encode, query_digest
 from core.backends.blobs.memory import MemoryBlobStore
 from core.backends.meta.base import MetaStore
 from core.backends.meta.redis.store import RedisMetaStore
@@ -483,4 +484,44 @@ def test_a_mime_prefix_bound_is_after_every_string_it_starts() -> None:
             upper.encode("utf-8")  # a bound SQLite can be given
             assert not upper.startswith(prefix)
     assert _next_prefix("\U0010ffff") is None and _next_prefix("text\ud7ff") == "text\ue000"
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_a_long_prefix_or_forged_cursor_costs_no_lookup_per_character(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page looks up a name per character below '/' of its start: a prefix or cursor longer than
+    a name or a filename could be is refused, and no name longer than a name is looked up."""
+    session = await store.create_session()
+    await fill(store, session, ["!!/a", "!!.b", "z"])
+    meta = store.ns.meta
+    lookups = 0
+    real_lookup = meta.lookup
+
+    async def counted(parent: int, name: str):  # type: ignore[no-untyped-def]
+        nonlocal lookups
+        lookups += 1
+        return await real_lookup(parent, name)
+
+    monkeypatch.setattr(meta, "lookup", counted)
+    for prefix in ("!" * 20_000, "!" * 300, "!!//", "a/" + "!" * 256):
+        with pytest.raises(InvalidArgumentError):
+            await store.list_page(session, prefix=prefix, limit=1)
+        with pytest.raises(InvalidArgumentError):
+            await store.list_files(session, prefix=prefix, limit=1)
+    assert lookups == 0
+    query = query_digest(CursorKind.FILES, sandbox=store.sandbox_id, session=session, prefix="")
+    forged = [encode(FilesCursor.model_construct(query=query, after=after)) for after in ("!" * 8000, "!" * 256, "a//b")]
+    raw = '{"query":"%s","kind":"files","after":"\\ud800"}' % query  # a lone surrogate, escaped in JSON
+    forged.append(base64.urlsafe_b64encode(raw.encode()).decode())
+    for cursor in forged:
+        with pytest.raises(InvalidCursorError):
+            await store.list_page(session, limit=1, cursor=cursor)
+    assert lookups == 0
+    assert [m.filename for m in await store.list_files(session, prefix="!" * 255, limit=1)] == []
+    assert lookups <= 255 + 5  # a name's length at most, plus the fixed directories'
+    assert await every_page(store, session, 1, prefix="!!") == ["!!.b", "!!/a"]
+    from core.tree.pages import _prefix_names
+
+    assert len(_prefix_names("!" * 20_000)) == 255  # the cuts a name can be, whatever reaches the walk
 

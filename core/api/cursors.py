@@ -17,9 +17,10 @@ import json
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from core.errors import InvalidCursorError
+from core.errors import InvalidCursorError, InvalidNameError
+from core.tree.grid import validate_name
 
 MAX_CURSOR_CHARS = 8192  # base64 of the model: a listing cursor holds a path, at most this long encoded
 _DIGEST_CHARS = 16  # hex digits of the query digest: enough to tell queries apart, not a secret
@@ -41,6 +42,19 @@ class FilesCursor(_Cursor):
 
     kind: Literal[CursorKind.FILES] = CursorKind.FILES
     after: str = Field(min_length=1, max_length=MAX_CURSOR_CHARS)
+
+    @field_validator("after")
+    @classmethod
+    def _a_path(cls, after: str) -> str:
+        """Names a page walks back down (a lookup per character below '/' of each): each one a file
+        could have, so a forged cursor costs what a real one does."""
+        try:
+            for name in after.split("/"):
+                validate_name(name)
+        except InvalidNameError as exc:
+            raise ValueError(str(exc)) from None
+        return after
+
 
 
 class SearchCursor(_Cursor):
