@@ -525,3 +525,23 @@ async def test_a_long_prefix_or_forged_cursor_costs_no_lookup_per_character(
 
     assert len(_prefix_names("!" * 20_000)) == 255  # the cuts a name can be, whatever reaches the walk
 
+
+@pytest.mark.semantics("S-list-pages")
+async def test_a_deep_path_gets_a_cursor_that_continues(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path near the filename limit whose JSON escapes grow it past 8,192 cursor characters still
+    pages; a path too deep for any cursor ends the page before it, and alone is a typed error."""
+    from core.api import cursors
+
+    session = await store.create_session()
+    deep = "/".join(["\x01" * 250] * 16)  # 4,015 bytes, six in JSON each: a cursor of ~32k characters
+    await fill(store, session, [deep, "\x02"])
+    assert await every_page(store, session, 1) == [deep, "\x02"]
+    monkeypatch.setattr(cursors, "MAX_CURSOR_CHARS", 300)  # paths deeper than a cursor, cheaply
+    other = await store.create_session()
+    await fill(store, other, ["a1", "b" * 200, "c"])
+    assert await every_page(store, other, 2) == ["a1", "b" * 200, "c"]
+    page = await store.list_page(other, limit=2)
+    assert [m.filename for m in page.items] == ["a1"] and page.next_cursor is not None
+    with pytest.raises(InvalidArgumentError):
+        await store.list_page(other, limit=1, cursor=page.next_cursor)  # a page of the deep path alone
+

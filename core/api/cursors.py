@@ -22,7 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from core.errors import InvalidCursorError, InvalidNameError
 from core.tree.grid import validate_name
 
-MAX_CURSOR_CHARS = 8192  # base64 of the model: a listing cursor holds a path, at most this long encoded
+# A listing cursor holds the last path answered, and a path has no fixed bound: each name is at most
+# 255 bytes, but a tree made through the mount may nest names deeper than a filename's 4,096 bytes.
+# This allows paths of ~48 KB (base64 is 4/3 of the JSON); a longer one gets no cursor (:func:`files_cursor`).
+MAX_CURSOR_CHARS = 65536
 _DIGEST_CHARS = 16  # hex digits of the query digest: enough to tell queries apart, not a secret
 
 
@@ -56,7 +59,6 @@ class FilesCursor(_Cursor):
         return after
 
 
-
 class SearchCursor(_Cursor):
     """After the artifact stored at ``stored_at_ns`` with id ``artifact_id`` (ties broken by id)."""
 
@@ -77,6 +79,18 @@ def query_digest(kind: CursorKind, **arguments: Any) -> str:
 
 def encode(cursor: FilesCursor | SearchCursor) -> str:
     return base64.urlsafe_b64encode(cursor.model_dump_json().encode()).decode().rstrip("=")
+
+
+def files_cursor(query: str, after: str) -> str | None:
+    """The cursor of a listing after path ``after``; None if the path is too deep for one
+    (:data:`MAX_CURSOR_CHARS`): the caller answers a page that ends before it."""
+    if len(after) > MAX_CURSOR_CHARS:
+        return None
+    try:
+        text = encode(FilesCursor(query=query, after=after))
+    except ValidationError:  # a name no cursor may hold: not one this store answers
+        return None
+    return text if len(text) <= MAX_CURSOR_CHARS else None
 
 
 def decode(text: object, query: str) -> FilesCursor | SearchCursor:

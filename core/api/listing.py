@@ -8,7 +8,7 @@ from core.api import cursors, rules
 from core.api.base import StoreBase
 from core.api.cursors import CursorKind, FilesCursor, SearchCursor
 from core.backends.meta.base import SearchQuery, search_matches
-from core.errors import InvalidCursorError
+from core.errors import InvalidCursorError, NameTooLongError
 from core.models import (
     ArtifactMetadata,
     ArtifactPage,
@@ -81,8 +81,15 @@ class ListingApi(StoreBase):
                 raise InvalidCursorError("the cursor belongs to a search, not a listing")
             after = position.after
         items, complete = await self._files_page(session_id, prefix, limit, after)
-        last = None if complete or not items else cursors.encode(FilesCursor(query=query, after=items[-1].filename))
-        return ArtifactPage(items=items, next_cursor=last)
+        if complete or not items:
+            return ArtifactPage(items=items, next_cursor=None)
+        # The page ends at its last file a cursor can hold: one nested too deep is answered by a page
+        # that starts just before it, with the cursor of the file before it (none: it cannot be paged to).
+        for end in range(len(items), 0, -1):
+            last = cursors.files_cursor(query, items[end - 1].filename)
+            if last is not None:
+                return ArtifactPage(items=items[:end], next_cursor=last)
+        raise NameTooLongError(f"{items[0].filename[:80]!r}... is nested too deep to page past; list_files answers it")
 
     async def get_directory_contents(
         self, session_id: str, directory_prefix: str = "", limit: int | None = None
