@@ -545,3 +545,15 @@ async def test_a_deep_path_gets_a_cursor_that_continues(store: ArtifactStore, mo
     with pytest.raises(InvalidArgumentError):
         await store.list_page(other, limit=1, cursor=page.next_cursor)  # a page of the deep path alone
 
+
+@pytest.mark.semantics("S-list-pages")
+async def test_a_meta_search_page_holds_at_most_its_limit_and_continues_after_it(store: ArtifactStore) -> None:
+    """Redis tests meta fields on a stretch of up to 1,000 records: the page is still cut at ``limit``,
+    with the cursor at its last match, so paging answers each match once."""
+    session = await store.create_session()
+    await fill(store, session, [f"m{i:03d}" for i in range(30)], meta={"k": 1})
+    everything = [m.artifact_id for m in await store.search(meta_filter={"k": 1})]
+    page = await store.search_page(meta_filter={"k": 1}, limit=7)
+    assert [m.artifact_id for m in page.items] == everything[:7] and page.next_cursor is not None
+    assert await every_search_page(store, 7, meta_filter={"k": 1}) == everything
+    assert [m.artifact_id for m in await store.search(meta_filter={"k": 1}, limit=12)] == everything[:12]

@@ -435,6 +435,11 @@ class RedisMetaStore:
                                 query.user_id)
         kept = [node for node in nodes if search_matches(node, query, now_ns)
                 and (after is None or search_position(node) > after)]  # a stale member: its record moved on
+        if len(kept) > limit:
+            # Meta fields were tested here on up to ``most`` records: the page ends at the limit-th match,
+            # and the next starts after it (not after the last record read, which would skip the rest).
+            kept = kept[:limit]
+            return SearchPage(kept, search_position(kept[-1]), True)
         stored_at, _, artifact_id = last.partition("/")
         more = more and bool(last)
         return SearchPage(kept, (int(stored_at), artifact_id) if more else None, more)
