@@ -557,3 +557,63 @@ async def test_a_meta_search_page_holds_at_most_its_limit_and_continues_after_it
     assert [m.artifact_id for m in page.items] == everything[:7] and page.next_cursor is not None
     assert await every_search_page(store, 7, meta_filter={"k": 1}) == everything
     assert [m.artifact_id for m in await store.search(meta_filter={"k": 1}, limit=12)] == everything[:12]
+
+
+async def as_before_search_order(meta: RedisMetaStore) -> None:
+    """Leave a Redis store as the version before search pages did: no '=' line in a record's index
+    tags, no ordered sets."""
+    async def strip(client, _script) -> None:  # type: ignore[no-untyped-def]
+        async for key in client.scan_iter(f"{meta.prefix}:y:*"):
+            await client.delete(key)
+        async for key in client.scan_iter(f"{meta.prefix}:i:*"):
+            tags = await client.hget(key, "ix")
+            if tags:
+                kept = b"\n".join(tag for tag in tags.split(b"\n") if not tag.startswith(b"="))
+                await client.hset(key, "ix", kept)
+    await meta._call("make the store older", strip)
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_a_redis_store_from_before_the_search_order_is_reordered_once_and_stays_whole(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: deleting a record indexed before the order left its member in the ordered set, so the
+    counts differed and every page rebuilt the whole space; and the rebuild read the set in one script
+    and rewrote the order in another, so an insert and a delete between them left the insert out of
+    every page for good (the counts matched again)."""
+    meta = store.ns.meta
+    if not isinstance(meta, RedisMetaStore):
+        pytest.skip("the ordered sets are Redis's")
+    session = await store.create_session()
+    await fill(store, session, [f"f{i:02d}" for i in range(12)])
+    old = await store.list_files(session)
+    await as_before_search_order(meta)
+    rebuilds = 0
+    rebuild = meta._rebuild_order
+    real_script = meta._script
+    racing = False
+
+    async def counted(tag: str) -> None:
+        nonlocal rebuilds
+        rebuilds += 1
+        await rebuild(tag)
+
+    async def script(what: str, op: str, *args: object) -> list:  # type: ignore[type-arg]
+        nonlocal racing
+        reply = await real_script(what, op, *args)
+        if rebuilds == 1 and op in ("search", "reorder") and not racing:  # the first rebuild has read the set
+            racing = True
+            await store.store(b"x", filename="late", session_id=session)
+            await store.delete(old[0].artifact_id, session_id=session)
+        return reply
+
+    monkeypatch.setattr(meta, "_rebuild_order", counted)
+    monkeypatch.setattr(meta, "_script", script)
+    await store.search_page(session_id=session, limit=5)
+    assert rebuilds == 1 and racing
+    expected = [m.artifact_id for m in await store.search(session_id=session)]
+    assert len(expected) == 12 and old[0].artifact_id not in expected
+    assert await every_search_page(store, 5, session_id=session) == expected  # "late" among them
+    await store.delete(old[1].artifact_id, session_id=session)  # a record from before the order, deleted
+    assert await every_search_page(store, 5, session_id=session) == [m for m in expected if m != old[1].artifact_id]
+    assert rebuilds == 1  # the order stayed whole: no page rebuilt it again
