@@ -7,6 +7,7 @@ only make these tests slower, not fail them.
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ import pytest
 from servers import RedisServer
 
 from core import ArtifactStore
-from core.api.cursors import CursorKind, SearchCursor, encode, query_digest
+from core.api.cursors import CursorKind, FilesCursor, SearchCursor, encode, query_digest
 from core.backends.blobs.memory import MemoryBlobStore
 from core.backends.meta.base import MetaStore
 from core.backends.meta.redis.store import RedisMetaStore
@@ -448,3 +449,171 @@ async def test_a_mime_prefix_over_many_types_is_read_in_order_either_way(
     assert await every_search_page(store, 6, mime_prefix="text/") == expected
     assert await every_search_page(store, 6, mime_prefix="text/t3", scope="session") == [
         m.artifact_id for m in await store.search(mime_prefix="text/t3")]
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_odd_prefixes_and_wide_numbers_are_answered_or_refused_as_typed_errors(store: ArtifactStore) -> None:
+    """A prefix that cannot be UTF-8 is an InvalidArgumentError; one whose index bound is the last
+    character before the surrogates, or U+10FFFF, is a range like any other; an int beyond 64 bits is
+    tested on the record, not bound into SQL."""
+    session = await store.create_session()
+    await store.store(b"x", filename="t", session_id=session, mime="text/plain", meta={"n": 2**64})
+    for mime_prefix in ("text\ud7ff", "\U0010ffff", "t\U0010ffff\U0010ffff", "text/"):
+        page = await store.search_page(mime_prefix=mime_prefix, limit=5)
+        assert [m.filename for m in page.items] == (["t"] if mime_prefix == "text/" else [])
+    assert [m.filename for m in (await store.search_page(meta_filter={"n": 2**64}, limit=5)).items] == ["t"]
+    assert [m.filename for m in await store.search(meta_filter={"n": -(2**70)}, limit=5)] == []
+    for call in (lambda: store.search_page(mime_prefix="\ud800", limit=5),
+                 lambda: store.search(mime_prefix="\ud800", limit=2),
+                 lambda: store.search(mime_prefix="x" * 10_000, limit=2),
+                 lambda: store.list_page(session, prefix="\ud800", limit=2),
+                 lambda: store.list_files(session, prefix="\ud800", limit=2),
+                 lambda: store.list_files(session, prefix="\ud800")):
+        with pytest.raises(InvalidArgumentError):
+            await call()
+
+
+def test_a_mime_prefix_bound_is_after_every_string_it_starts() -> None:
+    from core.backends.meta.sqlite import _next_prefix
+
+    for prefix in ("text/", "text\ud7ff", "a\U0010ffff", "\U0010ffff", "a\U0010ffff\U0010ffff"):
+        upper = _next_prefix(prefix)
+        for tail in ("", "a", "\U0010ffff", "\U0010ffff" * 3):
+            assert upper is None or prefix + tail < upper, (prefix, tail)
+        if upper is not None:
+            upper.encode("utf-8")  # a bound SQLite can be given
+            assert not upper.startswith(prefix)
+    assert _next_prefix("\U0010ffff") is None and _next_prefix("text\ud7ff") == "text\ue000"
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_a_long_prefix_or_forged_cursor_costs_no_lookup_per_character(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page looks up a name per character below '/' of its start: a prefix or cursor longer than
+    a name or a filename could be is refused, and no name longer than a name is looked up."""
+    session = await store.create_session()
+    await fill(store, session, ["!!/a", "!!.b", "z"])
+    meta = store.ns.meta
+    lookups = 0
+    real_lookup = meta.lookup
+
+    async def counted(parent: int, name: str):  # type: ignore[no-untyped-def]
+        nonlocal lookups
+        lookups += 1
+        return await real_lookup(parent, name)
+
+    monkeypatch.setattr(meta, "lookup", counted)
+    for prefix in ("!" * 20_000, "!" * 300, "!!//", "a/" + "!" * 256):
+        with pytest.raises(InvalidArgumentError):
+            await store.list_page(session, prefix=prefix, limit=1)
+        with pytest.raises(InvalidArgumentError):
+            await store.list_files(session, prefix=prefix, limit=1)
+    assert lookups == 0
+    query = query_digest(CursorKind.FILES, sandbox=store.sandbox_id, session=session, prefix="")
+    forged = [encode(FilesCursor.model_construct(query=query, after=after)) for after in ("!" * 8000, "!" * 256, "a//b")]
+    raw = '{"query":"%s","kind":"files","after":"\\ud800"}' % query  # a lone surrogate, escaped in JSON
+    forged.append(base64.urlsafe_b64encode(raw.encode()).decode())
+    for cursor in forged:
+        with pytest.raises(InvalidCursorError):
+            await store.list_page(session, limit=1, cursor=cursor)
+    assert lookups == 0
+    assert [m.filename for m in await store.list_files(session, prefix="!" * 255, limit=1)] == []
+    assert lookups <= 255 + 5  # a name's length at most, plus the fixed directories'
+    assert await every_page(store, session, 1, prefix="!!") == ["!!.b", "!!/a"]
+    from core.tree.pages import _prefix_names
+
+    assert len(_prefix_names("!" * 20_000)) == 255  # the cuts a name can be, whatever reaches the walk
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_a_deep_path_gets_a_cursor_that_continues(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path near the filename limit whose JSON escapes grow it past 8,192 cursor characters still
+    pages; a path too deep for any cursor ends the page before it, and alone is a typed error."""
+    from core.api import cursors
+
+    session = await store.create_session()
+    deep = "/".join(["\x01" * 250] * 16)  # 4,015 bytes, six in JSON each: a cursor of ~32k characters
+    await fill(store, session, [deep, "\x02"])
+    assert await every_page(store, session, 1) == [deep, "\x02"]
+    monkeypatch.setattr(cursors, "MAX_CURSOR_CHARS", 300)  # paths deeper than a cursor, cheaply
+    other = await store.create_session()
+    await fill(store, other, ["a1", "b" * 200, "c"])
+    assert await every_page(store, other, 2) == ["a1", "b" * 200, "c"]
+    page = await store.list_page(other, limit=2)
+    assert [m.filename for m in page.items] == ["a1"] and page.next_cursor is not None
+    with pytest.raises(InvalidArgumentError):
+        await store.list_page(other, limit=1, cursor=page.next_cursor)  # a page of the deep path alone
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_a_meta_search_page_holds_at_most_its_limit_and_continues_after_it(store: ArtifactStore) -> None:
+    """Redis tests meta fields on a stretch of up to 1,000 records: the page is still cut at ``limit``,
+    with the cursor at its last match, so paging answers each match once."""
+    session = await store.create_session()
+    await fill(store, session, [f"m{i:03d}" for i in range(30)], meta={"k": 1})
+    everything = [m.artifact_id for m in await store.search(meta_filter={"k": 1})]
+    page = await store.search_page(meta_filter={"k": 1}, limit=7)
+    assert [m.artifact_id for m in page.items] == everything[:7] and page.next_cursor is not None
+    assert await every_search_page(store, 7, meta_filter={"k": 1}) == everything
+    assert [m.artifact_id for m in await store.search(meta_filter={"k": 1}, limit=12)] == everything[:12]
+
+
+async def as_before_search_order(meta: RedisMetaStore) -> None:
+    """Leave a Redis store as the version before search pages did: no '=' line in a record's index
+    tags, no ordered sets."""
+    async def strip(client, _script) -> None:  # type: ignore[no-untyped-def]
+        async for key in client.scan_iter(f"{meta.prefix}:y:*"):
+            await client.delete(key)
+        async for key in client.scan_iter(f"{meta.prefix}:i:*"):
+            tags = await client.hget(key, "ix")
+            if tags:
+                kept = b"\n".join(tag for tag in tags.split(b"\n") if not tag.startswith(b"="))
+                await client.hset(key, "ix", kept)
+    await meta._call("make the store older", strip)
+
+
+@pytest.mark.semantics("S-list-pages")
+async def test_a_redis_store_from_before_the_search_order_is_reordered_once_and_stays_whole(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: deleting a record indexed before the order left its member in the ordered set, so the
+    counts differed and every page rebuilt the whole space; and the rebuild read the set in one script
+    and rewrote the order in another, so an insert and a delete between them left the insert out of
+    every page for good (the counts matched again)."""
+    meta = store.ns.meta
+    if not isinstance(meta, RedisMetaStore):
+        pytest.skip("the ordered sets are Redis's")
+    session = await store.create_session()
+    await fill(store, session, [f"f{i:02d}" for i in range(12)])
+    old = await store.list_files(session)
+    await as_before_search_order(meta)
+    rebuilds = 0
+    rebuild = meta._rebuild_order
+    real_script = meta._script
+    racing = False
+
+    async def counted(tag: str) -> None:
+        nonlocal rebuilds
+        rebuilds += 1
+        await rebuild(tag)
+
+    async def script(what: str, op: str, *args: object) -> list:  # type: ignore[type-arg]
+        nonlocal racing
+        reply = await real_script(what, op, *args)
+        if rebuilds == 1 and op in ("search", "reorder") and not racing:  # the first rebuild has read the set
+            racing = True
+            await store.store(b"x", filename="late", session_id=session)
+            await store.delete(old[0].artifact_id, session_id=session)
+        return reply
+
+    monkeypatch.setattr(meta, "_rebuild_order", counted)
+    monkeypatch.setattr(meta, "_script", script)
+    await store.search_page(session_id=session, limit=5)
+    assert rebuilds == 1 and racing
+    expected = [m.artifact_id for m in await store.search(session_id=session)]
+    assert len(expected) == 12 and old[0].artifact_id not in expected
+    assert await every_search_page(store, 5, session_id=session) == expected  # "late" among them
+    await store.delete(old[1].artifact_id, session_id=session)  # a record from before the order, deleted
+    assert await every_search_page(store, 5, session_id=session) == [m for m in expected if m != old[1].artifact_id]
+    assert rebuilds == 1  # the order stayed whole: no page rebuilt it again

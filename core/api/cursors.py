@@ -17,11 +17,15 @@ import json
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from core.errors import InvalidCursorError
+from core.errors import InvalidCursorError, InvalidNameError
+from core.tree.grid import validate_name
 
-MAX_CURSOR_CHARS = 8192  # base64 of the model: a listing cursor holds a path, at most this long encoded
+# A listing cursor holds the last path answered, and a path has no fixed bound: each name is at most
+# 255 bytes, but a tree made through the mount may nest names deeper than a filename's 4,096 bytes.
+# This allows paths of ~48 KB (base64 is 4/3 of the JSON); a longer one gets no cursor (:func:`files_cursor`).
+MAX_CURSOR_CHARS = 65536
 _DIGEST_CHARS = 16  # hex digits of the query digest: enough to tell queries apart, not a secret
 
 
@@ -41,6 +45,18 @@ class FilesCursor(_Cursor):
 
     kind: Literal[CursorKind.FILES] = CursorKind.FILES
     after: str = Field(min_length=1, max_length=MAX_CURSOR_CHARS)
+
+    @field_validator("after")
+    @classmethod
+    def _a_path(cls, after: str) -> str:
+        """Names a page walks back down (a lookup per character below '/' of each): each one a file
+        could have, so a forged cursor costs what a real one does."""
+        try:
+            for name in after.split("/"):
+                validate_name(name)
+        except InvalidNameError as exc:
+            raise ValueError(str(exc)) from None
+        return after
 
 
 class SearchCursor(_Cursor):
@@ -63,6 +79,18 @@ def query_digest(kind: CursorKind, **arguments: Any) -> str:
 
 def encode(cursor: FilesCursor | SearchCursor) -> str:
     return base64.urlsafe_b64encode(cursor.model_dump_json().encode()).decode().rstrip("=")
+
+
+def files_cursor(query: str, after: str) -> str | None:
+    """The cursor of a listing after path ``after``; None if the path is too deep for one
+    (:data:`MAX_CURSOR_CHARS`): the caller answers a page that ends before it."""
+    if len(after) > MAX_CURSOR_CHARS:
+        return None
+    try:
+        text = encode(FilesCursor(query=query, after=after))
+    except ValidationError:  # a name no cursor may hold: not one this store answers
+        return None
+    return text if len(text) <= MAX_CURSOR_CHARS else None
 
 
 def decode(text: object, query: str) -> FilesCursor | SearchCursor:

@@ -8,7 +8,7 @@ from core.api import cursors, rules
 from core.api.base import StoreBase
 from core.api.cursors import CursorKind, FilesCursor, SearchCursor
 from core.backends.meta.base import SearchQuery, search_matches
-from core.errors import InvalidArgumentError, InvalidCursorError
+from core.errors import InvalidCursorError, NameTooLongError
 from core.models import (
     ArtifactMetadata,
     ArtifactPage,
@@ -47,8 +47,7 @@ class ListingApi(StoreBase):
         """
         ns = await self._ready()
         grid.validate_id(session_id, "session id")
-        if not isinstance(prefix, str):
-            raise InvalidArgumentError("prefix must be a string")
+        prefix = rules.path_prefix(prefix)
         root = await ns.session_root(self.sandbox_id, session_id)
         if not ns.visible(root):
             return [], True
@@ -63,6 +62,7 @@ class ListingApi(StoreBase):
 
     async def list_files(self, session_id: str, prefix: str = "", limit: int | None = None) -> list[ArtifactMetadata]:
         if limit is None:
+            prefix = rules.path_prefix(prefix)
             return [m for m in await self._session_files(session_id) if m.filename.startswith(prefix)]
         return (await self._files_page(session_id, prefix, rules.a_limit(limit)))[0]
 
@@ -72,6 +72,7 @@ class ListingApi(StoreBase):
         """One page of a session's files (those whose filename starts with ``prefix``), in filename
         order; pass ``next_cursor`` back to read the next. Costs what the page holds, not the session."""
         limit = rules.page_size(limit)
+        prefix = rules.path_prefix(prefix)
         query = cursors.query_digest(CursorKind.FILES, sandbox=self.sandbox_id, session=session_id, prefix=prefix)
         after = None
         if cursor is not None:
@@ -80,8 +81,15 @@ class ListingApi(StoreBase):
                 raise InvalidCursorError("the cursor belongs to a search, not a listing")
             after = position.after
         items, complete = await self._files_page(session_id, prefix, limit, after)
-        last = None if complete or not items else cursors.encode(FilesCursor(query=query, after=items[-1].filename))
-        return ArtifactPage(items=items, next_cursor=last)
+        if complete or not items:
+            return ArtifactPage(items=items, next_cursor=None)
+        # The page ends at its last file a cursor can hold: one nested too deep is answered by a page
+        # that starts just before it, with the cursor of the file before it (none: it cannot be paged to).
+        for end in range(len(items), 0, -1):
+            last = cursors.files_cursor(query, items[end - 1].filename)
+            if last is not None:
+                return ArtifactPage(items=items[:end], next_cursor=last)
+        raise NameTooLongError(f"{items[0].filename[:80]!r}... is nested too deep to page past; list_files answers it")
 
     async def get_directory_contents(
         self, session_id: str, directory_prefix: str = "", limit: int | None = None
@@ -143,10 +151,8 @@ class ListingApi(StoreBase):
             grid.validate_id(user_id, "user id")
         if session_id is not None:
             grid.validate_id(session_id, "session id")
-        if mime_prefix is not None and not isinstance(mime_prefix, str):
-            raise InvalidArgumentError("mime_prefix must be a string")
         return SearchQuery(sandbox_id=self.sandbox_id, scope=scope, session_id=session_id, user_id=user_id,
-                           mime_prefix=mime_prefix or None, meta=rules.meta(meta_filter, self.ns.limits))
+                           mime_prefix=rules.mime_prefix(mime_prefix), meta=rules.meta(meta_filter, self.ns.limits))
 
     async def _described_all(self, nodes: list[Node]) -> list[ArtifactMetadata]:
         return [self._described(node, name) for node, name in zip(nodes, await self.ns.filenames(nodes))]

@@ -15,9 +15,10 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from core.errors import InvalidArgumentError, shown
+from core.errors import InvalidArgumentError, InvalidNameError, NameTooLongError, shown
 from core.models import Scope
 from core.settings import Limits
+from core.tree import grid
 from core.tree.namespace import NS
 
 DEFAULT: Literal["default"] = "default"
@@ -147,6 +148,48 @@ def page_size(limit: Any) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_PAGE:
         raise InvalidArgumentError(f"a page's limit must be a whole number from 1 to {MAX_PAGE}, got {shown(limit)}")
     return limit
+
+
+MAX_MIME_PREFIX_BYTES = 512  # longer than any MIME type the store takes (``_MIME_RE``)
+
+
+def mime_prefix(prefix: Any) -> str | None:
+    """A search's ``mime_prefix``: text the store could hold, of a bounded length.
+
+    It becomes the bounds of an index range, which must be encodable
+    (a lone surrogate is not) and is compared a character at a time.
+    """
+    if prefix is None or prefix == "":
+        return None
+    if not isinstance(prefix, str) or "\0" in prefix or not _utf8(prefix) or len(prefix) > MAX_MIME_PREFIX_BYTES \
+            or len(prefix.encode("utf-8")) > MAX_MIME_PREFIX_BYTES:
+        raise InvalidArgumentError(f"mime_prefix must be UTF-8 text of at most {MAX_MIME_PREFIX_BYTES} bytes, without NUL")
+    return prefix
+
+
+def path_prefix(prefix: Any) -> str:
+    """A listing's ``prefix``: the start of a filename that could exist.
+
+    Each whole component before the last '/' is a name (:func:`grid.validate_name`),
+    the partial last one no longer than a name, and the whole no longer than a
+    filename. A page walks down the prefix and looks up a name per character
+    of it below '/' (:mod:`core.tree.pages`), so its length is what a page
+    costs: one no file can start with is refused, not walked.
+    """
+    if not isinstance(prefix, str):
+        raise InvalidArgumentError(f"prefix must be a string, got {type(prefix).__name__}")
+    if not prefix:
+        return prefix
+    if "\0" in prefix or not _utf8(prefix):
+        raise InvalidNameError(f"prefix {prefix!r:.60} is not UTF-8 text without NUL")
+    if len(prefix) > grid.MAX_PATH_BYTES or len(prefix.encode("utf-8")) > grid.MAX_PATH_BYTES:
+        raise NameTooLongError(f"prefix is longer than a filename ({grid.MAX_PATH_BYTES} bytes)")
+    *whole, last = prefix.split("/")
+    for name in whole:
+        grid.validate_name(name)
+    if len(last.encode("utf-8")) > grid.MAX_NAME_BYTES:
+        raise NameTooLongError(f"the prefix's last name is longer than a name ({grid.MAX_NAME_BYTES} bytes)")
+    return prefix
 
 
 def model(kind: type[M], value: Any) -> M:

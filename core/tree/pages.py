@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from core.backends.meta.base import MetaStore
 from core.nodes import Node, NodeRole
+from core.tree.grid import MAX_NAME_BYTES
 
 _FIRST_READ = 16  # entries read first from a directory, at least; each further read doubles
 _MAX_READ = 1000  # entries read at once from a directory, at most (one Redis script's inline page)
@@ -121,8 +122,14 @@ def _prefix_names(head: str) -> list[str]:
     ``head`` itself, and each prefix of it cut before a character that sorts
     below '/' (``a`` of ``a.txt``: a directory ``a`` sorts as ``a/``, after
     it); every other smaller name sorts before ``head`` as a key too.
+
+    Each is a lookup, so only names that could exist are made: none longer
+    than :data:`MAX_NAME_BYTES` (a name has at least a byte per character).
+    The callers refuse a longer ``head`` (a prefix's, a cursor's); this keeps
+    a page's lookups bounded whatever reaches here.
     """
-    return [head[:cut] for cut in range(1, len(head)) if head[cut] < "/"] + [head]
+    cuts = [head[:cut] for cut in range(1, min(len(head), MAX_NAME_BYTES + 1)) if head[cut] < "/"]
+    return [name for name in (*cuts, head) if len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES]
 
 
 async def files_page(

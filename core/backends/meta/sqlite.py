@@ -491,8 +491,11 @@ class SQLiteMetaStore:
             else None
         if types is None:
             if prefix:
-                where += " AND mime>=? AND mime<?"
-                args += [prefix, _next_prefix(prefix)]
+                where += " AND mime>=?"
+                args.append(prefix)
+                if (upper := _next_prefix(prefix)) is not None:
+                    where += " AND mime<?"
+                    args.append(upper)
             return f"SELECT {columns} FROM node WHERE {where} {order} LIMIT ?", [*args, most]
         if not types:
             return f"SELECT {columns} FROM node WHERE 0 LIMIT ?", [most]
@@ -507,10 +510,12 @@ class SQLiteMetaStore:
         None if there are more than :data:`_MIME_MERGE` (the range is then read and sorted)."""
         found: list[str] = []
         bound, upper = prefix, _next_prefix(prefix)
+        below = "" if upper is None else " AND mime<?"
         while len(found) <= _MIME_MERGE:
             row = self.db.execute(
                 "SELECT mime FROM node INDEXED BY node_mime_by_time WHERE artifact_id IS NOT NULL AND sandbox_id=?"
-                f" AND mime{'>' if found else '>='}? AND mime<? ORDER BY mime LIMIT 1", (sandbox_id, bound, upper),
+                f" AND mime{'>' if found else '>='}?{below} ORDER BY mime LIMIT 1",
+                (sandbox_id, bound) if upper is None else (sandbox_id, bound, upper),
             ).fetchone()
             if row is None:
                 return found
@@ -989,9 +994,18 @@ def _provider_error(exc: sqlite3.Error) -> ProviderError:
     return ProviderError(f"metadata store: {exc}")
 
 
-def _next_prefix(prefix: str) -> str:
-    """The least string after every string that starts with ``prefix``: a prefix as an index range."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1) if ord(prefix[-1]) < 0x10FFFF else prefix + "\U0010ffff"
+def _next_prefix(prefix: str) -> str | None:
+    """The least string after every string that starts with ``prefix``: a prefix as an index range
+    (None: no string is after them all, the range has no upper end).
+
+    The next character skips the surrogates (0xD800-0xDFFF), which UTF-8 cannot hold (the bound
+    would not encode), and a last character U+10FFFF, which has no next, carries to the one before.
+    """
+    stem = prefix.rstrip("\U0010ffff")
+    if not stem:
+        return None
+    code = ord(stem[-1]) + 1
+    return stem[:-1] + chr(0xE000 if 0xD800 <= code <= 0xDFFF else code)
 
 
 def _meta_tests(meta: dict[str, Any]) -> tuple[str, list[object]] | None:
@@ -999,11 +1013,16 @@ def _meta_tests(meta: dict[str, Any]) -> tuple[str, list[object]] | None:
     record), for the fields a JSON path can name and whose values are plain; None if none is."""
     tests, args = [], []
     for key, value in meta.items():
-        if '"' in key or "\\" in key or isinstance(value, (dict, list)) or value is None:
+        if '"' in key or "\\" in key or isinstance(value, (dict, list)) or value is None or _wide(value):
             continue  # tested on the record alone
         tests.append("json_extract(CAST(record AS TEXT), ?) = ?")
         args += [f'$.artifact.meta."{key}"', int(value) if isinstance(value, bool) else value]
     return (" AND ".join(tests), args) if tests else None
+
+
+def _wide(value: object) -> bool:
+    """An int SQLite cannot bind (outside signed 64 bits): JSON holds it, so the record test does."""
+    return isinstance(value, int) and not -(2**63) <= value < 2**63
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:

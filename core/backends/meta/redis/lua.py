@@ -36,7 +36,8 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
                            ``se:<sandbox>/<session>``, ``us:<sandbox>/<user>``
 ``P:y:<tag>``       zset   the same artifacts in (stored_at, artifact id) order,
                            score 0, member ``<stored_at ns, 20 digits>/<id>``
-                           (the ``=`` line of ``ix``): ``spage`` (ZRANGEBYLEX)
+                           (the ``=`` line of ``ix``): ``spage`` (ZRANGEBYLEX);
+                           ``reorder`` makes it again (a store from before it)
 ``P:exp``           zset   ino by expires_at (ns)
 ``P:ub`` ``P:uf``   hash   usage key -> bytes, files
 ``P:ug``            hash   usage key -> generation: moved by every change of
@@ -206,8 +207,16 @@ local function charge(n, sign)
   end
 end
 
--- a search set's member in (stored_at, artifact id) order: the ix line that starts with '=', if any
-local function order_of(n) return string.match('\n' .. n.ix, '\n=([^\n]+)') end
+-- a search set's member in (stored_at, artifact id) order: the ix line that starts with '='; a record
+-- indexed before that line existed has none, and its member (put there by ``reorder``) is made as the
+-- client's order_member makes it, from the record's crtime_ns (digits: a double would round them) and id
+local function order_of(n)
+  local member = string.match('\n' .. n.ix, '\n=([^\n]+)')
+  if member or n.a == '' or not n.rec then return member end
+  local ns = string.match(n.rec, '"crtime_ns":(%d+)')
+  if not ns or #ns > 20 then return nil end
+  return string.rep('0', 20 - #ns) .. ns .. '/' .. n.a
+end
 
 local function index(n)
   if n.a ~= '' then redis.call('HSET', P .. ':art', n.a, n.ino) end
@@ -442,6 +451,19 @@ function ops.spage()
     end
   end
   return out
+end
+
+-- ARGV: index tag. Its ordered set made again from its set's records (a store written before the order):
+-- read and rewritten in one script, so no write lands between the two and leaves a member out for good.
+function ops.reorder()
+  local order = P .. ':y:' .. ARGV[3]
+  redis.call('DEL', order)
+  for _, ino in ipairs(redis.call('SMEMBERS', P .. ':x:' .. ARGV[3])) do
+    local v = redis.call('HMGET', ikey(ino), 'ix', 'a', 'rec')
+    local member = order_of({ix = v[1] or '', a = v[2] or '', rec = v[3]})
+    if member then redis.call('ZADD', order, 0, member) end
+  end
+  return {'OK'}
 end
 
 -- ARGV: directory, then the names of a path below it. The records along the path, each the entry of

@@ -435,6 +435,11 @@ class RedisMetaStore:
                                 query.user_id)
         kept = [node for node in nodes if search_matches(node, query, now_ns)
                 and (after is None or search_position(node) > after)]  # a stale member: its record moved on
+        if len(kept) > limit:
+            # Meta fields were tested here on up to ``most`` records: the page ends at the limit-th match,
+            # and the next starts after it (not after the last record read, which would skip the rest).
+            kept = kept[:limit]
+            return SearchPage(kept, search_position(kept[-1]), True)
         stored_at, _, artifact_id = last.partition("/")
         more = more and bool(last)
         return SearchPage(kept, (int(stored_at), artifact_id) if more else None, more)
@@ -442,24 +447,11 @@ class RedisMetaStore:
     async def _rebuild_order(self, tag: str) -> None:
         """The ordered set of ``tag`` made again from its set's records (a store written before it).
 
-        Not atomic with writers: a change racing it may leave the counts apart, and the next page
-        rebuilds again; a stale member is skipped (its record's position differs) until then.
+        One script reads the set and rewrites the order, so a write cannot land between them (an
+        insert after the read and a delete before the rewrite would leave equal counts and the
+        insert out of every page for good). A member is only a position: a stale one is skipped.
         """
-        reply = await self._script("search", "search", tag, _LIST_INLINE)
-        if reply[0] == b"RECORDS":
-            nodes = list(self._records(reply[1:]))
-        else:
-            nodes = await self._load_many("search", sorted(int(m) for m in reply[1:]))
-        members = [order_member(n.crtime_ns, n.artifact.artifact_id) for n in nodes if n.artifact is not None]
-
-        async def rebuild(client: aioredis.Redis, _s: object) -> None:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.delete(self.key("y", tag))
-                for at in range(0, len(members), 1000):
-                    pipe.zadd(self.key("y", tag), {member: 0 for member in members[at:at + 1000]})
-                await pipe.execute()
-
-        await self._call("rebuild search order", rebuild)
+        await self._script("rebuild search order", "reorder", tag)
 
     async def sharers(self, artifact_id: str) -> list[Node]:
         reply = await self._script("sharers", "search", f"bo:{artifact_id}", _LIST_INLINE)
