@@ -92,3 +92,16 @@ async def test_expiry_and_access_are_checked_on_every_call(tmp_path: Path) -> No
     with pytest.raises(ArtifactExpiredError):
         await store.metadata(aid, session_id=session, user_id="alice")
     await store.close()
+
+
+@pytest.mark.parametrize("bad_id", [[], {}, None, 7])
+async def test_an_id_that_is_no_string_is_refused_as_a_store_error(tmp_path: Path, bad_id: object) -> None:
+    """Regression: the kept answers were looked up by the id before it was checked, and a list
+    (unhashable) escaped as a raw TypeError (found by tests/test_fuzz.py)."""
+    from core.errors import ArtifactStoreError
+
+    store = fs_store(tmp_path, ManualClock())
+    await store.create_session()
+    with pytest.raises(ArtifactStoreError):
+        await store.metadata(bad_id)  # type: ignore[arg-type]
+    await store.close()

@@ -44,14 +44,15 @@ class FilesApi(StoreBase):
     async def metadata(self, artifact_id: str, *, session_id: str | None = None, user_id: str | None = None) -> ArtifactMetadata:
         ns = await self._ready()
         token = ns.meta.read_token()  # taken before the reads: a change during them makes the answer stale
-        hit = self._answers.get(artifact_id, token) if token is not None else None
+        kept = token is not None and isinstance(artifact_id, str)  # anything else: _node's refusal
+        hit = self._answers.get(artifact_id, token) if kept else None
         if hit is not None and not hit.node.expired(ns.now()):
             assert hit.node.space is not None
             check_read(self._principal(session_id, user_id), hit.node.space, f"artifact {artifact_id}")
             return handed_out(hit.answer)
         node = await self._node(artifact_id, session_id, user_id)
         answer = await self._describe(node)
-        if token is not None:
+        if kept:
             self._answers.put(artifact_id, token, node, answer)
         return handed_out(answer)
 
