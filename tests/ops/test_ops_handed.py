@@ -168,3 +168,23 @@ async def test_each_notice_is_acted_on_twice_for_replies_in_flight(monkeypatch: 
         assert follower.own == 1 and (7, b"n1") not in kernel.calls and 101 not in kernel.calls
 
     await _follow(monkeypatch, body)
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_the_mounts_own_changes_not_made_by_a_request_are_followed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--serve`` commits a presigned upload on the mount's own store: no reply told the kernel.
+
+    Only what FUSE requests changed (stamped with the follower's replying
+    origin) is skipped; a change with the store's origin is dropped as if made elsewhere.
+    """
+    kernel = Kernel(monkeypatch)
+    feed = FakeFeed()
+    follower = ChangeFollower(feed, Inodes(ROOT), Handed(ROOT, LONG, SHORT), replying="request")  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follower.run)
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"asked"),), (101,), origin="request")])
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"uploaded"),), (102,), origin="me")])  # --serve
+        await _until(lambda: (7, b"uploaded") in kernel.entries and 102 in kernel.inodes, "the upload dropped")
+        assert follower.own == 1 and (7, b"asked") not in kernel.calls and 101 not in kernel.calls
+        nursery.cancel_scope.cancel()
+    follower.stop()
