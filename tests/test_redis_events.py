@@ -150,6 +150,28 @@ async def test_a_feed_read_before_it_was_opened_starts_with_a_resync(redis_serve
         await writer.close()
 
 
+@pytest.mark.semantics("S-multimount-notices")
+async def test_a_repaired_link_count_is_announced(redis_server: RedisServer) -> None:
+    """fsck --repair recounting a directory's subdirectories changes its st_nlink: a change like any."""
+    prefix = f"ev-{uuid.uuid4().hex[:8]}"
+    writer = store(redis_server, prefix, notify=True)
+    feed = RedisChangeFeed(store(redis_server, prefix))
+    await feed.open()
+    await writer.open()
+    try:
+        assert await writer.recount_subdirs(ROOT_INO) == 0  # right already: nothing to announce
+        with redis_server.client() as client:
+            client.hset(writer.key("i", ROOT_INO), "sd", 3)  # a count gone wrong
+        assert await writer.recount_subdirs(ROOT_INO) == 0
+        await writer.insert(a_file("after"))
+        got = await collect(feed, 2)
+    finally:
+        await feed.close()
+        await writer.close()
+    assert got[0].inodes == (ROOT_INO,) and got[0].origin == writer.origin  # the repair, and only it
+    assert got[1].op is ChangeOp.INSERT
+
+
 def test_the_feed_works_from_asyncio_directly(redis_server: RedisServer) -> None:
     async def main() -> tuple[list[Change], str]:
         prefix = f"ev-{uuid.uuid4().hex[:8]}"
