@@ -156,7 +156,11 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
         if feed is not None:
             await feed.open()  # before the mount answers: nothing committed after that is missed
         ns = Namespace(meta, blobs, clock, settings.limits)
-        box = await ns.sandbox(settings.sandbox_id)
+        # Stamped on what FUSE requests change (the kernel learns of it in the reply) and on what is
+        # made before the mount answers (no kernel holds any of it): the follower skips only that.
+        replying = secrets.token_hex(6)
+        with changes.replying(replying):
+            box = await ns.sandbox(settings.sandbox_id)
         spool_dir = options.data_dir / SPOOL_DIR
         shutil.rmtree(spool_dir, ignore_errors=True)  # staged writes of a mount that died; we hold the lock
         new_private_dir(spool_dir)
@@ -177,7 +181,6 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
             cache_seconds = CACHE_SECONDS if feed is None else FOLLOWED_CACHE_SECONDS
         ops.attrs.cache_seconds = cache_seconds
         follower = None
-        replying = secrets.token_hex(6)  # stamped on what FUSE requests change: the follower skips only that
         if feed is not None:
             handed = Handed(ops.inodes.root_ino, cache_seconds, min(cache_seconds, SHORT_CACHE_SECONDS))
             ops.attrs.handed = handed
