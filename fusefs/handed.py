@@ -10,11 +10,22 @@ call: the mount must name each entry and inode it wants dropped. So every
 reply that lets the kernel cache something for long is recorded here, and a
 resync takes the whole record back.
 
-Bounded: at most ``limit`` inodes are held. Past that, or while notices
+Bounded: at most ``limit`` names are held. Past that, or while notices
 cannot be trusted (a writer that announces nothing is about), replies get
 the short timeout and nothing is recorded: a short-lived cache needs no
-taking back. The kernel's ``forget`` of an inode drops its record, so a
-long-running mount does not fill up with inodes the kernel let go.
+taking back.
+
+The kernel's ``forget`` of an inode drops its record, so a long-running
+mount does not fill up with inodes the kernel let go. But a FORGET may take
+back only part of what the kernel holds: it counts the replies that told it
+of an inode (lookup, create, mkdir, mknod, symlink, link, each readdirplus
+entry but ``.`` and ``..``), and sends FORGET(ino, n) for n of them it could
+not use (a reply to a request it had given up on, a readdirplus entry it
+could not link) while it may still hold the inode through others. So the mount counts those replies too
+(:meth:`Handed.looked_up`) and drops a record only when the count is back
+at zero; counting a reply the kernel then dropped unseen errs on keeping.
+Counts are kept for at most ``4 * limit`` inodes: beyond, an inode is not
+counted, and its record is dropped at its first FORGET, as if it had one.
 """
 
 from __future__ import annotations
@@ -36,10 +47,14 @@ class Handed:
         self.limit = limit
         self.trusted = True  # False while a writer that sends no notices is about: short times for all
         self._held: dict[int, tuple[int, str]] = {}  # ino -> the entry (parent ino, name) last handed for it
-        self._extra: dict[tuple[int, str], int] = {}  # further names of hard-linked inodes (rare)
+        self._extra: dict[int, set[tuple[int, str]]] = {}  # ino -> its further names (hard links, rare)
+        self._extras = 0  # names in _extra
+        # ino -> the kernel's lookup count of it, as our replies made it (not the record: a resync
+        # takes the record back, but the kernel keeps its inodes and their counts)
+        self._lookups: dict[int, int] = {}
 
     def __len__(self) -> int:
-        return len(self._held) + len(self._extra)
+        return len(self._held) + self._extras
 
     def hand(self, node: Node) -> float:
         """The cache time for a reply about ``node``; recorded if it is the long one."""
@@ -49,28 +64,48 @@ class Handed:
         entry = (node.parent, node.name)
         held = self._held.get(ino)
         if held is None:
-            if len(self._held) + len(self._extra) >= self.limit:
+            if len(self) >= self.limit:
                 return self.short_seconds
             self._held[ino] = entry
         elif held != entry and ino != self.root_ino:
-            if entry not in self._extra and len(self._held) + len(self._extra) >= self.limit:
-                return self.short_seconds
-            self._extra[entry] = ino
+            names = self._extra.get(ino)
+            if names is None or entry not in names:
+                if len(self) >= self.limit:
+                    return self.short_seconds
+                self._extra.setdefault(ino, set()).add(entry)
+                self._extras += 1
         return self.long_seconds
 
-    def forget(self, ino: int) -> None:
-        """The kernel dropped ``ino`` (and so every entry leading to it)."""
+    def looked_up(self, ino: int) -> None:
+        """A reply added one to the kernel's lookup count of ``ino`` (see the module's docstring)."""
+        count = self._lookups.get(ino)
+        if count is not None:
+            self._lookups[ino] = count + 1
+        elif len(self._lookups) < 4 * self.limit:
+            self._lookups[ino] = 1
+
+    def forget(self, ino: int, nlookup: int) -> None:
+        """The kernel let go of ``nlookup`` of its lookups of ``ino``; at none left, of the inode
+        (and so of every entry leading to it)."""
+        left = self._lookups.pop(ino, 0) - nlookup
+        if left > 0:
+            self._lookups[ino] = left
+            return
         self._held.pop(ino, None)
+        self._extras -= len(self._extra.pop(ino, ()))
 
     def take_all(self) -> tuple[list[tuple[int, bytes]], list[int]]:
         """Everything recorded, as (entries, inodes) to invalidate; the record starts empty again."""
         held, extra = self._held, self._extra
-        self._held, self._extra = {}, {}
+        self._held, self._extra, self._extras = {}, {}, 0
         entries = [(parent, name.encode()) for parent, name in self._entries(held, extra)]
         return entries, list(held)
 
-    def _entries(self, held: dict[int, tuple[int, str]], extra: dict[tuple[int, str], int]) -> Iterator[tuple[int, str]]:
+    def _entries(
+        self, held: dict[int, tuple[int, str]], extra: dict[int, set[tuple[int, str]]]
+    ) -> Iterator[tuple[int, str]]:
         for ino, entry in held.items():
             if ino != self.root_ino:
                 yield entry
-        yield from extra
+        for names in extra.values():
+            yield from names

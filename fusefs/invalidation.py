@@ -9,9 +9,11 @@ caches: the store announces every change (:mod:`core.backends.meta.changes`), an
 :class:`ChangeFollower` running in the mount's nursery turns each
 announcement into ``pyfuse3.invalidate_entry`` (the names whose mapping
 changed) and ``pyfuse3.invalidate_inode`` (attributes and pages of the
-inodes whose record or content changed). Changes this mount made itself are
-recognised by their origin and skipped: the kernel learnt of them in the
-reply that made them.
+inodes whose record or content changed). Changes this mount's FUSE requests
+made are recognised by their origin and skipped: the kernel learnt of them in
+the reply that made them. The mount's other writers (``--serve``'s uploads, the
+expiry sweep) stamp another origin (:func:`core.backends.meta.changes.replying`)
+and are followed like another host's changes.
 
 Why a thread of its own. ``invalidate_entry`` waits until any request the
 kernel has in flight on that directory or entry is answered, and
@@ -161,9 +163,12 @@ class ChangeFollower:
 
     def __init__(
         self, feed: ChangeFeed, inodes: Inodes, handed: Handed, changed: Callable[[int], None] | None = None,
-        listings: Listings | None = None,
+        listings: Listings | None = None, replying: str | None = None,
     ) -> None:
         self._feed = feed
+        # The origin of the changes whose reply told the kernel (the mount's FUSE requests run under
+        # core.backends.meta.changes.replying(it)); by default the feed's, i.e. all of this process's.
+        self._replying = replying or feed.origin
         self._listings = listings  # pages read ahead for lookups: dropped at every notice, own ones too
         self._handed = handed  # what the kernel was told it may keep for long: taken back when in doubt
         self._kernel = KernelInvalidator(inodes)
@@ -267,7 +272,7 @@ class ChangeFollower:
             log.info("change notices may have been lost; dropping what the kernel cached")
             self._resync()
             return
-        if change.origin and change.origin == self._feed.origin:
+        if change.origin and change.origin == self._replying:
             self.own += 1
             return
         self.foreign += 1

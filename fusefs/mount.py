@@ -23,6 +23,7 @@ import errno
 import functools
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from core.backends.meta import changes
 from core.config import backends_of, build_backends, build_change_feed, build_transfers, checked
 from core.errors import ArtifactStoreError, ConfigurationError
 from core.infra.clock import Clock, SystemClock
@@ -154,7 +156,11 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
         if feed is not None:
             await feed.open()  # before the mount answers: nothing committed after that is missed
         ns = Namespace(meta, blobs, clock, settings.limits)
-        box = await ns.sandbox(settings.sandbox_id)
+        # Stamped on what FUSE requests change (the kernel learns of it in the reply) and on what is
+        # made before the mount answers (no kernel holds any of it): the follower skips only that.
+        replying = secrets.token_hex(6)
+        with changes.replying(replying):
+            box = await ns.sandbox(settings.sandbox_id)
         spool_dir = options.data_dir / SPOOL_DIR
         shutil.rmtree(spool_dir, ignore_errors=True)  # staged writes of a mount that died; we hold the lock
         new_private_dir(spool_dir)
@@ -178,7 +184,7 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
         if feed is not None:
             handed = Handed(ops.inodes.root_ino, cache_seconds, min(cache_seconds, SHORT_CACHE_SECONDS))
             ops.attrs.handed = handed
-            follower = ChangeFollower(feed, ops.inodes, handed, callers.changed_elsewhere, ops.listings)
+            follower = ChangeFollower(feed, ops.inodes, handed, callers.changed_elsewhere, ops.listings, replying)
             await follower.check_quiet()  # before the mount answers: a writer without notices is known
         # Addresses are taken before mounting: a port in use must not leave a dead mount.
         listener = monitor_listener = None
@@ -205,7 +211,8 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
 
                 async def serve_requests() -> None:
                     # Enough workers that one uid's queue (fusefs.fairness) leaves room for the others' requests.
-                    await pyfuse3.main(max_tasks=settings.mount_max_tasks)
+                    with changes.replying(replying):  # request tasks inherit it; --serve and sweeps do not
+                        await pyfuse3.main(max_tasks=settings.mount_max_tasks)
                     if follower is not None:
                         follower.stop()  # no kernel call may reach a session that is ending
                     nursery.cancel_scope.cancel()  # unmounted: stop the signal watcher and background work

@@ -238,6 +238,14 @@ class Operations(pyfuse3.Operations):
             self.files.saw(node.ino, node.artifact.version)
         return self.attrs.of(node, now)
 
+    def _looked_up(self, node: Node) -> pyfuse3.EntryAttributes:
+        """``_attr`` for a reply that adds one to the kernel's lookup count of ``node``: counted, so
+        that a FORGET of part of them does not drop what fusefs.handed must take back later."""
+        attr = self._attr(node)
+        if self.attrs.handed is not None:
+            self.attrs.handed.looked_up(node.ino)
+        return attr
+
     async def _node(self, inode: int) -> Node:
         return await self.ns.get(self.inodes.node(inode))
 
@@ -298,7 +306,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if name in (_DOT, _DOTDOT):
             parent = await self._node(parent_inode)
-            return self._attr(parent if name == _DOT else await self._parent_of(parent))
+            return self._looked_up(parent if name == _DOT else await self._parent_of(parent))
         parent, node = await self._entry(parent_inode, name, ctx, write=False, ahead=True)
         if node is not None and node.role is NodeRole.CHECKPOINTS:
             node = None  # its one way in is the view below: a directory the kernel sees with one parent
@@ -306,14 +314,14 @@ class Operations(pyfuse3.Operations):
             node = await self.ns.checkpoints.holder(parent, create=True)  # hidden from readdir, as ZFS's .zfs
         if node is None:
             raise ArtifactNotFoundError(f"{name!r} not found")
-        return self._attr(node)
+        return self._looked_up(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         # Nodes live in the store, not in this process; only the record of what the kernel holds shrinks.
         handed = self.attrs.handed
         if handed is not None:
-            for inode, _ in inode_list:
-                handed.forget(self.inodes.node(inode))
+            for inode, nlookup in inode_list:
+                handed.forget(self.inodes.node(inode), nlookup)
 
     @fuse_call
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -421,6 +429,8 @@ class Operations(pyfuse3.Operations):
                 continue  # namespaces/.checkpoints: reached as <workspace>/.checkpoints alone (one parent)
             if not pyfuse3.readdir_reply(token, child.name.encode(), self._attr(child), offset):
                 break
+            if self.attrs.handed is not None:  # readdirplus: a lookup of each entry but . and ..
+                self.attrs.handed.looked_up(child.ino)
 
     def _parent_entry(self, node: Node) -> pyfuse3.EntryAttributes:
         """The ``..`` of a listing: its inode number and type are all readdir tells (readdirplus
@@ -455,13 +465,13 @@ class Operations(pyfuse3.Operations):
         if parent.role is NodeRole.CHECKPOINTS:  # mkdir <workspace>/.checkpoints/<name>: a checkpoint, as on ZFS
             workspace = await self.ns.checkpoints.workspace_of(parent)
             await self.callers.check(ctx.uid, workspace, write=True)
-            return self._attr(await self.ns.checkpoints.create(workspace, entry))
+            return self._looked_up(await self.ns.checkpoints.create(workspace, entry))
         refuse_frozen(parent)
         if parent.role in (NodeRole.ROOT, NodeRole.SESSIONS, NodeRole.USERS):
             self.callers.check_new_scope(ctx.uid, parent, entry)
         else:
             await self.callers.check(ctx.uid, parent, write=True)
-        return self._attr(
+        return self._looked_up(
             await self.ns.mkdir(parent, entry, mode, ctx.uid, ctx.gid, session_user=self.callers.session_user(ctx.uid),
                                 made_by_uid=self.callers.claimant(ctx.uid))
         )
@@ -498,9 +508,9 @@ class Operations(pyfuse3.Operations):
                 if node is None:
                     continue  # and removed again: create it after all
                 info = await self._open_node(self.inodes.fuse(node.ino), node, flags, ctx)
-                return info, self._attr(node)
+                return info, self._looked_up(node)
             fh, _, _ = self.files.open(node, writable=True)
-            return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attr(node)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._looked_up(node)
         raise AlreadyExistsError(f"{name!r} kept being made and removed by others")
 
     @fuse_call
@@ -511,10 +521,10 @@ class Operations(pyfuse3.Operations):
         if kind is None:
             if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
                 raise InvalidArgumentError(f"mknod of file type {stat.S_IFMT(mode):o}")
-            return self._attr(await self._new_file(parent_inode, name, mode, ctx))
+            return self._looked_up(await self._new_file(parent_inode, name, mode, ctx))
         parent = await self._node(parent_inode)
         await self.callers.check(ctx.uid, parent, write=True)
-        return self._attr(await self.ns.special(parent, _name(name), kind, mode, rdev, ctx.uid, ctx.gid))
+        return self._looked_up(await self.ns.special(parent, _name(name), kind, mode, rdev, ctx.uid, ctx.gid))
 
     async def _new_file(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> Node:
         """An empty artifact: owner and scope from the directory, MIME type from the name."""
@@ -704,7 +714,7 @@ class Operations(pyfuse3.Operations):
             raise AlreadyExistsError(f"{new_name!r} exists")
         linked = await self.ns.link(node, new_parent, _name(new_name))
         self.files.relinked(linked)
-        return self._attr(linked)
+        return self._looked_up(linked)
 
     @fuse_call
     async def symlink(
@@ -712,7 +722,7 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = await self._node(parent_inode)
         await self.callers.check(ctx.uid, parent, write=True)
-        return self._attr(await self.ns.symlink(parent, _name(name), _text(target, "a symlink target"), ctx.uid, ctx.gid))
+        return self._looked_up(await self.ns.symlink(parent, _name(name), _text(target, "a symlink target"), ctx.uid, ctx.gid))
 
     @fuse_call
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:

@@ -12,6 +12,7 @@ import asyncio
 import uuid
 
 import anyio
+import pytest
 from servers import RedisServer
 
 from core.backends.meta.changes import RESYNC, Change, ChangeOp
@@ -122,6 +123,53 @@ async def test_a_restarted_server_costs_a_resync_not_the_subscription(own_redis:
     finally:
         await feed.close()
         await writer.close()
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_a_feed_read_before_it_was_opened_starts_with_a_resync(redis_server: RedisServer) -> None:
+    """Its first subscription comes after whatever its reader answered meanwhile: that is a gap.
+
+    An opened feed is subscribed (the server says so) before open() returns, so nothing
+    committed after it is missed and its first batch is a change, not a RESYNC.
+    """
+    prefix = f"ev-{uuid.uuid4().hex[:8]}"
+    writer = store(redis_server, prefix, notify=True)
+    late, opened = RedisChangeFeed(store(redis_server, prefix)), RedisChangeFeed(store(redis_server, prefix))
+    await opened.open()
+    await writer.open()
+    try:
+        with redis_server.client() as client:
+            assert client.pubsub_numsub(opened.channel) == [(opened.channel.encode(), 1)]  # confirmed
+        assert await collect(late, 1) == [RESYNC]
+        await writer.insert(a_file("a"))
+        assert [c.op for c in await collect(late, 1)] == [ChangeOp.INSERT]
+        assert [c.op for c in await collect(opened, 1)] == [ChangeOp.INSERT]
+    finally:
+        await late.close()
+        await opened.close()
+        await writer.close()
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_a_repaired_link_count_is_announced(redis_server: RedisServer) -> None:
+    """fsck --repair recounting a directory's subdirectories changes its st_nlink: a change like any."""
+    prefix = f"ev-{uuid.uuid4().hex[:8]}"
+    writer = store(redis_server, prefix, notify=True)
+    feed = RedisChangeFeed(store(redis_server, prefix))
+    await feed.open()
+    await writer.open()
+    try:
+        assert await writer.recount_subdirs(ROOT_INO) == 0  # right already: nothing to announce
+        with redis_server.client() as client:
+            client.hset(writer.key("i", ROOT_INO), "sd", 3)  # a count gone wrong
+        assert await writer.recount_subdirs(ROOT_INO) == 0
+        await writer.insert(a_file("after"))
+        got = await collect(feed, 2)
+    finally:
+        await feed.close()
+        await writer.close()
+    assert got[0].inodes == (ROOT_INO,) and got[0].origin == writer.origin  # the repair, and only it
+    assert got[1].op is ChangeOp.INSERT
 
 
 def test_the_feed_works_from_asyncio_directly(redis_server: RedisServer) -> None:

@@ -18,6 +18,7 @@ import redis
 from servers import MotoServer, RedisServer, redis_s3_settings
 
 from core import ArtifactStore
+from core.backends.meta import changes
 from core.backends.meta.redis.store import _LIST_INLINE, RedisMetaStore
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.errors import (
@@ -415,6 +416,26 @@ async def test_changes_are_announced_when_asked(redis_server: RedisServer) -> No
     assert notices[0] == [b"insert", b"e1/news", b"i1", origin]
     assert notices[1] == [b"rename", b"e1/news", b"e1/renamed", b"i" + ino, origin]
     assert notices[2] == [b"remove", b"e1/renamed", b"i" + ino, origin]
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_changes_made_while_replying_carry_the_replying_origin(redis_server: RedisServer) -> None:
+    """A mount's FUSE requests stamp their own origin; its other writers (--serve) the store's."""
+    meta = redis_store(redis_server, notify=True)
+    listener = redis_server.client().pubsub()
+    listener.subscribe(meta.key("events"))
+    assert listener.get_message(timeout=5)["type"] == "subscribe"
+    await meta.open()
+    try:
+        with changes.replying("fuse0"):
+            await meta.insert(a_file(ROOT_INO, "by-a-request"))
+        await meta.insert(a_file(ROOT_INO, "by-the-service"))
+    finally:
+        await meta.close()
+    notices = [listener.get_message(timeout=5)["data"].split(b"\0") for _ in range(2)]
+    listener.close()
+    assert notices[0][-1] == b"ofuse0"
+    assert notices[1][-1] == b"o" + meta.origin.encode()
 
 
 # -- faults: bounded retries, a clear error, and the same store working again

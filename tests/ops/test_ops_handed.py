@@ -8,10 +8,14 @@ entries and inodes are invalidated, and which cache time replies carry.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pyfuse3
 import pytest
 import trio
+
+from opskit import ROOT as ROOT_CALLER
+from opskit import ctx, kernel
 
 from core.backends.meta.changes import RESYNC, Change, ChangeOp
 from core.nodes import NodeKind, NodeRole, new_node
@@ -82,7 +86,7 @@ def test_replies_are_recorded_up_to_the_limit_then_get_the_short_time() -> None:
     handed = Handed(ROOT, LONG, SHORT, limit=3)
     assert [handed.hand(_file(10 + i, 5, f"f{i}")) for i in range(4)] == [LONG, LONG, LONG, SHORT]
     assert handed.hand(_file(10, 5, "f0")) == LONG  # already recorded: no room needed
-    handed.forget(11)  # the kernel let it go
+    handed.forget(11, 1)  # the kernel let it go
     assert handed.hand(_file(20, 5, "g")) == LONG
     entries, inodes = handed.take_all()
     assert sorted(inodes) == [10, 12, 20]
@@ -96,6 +100,42 @@ def test_a_second_name_of_an_inode_is_taken_back_too() -> None:
     handed.hand(_file(10, 6, "b"))  # a hard link, looked up by its other name
     entries, inodes = handed.take_all()
     assert sorted(entries) == [(5, b"a"), (6, b"b")] and inodes == [10]
+
+
+def test_a_forget_of_part_of_the_lookups_keeps_the_record() -> None:
+    """FORGET(ino, 1) while the kernel still holds the inode (it was told of it twice): still taken back."""
+    handed = Handed(ROOT, LONG, SHORT)
+    handed.hand(_file(10, 5, "a"))
+    handed.looked_up(10)
+    handed.hand(_file(10, 6, "b"))  # the same inode by another name
+    handed.looked_up(10)
+    handed.forget(10, 1)
+    entries, inodes = handed.take_all()
+    assert sorted(entries) == [(5, b"a"), (6, b"b")] and inodes == [10]
+    handed.hand(_file(10, 6, "b"))
+    handed.hand(_file(10, 5, "a"))
+    handed.forget(10, 1)  # the last one: the inode, and every name of it, go
+    assert len(handed) == 0 and handed.take_all() == ([], [])
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_the_mount_counts_every_reply_that_tells_the_kernel_of_an_inode(tmp_path: Path) -> None:
+    """create, lookup and readdirplus each add to the kernel's count; FORGET takes them back, all of them."""
+    async with kernel(tmp_path) as k:
+        handed = k.ops.attrs.handed = Handed(k.ops.inodes.root_ino, LONG, SHORT)
+        await k.directory("users/alice")
+        fh, attr = await k.create("users/alice/f")
+        await k.close(fh)
+        ino = int(attr.st_ino)
+        await k.lookup("users/alice/f")
+        dir_fh = await k.ops.opendir(await k.ino("users/alice"), ctx(ROOT_CALLER))
+        await k.readdir(dir_fh)
+        await k.ops.releasedir(dir_fh)
+        await k.ops.forget([(ino, 2)])  # create + lookup: the readdirplus entry is still held
+        assert k.ops.inodes.node(ino) in handed.take_all()[1]
+        await k.ops.getattr(ino, ctx(ROOT_CALLER))
+        await k.ops.forget([(ino, 1)])
+        assert k.ops.inodes.node(ino) not in handed.take_all()[1]
 
 
 def test_while_notices_are_not_trusted_nothing_is_handed_for_long() -> None:
@@ -168,3 +208,23 @@ async def test_each_notice_is_acted_on_twice_for_replies_in_flight(monkeypatch: 
         assert follower.own == 1 and (7, b"n1") not in kernel.calls and 101 not in kernel.calls
 
     await _follow(monkeypatch, body)
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_the_mounts_own_changes_not_made_by_a_request_are_followed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--serve`` commits a presigned upload on the mount's own store: no reply told the kernel.
+
+    Only what FUSE requests changed (stamped with the follower's replying
+    origin) is skipped; a change with the store's origin is dropped as if made elsewhere.
+    """
+    kernel = Kernel(monkeypatch)
+    feed = FakeFeed()
+    follower = ChangeFollower(feed, Inodes(ROOT), Handed(ROOT, LONG, SHORT), replying="request")  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follower.run)
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"asked"),), (101,), origin="request")])
+        await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"uploaded"),), (102,), origin="me")])  # --serve
+        await _until(lambda: (7, b"uploaded") in kernel.entries and 102 in kernel.inodes, "the upload dropped")
+        assert follower.own == 1 and (7, b"asked") not in kernel.calls and 101 not in kernel.calls
+        nursery.cancel_scope.cancel()
+    follower.stop()

@@ -13,6 +13,9 @@ changed or went) and *inodes* (whose record, content or existence changed).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -38,6 +41,33 @@ class Change:
 
 
 RESYNC = Change(ChangeOp.RESYNC)
+
+# The origin stamped on changes made in this context, when not the store's own (see replying).
+_REPLYING: ContextVar[str | None] = ContextVar("artifactfs_replying_origin", default=None)
+
+
+@contextmanager
+def replying(origin: str) -> Iterator[None]:
+    """Stamp the changes made in this context (and tasks started from it) with ``origin``.
+
+    A mount skips the notices of its own changes because the kernel learnt of
+    them in the reply that made them. That holds only for changes made by FUSE
+    requests: the same process also changes the store where no reply tells the
+    kernel anything (``--serve``'s presigned uploads, the expiry sweep). So the
+    mount runs its FUSE requests under ``replying(token)`` and skips only notices
+    stamped ``token``; everything else it writes carries the store's own origin
+    and is followed like another host's change.
+    """
+    token = _REPLYING.set(origin)
+    try:
+        yield
+    finally:
+        _REPLYING.reset(token)
+
+
+def stamp(default: str) -> str:
+    """The origin to write into a notice made here: the replying one if set, else ``default``."""
+    return _REPLYING.get() or default
 
 
 class ChangeFeed(Protocol):

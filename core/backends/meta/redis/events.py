@@ -23,6 +23,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.backends.meta.base import MetaStore
 from core.backends.meta.changes import RESYNC, Change, ChangeOp
@@ -74,16 +75,24 @@ class RedisChangeFeed:
         self._url = store.url
         self._socket_timeout = socket_timeout
         self._sub: tuple[aioredis.Redis, PubSub] | None = None
-        self._gap = False  # notices may have been lost since the last batch
+        # Notices may have been lost since the last batch. True until subscribed: a feed read without
+        # open() may follow a mount that already answered, and what it answered meanwhile is unchecked.
+        self._gap = True
         self._outage_logged = False
 
     # -- in the caller's world
 
     async def open(self) -> None:
+        """Subscribe, confirmed by the server: every change committed after this returns is delivered.
+
+        Called before anything read from the store is handed out, so nothing
+        can have been missed: the first batch is no RESYNC.
+        """
         try:
             await aio_bridge.run(self._subscribe)
         except (RedisError, OSError) as exc:
             raise ProviderError(f"cannot subscribe to {self.channel}: {exc!r}") from exc
+        self._gap = False
 
     async def next_batch(self) -> list[Change]:
         return await aio_bridge.run(self._next_batch)
@@ -103,9 +112,14 @@ class RedisChangeFeed:
             self._url, socket_connect_timeout=self._socket_timeout, socket_timeout=self._socket_timeout,
             health_check_interval=10, retry=Retry(NoBackoff(), 0),  # reconnects are ours, with backoff
         )
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub()  # the confirmation is awaited; _next_batch keeps only "message"s
         try:
             await pubsub.subscribe(self.channel)
+            # SUBSCRIBE is only sent so far: a change the server commits before it reads it is not
+            # delivered. Its confirmation is the first message on this connection.
+            confirmed = await pubsub.get_message(timeout=self._socket_timeout)
+            if confirmed is None or confirmed.get("type") != "subscribe":
+                raise RedisTimeoutError(f"no confirmation of the subscription to {self.channel}: {confirmed!r}")
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await _quietly_close(client, pubsub)

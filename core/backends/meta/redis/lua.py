@@ -763,7 +763,12 @@ function ops.recount_subdirs()
   for _, child in ipairs(redis.call('HVALS', dkey(ino))) do
     if redis.call('HGET', ikey(child), 'k') == 'd' and child ~= ino then count = count + 1 end
   end
+  local was = tonumber(redis.call('HGET', ikey(ino), 'sd') or '0')
   redis.call('HSET', ikey(ino), 'sd', count)
+  if was ~= count then  -- its st_nlink moved: mounts drop the attributes their kernels cached
+    inode(ino)
+    publish()
+  end
   return {'OK', tostring(count)}
 end
 

@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.backends.meta import checks
+from core.backends.meta import changes, checks
 from core.backends.meta.base import (
     ChildrenPage,
     Cover,
@@ -235,7 +235,7 @@ class RedisMetaStore:
 
     async def _script(self, what: str, op: str, *args: object) -> list:
         keys = [self.prefix]
-        argv = [op, "1" + self.origin if self.notify else "0", *args]
+        argv = [op, "1" + changes.stamp(self.origin) if self.notify else "0", *args]
         return await self._call(what, lambda client, script: script(keys=keys, args=argv, client=client))
 
     # -- lifecycle
