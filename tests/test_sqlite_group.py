@@ -236,6 +236,23 @@ async def test_a_read_during_an_open_batch_never_sees_what_its_failed_commit_tak
     await meta.close()
 
 
+# What a coroutine method of the store is when it is not a gated read: a write (it reads inside its
+# own transaction), a read made only of gated ones, or the store's own life.
+UNGATED = {"insert", "update", "remove", "rename", "exchange", "link", "commit", "defer_delete", "forget_deletions",
+           "queue_if_absent", "recount_subdirs", "reset_usage", "entry", "children", "open", "close", "sync"}
+
+
+def test_every_read_of_the_store_waits_for_an_open_batch() -> None:
+    """A method added later must say which it is: a read outside a transaction would see a batch's
+    uncommitted rows (see the test below)."""
+    import inspect
+
+    methods = {name for name, f in vars(SQLiteMetaStore).items()
+               if inspect.iscoroutinefunction(f) and not name.startswith("_")}
+    gated = {name for name in methods if hasattr(getattr(SQLiteMetaStore, name), "__wrapped__")}
+    assert methods - gated == UNGATED
+
+
 async def test_a_lone_reader_passes_the_gate_without_a_checkpoint(tmp_path: Path) -> None:
     """No batch open: the read gate costs one attribute test, not a scheduler pass."""
     meta = SQLiteMetaStore(tmp_path / "meta.sqlite3", SIGNER)

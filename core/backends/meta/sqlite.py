@@ -201,6 +201,26 @@ WHERE walk.depth > 0 ORDER BY walk.depth
     return sql
 
 
+def _after_batch(read: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+    """``read`` once no group-commit batch is open (:meth:`GroupCommit.settled`).
+
+    Why: reads share the writers' connection, and a batch stays open across
+    its leader's scheduler pass; a read then would see rows a failed COMMIT
+    takes back (a lookup answering an artifact that never existed, gc
+    deleting a blob whose removal comes back). With no batch open the gate
+    is one attribute test.
+    """
+
+    @functools.wraps(read)
+    async def gated(self: SQLiteMetaStore, *args: Any, **kwargs: Any) -> _T:
+        group = self._group
+        if group is not None and group.busy:
+            await group.settled()
+        return await read(self, *args, **kwargs)
+
+    return gated
+
+
 class SQLiteMetaStore:
     def __init__(self, path: Path | str, signer: RecordSigner, *, in_data_dir: bool = False) -> None:
         self._path = str(path)
@@ -359,9 +379,11 @@ class SQLiteMetaStore:
 
     # -- reads
 
+    @_after_batch
     async def get(self, ino: int) -> Node | None:
         return self._one(f"SELECT {_COLUMNS} FROM node WHERE ino=?", (ino,))
 
+    @_after_batch
     async def lookup(self, parent: int, name: str) -> Node | None:
         return checks.is_entry(self._entry(self.db, parent, name), parent, name)
 
@@ -405,6 +427,7 @@ class SQLiteMetaStore:
         page = await self.children_page(parent, None, -1)
         return page.nodes
 
+    @_after_batch
     async def children_page(self, parent: int, after: str | None, limit: int) -> ChildrenPage:
         # The (parent, name) index answers this in name order without a sort; BINARY collation is UTF-8 byte order.
         # Hard links come from their own table, a page of them merged in by name.
@@ -421,9 +444,11 @@ class SQLiteMetaStore:
         # The cursor is the last name the indexes covered; the page keeps only what the records confirm.
         return ChildrenPage(checks.of_parent(rows, parent), rows[-1][0] if rows else None, more)
 
+    @_after_batch
     async def find_artifact(self, artifact_id: str) -> Node | None:
         return checks.has_artifact(self._one(f"SELECT {_COLUMNS} FROM node WHERE artifact_id=?", (artifact_id,)), artifact_id)
 
+    @_after_batch
     async def search(
         self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
     ) -> list[Node]:
@@ -435,6 +460,7 @@ class SQLiteMetaStore:
                 args.append(value)
         return checks.in_space(self._many(sql, tuple(args)), sandbox_id, scope, session_id, user_id)
 
+    @_after_batch
     async def search_page(
         self, query: SearchQuery, *, after: tuple[int, str] | None, now_ns: int, limit: int
     ) -> SearchPage:
@@ -523,9 +549,11 @@ class SQLiteMetaStore:
             bound = row[0]
         return None
 
+    @_after_batch
     async def sharers(self, artifact_id: str) -> list[Node]:
         return checks.sharing(self._many(f"SELECT {_COLUMNS} FROM node WHERE blob_of=?", (artifact_id,)), artifact_id)
 
+    @_after_batch
     async def resolve(self, parent: int, names: Sequence[str]) -> list[Node]:
         if not names:
             return []
@@ -538,9 +566,11 @@ class SQLiteMetaStore:
                 found.append(last)
         return found
 
+    @_after_batch
     async def subtree(self, root: int) -> list[Node]:
         return checks.below(self._many(_SUBTREE_SQL, (root,)), root)
 
+    @_after_batch
     async def lineage(self, inos: Collection[int]) -> dict[int, Node]:
         if not inos:
             return {}
@@ -553,26 +583,31 @@ class SQLiteMetaStore:
                 return {} if node is None else {ino: node}
         return checks.up_from(self._many(_LINEAGE_SQL, (json.dumps(sorted(set(inos))),)), inos)
 
+    @_after_batch
     async def expired(self, now_ns: int, limit: int = 1000) -> list[Node]:
         found = self._many(
             f"SELECT {_COLUMNS} FROM node WHERE expires_at IS NOT NULL AND expires_at<=? LIMIT ?", (now_ns, limit)
         )
         return checks.is_expired(found, now_ns)
 
+    @_after_batch
     async def usage(self, usage_key: str) -> Usage:
         row = self.db.execute("SELECT bytes, files FROM usage WHERE key=?", (usage_key,)).fetchone()
         return Usage(bytes=row[0], files=row[1]) if row else Usage()
 
+    @_after_batch
     async def usages(self) -> dict[str, Usage]:
         rows = self.db.execute("SELECT key, bytes, files FROM usage ORDER BY key").fetchall()
         return {key: Usage(bytes=size, files=files) for key, size, files in rows}
 
+    @_after_batch
     async def totals(self) -> Usage:
         row = self.db.execute("SELECT COALESCE(SUM(bytes),0), COALESCE(SUM(files),0) FROM usage").fetchone()
         return Usage(bytes=row[0], files=row[1])
 
     # -- repair
 
+    @_after_batch
     async def usage_generation(self, usage_key: str) -> int:
         row = self.db.execute("SELECT gen FROM usage WHERE key=?", (usage_key,)).fetchone()
         return row[0] if row else 0
@@ -598,6 +633,7 @@ class SQLiteMetaStore:
             row = db.execute("SELECT subdirs FROM node WHERE ino=?", (ino,)).fetchone()
         return row[0] if row else 0
 
+    @_after_batch
     async def orphans(self) -> list[Node]:
         # An entry is its row's (parent, name): only a parent that is gone leaves a row unreached.
         return self._many(
@@ -852,6 +888,7 @@ class SQLiteMetaStore:
             [(k, not_before_ns) for k in keys],
         )
 
+    @_after_batch
     async def due_deletions(self, now_ns: int, limit: int = 1000) -> list[Deferred]:
         rows = self.db.execute(
             "SELECT key, not_before FROM deferred_blob WHERE not_before<=? ORDER BY not_before, key LIMIT ?",
@@ -870,36 +907,9 @@ class SQLiteMetaStore:
                 db.executemany("INSERT INTO deferred_blob (key, not_before) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
                                [(k, not_before_ns) for k in keys])
 
+    @_after_batch
     async def pending_deletions(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT key FROM deferred_blob ORDER BY key").fetchall()]
-
-
-def _after_batch(read: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
-    """``read`` once no group-commit batch is open (:meth:`GroupCommit.settled`).
-
-    Why: reads share the writers' connection, and a batch stays open across
-    its leader's scheduler pass; a read then would see rows a failed COMMIT
-    takes back (a lookup answering an artifact that never existed, gc
-    deleting a blob whose removal comes back). With no batch open the gate
-    is one attribute test.
-    """
-
-    @functools.wraps(read)
-    async def gated(self: SQLiteMetaStore, *args: Any, **kwargs: Any) -> _T:
-        group = self._group
-        if group is not None and group.busy:
-            await group.settled()
-        return await read(self, *args, **kwargs)
-
-    return gated
-
-
-# Every read outside a transaction (the writes read inside theirs, with no await).
-_READS = ("get", "lookup", "children_page", "find_artifact", "search", "search_page", "sharers", "resolve",
-          "subtree", "lineage", "expired", "usage", "usages", "totals", "usage_generation", "orphans",
-          "due_deletions", "pending_deletions")
-for _name in _READS:
-    setattr(SQLiteMetaStore, _name, _after_batch(getattr(SQLiteMetaStore, _name)))
 
 
 def from_settings(settings: Settings, signer: RecordSigner) -> SQLiteMetaStore:
@@ -912,8 +922,6 @@ def from_settings(settings: Settings, signer: RecordSigner) -> SQLiteMetaStore:
 def in_memory(settings: Settings, signer: RecordSigner) -> SQLiteMetaStore:
     """``SESSION_PROVIDER=memory``: the same store on a private in-memory database."""
     return SQLiteMetaStore(":memory:", signer)
-
-
 
 
 def _next_rev(node: Node) -> Node:
