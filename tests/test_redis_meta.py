@@ -398,11 +398,17 @@ async def test_expiry_index_follows_every_change(meta: RedisMetaStore) -> None:
     assert_consistent(meta.url, meta.prefix)
 
 
-async def test_changes_are_announced_when_asked(redis_server: RedisServer) -> None:
-    meta = redis_store(redis_server, notify=True)
-    listener = redis_server.client().pubsub()
+def listening(server: RedisServer, meta: RedisMetaStore) -> redis.client.PubSub:
+    """A subscriber to ``meta``'s notices, subscribed before the test writes."""
+    listener = server.client().pubsub()
     listener.subscribe(meta.key("events"))
     assert listener.get_message(timeout=5)["type"] == "subscribe"
+    return listener
+
+
+async def test_changes_are_announced_when_asked(redis_server: RedisServer) -> None:
+    meta = redis_store(redis_server, notify=True)
+    listener = listening(redis_server, meta)
     await meta.open()
     try:
         node, _ = await meta.insert(a_file(ROOT_INO, "news"))
@@ -422,9 +428,7 @@ async def test_changes_are_announced_when_asked(redis_server: RedisServer) -> No
 async def test_changes_made_while_replying_carry_the_replying_origin(redis_server: RedisServer) -> None:
     """A mount's FUSE requests stamp their own origin; its other writers (--serve) the store's."""
     meta = redis_store(redis_server, notify=True)
-    listener = redis_server.client().pubsub()
-    listener.subscribe(meta.key("events"))
-    assert listener.get_message(timeout=5)["type"] == "subscribe"
+    listener = listening(redis_server, meta)
     await meta.open()
     try:
         with changes.replying("fuse0"):
