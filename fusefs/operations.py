@@ -203,6 +203,8 @@ class Operations(pyfuse3.Operations):
         change the tree drops the read-ahead windows (:mod:`fusefs.listings`) as it starts and ends."""
         uid = getattr(args[-1], "uid", None) if args else None  # the RequestContext, which comes last
         turn = self.fair.turn(uid if isinstance(uid, int) else None)
+        if self.attrs.handed is None:  # no followed store, no windows to drop: nothing more per request
+            return turn
         return _Changing(turn, self.listings) if self._may_change(name, args) else turn
 
     def _may_change(self, name: str, args: tuple[Any, ...]) -> bool:
