@@ -29,6 +29,7 @@ import anyio
 import anyio.to_thread
 
 from core.errors import ArtifactNotFoundError, ProviderError, StoreFullError
+from core.infra.flushes import SharedFlush
 from core.infra.private import new_private_dir, private_dir
 from core.settings import Settings
 
@@ -128,8 +129,7 @@ class FilesystemBlobStore:
         self._pool: ThreadPoolExecutor | None = None  # batched puts, write-behind, read-ahead
         self._unsynced: list[str] = []  # blobs published with durable=False, until sync()
         self._unsynced_lock = threading.Lock()  # worker threads add to it while the loop takes it
-        self._syncs_started = self._syncs_done = 0  # flushes of _unsynced, as sqlite_group.WalSync counts
-        self._sync_idle: anyio.Event | None = None  # set when the running flush ends
+        self._flushes = SharedFlush(self._flush_unsynced)
 
     def _path(self, key: str) -> str:
         # Keys are built from validated ids, but a key is never trusted to stay inside:
@@ -321,36 +321,25 @@ class FilesystemBlobStore:
     async def sync(self) -> None:
         """Make every blob published with ``durable=False`` before the call durable.
 
-        Returns once a flush that started after the call has ended, as
-        ``sqlite_group.WalSync`` does: a flush already running may have taken the
-        list before this caller's blobs went in (the mount's fsync() arriving
-        during the periodic sync). Callers that arrive while one runs share
-        the next. A flush that fails puts its paths back, so a later sync (the
-        periodic loop's retry) fsyncs them, and its error is the caller's.
+        A flush already running may have taken the list before this caller's
+        blobs went in (the mount's fsync() arriving during the periodic
+        sync): :class:`SharedFlush` waits for it, then shares the next.
         """
-        need = self._syncs_started + 1
-        while self._syncs_done < need:
-            if self._sync_idle is not None:
-                await self._sync_idle.wait()
-                continue
+        await self._flushes()
+
+    async def _flush_unsynced(self) -> None:
+        """A flush that fails puts its paths back, so a later sync (the periodic loop's retry)
+        fsyncs them, and its error is the caller's."""
+        with self._unsynced_lock:
+            pending, self._unsynced = self._unsynced, []
+        if not pending:
+            return  # everything published so far is durable: no thread hop
+        try:
+            await _run(self._fsync_all, pending)
+        except BaseException:
             with self._unsynced_lock:
-                pending, self._unsynced = self._unsynced, []
-            if not pending:
-                return  # none running, none failed: everything published so far is durable
-            self._syncs_started += 1
-            generation, idle = self._syncs_started, anyio.Event()
-            self._sync_idle = idle
-            try:
-                with anyio.CancelScope(shield=True):  # its waiters count on it finishing
-                    await _run(self._fsync_all, pending)
-                self._syncs_done = generation
-            except BaseException:
-                with self._unsynced_lock:
-                    self._unsynced[:0] = pending
-                raise
-            finally:
-                self._sync_idle = None
-                idle.set()
+                self._unsynced[:0] = pending
+            raise
 
     def _fsync_all(self, pending: list[str]) -> None:
         """The blobs, then their directories, fsynced.

@@ -33,6 +33,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from core.errors import ProviderError
+from core.infra.flushes import SharedFlush
 from core.infra import metrics
 
 log = logging.getLogger("artifactfs.meta")
@@ -249,29 +250,17 @@ class WalSync:
 
     def __init__(self, path: str) -> None:
         self._wal = None if path == ":memory:" else f"{path}-wal"
-        self._started = self._done = 0
-        self._idle: anyio.Event | None = None  # set when the running fsync ends
+        self._flushes = SharedFlush(self._flush_in_thread)
 
     async def sync(self) -> None:
-        if self._wal is None:
-            return
-        need = self._started + 1
-        while self._done < need:
-            if self._idle is not None:
-                await self._idle.wait()
-                continue
-            self._started += 1
-            generation, idle = self._started, anyio.Event()
-            self._idle = idle
-            try:
-                with anyio.CancelScope(shield=True):  # its waiters count on it finishing
-                    await anyio.to_thread.run_sync(self._flush)
-                self._done = generation
-            except OSError as exc:
-                raise ProviderError(f"metadata store: fsync of the WAL failed: {exc}") from exc
-            finally:
-                self._idle = None
-                idle.set()
+        if self._wal is not None:
+            await self._flushes()
+
+    async def _flush_in_thread(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._flush)
+        except OSError as exc:
+            raise ProviderError(f"metadata store: fsync of the WAL failed: {exc}") from exc
 
     def _flush(self) -> None:
         assert self._wal is not None
