@@ -211,8 +211,13 @@ class Settings(BaseSettings):
     # Seconds to connect, and to wait for the next bytes of a reply; each attempt (of a few) waits this long.
     s3_connect_timeout: Annotated[float, Env("S3_CONNECT_TIMEOUT"), Field(gt=0)] = 5.0
     s3_read_timeout: Annotated[float, Env("S3_READ_TIMEOUT"), Field(gt=0)] = 60.0
-    # Key prefix in Redis; give it a {hash tag} on Redis Cluster.
-    redis_prefix: Annotated[str, Env("ARTIFACT_REDIS_PREFIX")] = "artifactfs"
+    # Key prefix in Redis. No {hash tag}: each scope's keys carry their own (core.shards), so a
+    # cluster spreads the scopes over its masters; a tag in the prefix would pin them all to one slot.
+    redis_prefix: Annotated[str, Env("ARTIFACT_REDIS_PREFIX"), Field(pattern=r"^[^{}]+$")] = "artifactfs"
+    # A Redis Cluster (SESSION_REDIS_URL names any of its nodes); a single server, Sentinel URL otherwise.
+    redis_cluster: Annotated[bool, Env("ARTIFACT_REDIS_CLUSTER")] = False
+    # Replicas a change waits for (WAIT) before it is acknowledged; unset: 1 if every master has one.
+    redis_wait_replicas: Annotated[int | None, Env("ARTIFACT_REDIS_WAIT_REPLICAS"), Field(ge=0, le=16)] = None
     # Announce every change on <prefix>:events (mounts follow them); see the README.
     redis_notify: Annotated[bool, Env("ARTIFACT_REDIS_NOTIFY")] = True
     signing_key: Annotated[SecretStr | None, Env("ARTIFACT_SIGNING_KEY")] = None  # every host of one store shares it

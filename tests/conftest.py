@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from redis_cluster import own_redis_cluster, redis_cluster  # noqa: F401 (fixtures)
 from servers import moto_server, own_moto, own_redis, redis_server  # noqa: F401 (fixtures)
 from storekit import BACKENDS, make_store
 

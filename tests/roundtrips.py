@@ -4,7 +4,8 @@
 calls a script makes inside its one round trip, which are not counted. Only
 commands naming one store's key prefix count, so other stores on the same
 server (other tests) and the change feed's health checks do not, nor a
-mount's periodic look at ``<prefix>:quiet``. A marker
+mount's periodic look at its shards' ``quiet`` and ``seq`` counters (and
+the registry of shards). A marker
 (``ECHO``) sent before and after an operation delimits it: every request
 the operation made was answered before it returned, so its commands lie
 between the two. A pipeline would show as one command per call, and count
@@ -22,6 +23,7 @@ it by a name that is unique in the tree.
 from __future__ import annotations
 
 import queue
+import re
 import secrets
 import threading
 from collections.abc import Awaitable, Callable
@@ -52,9 +54,9 @@ class RoundTrips:
     def __init__(self, server: RedisServer, prefix: str) -> None:
         self._server = server
         self._prefix = prefix
-        # A mount's look, twice a second, for changes made without notices (fusefs.invalidation):
-        # background work of its own, not a round trip of any request.
-        self._quiet_poll = f"GET {prefix}:quiet"
+        # A mount's look, twice a second, for changes made without notices or notices lost
+        # (fusefs.invalidation): background work of its own, not a round trip of any request.
+        self._polls = re.compile(rf"(GET {re.escape(prefix)}:{{\d+}}:(quiet|seq)|SMEMBERS {re.escape(prefix)}:{{0}}:shards)")
         self._seen: queue.Queue[Seen | None] = queue.Queue()
         self._stop = f"stop-{secrets.token_hex(8)}"  # the marker that ends the monitor's thread
         # No socket timeout: a monitor waits for commands for as long as the server is quiet.
@@ -93,7 +95,7 @@ class RoundTrips:
             assert command is not None, "the MONITOR connection closed"
             if command == f"ECHO {token}":
                 return seen
-            if self._prefix in command and command != self._quiet_poll:
+            if self._prefix in command and not self._polls.fullmatch(command):
                 seen.append(command)
 
     def during(self, operation: Callable[[], object]) -> list[Seen]:

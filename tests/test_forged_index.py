@@ -14,9 +14,9 @@ import pytest
 from storekit import make_store
 from storeprobe import redis_client, set_columns
 
-from core import ArtifactCorruptedError, ArtifactNotFoundError, ArtifactStore
+from core import ArtifactCorruptedError, ArtifactNotFoundError, ArtifactStore, Scope, shards
 from core.errors import DirectoryNotEmptyError
-from core.nodes import Node
+from core.nodes import Node, Space
 
 
 async def node_of(store: ArtifactStore, artifact_id: str) -> Node:
@@ -44,7 +44,7 @@ async def test_a_forged_expiry_never_deletes_a_persistent_artifact(store: Artifa
     if backend == "redis-s3":
         client, meta = redis_client(store)
         with client:
-            client.zadd(meta.key("exp"), {str(node.ino): 1})
+            client.zadd(meta.key("exp", shard=shards.of_ino(node.ino)), {str(node.ino): 1})
     else:
         set_columns(store, node.ino, expires_at=1)
     await store.cleanup_expired_sessions()
@@ -58,7 +58,7 @@ async def test_a_forged_artifact_id_answers_no_other_artifact(store: ArtifactSto
     if backend == "redis-s3":
         client, meta = redis_client(store)
         with client:
-            client.hset(meta.key("art"), alices, bob_node.ino)
+            client.hset(meta.key("art", shard=shards.of_artifact(alices)), alices, bob_node.ino)
     else:
         set_columns(store, (await node_of(store, alices)).ino, artifact_id=None)
         set_columns(store, bob_node.ino, artifact_id=alices)
@@ -111,7 +111,8 @@ async def test_a_forged_search_index_lists_no_other_artifact(store: ArtifactStor
     if backend == "redis-s3":
         client, meta = redis_client(store)
         with client:
-            client.sadd(meta.key("x", f"se:{store.sandbox_id}/{session_id}"), bob_node.ino)
+            session = Space(sandbox_id=store.sandbox_id, scope=Scope.SESSION, session_id=session_id)
+            client.sadd(meta.key("x", f"se:{store.sandbox_id}/{session_id}", shard=shards.of_space(session)), bob_node.ino)
     else:
         set_columns(store, bob_node.ino, session_id=session_id)
     assert [m.filename for m in await store.list_by_session(session_id)] == ["temp.txt"]

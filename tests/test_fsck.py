@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from storeprobe import redis_client
 
-from core import ArtifactStore, Scope
+from core import ArtifactStore, Scope, shards
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.models import ProblemKind, Usage
 from core.nodes import Node, Space
@@ -40,7 +40,7 @@ def skew_usage(store: ArtifactStore, key: str, add_bytes: int) -> None:
     else:
         client, redis_meta = redis_client(store)
         with client:
-            client.hincrby(redis_meta.key("ub"), key, add_bytes)
+            client.hincrby(redis_meta.key("ub", shard=shards.of_usage_key(key)), key, add_bytes)
 
 
 @pytest.mark.semantics("S-fsck")
@@ -128,7 +128,7 @@ async def test_fsck_repair_moves_orphans_to_lost_and_found_and_resets_counters(s
     assert moved.filename == f"lost+found/#{sub.ino}-sub/deep.bin"
     assert await store.retrieve(deep) == b"a" * 100
     names = sorted(m.filename for m in await store.search(user_id="alice", scope=Scope.USER))
-    assert names == ["keep.bin", f"lost+found/#{side.ino}-side.bin", f"lost+found/#{sub.ino}-sub/deep.bin"]
+    assert names == sorted(["keep.bin", f"lost+found/#{side.ino}-side.bin", f"lost+found/#{sub.ino}-sub/deep.bin"])
     assert await store.ns.meta.usage(account) == Usage(files=3, bytes=160)
 
 

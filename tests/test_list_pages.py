@@ -245,8 +245,11 @@ async def test_a_search_page_reads_its_results_not_the_space(store: ArtifactStor
             assert len(await store.search(limit=PAGE, **query)) == PAGE  # type: ignore[arg-type]
         for counted in (first, second, old_call):
             assert counted.records <= PAGE_BOUND, (query, counted.records)
-            if isinstance(store.ns.meta, RedisMetaStore):  # the page in one script, the filenames in one more
-                assert counted.round_trips <= 2, (query, counted.round_trips)
+            if isinstance(store.ns.meta, RedisMetaStore):
+                # The page in one script (one per shard, pipelined), the filenames in one more; a space
+                # wider than a session spans shards, whose registry is read first.
+                bound = 2 if "session_id" in query else 3
+                assert counted.round_trips <= bound, (query, counted.round_trips)
     with tally.tally() as none_found:  # a MIME type no artifact has: no record decoded (Redis: tested in the script)
         assert await store.search(mime_prefix="video/", limit=PAGE) == []
         assert await store.search(mime_prefix="video/", session_id=sessions[1], limit=PAGE) == []
@@ -563,9 +566,9 @@ async def as_before_search_order(meta: RedisMetaStore) -> None:
     """Leave a Redis store as the version before search pages did: no '=' line in a record's index
     tags, no ordered sets."""
     async def strip(client, _script) -> None:  # type: ignore[no-untyped-def]
-        async for key in client.scan_iter(f"{meta.prefix}:y:*"):
+        async for key in client.scan_iter(f"{meta.prefix}:{{*}}:y:*"):
             await client.delete(key)
-        async for key in client.scan_iter(f"{meta.prefix}:i:*"):
+        async for key in client.scan_iter(f"{meta.prefix}:{{*}}:i:*"):
             tags = await client.hget(key, "ix")
             if tags:
                 kept = b"\n".join(tag for tag in tags.split(b"\n") if not tag.startswith(b"="))
@@ -593,14 +596,14 @@ async def test_a_redis_store_from_before_the_search_order_is_reordered_once_and_
     real_script = meta._script
     racing = False
 
-    async def counted(tag: str) -> None:
+    async def counted(shard: int, tag: str) -> None:
         nonlocal rebuilds
         rebuilds += 1
-        await rebuild(tag)
+        await rebuild(shard, tag)
 
-    async def script(what: str, op: str, *args: object) -> list:  # type: ignore[type-arg]
+    async def script(shard: int, what: str, op: str, *args: object) -> list:  # type: ignore[type-arg]
         nonlocal racing
-        reply = await real_script(what, op, *args)
+        reply = await real_script(shard, what, op, *args)
         if rebuilds == 1 and op in ("search", "reorder") and not racing:  # the first rebuild has read the set
             racing = True
             await store.store(b"x", filename="late", session_id=session)

@@ -42,6 +42,7 @@ from core import (
     MultipartUploadCompleteRequest,
     MultipartUploadInitRequest,
     MultipartUploadPart,
+    shards,
 )
 from core.backends.blobs.s3.presign import EMPTY_KEY
 from core.config import build_transfers
@@ -705,7 +706,7 @@ async def test_gc_aborts_s3_uploads_nobody_owns(store: ArtifactStore, moto_serve
 
 async def test_tampered_upload_record_is_never_trusted(store: ArtifactStore, redis_server) -> None:
     _, artifact_id = await store.presign_upload(filename="t.bin", user_id="u", scope="user")
-    key = f"{store.settings.redis_prefix}:up:{artifact_id}"
+    key = store.ns.meta.key("up", artifact_id, shard=shards.UPPER)  # type: ignore[attr-defined]
     with redis_server.client() as r:
         rec = r.hget(key, "rec")
         r.hset(key, "rec", rec.replace(b'"users"', b'"sandbox"').replace(b'"user"', b'"sandbox"'))

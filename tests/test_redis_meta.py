@@ -30,7 +30,8 @@ from core.errors import (
 from core.infra.retry import RetryPolicy
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
-from core.nodes import ROOT_INO, Artifact, Node, NodeKind, Space, new_node
+from core import shards
+from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
 
 SIGNER = RecordSigner(b"redis-meta-test-key-0123456789")
 ALICE = Space(sandbox_id="box", scope=Scope.USER, user_id="alice")
@@ -38,15 +39,23 @@ BOB = Space(sandbox_id="box", scope=Scope.USER, user_id="bob")
 FAST_RETRY = RetryPolicy(attempts=3, first_delay=0.01, max_delay=0.05)
 
 
-def a_file(parent: int, name: str, *, size: int = 0, space: Space = ALICE, expires: int | None = None) -> Node:
+def a_file(parent: int, name: str, *, size: int = 0, space: Space | None = None, expires: int | None = None) -> Node:
+    """A file; one with a space goes below that space's scope root (a scope's nodes live in its shard)."""
     node = new_node(parent=parent, name=name, kind=NodeKind.FILE, mode=0o644, now_ns=1, space=space)
-    node.artifact = Artifact(artifact_id=uuid.uuid4().hex, sha256="0" * 64)
+    art_id = shards.new_artifact_id(space) if space is not None else f"{shards.UPPER:03x}{uuid.uuid4().hex[3:]}"
+    node.artifact = Artifact(artifact_id=art_id, sha256="0" * 64)
     node.size, node.expires_at_ns = size, expires
     return node
 
 
 def a_dir(parent: int, name: str, space: Space = ALICE) -> Node:
     return new_node(parent=parent, name=name, kind=NodeKind.DIR, mode=0o755, now_ns=1, space=space)
+
+
+def alice_root() -> Node:
+    """ALICE's scope root, below the root: her files' directory (a scope's nodes live in its shard)."""
+    return new_node(parent=ROOT_INO, name="alice", kind=NodeKind.DIR, mode=0o755, now_ns=1, role=NodeRole.SCOPE_ROOT,
+                    space=ALICE)
 
 
 def redis_store(server: RedisServer, prefix: str | None = None, **kw) -> RedisMetaStore:
@@ -62,10 +71,21 @@ async def meta(redis_server: RedisServer) -> AsyncIterator[RedisMetaStore]:
 
 
 def assert_consistent(url: str, prefix: str) -> None:
-    """Every key of the layout agrees with every other (read with SCAN: tests only)."""
+    """Every key of the layout agrees with every other, in each shard and across (read with SCAN: tests only)."""
     r = redis.Redis.from_url(url)
-    inodes = {int(k.rsplit(b":", 1)[1]): r.hgetall(k) for k in r.scan_iter(f"{prefix}:i:*")}
-    dirs = {int(k.rsplit(b":", 1)[1]): r.hgetall(k) for k in r.scan_iter(f"{prefix}:d:*")}
+
+    def keyed(kind: str) -> dict[tuple[int, bytes], bytes]:
+        """(shard, what follows ``:<kind>:``) -> key, for every key of that kind in every shard."""
+        found = {}
+        for key in r.scan_iter(f"{prefix}:{{*}}:{kind}:*"):
+            shard = int(key[len(prefix) + 2 : key.index(b"}")])
+            found[(shard, key.split(f"}}:{kind}:".encode(), 1)[1])] = key
+        return found
+
+    inodes = {int(rest): r.hgetall(key) for (shard, rest), key in keyed("i").items()}
+    for (shard, rest) in keyed("i"):
+        assert shards.of_ino(int(rest)) == shard  # an inode lives in the shard its number names
+    dirs = {int(rest): r.hgetall(key) for (_, rest), key in keyed("d").items()}
     for parent, entries in dirs.items():
         assert inodes[parent][b"k"] == b"d"
         for name, ino in entries.items():
@@ -75,36 +95,40 @@ def assert_consistent(url: str, prefix: str) -> None:
         if ino != ROOT_INO:
             assert dirs[int(record[b"p"])][record[b"n"]] == str(ino).encode()
     for parent, entries in dirs.items():  # each directory's name order holds its names, no more
-        assert set(r.zrange(f"{prefix}:o:{parent}", 0, -1)) == set(entries)
-    assert r.hgetall(f"{prefix}:art") == {h[b"a"]: str(i).encode() for i, h in inodes.items() if h[b"a"]}
-    assert {m: s for m, s in r.zrange(f"{prefix}:exp", 0, -1, withscores=True)} == {
-        str(i).encode(): float(h[b"ex"]) for i, h in inodes.items() if h[b"ex"]
-    }
-    tags: dict[bytes, set[bytes]] = {}
-    orders: dict[bytes, set[bytes]] = {}  # each tag's (stored_at, artifact id) order (issue #12)
+        assert set(r.zrange(f"{prefix}:{{{shards.of_ino(parent)}}}:o:{parent}", 0, -1)) == set(entries)
+    homes = {shards.of_ino(ino) for ino in inodes}
+    in_shard = {home: {i: h for i, h in inodes.items() if shards.of_ino(i) == home} for home in homes}
+    for home, mine in in_shard.items():
+        base = f"{prefix}:{{{home}}}"
+        assert r.hgetall(f"{base}:art") == {h[b"a"]: str(i).encode() for i, h in mine.items() if h[b"a"]}
+        assert {m: s for m, s in r.zrange(f"{base}:exp", 0, -1, withscores=True)} == {
+            str(i).encode(): float(h[b"ex"]) for i, h in mine.items() if h[b"ex"]
+        }
+        files: Counter[bytes] = Counter()
+        size: Counter[bytes] = Counter()
+        for record in mine.values():
+            if record[b"uk"]:
+                files[record[b"uk"]] += 1
+                size[record[b"uk"]] += int(record[b"sz"])
+        assert {k: int(v) for k, v in r.hgetall(f"{base}:uf").items() if int(v)} == dict(files)
+        assert {k: int(v) for k, v in r.hgetall(f"{base}:ub").items() if int(v)} == {k: v for k, v in size.items() if v}
+        totals = r.hgetall(f"{base}:tot")
+        assert int(totals.get(b"files", 0)) == sum(files.values()) and int(totals.get(b"bytes", 0)) == sum(size.values())
+    tags: dict[tuple[int, bytes], set[bytes]] = {}
+    orders: dict[tuple[int, bytes], set[bytes]] = {}  # each tag's (stored_at, artifact id) order (issue #12)
     for ino, record in inodes.items():
         lines = list(filter(None, record[b"ix"].split(b"\n")))
         member = next((line[1:] for line in lines if line.startswith(b"=")), None)
         for tag in (line for line in lines if not line.startswith(b"=")):
-            tags.setdefault(tag, set()).add(str(ino).encode())
+            tags.setdefault((shards.of_ino(ino), tag), set()).add(str(ino).encode())
             if member is not None:
-                orders.setdefault(tag, set()).add(member)
-    for key in r.scan_iter(f"{prefix}:x:*"):
-        assert r.smembers(key) == tags.pop(key[len(prefix) + 3 :], set())
+                orders.setdefault((shards.of_ino(ino), tag), set()).add(member)
+    for place, key in keyed("x").items():
+        assert r.smembers(key) == tags.pop(place, set())
     assert not tags
-    for key in r.scan_iter(f"{prefix}:y:*"):
-        assert set(r.zrange(key, 0, -1)) == orders.pop(key[len(prefix) + 3 :], set())
+    for place, key in keyed("y").items():
+        assert set(r.zrange(key, 0, -1)) == orders.pop(place, set())
     assert not orders
-    files: Counter[bytes] = Counter()
-    size: Counter[bytes] = Counter()
-    for record in inodes.values():
-        if record[b"uk"]:
-            files[record[b"uk"]] += 1
-            size[record[b"uk"]] += int(record[b"sz"])
-    assert {k: int(v) for k, v in r.hgetall(f"{prefix}:uf").items() if int(v)} == dict(files)
-    assert {k: int(v) for k, v in r.hgetall(f"{prefix}:ub").items() if int(v)} == {k: v for k, v in size.items() if v}
-    totals = r.hgetall(f"{prefix}:tot")
-    assert int(totals.get(b"files", 0)) == sum(files.values()) and int(totals.get(b"bytes", 0)) == sum(size.values())
 
 
 # -- the same semantics as the SQLite reference
@@ -123,32 +147,33 @@ async def scenario(meta) -> list[str]:
         log.append(f"{what}: ok")
         return result
 
-    d, _ = await meta.insert(a_dir(ROOT_INO, "d"))
-    e, _ = await meta.insert(a_dir(ROOT_INO, "e"))
-    f, _ = await meta.insert(a_file(ROOT_INO, "f", size=10))
-    await step("insert f again", lambda: meta.insert(a_file(ROOT_INO, "f")))
-    replaced = await step("insert f replacing", lambda: meta.insert(a_file(ROOT_INO, "f", size=7), replace=True))
+    top = (await meta.insert(alice_root()))[0].ino
+    d, _ = await meta.insert(a_dir(top, "d"))
+    e, _ = await meta.insert(a_dir(top, "e"))
+    f, _ = await meta.insert(a_file(top, "f", space=ALICE, size=10))
+    await step("insert f again", lambda: meta.insert(a_file(top, "f", space=ALICE)))
+    replaced = await step("insert f replacing", lambda: meta.insert(a_file(top, "f", space=ALICE, size=7), replace=True))
     log.append(f"replaced {replaced[1].ino == f.ino}")  # type: ignore[index]
     f = replaced[0]  # type: ignore[index]
-    await step("file over dir", lambda: meta.insert(a_file(ROOT_INO, "d"), replace=True))
-    await step("insert below a file", lambda: meta.insert(a_file(f.ino, "x")))
-    await step("insert below nothing", lambda: meta.insert(a_file(999_999, "x")))
-    inner, _ = await meta.insert(a_file(d.ino, "inner", size=3))
-    await step("rename file onto dir", lambda: meta.rename(f, ROOT_INO, "d", replace=True))
-    await step("rename dir onto file", lambda: meta.rename(e, ROOT_INO, "f", replace=True))
-    await step("rename dir onto non-empty dir", lambda: meta.rename(e, ROOT_INO, "d", replace=True))
-    await step("rename f to g", lambda: meta.rename(f, ROOT_INO, "g", replace=False))
-    log.append(f"rename onto itself returns {await meta.rename(f, ROOT_INO, 'g', replace=True)}")
-    h, _ = await meta.insert(a_file(ROOT_INO, "h", size=5))
-    await step("rename h onto g, no replace", lambda: meta.rename(h, ROOT_INO, "g", replace=False))
-    gone = await meta.rename(h, ROOT_INO, "g", replace=True)
+    await step("file over dir", lambda: meta.insert(a_file(top, "d", space=ALICE), replace=True))
+    await step("insert below a file", lambda: meta.insert(a_file(f.ino, "x", space=ALICE)))
+    await step("insert below nothing", lambda: meta.insert(a_file(999_999, "x", space=ALICE)))
+    inner, _ = await meta.insert(a_file(d.ino, "inner", space=ALICE, size=3))
+    await step("rename file onto dir", lambda: meta.rename(f, top, "d", replace=True))
+    await step("rename dir onto file", lambda: meta.rename(e, top, "f", replace=True))
+    await step("rename dir onto non-empty dir", lambda: meta.rename(e, top, "d", replace=True))
+    await step("rename f to g", lambda: meta.rename(f, top, "g", replace=False))
+    log.append(f"rename onto itself returns {await meta.rename(f, top, 'g', replace=True)}")
+    h, _ = await meta.insert(a_file(top, "h", space=ALICE, size=5))
+    await step("rename h onto g, no replace", lambda: meta.rename(h, top, "g", replace=False))
+    gone = await meta.rename(h, top, "g", replace=True)
     log.append(f"rename h onto g replaced f: {gone is not None and gone.ino == f.ino}")
     await step("exchange", lambda: meta.exchange(h, inner))
     await step("remove non-empty dir", lambda: meta.remove(d))
     await step("remove a file", lambda: meta.remove(inner))
     await step("remove it again", lambda: meta.remove(inner))
     await step("remove the emptied dir", lambda: meta.remove(d))
-    await step("rename dir e into place of removed d", lambda: meta.rename(e, ROOT_INO, "d", replace=False))
+    await step("rename dir e into place of removed d", lambda: meta.rename(e, top, "d", replace=False))
     h.size, h.name = 50, "g"
     await step("update h", lambda: meta.update(h))
     log.append(f"usage {await meta.usage(ALICE.usage_key)} totals {await meta.totals()}")
@@ -191,7 +216,7 @@ async def test_concurrent_creates_of_one_name_one_wins(redis_server: RedisServer
 
     async def create(store: RedisMetaStore) -> None:
         try:
-            await store.insert(a_file(ROOT_INO, "contested", size=1))
+            await store.insert(a_file(top, "contested", size=1, space=ALICE))
             outcomes.append("won")
         except AlreadyExistsError:
             outcomes.append("lost")
@@ -199,11 +224,12 @@ async def test_concurrent_creates_of_one_name_one_wins(redis_server: RedisServer
     for store in stores:
         await store.open()
     try:
+        top = (await stores[0].insert(alice_root()))[0].ino
         async with anyio.create_task_group() as tg:
             for i in range(40):
                 tg.start_soon(create, stores[i % 4])
         assert Counter(outcomes) == {"won": 1, "lost": 39}
-        assert [n.name for n in await stores[0].children(ROOT_INO)] == ["contested"]
+        assert [n.name for n in await stores[0].children(top)] == ["contested"]
         assert await stores[1].usage(ALICE.usage_key) == Usage(bytes=1, files=1)
         assert_consistent(redis_server.url, prefix)
     finally:
@@ -245,9 +271,10 @@ async def test_concurrent_replaces_hand_back_every_replaced_node_once(meta: Redi
     """Each replace verifies the record it removes; racing replacers never lose or double one."""
     made: list[int] = []
     replaced: list[int] = []
+    top = (await meta.insert(alice_root()))[0].ino
 
     async def replace(size: int) -> None:
-        node, old = await meta.insert(a_file(ROOT_INO, "hot", size=size), replace=True)
+        node, old = await meta.insert(a_file(top, "hot", size=size, space=ALICE), replace=True)
         made.append(node.ino)
         if old is not None:
             replaced.append(old.ino)
@@ -255,7 +282,7 @@ async def test_concurrent_replaces_hand_back_every_replaced_node_once(meta: Redi
     async with anyio.create_task_group() as tg:
         for size in range(1, 61):
             tg.start_soon(replace, size)
-    (survivor,) = await meta.children(ROOT_INO)
+    (survivor,) = await meta.children(top)
     assert sorted(replaced + [survivor.ino]) == sorted(made)
     assert await meta.usage(ALICE.usage_key) == Usage(bytes=survivor.size, files=1)
     assert_consistent(meta.url, meta.prefix)
@@ -346,7 +373,7 @@ async def test_a_directory_made_before_name_order_was_kept_pages_all_the_same(me
     for i in range(25):
         await meta.insert(a_file(box.ino, f"f{i:02d}"))
     with redis.Redis.from_url(meta.url) as r:
-        r.delete(f"{meta.prefix}:o:{box.ino}")
+        r.delete(meta.key("o", box.ino))
     seen, after = [], None
     while True:
         page = await meta.children_page(box.ino, after, 10)
@@ -362,9 +389,11 @@ async def test_search_and_expiry_read_indexes(own_redis: RedisServer) -> None:
     meta = redis_store(own_redis)
     await meta.open()
     try:
+        alices = (await meta.insert(alice_root()))[0].ino
+        bobs = (await meta.insert(a_dir(ROOT_INO, "bob", space=BOB).model_copy(update={"role": NodeRole.SCOPE_ROOT})))[0].ino
         for i in range(30):
-            await meta.insert(a_file(ROOT_INO, f"a{i}", space=ALICE, expires=1000 + i))
-            await meta.insert(a_file(ROOT_INO, f"b{i}", space=BOB))
+            await meta.insert(a_file(alices, f"a{i}", space=ALICE, expires=1000 + i))
+            await meta.insert(a_file(bobs, f"b{i}", space=BOB))
         with own_redis.client() as r:
             r.config_resetstat()
         alice = await meta.search("box", scope=None, session_id=None, user_id="alice")
@@ -401,7 +430,7 @@ async def test_expiry_index_follows_every_change(meta: RedisMetaStore) -> None:
 def listening(server: RedisServer, meta: RedisMetaStore) -> redis.client.PubSub:
     """A subscriber to ``meta``'s notices, subscribed before the test writes."""
     listener = server.client().pubsub()
-    listener.subscribe(meta.key("events"))
+    listener.subscribe(meta.channel)
     assert listener.get_message(timeout=5)["type"] == "subscribe"
     return listener
 

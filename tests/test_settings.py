@@ -48,7 +48,7 @@ def test_the_reference_variables_configure_a_store() -> None:
         "ARTIFACT_SANDBOX_ID": "box", "SESSION_REDIS_URL": "redis://r:6379/1", "S3_ENDPOINT_URL": "http://s3:9000",
         "AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK",
         "AWS_SECURITY_TOKEN": "T", "S3_SSE_ALGORITHM": "AES256", "S3_SSE_KMS_KEY_ID": "kms",
-        "S3_CONNECT_TIMEOUT": "1.5", "S3_READ_TIMEOUT": "7", "ARTIFACT_REDIS_PREFIX": "{p}", "ARTIFACT_S3_PREFIX": "s/",
+        "S3_CONNECT_TIMEOUT": "1.5", "S3_READ_TIMEOUT": "7", "ARTIFACT_REDIS_PREFIX": "p", "ARTIFACT_S3_PREFIX": "s/",
         "ARTIFACT_REDIS_NOTIFY": "0", "ARTIFACT_SIGNING_KEY": KEY, "ARTIFACT_SQLITE_PATH": "/m.db",
         "ARTIFACT_PRESIGN_URL": "https://files/", "ARTIFACT_SERVE_HOST": "0.0.0.0", "ARTIFACT_SERVE_PORT": "9",
         "ARTIFACT_MIN_PART_BYTES": "6000000",
@@ -60,7 +60,7 @@ def test_the_reference_variables_configure_a_store() -> None:
     assert s.aws_secret_access_key is not None and s.aws_secret_access_key.get_secret_value() == "SK"
     assert s.aws_session_token is not None and s.aws_session_token.get_secret_value() == "T"
     assert (s.s3_sse_algorithm, s.s3_sse_kms_key_id, s.s3_connect_timeout, s.s3_read_timeout) == ("AES256", "kms", 1.5, 7.0)
-    assert (s.redis_prefix, s.s3_prefix, s.redis_notify, s.sqlite_path) == ("{p}", "s/", False, Path("/m.db"))
+    assert (s.redis_prefix, s.s3_prefix, s.redis_notify, s.sqlite_path) == ("p", "s/", False, Path("/m.db"))
     assert s.signing_key is not None and s.signing_key.get_secret_value() == KEY
     assert (s.presign.url, s.presign.host, s.presign.port, s.presign.min_part_bytes) == (
         "https://files/", "0.0.0.0", 9, 6000000)

@@ -106,7 +106,7 @@ class FilesApi(StoreBase):
         mime = rules.mime(mime, filename)
         summary = rules.summary(summary)
         space = await self._writable_space(scope, session_id, user_id, "store")
-        artifact_id = ns.new_artifact_id()
+        artifact_id = ns.new_artifact_id(space)
         parts = parts or [artifact_id]
         node = ns.file_node(_unplaced(space), parts[-1], ttl=ttl, artifact_id=artifact_id, mime=mime, summary=summary,
                             meta=meta)

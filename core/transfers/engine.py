@@ -215,7 +215,7 @@ class Transfers:
             expires_at_ns = url_expires_at * NS + self.settings.register_grace * NS
         else:
             expires_at_ns = now + self.settings.multipart_window * NS
-        artifact_id = self.ns.new_artifact_id()
+        artifact_id = self.ns.new_artifact_id(space)
         # A single upload is addressed by its artifact id, as register_uploaded_artifact is.
         upload_id = artifact_id if kind is UploadKind.SINGLE else secrets.token_hex(16)
         prefix = grid.grid_key(space.sandbox_id, space.scope, space.owner, artifact_id)

@@ -10,7 +10,6 @@ the metadata commit makes it visible, and only then is the old blob removed.
 from __future__ import annotations
 
 import itertools
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -35,6 +34,7 @@ from core.errors import (
     StaleRecordError,
     TooManyLinksError,
 )
+from core import shards
 from core.infra import metrics
 from core.infra.clock import Clock
 from core.models import BackendHealth, Scope, Usage
@@ -532,8 +532,8 @@ class Namespace(Content, Quotas):
     def default_ttl(self, scope: Scope) -> int | None:
         return self.limits.default_ttl if scope is Scope.SESSION else None
 
-    def new_artifact_id(self) -> str:
-        return secrets.token_hex(16)
+    def new_artifact_id(self, space: Space) -> str:
+        return shards.new_artifact_id(space)
 
     def grid_key(self, node: Node) -> str:
         assert node.space is not None and node.artifact is not None
@@ -549,7 +549,7 @@ class Namespace(Content, Quotas):
         node = new_node(parent=parent.ino, name=name, kind=NodeKind.FILE, mode=mode & 0o7777, now_ns=self.now(),
                         space=space, uid=uid, gid=gid)
         node.artifact = Artifact(
-            artifact_id=artifact_id or self.new_artifact_id(), mime=mime, summary=summary,
+            artifact_id=artifact_id or self.new_artifact_id(space), mime=mime, summary=summary,
             meta=meta or {}, sha256=EMPTY_SHA256, version=0, ttl=ttl,
         )
         node.expires_at_ns = None if ttl is None else self.now() + ttl * NS

@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -52,11 +53,11 @@ async def filesystem(request: pytest.FixtureRequest, root: Path, stack: AsyncExi
     return DirUploadRegistry(root / "uploads", SIGNER)
 
 
-async def redis(request: pytest.FixtureRequest, root: Path, stack: AsyncExitStack) -> UploadRegistry:
+async def redis(request: pytest.FixtureRequest, root: Path, stack: AsyncExitStack, cluster: bool = False) -> UploadRegistry:
     from core.backends.uploads.redis import RedisUploadRegistry
 
-    server: RedisServer = request.getfixturevalue("redis_server")
-    meta = RedisMetaStore(server.url, SIGNER, prefix=f"uc-{uuid.uuid4().hex[:12]}")
+    server = request.getfixturevalue("redis_cluster" if cluster else "redis_server")
+    meta = RedisMetaStore(server.url, SIGNER, prefix=f"uc-{uuid.uuid4().hex[:12]}", cluster=cluster)
     await meta.open()
     stack.push_async_callback(meta.close)
     return RedisUploadRegistry(meta, SIGNER)
@@ -67,6 +68,7 @@ UPLOAD_REGISTRIES = [
     pytest.param(memory, id="memory"),
     pytest.param(filesystem, id="filesystem"),
     pytest.param(redis, id="redis"),
+    pytest.param(partial(redis, cluster=True), id="redis-cluster"),
 ]
 
 

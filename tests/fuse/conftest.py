@@ -34,10 +34,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "embedded_only(reason): mount tests run on the embedded default alone")
 
 
+# Modules whose mount tests run on a Redis Cluster too (issue #17): mounts sharing a store, the tools
+# users run, the xattrs (presign). The others run on the embedded default and on one Redis.
+ON_CLUSTER_TOO = ("test_fuse_multimount", "test_fuse_tools", "test_fuse_xattrs")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "world" in metafunc.fixturenames:
         pinned = any(metafunc.definition.get_closest_marker(name) for name in EMBEDDED_ONLY)
-        kinds = [WorldKind.EMBEDDED] if pinned else list(WorldKind)
+        kinds = [WorldKind.EMBEDDED] if pinned else [WorldKind.EMBEDDED, WorldKind.REDIS_S3]
+        if not pinned and metafunc.module.__name__.rpartition(".")[2] in ON_CLUSTER_TOO:
+            kinds.append(WorldKind.REDIS_CLUSTER_S3)
         metafunc.parametrize("world", kinds, indirect=True, ids=[k.value for k in kinds])
 
 
@@ -48,7 +55,8 @@ def world(request: pytest.FixtureRequest) -> Iterator[StoreWorld]:
     if kind is WorldKind.EMBEDDED:
         yield EMBEDDED
         return
-    made = StoreWorld(kind, redis=request.getfixturevalue("redis_server"), moto=request.getfixturevalue("moto_server"))
+    server = request.getfixturevalue("redis_cluster" if kind is WorldKind.REDIS_CLUSTER_S3 else "redis_server")
+    made = StoreWorld(kind, redis=server, moto=request.getfixturevalue("moto_server"))
     try:
         yield made
     finally:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import pytest
 from mounting import Mount, start_mount, wait_for
+from redis_cluster import RedisCluster
 from servers import MotoServer, RedisServer
 from worlds import StoreWorld, WorldKind
 
@@ -64,12 +65,13 @@ class Pair:
 
 @contextlib.contextmanager
 def two_mounts(
-    config: str, tmp_path_factory: pytest.TempPathFactory, redis: RedisServer, moto: MotoServer
+    config: str, tmp_path_factory: pytest.TempPathFactory, redis: RedisServer | RedisCluster, moto: MotoServer
 ) -> Iterator[Pair]:
     """Mounts A and B of two data dirs on one store (one Redis prefix, one bucket prefix)."""
     a_env, b_args = CONFIGS[config]
     root = tmp_path_factory.mktemp(f"pair-{config}")
-    world = StoreWorld(WorldKind.REDIS_S3, redis=redis, moto=moto).shared(root / "store")
+    kind = WorldKind.REDIS_CLUSTER_S3 if isinstance(redis, RedisCluster) else WorldKind.REDIS_S3
+    world = StoreWorld(kind, redis=redis, moto=moto).shared(root / "store")
     try:
         a = start_mount(root / "a", root / "a-data", world=world, env={**os.environ, **a_env})
         try:
@@ -91,6 +93,7 @@ CONFIGS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "notices": ({}, LONG_CACHE),
     "no-notices": ({"ARTIFACT_REDIS_NOTIFY": "0"}, LONG_CACHE),
     "quiet-writer": ({"ARTIFACT_REDIS_NOTIFY": "0"}, ()),
+    "cluster": ({}, LONG_CACHE),  # on a Redis Cluster of three masters (issue #17), following notices
 }
 
 
@@ -243,12 +246,10 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
-@pytest.fixture(scope="module", params=["default", "notices"])
-def pair(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
-    moto_server: MotoServer,
-) -> Iterator[Pair]:
-    with two_mounts(request.param, tmp_path_factory, redis_server, moto_server) as made:
+@pytest.fixture(scope="module", params=["default", "notices", "cluster"])
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, moto_server: MotoServer) -> Iterator[Pair]:
+    server = request.getfixturevalue("redis_cluster" if request.param == "cluster" else "redis_server")
+    with two_mounts(request.param, tmp_path_factory, server, moto_server) as made:
         yield made
 
 

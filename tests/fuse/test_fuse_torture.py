@@ -182,7 +182,7 @@ class Audit:
 
     def named(self) -> set[str]:
         named = set()
-        for key in self.redis.scan_iter(match=f"{self.prefix}:i:*", count=1000):
+        for key in self.redis.scan_iter(match=f"{self.prefix}:{{*}}:i:*", count=1000):  # every shard's
             record = self.redis.hget(key, "rec")
             artifact = json.loads(record).get("artifact") if record else None
             if artifact and artifact.get("blob_key"):
@@ -191,7 +191,8 @@ class Audit:
 
     def queued(self) -> set[str]:
         """Blobs in the deletion queue: waiting out their grace period, or upload intents."""
-        return {f"{self.prefix}/{k.decode()}" for k in self.redis.zrange(f"{self.prefix}:gc", 0, -1)}
+        queues = self.redis.scan_iter(match=f"{self.prefix}:{{*}}:gc", count=1000)  # one per shard
+        return {f"{self.prefix}/{k.decode()}" for queue in queues for k in self.redis.zrange(queue, 0, -1)}
 
     def leaked_and_missing(self) -> tuple[set[str], set[str]]:
         objects, named = self.objects(), self.named()

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 
+import redis
+from redis_cluster import RedisCluster
 from servers import AWS_ENV, BUCKET, SIGNING_KEY, MotoServer, RedisServer, redis_s3_settings, store_prefix
 
 from core import ArtifactStore
@@ -28,20 +30,21 @@ from core import ArtifactStore
 class WorldKind(str, Enum):
     EMBEDDED = "embedded"  # filesystem blobs + SQLite in the data dir
     REDIS_S3 = "redis-s3"  # a real redis-server and moto over HTTP
+    REDIS_CLUSTER_S3 = "redis-cluster-s3"  # a Redis Cluster of three masters, and moto (issue #17)
 
 
 # What a mount process must not inherit from the test runner's own environment.
 _STORE_ENV = ("ARTIFACT_PROVIDER", "SESSION_PROVIDER", "SESSION_REDIS_URL", "S3_ENDPOINT_URL", "ARTIFACT_BUCKET",
-              "ARTIFACT_REDIS_PREFIX", "ARTIFACT_S3_PREFIX")
+              "ARTIFACT_REDIS_PREFIX", "ARTIFACT_S3_PREFIX", "ARTIFACT_REDIS_CLUSTER")
 
 
 class StoreWorld:
     def __init__(
-        self, kind: WorldKind, *, redis: RedisServer | None = None, moto: MotoServer | None = None,
+        self, kind: WorldKind, *, redis: RedisServer | RedisCluster | None = None, moto: MotoServer | None = None,
         store_root: Path | None = None, redis_url: str | None = None, _used: set[str] | None = None,
     ) -> None:
-        if kind is WorldKind.REDIS_S3 and (redis is None or moto is None):
-            raise ValueError("the redis-s3 world needs a redis server and a moto server")
+        if kind is not WorldKind.EMBEDDED and (redis is None or moto is None):
+            raise ValueError(f"the {kind.value} world needs a redis server (or cluster) and a moto server")
         self.kind, self.redis, self.moto = kind, redis, moto
         self.store_root = store_root  # every data dir maps to this one store (many mounts, one store)
         self.redis_url = redis_url or (redis.url if redis is not None else None)  # how its processes reach Redis
@@ -53,6 +56,10 @@ class StoreWorld:
     @property
     def embedded(self) -> bool:
         return self.kind is WorldKind.EMBEDDED
+
+    @property
+    def cluster(self) -> bool:
+        return self.kind is WorldKind.REDIS_CLUSTER_S3
 
     def shared(self, root: Path) -> StoreWorld:
         """The same world, where every data dir is one store named by ``root``."""
@@ -88,6 +95,7 @@ class StoreWorld:
                 "ARTIFACT_PROVIDER": "s3", "ARTIFACT_BUCKET": BUCKET, "S3_ENDPOINT_URL": self.moto.endpoint,
                 "S3_SSE_ALGORITHM": "AES256", "ARTIFACT_REDIS_PREFIX": prefix, "ARTIFACT_S3_PREFIX": prefix + "/",
                 "ARTIFACT_SIGNING_KEY": os.environ.get("ARTIFACT_SIGNING_KEY") or SIGNING_KEY,
+                "ARTIFACT_REDIS_CLUSTER": "1" if self.cluster else "0",
             })
         env.update(extra)
         return env
@@ -105,6 +113,7 @@ class StoreWorld:
         self.prefix(root)
         settings = redis_s3_settings(
             root, redis_url=self.redis_url, s3_endpoint_url=self.moto.endpoint, sandbox_id=sandbox,
+            redis_cluster=self.cluster,
         )
         return ArtifactStore(settings=settings, **kwargs)
 
@@ -133,11 +142,19 @@ class StoreWorld:
             return
         assert self.redis is not None and self.moto is not None
         prefixes, self._used = sorted(self._used), set()
-        with self.redis.client() as client:
-            for prefix in prefixes:
-                keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-                for start in range(0, len(keys), 1000):
-                    client.delete(*keys[start : start + 1000])
+        if self.cluster:  # keys of many slots: one DEL each, in a pipeline per node
+            with redis.RedisCluster.from_url(self.redis.url) as client:
+                for prefix in prefixes:
+                    with client.pipeline() as pipe:
+                        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+                            pipe.delete(key)
+                        pipe.execute()
+        else:
+            with self.redis.client() as client:
+                for prefix in prefixes:
+                    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+                    for start in range(0, len(keys), 1000):
+                        client.delete(*keys[start : start + 1000])
         s3 = self.moto.client()
         for prefix in prefixes:
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/"):

@@ -10,7 +10,8 @@ through conditional writes that S3-compatible stores do not all implement,
 and each record read would be an object GET on the path of every part URL.
 The records are few and small, and they live exactly as long as the upload.
 
-Keys, below the metadata store's prefix ``P`` (so they share its hash tag on
+Keys, in the upper tree's shard of the metadata store (``P`` is its base,
+:meth:`~core.backends.meta.redis.store.RedisMetaStore.base`: one hash slot on
 Redis Cluster, and a store's uploads never meet another store's):
 
 =================  =====  =====================================================
@@ -33,6 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from core import shards
 from core.backends.meta.base import MetaStore
 from core.backends.meta.redis.store import RedisMetaStore
 from core.backends.uploads.base import PartRecord, UploadRecord, UploadState
@@ -97,7 +99,7 @@ class RedisUploadRegistry:
 
     async def _run(self, op: str, upload_id: str, *args: object) -> list:
         argv = [op, upload_id, *args]
-        keys = [self._meta.prefix]
+        keys = [self._meta.base(shards.UPPER)]
         # Redis sends EVALSHA and falls back to loading the script: one round trip once it is cached.
         return await self._meta._call(
             f"upload {op}", lambda client, _: client.register_script(_SCRIPT)(keys=keys, args=argv, client=client)
@@ -148,7 +150,7 @@ class RedisUploadRegistry:
             raise UploadConflictError(f"upload {record.upload_id} exists already")
 
     async def get(self, upload_id: str) -> UploadRecord | None:
-        key = self._meta.key("up", upload_id)
+        key = self._meta.key("up", upload_id, shard=shards.UPPER)
         rec, sig, state, since = await self._meta._call(
             "upload get", lambda client, _: client.hmget(key, "rec", "sig", "st", "since")
         )
@@ -190,7 +192,7 @@ class RedisUploadRegistry:
         await self._run("discard", upload_id)
 
     async def ids(self) -> list[str]:
-        index = self._meta.key("ups")
+        index = self._meta.key("ups", shard=shards.UPPER)
         return [_text(i) for i in await self._meta._call("upload ids", lambda client, _: client.zrange(index, 0, -1))]
 
     async def sweep(self, made_before: float) -> None:

@@ -16,6 +16,8 @@ crossing per batch of notices, never per notice.
 from __future__ import annotations
 
 import logging
+import random
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import redis.asyncio as aioredis
@@ -71,7 +73,7 @@ class RedisChangeFeed:
     def __init__(self, store: RedisMetaStore, *, socket_timeout: float = 5.0) -> None:
         self.origin = store.origin
         self._store = store
-        self.channel = store.key("events")
+        self.channel = store.channel
         self._url = store.url
         self._socket_timeout = socket_timeout
         self._sub: tuple[aioredis.Redis, PubSub] | None = None
@@ -109,7 +111,7 @@ class RedisChangeFeed:
         if self._sub is not None:
             return self._sub[1]
         client = aioredis.Redis.from_url(
-            self._url, socket_connect_timeout=self._socket_timeout, socket_timeout=self._socket_timeout,
+            await self._node_url(), socket_connect_timeout=self._socket_timeout, socket_timeout=self._socket_timeout,
             health_check_interval=10, retry=Retry(NoBackoff(), 0),  # reconnects are ours, with backoff
         )
         pubsub = client.pubsub()  # the confirmation is awaited; _next_batch keeps only "message"s
@@ -126,6 +128,21 @@ class RedisChangeFeed:
             raise
         self._sub = (client, pubsub)
         return pubsub
+
+    async def _node_url(self) -> str:
+        """Where to subscribe: the store's URL; on a cluster, any node the store's client knows, picked
+        anew each time (a notice is published to every node, and the one named may be the one down)."""
+        if not self._store.cluster:
+            return self._url
+        client, _ = await self._store._clients.get()
+        nodes = client.get_nodes()  # type: ignore[attr-defined]
+        if not nodes:
+            return self._url
+        node = random.choice(nodes)
+        parts = urlsplit(self._url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@{node.host}:{node.port}" if userinfo else f"{node.host}:{node.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
 
     async def _drop(self) -> None:
         sub, self._sub = self._sub, None

@@ -4,7 +4,17 @@ Redis runs a script alone, so each change is a transaction of one round
 trip. A script is not rolled back when it fails half way, so every op checks
 everything first and writes only after the last check.
 
-Keys, all below the store's prefix ``P`` (``KEYS[1]``):
+Every key lies in a shard (:mod:`core.shards`): a scope's, or the upper
+tree's (0). A script runs in one shard, whose keys' common start ``P`` =
+``<prefix>:{<shard>}`` it gets as ``KEYS[1]`` (``{<shard>}`` is the Redis
+Cluster hash tag: one slot), and touches no key of another. An inode's
+number names its shard (``shard * 2**40 + n``); a record a script may not
+read, it answers empty, for the client to read in its shard. The only
+entries that name an inode of another shard are the upper tree's entries of
+scope roots, made and taken away in steps (``make``/``enter``,
+``seal``/``unenter``/``discard``, below).
+
+Keys of a shard ``P``:
 
 ==================  =====  ====================================================
 ``P:i:<ino>``       hash   one inode: ``rec`` (signed JSON record), ``sig``, and
@@ -20,14 +30,15 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
                            directories (unsigned: it only makes st_nlink);
                            ``ln`` a file's further names (hard links), each
                            ``<parent>/<name>``, joined by ``/`` (the record
-                           lists them too)
+                           lists them too); ``sl`` on a scope root being
+                           removed (sealed: nothing enters it any more)
 ``P:d:<ino>``       hash   one directory: name -> child ino (every name of a
                            hard-linked inode is an entry of its directory)
 ``P:o:<ino>``       zset   the same directory's names, score 0: byte order, for
                            ``page`` (ZRANGEBYLEX); kept with ``P:d`` in every
                            script, rebuilt by ``page`` where it is missing or
                            short (a store written before it existed)
-``P:ino``           str    the inode counter; numbers are never handed out twice
+``P:ino``           str    the shard's inode counter; numbers are never handed out twice
 ``P:gc``            zset   the deletion queue: blob key by the time (us) gc may
                            delete it from (``defer_delete``); the scripts that
                            drop an inode queue its blob here in the same step
@@ -42,11 +53,15 @@ Keys, all below the store's prefix ``P`` (``KEYS[1]``):
 ``P:ub`` ``P:uf``   hash   usage key -> bytes, files
 ``P:ug``            hash   usage key -> generation: moved by every change of
                            the account's counters (a repair's condition)
-``P:tot``           hash   ``bytes``, ``files``: the totals of all usage keys
-``P:events``        chan   change notices (when the store is made with notify)
+``P:tot``           hash   ``bytes``, ``files``: the totals of the shard's usage keys
+``P:shards``        set    (shard 0 only) every shard a scope was ever made in:
+                           what a store-wide read (search, gc, expiry) walks
 ``P:quiet``         str    counts changes made without a notice (a store made
                            without notify); expires ``QUIET_TTL`` s after the last
 ==================  =====  ====================================================
+
+Change notices go on ``<prefix>:events`` (a channel of the whole store, when
+the store is made with notify).
 
 ``ARGV[1]`` names the op, ``ARGV[2]`` is ``1`` to publish a change notice
 (``1<origin>`` to stamp it with the store instance that asked), ``0`` not to,
@@ -141,13 +156,19 @@ end
 QUIET_TTL = 3600
 
 SCRIPT = SETTLE + f"local QUIET_TTL = {QUIET_TTL}\n" + r"""
-local P = KEYS[1]
+local P = KEYS[1]  -- the base of this script's shard: every key it touches starts with it
+local S = tonumber(string.match(P, '{(%d+)}$'))
+local STORE = string.match(P, '^(.*):{%d+}$')  -- the store's prefix: its change notices' channel
 local notify = string.sub(ARGV[2], 1, 1) == '1'
 local origin = string.sub(ARGV[2], 2)
 local FIELDS = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'ln'}
 local LOADED = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'ln', 'mt', 'mts', 'sd'}
 local NODE_ARGS = 14
 local SUCCESSOR_ARGS = 1 + NODE_ARGS
+
+-- whether inode ino lives in this shard (its number is shard * 2^40 + n): an entry of the upper tree
+-- may name a scope root elsewhere, whose keys a script here must not touch
+local function here(ino) return math.floor(tonumber(ino) / 1099511627776) == S end
 
 local function ikey(ino) return P .. ':i:' .. ino end
 local function dkey(ino) return P .. ':d:' .. ino end
@@ -167,6 +188,7 @@ local function successor(at)
 end
 
 local function load(ino)
+  if not here(ino) then return nil end
   local v = redis.call('HMGET', ikey(ino), unpack(LOADED))
   if not v[1] and not v[3] then return nil end
   local n = {ino = ino}
@@ -176,6 +198,7 @@ end
 
 -- a record as clients read it: ino, rec, sig, mt, mts, sd (nil where absent)
 local function fetch(ino)
+  if not here(ino) then return {ino, false, false, false, false, false} end  -- the client reads it there
   local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd')
   return {ino, v[1], v[2], v[3], v[4], v[5]}
 end
@@ -264,7 +287,7 @@ end
 -- moved only here and in store, where a name joins or leaves, so every script keeps it right
 local function unlink(n)
   for _, at in ipairs(names(n)) do
-    if redis.call('HGET', dkey(at[1]), at[2]) == n.ino then
+    if here(at[1]) and redis.call('HGET', dkey(at[1]), at[2]) == n.ino then
       redis.call('HDEL', dkey(at[1]), at[2])
       redis.call('ZREM', okey(at[1]), at[2])
       if n.k == 'd' then redis.call('HINCRBY', ikey(at[1]), 'sd', -1) end
@@ -276,7 +299,7 @@ local function store(n)
   redis.call('HSET', ikey(n.ino), 'rec', n.rec, 'sig', n.sig, 'p', n.p, 'n', n.n, 'k', n.k, 'a', n.a,
              'ix', n.ix, 'uk', n.uk, 'sz', n.sz, 'ex', n.ex, 'v', n.v, 'r', n.r, 'ln', n.ln)
   redis.call('HDEL', ikey(n.ino), 'mt', 'mts')  -- the record carries the directory's times now
-  if n.p ~= '0' then
+  if n.p ~= '0' and here(n.p) then  -- a scope root's entry in the upper tree is made there (``enter``)
     for _, at in ipairs(names(n)) do
       if redis.call('HSET', dkey(at[1]), at[2], n.ino) == 1 and n.k == 'd' then
         redis.call('HINCRBY', ikey(at[1]), 'sd', 1)
@@ -320,10 +343,24 @@ end
 
 -- the directory times in ARGV[at..at+2], if they are for directory ino (see the module's docs)
 local function touch(ino, at)
-  if ARGV[at] ~= ino or redis.call('EXISTS', ikey(ino)) == 0 then return false end
+  if ARGV[at] ~= ino or not here(ino) or redis.call('EXISTS', ikey(ino)) == 0 then return false end
   redis.call('HSET', ikey(ino), 'mt', ARGV[at + 1], 'mts', ARGV[at + 2])
   return true
 end
+
+-- why nothing may be entered in directory ino, or nil if it may: gone, not a directory, or sealed (a
+-- scope root being removed: ``seal``)
+local function closed(ino)
+  local v = redis.call('HMGET', ikey(ino), 'k', 'sl')
+  if not v[1] then return 'noparent' end
+  if v[1] ~= 'd' then return 'notdir' end
+  if v[2] then return 'sealed' end
+  return nil
+end
+
+-- why an entry naming an inode of another shard is not replaced: in the upper tree it is a scope root
+-- (taken); in a scope, where every inode is of its own shard, it was never written by a script
+local function foreign() return S == 0 and 'exists' or 'forged' end
 
 -- another holder of the artifact id, other than the node itself and the one it replaces
 local function id_taken(n, replaced)
@@ -342,7 +379,7 @@ local function publish()
     return
   end
   if origin ~= '' then notice[#notice + 1] = 'o' .. origin end
-  redis.call('PUBLISH', P .. ':events', table.concat(notice, '\0'))
+  redis.call('PUBLISH', STORE .. ':events', table.concat(notice, '\0'))
 end
 
 local function replaced_reply(old)
@@ -466,13 +503,20 @@ function ops.reorder()
   return {'OK'}
 end
 
--- ARGV: directory, then the names of a path below it. The records along the path, each the entry of
--- the one before; the answer ends at the first name that is missing (or below a file).
+-- ARGV: directory, '1' to answer its own record first, then the names of a path below it. The records
+-- along the path, each the entry of the one before; the answer ends at the first name that is missing
+-- (or below a file), or with the bare ino of an entry in another shard (a scope root), for the client
+-- to go on from there.
 function ops.resolve()
   local out, dir = {}, ARGV[3]
-  for at = 4, #ARGV do
+  if ARGV[4] == '1' then
+    out = fetch(dir)
+    if not out[2] and not out[3] then return {} end
+  end
+  for at = 5, #ARGV do
     local ino = redis.call('HGET', dkey(dir), ARGV[at])
     if not ino then break end
+    if not here(ino) then out[#out + 1] = ino; break end
     local rec = fetch(ino)
     if not rec[2] and not rec[3] then break end
     for _, part in ipairs(rec) do out[#out + 1] = part end
@@ -482,7 +526,8 @@ function ops.resolve()
 end
 
 -- ARGV: how many records to answer at most (a page), then the directories left to walk (each 'ino',
--- or 'ino:cursor' for one answered in part). Walks breadth first; answers the number of records, the
+-- or 'ino:cursor' for one answered in part). Walks breadth first; answers the entries met that live in
+-- another shard (their number, then their inos: scope roots, walked there), the number of records, the
 -- records, the number of the given directories left unwalked, those, then the directories this page
 -- found and did not walk (the client drops any an earlier page found: a walk never goes round twice).
 -- A directory larger than what is left of the page is scanned (HSCAN) a page at a time.
@@ -494,8 +539,9 @@ function ops.subtree()
     seen[string.match(ARGV[at], '^[^:]*')] = true
   end
   local given = #queue
-  local records, count = {}, 0
+  local records, count, remote = {}, 0, {}
   local function take(dir, ino)
+    if not here(ino) then remote[#remote + 1] = ino; return end  -- a scope root: walked in its shard
     local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd', 'p', 'k')
     if (not v[1] and not v[2]) or v[6] ~= dir then return end  -- gone, or not (any longer) in dir
     records[#records + 1] = ino
@@ -519,7 +565,9 @@ function ops.subtree()
       if page[1] == '0' then head = head + 1 else queue[head] = dir .. ':' .. page[1] end
     end
   end
-  local out = {count}
+  local out = {#remote}
+  for _, ino in ipairs(remote) do out[#out + 1] = ino end
+  out[#out + 1] = count
   for _, part in ipairs(records) do out[#out + 1] = part end
   local left = {}
   for at = head, math.min(given, #queue) do left[#left + 1] = queue[at] end
@@ -540,7 +588,7 @@ function ops.lineage()
   local out, seen = {}, {}
   for at = 3, #ARGV do
     local ino = ARGV[at]
-    while ino and ino ~= '0' and not seen[ino] do
+    while ino and ino ~= '0' and here(ino) and not seen[ino] do
       seen[ino] = true
       local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd', 'p')
       if not v[1] and not v[2] then break end
@@ -565,11 +613,11 @@ function ops.insert()
   local replace, expect, drop_at, succ = ARGV[3] == '1', ARGV[4], ARGV[5], successor(6)
   local n = argnode(6 + SUCCESSOR_ARGS)
   local at = 6 + SUCCESSOR_ARGS + NODE_ARGS
-  local parent = redis.call('HGET', ikey(n.p), 'k')
-  if not parent then return {'ERR', 'noparent'} end
-  if parent ~= 'd' then return {'ERR', 'notdir'} end
+  local why = closed(n.p)
+  if why then return {'ERR', why} end
   local cur = redis.call('HGET', dkey(n.p), n.n)
   if cur == n.ino then return {'OK'} end
+  if cur and not here(cur) then return {'ERR', foreign()} end
   local old = cur and load(cur)
   if old then
     if not replace then return {'ERR', 'exists'} end
@@ -637,7 +685,12 @@ function ops.rename()
   if not cur then return {'ERR', 'vanished'} end
   if cur.sig == n.sig then return {'OK'} end  -- this very move, retried after a lost reply
   if not at_rev(cur, rev) then return answer('STALE', record(cur)) end
+  if n.p ~= from then
+    local why = closed(n.p)
+    if why then return {'ERR', why} end
+  end
   local dst = redis.call('HGET', dkey(n.p), n.n)
+  if dst and not here(dst) then return {'ERR', foreign()} end
   local old = dst and dst ~= n.ino and load(dst)
   if old then
     if not replace then return {'ERR', 'exists'} end
@@ -712,9 +765,8 @@ function ops.link()
   if not cur then return {'ERR', 'vanished'} end
   if cur.sig == n.sig then return {'OK'} end  -- this very link, retried after a lost reply
   if not at_rev(cur, rev) then return answer('STALE', record(cur)) end
-  local parent = redis.call('HGET', ikey(dir), 'k')
-  if not parent then return {'ERR', 'noparent'} end
-  if parent ~= 'd' then return {'ERR', 'notdir'} end
+  local why = closed(dir)
+  if why then return {'ERR', why} end
   if redis.call('HEXISTS', dkey(dir), name) == 1 then return {'ERR', 'exists'} end
   if not has_name(n, dir, name) then return {'ERR', 'badop'} end
   rewrite(n, cur)
@@ -723,6 +775,73 @@ function ops.link()
   if touch(dir, at + 3) then inode(dir) end
   publish()
   return {'OK'}
+end
+
+-- A scope root lives in its scope's shard and is entered in a directory of the upper tree (shard 0):
+-- no script may touch both, so one is made in steps, each atomic and safe to repeat, and each
+-- harmless if the next never comes (a record no entry names is reached by nothing; fsck finds it):
+-- ``make`` here, then ``enter`` in the parent's shard (or ``discard`` here if that fails). It goes
+-- by ``seal`` here (empty, and nothing may enter it from then on), ``unenter`` there, ``discard`` here.
+
+-- ARGV: node (its parent in another shard). Stored, not yet entered.
+function ops.make()
+  local n = argnode(3)
+  if load(n.ino) then return {'OK'} end  -- this very make, retried after a lost reply
+  if id_taken(n, false) then return {'ERR', 'dupid'} end
+  store(n)
+  return {'OK'}
+end
+
+-- ARGV: parent, name, ino (in another shard, made there), kind. Names it in parent.
+function ops.enter()
+  local parent, name, ino, kind = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  local why = closed(parent)
+  if why then return {'ERR', why} end
+  local cur = redis.call('HGET', dkey(parent), name)
+  if cur == ino then return {'OK'} end
+  if cur then return {'ERR', 'exists'} end
+  redis.call('HSET', dkey(parent), name, ino)
+  redis.call('ZADD', okey(parent), 0, name)
+  if kind == 'd' then redis.call('HINCRBY', ikey(parent), 'sd', 1) end
+  notice[#notice + 1] = 'e' .. parent .. '/' .. name
+  inode(parent)
+  publish()
+  return {'OK'}
+end
+
+-- ARGV: ino, the parent and name the caller read it at. An empty node closed to new entries; answers
+-- its record, or nothing if it is not there any longer.
+function ops.seal()
+  local cur, parent, name = load(ARGV[3]), ARGV[4], ARGV[5]
+  if not cur or not has_name(cur, parent, name) then return {'OK'} end
+  if cur.k == 'd' and redis.call('HLEN', dkey(cur.ino)) > 0 then return {'ERR', 'notempty'} end
+  redis.call('HSET', ikey(cur.ino), 'sl', '1')
+  return answer('OK', record(cur))
+end
+
+-- ARGV: parent, name, ino (in another shard), kind. Its name taken away, if it still names ino.
+function ops.unenter()
+  local parent, name, ino, kind = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  if redis.call('HGET', dkey(parent), name) ~= ino then return {'OK'} end
+  redis.call('HDEL', dkey(parent), name)
+  redis.call('ZREM', okey(parent), name)
+  if kind == 'd' then redis.call('HINCRBY', ikey(parent), 'sd', -1) end
+  notice[#notice + 1] = 'e' .. parent .. '/' .. name
+  inode(parent)
+  publish()
+  return {'OK'}
+end
+
+-- ARGV: ino, '' or the signature it must still have (a make whose enter failed), when its blob may go.
+-- The node gone; answers its record, or nothing if it was gone already.
+function ops.discard()
+  local cur, sig = load(ARGV[3]), ARGV[4]
+  if not cur or (sig ~= '' and cur.sig ~= sig) then return {'OK'} end
+  if cur.k == 'd' and redis.call('HLEN', dkey(cur.ino)) > 0 then return {'ERR', 'notempty'} end
+  drop(cur, ARGV[5])
+  inode(cur.ino)
+  publish()
+  return answer('OK', record(cur))
 end
 
 -- ARGV: usage key, the generation the caller counted at, bytes, files (fsck --repair)
@@ -740,19 +859,25 @@ function ops.reset_usage()
 end
 
 -- ARGV: inos (a page of fsck's scan). The records of those no entry reaches: the parent gone, or
--- its entry under the name naming another inode. Checked and read in one step, so the revision
+-- its entry under the name naming another inode; first, those whose parent is in another shard (how
+-- many, then ino, parent, name each), for the client to check there. Checked and read in one step, so the revision
 -- answered is the one found unreached: a repair conditional on it moves nothing placed meanwhile.
 function ops.unreached()
-  local out = {}
+  local out, remote = {}, {}
   for at = 3, #ARGV do
     local ino = ARGV[at]
     local place = redis.call('HMGET', ikey(ino), 'p', 'n')
     local p = place[1]
-    if p and p ~= '0' and (redis.call('EXISTS', ikey(p)) == 0 or redis.call('HGET', dkey(p), place[2]) ~= ino) then
+    if p and p ~= '0' and not here(p) then
+      remote[#remote + 1] = ino; remote[#remote + 1] = p; remote[#remote + 1] = place[2]
+    elseif p and p ~= '0' and (redis.call('EXISTS', ikey(p)) == 0 or redis.call('HGET', dkey(p), place[2]) ~= ino) then
       for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
     end
   end
-  return out
+  local reply = {#remote / 3}
+  for _, part in ipairs(remote) do reply[#reply + 1] = part end
+  for _, part in ipairs(out) do reply[#reply + 1] = part end
+  return reply
 end
 
 -- ARGV: ino of a directory whose subdirectory count to take again from its entries
@@ -761,7 +886,8 @@ function ops.recount_subdirs()
   if redis.call('EXISTS', ikey(ino)) == 0 then return {'OK', '0'} end
   local count = 0
   for _, child in ipairs(redis.call('HVALS', dkey(ino))) do
-    if redis.call('HGET', ikey(child), 'k') == 'd' and child ~= ino then count = count + 1 end
+    -- an entry in another shard is a scope root: a directory
+    if child ~= ino and (not here(child) or redis.call('HGET', ikey(child), 'k') == 'd') then count = count + 1 end
   end
   local was = tonumber(redis.call('HGET', ikey(ino), 'sd') or '0')
   redis.call('HSET', ikey(ino), 'sd', count)

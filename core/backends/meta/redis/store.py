@@ -18,21 +18,35 @@ is verified here, whatever script answered it.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import random
 import secrets
 import threading
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core import shards
 from core.backends.meta import changes, checks
 from core.backends.meta.base import (
     ChildrenPage,
@@ -48,24 +62,28 @@ from core.backends.meta.base import (
 from core.backends.meta.redis.lua import NO_SUCCESSOR, NO_TOUCH, SCRIPT, SETTLE
 from core.errors import (
     AlreadyExistsError,
+    ArtifactStoreError,
     ArtifactCorruptedError,
     ArtifactNotFoundError,
     ConfigurationError,
+    CrossScopeError,
     DirectoryNotEmptyError,
     IsADirectoryError_,
     NotADirectoryError_,
     ProviderError,
     StaleRecordError,
     StoreClosedError,
+    StoreFullError,
 )
 from core.infra import aio_bridge, tally
 from core.infra.retry import RetryPolicy, retrying
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
-from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, account_of, new_node
+from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, Space, account_of, new_node
 from core.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger("artifactfs.redis")
 
 _KIND_CODE = {
     NodeKind.DIR: "d", NodeKind.FILE: "f", NodeKind.SYMLINK: "l",
@@ -77,8 +95,19 @@ _READ = ("rec", "sig", "mt", "mts", "sd")  # what a reader fetches of an inode
 _WIDTH = 1 + len(_READ)  # a record as the scripts answer it: its ino, then those
 SEARCH_SCAN = 1000  # members a search page with MIME or meta tests reads at most (they are not indexed)
 SEARCH_SCAN_MIME = 10_000  # the same with a MIME prefix alone: the script tests it, so only matches travel
+_INODE_KEYS = ("i", "d", "o")  # keys named by an inode, whose number tells their shard
+_ROOTS_KEPT = 65_536  # scope roots whose inode a resolve remembers (a path's first step, skipped)
+_SHARD_CALLS = 16  # scripts in flight at once for a read that spans every shard
 _LIST_INLINE = 1024  # a listing of up to this many entries comes in one round trip, records and all (1,000: ~4 ms of server time)
 
+_SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+# A cluster's failover takes a few node timeouts (2-5 s at --cluster-node-timeout 2000), and a slot's
+# move as long as its keys take: a call keeps trying for about 16 s, waiting either out.
+FAILOVER_RETRY = RetryPolicy(attempts=20, first_delay=0.1, max_delay=1.0)
+# Ops of the script that change nothing: never waited on (WAIT, below).
+_READ_OPS = frozenset({"lookup", "list", "page", "search", "spage", "resolve", "subtree", "lineage", "find", "unreached"})
+_WAIT_MS = 2000  # how long a change waits for its replica (under the socket timeout) before it asks why
+_ALONE_FOR = 5.0  # seconds a master found without replicas acknowledges alone before it is asked again
 _ERRORS: dict[bytes, Callable[[str], Exception]] = {
     b"noparent": lambda what: ArtifactNotFoundError(f"{what}: the parent directory does not exist"),
     b"notdir": lambda what: NotADirectoryError_(f"{what}: not a directory"),
@@ -88,12 +117,19 @@ _ERRORS: dict[bytes, Callable[[str], Exception]] = {
     b"vanished": lambda what: ArtifactNotFoundError(f"{what}: the inode was removed"),
     b"taken": lambda what: ProviderError(f"{what}: the target name was taken meanwhile"),
     b"dupid": lambda what: ProviderError(f"{what}: the artifact id is held by another inode"),
+    b"forged": lambda what: ArtifactCorruptedError(f"{what}: the entry names an inode of another scope"),
+    b"sealed": lambda what: ArtifactNotFoundError(f"{what}: its scope is being removed"),
 }
 
 
+class _SlotMoving(Exception):
+    """A cluster slot is migrating or has moved: the script is sent again once it has settled."""
+
+
 def _transient(exc: BaseException) -> bool:
-    """Faults worth another try: the server is away, restarting, or failing over."""
-    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, ReadOnlyError, TryAgainError)) or (
+    """Faults worth another try: the server is away, restarting, failing over, or its slot moving."""
+    transient = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, TryAgainError, _SlotMoving)
+    return isinstance(exc, transient) or (
         isinstance(exc, ResponseError) and str(exc).startswith("LOADING")
     )
 
@@ -153,13 +189,16 @@ def order_member(stored_at_ns: int, artifact_id: str) -> str:
 
 
 class RedisMetaStore:
-    """A :class:`~core.backends.meta.base.MetaStore` on one Redis server (or Sentinel/Cluster URL).
+    """A :class:`~core.backends.meta.base.MetaStore` on one Redis server or a Redis Cluster (``cluster``).
 
-    ``prefix`` names this store's keys, so several stores can share a server;
-    give it a hash tag (``{artifactfs}``) on Redis Cluster so one script's keys
-    share a slot. With ``notify`` every change is announced on ``<prefix>:events``,
-    stamped with ``origin`` (unique per instance) so a process can tell its own
-    changes from others' (:mod:`core.backends.meta.redis.events`).
+    ``prefix`` names this store's keys, so several stores can share a server.
+    Every key lies in a shard (:mod:`core.shards`): ``<prefix>:{<shard>}:...``,
+    so on a cluster a scope's keys share one hash slot and the scopes spread
+    over the masters (a prefix holding a hash tag of its own would put them
+    all back in one slot). With ``notify`` every change is announced on
+    ``<prefix>:events``, stamped with ``origin`` (unique per instance) so a
+    process can tell its own changes from others'
+    (:mod:`core.backends.meta.redis.events`).
     """
 
     def __init__(
@@ -172,27 +211,51 @@ class RedisMetaStore:
         notify: bool = False,
         max_connections: int = 64,
         socket_timeout: float = 5.0,
+        cluster: bool = False,
+        replicas: int | None = None,
     ) -> None:
-        self.url, self.prefix, self.notify = url, prefix, notify
+        self.url, self.prefix, self.notify, self.cluster = url, prefix, notify, cluster
+        self._replicas_asked = replicas  # None: as many as every master has (at most 1), found at open
         self.origin = secrets.token_hex(6)
         self._signer = signer
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or (FAILOVER_RETRY if cluster else RetryPolicy())
         self._max_connections, self._socket_timeout = max_connections, socket_timeout
         self._clients: aio_bridge.LoopLocal[tuple[aioredis.Redis, object]] = aio_bridge.LoopLocal(
             self._connect, self._disconnect
         )
-        self._inos: deque[int] = deque()
+        self._inos: dict[int, deque[int]] = {}  # per shard: numbers reserved and not yet handed out
         self._ino_lock = threading.Lock()  # the store may be used from two loops (caller's and bridge's)
+        self._registered: set[int] = {shards.UPPER}  # shards known to be in the registry (P:{0}:shards)
+        self._roots: dict[tuple[int, str], int] = {}  # (upper directory, name) -> scope root ino, as last seen
+        self._gc_homes: dict[str, int] = {}  # queued blob key -> the shard due_deletions found it in
+        self._replicas = 0  # replicas a change waits for before it is acknowledged
+        self._alone_until: dict[str, float] = {}  # master -> until when it acknowledges without a replica
         self._open = False
 
     # -- keys
 
-    def key(self, *parts: object) -> str:
-        return ":".join([self.prefix, *map(str, parts)])
+    def base(self, shard: int) -> str:
+        """What every key of ``shard`` starts with; ``{<shard>}`` is its hash tag."""
+        return f"{self.prefix}:{{{shard}}}"
+
+    def key(self, kind: str, *parts: object, shard: int | None = None) -> str:
+        """Key ``kind`` (``i``, ``d``, ``o``: of the inode ``parts[0]``, in its shard; others name ``shard``)."""
+        if shard is None:
+            if kind not in _INODE_KEYS:
+                raise TypeError(f"key {kind!r} needs its shard")
+            shard = shards.of_ino(int(parts[0]))  # type: ignore[call-overload]
+        return ":".join([self.base(shard), kind, *map(str, parts)])
+
+    @property
+    def channel(self) -> str:
+        """Where change notices go (one channel for the whole store)."""
+        return f"{self.prefix}:events"
 
     # -- connections
 
     async def _connect(self) -> tuple[aioredis.Redis, object]:
+        if self.cluster:
+            return await self._connect_cluster()
         pool = aioredis.BlockingConnectionPool.from_url(
             self.url,
             max_connections=self._max_connections,
@@ -204,10 +267,27 @@ class RedisMetaStore:
         client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         return client, client.register_script(SCRIPT)
 
+    async def _connect_cluster(self) -> tuple[aioredis.Redis, object]:
+        """A cluster client: it learns the slots from the node the URL names (then from all of them).
+
+        Plain commands follow MOVED and ASK; scripts go through :meth:`_owned`,
+        which waits a moving slot out instead.
+        """
+        client = RedisCluster.from_url(
+            self.url,
+            max_connections=self._max_connections,
+            socket_timeout=self._socket_timeout,
+            socket_connect_timeout=self._socket_timeout,
+            retry=Retry(NoBackoff(), 0),  # retries are ours: bounded, and counted per operation
+        )
+        await client.initialize()  # the map of the slots, before a script asks it where to go
+        return client, client.register_script(SCRIPT)  # type: ignore[return-value]
+
     async def _disconnect(self, value: tuple[aioredis.Redis, object]) -> None:
         client, _ = value
         await client.aclose()
-        await client.connection_pool.disconnect()
+        if not isinstance(client, RedisCluster):
+            await client.connection_pool.disconnect()
 
     async def _call(self, what: str, fn: Callable[[aioredis.Redis, object], Awaitable[T]]) -> T:
         """Run ``fn(client, script)`` on an asyncio loop, retrying transient faults.
@@ -233,23 +313,161 @@ class RedisMetaStore:
         except ResponseError as exc:
             raise ProviderError(f"redis {what}: {exc}") from exc
 
-    async def _script(self, what: str, op: str, *args: object) -> list:
-        keys = [self.prefix]
+    async def _script(self, shard: int, what: str, op: str, *args: object) -> list:
+        """One op of the script, run in ``shard`` (it touches no key of another)."""
+        base = self.base(shard)
         argv = [op, "1" + changes.stamp(self.origin) if self.notify else "0", *args]
-        return await self._call(what, lambda client, script: script(keys=keys, args=argv, client=client))
+        wait = self._replicas > 0 and op not in _READ_OPS
+        if not (self.cluster or wait):
+            return await self._call(what, lambda client, script: script(keys=[base], args=argv, client=client))
+        command = ("EVALSHA", _SCRIPT_SHA, 1, base, *argv)
+        return await self._call(what, lambda client, _s: self._owned(client, base, command, wait=wait))
+
+    async def _owned(self, client: Any, key: str, command: tuple, *, wait: bool) -> Any:
+        """``command`` (its keys in ``key``'s slot) where that slot lives, then, with ``wait``,
+        acknowledged once a replica has it.
+
+        ``WAIT`` on the connection that sent the write: a failover after this
+        answer cannot lose it (the replica that takes over holds it). Its cost
+        is the replica's round trip, on every change (docs/OPERATIONS.md). A
+        master left without replicas (its own failed over to it) acknowledges
+        alone, as a single server does, until a replica is back.
+
+        On a cluster the command goes to the slot's master and is never
+        redirected: a script run while its slot migrates would find some of
+        its keys on one node and the rest on the other. ``key`` (a shard's
+        base) never exists, so a migrating slot answers ASK before the script
+        runs, and a moved one MOVED: both are waited out like a failover.
+        """
+        node = client.get_node_from_key(key) if self.cluster else None
+        where = node.name if node is not None else ""
+        wait = wait and time.monotonic() >= self._alone_until.get(where, 0.0)
+        batch = [command, *([("WAIT", self._replicas, _WAIT_MS)] if wait else [])]
+        for attempt in range(2):
+            replies = await (self._on_node(client, node, batch) if node is not None else _on_server(client, batch))
+            if attempt == 0 and isinstance(replies[0], NoScriptError):  # a server (or a new master) without it
+                await (node.execute_command("SCRIPT", "LOAD", SCRIPT) if node is not None else client.script_load(SCRIPT))
+                continue
+            if isinstance(replies[0], MovedError):
+                await client.nodes_manager.move_slot(replies[0])
+                raise _SlotMoving(f"slot of {key} moved to {replies[0].host}:{replies[0].port}")
+            if isinstance(replies[0], AskError):
+                raise _SlotMoving(f"slot of {key} is migrating to {replies[0].host}:{replies[0].port}")
+            for answer in replies:
+                if isinstance(answer, Exception):
+                    raise answer
+            if wait and int(replies[1]) < self._replicas and not await self._left_alone(client, node, where):
+                raise ProviderError(f"redis: {replies[1]} of {self._replicas} replicas took a change within {_WAIT_MS} ms")
+            return replies[0]
+        raise ProviderError("redis: the script will not stay loaded")
+
+    @staticmethod
+    async def _on_node(client: Any, node: Any, batch: list[tuple]) -> list:
+        """``batch`` on one connection to cluster node ``node``, each reply (or error) as it came."""
+        commands = [PipelineCommand(at, *args) for at, args in enumerate(batch)]
+        try:
+            await node.execute_pipeline(commands)
+        except (RedisConnectionError, RedisTimeoutError):
+            client._request_refresh(last_failed_node_name=node.name)  # the map may name a master that died
+            with contextlib.suppress(RedisError):
+                await client.initialize()
+            raise
+        return [command.result for command in commands]
+
+    async def _left_alone(self, client: Any, node: Any, where: str) -> bool:
+        """Whether a master whose replicas did not answer has none connected (then it acknowledges alone
+        for a while, logged); one with a replica that is only slow does not."""
+        info = await (client.info("replication", target_nodes=node) if node is not None else client.info("replication"))
+        if int(info.get("connected_slaves", 0)) >= self._replicas:
+            return False
+        if time.monotonic() >= self._alone_until.get(where, 0.0) + _ALONE_FOR:
+            log.warning("redis master %s has no replica connected: its changes are acknowledged without one", where or self.url)
+        self._alone_until[where] = time.monotonic() + _ALONE_FOR
+        return True
+
+    async def _fanout(self, what: str, homes: Collection[int], add: Callable[[Any, int], object]) -> dict[int, list]:
+        """``add(pipe, shard)`` queues commands of each shard of ``homes``; all go in one pipeline.
+
+        One round trip on a single server (a cluster client sends each node
+        its share at once). Answers each shard's replies, in shard order.
+        """
+        order = sorted(set(homes))
+
+        async def run(client: aioredis.Redis, script: Any) -> dict[int, list]:
+            for attempt in range(2):
+                async with client.pipeline(transaction=False) as pipe:
+                    counts = []
+                    for shard in order:
+                        before = len(pipe)
+                        add(pipe, shard)
+                        counts.append(len(pipe) - before)
+                    replies = await pipe.execute(raise_on_error=False)
+                if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                    await client.script_load(script.script)  # a server (or a new master) without it yet
+                    continue
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
+                out, at = {}, 0
+                for shard, count in zip(order, counts):
+                    out[shard] = replies[at : at + count]
+                    at += count
+                return out
+            raise ProviderError(f"redis {what}: the script will not stay loaded")
+
+        return await self._call(what, run)
+
+    def _queue_script(self, pipe: Any, shard: int, op: str, *args: object) -> None:
+        """The script's ``op`` in ``shard``, queued in a pipeline (as its sha: see :meth:`_fanout`)."""
+        pipe.evalsha(_SCRIPT_SHA, 1, self.base(shard), op, "0", *args)
+
+    async def _shards(self) -> set[int]:
+        """Every shard that may hold keys: the upper tree's and those a scope was ever made in."""
+        members = await self._call(
+            "shards", lambda client, _s: client.smembers(self.key("shards", shard=shards.UPPER))
+        )
+        found = {shards.UPPER, *(int(m) for m in members)}
+        self._registered |= found
+        return found
+
+    async def _register(self, shard: int) -> None:
+        """Put ``shard`` in the registry that store-wide reads walk, before anything is written in it."""
+        if shard not in self._registered:
+            registry = self.key("shards", shard=shards.UPPER)  # waited on: a shard it lost, no sweep would read
+            await self._call("register shard", lambda client, _s: self._owned(
+                client, registry, ("SADD", registry, shard), wait=self._replicas > 0))
+            self._registered.add(shard)
 
     # -- lifecycle
 
     async def open(self) -> None:
         self._open = True
         try:
+            if await self._call("layout", lambda client, _s: client.exists(f"{self.prefix}:ino")):
+                raise ConfigurationError(
+                    f"the Redis store {self.prefix!r} was written in the layout before shards (issue #17); "
+                    "this version cannot read it: copy its artifacts out with the version that wrote it"
+                )
+            self._replicas = self._replicas_asked if self._replicas_asked is not None else await self._fewest_replicas()
             if await self.get(ROOT_INO) is None:
                 root = new_node(parent=0, name="", kind=NodeKind.DIR, mode=0o755, role=NodeRole.ROOT, now_ns=0)
                 root.ino = ROOT_INO
-                await self._script("init", "init", *self._args(root))
+                await self._script(shards.UPPER, "init", "init", *self._args(root))
         except BaseException:
             await self.close()
             raise
+
+    async def _fewest_replicas(self) -> int:
+        """1 if every master has a replica (0 otherwise): what a change then waits for."""
+        async def count(client: Any, _s: object) -> int:
+            if self.cluster:
+                infos = await client.info("replication", target_nodes=RedisCluster.PRIMARIES)
+                found = [int(info.get("connected_slaves", 0)) for info in infos.values()]
+            else:
+                found = [int((await client.info("replication")).get("connected_slaves", 0))]
+            return min(1, *found) if found else 0
+
+        return await self._call("replicas", count)
 
     async def close(self) -> None:
         self._open = False
@@ -261,8 +479,8 @@ class RedisMetaStore:
         Changes by a store made without ``notify`` reach no follower: a mount
         that sees this move stops trusting notices alone (:mod:`fusefs.handed`).
         """
-        raw = await self._call("quiet", lambda client, _s: client.get(self.key("quiet")))
-        return int(raw) if raw is not None else 0
+        each = await self._fanout("quiet", await self._shards(), lambda pipe, shard: pipe.get(self.key("quiet", shard=shard)))
+        return sum(int(raw) for raw, in each.values() if raw is not None)
 
     # -- records
 
@@ -334,14 +552,22 @@ class RedisMetaStore:
         rows = await self._call(what, fetch)
         return [n for n in (self._load(ino, *row) for ino, row in zip(inos, rows)) if n is not None]
 
-    async def _new_ino(self) -> int:
+    async def _new_ino(self, shard: int) -> int:
         with self._ino_lock:
-            if self._inos:
-                return self._inos.popleft()
-        high = await self._call("allocate inode", lambda client, _s: client.incrby(self.key("ino"), _INO_BATCH))
+            pool = self._inos.get(shard)
+            if pool:
+                return pool.popleft()
+        counter = self.key("ino", shard=shard)
+        # Waited on: a counter a failover moved back would hand out numbers twice.
+        high = int(await self._call("allocate inode", lambda client, _s: self._owned(
+            client, counter, ("INCRBY", counter, _INO_BATCH), wait=self._replicas > 0)))
+        if high >= 1 << shards.INO_BITS:
+            raise StoreFullError(f"shard {shard} has handed out all its inode numbers")
         with self._ino_lock:
-            self._inos.extend(range(high - _INO_BATCH + 2, high + 1))
-        return high - _INO_BATCH + 1
+            self._inos.setdefault(shard, deque()).extend(
+                shards.ino(shard, n) for n in range(high - _INO_BATCH + 2, high + 1)
+            )
+        return shards.ino(shard, high - _INO_BATCH + 1)
 
     @staticmethod
     def _check(reply: list, what: str) -> list:
@@ -355,17 +581,46 @@ class RedisMetaStore:
         row = await self._call("get", lambda client, _s: client.hmget(self.key("i", ino), *_READ))
         return self._load(ino, *row)
 
+    async def _rows(self, what: str, home: int, rows: Sequence[Sequence]) -> list[Node | None]:
+        """Records as a script in shard ``home`` answered them (ino, rec, sig, mt, mts, sd each), verified.
+
+        One it could not read, an inode of another shard (a scope root below
+        the upper tree), is read there: all such in one pipelined round trip.
+        """
+        away = [int(row[0]) for row in rows if _unread(row, home)]
+        there = {node.ino: node for node in await self._load_many(what, away)} if away else {}
+        return [there.get(int(row[0])) if _unread(row, home) else self._load(*row) for row in rows]
+
     async def lookup(self, parent: int, name: str) -> Node | None:
-        return checks.is_entry(self._load_reply(await self._script("lookup", "lookup", parent, _name(name), "0")), parent, name)
+        home = shards.of_ino(parent)
+        known = self._roots.get((parent, name))
+        if known is not None:  # a scope root seen before: its entry and its record in one round trip
+            def read(pipe: Any, shard: int) -> None:
+                pipe.hget(self.key("d", parent), _name(name)) if shard == home else pipe.hmget(self.key("i", known), *_READ)
+
+            both = await self._fanout("lookup", {home, shards.of_ino(known)}, read)
+            (entry,), (row,) = both[home], both[shards.of_ino(known)]
+            if entry is not None and int(entry) == known:
+                return checks.is_entry(self._load(known, *row), parent, name)
+            self._roots.pop((parent, name), None)
+        reply = await self._script(home, "lookup", "lookup", parent, _name(name), "0")
+        child = (await self._rows("lookup", home, [reply]))[0] if reply else None
+        if child is not None and shards.of_ino(child.ino) != home:
+            self._remember_root(parent, name, child.ino)
+        return checks.is_entry(child, parent, name)
 
     async def entry(self, parent: int, name: str) -> tuple[Node | None, Node | None]:
-        reply = await self._script("lookup", "lookup", parent, _name(name), "1")
-        return self._load(*reply[:_WIDTH]), checks.is_entry(self._load_reply(reply[_WIDTH:]), parent, name)
+        home = shards.of_ino(parent)
+        reply = await self._script(home, "lookup", "lookup", parent, _name(name), "1")
+        rows = [reply[:_WIDTH], *([reply[_WIDTH:]] if len(reply) > _WIDTH else [])]
+        found = await self._rows("lookup", home, rows)
+        return found[0], checks.is_entry(found[1] if len(found) > 1 else None, parent, name)
 
     async def children(self, parent: int) -> list[Node]:
-        reply = await self._script("list", "list", parent, _LIST_INLINE)
+        home = shards.of_ino(parent)
+        reply = await self._script(home, "list", "list", parent, _LIST_INLINE)
         if reply[0] == b"RECORDS":
-            nodes = checks.of_parent(self._entries(reply[1:]), parent)
+            nodes = checks.of_parent(await self._entries(home, reply[1:]), parent)
         else:
             names, inos = reply[1::2], reply[2::2]
             by_ino = {node.ino: node for node in await self._load_many("list", inos)}
@@ -374,22 +629,26 @@ class RedisMetaStore:
         return sorted(nodes, key=lambda n: _name(n.name))
 
     async def children_page(self, parent: int, after: str | None, limit: int) -> ChildrenPage:
-        reply = await self._script("list", "page", parent, _name(after) if after else b"", limit)
+        home = shards.of_ino(parent)
+        reply = await self._script(home, "list", "page", parent, _name(after) if after else b"", limit)
         covered = int(reply[0])
-        nodes = checks.of_parent(self._entries(reply[2:]), parent)
+        nodes = checks.of_parent(await self._entries(home, reply[2:]), parent)
         last = _text(reply[1]) if covered else None
         return ChildrenPage(nodes, last, covered >= limit)
 
-    def _entries(self, reply: Sequence[object]) -> Iterator[tuple[str, Node]]:
+    async def _entries(self, home: int, reply: Sequence[object]) -> list[tuple[str, Node]]:
         """The entries of a script's answer of names and whole records (name, ino, rec, sig, mt, mts, sd each)."""
         width = 1 + _WIDTH
-        for at in range(0, len(reply) - len(reply) % width, width):
-            node = self._load(*reply[at + 1 : at + width])  # type: ignore[arg-type]
-            if node is not None:
-                yield _text(reply[at]), node  # type: ignore[arg-type]
+        cut = len(reply) - len(reply) % width
+        names = [_text(reply[at]) for at in range(0, cut, width)]  # type: ignore[arg-type]
+        rows = [reply[at + 1 : at + width] for at in range(0, cut, width)]
+        return [(name, node) for name, node in zip(names, await self._rows("list", home, rows)) if node is not None]
 
     async def find_artifact(self, artifact_id: str) -> Node | None:
-        return checks.has_artifact(self._load_reply(await self._script("find", "find", artifact_id)), artifact_id)
+        home = shards.of_artifact(artifact_id)
+        if home is None:
+            return None  # no store made this id
+        return checks.has_artifact(self._load_reply(await self._script(home, "find", "find", artifact_id)), artifact_id)
 
     def _records(self, reply: Sequence[object]) -> Iterator[Node]:
         """The nodes of a script's answer of whole records (ino, rec, sig, mt, mts, sd each), verified."""
@@ -398,22 +657,39 @@ class RedisMetaStore:
             if node is not None:
                 yield node
 
+    async def _search_homes(self, sandbox_id: str, session_id: str | None) -> set[int]:
+        """The shards a search of a space reads: a session's own, else every one (a user's artifacts
+        include those of the sessions the user owns, each in its session's shard)."""
+        if session_id is not None:
+            return {shards.of_space(Space(sandbox_id=sandbox_id, scope=Scope.SESSION, session_id=session_id))}
+        return await self._shards() - {shards.UPPER}  # the upper tree holds no artifact
+
+    async def _tagged(self, what: str, tag: str, homes: Collection[int]) -> list[Node]:
+        """The records of index ``tag`` in every shard of ``homes``."""
+        found: list[Node] = []
+        inos: list[int] = []
+        each = await self._fanout(what, homes, lambda pipe, shard: self._queue_script(pipe, shard, "search", tag, _LIST_INLINE))
+        for reply, in each.values():
+            if reply[0] == b"RECORDS":
+                found += self._records(reply[1:])
+            else:
+                inos += (int(m) for m in reply[1:])
+        return found + await self._load_many(what, sorted(inos))
+
     async def search(
         self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
     ) -> list[Node]:
         tag = _search_tag(sandbox_id, scope, session_id, user_id)
-        reply = await self._script("search", "search", tag, _LIST_INLINE)
-        if reply[0] == b"RECORDS":
-            found = sorted(self._records(reply[1:]), key=lambda n: n.ino)
-        else:
-            found = await self._load_many("search", sorted(int(m) for m in reply[1:]))
-        return checks.in_space(found, sandbox_id, scope, session_id, user_id)
+        found = await self._tagged("search", tag, await self._search_homes(sandbox_id, session_id))
+        return checks.in_space(sorted(found, key=lambda n: n.ino), sandbox_id, scope, session_id, user_id)
 
     async def search_page(
         self, query: SearchQuery, *, after: tuple[int, str] | None, now_ns: int, limit: int
     ) -> SearchPage:
-        # One script: a range of the space's ordered set. MIME (in the script) and meta (here) are tested on
-        # a bounded stretch (they are not indexed): such a page may come back short with a cursor further on.
+        # One script per shard the space spans, all in one pipeline: a range of the space's ordered set.
+        # MIME (in the script) and meta (here) are tested on a bounded stretch (they are not indexed):
+        # such a page may come back short with a cursor further on.
+        homes = await self._search_homes(query.sandbox_id, query.session_id)
         tag = _search_tag(query.sandbox_id, query.scope, query.session_id, query.user_id)
         needle = _mime_needle(query.mime_prefix)
         if not (query.mime_prefix or query.meta):
@@ -421,15 +697,34 @@ class RedisMetaStore:
         else:
             most = max(limit, SEARCH_SCAN_MIME if needle and not query.meta else SEARCH_SCAN)
         start = "" if after is None else order_member(*after)
-        for _ in range(2):
-            # Meta fields are tested here, not in the script: every record read travels (a bounded stretch).
-            want = most if query.meta else limit
-            reply = await self._script("search page", "spage", tag, start, most, want, needle)
-            if reply[0] == b"PAGE":
-                break
-            await self._rebuild_order(tag)
-        else:
-            raise ProviderError(f"the search order of {tag} keeps changing under its rebuild")
+        want = most if query.meta else limit  # meta is tested here: every record read travels (a bounded stretch)
+        args = ("spage", tag, start, most, want, needle)
+        each = await self._fanout("search page", homes, lambda pipe, shard: self._queue_script(pipe, shard, *args))
+        pages = []
+        for shard, (reply,) in each.items():
+            for _ in range(2):
+                if reply[0] == b"PAGE":
+                    break
+                await self._rebuild_order(shard, tag)
+                reply = await self._script(shard, "search page", *args)
+            else:
+                raise ProviderError(f"the search order of {tag} keeps changing under its rebuild")
+            pages.append(self._search_page_of(reply, query, after, now_ns, limit))
+        return _merged(pages, limit)
+
+    async def _rebuild_order(self, shard: int, tag: str) -> None:
+        """The ordered set of ``tag`` made again from its set's records (a store written before it).
+
+        One script reads the set and rewrites the order, so a write cannot land between them (an
+        insert after the read and a delete before the rewrite would leave equal counts and the
+        insert out of every page for good). A member is only a position: a stale one is skipped.
+        """
+        await self._script(shard, "rebuild search order", "reorder", tag)
+
+    def _search_page_of(
+        self, reply: list, query: SearchQuery, after: tuple[int, str] | None, now_ns: int, limit: int
+    ) -> SearchPage:
+        """One shard's page of a search, from its ``spage`` answer."""
         last, more = _text(reply[1]), reply[2] == 1
         nodes = checks.in_space(self._records(reply[3:]), query.sandbox_id, query.scope, query.session_id,
                                 query.user_id)
@@ -444,113 +739,178 @@ class RedisMetaStore:
         more = more and bool(last)
         return SearchPage(kept, (int(stored_at), artifact_id) if more else None, more)
 
-    async def _rebuild_order(self, tag: str) -> None:
-        """The ordered set of ``tag`` made again from its set's records (a store written before it).
-
-        One script reads the set and rewrites the order, so a write cannot land between them (an
-        insert after the read and a delete before the rewrite would leave equal counts and the
-        insert out of every page for good). A member is only a position: a stale one is skipped.
-        """
-        await self._script("rebuild search order", "reorder", tag)
-
     async def sharers(self, artifact_id: str) -> list[Node]:
-        reply = await self._script("sharers", "search", f"bo:{artifact_id}", _LIST_INLINE)
-        if reply[0] == b"RECORDS":
-            found = list(self._records(reply[1:]))
-        else:
-            found = await self._load_many("sharers", sorted(int(m) for m in reply[1:]))
-        return checks.sharing(found, artifact_id)
+        # Every shard: a blob's holders are checked, not trusted to lie where its first holder does.
+        return checks.sharing(await self._tagged("sharers", f"bo:{artifact_id}", await self._shards()), artifact_id)
 
     async def resolve(self, parent: int, names: Sequence[str]) -> list[Node]:
+        """The nodes along ``names`` below ``parent``: one script per shard the path enters.
+
+        A path from the upper tree enters a scope root in another shard; the
+        roots met are remembered, so the next walk through one starts in its
+        shard (one round trip), checked like any other step.
+        """
         if not names:
             return []
-        reply = await self._script("resolve", "resolve", parent, *map(_name, names))
-        return checks.along(self._records(reply), parent, names)
+        path: list[Node] = []
+        remembered = self._roots.get((parent, names[0]))
+        # Walk names[at:] below ``here``; with ``own`` the script answers here's record first (a root).
+        here, at, own = (remembered, 1, True) if remembered is not None else (parent, 0, False)
+        while True:
+            home = shards.of_ino(here)
+            args = ("resolve", here, "1" if own else "0", *map(_name, names[at:]))
+            if remembered is not None and not path:  # the root's entry up there too, in the same round trip
+                def read(pipe: Any, shard: int) -> None:
+                    pipe.hget(self.key("d", parent), _name(names[0])) if shard != home else self._queue_script(pipe, shard, *args)
+
+                both = await self._fanout("resolve", {shards.of_ino(parent), home}, read)
+                (entry,), (reply,) = both[shards.of_ino(parent)], both[home]
+                entered = entry is not None and int(entry) == remembered
+            else:
+                reply, entered = await self._script(home, "resolve", *args), True
+            cut = len(reply) - len(reply) % _WIDTH
+            found = list(self._records(reply[:cut]))
+            if remembered is not None and not path and not (entered and found and found[0].has_name(parent, names[0])):
+                self._roots.pop((parent, names[0]), None)  # that root went (or never was): walk from the top
+                remembered, here, at, own = None, parent, 0, False
+                continue
+            path += found
+            at += len(found) - (1 if own else 0)
+            if cut == len(reply) or at >= len(names):
+                break
+            holder = found[-1].ino if found else here
+            here, own = int(reply[-1]), True
+            self._remember_root(holder, names[at], here)
+            at += 1
+        return checks.along(path, parent, names)
+
+    def _remember_root(self, parent: int, name: str, ino: int) -> None:
+        if len(self._roots) >= _ROOTS_KEPT:
+            self._roots.clear()
+        self._roots[(parent, name)] = ino
 
     async def subtree(self, root: int) -> list[Node]:
         nodes: dict[int, Node] = {}
         found_before: set[bytes] = {str(root).encode()}  # directories some page found: each is walked once
-        queue: list[bytes | int] = [root]
-        while queue:
-            reply = await self._script("walk", "subtree", _LIST_INLINE, *queue)
-            count = int(reply[0])
-            end = 1 + _WIDTH * count
-            for node in self._records(reply[1:end]):
-                nodes[node.ino] = node
-            left = int(reply[end])
-            found = [d for d in reply[end + 1 + left :] if d not in found_before]
-            found_before.update(found)
-            queue = [*reply[end + 1 : end + 1 + left], *found]
+        walks: dict[int, list[bytes | int]] = {shards.of_ino(root): [root]}  # per shard: what is left to walk
+        while walks:
+            home, queue = walks.popitem()
+            while queue:
+                reply = await self._script(home, "walk", "subtree", _LIST_INLINE, *queue)
+                away = int(reply[0])
+                if away:  # scope roots below the upper tree: read, and walked in their shards
+                    for node in await self._load_many("walk", reply[1 : 1 + away]):
+                        nodes[node.ino] = node
+                        if node.is_dir and str(node.ino).encode() not in found_before:
+                            found_before.add(str(node.ino).encode())
+                            walks.setdefault(shards.of_ino(node.ino), []).append(node.ino)
+                reply = reply[1 + away :]
+                count = int(reply[0])
+                end = 1 + _WIDTH * count
+                for node in self._records(reply[1:end]):
+                    nodes[node.ino] = node
+                left = int(reply[end])
+                found = [d for d in reply[end + 1 + left :] if d not in found_before]
+                found_before.update(found)
+                queue = [*reply[end + 1 : end + 1 + left], *found]
         return checks.below(nodes.values(), root)
 
     async def lineage(self, inos: Collection[int]) -> dict[int, Node]:
         asked = sorted(set(inos))
         known: dict[int, Node] = {}
-        for at in range(0, len(asked), _LIST_INLINE):
-            chunk = [ino for ino in asked[at : at + _LIST_INLINE] if ino not in known]
-            if chunk:
-                known.update((n.ino, n) for n in self._records(await self._script("lineage", "lineage", *chunk)))
+        by_shard: dict[int, list[int]] = {}
+        for ino in asked:  # a node's lineage ends at its scope root: in its own shard
+            by_shard.setdefault(shards.of_ino(ino), []).append(ino)
+        for shard, group in by_shard.items():
+            for at in range(0, len(group), _LIST_INLINE):
+                chunk = [ino for ino in group[at : at + _LIST_INLINE] if ino not in known]
+                if chunk:
+                    reply = await self._script(shard, "lineage", "lineage", *chunk)
+                    known.update((n.ino, n) for n in self._records(reply))
         return checks.up_from(known.values(), asked)
 
     async def expired(self, now_ns: int, limit: int = 1000) -> list[Node]:
-        inos = await self._call(
-            "expired", lambda client, _s: client.zrangebyscore(self.key("exp"), "-inf", now_ns, start=0, num=limit)
-        )
+        def due(pipe: Any, shard: int) -> None:
+            pipe.zrangebyscore(self.key("exp", shard=shard), "-inf", now_ns, start=0, num=limit, withscores=True)
+
+        each = await self._fanout("expired", await self._shards(), due)
+        inos = [ino for ino, _ in sorted((row for found, in each.values() for row in found), key=lambda r: r[1])][:limit]
         # Scores are doubles, and the zset is not signed: the test that counts is on the record.
         return checks.is_expired(await self._load_many("expired", inos), now_ns)
 
-    async def usage(self, usage_key: str) -> Usage:
-        async def read(client: aioredis.Redis, _s: object) -> tuple:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.hget(self.key("ub"), usage_key)
-                pipe.hget(self.key("uf"), usage_key)
-                return await pipe.execute()
+    def _counters(self, *fields: str, usage_key: str | None = None) -> Callable[[Any, int], None]:
+        """Queues hashes ``fields`` of a shard whole, or (``usage_key``) that key's value in each."""
+        def add(pipe: Any, shard: int) -> None:
+            for field in fields:
+                key = self.key(field, shard=shard)
+                pipe.hgetall(key) if usage_key is None else pipe.hget(key, usage_key)
 
-        size, files = await self._call("usage", read)
+        return add
+
+    async def usage(self, usage_key: str) -> Usage:
+        home = {shards.of_usage_key(usage_key)}
+        (size, files), = (await self._fanout("usage", home, self._counters("ub", "uf", usage_key=usage_key))).values()
         return Usage(bytes=int(size or 0), files=int(files or 0))
 
     async def usages(self) -> dict[str, Usage]:
-        async def read(client: aioredis.Redis, _s: object) -> tuple:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.hgetall(self.key("ub"))
-                pipe.hgetall(self.key("uf"))
-                return await pipe.execute()
-
-        sizes, files = await self._call("usages", read)
-        keys = sorted({*sizes, *files})
-        return {k.decode(): Usage(bytes=int(sizes.get(k, 0)), files=int(files.get(k, 0))) for k in keys}
+        found: dict[str, Usage] = {}
+        for sizes, files in (await self._fanout("usages", await self._shards(), self._counters("ub", "uf"))).values():
+            for k in {*sizes, *files}:
+                found[k.decode()] = Usage(bytes=int(sizes.get(k, 0)), files=int(files.get(k, 0)))
+        return dict(sorted(found.items()))
 
     async def totals(self) -> Usage:
-        size, files = await self._call("totals", lambda client, _s: client.hmget(self.key("tot"), "bytes", "files"))
-        return Usage(bytes=int(size or 0), files=int(files or 0))
+        each = (await self._fanout("totals", await self._shards(), self._counters("tot"))).values()
+        return Usage(
+            bytes=sum(int(tot.get(b"bytes", 0)) for tot, in each), files=sum(int(tot.get(b"files", 0)) for tot, in each)
+        )
 
     # -- repair
 
     async def usage_generation(self, usage_key: str) -> int:
-        gen = await self._call("usage generation", lambda client, _s: client.hget(self.key("ug"), usage_key))
+        (gen,), = (await self._fanout("usage generation", {shards.of_usage_key(usage_key)},
+                                      self._counters("ug", usage_key=usage_key))).values()
         return int(gen or 0)
 
     async def reset_usage(self, usage_key: str, usage: Usage, *, generation: int) -> bool:
-        reply = await self._script("reset usage", "reset_usage", usage_key, generation, usage.bytes, usage.files)
+        shard = shards.of_usage_key(usage_key)
+        reply = await self._script(shard, "reset usage", "reset_usage", usage_key, generation, usage.bytes, usage.files)
         return reply[0] == b"OK"
 
     async def recount_subdirs(self, ino: int) -> int:
-        reply = self._check(await self._script("recount subdirectories", "recount_subdirs", ino), "recount")
+        home = shards.of_ino(ino)
+        reply = self._check(await self._script(home, "recount subdirectories", "recount_subdirs", ino), "recount")
         return int(reply[1])
 
     async def orphans(self) -> list[Node]:
+        pattern = _glob_escape(f"{self.prefix}:{{") + "*" + _glob_escape("}:i:") + "*"
+
+        async def scan(client: aioredis.Redis, _s: object) -> set[int]:
+            return {int(key.rsplit(b":", 1)[1]) async for key in client.scan_iter(match=pattern, count=1000)}
+
+        by_shard: dict[int, list[int]] = {}
+        for ino in sorted(await self._call("scan records", scan)):  # SCAN may answer a key twice: a set
+            if ino != ROOT_INO:
+                by_shard.setdefault(shards.of_ino(ino), []).append(ino)
         found: dict[int, Node] = {}
-        cursor = 0
-        pattern = _glob_escape(self.key("i", "")) + "*"
-        while True:
-            cursor, keys = await self._call(
-                "scan records", lambda client, _s, at=cursor: client.scan(at, match=pattern, count=1000)
-            )
-            inos = [ino for ino in (int(key.rsplit(b":", 1)[1]) for key in keys) if ino != ROOT_INO]
-            if inos:  # SCAN may answer a key twice: the last answer wins
-                found.update((node.ino, node) for node in self._records(await self._script("orphans", "unreached", *inos)))
-            if cursor == 0:
-                return [found[ino] for ino in sorted(found)]
+        away: list[tuple[int, int, bytes]] = []  # (ino, parent, name): entered, if at all, in another shard
+        for shard, inos in by_shard.items():
+            for at in range(0, len(inos), 1000):
+                reply = await self._script(shard, "orphans", "unreached", *inos[at : at + 1000])
+                count = int(reply[0])
+                away += [(int(reply[j]), int(reply[j + 1]), reply[j + 2]) for j in range(1, 1 + 3 * count, 3)]
+                found.update((node.ino, node) for node in self._records(reply[1 + 3 * count :]))
+        if away:
+            async def names(client: aioredis.Redis, _s: object) -> list:
+                async with client.pipeline(transaction=False) as pipe:
+                    for _ino, parent, name in away:
+                        pipe.hget(self.key("d", parent), name)
+                    return await pipe.execute()
+
+            unnamed = [ino for (ino, _p, _n), named in zip(away, await self._call("orphans", names))
+                       if named is None or int(named) != ino]
+            found.update((node.ino, node) for node in await self._load_many("orphans", unnamed))
+        return [found[ino] for ino in sorted(found)]
 
     # -- changes
 
@@ -568,10 +928,14 @@ class RedisMetaStore:
         """
         expect: bytes = b""
         successor: list[object] = list(NO_SUCCESSOR)
+        home = shards.of_ino(node.ino)
         for attempt in range(_MAX_CONFLICTS):
             args = ["1" if flag else "0", expect, _drop_at(drop_at_ns), *successor, *self._args(node), *extra,
                     *self._cover_args(cover, node)]
-            reply = self._check(await self._script(what, op, *args), what)
+            reply = await self._script(home, what, op, *args)
+            if reply[:2] == [b"ERR", b"sealed"]:
+                await self._finish_removal(node.parent)
+            reply = self._check(reply, what)
             if reply[0] == b"CONFLICT":
                 loaded = self._load(*reply[1:])  # refuses a corrupted record before it is touched
                 occupant = checks.is_entry(loaded, node.parent, node.name)
@@ -626,7 +990,13 @@ class RedisMetaStore:
         self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None,
         drop_at_ns: int | None = None,
     ) -> tuple[Node, Node | None]:
-        node.ino = await self._new_ino()
+        home = shards.of_space(node.space) if node.role is NodeRole.SCOPE_ROOT and node.space else shards.of_ino(node.parent)
+        node.ino = await self._new_ino(home)
+        if home != shards.of_ino(node.parent):
+            if replace or cover is not None:
+                raise ProviderError(f"{node.name!r}: a scope root is neither replaced nor covered")
+            await self._make(node)
+            return node, None
         touch = self._touch(node.parent, touch_ns if self._touches(node) else None)
         root = cover.root if cover is not None else None
         old = await self._replacing(repr(node.name), "insert", replace, node, touch, root, touch_ns, drop_at_ns)
@@ -639,19 +1009,31 @@ class RedisMetaStore:
 
     async def commit(self, node: Node, *, base_version: int | None, settle: Settle | None = None) -> Node | None:
         what = f"inode {node.ino}"
+        home = shards.of_ino(node.ino)
+        if home != shards.UPPER and node.space is not None and shards.of_space(node.space) != home:
+            raise CrossScopeError(f"{what}: a record does not move to another scope")
         written = node.model_copy(update={"rev": node.rev + 1})
         expect = "" if base_version is None else base_version
-        queue = _settle_args(settle.forget, _micros(settle.not_before_ns), settle.keys) if settle is not None else []
-        reply = self._check(await self._script(what, "update", *self._args(written), node.rev, expect, *queue), what)
+        inside = after = None  # the queue's changes in the node's shard go in its step; others follow it
+        if settle is not None:
+            inside = Settle([k for k in settle.keys if self._gc_home(k) == home], settle.not_before_ns,
+                            [e for e in settle.forget if self._gc_home(e.key) == home])
+            after = Settle([k for k in settle.keys if self._gc_home(k) != home], settle.not_before_ns,
+                           [e for e in settle.forget if self._gc_home(e.key) != home])
+        queue = _settle_args(inside.forget, _micros(inside.not_before_ns), inside.keys) if inside is not None else []
+        reply = self._check(await self._script(home, what, "update", *self._args(written), node.rev, expect, *queue), what)
         if reply[0] == b"CONFLICT":
             return self._load(*reply[1:])
         node.rev = written.rev
+        if after is not None and (after.keys or after.forget):
+            await self.defer_delete(after.keys, after.not_before_ns, forget=after.forget)
         return None
 
     async def rename(
         self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None,
         drop_at_ns: int | None = None,
     ) -> Node | None:
+        _one_shard(node.ino, node.parent, new_parent)
         moved = node.model_copy(update={"parent": new_parent, "name": new_name, "rev": node.rev + 1})
         time_ns = touch_ns if self._touches(node) else None
         touches = [*self._touch(node.parent, time_ns), *self._touch(new_parent, time_ns)]
@@ -669,19 +1051,23 @@ class RedisMetaStore:
             *self._touch(b.parent, touch_ns if self._touches(b) else None),
         ]
         args = [*self._args(a2), *self._args(b2), a.rev, b.rev, *touches]
-        reply = self._check(await self._script("exchange", "exchange", *args), "exchange")
+        home = _one_shard(a.ino, b.ino, a.parent, b.parent)
+        reply = self._check(await self._script(home, "exchange", "exchange", *args), "exchange")
         if reply[0] == b"STALE":
             raise StaleRecordError("exchange: an entry changed since it was read", self._load(*reply[1:]))
         for node, done in ((a, a2), (b, b2)):
             node.parent, node.name, node.rev = done.parent, done.name, done.rev
 
     async def remove(self, node: Node, *, touch_ns: int | None = None, drop_at_ns: int | None = None) -> Node | None:
+        home = shards.of_ino(node.ino)
+        if home != shards.of_ino(node.parent):
+            return await self._unmake(node, drop_at_ns)
         touch = self._touch(node.parent, touch_ns if self._touches(node) else None)
         what = repr(node.name)
         parent, name = node.parent, node.name
         for _ in range(_MAX_CONFLICTS):
             args = [node.ino, parent, _name(name), *touch, _drop_at(drop_at_ns), *self._successor(node, touch_ns)]
-            reply = self._check(await self._script(what, "remove", *args), what)
+            reply = self._check(await self._script(home, what, "remove", *args), what)
             stored = self._load(*reply[1:]) if len(reply) > 1 else None
             if reply[0] != b"STALE":
                 return stored.seen_as(parent, name) if stored is not None and stored.has_name(parent, name) else stored
@@ -696,13 +1082,67 @@ class RedisMetaStore:
         linked.rev += 1
         touch = self._touch(new_parent, touch_ns if self._touches(node) else None)
         args = [*self._args(linked), node.rev, new_parent, _name(new_name), *touch]
-        reply = self._check(await self._script(what, "link", *args), what)
+        reply = self._check(await self._script(_one_shard(node.ino, new_parent), what, "link", *args), what)
         if reply[0] == b"STALE":
             raise StaleRecordError(f"{what}: inode {node.ino} changed since it was read", self._load(*reply[1:]))
         node.links, node.rev = linked.links, linked.rev
 
+    # -- scope roots: made in their shard, entered in the upper tree's (see ``make`` in the script)
 
-    # -- the deletion queue: one sorted set, key -> not_before in microseconds (exact in a double)
+    async def _make(self, node: Node) -> None:
+        what, home, upper = repr(node.name), shards.of_ino(node.ino), shards.of_ino(node.parent)
+        await self._register(home)
+        args = self._args(node)
+        self._check(await self._script(home, what, "make", *args), what)
+        try:
+            entering = [node.parent, _name(node.name), node.ino, _KIND_CODE[node.kind]]
+            self._check(await self._script(upper, what, "enter", *entering), what)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                try:  # the made record, named by nothing: gone again (else fsck finds it)
+                    await self._script(home, what, "discard", node.ino, args[2], "")
+                except ArtifactStoreError:
+                    pass
+            raise
+        self._remember_root(node.parent, node.name, node.ino)
+
+    async def _unmake(self, node: Node, drop_at_ns: int | None = None) -> Node | None:
+        """Remove a scope root: sealed (empty, closed to entries), its entry taken away, then dropped.
+
+        Each step may be repeated: a removal cut short is finished by the
+        next (:meth:`_finish_removal`, from an insert the seal refused).
+        """
+        what, home, upper = repr(node.name), shards.of_ino(node.ino), shards.of_ino(node.parent)
+        reply = self._check(await self._script(home, what, "seal", node.ino, node.parent, _name(node.name)), what)
+        if len(reply) == 1:
+            return None  # gone from there already
+        sealed = self._load(*reply[1:])
+        unentering = [node.parent, _name(node.name), node.ino, _KIND_CODE[node.kind]]
+        self._check(await self._script(upper, what, "unenter", *unentering), what)
+        self._roots.pop((node.parent, node.name), None)
+        self._check(await self._script(home, what, "discard", node.ino, "", _drop_at(drop_at_ns)), what)
+        return sealed.seen_as(node.parent, node.name) if sealed is not None else None
+
+    async def _finish_removal(self, ino: int) -> None:
+        """Finish removing scope root ``ino``, whose seal refused an entry (its remover may have died)."""
+        sealed = await self.get(ino)
+        if sealed is not None and shards.of_ino(sealed.parent) != shards.of_ino(ino):
+            await self._unmake(sealed)
+
+
+    # -- the deletion queue: a sorted set per shard, key -> not_before in microseconds (exact in a double).
+    # A blob key is queued in its artifact's shard (the script that drops an inode queues its blob in
+    # the same step); one found elsewhere by due_deletions is forgotten where it was found.
+
+    def _gc_home(self, key: str) -> int:
+        home = self._gc_homes.get(key)
+        return home if home is not None else shards.of_blob_key(key) or shards.UPPER
+
+    def _by_home(self, keys: Iterable[str]) -> dict[int, list[str]]:
+        homes: dict[int, list[str]] = {}
+        for key in keys:
+            homes.setdefault(self._gc_home(key), []).append(key)
+        return homes
 
     async def defer_delete(
         self, keys: Collection[str], not_before_ns: int, *, forget: Collection[Deferred] = ()
@@ -711,37 +1151,52 @@ class RedisMetaStore:
             await self._queue("defer delete", forget, _micros(not_before_ns), keys)
 
     async def _queue(self, what: str, forget: Collection[Deferred], score: int, keys: Collection[str]) -> None:
-        """One script: drop the entries of ``forget`` still at their score, then queue ``keys`` at ``score``.
+        """Per shard, one script: drop the entries of ``forget`` still at their score, then queue ``keys`` at
+        ``score``. Atomic in each shard, and a retry after a lost reply ends in the same state."""
+        queued, forgotten = self._by_home(keys), self._by_home(entry.key for entry in forget)
+        old = {entry.key: entry for entry in forget}
 
-        Atomic, and a retry after a lost reply ends in the same state.
-        """
-        argv = _settle_args(forget, score, keys)
-        # Plain EVAL: one command each time (a Script's first EVALSHA would cost a NOSCRIPT and a LOAD
-        # inside some caller's request); the text is ~400 bytes, and the server caches its compilation.
-        await self._call(what, lambda client, _s: client.eval(_QUEUE, 1, self.key("gc"), *argv))
+        def settle(pipe: Any, shard: int) -> None:
+            argv = _settle_args([old[key] for key in forgotten.get(shard, ())], score, queued.get(shard, ()))
+            # Plain EVAL: one command each time (a Script's first EVALSHA would cost a NOSCRIPT and a LOAD
+            # inside some caller's request); the text is ~400 bytes, and the server caches its compilation.
+            pipe.eval(_QUEUE, 1, self.key("gc", shard=shard), *argv)
+
+        for shard in queued:
+            await self._register(shard)
+        await self._fanout(what, {*queued, *forgotten}, settle)
+        for key in old:
+            self._gc_homes.pop(key, None)
 
     async def due_deletions(self, now_ns: int, limit: int = 1000) -> list[Deferred]:
-        pairs = await self._call(
-            "due deletions",
-            lambda client, _s: client.zrangebyscore(
-                self.key("gc"), "-inf", now_ns // 1000, start=0, num=limit, withscores=True
-            ),
-        )
-        return [Deferred(k.decode(), int(score) * 1000) for k, score in pairs]
+        def due(pipe: Any, shard: int) -> None:
+            pipe.zrangebyscore(self.key("gc", shard=shard), "-inf", now_ns // 1000, start=0, num=limit, withscores=True)
+
+        each = await self._fanout("due deletions", await self._shards(), due)
+        found = [(shard, key, score) for shard, (pairs,) in each.items() for key, score in pairs][:limit]
+        if len(self._gc_homes) > 4 * limit:
+            self._gc_homes.clear()
+        self._gc_homes.update((key.decode(), shard) for shard, key, _ in found)
+        return [Deferred(key.decode(), int(score) * 1000) for _, key, score in found]
 
     async def forget_deletions(self, entries: Collection[Deferred]) -> None:
         if entries:
             await self._queue("forget deletions", entries, 0, ())
 
     async def queue_if_absent(self, keys: Collection[str], not_before_ns: int) -> None:
-        if keys:
-            score = _micros(not_before_ns)
-            mapping = {key: score for key in keys}
-            await self._call("queue orphans", lambda client, _s: client.zadd(self.key("gc"), mapping, nx=True))
+        score = _micros(not_before_ns)
+
+        homes = self._by_home(keys)
+        for shard in homes:
+            await self._register(shard)
+        if homes:
+            await self._fanout("queue orphans", homes, lambda pipe, shard: pipe.zadd(
+                self.key("gc", shard=shard), {key: score for key in homes[shard]}, nx=True))
 
     async def pending_deletions(self) -> list[str]:
-        keys = await self._call("pending deletions", lambda client, _s: client.zrange(self.key("gc"), 0, -1))
-        return sorted(k.decode() for k in keys)
+        each = await self._fanout("pending deletions", await self._shards(),
+                                  lambda pipe, shard: pipe.zrange(self.key("gc", shard=shard), 0, -1))
+        return sorted(k.decode() for keys, in each.values() for k in keys)
 
     def read_token(self) -> None:
         """None: another host's change shows only through a round trip, so nothing read is kept."""
@@ -753,6 +1208,43 @@ class RedisMetaStore:
 
 # The deletion queue's changes alone (ARGV as SETTLE reads them from 1).
 _QUEUE = SETTLE + "settle(KEYS[1], 1)\nreturn 0\n"
+
+
+def _one_shard(*inos: int) -> int:
+    """The shard of all of ``inos``; an op that would span two is between scopes (EXDEV)."""
+    homes = {shards.of_ino(ino) for ino in inos}
+    if len(homes) > 1:
+        raise CrossScopeError("the names are in different scopes")
+    return homes.pop()
+
+
+async def _on_server(client: aioredis.Redis, batch: list[tuple]) -> list:
+    """``batch`` on one connection to a single server, each reply (or error) as it came."""
+    async with client.pipeline(transaction=False) as pipe:
+        for args in batch:
+            pipe.execute_command(*args)
+        return await pipe.execute(raise_on_error=False)
+
+
+def _unread(row: Sequence[object], home: int) -> bool:
+    """Whether a script in ``home`` answered this record empty because it lives in another shard."""
+    return row[1] is None and row[2] is None and shards.of_ino(int(row[0])) != home  # type: ignore[call-overload]
+
+
+def _merged(pages: Sequence[SearchPage], limit: int) -> SearchPage:
+    """One search's pages of several shards as one: the first ``limit`` in (stored_at, id) order, among
+    the positions every shard has answered up to (where the first page that stopped short ends)."""
+    if len(pages) <= 1:
+        return pages[0] if pages else SearchPage([], None, False)
+    ends = [page.last for page in pages if page.more and page.last is not None]
+    bound = min(ends) if ends else None
+    found = sorted(
+        (node for page in pages for node in page.nodes if bound is None or search_position(node) <= bound),
+        key=search_position,
+    )
+    if len(found) > limit:
+        return SearchPage(found[:limit], search_position(found[limit - 1]), True)
+    return SearchPage(found, bound, bound is not None)
 
 
 def _settle_args(forget: Collection[Deferred], score: int, keys: Collection[str]) -> list[object]:
@@ -777,7 +1269,10 @@ def from_settings(settings: Settings, signer: RecordSigner) -> RedisMetaStore:
     """``SESSION_PROVIDER=redis``: the server ``SESSION_REDIS_URL`` names, below ``ARTIFACT_REDIS_PREFIX``."""
     if not settings.redis_url:
         raise ConfigurationError("SESSION_PROVIDER=redis needs SESSION_REDIS_URL")
-    return RedisMetaStore(settings.redis_url, signer, prefix=settings.redis_prefix, notify=settings.redis_notify)
+    return RedisMetaStore(
+        settings.redis_url, signer, prefix=settings.redis_prefix, notify=settings.redis_notify,
+        cluster=settings.redis_cluster, replicas=settings.redis_wait_replicas,
+    )
 
 
 def _glob_escape(text: str) -> str:
