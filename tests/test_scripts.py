@@ -43,7 +43,7 @@ def test_scripts_bench_finds_every_section() -> None:
     result = subprocess.run([sys.executable, "scripts/bench_main.py", "--list"], capture_output=True, text=True,
                             cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert [line.split()[0] for line in result.stdout.splitlines()] == ["core", "mount", "peers", "presign"]
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["core", "mount", "peers", "presign", "redis"]
 
 
 def test_setup_puts_the_command_on_path() -> None:
