@@ -30,7 +30,7 @@ counted, and its record is dropped at its first FORGET, as if it had one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from core.nodes import Node
 
@@ -46,6 +46,9 @@ class Handed:
         self.short_seconds = short_seconds
         self.limit = limit
         self.trusted = True  # False while a writer that sends no notices is about: short times for all
+        # Whether the notices that would drop what a reply about a node lets the kernel keep are followed
+        # (its shard's and its entry's: fusefs.invalidation); None: all are.
+        self.followed: Callable[[Node], bool] | None = None
         self._held: dict[int, tuple[int, str]] = {}  # ino -> the entry (parent ino, name) last handed for it
         self._extra: dict[int, set[tuple[int, str]]] = {}  # ino -> its further names (hard links, rare)
         self._extras = 0  # names in _extra
@@ -58,7 +61,7 @@ class Handed:
 
     def hand(self, node: Node) -> float:
         """The cache time for a reply about ``node``; recorded if it is the long one."""
-        if not self.trusted:
+        if not self.trusted or (self.followed is not None and not self.followed(node)):
             return self.short_seconds
         ino = node.ino
         entry = (node.parent, node.name)

@@ -42,13 +42,15 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import pyfuse3
 import trio
 
+from core import shards
 from core.backends.meta.changes import Change, ChangeFeed, ChangeOp
-from core.nodes import ROOT_INO
+from core.nodes import ROOT_INO, Node
 from fusefs.attrs import Inodes
 from fusefs.handed import Handed
 from fusefs.listings import Listings
@@ -177,7 +179,42 @@ class ChangeFollower:
         self._settling = 0  # resyncs whose in-flight requests may still answer from before the gap
         self._nursery: trio.Nursery | None = None
         self._again: list[Change] = []  # foreign changes to invalidate once more, AGAIN_SECONDS on
+        self._asked: set[int] = set()  # shards whose notices the feed was asked to follow
+        self._to_ask: set[int] = set()  # ... and those not yet passed on to it
+        self._ask_now = trio.Event()
         self.own = self.foreign = self.resyncs = 0
+
+    def followed(self, node: Node) -> bool:
+        """Whether the notices of ``node``'s shard and of its entry's are followed, for long enough that
+        no request that read the store before is still answering (see _resync); asks for those not yet.
+
+        The mount hands the kernel long cache times only for such nodes: a shard is followed
+        from the first reply about one of its nodes on, so the notices a mount reads grow with
+        what it has cached, not with the store's traffic (issue #17).
+        """
+        now, ok = time.monotonic(), True
+        for shard in {shards.of_ino(node.ino), shards.of_ino(node.parent)}:
+            since = self._feed.following(shard)
+            if since is None:
+                ok = False
+                if shard not in self._asked:
+                    self._asked.add(shard)
+                    self._to_ask.add(shard)
+                    self._ask_now.set()
+            elif now - since < RESYNC_SETTLE:
+                ok = False
+        return ok
+
+    async def _watch_asked(self) -> None:
+        while True:
+            await self._ask_now.wait()
+            self._ask_now = trio.Event()
+            asked, self._to_ask = self._to_ask, set()
+            try:
+                await self._feed.watch(asked)
+            except Exception:  # a Redis outage: asked again at the next reply about them
+                log.debug("following more shards failed", exc_info=True)
+                self._asked -= asked
 
     async def check_quiet(self) -> None:
         """Look at the store's count of unannounced changes; a move means notices missed something."""
@@ -202,6 +239,7 @@ class ChangeFollower:
             self._nursery = nursery
             nursery.start_soon(self._watch_quiet)
             nursery.start_soon(self._invalidate_again)
+            nursery.start_soon(self._watch_asked)
             await self._follow()
 
     async def _follow(self) -> None:

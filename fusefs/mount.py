@@ -185,6 +185,7 @@ async def _serve(options: MountOptions, settings: Settings, notify: _Notify, clo
             handed = Handed(ops.inodes.root_ino, cache_seconds, min(cache_seconds, SHORT_CACHE_SECONDS))
             ops.attrs.handed = handed
             follower = ChangeFollower(feed, ops.inodes, handed, callers.changed_elsewhere, ops.listings, replying)
+            handed.followed = follower.followed
             await follower.check_quiet()  # before the mount answers: a writer without notices is known
         # Addresses are taken before mounting: a port in use must not leave a dead mount.
         listener = monitor_listener = None

@@ -106,6 +106,106 @@ def ops_per_second(url: str, cluster: bool, clients: int, seconds: float) -> flo
     return total / (time.monotonic() - started)
 
 
+def _followers(url: str, prefix: str, watched: list[int], ready: object, stop: object, out: object) -> None:
+    """One process of simulated mounts: a change feed each, following the upper tree and one shard."""
+    async def run() -> None:
+        from core.backends.meta.redis.events import RedisChangeFeed
+        from core.backends.meta.redis.store import RedisMetaStore
+        from core.infra.signing import RecordSigner
+
+        stores = [RedisMetaStore(url, RecordSigner(KEY), prefix=prefix) for _ in watched]
+        feeds = [RedisChangeFeed(store) for store in stores]
+        for store, feed, shard in zip(stores, feeds, watched):
+            await store.open()
+            await feed.open()
+            await feed.watch({shard})
+        delays: list[float] = []
+
+        async def read(feed: RedisChangeFeed) -> None:
+            while True:
+                for change in await feed.next_batch():
+                    now = time.time_ns()
+                    delays.extend((now - int(name[1:])) / 1e6 for _, name in change.entries if name[:1] == b"t")
+
+        readers = [asyncio.create_task(read(feed)) for feed in feeds]
+        while any(feed.following(shard) is None for feed, shard in zip(feeds, watched)):
+            await asyncio.sleep(0.01)
+        ready.set()  # type: ignore[attr-defined]
+        started = time.process_time()
+        while not stop.is_set():  # type: ignore[attr-defined]
+            await asyncio.sleep(0.05)
+        cpu = time.process_time() - started
+        for task in readers:
+            task.cancel()
+        out.put((cpu, len(watched), delays))  # type: ignore[attr-defined]
+        for store, feed in zip(stores, feeds):
+            await feed.close()
+            await store.close()
+
+    asyncio.run(run())
+
+
+async def _busy_writer(url: str, prefix: str, space: object, seconds: float) -> int:
+    """Files named by their commit time (ns) into one scope, as fast as one writer goes."""
+    from core import shards
+    from core.backends.meta.redis.store import RedisMetaStore
+    from core.infra.signing import RecordSigner
+    from core.nodes import ROOT_INO, Artifact, NodeKind, NodeRole, new_node
+
+    meta = RedisMetaStore(url, RecordSigner(KEY), prefix=prefix, notify=True)
+    await meta.open()
+    try:
+        root, _ = await meta.insert(new_node(parent=ROOT_INO, name="writer", kind=NodeKind.DIR, mode=0o755, now_ns=1,
+                                             role=NodeRole.SCOPE_ROOT, space=space))  # type: ignore[arg-type]
+        made, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            node = new_node(parent=root.ino, name=f"t{time.time_ns()}", kind=NodeKind.FILE, mode=0o644, now_ns=1,
+                            space=space)  # type: ignore[arg-type]
+            node.artifact = Artifact(artifact_id=shards.new_artifact_id(space), sha256="0" * 64)  # type: ignore[arg-type]
+            await meta.insert(node)
+            made += 1
+        return made
+    finally:
+        await meta.close()
+
+
+def notices(url: str, followers: int, involved: int, seconds: float, processes: int = 4) -> dict[str, float]:
+    """``followers`` simulated mounts, ``involved`` of them following the busy writer's scope; CPU per
+    follower of each kind while it writes, and how late the involved ones heard of each change."""
+    from core import shards
+    from core.models import Scope
+    from core.nodes import Space
+
+    prefix = f"ntc{time.monotonic_ns()}"
+    hot = Space(sandbox_id=SANDBOX, scope=Scope.USER, user_id="writer")
+    others = [shards.of_space(Space(sandbox_id=SANDBOX, scope=Scope.USER, user_id=f"idle{i}")) for i in range(4 * followers)]
+    cold = [shard for shard in others if shard != shards.of_space(hot)][: followers - involved]
+    groups = [[shards.of_space(hot)] * involved] + [cold[i::processes - 1] for i in range(processes - 1)]
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop, out = [ctx.Event() for _ in groups], ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_followers, args=(url, prefix, group, ready[i], stop, out)) for i, group in enumerate(groups)]
+    for proc in procs:
+        proc.start()
+    for event in ready:
+        event.wait(120)
+    made = asyncio.run(_busy_writer(url, prefix, hot, seconds))
+    time.sleep(0.5)  # the last notices in flight
+    stop.set()
+    results = [out.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    hot_cpu = [cpu / n for cpu, n, delays in results if delays]
+    cold_cpu = [cpu / n for cpu, n, delays in results if not delays]
+    delays = sorted(d for _, _, ds in results for d in ds)
+    return {
+        "changes/s": made / seconds,
+        "involved CPU ms/s": 1000 * median(hot_cpu) / seconds,
+        "uninvolved CPU ms/s": 1000 * median(cold_cpu) / seconds if cold_cpu else 0.0,
+        "p50 ms": delays[len(delays) // 2] if delays else 0.0,
+        "p99 ms": delays[int(len(delays) * 0.99)] if delays else 0.0,
+    }
+
+
 @contextmanager
 def servers(work: Path) -> Iterator[tuple[object, object]]:
     from redis_cluster import RedisCluster
@@ -143,6 +243,18 @@ def run(ctx: Context, files: int = 10_000, clients: int = 4) -> Iterator[Table]:
         speed.notes.append(f"one redis-server alone: {median(singles):,.0f} ops/s; on this 2-core machine the "
                            "clients and every server share two cores, so a cluster cannot show more throughput here")
         yield speed
+        follow = Table(title="change notices: 200 simulated mounts, one busy writer in one scope (one redis-server)",
+                       key_columns=["figure"], ref_columns=["goal"])
+        rounds = [notices(single.url, 200, 10, max(ctx.seconds, 3.0)) for _ in range(ctx.repeat)]  # type: ignore[attr-defined]
+        follow.add(["changes/s written"], [r["changes/s"] for r in rounds], "/s")
+        follow.add(["CPU per involved mount"], [r["involved CPU ms/s"] for r in rounds], "ms/s", higher_is_better=False)
+        follow.add(["CPU per uninvolved mount"], [r["uninvolved CPU ms/s"] for r in rounds], "ms/s",
+                   higher_is_better=False)
+        follow.add(["visibility p50"], [r["p50 ms"] for r in rounds], "ms", higher_is_better=False)
+        follow.add(["visibility p99"], [r["p99 ms"] for r in rounds], "ms", higher_is_better=False, goal=50)
+        follow.notes.append("10 mounts follow the writer's scope, 190 others one scope each (and the upper tree); CPU "
+                            "of a process of mounts over the write, per mount; visibility: commit to notice read")
+        yield follow
 
 
 SECTION = Section("redis", "Redis: memory per file, ops/s on one server vs a 3-master cluster (issue #17)", run)

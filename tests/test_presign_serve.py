@@ -373,7 +373,8 @@ async def test_unregistered_uploads_are_bounded_and_reclaimed(limited: Served) -
 async def test_abandoned_uploads_are_reclaimed_by_cleanup(served: Served) -> None:
     async with await _app_store(served) as store, httpx.AsyncClient(trust_env=False) as http:
         store.settings.presign.register_grace = 0
-        url, _ = await store.presign_upload(filename="gone.bin", user_id="u", scope="user", expires=1)
+        # Expiring soon, not at once: a PUT sent more than a second later (a loaded machine) got 403.
+        url, _ = await store.presign_upload(filename="gone.bin", user_id="u", scope="user", expires=10)
         assert (await http.put(url, content=os.urandom(7_777))).status_code == 200
         assert _staged(served.data_dir, 7_777) == 1
         with trio.fail_after(PATIENCE_S):

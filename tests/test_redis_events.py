@@ -16,12 +16,14 @@ import pytest
 from servers import RedisServer
 
 from core.backends.meta.changes import RESYNC, Change, ChangeOp
+from core import shards
 from core.backends.meta.redis.events import RedisChangeFeed, parse_notice
 from core.backends.meta.redis.store import RedisMetaStore
 from core.config import Settings, build_backends, build_change_feed
 from core.infra.retry import RetryPolicy
 from core.infra.signing import RecordSigner
-from core.nodes import ROOT_INO, Artifact, Node, NodeKind, new_node
+from core.models import Scope
+from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
 
 SIGNER = RecordSigner(b"k" * 32)
 WAIT = 10  # seconds: bounded waits for what must arrive
@@ -139,7 +141,8 @@ async def test_a_feed_read_before_it_was_opened_starts_with_a_resync(redis_serve
     await writer.open()
     try:
         with redis_server.client() as client:
-            assert client.pubsub_numsub(opened.channel) == [(opened.channel.encode(), 1)]  # confirmed
+            channel = opened.channel(shards.UPPER)
+            assert client.execute_command("PUBSUB", "SHARDNUMSUB", channel) == [channel.encode(), 1]  # confirmed
         assert await collect(late, 1) == [RESYNC]
         await writer.insert(a_file("a"))
         assert [c.op for c in await collect(late, 1)] == [ChangeOp.INSERT]
@@ -188,3 +191,74 @@ def test_the_feed_works_from_asyncio_directly(redis_server: RedisServer) -> None
 
     got, origin = asyncio.run(main())
     assert [(c.op, c.origin) for c in got] == [(ChangeOp.INSERT, origin)]
+
+
+def scope_root(space: Space) -> Node:
+    return new_node(parent=ROOT_INO, name=space.owner or "shared", kind=NodeKind.DIR, mode=0o755, now_ns=1,
+                    role=NodeRole.SCOPE_ROOT, space=space)
+
+
+def in_scope(parent: int, name: str, space: Space) -> Node:
+    node = new_node(parent=parent, name=name, kind=NodeKind.FILE, mode=0o644, now_ns=1, space=space)
+    node.artifact = Artifact(artifact_id=shards.new_artifact_id(space), sha256="0" * 64)
+    return node
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_a_feed_hears_only_the_shards_it_follows(redis_server: RedisServer) -> None:
+    """Notices go on their scope's channel (issue #17): a follower of alice's scope reads none of bob's."""
+    prefix = f"ev-{uuid.uuid4().hex[:8]}"
+    alice, bob = (Space(sandbox_id="box", scope=Scope.USER, user_id=u) for u in ("alice", "bob"))
+    writer = store(redis_server, prefix, notify=True)
+    feed = RedisChangeFeed(store(redis_server, prefix))
+    await writer.open()
+    await feed.open()
+    try:
+        a_root, _ = await writer.insert(scope_root(alice))
+        b_root, _ = await writer.insert(scope_root(bob))
+        assert [c.op for c in await collect(feed, 2)] == [ChangeOp.INSERT, ChangeOp.INSERT]  # their entries above
+        got: list[Change] = []
+
+        async def read() -> None:  # as a mount's follower does, all along: it meets the confirmations
+            while True:
+                got.extend(await feed.next_batch())
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(read)
+            await feed.watch({shards.of_space(alice)})
+            with anyio.fail_after(WAIT):
+                while feed.following(shards.of_space(alice)) is None:
+                    await anyio.sleep(0.01)
+            await writer.insert(in_scope(b_root.ino, "unheard", bob))  # bob's shard: not followed
+            await writer.insert(in_scope(a_root.ino, "heard", alice))
+            with anyio.fail_after(WAIT):
+                while not got:
+                    await anyio.sleep(0.01)
+            group.cancel_scope.cancel()
+        first = got[0]  # one server sends in commit order: bob's notice, had it come, would be first
+    finally:
+        await feed.close()
+        await writer.close()
+    assert first.entries == ((a_root.ino, b"heard"),)
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_a_skipped_notice_number_is_a_resync(redis_server: RedisServer) -> None:
+    """Notices are numbered per shard: one that never arrived (a gap a client library may hide) is
+    reported like a reconnect, so the follower drops its copies."""
+    prefix = f"ev-{uuid.uuid4().hex[:8]}"
+    writer = store(redis_server, prefix, notify=True)
+    feed = RedisChangeFeed(store(redis_server, prefix))
+    await writer.open()
+    await feed.open()
+    try:
+        await writer.insert(a_file("first"))
+        assert [c.op for c in await collect(feed, 1)] == [ChangeOp.INSERT]
+        with redis_server.client() as client:
+            client.incr(writer.key("seq", shard=shards.UPPER))  # a notice sent and lost on its way
+        await writer.insert(a_file("second"))
+        got = await collect(feed, 2)
+    finally:
+        await feed.close()
+        await writer.close()
+    assert RESYNC in got and got[-1].entries == ((ROOT_INO, b"second"),)

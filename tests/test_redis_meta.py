@@ -428,10 +428,10 @@ async def test_expiry_index_follows_every_change(meta: RedisMetaStore) -> None:
 
 
 def listening(server: RedisServer, meta: RedisMetaStore) -> redis.client.PubSub:
-    """A subscriber to ``meta``'s notices, subscribed before the test writes."""
+    """A subscriber to the notices of ``meta``'s upper tree (shard 0), subscribed before the test writes."""
     listener = server.client().pubsub()
-    listener.subscribe(meta.channel)
-    assert listener.get_message(timeout=5)["type"] == "subscribe"
+    listener.ssubscribe(meta.key("events", shard=shards.UPPER))
+    assert listener.get_sharded_message(timeout=5)["type"] == "ssubscribe"
     return listener
 
 
@@ -445,12 +445,12 @@ async def test_changes_are_announced_when_asked(redis_server: RedisServer) -> No
         await meta.remove(node)
     finally:
         await meta.close()
-    notices = [listener.get_message(timeout=5)["data"].split(b"\0") for _ in range(3)]
+    notices = [listener.get_sharded_message(timeout=5)["data"].split(b"\0") for _ in range(3)]
     listener.close()
     ino, origin = str(node.ino).encode(), b"o" + meta.origin.encode()  # origin: which store instance asked
-    assert notices[0] == [b"insert", b"e1/news", b"i1", origin]
-    assert notices[1] == [b"rename", b"e1/news", b"e1/renamed", b"i" + ino, origin]
-    assert notices[2] == [b"remove", b"e1/renamed", b"i" + ino, origin]
+    assert notices[0] == [b"insert", b"e1/news", b"i1", origin, b"s1"]  # s: the shard's count of notices
+    assert notices[1] == [b"rename", b"e1/news", b"e1/renamed", b"i" + ino, origin, b"s2"]
+    assert notices[2] == [b"remove", b"e1/renamed", b"i" + ino, origin, b"s3"]
 
 
 @pytest.mark.semantics("S-multimount-notices")
@@ -465,10 +465,10 @@ async def test_changes_made_while_replying_carry_the_replying_origin(redis_serve
         await meta.insert(a_file(ROOT_INO, "by-the-service"))
     finally:
         await meta.close()
-    notices = [listener.get_message(timeout=5)["data"].split(b"\0") for _ in range(2)]
+    notices = [listener.get_sharded_message(timeout=5)["data"].split(b"\0") for _ in range(2)]
     listener.close()
-    assert notices[0][-1] == b"ofuse0"
-    assert notices[1][-1] == b"o" + meta.origin.encode()
+    assert notices[0][-2] == b"ofuse0"
+    assert notices[1][-2] == b"o" + meta.origin.encode()
 
 
 # -- faults: bounded retries, a clear error, and the same store working again

@@ -38,6 +38,7 @@ class Change:
     entries: tuple[tuple[int, bytes], ...] = ()  # (parent ino, raw name)
     inodes: tuple[int, ...] = ()
     origin: str = ""  # the store instance that made it; "" when it did not say
+    seq: int = 0  # its number among its channel's notices (a feed that skips one lost it); 0: none
 
 
 RESYNC = Change(ChangeOp.RESYNC)
@@ -90,5 +91,12 @@ class ChangeFeed(Protocol):
     async def unannounced(self) -> int:
         """A count that moves with every change made on the store without a notice; 0 when there
         was none lately. While it is not 0, notices alone do not tell a follower everything."""
+
+    async def watch(self, shards: set[int]) -> None:
+        """Follow the notices of these shards too (:mod:`core.shards`): a follower asks for those
+        it holds copies of, so it never reads the notices of the rest of the store."""
+
+    def following(self, shard: int) -> float | None:
+        """Since when (``time.monotonic``) the notices of ``shard`` are followed; None: not (yet)."""
 
     async def close(self) -> None: ...

@@ -56,12 +56,14 @@ Keys of a shard ``P``:
 ``P:tot``           hash   ``bytes``, ``files``: the totals of the shard's usage keys
 ``P:shards``        set    (shard 0 only) every shard a scope was ever made in:
                            what a store-wide read (search, gc, expiry) walks
+``P:seq``           str    the shard's count of change notices (each carries it)
+``P:events``        chan   the shard's change notices (sharded pub/sub)
 ``P:quiet``         str    counts changes made without a notice (a store made
                            without notify); expires ``QUIET_TTL`` s after the last
 ==================  =====  ====================================================
 
-Change notices go on ``<prefix>:events`` (a channel of the whole store, when
-the store is made with notify).
+Change notices go on each shard's ``P:events`` channel, counted in ``P:seq``
+(when the store is made with notify; see below).
 
 ``ARGV[1]`` names the op, ``ARGV[2]`` is ``1`` to publish a change notice
 (``1<origin>`` to stamp it with the store instance that asked), ``0`` not to,
@@ -125,9 +127,12 @@ rewrite that could undo a concurrent change to it. The script applies a
 touch only to the directory the entry is really in (a remove or rename of
 an entry that moved meanwhile touches nothing).
 
-A change notice is the op name, then entries ``e<parent>/<name>`` and
-inodes ``i<ino>``, then the origin ``o<origin>`` if one was given, joined by
-NUL (:mod:`core.backends.meta.redis.events` reads them).
+A change notice goes on its shard's channel ``P:events`` (``SPUBLISH``: on a
+cluster only the nodes of that slot carry it, and a follower subscribes only
+to the shards it holds copies of). It is the op name, then entries
+``e<parent>/<name>`` and inodes ``i<ino>``, then the origin ``o<origin>`` if
+one was given, then ``s<seq>``, the shard's count of notices (``P:seq``),
+joined by NUL (:mod:`core.backends.meta.redis.events` reads them).
 """
 
 FIELDS = ("rec", "sig", "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln")
@@ -158,7 +163,6 @@ QUIET_TTL = 3600
 SCRIPT = SETTLE + f"local QUIET_TTL = {QUIET_TTL}\n" + r"""
 local P = KEYS[1]  -- the base of this script's shard: every key it touches starts with it
 local S = tonumber(string.match(P, '{(%d+)}$'))
-local STORE = string.match(P, '^(.*):{%d+}$')  -- the store's prefix: its change notices' channel
 local notify = string.sub(ARGV[2], 1, 1) == '1'
 local origin = string.sub(ARGV[2], 2)
 local FIELDS = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'ln'}
@@ -379,7 +383,8 @@ local function publish()
     return
   end
   if origin ~= '' then notice[#notice + 1] = 'o' .. origin end
-  redis.call('PUBLISH', STORE .. ':events', table.concat(notice, '\0'))
+  notice[#notice + 1] = 's' .. redis.call('INCR', P .. ':seq')  -- a follower that skips a number lost a notice
+  redis.call('SPUBLISH', P .. ':events', table.concat(notice, '\0'))
 end
 
 local function replaced_reply(old)
@@ -803,6 +808,7 @@ function ops.enter()
   redis.call('HSET', dkey(parent), name, ino)
   redis.call('ZADD', okey(parent), 0, name)
   if kind == 'd' then redis.call('HINCRBY', ikey(parent), 'sd', 1) end
+  notice[1] = 'insert'  -- to a follower, the entry of an insert
   notice[#notice + 1] = 'e' .. parent .. '/' .. name
   inode(parent)
   publish()
@@ -826,6 +832,7 @@ function ops.unenter()
   redis.call('HDEL', dkey(parent), name)
   redis.call('ZREM', okey(parent), name)
   if kind == 'd' then redis.call('HINCRBY', ikey(parent), 'sd', -1) end
+  notice[1] = 'remove'  -- to a follower, the entry of a remove
   notice[#notice + 1] = 'e' .. parent .. '/' .. name
   inode(parent)
   publish()

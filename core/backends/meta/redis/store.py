@@ -196,8 +196,8 @@ class RedisMetaStore:
     so on a cluster a scope's keys share one hash slot and the scopes spread
     over the masters (a prefix holding a hash tag of its own would put them
     all back in one slot). With ``notify`` every change is announced on
-    ``<prefix>:events``, stamped with ``origin`` (unique per instance) so a
-    process can tell its own changes from others'
+    its shard's channel ``<prefix>:{<shard>}:events``, stamped with ``origin``
+    (unique per instance) so a process can tell its own changes from others'
     (:mod:`core.backends.meta.redis.events`).
     """
 
@@ -245,11 +245,6 @@ class RedisMetaStore:
                 raise TypeError(f"key {kind!r} needs its shard")
             shard = shards.of_ino(int(parts[0]))  # type: ignore[call-overload]
         return ":".join([self.base(shard), kind, *map(str, parts)])
-
-    @property
-    def channel(self) -> str:
-        """Where change notices go (one channel for the whole store)."""
-        return f"{self.prefix}:events"
 
     # -- connections
 
@@ -473,14 +468,12 @@ class RedisMetaStore:
         self._open = False
         await self._clients.dispose_all()
 
-    async def unannounced(self) -> int:
-        """How many changes were made without a notice lately (``P:quiet``; 0: none for ``QUIET_TTL``).
-
-        Changes by a store made without ``notify`` reach no follower: a mount
-        that sees this move stops trusting notices alone (:mod:`fusefs.handed`).
-        """
-        each = await self._fanout("quiet", await self._shards(), lambda pipe, shard: pipe.get(self.key("quiet", shard=shard)))
-        return sum(int(raw) for raw, in each.values() if raw is not None)
+    async def counters(self, homes: Collection[int], *names: str) -> dict[int, list]:
+        """The plain counters ``names`` of each shard of ``homes``, in one round trip: ``quiet``, the
+        changes made without a notice lately (``QUIET_TTL``; a store made without ``notify``), and
+        ``seq``, the notices sent (:mod:`core.backends.meta.redis.events` follows both)."""
+        return await self._fanout("counters", homes, lambda pipe, shard: [
+            pipe.get(self.key(name, shard=shard)) for name in names])
 
     # -- records
 
