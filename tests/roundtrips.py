@@ -5,7 +5,7 @@ calls a script makes inside its one round trip, which are not counted. Only
 commands naming one store's key prefix count, so other stores on the same
 server (other tests) and the change feed's health checks do not, nor a
 mount's periodic look at its shards' ``quiet`` and ``seq`` counters (and
-the registry of shards). A marker
+the registry of shards), nor its subscriptions to shards' notices. A marker
 (``ECHO``) sent before and after an operation delimits it: every request
 the operation made was answered before it returned, so its commands lie
 between the two. A pipeline would show as one command per call, and count
@@ -54,9 +54,13 @@ class RoundTrips:
     def __init__(self, server: RedisServer, prefix: str) -> None:
         self._server = server
         self._prefix = prefix
-        # A mount's look, twice a second, for changes made without notices or notices lost
-        # (fusefs.invalidation): background work of its own, not a round trip of any request.
-        self._polls = re.compile(rf"(GET {re.escape(prefix)}:{{\d+}}:(quiet|seq)|SMEMBERS {re.escape(prefix)}:{{0}}:shards)")
+        # A mount's look, twice a second, for changes made without notices or notices lost, and its
+        # subscriptions to the notices of shards it meets (fusefs.invalidation): background work of
+        # its own, not a round trip of any request.
+        store = re.escape(prefix)
+        self._polls = re.compile(
+            rf"GET {store}:{{\d+}}:(quiet|seq)|SMEMBERS {store}:{{0}}:shards|SSUBSCRIBE( {store}:{{\d+}}:events)+"
+        )
         self._seen: queue.Queue[Seen | None] = queue.Queue()
         self._stop = f"stop-{secrets.token_hex(8)}"  # the marker that ends the monitor's thread
         # No socket timeout: a monitor waits for commands for as long as the server is quiet.

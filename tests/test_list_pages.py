@@ -569,10 +569,10 @@ async def as_before_search_order(meta: RedisMetaStore) -> None:
         async for key in client.scan_iter(f"{meta.prefix}:{{*}}:y:*"):
             await client.delete(key)
         async for key in client.scan_iter(f"{meta.prefix}:{{*}}:i:*"):
-            tags = await client.hget(key, "ix")
-            if tags:
-                kept = b"\n".join(tag for tag in tags.split(b"\n") if not tag.startswith(b"="))
-                await client.hset(key, "ix", kept)
+            fields = (await client.hget(key, "f") or b"").split(b"\0")  # p n k a ix ...: ix the fifth
+            if len(fields) > 4 and fields[4]:
+                fields[4] = b"\n".join(tag for tag in fields[4].split(b"\n") if not tag.startswith(b"="))
+                await client.hset(key, "f", b"\0".join(fields))
     await meta._call("make the store older", strip)
 
 

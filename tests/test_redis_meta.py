@@ -70,6 +70,14 @@ async def meta(redis_server: RedisServer) -> AsyncIterator[RedisMetaStore]:
     await store.close()
 
 
+PLAIN = (b"p", b"n", b"k", b"a", b"ix", b"uk", b"sz", b"ex", b"v", b"r", b"ln")  # packed in field f, in order
+
+
+def plain_fields(stored: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """An inode's hash with the plain fields its ``f`` packs (NUL-joined) as fields of their own."""
+    return {**stored, **dict(zip(PLAIN, stored.get(b"f", b"").split(b"\0")))}
+
+
 def assert_consistent(url: str, prefix: str) -> None:
     """Every key of the layout agrees with every other, in each shard and across (read with SCAN: tests only)."""
     r = redis.Redis.from_url(url)
@@ -82,7 +90,7 @@ def assert_consistent(url: str, prefix: str) -> None:
             found[(shard, key.split(f"}}:{kind}:".encode(), 1)[1])] = key
         return found
 
-    inodes = {int(rest): r.hgetall(key) for (shard, rest), key in keyed("i").items()}
+    inodes = {int(rest): plain_fields(r.hgetall(key)) for (shard, rest), key in keyed("i").items()}
     for (shard, rest) in keyed("i"):
         assert shards.of_ino(int(rest)) == shard  # an inode lives in the shard its number names
     dirs = {int(rest): r.hgetall(key) for (_, rest), key in keyed("d").items()}

@@ -18,17 +18,18 @@ Keys of a shard ``P``:
 
 ==================  =====  ====================================================
 ``P:i:<ino>``       hash   one inode: ``rec`` (signed JSON record), ``sig``, and
-                           the plain fields the script needs: ``p`` parent,
+                           ``f``, the plain fields the script needs, joined by
+                           NUL: ``p`` parent,
                            ``n`` name, ``k`` kind (d, or f/l/p/c/b/s), ``a`` artifact id,
                            ``ix`` index tags, ``uk`` usage key, ``sz``, ``ex``,
-                           ``v`` a file's version, ``r`` the record's revision
-                           (absent on records older than it: 0); and on a directory whose
+                           ``v`` a file's version, ``r`` the record's revision,
+                           ``ln`` (below); and on a directory whose
                            entries changed after its record was written,
                            ``mt`` its new mtime/ctime and ``mts`` that value's
                            own signature (see *Directory times* below); on a
                            directory, ``sd`` how many of its entries are
-                           directories (unsigned: it only makes st_nlink);
-                           ``ln`` a file's further names (hard links), each
+                           directories (unsigned: it only makes st_nlink).
+                           ``ln``: a file's further names (hard links), each
                            ``<parent>/<name>``, joined by ``/`` (the record
                            lists them too); ``sl`` on a scope root being
                            removed (sealed: nothing enters it any more)
@@ -166,7 +167,6 @@ local S = tonumber(string.match(P, '{(%d+)}$'))
 local notify = string.sub(ARGV[2], 1, 1) == '1'
 local origin = string.sub(ARGV[2], 2)
 local FIELDS = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'ln'}
-local LOADED = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'ln', 'mt', 'mts', 'sd'}
 local NODE_ARGS = 14
 local SUCCESSOR_ARGS = 1 + NODE_ARGS
 
@@ -191,13 +191,41 @@ local function successor(at)
   return {rev = ARGV[at], node = argnode(at + 1)}
 end
 
+-- The plain fields a script reads of an inode live packed in one field of its hash, ``f``, joined by
+-- NUL (none holds one): an inode is then a hash of three fields, not thirteen, each of which cost
+-- Redis some fifty bytes of its own (issue #17).
+local PLAIN = {'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'ln'}
+
+local function packed(n)
+  local out = {}
+  for j, name in ipairs(PLAIN) do out[j] = n[name] end
+  return table.concat(out, '\0')
+end
+
+-- the fields packed in f, set in table n ('' where absent); n returned
+local function unpacked(f, n)
+  f = f or ''
+  local at = 1
+  for _, name in ipairs(PLAIN) do
+    local stop = string.find(f, '\0', at, true)
+    n[name] = string.sub(f, at, stop and stop - 1 or -1)
+    at = stop and stop + 1 or #f + 1
+  end
+  return n
+end
+
+-- the plain fields of inode ino (a table; p is nil if it is gone)
+local function plain(ino)
+  local f = redis.call('HGET', ikey(ino), 'f')
+  if not f then return {} end
+  return unpacked(f, {})
+end
+
 local function load(ino)
   if not here(ino) then return nil end
-  local v = redis.call('HMGET', ikey(ino), unpack(LOADED))
+  local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'f', 'mt', 'mts', 'sd')
   if not v[1] and not v[3] then return nil end
-  local n = {ino = ino}
-  for j, f in ipairs(LOADED) do n[f] = v[j] or '' end
-  return n
+  return unpacked(v[3], {ino = ino, rec = v[1] or '', sig = v[2] or '', mt = v[4] or '', mts = v[5] or '', sd = v[6] or ''})
 end
 
 -- a record as clients read it: ino, rec, sig, mt, mts, sd (nil where absent)
@@ -300,8 +328,7 @@ local function unlink(n)
 end
 
 local function store(n)
-  redis.call('HSET', ikey(n.ino), 'rec', n.rec, 'sig', n.sig, 'p', n.p, 'n', n.n, 'k', n.k, 'a', n.a,
-             'ix', n.ix, 'uk', n.uk, 'sz', n.sz, 'ex', n.ex, 'v', n.v, 'r', n.r, 'ln', n.ln)
+  redis.call('HSET', ikey(n.ino), 'rec', n.rec, 'sig', n.sig, 'f', packed(n))
   redis.call('HDEL', ikey(n.ino), 'mt', 'mts')  -- the record carries the directory's times now
   if n.p ~= '0' and here(n.p) then  -- a scope root's entry in the upper tree is made there (``enter``)
     for _, at in ipairs(names(n)) do
@@ -355,9 +382,9 @@ end
 -- why nothing may be entered in directory ino, or nil if it may: gone, not a directory, or sealed (a
 -- scope root being removed: ``seal``)
 local function closed(ino)
-  local v = redis.call('HMGET', ikey(ino), 'k', 'sl')
+  local v = redis.call('HMGET', ikey(ino), 'f', 'sl')
   if not v[1] then return 'noparent' end
-  if v[1] ~= 'd' then return 'notdir' end
+  if unpacked(v[1], {}).k ~= 'd' then return 'notdir' end
   if v[2] then return 'sealed' end
   return nil
 end
@@ -501,8 +528,8 @@ function ops.reorder()
   local order = P .. ':y:' .. ARGV[3]
   redis.call('DEL', order)
   for _, ino in ipairs(redis.call('SMEMBERS', P .. ':x:' .. ARGV[3])) do
-    local v = redis.call('HMGET', ikey(ino), 'ix', 'a', 'rec')
-    local member = order_of({ix = v[1] or '', a = v[2] or '', rec = v[3]})
+    local v = redis.call('HMGET', ikey(ino), 'f', 'rec')
+    local member = order_of(unpacked(v[1], {rec = v[2]}))
     if member then redis.call('ZADD', order, 0, member) end
   end
   return {'OK'}
@@ -547,12 +574,13 @@ function ops.subtree()
   local records, count, remote = {}, 0, {}
   local function take(dir, ino)
     if not here(ino) then remote[#remote + 1] = ino; return end  -- a scope root: walked in its shard
-    local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd', 'p', 'k')
-    if (not v[1] and not v[2]) or v[6] ~= dir then return end  -- gone, or not (any longer) in dir
+    local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd', 'f')
+    local at = unpacked(v[6], {})
+    if (not v[1] and not v[2]) or at.p ~= dir then return end  -- gone, or not (any longer) in dir
     records[#records + 1] = ino
     for j = 1, 5 do records[#records + 1] = v[j] end
     count = count + 1
-    if v[7] == 'd' and not seen[ino] then
+    if at.k == 'd' and not seen[ino] then
       seen[ino] = true
       queue[#queue + 1] = ino
     end
@@ -595,12 +623,12 @@ function ops.lineage()
     local ino = ARGV[at]
     while ino and ino ~= '0' and here(ino) and not seen[ino] do
       seen[ino] = true
-      local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd', 'p')
+      local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd', 'f')
       if not v[1] and not v[2] then break end
       out[#out + 1] = ino
       for j = 1, 5 do out[#out + 1] = v[j] end
       if not is_entry(v[1]) then break end
-      ino = v[6]
+      ino = unpacked(v[6], {}).p
     end
   end
   return out
@@ -873,11 +901,11 @@ function ops.unreached()
   local out, remote = {}, {}
   for at = 3, #ARGV do
     local ino = ARGV[at]
-    local place = redis.call('HMGET', ikey(ino), 'p', 'n')
-    local p = place[1]
+    local place = plain(ino)
+    local p = place.p
     if p and p ~= '0' and not here(p) then
-      remote[#remote + 1] = ino; remote[#remote + 1] = p; remote[#remote + 1] = place[2]
-    elseif p and p ~= '0' and (redis.call('EXISTS', ikey(p)) == 0 or redis.call('HGET', dkey(p), place[2]) ~= ino) then
+      remote[#remote + 1] = ino; remote[#remote + 1] = p; remote[#remote + 1] = place.n
+    elseif p and p ~= '0' and (redis.call('EXISTS', ikey(p)) == 0 or redis.call('HGET', dkey(p), place.n) ~= ino) then
       for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
     end
   end
@@ -894,7 +922,7 @@ function ops.recount_subdirs()
   local count = 0
   for _, child in ipairs(redis.call('HVALS', dkey(ino))) do
     -- an entry in another shard is a scope root: a directory
-    if child ~= ino and (not here(child) or redis.call('HGET', ikey(child), 'k') == 'd') then count = count + 1 end
+    if child ~= ino and (not here(child) or plain(child).k == 'd') then count = count + 1 end
   end
   local was = tonumber(redis.call('HGET', ikey(ino), 'sd') or '0')
   redis.call('HSET', ikey(ino), 'sd', count)
