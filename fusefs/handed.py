@@ -97,6 +97,15 @@ class Handed:
         self._held.pop(ino, None)
         self._extras -= len(self._extra.pop(ino, ()))
 
+    def inodes_and_parents(self) -> set[int]:
+        """Every inode recorded and every directory whose entry of one is recorded: what notices
+        must still reach the mount about (through their shards: fusefs.invalidation)."""
+        found = set(self._held)
+        found.update(parent for parent, _ in self._held.values())
+        for names in self._extra.values():
+            found.update(parent for parent, _ in names)
+        return found
+
     def take_all(self) -> tuple[list[tuple[int, bytes]], list[int]]:
         """Everything recorded, as (entries, inodes) to invalidate; the record starts empty again."""
         held, extra = self._held, self._extra

@@ -70,6 +70,7 @@ SHORT_CACHE_SECONDS = 1.0
 AGAIN_SECONDS = 1.0
 RESYNC_SETTLE = 5.0  # seconds after a resync during which replies get the short time (requests then in flight)
 QUIET_POLL = 0.5  # seconds between looks at the store's count of changes made without a notice
+UNFOLLOW_EVERY = 30.0  # seconds between looks for shards a mount follows but holds nothing of
 JOIN_TIMEOUT = 5.0  # at unmount, how long to wait for an invalidation the kernel holds up
 _GONE = (errno.ENOTCONN, errno.ENODEV, errno.EBADF)  # the session ended: nothing left to invalidate
 
@@ -182,6 +183,7 @@ class ChangeFollower:
         self._asked: set[int] = set()  # shards whose notices the feed was asked to follow
         self._to_ask: set[int] = set()  # ... and those not yet passed on to it
         self._ask_now = trio.Event()
+        self._dropping: set[int] = set()  # shards whose notices the feed is being told to stop
         self.own = self.foreign = self.resyncs = 0
 
     def followed(self, node: Node) -> bool:
@@ -194,6 +196,9 @@ class ChangeFollower:
         """
         now, ok = time.monotonic(), True
         for shard in {shards.of_ino(node.ino), shards.of_ino(node.parent)}:
+            if shard in self._dropping:
+                ok = False
+                continue
             since = self._feed.following(shard)
             if since is None:
                 ok = False
@@ -204,6 +209,26 @@ class ChangeFollower:
             elif now - since < RESYNC_SETTLE:
                 ok = False
         return ok
+
+    async def _drop_unheld(self) -> None:
+        """Every UNFOLLOW_EVERY seconds, stop following the shards of which the kernel keeps nothing
+        for long any more: a mount's notices follow what it holds, not what it once held."""
+        while True:
+            await trio.sleep(UNFOLLOW_EVERY)
+            held = {shards.UPPER, *(shards.of_ino(ino) for ino in self._handed.inodes_and_parents())}
+            unheld = self._asked - held
+            if not unheld:
+                continue
+            # No await between the look above and this: every long time handed out so far is in it,
+            # and none is handed for these shards until they are followed anew.
+            self._dropping |= unheld
+            try:
+                await self._feed.unwatch(unheld)
+            except Exception:  # a Redis outage: the feed subscribes to what it follows when it is back
+                log.debug("following fewer shards failed", exc_info=True)
+            finally:
+                self._dropping -= unheld
+                self._asked -= unheld
 
     async def _watch_asked(self) -> None:
         while True:
@@ -240,6 +265,7 @@ class ChangeFollower:
             nursery.start_soon(self._watch_quiet)
             nursery.start_soon(self._invalidate_again)
             nursery.start_soon(self._watch_asked)
+            nursery.start_soon(self._drop_unheld)
             await self._follow()
 
     async def _follow(self) -> None:

@@ -262,3 +262,48 @@ async def test_a_skipped_notice_number_is_a_resync(redis_server: RedisServer) ->
         await feed.close()
         await writer.close()
     assert RESYNC in got and got[-1].entries == ((ROOT_INO, b"second"),)
+
+
+async def test_a_shard_let_go_is_heard_no_more(redis_server: RedisServer) -> None:
+    prefix = f"ev-{uuid.uuid4().hex[:8]}"
+    alice = Space(sandbox_id="box", scope=Scope.USER, user_id="alice")
+    writer = store(redis_server, prefix, notify=True)
+    feed = RedisChangeFeed(store(redis_server, prefix))
+    await writer.open()
+    await feed.open()
+    try:
+        root, _ = await writer.insert(scope_root(alice))
+        got: list[Change] = []
+
+        async def read() -> None:
+            while True:
+                got.extend(await feed.next_batch())
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(read)
+            await feed.watch({shards.of_space(alice)})
+            with anyio.fail_after(WAIT):
+                while feed.following(shards.of_space(alice)) is None:
+                    await anyio.sleep(0.01)
+            await writer.insert(in_scope(root.ino, "heard", alice))
+            with anyio.fail_after(WAIT):
+                while not any(c.entries == ((root.ino, b"heard"),) for c in got):
+                    await anyio.sleep(0.01)
+            await feed.unwatch({shards.of_space(alice)})
+            assert feed.following(shards.of_space(alice)) is None
+            with redis_server.client() as client:  # the server no longer counts us among its subscribers
+                channel = feed.channel(shards.of_space(alice))
+                with anyio.fail_after(WAIT):
+                    while client.execute_command("PUBSUB", "SHARDNUMSUB", channel) != [channel.encode(), 0]:
+                        await anyio.sleep(0.01)
+            got.clear()
+            await writer.insert(in_scope(root.ino, "unheard", alice))
+            await writer.insert(a_file("above"))  # the upper tree: followed always
+            with anyio.fail_after(WAIT):
+                while not got:
+                    await anyio.sleep(0.01)
+            group.cancel_scope.cancel()
+    finally:
+        await feed.close()
+        await writer.close()
+    assert got[0].entries == ((ROOT_INO, b"above"),)  # alice's notice, had it come, would be first

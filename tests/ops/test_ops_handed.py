@@ -17,9 +17,11 @@ import trio
 from opskit import ROOT as ROOT_CALLER
 from opskit import ctx, kernel
 
+from core import shards
 from core.backends.meta.changes import RESYNC, Change, ChangeOp
 from core.nodes import NodeKind, NodeRole, new_node
 from fusefs.attrs import Inodes
+from fusefs import invalidation
 from fusefs.handed import Handed
 from fusefs.invalidation import ChangeFollower
 from fusefs.listings import Listings
@@ -226,5 +228,53 @@ async def test_the_mounts_own_changes_not_made_by_a_request_are_followed(monkeyp
         await feed.send.send([Change(ChangeOp.UPDATE, ((7, b"uploaded"),), (102,), origin="me")])  # --serve
         await _until(lambda: (7, b"uploaded") in kernel.entries and 102 in kernel.inodes, "the upload dropped")
         assert follower.own == 1 and (7, b"asked") not in kernel.calls and 101 not in kernel.calls
+        nursery.cancel_scope.cancel()
+    follower.stop()
+
+
+class ShardedFeed(FakeFeed):
+    """A feed that follows the shards it is asked for at once (as if confirmed long ago)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.followed: set[int] = {shards.UPPER}
+        self.watched: list[set[int]] = []
+        self.unwatched: list[set[int]] = []
+
+    async def watch(self, wanted: set[int]) -> None:
+        self.watched.append(set(wanted))
+        self.followed |= wanted
+
+    async def unwatch(self, dropped: set[int]) -> None:
+        self.unwatched.append(set(dropped))
+        self.followed -= dropped
+
+    def following(self, shard: int) -> float | None:
+        return 0.0 if shard in self.followed else None  # since long ago: past the settling
+
+
+@pytest.mark.semantics("S-multimount-notices")
+async def test_a_mount_follows_the_scopes_it_holds_and_only_those(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reply about a node of a shard not followed yet gets the short time and asks for its notices;
+    once followed, the long one; and a shard the kernel holds nothing of for long is let go."""
+    monkeypatch.setattr(invalidation, "UNFOLLOW_EVERY", 0.05)
+    feed = ShardedFeed()
+    handed = Handed(ROOT, LONG, SHORT)
+    follower = ChangeFollower(feed, Inodes(ROOT), handed)  # type: ignore[arg-type]
+    handed.followed = follower.followed
+    alice, bob = shards.ino(7, 1), shards.ino(9, 1)  # scope roots of two shards, entered in the upper tree
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follower.run)
+        assert handed.hand(_file(alice + 1, alice, "a")) == SHORT  # shard 7 not followed yet: asked for
+        await _until(lambda: feed.watched == [{7}], "the feed asked to follow shard 7")
+        assert handed.hand(_file(alice + 1, alice, "a")) == LONG
+        assert handed.hand(_file(bob, ROOT, "bob")) == SHORT  # the entry's shard (0) is followed; bob's not
+        await _until(lambda: {9} in feed.watched, "the feed asked to follow shard 9")
+        assert handed.hand(_file(bob, ROOT, "bob")) == LONG
+        handed.forget(alice + 1, 1)  # the kernel lets go of the only node of shard 7 it held
+        await _until(lambda: feed.unwatched == [{7}], "shard 7 let go")
+        assert 9 in feed.followed and shards.UPPER in feed.followed  # still held, and always
+        assert handed.hand(_file(alice + 1, alice, "a")) == SHORT  # met again: asked for again
+        await _until(lambda: feed.watched[-1] == {7}, "shard 7 followed again")
         nursery.cancel_scope.cancel()
     follower.stop()

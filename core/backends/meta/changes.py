@@ -96,6 +96,9 @@ class ChangeFeed(Protocol):
         """Follow the notices of these shards too (:mod:`core.shards`): a follower asks for those
         it holds copies of, so it never reads the notices of the rest of the store."""
 
+    async def unwatch(self, shards: set[int]) -> None:
+        """Stop following these shards (never the upper tree's): the follower holds no copy of theirs."""
+
     def following(self, shard: int) -> float | None:
         """Since when (``time.monotonic``) the notices of ``shard`` are followed; None: not (yet)."""
 

@@ -137,6 +137,9 @@ class RedisChangeFeed:
     async def watch(self, wanted: set[int]) -> None:
         await aio_bridge.run(self._watch, set(wanted))
 
+    async def unwatch(self, dropped: set[int]) -> None:
+        await aio_bridge.run(self._unwatch, set(dropped) - {shards.UPPER})
+
     def following(self, shard: int) -> float | None:
         return self._since.get(shard)  # a dict read: safe from another thread
 
@@ -173,6 +176,18 @@ class RedisChangeFeed:
                 await self._sub[1].ssubscribe(*(self.channel(shard) for shard in sorted(new)))
             except (RedisError, OSError):
                 pass  # the reader's next read fails as well, and subscribes to all of them again
+
+    async def _unwatch(self, dropped: set[int]) -> None:
+        self._wanted -= dropped
+        for shard in dropped:
+            self._since.pop(shard, None)
+            self._seen.pop(shard, None)
+            self._ahead.pop(shard, None)
+        if self._sub is not None and dropped:
+            try:  # notices already on their way are read and followed like any
+                await self._sub[1].sunsubscribe(*(self.channel(shard) for shard in sorted(dropped)))
+            except (RedisError, OSError):
+                pass  # the reader's next read fails as well, and subscribes to what is still followed
 
     async def _read(self, pubsub: PubSub, timeout: float) -> dict | None:
         if self._store.cluster:
