@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -204,6 +206,30 @@ def in_scope(parent: int, name: str, space: Space) -> Node:
     return node
 
 
+async def until(condition, what: str) -> None:  # noqa: ANN001
+    with anyio.fail_after(WAIT):  # a bound on a hang, not a measure
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+@asynccontextmanager
+async def reading(feed: RedisChangeFeed, shard: int) -> AsyncIterator[list[Change]]:
+    """The feed read all along, as a mount's follower reads it (so it meets the confirmations of its
+    subscriptions), once it follows ``shard``: the changes read so far, as they come."""
+    got: list[Change] = []
+
+    async def read() -> None:
+        while True:
+            got.extend(await feed.next_batch())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(read)
+        await feed.watch({shard})
+        await until(lambda: feed.following(shard) is not None, f"shard {shard} followed")
+        yield got
+        group.cancel_scope.cancel()
+
+
 @pytest.mark.semantics("S-multimount-notices")
 async def test_a_feed_hears_only_the_shards_it_follows(redis_server: RedisServer) -> None:
     """Notices go on their scope's channel (issue #17): a follower of alice's scope reads none of bob's."""
@@ -217,24 +243,10 @@ async def test_a_feed_hears_only_the_shards_it_follows(redis_server: RedisServer
         a_root, _ = await writer.insert(scope_root(alice))
         b_root, _ = await writer.insert(scope_root(bob))
         assert [c.op for c in await collect(feed, 2)] == [ChangeOp.INSERT, ChangeOp.INSERT]  # their entries above
-        got: list[Change] = []
-
-        async def read() -> None:  # as a mount's follower does, all along: it meets the confirmations
-            while True:
-                got.extend(await feed.next_batch())
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(read)
-            await feed.watch({shards.of_space(alice)})
-            with anyio.fail_after(WAIT):
-                while feed.following(shards.of_space(alice)) is None:
-                    await anyio.sleep(0.01)
+        async with reading(feed, shards.of_space(alice)) as got:
             await writer.insert(in_scope(b_root.ino, "unheard", bob))  # bob's shard: not followed
             await writer.insert(in_scope(a_root.ino, "heard", alice))
-            with anyio.fail_after(WAIT):
-                while not got:
-                    await anyio.sleep(0.01)
-            group.cancel_scope.cancel()
+            await until(lambda: got, "a notice")
         first = got[0]  # one server sends in commit order: bob's notice, had it come, would be first
     finally:
         await feed.close()
@@ -273,36 +285,19 @@ async def test_a_shard_let_go_is_heard_no_more(redis_server: RedisServer) -> Non
     await feed.open()
     try:
         root, _ = await writer.insert(scope_root(alice))
-        got: list[Change] = []
-
-        async def read() -> None:
-            while True:
-                got.extend(await feed.next_batch())
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(read)
-            await feed.watch({shards.of_space(alice)})
-            with anyio.fail_after(WAIT):
-                while feed.following(shards.of_space(alice)) is None:
-                    await anyio.sleep(0.01)
+        async with reading(feed, shards.of_space(alice)) as got:
             await writer.insert(in_scope(root.ino, "heard", alice))
-            with anyio.fail_after(WAIT):
-                while not any(c.entries == ((root.ino, b"heard"),) for c in got):
-                    await anyio.sleep(0.01)
+            await until(lambda: any(c.entries == ((root.ino, b"heard"),) for c in got), "alice's notice")
             await feed.unwatch({shards.of_space(alice)})
             assert feed.following(shards.of_space(alice)) is None
+            channel = feed.channel(shards.of_space(alice))
             with redis_server.client() as client:  # the server no longer counts us among its subscribers
-                channel = feed.channel(shards.of_space(alice))
-                with anyio.fail_after(WAIT):
-                    while client.execute_command("PUBSUB", "SHARDNUMSUB", channel) != [channel.encode(), 0]:
-                        await anyio.sleep(0.01)
+                await until(lambda: client.execute_command("PUBSUB", "SHARDNUMSUB", channel) == [channel.encode(), 0],
+                            "the unsubscription")
             got.clear()
             await writer.insert(in_scope(root.ino, "unheard", alice))
             await writer.insert(a_file("above"))  # the upper tree: followed always
-            with anyio.fail_after(WAIT):
-                while not got:
-                    await anyio.sleep(0.01)
-            group.cancel_scope.cancel()
+            await until(lambda: got, "a notice")
     finally:
         await feed.close()
         await writer.close()
