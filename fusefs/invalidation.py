@@ -211,24 +211,28 @@ class ChangeFollower:
         return ok
 
     async def _drop_unheld(self) -> None:
-        """Every UNFOLLOW_EVERY seconds, stop following the shards of which the kernel keeps nothing
-        for long any more: a mount's notices follow what it holds, not what it once held."""
         while True:
             await trio.sleep(UNFOLLOW_EVERY)
-            held = {shards.UPPER, *(shards.of_ino(ino) for ino in self._handed.inodes_and_parents())}
-            unheld = self._asked - held
-            if not unheld:
-                continue
-            # No await between the look above and this: every long time handed out so far is in it,
-            # and none is handed for these shards until they are followed anew.
-            self._dropping |= unheld
-            try:
-                await self._feed.unwatch(unheld)
-            except Exception:  # a Redis outage: the feed subscribes to what it follows when it is back
-                log.debug("following fewer shards failed", exc_info=True)
-            finally:
-                self._dropping -= unheld
-                self._asked -= unheld
+            await self.let_go()
+
+    async def let_go(self) -> set[int]:
+        """Stop following the shards of which the kernel keeps nothing for long any more (every
+        UNFOLLOW_EVERY seconds): a mount's notices follow what it holds, not what it once held."""
+        held = {shards.UPPER, *(shards.of_ino(ino) for ino in self._handed.inodes_and_parents())}
+        unheld = self._asked - held
+        if not unheld:
+            return unheld
+        # No await between the look above and this: every long time handed out so far is in it,
+        # and none is handed for these shards until they are followed anew.
+        self._dropping |= unheld
+        try:
+            await self._feed.unwatch(unheld)
+        except Exception:  # a Redis outage: the feed subscribes to what it follows when it is back
+            log.debug("following fewer shards failed", exc_info=True)
+        finally:
+            self._dropping -= unheld
+            self._asked -= unheld
+        return unheld
 
     async def _watch_asked(self) -> None:
         while True:

@@ -257,7 +257,7 @@ class ShardedFeed(FakeFeed):
 async def test_a_mount_follows_the_scopes_it_holds_and_only_those(monkeypatch: pytest.MonkeyPatch) -> None:
     """A reply about a node of a shard not followed yet gets the short time and asks for its notices;
     once followed, the long one; and a shard the kernel holds nothing of for long is let go."""
-    monkeypatch.setattr(invalidation, "UNFOLLOW_EVERY", 0.05)
+    monkeypatch.setattr(invalidation, "UNFOLLOW_EVERY", 3600.0)  # let go of below, when the test says
     feed = ShardedFeed()
     handed = Handed(ROOT, LONG, SHORT)
     follower = ChangeFollower(feed, Inodes(ROOT), handed)  # type: ignore[arg-type]
@@ -271,8 +271,9 @@ async def test_a_mount_follows_the_scopes_it_holds_and_only_those(monkeypatch: p
         assert handed.hand(_file(bob, ROOT, "bob")) == SHORT  # the entry's shard (0) is followed; bob's not
         await _until(lambda: {9} in feed.watched, "the feed asked to follow shard 9")
         assert handed.hand(_file(bob, ROOT, "bob")) == LONG
+        assert await follower.let_go() == set() and feed.unwatched == []  # both still held
         handed.forget(alice + 1, 1)  # the kernel lets go of the only node of shard 7 it held
-        await _until(lambda: feed.unwatched == [{7}], "shard 7 let go")
+        assert await follower.let_go() == {7} and feed.unwatched == [{7}]
         assert 9 in feed.followed and shards.UPPER in feed.followed  # still held, and always
         assert handed.hand(_file(alice + 1, alice, "a")) == SHORT  # met again: asked for again
         await _until(lambda: feed.watched[-1] == {7}, "shard 7 followed again")
