@@ -46,6 +46,7 @@ from core.errors import (
 )
 from core.infra import metrics
 from core.infra.tally import tally
+from fusefs.handed import REQUEST_STARTED
 from fusefs.watchdog import Watchdog
 
 log = logging.getLogger("artifactfs.mount")
@@ -152,6 +153,7 @@ def fuse_call(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         """The request answered, timed and counted by its outcome (artifactfs_fuse_requests_total)."""
         start = time.perf_counter()
         outcome = None  # ok: its counter is looked up once, at decoration (reads and writes are many)
+        REQUEST_STARTED.set(time.monotonic())  # this request's own task: nothing to reset
         try:
             return await settle(args)
         except pyfuse3.FUSEError as exc:

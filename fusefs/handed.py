@@ -31,8 +31,14 @@ counted, and its record is dropped at its first FORGET, as if it had one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 from core.nodes import Node
+
+# When (time.monotonic) the FUSE request being answered in this context began: whatever it read of
+# the store, it read after then (fusefs.errnos sets it; fusefs.invalidation compares it with when
+# the notices of a shard began to be followed).
+REQUEST_STARTED: ContextVar[float | None] = ContextVar("artifactfs_request_started", default=None)
 
 HANDED_LIMIT = 32_768  # inodes recorded at most (some 200 bytes each: ~6 MiB)
 

@@ -52,7 +52,7 @@ from core import shards
 from core.backends.meta.changes import Change, ChangeFeed, ChangeOp
 from core.nodes import ROOT_INO, Node
 from fusefs.attrs import Inodes
-from fusefs.handed import Handed
+from fusefs.handed import REQUEST_STARTED, Handed
 from fusefs.listings import Listings
 
 log = logging.getLogger("artifactfs.mount")
@@ -187,14 +187,18 @@ class ChangeFollower:
         self.own = self.foreign = self.resyncs = 0
 
     def followed(self, node: Node) -> bool:
-        """Whether the notices of ``node``'s shard and of its entry's are followed, for long enough that
-        no request that read the store before is still answering (see _resync); asks for those not yet.
+        """Whether the notices of ``node``'s shard and of its entry's were followed before the request
+        answering began (so a change after what it read is announced); asks for those not yet.
 
         The mount hands the kernel long cache times only for such nodes: a shard is followed
         from the first reply about one of its nodes on, so the notices a mount reads grow with
-        what it has cached, not with the store's traffic (issue #17).
+        what it has cached, not with the store's traffic (issue #17). Outside a request (a
+        sweep), a shard followed RESYNC_SETTLE seconds counts.
         """
-        now, ok = time.monotonic(), True
+        started = REQUEST_STARTED.get()
+        if started is None:
+            started = time.monotonic() - RESYNC_SETTLE
+        ok = True
         for shard in {shards.of_ino(node.ino), shards.of_ino(node.parent)}:
             if shard in self._dropping:
                 ok = False
@@ -206,7 +210,7 @@ class ChangeFollower:
                     self._asked.add(shard)
                     self._to_ask.add(shard)
                     self._ask_now.set()
-            elif now - since < RESYNC_SETTLE:
+            elif since > started:
                 ok = False
         return ok
 

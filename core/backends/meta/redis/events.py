@@ -219,6 +219,9 @@ class RedisChangeFeed:
                 if message is None:
                     raise RedisTimeoutError(f"no confirmation of the subscriptions to {self.channel(shards.UPPER)}, ...")
                 await self._take(message, self._early)
+            # Followed as if for ever: at open nothing was read before, and after a gap the RESYNC that
+            # follows makes the follower settle (a shard asked for later is followed from its confirmation).
+            self._since.update(dict.fromkeys(wanted, 0.0))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await _quietly_close(client, pubsub)
