@@ -338,23 +338,19 @@ class RedisMetaStore:
         where = node.name if node is not None else ""
         wait = wait and time.monotonic() >= self._alone_until.get(where, 0.0)
         batch = [command, *([("WAIT", self._replicas, _WAIT_MS)] if wait else [])]
-        for attempt in range(2):
-            replies = await (self._on_node(client, node, batch) if node is not None else _on_server(client, batch))
-            if attempt == 0 and isinstance(replies[0], NoScriptError):  # a server (or a new master) without it
-                await (node.execute_command("SCRIPT", "LOAD", SCRIPT) if node is not None else client.script_load(SCRIPT))
-                continue
-            if isinstance(replies[0], MovedError):
-                await client.nodes_manager.move_slot(replies[0])
-                raise _SlotMoving(f"slot of {key} moved to {replies[0].host}:{replies[0].port}")
-            if isinstance(replies[0], AskError):
-                raise _SlotMoving(f"slot of {key} is migrating to {replies[0].host}:{replies[0].port}")
-            for answer in replies:
-                if isinstance(answer, Exception):
-                    raise answer
-            if wait and int(replies[1]) < self._replicas and not await self._left_alone(client, node, where):
-                raise ProviderError(f"redis: {replies[1]} of {self._replicas} replicas took a change within {_WAIT_MS} ms")
-            return replies[0]
-        raise ProviderError("redis: the script will not stay loaded")
+        replies = await _script_loaded(
+            lambda: self._on_node(client, node, batch) if node is not None else _on_server(client, batch),
+            lambda: node.execute_command("SCRIPT", "LOAD", SCRIPT) if node is not None else client.script_load(SCRIPT),
+        )
+        if isinstance(replies[0], MovedError):
+            await client.nodes_manager.move_slot(replies[0])
+            raise _SlotMoving(f"slot of {key} moved to {replies[0].host}:{replies[0].port}")
+        if isinstance(replies[0], AskError):
+            raise _SlotMoving(f"slot of {key} is migrating to {replies[0].host}:{replies[0].port}")
+        _raise_any(replies)
+        if wait and int(replies[1]) < self._replicas and not await self._left_alone(client, node, where):
+            raise ProviderError(f"redis: {replies[1]} of {self._replicas} replicas took a change within {_WAIT_MS} ms")
+        return replies[0]
 
     @staticmethod
     async def _on_node(client: Any, node: Any, batch: list[tuple]) -> list:
@@ -388,27 +384,24 @@ class RedisMetaStore:
         """
         order = sorted(set(homes))
 
-        async def run(client: aioredis.Redis, script: Any) -> dict[int, list]:
-            for attempt in range(2):
-                async with client.pipeline(transaction=False) as pipe:
-                    counts = []
-                    for shard in order:
-                        before = len(pipe)
-                        add(pipe, shard)
-                        counts.append(len(pipe) - before)
-                    replies = await pipe.execute(raise_on_error=False)
-                if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
-                    await client.script_load(script.script)  # a server (or a new master) without it yet
-                    continue
-                for reply in replies:
-                    if isinstance(reply, Exception):
-                        raise reply
-                out, at = {}, 0
-                for shard, count in zip(order, counts):
-                    out[shard] = replies[at : at + count]
-                    at += count
-                return out
-            raise ProviderError(f"redis {what}: the script will not stay loaded")
+        counts: list[int] = []  # commands queued per shard
+
+        async def send(client: aioredis.Redis) -> list:
+            async with client.pipeline(transaction=False) as pipe:
+                counts.clear()
+                for shard in order:
+                    before = len(pipe)
+                    add(pipe, shard)
+                    counts.append(len(pipe) - before)
+                return await pipe.execute(raise_on_error=False)
+
+        async def run(client: aioredis.Redis, _s: object) -> dict[int, list]:
+            replies = _raise_any(await _script_loaded(lambda: send(client), lambda: client.script_load(SCRIPT)))
+            out, at = {}, 0
+            for shard, count in zip(order, counts):
+                out[shard] = replies[at : at + count]
+                at += count
+            return out
 
         return await self._call(what, run)
 
@@ -1007,12 +1000,7 @@ class RedisMetaStore:
             raise CrossScopeError(f"{what}: a record does not move to another scope")
         written = node.model_copy(update={"rev": node.rev + 1})
         expect = "" if base_version is None else base_version
-        inside = after = None  # the queue's changes in the node's shard go in its step; others follow it
-        if settle is not None:
-            inside = Settle([k for k in settle.keys if self._gc_home(k) == home], settle.not_before_ns,
-                            [e for e in settle.forget if self._gc_home(e.key) == home])
-            after = Settle([k for k in settle.keys if self._gc_home(k) != home], settle.not_before_ns,
-                           [e for e in settle.forget if self._gc_home(e.key) != home])
+        inside, after = self._split(settle, home) if settle is not None else (None, None)
         queue = _settle_args(inside.forget, _micros(inside.not_before_ns), inside.keys) if inside is not None else []
         reply = self._check(await self._script(home, what, "update", *self._args(written), node.rev, expect, *queue), what)
         if reply[0] == b"CONFLICT":
@@ -1021,6 +1009,18 @@ class RedisMetaStore:
         if after is not None and (after.keys or after.forget):
             await self.defer_delete(after.keys, after.not_before_ns, forget=after.forget)
         return None
+
+    def _split(self, settle: Settle, home: int) -> tuple[Settle, Settle]:
+        """``settle``'s changes to the queue of shard ``home`` (made in a commit's own step there), and
+        the rest (made after it)."""
+        keys: dict[bool, list[str]] = {True: [], False: []}
+        forget: dict[bool, list[Deferred]] = {True: [], False: []}
+        for key in settle.keys:
+            keys[self._gc_home(key) == home].append(key)
+        for entry in settle.forget:
+            forget[self._gc_home(entry.key) == home].append(entry)
+        return (Settle(keys[True], settle.not_before_ns, forget[True]),
+                Settle(keys[False], settle.not_before_ns, forget[False]))
 
     async def rename(
         self, node: Node, new_parent: int, new_name: str, *, replace: bool, touch_ns: int | None = None,
@@ -1209,6 +1209,24 @@ def _one_shard(*inos: int) -> int:
     if len(homes) > 1:
         raise CrossScopeError("the names are in different scopes")
     return homes.pop()
+
+
+async def _script_loaded(send: Callable[[], Awaitable[list]], load: Callable[[], Awaitable[object]]) -> list:
+    """The replies of ``send()``; sent again once after ``load()`` if a server answered NOSCRIPT (one
+    restarted, or a replica just made master: it has no script yet)."""
+    replies = await send()
+    if any(isinstance(reply, NoScriptError) for reply in replies):
+        await load()
+        replies = await send()
+    return replies
+
+
+def _raise_any(replies: list) -> list:
+    """``replies``, unless one is an error (a pipeline's replies, read without raising): then that."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 async def _on_server(client: aioredis.Redis, batch: list[tuple]) -> list:
