@@ -16,16 +16,18 @@ from pathlib import Path
 import pytest
 from servers import RedisServer
 
-from core import ArtifactStore
+from core import ArtifactStore, Scope, shards
 from core.api.cursors import CursorKind, FilesCursor, SearchCursor, encode, query_digest
 from core.backends.blobs.memory import MemoryBlobStore
 from core.backends.meta.base import MetaStore
+from core.backends.meta.redis.lua import LAYOUT
 from core.backends.meta.redis.store import RedisMetaStore
 from core.backends.meta.sqlite import SQLiteMetaStore
-from core.errors import InvalidArgumentError, InvalidCursorError
+from core.errors import ConfigurationError, InvalidArgumentError, InvalidCursorError
 from core.infra import tally
 from core.infra.clock import ManualClock
 from core.infra.signing import RecordSigner
+from core.nodes import Space
 
 SIGNER = RecordSigner(b"list-pages-key-0123456789abcdef")
 MANY = 2000
@@ -257,21 +259,6 @@ async def test_a_search_page_reads_its_results_not_the_space(store: ArtifactStor
     with tally.tally() as common:  # a common one: about a page, wherever it is tested
         assert len(await store.search(mime_prefix="image/", session_id=sessions[1], limit=PAGE)) == PAGE
     assert common.records <= PAGE_BOUND
-
-
-async def test_a_store_without_the_search_order_gets_it_rebuilt(store: ArtifactStore, clock: ManualClock) -> None:
-    """Redis: search sets written before their sorted order (or found apart from it) are ordered again."""
-    sessions = await fill_varied(store, 90, clock)
-    expected = [m.artifact_id for m in await store.search(session_id=sessions[0])]
-    meta = store.ns.meta
-    if isinstance(meta, RedisMetaStore):
-        async def forget(client, _script) -> None:  # type: ignore[no-untyped-def]
-            async for key in client.scan_iter(f"{meta.prefix}:y:*"):
-                await client.delete(key)
-        await meta._call("forget the order", forget)
-    assert await every_search_page(store, 7, session_id=sessions[0]) == expected
-    assert [m.artifact_id for m in await store.search(user_id="u0", limit=5)] == [
-        m.artifact_id for m in await store.search(user_id="u0")][:5]
 
 
 async def test_a_meta_search_reads_a_bounded_stretch_per_page_and_its_cursor_moves_on(
@@ -562,61 +549,68 @@ async def test_a_meta_search_page_holds_at_most_its_limit_and_continues_after_it
     assert [m.artifact_id for m in await store.search(meta_filter={"k": 1}, limit=12)] == everything[:12]
 
 
-async def as_before_search_order(meta: RedisMetaStore) -> None:
-    """Leave a Redis store as the version before search pages did: no '=' line in a record's index
-    tags, no ordered sets."""
-    async def strip(client, _script) -> None:  # type: ignore[no-untyped-def]
-        async for key in client.scan_iter(f"{meta.prefix}:{{*}}:y:*"):
-            await client.delete(key)
-        async for key in client.scan_iter(f"{meta.prefix}:{{*}}:i:*"):
-            fields = (await client.hget(key, "f") or b"").split(b"\0")  # p n k a ix ...: ix the fifth
-            if len(fields) > 4 and fields[4]:
-                fields[4] = b"\n".join(tag for tag in fields[4].split(b"\n") if not tag.startswith(b"="))
-                await client.hset(key, "f", b"\0".join(fields))
-    await meta._call("make the store older", strip)
+def users_in_one_shard(count: int) -> list[str]:
+    """User ids whose user scopes hash to one shard (found by trying: 4,095 shards)."""
+    by_shard: dict[int, list[str]] = {}
+    for i in range(100_000):
+        user = f"u{i}"
+        found = by_shard.setdefault(shards.of_space(Space(sandbox_id="box", scope=Scope.USER, user_id=user)), [])
+        found.append(user)
+        if len(found) == count:
+            return found
+    raise AssertionError("no shard holds that many of the first users")
 
 
 @pytest.mark.semantics("S-list-pages")
 @pytest.mark.parametrize("meta", ["redis"], indirect=True)
-async def test_a_redis_store_from_before_the_search_order_is_reordered_once_and_stays_whole(
-    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Regression: deleting a record indexed before the order left its member in the ordered set, so the
-    counts differed and every page rebuilt the whole space; and the rebuild read the set in one script
-    and rewrote the order in another, so an insert and a delete between them left the insert out of
-    every page for good (the counts matched again)."""
+async def test_spaces_that_share_a_shard_are_searched_as_one_order(store: ArtifactStore, clock: ManualClock) -> None:
+    """Redis keeps one ordered set per space; a search wider than a space merges those of each shard."""
+    users = users_in_one_shard(3)
+    session = await store.create_session(user_id=users[0])  # in a shard of its own, most likely
+    stored: list[tuple[str, str]] = []  # (artifact id, user) in stored_at order
+    for i in range(40):
+        user = users[i % 3]
+        if i % 5 == 4:
+            stored.append((await store.store(b"s", filename=f"s{i}", session_id=session, user_id=users[0]), users[0]))
+        else:
+            stored.append((await store.store(b"u", filename=f"f{i}", scope="user", user_id=user), user))
+        clock.advance(1)
+    ids = [artifact_id for artifact_id, _ in stored]
+    for limit in (1, 3, 7, 100):
+        assert await every_search_page(store, limit) == ids
+        assert await every_search_page(store, limit, scope="user") == [
+            a for a in ids if a not in {s for s in ids[4::5]}]
+        for user in users:
+            assert await every_search_page(store, limit, user_id=user) == [a for a, u in stored if u == user]
+    assert [m.artifact_id for m in await store.search(scope="user", user_id=users[1])] == [
+        a for a, u in stored if u == users[1]]
     meta = store.ns.meta
     assert isinstance(meta, RedisMetaStore)
-    session = await store.create_session()
-    await fill(store, session, [f"f{i:02d}" for i in range(12)])
-    old = await store.list_files(session)
-    await as_before_search_order(meta)
-    rebuilds = 0
-    rebuild = meta._rebuild_order
-    real_script = meta._script
-    racing = False
 
-    async def counted(shard: int, tag: str) -> None:
-        nonlocal rebuilds
-        rebuilds += 1
-        await rebuild(shard, tag)
+    async def members(client, _script) -> tuple[int, list[bytes]]:  # type: ignore[no-untyped-def]
+        count, sets = 0, []
+        async for key in client.scan_iter(f"{meta.prefix}:{{*}}:[xy]:*"):
+            sets.append(key)
+            count += await client.zcard(key)
+        return count, sets
+    count, sets = await meta._call("count the members", members)
+    assert count == len(ids) and len(sets) == 4  # one member per artifact; one set per space: 3 users, 1 session
 
-    async def script(shard: int, what: str, op: str, *args: object) -> list:  # type: ignore[type-arg]
-        nonlocal racing
-        reply = await real_script(shard, what, op, *args)
-        if rebuilds == 1 and op in ("search", "reorder") and not racing:  # the first rebuild has read the set
-            racing = True
-            await store.store(b"x", filename="late", session_id=session)
-            await store.delete(old[0].artifact_id, session_id=session)
-        return reply
 
-    monkeypatch.setattr(meta, "_rebuild_order", counted)
-    monkeypatch.setattr(meta, "_script", script)
-    await store.search_page(session_id=session, limit=5)
-    assert rebuilds == 1 and racing
-    expected = [m.artifact_id for m in await store.search(session_id=session)]
-    assert len(expected) == 12 and old[0].artifact_id not in expected
-    assert await every_search_page(store, 5, session_id=session) == expected  # "late" among them
-    await store.delete(old[1].artifact_id, session_id=session)  # a record from before the order, deleted
-    assert await every_search_page(store, 5, session_id=session) == [m for m in expected if m != old[1].artifact_id]
-    assert rebuilds == 1  # the order stayed whole: no page rebuilt it again
+@pytest.mark.semantics("S-list-pages")
+@pytest.mark.parametrize("meta", ["redis"], indirect=True)
+async def test_a_redis_store_in_another_layout_is_refused_and_left_alone(store: ArtifactStore) -> None:
+    """No migration between key layouts: a store written in another one is refused, never misread."""
+    artifact_id = await store.store(b"keep", filename="keep", scope="user", user_id="alice")
+    meta = store.ns.meta
+    assert isinstance(meta, RedisMetaStore)
+    marker = meta.key("layout", shard=shards.UPPER)
+    for layout in (None, b"1", b"9"):
+        async def older(client, _script) -> None:  # type: ignore[no-untyped-def]
+            await (client.delete(marker) if layout is None else client.set(marker, layout))
+        await meta._call("make the store older", older)
+        again = RedisMetaStore(meta.url, SIGNER, prefix=meta.prefix)
+        with pytest.raises(ConfigurationError, match="layout"):
+            await again.open()
+    await meta._call("as it was", lambda client, _s: client.set(marker, LAYOUT))
+    assert await store.retrieve(artifact_id) == b"keep"

@@ -122,21 +122,26 @@ def assert_consistent(url: str, prefix: str) -> None:
         assert {k: int(v) for k, v in r.hgetall(f"{base}:ub").items() if int(v)} == {k: v for k, v in size.items() if v}
         totals = r.hgetall(f"{base}:tot")
         assert int(totals.get(b"files", 0)) == sum(files.values()) and int(totals.get(b"bytes", 0)) == sum(size.values())
-    tags: dict[tuple[int, bytes], set[bytes]] = {}
-    orders: dict[tuple[int, bytes], set[bytes]] = {}  # each tag's (stored_at, artifact id) order (issue #12)
+    holders: dict[tuple[int, bytes], set[bytes]] = {}  # bo:<id>: the holders of another artifact's blob
+    orders: dict[tuple[int, bytes], set[bytes]] = {}  # each space's (stored_at, artifact id) order
     for ino, record in inodes.items():
         lines = list(filter(None, record[b"ix"].split(b"\n")))
         member = next((line[1:] for line in lines if line.startswith(b"=")), None)
-        for tag in (line for line in lines if not line.startswith(b"=")):
-            tags.setdefault((shards.of_ino(ino), tag), set()).add(str(ino).encode())
-            if member is not None:
-                orders.setdefault((shards.of_ino(ino), tag), set()).add(member)
+        for tag in lines:
+            if tag.startswith(b"bo:"):
+                holders.setdefault((shards.of_ino(ino), tag), set()).add(str(ino).encode())
+            elif tag.startswith(b"sp:"):
+                assert member is not None
+                orders.setdefault((shards.of_ino(ino), tag[3:]), set()).add(member)
     for place, key in keyed("x").items():
-        assert r.smembers(key) == tags.pop(place, set())
-    assert not tags
+        assert r.smembers(key) == holders.pop(place, set())
+    assert not holders
     for place, key in keyed("y").items():
         assert set(r.zrange(key, 0, -1)) == orders.pop(place, set())
     assert not orders
+    for home in homes:  # each shard's spaces are those with an ordered set there
+        assert set(r.hkeys(f"{prefix}:{{{home}}}:tags")) == {
+            space for shard, space in keyed("y") if shard == home}
 
 
 # -- the same semantics as the SQLite reference

@@ -44,12 +44,15 @@ Keys of a shard ``P``:
                            delete it from (``defer_delete``); the scripts that
                            drop an inode queue its blob here in the same step
 ``P:art``           hash   artifact id -> ino
-``P:x:<tag>``       set    search indexes: ``sb:<sandbox>``, ``sc:<sandbox>/<scope>``,
-                           ``se:<sandbox>/<session>``, ``us:<sandbox>/<user>``
-``P:y:<tag>``       zset   the same artifacts in (stored_at, artifact id) order,
-                           score 0, member ``<stored_at ns, 20 digits>/<id>``
-                           (the ``=`` line of ``ix``): ``spage`` (ZRANGEBYLEX);
-                           ``reorder`` makes it again (a store from before it)
+``P:y:<space>``     zset   a space's artifacts (``<sandbox>/<scope>/<session>/<user>``,
+                           '' where absent) in (stored_at, artifact id) order, score 0,
+                           member ``<stored_at ns, 20 digits>/<id>`` (the ``=`` line
+                           of ``ix``): ``spage`` (ZRANGEBYLEX) merges those a search asks for
+``P:tags``          hash   the spaces that have an ordered set here (value 1): what a
+                           search wider than one space picks from
+``P:x:bo:<id>``     set    the holders of artifact ``<id>``'s blob (checkpoint copies)
+``P:layout``        str    (shard 0 only) the layout's version, ``LAYOUT``: a store
+                           written in another is refused at open
 ``P:exp``           zset   ino by expires_at (ns)
 ``P:ub`` ``P:uf``   hash   usage key -> bytes, files
 ``P:ug``            hash   usage key -> generation: moved by every change of
@@ -157,6 +160,9 @@ local function settle(gc, at)
 end
 """
 
+# The version of the layout of keys above (``P:layout`` in shard 0): 2 since one search index per artifact.
+LAYOUT = "2"
+
 # Seconds ``P:quiet`` outlives the last change made without a notice: while it exists, mounts
 # keep their kernel caches short (fusefs.handed), as notices alone cannot tell them everything.
 QUIET_TTL = 3600
@@ -262,24 +268,23 @@ local function charge(n, sign)
   end
 end
 
--- a search set's member in (stored_at, artifact id) order: the ix line that starts with '='; a record
--- indexed before that line existed has none, and its member (put there by ``reorder``) is made as the
--- client's order_member makes it, from the record's crtime_ns (digits: a double would round them) and id
-local function order_of(n)
-  local member = string.match('\n' .. n.ix, '\n=([^\n]+)')
-  if member or n.a == '' or not n.rec then return member end
-  local ns = string.match(n.rec, '"crtime_ns":(%d+)')
-  if not ns or #ns > 20 then return nil end
-  return string.rep('0', 20 - #ns) .. ns .. '/' .. n.a
-end
+-- Search indexes (issue #17: one ordered set per artifact, not six sets). An ix line ``sp:<space>``
+-- names the artifact's space (``<sandbox>/<scope>/<session>/<user>``, '' where absent; no id holds a
+-- '/'): its member, the ``=`` line, goes in that space's ordered set, and the space in ``P:tags``,
+-- what a search of a wider space (a user's, a scope's, a sandbox's) merges. ``bo:<id>`` puts the ino
+-- in the set of the holders of another artifact's blob.
+local function order_of(n) return string.match('\n' .. n.ix, '\n=([^\n]+)') end
 
 local function index(n)
   if n.a ~= '' then redis.call('HSET', P .. ':art', n.a, n.ino) end
   local member = order_of(n)
   for tag in string.gmatch(n.ix, '[^\n]+') do
-    if string.sub(tag, 1, 1) ~= '=' then
+    local kind, space = string.sub(tag, 1, 3), string.sub(tag, 4)
+    if kind == 'sp:' and member then
+      redis.call('ZADD', P .. ':y:' .. space, 0, member)
+      redis.call('HSET', P .. ':tags', space, 1)
+    elseif kind == 'bo:' then
       redis.call('SADD', P .. ':x:' .. tag, n.ino)
-      if member then redis.call('ZADD', P .. ':y:' .. tag, 0, member) end
     end
   end
   if n.ex ~= '' then redis.call('ZADD', P .. ':exp', n.ex, n.ino) end
@@ -290,14 +295,38 @@ local function unindex(n)
   if n.a ~= '' and redis.call('HGET', P .. ':art', n.a) == n.ino then redis.call('HDEL', P .. ':art', n.a) end
   local member = order_of(n)
   for tag in string.gmatch(n.ix, '[^\n]+') do
-    if string.sub(tag, 1, 1) ~= '=' then
+    local kind, space = string.sub(tag, 1, 3), string.sub(tag, 4)
+    if kind == 'sp:' and member then
+      local order = P .. ':y:' .. space
+      redis.call('ZREM', order, member)
+      if redis.call('ZCARD', order) == 0 then redis.call('HDEL', P .. ':tags', space) end
+    elseif kind == 'bo:' then
       redis.call('SREM', P .. ':x:' .. tag, n.ino)
-      if member then redis.call('ZREM', P .. ':y:' .. tag, member) end
     end
   end
   if n.ex ~= '' then redis.call('ZREM', P .. ':exp', n.ino) end
   charge(n, -1)
 end
+
+-- The spaces of this shard that a search asks for: ARGV[at..at + 3] are the sandbox, scope, session
+-- and user it wants ('' for any), in byte order.
+local function spaces(at)
+  local want = {ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]}
+  local out = {}
+  for _, space in ipairs(redis.call('HKEYS', P .. ':tags')) do
+    local j, fits = 1, true
+    for part in string.gmatch(space .. '/', '([^/]*)/') do
+      if want[j] and want[j] ~= '' and part ~= want[j] then fits = false; break end
+      j = j + 1
+    end
+    if fits then out[#out + 1] = space end
+  end
+  table.sort(out)
+  return out
+end
+
+-- the artifact id a search member ends with
+local function member_id(member) return string.match(member, '/(.*)$') end
 
 -- every {parent, name} of n: its primary name, then its hard links
 local function names(n)
@@ -488,29 +517,55 @@ function ops.page()
   return out
 end
 
--- ARGV: index tag, how many records to answer at most: the search set's records, or (a larger set)
--- its inos alone, for the client to fetch in a pipeline (see list)
+-- ARGV: how many records to answer at most, then the space asked for (see spaces): the records of
+-- its artifacts, or (more of them) their inos alone, for the client to fetch in a pipeline (see list)
 function ops.search()
-  return records_or_inos(redis.call('SMEMBERS', P .. ':x:' .. ARGV[3]), tonumber(ARGV[4]), false)
+  local inos = {}
+  for _, space in ipairs(spaces(4)) do
+    for _, member in ipairs(redis.call('ZRANGE', P .. ':y:' .. space, 0, -1)) do
+      local ino = redis.call('HGET', P .. ':art', member_id(member))
+      if ino then inos[#inos + 1] = ino end
+    end
+  end
+  return records_or_inos(inos, tonumber(ARGV[3]), false)
 end
 
--- ARGV: index tag, the member to start after ('' for the first), how many members to read at most, how
--- many records to answer at most, and text a record must hold to be answered ('' for any: a MIME prefix
--- as the record spells it, a superset the client checks). A page of the tag's artifacts in (stored_at,
--- artifact id) order (issue #12): the last member read, 1 if more may follow it, then the records.
--- REBUILD if the order does not hold what the set does (a store written before it): the client
--- rebuilds it and asks again.
+-- ARGV: artifact id, how many records to answer at most: the holders of that artifact's blob (as search)
+function ops.holders()
+  return records_or_inos(redis.call('SMEMBERS', P .. ':x:bo:' .. ARGV[3]), tonumber(ARGV[4]), false)
+end
+
+-- sorted lists a and b merged, cut at ``most`` members
+local function merged(a, b, most)
+  local out, i, j = {}, 1, 1
+  while #out < most and (i <= #a or j <= #b) do
+    if j > #b or (i <= #a and a[i] < b[j]) then out[#out + 1] = a[i]; i = i + 1
+    else out[#out + 1] = b[j]; j = j + 1 end
+  end
+  return out
+end
+
+-- ARGV: the member to start after ('' for the first), how many members to read at most, how many
+-- records to answer at most, text a record must hold to be answered ('' for any: a MIME prefix as the
+-- record spells it, a superset the client checks), then the space asked for (see spaces). A page of
+-- its artifacts in (stored_at, artifact id) order (issue #12): the last member read, 1 if more may
+-- follow it, then the records. The spaces' ordered sets are merged, each read only below the
+-- ``most``-th member found so far, so the script holds at most twice ``most`` members.
 function ops.spage()
-  local tag, after, most, want, needle = ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-  local order = P .. ':y:' .. tag
-  if redis.call('ZCARD', order) ~= redis.call('SCARD', P .. ':x:' .. tag) then return {'REBUILD'} end
-  local members = redis.call('ZRANGEBYLEX', order, after == '' and '-' or '(' .. after, '+', 'LIMIT', 0, most)
+  local after, most, want, needle = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+  local start = after == '' and '-' or '(' .. after
+  local members = {}
+  for _, space in ipairs(spaces(7)) do
+    local below = #members >= most and '(' .. members[most] or '+'
+    local found = redis.call('ZRANGEBYLEX', P .. ':y:' .. space, start, below, 'LIMIT', 0, most)
+    if #found > 0 then members = merged(members, found, most) end
+  end
   local out = {'PAGE', '', #members >= most and 1 or 0}
   local found = 0
-  for at, member in ipairs(members) do
+  for _, member in ipairs(members) do
     if found >= want then out[3] = 1; break end
     out[2] = member
-    local ino = redis.call('HGET', P .. ':art', string.match(member, '/(.*)$'))
+    local ino = redis.call('HGET', P .. ':art', member_id(member))
     if ino then
       local rec = fetch(ino)
       if needle == '' or (rec[2] and string.find(rec[2], needle, 1, true)) then
@@ -520,19 +575,6 @@ function ops.spage()
     end
   end
   return out
-end
-
--- ARGV: index tag. Its ordered set made again from its set's records (a store written before the order):
--- read and rewritten in one script, so no write lands between the two and leaves a member out for good.
-function ops.reorder()
-  local order = P .. ':y:' .. ARGV[3]
-  redis.call('DEL', order)
-  for _, ino in ipairs(redis.call('SMEMBERS', P .. ':x:' .. ARGV[3])) do
-    local v = redis.call('HMGET', ikey(ino), 'f', 'rec')
-    local member = order_of(unpacked(v[1], {rec = v[2]}))
-    if member then redis.call('ZADD', order, 0, member) end
-  end
-  return {'OK'}
 end
 
 -- ARGV: directory, '1' to answer its own record first, then the names of a path below it. The records

@@ -59,7 +59,7 @@ from core.backends.meta.base import (
     search_matches,
     search_position,
 )
-from core.backends.meta.redis.lua import NO_SUCCESSOR, NO_TOUCH, SCRIPT, SETTLE
+from core.backends.meta.redis.lua import LAYOUT, NO_SUCCESSOR, NO_TOUCH, SCRIPT, SETTLE
 from core.errors import (
     AlreadyExistsError,
     ArtifactStoreError,
@@ -148,31 +148,27 @@ def _links(node: Node) -> bytes:
 
 
 def index_tags(node: Node) -> list[str]:
-    """The search sets an artifact belongs to; '/' cannot occur in an id."""
+    """The indexes an artifact belongs to: its space's ordered set (``sp:``), and the holders of the
+    blob it shares (``bo:``); the ``=`` line is its member in that order."""
     space = node.space
     if node.artifact is None or space is None:
         return []
-    box = space.sandbox_id
-    tags = [f"sb:{box}", f"sc:{box}/{space.scope.value}"]
-    if space.session_id is not None:
-        tags.append(f"se:{box}/{space.session_id}")
-    if space.user_id is not None:
-        tags.append(f"us:{box}/{space.user_id}")
+    tags = [f"sp:{space_tag(space.sandbox_id, space.scope, space.session_id, space.user_id)}"]
     if node.artifact.blob_of is not None:
         tags.append(f"bo:{node.artifact.blob_of}")  # the holders of another artifact's blob (sharers)
     tags.append(f"={order_member(node.crtime_ns, node.artifact.artifact_id)}")  # each tag's order (not a tag)
     return tags
 
 
-def _search_tag(sandbox_id: str, scope: Scope | None, session_id: str | None, user_id: str | None) -> str:
-    """The narrowest search set that holds every artifact of a space."""
-    if session_id is not None:
-        return f"se:{sandbox_id}/{session_id}"
-    if user_id is not None:
-        return f"us:{sandbox_id}/{user_id}"
-    if scope is not None:
-        return f"sc:{sandbox_id}/{scope.value}"
-    return f"sb:{sandbox_id}"
+def space_parts(sandbox_id: str, scope: Scope | None, session_id: str | None, user_id: str | None) -> tuple[str, ...]:
+    """A space as the scripts' search indexes name it, '' where absent; as a search's ask, '' matches any
+    (see ``spaces`` in the script)."""
+    return sandbox_id, scope.value if scope is not None else "", session_id or "", user_id or ""
+
+
+def space_tag(sandbox_id: str, scope: Scope | None, session_id: str | None, user_id: str | None) -> str:
+    """A space's index: ``<sandbox>/<scope>/<session>/<user>`` ('/' cannot occur in an id)."""
+    return "/".join(space_parts(sandbox_id, scope, session_id, user_id))
 
 
 def _mime_needle(prefix: str | None) -> str:
@@ -431,11 +427,7 @@ class RedisMetaStore:
     async def open(self) -> None:
         self._open = True
         try:
-            if await self._call("layout", lambda client, _s: client.exists(f"{self.prefix}:ino")):
-                raise ConfigurationError(
-                    f"the Redis store {self.prefix!r} was written in the layout before shards (issue #17); "
-                    "this version cannot read it: copy its artifacts out with the version that wrote it"
-                )
+            await self._check_layout()
             self._replicas = self._replicas_asked if self._replicas_asked is not None else await self._fewest_replicas()
             if await self.get(ROOT_INO) is None:
                 root = new_node(parent=0, name="", kind=NodeKind.DIR, mode=0o755, role=NodeRole.ROOT, now_ns=0)
@@ -444,6 +436,29 @@ class RedisMetaStore:
         except BaseException:
             await self.close()
             raise
+
+    async def _check_layout(self) -> None:
+        """Refuse a store written in another layout of keys (there is no migration), and mark a new one."""
+        marker, root = self.key("layout", shard=shards.UPPER), self.key("i", ROOT_INO)
+
+        async def read(client: Any, _s: object) -> tuple[Any, ...]:
+            return (await client.exists(f"{self.prefix}:ino"), await client.get(marker), await client.exists(root))
+
+        before_shards, layout, used = await self._call("layout", read)
+        if before_shards:
+            written = "before shards (issue #17)"
+        elif layout is None and used:
+            written = "before one search index per artifact (issue #17)"
+        elif layout is not None and layout.decode("ascii", "replace") != LAYOUT:
+            written = f"{layout.decode('ascii', 'replace')!r}, not {LAYOUT!r}"
+        else:
+            if layout is None:
+                await self._call("layout", lambda client, _s: client.set(marker, LAYOUT, nx=True))
+            return
+        raise ConfigurationError(
+            f"the Redis store {self.prefix!r} was written in the layout {written}; this version cannot read "
+            "it: copy its artifacts out with the version that wrote it"
+        )
 
     async def _fewest_replicas(self) -> int:
         """1 if every master has a replica (0 otherwise): what a change then waits for."""
@@ -650,11 +665,11 @@ class RedisMetaStore:
             return {shards.of_space(Space(sandbox_id=sandbox_id, scope=Scope.SESSION, session_id=session_id))}
         return await self._shards() - {shards.UPPER}  # the upper tree holds no artifact
 
-    async def _tagged(self, what: str, tag: str, homes: Collection[int]) -> list[Node]:
-        """The records of index ``tag`` in every shard of ``homes``."""
+    async def _gathered(self, what: str, args: Sequence[object], homes: Collection[int]) -> list[Node]:
+        """The records a script (``search`` or ``holders``, with ``args``) answers in every shard of ``homes``."""
         found: list[Node] = []
         inos: list[int] = []
-        each = await self._fanout(what, homes, lambda pipe, shard: self._queue_script(pipe, shard, "search", tag, _LIST_INLINE))
+        each = await self._fanout(what, homes, lambda pipe, shard: self._queue_script(pipe, shard, *args))
         for reply, in each.values():
             if reply[0] == b"RECORDS":
                 found += self._records(reply[1:])
@@ -665,18 +680,17 @@ class RedisMetaStore:
     async def search(
         self, sandbox_id: str, *, scope: Scope | None, session_id: str | None, user_id: str | None
     ) -> list[Node]:
-        tag = _search_tag(sandbox_id, scope, session_id, user_id)
-        found = await self._tagged("search", tag, await self._search_homes(sandbox_id, session_id))
+        args = ("search", _LIST_INLINE, *space_parts(sandbox_id, scope, session_id, user_id))
+        found = await self._gathered("search", args, await self._search_homes(sandbox_id, session_id))
         return checks.in_space(sorted(found, key=lambda n: n.ino), sandbox_id, scope, session_id, user_id)
 
     async def search_page(
         self, query: SearchQuery, *, after: tuple[int, str] | None, now_ns: int, limit: int
     ) -> SearchPage:
-        # One script per shard the space spans, all in one pipeline: a range of the space's ordered set.
+        # One script per shard the space spans, all in one pipeline: a range of the space's ordered sets.
         # MIME (in the script) and meta (here) are tested on a bounded stretch (they are not indexed):
         # such a page may come back short with a cursor further on.
         homes = await self._search_homes(query.sandbox_id, query.session_id)
-        tag = _search_tag(query.sandbox_id, query.scope, query.session_id, query.user_id)
         needle = _mime_needle(query.mime_prefix)
         if not (query.mime_prefix or query.meta):
             most = limit
@@ -684,28 +698,10 @@ class RedisMetaStore:
             most = max(limit, SEARCH_SCAN_MIME if needle and not query.meta else SEARCH_SCAN)
         start = "" if after is None else order_member(*after)
         want = most if query.meta else limit  # meta is tested here: every record read travels (a bounded stretch)
-        args = ("spage", tag, start, most, want, needle)
+        args = ("spage", start, most, want, needle,
+                *space_parts(query.sandbox_id, query.scope, query.session_id, query.user_id))
         each = await self._fanout("search page", homes, lambda pipe, shard: self._queue_script(pipe, shard, *args))
-        pages = []
-        for shard, (reply,) in each.items():
-            for _ in range(2):
-                if reply[0] == b"PAGE":
-                    break
-                await self._rebuild_order(shard, tag)
-                reply = await self._script(shard, "search page", *args)
-            else:
-                raise ProviderError(f"the search order of {tag} keeps changing under its rebuild")
-            pages.append(self._search_page_of(reply, query, after, now_ns, limit))
-        return _merged(pages, limit)
-
-    async def _rebuild_order(self, shard: int, tag: str) -> None:
-        """The ordered set of ``tag`` made again from its set's records (a store written before it).
-
-        One script reads the set and rewrites the order, so a write cannot land between them (an
-        insert after the read and a delete before the rewrite would leave equal counts and the
-        insert out of every page for good). A member is only a position: a stale one is skipped.
-        """
-        await self._script(shard, "rebuild search order", "reorder", tag)
+        return _merged([self._search_page_of(reply, query, after, now_ns, limit) for reply, in each.values()], limit)
 
     def _search_page_of(
         self, reply: list, query: SearchQuery, after: tuple[int, str] | None, now_ns: int, limit: int
@@ -727,7 +723,8 @@ class RedisMetaStore:
 
     async def sharers(self, artifact_id: str) -> list[Node]:
         # Every shard: a blob's holders are checked, not trusted to lie where its first holder does.
-        return checks.sharing(await self._tagged("sharers", f"bo:{artifact_id}", await self._shards()), artifact_id)
+        return checks.sharing(
+            await self._gathered("sharers", ("holders", artifact_id, _LIST_INLINE), await self._shards()), artifact_id)
 
     async def resolve(self, parent: int, names: Sequence[str]) -> list[Node]:
         """The nodes along ``names`` below ``parent``: one script per shard the path enters.
