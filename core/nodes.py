@@ -33,6 +33,17 @@ ROOT_INO = 1
 MADE_BY_UID = "made_by_uid"
 
 
+def _omitted(default: Any = None, *, default_factory: Any = None) -> Any:
+    """A record field left out of the record while it holds its default, and read back as it.
+
+    Records are most of a Redis store's memory (issue #17). Fields the stores look for in a
+    record's text (role, crtime_ns, mime) are never declared so.
+    """
+    if default_factory is not None:
+        return Field(default_factory=default_factory, exclude_if=lambda value: value == default_factory())
+    return Field(default, exclude_if=lambda value: value is None if default is None else value == default)
+
+
 class NodeKind(str, Enum):
     FILE = "file"
     DIR = "dir"
@@ -73,8 +84,8 @@ class Space(BaseModel):
 
     sandbox_id: str
     scope: Scope
-    session_id: str | None = None
-    user_id: str | None = None
+    session_id: str | None = _omitted()
+    user_id: str | None = _omitted()
 
     @property
     def owner(self) -> str | None:
@@ -91,12 +102,12 @@ class Artifact(BaseModel):
 
     artifact_id: str
     mime: str = "application/octet-stream"
-    summary: str = ""
-    meta: dict[str, Any] = Field(default_factory=dict)
+    summary: str = _omitted("")
+    meta: dict[str, Any] = _omitted(default_factory=dict)
     sha256: str
     version: int = 1
-    blob_key: str | None = None  # None while the file is empty
-    ttl: int | None = None
+    blob_key: str | None = _omitted()  # None while the file is empty
+    ttl: int | None = _omitted()
     # Checkpoints (issue #10) share blobs: a copy names the blob of another artifact (``blob_of``, the
     # id in the blob's key) and is charged for it only when no other holder is (``charged``); both
     # are absent from the records of every other file.
@@ -144,30 +155,30 @@ class Node(BaseModel):
     ino: int = 0
     # The record's revision: every write of a record is conditional on the revision its writer read
     # and stores the next one, so no change is ever written over one it did not see (issue #16).
-    rev: int = 0
+    rev: int = _omitted(0)
     parent: int
     name: str
     kind: NodeKind
     role: NodeRole = NodeRole.ENTRY
-    space: Space | None = None  # set on scope roots and everything below them
+    space: Space | None = _omitted()  # set on scope roots and everything below them
     mode: int
-    uid: int = 0
-    gid: int = 0
-    size: int = 0
+    uid: int = _omitted(0)
+    gid: int = _omitted(0)
+    size: int = _omitted(0)
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
     crtime_ns: int
-    expires_at_ns: int | None = None
-    target: str | None = None  # symlinks
-    rdev: int = 0  # character and block devices: the device number
+    expires_at_ns: int | None = _omitted()
+    target: str | None = _omitted()  # symlinks
+    rdev: int = _omitted(0)  # character and block devices: the device number
     # Directories: how many entries are directories (st_nlink is 2 + this). Kept by the backend
     # beside the record, moved by the scripts that add or remove a name, never in the record itself.
     subdirs: int = Field(default=0, exclude=True)
-    xattrs: dict[str, str] = Field(default_factory=dict)  # user.* names -> hex bytes
-    links: list[Link] = Field(default_factory=list)  # hard links: names beyond the primary one
-    artifact: Artifact | None = None  # files
-    session_meta: dict[str, Any] | None = None  # session scope roots
+    xattrs: dict[str, str] = _omitted(default_factory=dict)  # user.* names -> hex bytes
+    links: list[Link] = _omitted(default_factory=list)  # hard links: names beyond the primary one
+    artifact: Artifact | None = _omitted()  # files
+    session_meta: dict[str, Any] | None = _omitted()  # session scope roots
     # Namespaces (issue #10); absent from every other record, so they carry no byte of it.
     namespace: NamespaceRecord | None = Field(default=None, exclude_if=lambda value: value is None)
     checkpoint: CheckpointRecord | None = Field(default=None, exclude_if=lambda value: value is None)
