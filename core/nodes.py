@@ -105,7 +105,7 @@ class Artifact(BaseModel):
     summary: str = _omitted("")
     meta: dict[str, Any] = _omitted(default_factory=dict)
     sha256: str
-    version: int = 1
+    version: int = _omitted(1)
     blob_key: str | None = _omitted()  # None while the file is empty
     ttl: int | None = _omitted()
     # Checkpoints (issue #10) share blobs: a copy names the blob of another artifact (``blob_of``, the

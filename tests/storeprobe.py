@@ -20,7 +20,7 @@ from core import ArtifactStore
 from core.backends.blobs.filesystem import FilesystemBlobStore
 from core.backends.blobs.memory import MemoryBlobStore
 from core.backends.blobs.s3.store import S3BlobStore
-from core.backends.meta.redis.store import RedisMetaStore
+from core.backends.meta.redis.store import RedisMetaStore, inode_fields, inode_string
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.nodes import ROOT_INO, Node
 
@@ -139,14 +139,27 @@ def _sqlite_path(store: ArtifactStore) -> str:
     return meta._path
 
 
+def redis_inode(client: redis.Redis, key: str) -> dict[str, bytes]:
+    """The fields of a Redis store's inode string, by name ({} if there is none)."""
+    return inode_fields(client.get(key))  # type: ignore[arg-type]
+
+
+def rewrite_redis_inode(client: redis.Redis, key: str, **changes: bytes | str | int) -> None:
+    """Fields of a Redis store's inode changed behind the store's back (as whoever can write the server)."""
+    fields = redis_inode(client, key)
+    assert fields, f"no inode at {key}"
+    fields.update({name: value if isinstance(value, bytes) else str(value).encode() for name, value in changes.items()})
+    client.set(key, inode_string(fields))
+
+
 def edit_record(store: ArtifactStore, ino: int, old: bytes, new: bytes) -> None:
     """Rewrite part of a node's signed record behind the store's back (signature untouched)."""
     meta = store.ns.meta
     if isinstance(meta, RedisMetaStore):
         with redis.Redis.from_url(meta.url) as client:
-            record = client.hget(meta.key("i", ino), "rec")
+            record = redis_inode(client, meta.key("i", ino)).get("rec")
             assert record is not None and old in record, f"{old!r} not in the record of inode {ino}"
-            client.hset(meta.key("i", ino), "rec", record.replace(old, new, 1))
+            rewrite_redis_inode(client, meta.key("i", ino), rec=record.replace(old, new, 1))
         return
     if not isinstance(meta, SQLiteMetaStore):
         raise NotImplementedError(f"no way to edit records of {type(meta).__name__} yet")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from storeprobe import redis_client
+from storeprobe import redis_client, redis_inode, rewrite_redis_inode
 
 from core import ArtifactStore, Scope, shards
 from core.backends.meta.sqlite import SQLiteMetaStore
@@ -83,7 +83,8 @@ def drop_directory_record(store: ArtifactStore, directory: Node) -> None:
         client.delete(redis_meta.key("i", directory.ino))
         client.hdel(redis_meta.key("d", directory.parent), directory.name)
         client.zrem(redis_meta.key("o", directory.parent), directory.name)
-        client.hincrby(redis_meta.key("i", directory.parent), "sd", -1)
+        parent = redis_meta.key("i", directory.parent)
+        rewrite_redis_inode(client, parent, sd=int(redis_inode(client, parent).get("sd") or 0) - 1)
 
 
 def skew_subdirs(store: ArtifactStore, directory: Node, add: int) -> None:
@@ -93,7 +94,8 @@ def skew_subdirs(store: ArtifactStore, directory: Node, add: int) -> None:
     else:
         client, redis_meta = redis_client(store)
         with client:
-            client.hincrby(redis_meta.key("i", directory.ino), "sd", add)
+            key = redis_meta.key("i", directory.ino)
+            rewrite_redis_inode(client, key, sd=int(redis_inode(client, key).get("sd") or 0) + add)
 
 
 async def node_at(store: ArtifactStore, *names: str) -> Node:

@@ -20,6 +20,7 @@ import anyio
 import pytest
 import redis
 from servers import RedisServer
+from storeprobe import redis_inode, rewrite_redis_inode
 
 from core import Limits
 from core.backends.blobs.memory import MemoryBlobStore
@@ -159,7 +160,7 @@ async def test_every_record_of_a_walk_or_a_lineage_is_verified(redis_server: Red
         root, made = await a_tree(ns)
         with redis.Redis.from_url(meta.url) as r:
             key = meta.key("i", made["a/b"].ino)
-            r.hset(key, "rec", r.hget(key, "rec").replace(b'"name":"b"', b'"name":"x"'))  # renamed by a forger
+            rewrite_redis_inode(r, key, rec=redis_inode(r, key)["rec"].replace(b'"name":"b"', b'"name":"x"'))  # a forger's rename
         with pytest.raises(ArtifactCorruptedError):
             await ns.filename_of(made["a/b/c/deep.txt"])
         with pytest.raises(ArtifactCorruptedError):

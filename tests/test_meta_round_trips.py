@@ -23,6 +23,7 @@ import pytest
 import redis
 from servers import RedisServer
 from storekit import commit_bytes
+from storeprobe import redis_inode, rewrite_redis_inode
 
 from core import Limits
 from core.backends.blobs.memory import MemoryBlobStore
@@ -254,8 +255,8 @@ async def test_forged_directory_times_are_refused(redis_server: RedisServer, clo
         await new_file(ns, home, "f")
         with redis.Redis.from_url(meta.url) as r:
             key = meta.key("i", home.ino)
-            assert r.hexists(key, "mt")
-            r.hset(key, "mt", str(clock.now_ns() - 10 * NS))  # moved back by someone without the key
+            assert redis_inode(r, key)["mt"]
+            rewrite_redis_inode(r, key, mt=clock.now_ns() - 10 * NS)  # moved back by someone without the key
         with pytest.raises(ArtifactCorruptedError):
             await meta.get(home.ino)
     finally:

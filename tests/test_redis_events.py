@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 from servers import RedisServer
+from storeprobe import rewrite_redis_inode
 
 from core.backends.meta.changes import RESYNC, Change, ChangeOp
 from core import shards
@@ -166,7 +167,7 @@ async def test_a_repaired_link_count_is_announced(redis_server: RedisServer) -> 
     try:
         assert await writer.recount_subdirs(ROOT_INO) == 0  # right already: nothing to announce
         with redis_server.client() as client:
-            client.hset(writer.key("i", ROOT_INO), "sd", 3)  # a count gone wrong
+            rewrite_redis_inode(client, writer.key("i", ROOT_INO), sd=3)  # a count gone wrong
         assert await writer.recount_subdirs(ROOT_INO) == 0
         await writer.insert(a_file("after"))
         got = await collect(feed, 2)

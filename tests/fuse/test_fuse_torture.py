@@ -74,6 +74,8 @@ from servers import BUCKET, MotoServer, RedisServer
 from torturehost import USER, HostProcess, Outcome, _b64, _unb64
 from worlds import StoreWorld, WorldKind
 
+from core.backends.meta.redis.store import inode_fields
+
 NAMES = ("f0", "f1", "f2", "f3")  # the shared names every host works on
 HOST_BOUND = 120.0  # seconds a host may take to answer one step: only a hang takes this long
 HOLD_BOUND = 60.0  # seconds a held step may take to reach its metadata write
@@ -183,7 +185,7 @@ class Audit:
     def named(self) -> set[str]:
         named = set()
         for key in self.redis.scan_iter(match=f"{self.prefix}:{{*}}:i:*", count=1000):  # every shard's
-            record = self.redis.hget(key, "rec")
+            record = inode_fields(self.redis.get(key)).get("rec")
             artifact = json.loads(record).get("artifact") if record else None
             if artifact and artifact.get("blob_key"):
                 named.add(f"{self.prefix}/{artifact['blob_key']}")

@@ -17,22 +17,20 @@ scope roots, made and taken away in steps (``make``/``enter``,
 Keys of a shard ``P``:
 
 ==================  =====  ====================================================
-``P:i:<ino>``       hash   one inode: ``rec`` (signed JSON record), ``sig``, and
-                           ``f``, the plain fields the script needs, joined by
-                           NUL: ``p`` parent,
-                           ``n`` name, ``k`` kind (d, or f/l/p/c/b/s), ``a`` artifact id,
-                           ``ix`` index tags, ``uk`` usage key, ``sz``, ``ex``,
-                           ``v`` a file's version, ``r`` the record's revision,
-                           ``ln`` (below); and on a directory whose
-                           entries changed after its record was written,
-                           ``mt`` its new mtime/ctime and ``mts`` that value's
-                           own signature (see *Directory times* below); on a
-                           directory, ``sd`` how many of its entries are
-                           directories (unsigned: it only makes st_nlink).
-                           ``ln``: a file's further names (hard links), each
-                           ``<parent>/<name>``, joined by ``/`` (the record
-                           lists them too); ``sl`` on a scope root being
-                           removed (sealed: nothing enters it any more)
+``P:i:<ino>``       str    one inode: its fields (``INODE_SLOTS``) joined by NUL:
+                           ``p`` parent, ``n`` name, ``k`` kind (d, or f/l/p/c/b/s),
+                           ``a`` artifact id, ``ix`` index tags, ``uk`` usage key,
+                           ``sz``, ``ex``, ``v`` a file's version, ``r`` the record's
+                           revision, ``ln`` (below), ``rec`` the signed JSON record,
+                           ``sig`` its signature; on a directory whose entries
+                           changed after its record was written, ``mt`` its new
+                           mtime/ctime and ``mts`` that value's own signature (see
+                           *Directory times* below); on a directory, ``sd`` how
+                           many of its entries are directories (unsigned: it only
+                           makes st_nlink); ``sl`` on a scope root being removed
+                           (sealed: nothing enters it any more). ``ln``: a file's
+                           further names (hard links), each ``<parent>/<name>``,
+                           joined by ``/`` (the record lists them too)
 ``P:d:<ino>``       hash   one directory: name -> child ino (every name of a
                            hard-linked inode is an entry of its directory)
 ``P:o:<ino>``       zset   the same directory's names, score 0: byte order, for
@@ -160,8 +158,12 @@ local function settle(gc, at)
 end
 """
 
-# The version of the layout of keys above (``P:layout`` in shard 0): 2 since one search index per artifact.
-LAYOUT = "2"
+# The fields of an inode's string ``P:i:<ino>``, in order (see the table above).
+INODE_SLOTS = ("p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln", "rec", "sig", "mt", "mts", "sd", "sl")
+
+# The version of the layout of keys above (``P:layout`` in shard 0): 3 since one search index per
+# artifact and an inode as one string (issue #17).
+LAYOUT = "3"
 
 # Seconds ``P:quiet`` outlives the last change made without a notice: while it exists, mounts
 # keep their kernel caches short (fusefs.handed), as notices alone cannot tell them everything.
@@ -197,48 +199,67 @@ local function successor(at)
   return {rev = ARGV[at], node = argnode(at + 1)}
 end
 
--- The plain fields a script reads of an inode live packed in one field of its hash, ``f``, joined by
--- NUL (none holds one): an inode is then a hash of three fields, not thirteen, each of which cost
--- Redis some fifty bytes of its own (issue #17).
-local PLAIN = {'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'ln'}
+-- An inode is one string (issue #17): its fields in SLOTS order, joined by NUL (none holds one). A
+-- hash of them cost Redis a few hundred bytes more per inode, its record being too long for the
+-- compact encoding; a change of one field (a directory's times or count) rewrites the string.
+local SLOTS = {""" + ", ".join(f"'{name}'" for name in INODE_SLOTS) + r"""}
 
 local function packed(n)
   local out = {}
-  for j, name in ipairs(PLAIN) do out[j] = n[name] end
+  for j, name in ipairs(SLOTS) do out[j] = n[name] or '' end
   return table.concat(out, '\0')
 end
 
--- the fields packed in f, set in table n ('' where absent); n returned
-local function unpacked(f, n)
-  f = f or ''
+-- the fields of stored inode string s, set in table n ('' where absent); n returned
+local function unpacked(s, n)
   local at = 1
-  for _, name in ipairs(PLAIN) do
-    local stop = string.find(f, '\0', at, true)
-    n[name] = string.sub(f, at, stop and stop - 1 or -1)
-    at = stop and stop + 1 or #f + 1
+  for _, name in ipairs(SLOTS) do
+    local stop = string.find(s, '\0', at, true)
+    n[name] = string.sub(s, at, stop and stop - 1 or -1)
+    at = stop and stop + 1 or #s + 1
   end
   return n
 end
 
--- the plain fields of inode ino (a table; p is nil if it is gone)
-local function plain(ino)
-  local f = redis.call('HGET', ikey(ino), 'f')
-  if not f then return {} end
-  return unpacked(f, {})
+-- the fields of inode ino (a table with ino), nil if it is not there
+local function stored(ino)
+  local s = redis.call('GET', ikey(ino))
+  if not s then return nil end
+  return unpacked(s, {ino = ino})
 end
+
+local function save(n) redis.call('SET', ikey(n.ino), packed(n)) end
+
+-- fields of stored inode ino changed (a table of them); false if it is not there
+local function change(ino, fields)
+  local n = stored(ino)
+  if not n then return false end
+  for name, value in pairs(fields) do n[name] = value end
+  save(n)
+  return true
+end
+
+-- a directory's count of subdirectories (``sd``) moved by delta
+local function count_subdirs(ino, delta)
+  local n = stored(ino)
+  if not n then return end
+  n.sd = tostring((tonumber(n.sd) or 0) + delta)
+  save(n)
+end
+
+-- the plain fields of inode ino (a table; p is nil if it is gone)
+local function plain(ino) return stored(ino) or {} end
 
 local function load(ino)
   if not here(ino) then return nil end
-  local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'f', 'mt', 'mts', 'sd')
-  if not v[1] and not v[3] then return nil end
-  return unpacked(v[3], {ino = ino, rec = v[1] or '', sig = v[2] or '', mt = v[4] or '', mts = v[5] or '', sd = v[6] or ''})
+  return stored(ino)
 end
 
 -- a record as clients read it: ino, rec, sig, mt, mts, sd (nil where absent)
 local function fetch(ino)
-  if not here(ino) then return {ino, false, false, false, false, false} end  -- the client reads it there
-  local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd')
-  return {ino, v[1], v[2], v[3], v[4], v[5]}
+  local n = here(ino) and stored(ino)  -- not here: the client reads it there
+  if not n then return {ino, false, false, false, false, false} end
+  return {ino, n.rec, n.sig, n.mt, n.mts, n.sd}
 end
 
 local function record(n) return {n.ino, n.rec, n.sig, n.mt, n.mts, n.sd} end
@@ -270,10 +291,14 @@ end
 
 -- Search indexes (issue #17: one ordered set per artifact, not six sets). An ix line ``sp:<space>``
 -- names the artifact's space (``<sandbox>/<scope>/<session>/<user>``, '' where absent; no id holds a
--- '/'): its member, the ``=`` line, goes in that space's ordered set, and the space in ``P:tags``,
+-- '/'): its member (the ``=`` line, its stored_at, then '/' and its id) goes in that space's
+-- ordered set, and the space in ``P:tags``,
 -- what a search of a wider space (a user's, a scope's, a sandbox's) merges. ``bo:<id>`` puts the ino
 -- in the set of the holders of another artifact's blob.
-local function order_of(n) return string.match('\n' .. n.ix, '\n=([^\n]+)') end
+local function order_of(n)
+  local stored_at = string.match('\n' .. n.ix, '\n=([^\n]+)')
+  return stored_at and stored_at .. '/' .. n.a
+end
 
 local function index(n)
   if n.a ~= '' then redis.call('HSET', P .. ':art', n.a, n.ino) end
@@ -351,18 +376,20 @@ local function unlink(n)
     if here(at[1]) and redis.call('HGET', dkey(at[1]), at[2]) == n.ino then
       redis.call('HDEL', dkey(at[1]), at[2])
       redis.call('ZREM', okey(at[1]), at[2])
-      if n.k == 'd' then redis.call('HINCRBY', ikey(at[1]), 'sd', -1) end
+      if n.k == 'd' then count_subdirs(at[1], -1) end
     end
   end
 end
 
 local function store(n)
-  redis.call('HSET', ikey(n.ino), 'rec', n.rec, 'sig', n.sig, 'f', packed(n))
-  redis.call('HDEL', ikey(n.ino), 'mt', 'mts')  -- the record carries the directory's times now
+  local old = stored(n.ino)
+  n.mt, n.mts = '', ''  -- the record carries the directory's times now
+  n.sd, n.sl = old and old.sd or '', old and old.sl or ''
+  save(n)
   if n.p ~= '0' and here(n.p) then  -- a scope root's entry in the upper tree is made there (``enter``)
     for _, at in ipairs(names(n)) do
       if redis.call('HSET', dkey(at[1]), at[2], n.ino) == 1 and n.k == 'd' then
-        redis.call('HINCRBY', ikey(at[1]), 'sd', 1)
+        count_subdirs(at[1], 1)
       end
       redis.call('ZADD', okey(at[1]), 0, at[2])
     end
@@ -403,18 +430,17 @@ end
 
 -- the directory times in ARGV[at..at+2], if they are for directory ino (see the module's docs)
 local function touch(ino, at)
-  if ARGV[at] ~= ino or not here(ino) or redis.call('EXISTS', ikey(ino)) == 0 then return false end
-  redis.call('HSET', ikey(ino), 'mt', ARGV[at + 1], 'mts', ARGV[at + 2])
-  return true
+  if ARGV[at] ~= ino or not here(ino) then return false end
+  return change(ino, {mt = ARGV[at + 1], mts = ARGV[at + 2]})
 end
 
 -- why nothing may be entered in directory ino, or nil if it may: gone, not a directory, or sealed (a
 -- scope root being removed: ``seal``)
 local function closed(ino)
-  local v = redis.call('HMGET', ikey(ino), 'f', 'sl')
-  if not v[1] then return 'noparent' end
-  if unpacked(v[1], {}).k ~= 'd' then return 'notdir' end
-  if v[2] then return 'sealed' end
+  local n = stored(ino)
+  if not n then return 'noparent' end
+  if n.k ~= 'd' then return 'notdir' end
+  if n.sl ~= '' then return 'sealed' end
   return nil
 end
 
@@ -616,11 +642,9 @@ function ops.subtree()
   local records, count, remote = {}, 0, {}
   local function take(dir, ino)
     if not here(ino) then remote[#remote + 1] = ino; return end  -- a scope root: walked in its shard
-    local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd', 'f')
-    local at = unpacked(v[6], {})
-    if (not v[1] and not v[2]) or at.p ~= dir then return end  -- gone, or not (any longer) in dir
-    records[#records + 1] = ino
-    for j = 1, 5 do records[#records + 1] = v[j] end
+    local at = stored(ino)
+    if not at or at.p ~= dir then return end  -- gone, or not (any longer) in dir
+    for _, part in ipairs(record(at)) do records[#records + 1] = part end
     count = count + 1
     if at.k == 'd' and not seen[ino] then
       seen[ino] = true
@@ -665,12 +689,11 @@ function ops.lineage()
     local ino = ARGV[at]
     while ino and ino ~= '0' and here(ino) and not seen[ino] do
       seen[ino] = true
-      local v = redis.call('HMGET', ikey(ino), 'rec', 'sig', 'mt', 'mts', 'sd', 'f')
-      if not v[1] and not v[2] then break end
-      out[#out + 1] = ino
-      for j = 1, 5 do out[#out + 1] = v[j] end
-      if not is_entry(v[1]) then break end
-      ino = unpacked(v[6], {}).p
+      local n = stored(ino)
+      if not n then break end
+      for _, part in ipairs(record(n)) do out[#out + 1] = part end
+      if not is_entry(n.rec) then break end
+      ino = n.p
     end
   end
   return out
@@ -877,7 +900,7 @@ function ops.enter()
   if cur then return {'ERR', 'exists'} end
   redis.call('HSET', dkey(parent), name, ino)
   redis.call('ZADD', okey(parent), 0, name)
-  if kind == 'd' then redis.call('HINCRBY', ikey(parent), 'sd', 1) end
+  if kind == 'd' then count_subdirs(parent, 1) end
   notice[1] = 'insert'  -- to a follower, the entry of an insert
   notice[#notice + 1] = 'e' .. parent .. '/' .. name
   inode(parent)
@@ -891,7 +914,7 @@ function ops.seal()
   local cur, parent, name = load(ARGV[3]), ARGV[4], ARGV[5]
   if not cur or not has_name(cur, parent, name) then return {'OK'} end
   if cur.k == 'd' and redis.call('HLEN', dkey(cur.ino)) > 0 then return {'ERR', 'notempty'} end
-  redis.call('HSET', ikey(cur.ino), 'sl', '1')
+  change(cur.ino, {sl = '1'})
   return answer('OK', record(cur))
 end
 
@@ -901,7 +924,7 @@ function ops.unenter()
   if redis.call('HGET', dkey(parent), name) ~= ino then return {'OK'} end
   redis.call('HDEL', dkey(parent), name)
   redis.call('ZREM', okey(parent), name)
-  if kind == 'd' then redis.call('HINCRBY', ikey(parent), 'sd', -1) end
+  if kind == 'd' then count_subdirs(parent, -1) end
   notice[1] = 'remove'  -- to a follower, the entry of a remove
   notice[#notice + 1] = 'e' .. parent .. '/' .. name
   inode(parent)
@@ -960,14 +983,15 @@ end
 -- ARGV: ino of a directory whose subdirectory count to take again from its entries
 function ops.recount_subdirs()
   local ino = ARGV[3]
-  if redis.call('EXISTS', ikey(ino)) == 0 then return {'OK', '0'} end
+  local n = stored(ino)
+  if not n then return {'OK', '0'} end
   local count = 0
   for _, child in ipairs(redis.call('HVALS', dkey(ino))) do
     -- an entry in another shard is a scope root: a directory
     if child ~= ino and (not here(child) or plain(child).k == 'd') then count = count + 1 end
   end
-  local was = tonumber(redis.call('HGET', ikey(ino), 'sd') or '0')
-  redis.call('HSET', ikey(ino), 'sd', count)
+  local was = tonumber(n.sd) or 0
+  change(ino, {sd = tostring(count)})
   if was ~= count then  -- its st_nlink moved: mounts drop the attributes their kernels cached
     inode(ino)
     publish()

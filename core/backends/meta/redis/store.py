@@ -18,6 +18,7 @@ is verified here, whatever script answered it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import logging
@@ -59,7 +60,7 @@ from core.backends.meta.base import (
     search_matches,
     search_position,
 )
-from core.backends.meta.redis.lua import LAYOUT, NO_SUCCESSOR, NO_TOUCH, SCRIPT, SETTLE
+from core.backends.meta.redis.lua import INODE_SLOTS, LAYOUT, NO_SUCCESSOR, NO_TOUCH, SCRIPT, SETTLE
 from core.errors import (
     AlreadyExistsError,
     ArtifactStoreError,
@@ -91,7 +92,7 @@ _KIND_CODE = {
 }  # the scripts tell only 'd' from the rest
 _INO_BATCH = 64  # inode numbers reserved per INCRBY; unused ones are simply skipped
 _MAX_CONFLICTS = 100  # replace attempts that meet a new occupant each time (heavy contention on one name)
-_READ = ("rec", "sig", "mt", "mts", "sd")  # what a reader fetches of an inode
+_READ = ("rec", "sig", "mt", "mts", "sd")  # what a reader takes of an inode
 _WIDTH = 1 + len(_READ)  # a record as the scripts answer it: its ino, then those
 SEARCH_SCAN = 1000  # members a search page with MIME or meta tests reads at most (they are not indexed)
 SEARCH_SCAN_MIME = 10_000  # the same with a MIME prefix alone: the script tests it, so only matches travel
@@ -147,16 +148,47 @@ def _links(node: Node) -> bytes:
     return b"/".join(b"%d/%s" % (link.parent, _name(link.name)) for link in node.links)
 
 
+def inode_fields(stored: bytes | None) -> dict[str, bytes]:
+    """An inode's string (``P:i:<ino>``) as its fields by name; {} if there is none."""
+    return dict(zip(INODE_SLOTS, stored.split(b"\0"))) if stored is not None else {}
+
+
+def inode_string(fields: dict[str, bytes]) -> bytes:
+    """The string of an inode of these fields (the others empty), as the scripts write it."""
+    return b"\0".join(fields.get(name, b"") for name in INODE_SLOTS)
+
+
+def _stored_sig(signature: str) -> bytes:
+    """A signature (hex) as the store keeps it: base64 unpadded, 43 bytes instead of 64 (issue #17)."""
+    return base64.b64encode(bytes.fromhex(signature)).rstrip(b"=")
+
+
+def _read_sig(stored: bytes | None) -> str | None:
+    """A stored signature back in hex for the signer; '' (never valid) if it is not base64."""
+    if stored is None:
+        return None
+    try:
+        return base64.b64decode(stored + b"=" * (-len(stored) % 4), validate=True).hex()
+    except ValueError:
+        return ""
+
+
+def _read(stored: bytes | None) -> list[bytes | None]:
+    """What a reader takes of an inode's string: ``_READ``, None where absent."""
+    fields = inode_fields(stored)
+    return [fields.get(name) or None for name in _READ]
+
+
 def index_tags(node: Node) -> list[str]:
     """The indexes an artifact belongs to: its space's ordered set (``sp:``), and the holders of the
-    blob it shares (``bo:``); the ``=`` line is its member in that order."""
+    blob it shares (``bo:``); the ``=`` line is its place in that order."""
     space = node.space
     if node.artifact is None or space is None:
         return []
     tags = [f"sp:{space_tag(space.sandbox_id, space.scope, space.session_id, space.user_id)}"]
     if node.artifact.blob_of is not None:
         tags.append(f"bo:{node.artifact.blob_of}")  # the holders of another artifact's blob (sharers)
-    tags.append(f"={order_member(node.crtime_ns, node.artifact.artifact_id)}")  # each tag's order (not a tag)
+    tags.append(f"={node.crtime_ns:020d}")  # its stored_at: the script makes its member (order_member) of it and the id
     return tags
 
 
@@ -491,7 +523,7 @@ class RedisMetaStore:
         return [
             node.ino,
             record,
-            self._signer.sign(record),
+            _stored_sig(self._signer.sign(record)),
             node.parent,
             _name(node.name),
             _KIND_CODE[node.kind],
@@ -517,7 +549,7 @@ class RedisMetaStore:
         """The script's ``touch`` arguments: directory ``ino`` gets mtime/ctime ``time_ns`` (None: no touch)."""
         if time_ns is None:
             return list(NO_TOUCH)
-        return [ino, time_ns, self._signer.sign(self.touch_payload(ino, time_ns))]
+        return [ino, time_ns, _stored_sig(self._signer.sign(self.touch_payload(ino, time_ns)))]
 
     def _load(
         self, ino: int | bytes, record: bytes | None, sig: bytes | None, mt: bytes | None = None,
@@ -526,9 +558,9 @@ class RedisMetaStore:
         ino = int(ino)
         if record is None and sig is None:
             return None
-        node = decode_record(self._signer, ino, record, sig.decode("ascii", "replace") if sig is not None else None)
+        node = decode_record(self._signer, ino, record, _read_sig(sig))
         if mt:  # a directory's times, set by a change of its entries after the record was written
-            if not mts or not self._signer.verify(self.touch_payload(ino, int(mt)), mts.decode("ascii", "replace")):
+            if not mts or not self._signer.verify(self.touch_payload(ino, int(mt)), _read_sig(mts) or ""):
                 raise ArtifactCorruptedError(f"the directory times of inode {ino} fail their signature")
             node.mtime_ns = node.ctime_ns = int(mt)
         if sd and node.is_dir:
@@ -547,11 +579,11 @@ class RedisMetaStore:
         async def fetch(client: aioredis.Redis, _script: object) -> list:
             async with client.pipeline(transaction=False) as pipe:
                 for ino in inos:
-                    pipe.hmget(record_key("i", int(ino)), *_READ)
+                    pipe.get(record_key("i", int(ino)))
                 return await pipe.execute()
 
         rows = await self._call(what, fetch)
-        return [n for n in (self._load(ino, *row) for ino, row in zip(inos, rows)) if n is not None]
+        return [n for n in (self._load(ino, *_read(row)) for ino, row in zip(inos, rows)) if n is not None]
 
     async def _new_ino(self, shard: int) -> int:
         with self._ino_lock:
@@ -579,8 +611,7 @@ class RedisMetaStore:
     # -- reads
 
     async def get(self, ino: int) -> Node | None:
-        row = await self._call("get", lambda client, _s: client.hmget(self.key("i", ino), *_READ))
-        return self._load(ino, *row)
+        return self._load(ino, *_read(await self._call("get", lambda client, _s: client.get(self.key("i", ino)))))
 
     async def _rows(self, what: str, home: int, rows: Sequence[Sequence]) -> list[Node | None]:
         """Records as a script in shard ``home`` answered them (ino, rec, sig, mt, mts, sd each), verified.
@@ -597,12 +628,12 @@ class RedisMetaStore:
         known = self._roots.get((parent, name))
         if known is not None:  # a scope root seen before: its entry and its record in one round trip
             def read(pipe: Any, shard: int) -> None:
-                pipe.hget(self.key("d", parent), _name(name)) if shard == home else pipe.hmget(self.key("i", known), *_READ)
+                pipe.hget(self.key("d", parent), _name(name)) if shard == home else pipe.get(self.key("i", known))
 
             both = await self._fanout("lookup", {home, shards.of_ino(known)}, read)
             (entry,), (row,) = both[home], both[shards.of_ino(known)]
             if entry is not None and int(entry) == known:
-                return checks.is_entry(self._load(known, *row), parent, name)
+                return checks.is_entry(self._load(known, *_read(row)), parent, name)
             self._roots.pop((parent, name), None)
         reply = await self._script(home, "lookup", "lookup", parent, _name(name), "0")
         child = (await self._rows("lookup", home, [reply]))[0] if reply else None
