@@ -41,7 +41,8 @@ Keys of a shard ``P``:
 ``P:gc``            zset   the deletion queue: blob key by the time (us) gc may
                            delete it from (``defer_delete``); the scripts that
                            drop an inode queue its blob here in the same step
-``P:art``           hash   artifact id -> ino
+``P:art:<xx>``      hash   artifact id -> ino, for the ids whose 4th and 5th
+                           characters are ``xx`` (after the shard's three)
 ``P:y:<space>``     zset   a space's artifacts (``<sandbox>/<scope>/<session>/<user>``,
                            '' where absent) in (stored_at, artifact id) order, score 0,
                            member ``<stored_at ns, 20 digits>/<id>`` (the ``=`` line
@@ -186,6 +187,10 @@ local function ikey(ino) return P .. ':i:' .. ino end
 local function dkey(ino) return P .. ':d:' .. ino end
 -- a directory's names in byte order (a sorted set of score 0), for listings a page at a time
 local function okey(ino) return P .. ':o:' .. ino end
+-- the artifact id -> ino map is cut in 256 hashes by two hex digits of the id after its shard's three,
+-- each small enough for Redis's compact encoding up to ~32,000 artifacts a shard (issue #17)
+local function akey(id) return P .. ':art:' .. string.sub(id, 4, 5) end
+local function artifact_ino(id) return redis.call('HGET', akey(id), id) end
 
 local function argnode(at)
   local n = {ino = ARGV[at]}
@@ -301,7 +306,7 @@ local function order_of(n)
 end
 
 local function index(n)
-  if n.a ~= '' then redis.call('HSET', P .. ':art', n.a, n.ino) end
+  if n.a ~= '' then redis.call('HSET', akey(n.a), n.a, n.ino) end
   local member = order_of(n)
   for tag in string.gmatch(n.ix, '[^\n]+') do
     local kind, space = string.sub(tag, 1, 3), string.sub(tag, 4)
@@ -317,7 +322,7 @@ local function index(n)
 end
 
 local function unindex(n)
-  if n.a ~= '' and redis.call('HGET', P .. ':art', n.a) == n.ino then redis.call('HDEL', P .. ':art', n.a) end
+  if n.a ~= '' and redis.call('HGET', akey(n.a), n.a) == n.ino then redis.call('HDEL', akey(n.a), n.a) end
   local member = order_of(n)
   for tag in string.gmatch(n.ix, '[^\n]+') do
     local kind, space = string.sub(tag, 1, 3), string.sub(tag, 4)
@@ -451,7 +456,7 @@ local function foreign() return S == 0 and 'exists' or 'forged' end
 -- another holder of the artifact id, other than the node itself and the one it replaces
 local function id_taken(n, replaced)
   if n.a == '' then return false end
-  local holder = redis.call('HGET', P .. ':art', n.a)
+  local holder = redis.call('HGET', akey(n.a), n.a)
   return holder and holder ~= n.ino and holder ~= replaced
 end
 
@@ -549,7 +554,7 @@ function ops.search()
   local inos = {}
   for _, space in ipairs(spaces(4)) do
     for _, member in ipairs(redis.call('ZRANGE', P .. ':y:' .. space, 0, -1)) do
-      local ino = redis.call('HGET', P .. ':art', member_id(member))
+      local ino = artifact_ino(member_id(member))
       if ino then inos[#inos + 1] = ino end
     end
   end
@@ -591,7 +596,7 @@ function ops.spage()
   for _, member in ipairs(members) do
     if found >= want then out[3] = 1; break end
     out[2] = member
-    local ino = redis.call('HGET', P .. ':art', member_id(member))
+    local ino = artifact_ino(member_id(member))
     if ino then
       local rec = fetch(ino)
       if needle == '' or (rec[2] and string.find(rec[2], needle, 1, true)) then
@@ -700,7 +705,7 @@ function ops.lineage()
 end
 
 function ops.find()
-  local ino = redis.call('HGET', P .. ':art', ARGV[3])
+  local ino = artifact_ino(ARGV[3])
   if not ino then return {} end
   return fetch(ino)
 end
