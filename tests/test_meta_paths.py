@@ -160,7 +160,8 @@ async def test_every_record_of_a_walk_or_a_lineage_is_verified(redis_server: Red
         root, made = await a_tree(ns)
         with redis.Redis.from_url(meta.url) as r:
             key = meta.key("i", made["a/b"].ino)
-            rewrite_redis_inode(r, key, rec=redis_inode(r, key)["rec"].replace(b'"name":"b"', b'"name":"x"'))  # a forger's rename
+            forged = redis_inode(r, key)["rec"].replace(b'"name":"b"', b'"name":"x"')  # renamed by a forger
+            rewrite_redis_inode(r, key, rec=forged)
         with pytest.raises(ArtifactCorruptedError):
             await ns.filename_of(made["a/b/c/deep.txt"])
         with pytest.raises(ArtifactCorruptedError):

@@ -296,10 +296,9 @@ end
 
 -- Search indexes (issue #17: one ordered set per artifact, not six sets). An ix line ``sp:<space>``
 -- names the artifact's space (``<sandbox>/<scope>/<session>/<user>``, '' where absent; no id holds a
--- '/'): its member (the ``=`` line, its stored_at, then '/' and its id) goes in that space's
--- ordered set, and the space in ``P:tags``,
--- what a search of a wider space (a user's, a scope's, a sandbox's) merges. ``bo:<id>`` puts the ino
--- in the set of the holders of another artifact's blob.
+-- '/'): its member (the ``=`` line, its stored_at, then '/' and its id) goes in that space's ordered
+-- set, and the space in ``P:tags``, what a search of a wider space (a user's, a scope's, a sandbox's)
+-- merges. ``bo:<id>`` puts the ino in the set of the holders of another artifact's blob.
 local function order_of(n)
   local stored_at = string.match('\n' .. n.ix, '\n=([^\n]+)')
   return stored_at and stored_at .. '/' .. n.a
@@ -322,7 +321,7 @@ local function index(n)
 end
 
 local function unindex(n)
-  if n.a ~= '' and redis.call('HGET', akey(n.a), n.a) == n.ino then redis.call('HDEL', akey(n.a), n.a) end
+  if n.a ~= '' and artifact_ino(n.a) == n.ino then redis.call('HDEL', akey(n.a), n.a) end
   local member = order_of(n)
   for tag in string.gmatch(n.ix, '[^\n]+') do
     local kind, space = string.sub(tag, 1, 3), string.sub(tag, 4)
@@ -456,7 +455,7 @@ local function foreign() return S == 0 and 'exists' or 'forged' end
 -- another holder of the artifact id, other than the node itself and the one it replaces
 local function id_taken(n, replaced)
   if n.a == '' then return false end
-  local holder = redis.call('HGET', akey(n.a), n.a)
+  local holder = artifact_ino(n.a)
   return holder and holder ~= n.ino and holder ~= replaced
 end
 

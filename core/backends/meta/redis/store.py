@@ -106,7 +106,8 @@ _SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 # move as long as its keys take: a call keeps trying for about 16 s, waiting either out.
 FAILOVER_RETRY = RetryPolicy(attempts=20, first_delay=0.1, max_delay=1.0)
 # Ops of the script that change nothing: never waited on (WAIT, below).
-_READ_OPS = frozenset({"lookup", "list", "page", "search", "spage", "resolve", "subtree", "lineage", "find", "unreached"})
+_READ_OPS = frozenset({
+    "lookup", "list", "page", "search", "spage", "holders", "resolve", "subtree", "lineage", "find", "unreached"})
 _WAIT_MS = 2000  # how long a change waits for its replica (under the socket timeout) before it asks why
 _ALONE_FOR = 5.0  # seconds a master found without replicas acknowledges alone before it is asked again
 _ERRORS: dict[bytes, Callable[[str], Exception]] = {
