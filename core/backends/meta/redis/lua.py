@@ -260,14 +260,15 @@ local function load(ino)
   return stored(ino)
 end
 
--- a record as clients read it: ino, rec, sig, mt, mts, sd (nil where absent)
-local function fetch(ino)
-  local n = here(ino) and stored(ino)  -- not here: the client reads it there
-  if not n then return {ino, false, false, false, false, false} end
-  return {ino, n.rec, n.sig, n.mt, n.mts, n.sd}
-end
-
+-- a record as clients read it: ino, rec, sig, mt, mts, sd
 local function record(n) return {n.ino, n.rec, n.sig, n.mt, n.mts, n.sd} end
+
+-- a record as clients read it (see record): false where absent, or not here (the client reads it there)
+local function fetch(ino)
+  local n = here(ino) and stored(ino)
+  if not n then return {ino, false, false, false, false, false} end
+  return record(n)
+end
 
 -- whether stored record n is still at revision rev, as its writer read it (records older than revisions: 0)
 local function at_rev(n, rev) return (n.r == '' and '0' or n.r) == rev end
@@ -374,29 +375,38 @@ local function has_name(n, parent, name)
 end
 
 -- ``sd`` of a directory counts the names in it that are directories (its st_nlink is 2 + sd):
--- moved only here and in store, where a name joins or leaves, so every script keeps it right
+-- moved only by these two, where a name joins or leaves, so every script keeps it right.
+-- name in directory parent set to ino, of kind k (a name that was there already is replaced)
+local function enter_name(parent, name, ino, k)
+  if redis.call('HSET', dkey(parent), name, ino) == 1 and k == 'd' then count_subdirs(parent, 1) end
+  redis.call('ZADD', okey(parent), 0, name)
+end
+
+-- name taken out of directory parent if it still names ino, of kind k; whether it did
+local function remove_name(parent, name, ino, k)
+  if redis.call('HGET', dkey(parent), name) ~= ino then return false end
+  redis.call('HDEL', dkey(parent), name)
+  redis.call('ZREM', okey(parent), name)
+  if k == 'd' then count_subdirs(parent, -1) end
+  return true
+end
+
 local function unlink(n)
   for _, at in ipairs(names(n)) do
-    if here(at[1]) and redis.call('HGET', dkey(at[1]), at[2]) == n.ino then
-      redis.call('HDEL', dkey(at[1]), at[2])
-      redis.call('ZREM', okey(at[1]), at[2])
-      if n.k == 'd' then count_subdirs(at[1], -1) end
-    end
+    if here(at[1]) then remove_name(at[1], at[2], n.ino, n.k) end
   end
 end
 
 local function store(n)
-  local old = stored(n.ino)
   n.mt, n.mts = '', ''  -- the record carries the directory's times now
-  n.sd, n.sl = old and old.sd or '', old and old.sl or ''
+  n.sd, n.sl = '', ''
+  if n.k == 'd' then  -- only a directory has a count and a seal, kept over a rewrite of its record
+    local old = stored(n.ino)
+    if old then n.sd, n.sl = old.sd, old.sl end
+  end
   save(n)
   if n.p ~= '0' and here(n.p) then  -- a scope root's entry in the upper tree is made there (``enter``)
-    for _, at in ipairs(names(n)) do
-      if redis.call('HSET', dkey(at[1]), at[2], n.ino) == 1 and n.k == 'd' then
-        count_subdirs(at[1], 1)
-      end
-      redis.call('ZADD', okey(at[1]), 0, at[2])
-    end
+    for _, at in ipairs(names(n)) do enter_name(at[1], at[2], n.ino, n.k) end
   end
   index(n)
 end
@@ -894,6 +904,16 @@ function ops.make()
   return {'OK'}
 end
 
+-- the notice of a scope root's entry made or taken away (op: what it is to a follower, an insert or a
+-- remove of that entry), and the step's answer
+local function announce(op, parent, name)
+  notice[1] = op
+  entry({p = parent, n = name})
+  inode(parent)
+  publish()
+  return {'OK'}
+end
+
 -- ARGV: parent, name, ino (in another shard, made there), kind. Names it in parent.
 function ops.enter()
   local parent, name, ino, kind = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -902,14 +922,8 @@ function ops.enter()
   local cur = redis.call('HGET', dkey(parent), name)
   if cur == ino then return {'OK'} end
   if cur then return {'ERR', 'exists'} end
-  redis.call('HSET', dkey(parent), name, ino)
-  redis.call('ZADD', okey(parent), 0, name)
-  if kind == 'd' then count_subdirs(parent, 1) end
-  notice[1] = 'insert'  -- to a follower, the entry of an insert
-  notice[#notice + 1] = 'e' .. parent .. '/' .. name
-  inode(parent)
-  publish()
-  return {'OK'}
+  enter_name(parent, name, ino, kind)
+  return announce('insert', parent, name)
 end
 
 -- ARGV: ino, the parent and name the caller read it at. An empty node closed to new entries; answers
@@ -925,15 +939,8 @@ end
 -- ARGV: parent, name, ino (in another shard), kind. Its name taken away, if it still names ino.
 function ops.unenter()
   local parent, name, ino, kind = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-  if redis.call('HGET', dkey(parent), name) ~= ino then return {'OK'} end
-  redis.call('HDEL', dkey(parent), name)
-  redis.call('ZREM', okey(parent), name)
-  if kind == 'd' then count_subdirs(parent, -1) end
-  notice[1] = 'remove'  -- to a follower, the entry of a remove
-  notice[#notice + 1] = 'e' .. parent .. '/' .. name
-  inode(parent)
-  publish()
-  return {'OK'}
+  if not remove_name(parent, name, ino, kind) then return {'OK'} end
+  return announce('remove', parent, name)
 end
 
 -- ARGV: ino, '' or the signature it must still have (a make whose enter failed), when its blob may go.
