@@ -6,13 +6,17 @@ unique in the tree (tests/fuse has a conftest of its own).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 from servers import redis_s3_settings
 
 from core import ArtifactStore, Limits
+from core.backends.meta.base import MetaStore
+from core.errors import AlreadyExistsError
 from core.infra.clock import ManualClock
 from core.nodes import Node
 from core.tree.namespace import Namespace
@@ -56,3 +60,21 @@ def hold(target: Any, method: str, step: Callable[[], Awaitable[object]]) -> Non
         return await original(*args, **kwargs)
 
     setattr(target, method, held)
+
+
+async def racing_inserts(stores: Sequence[MetaStore], node: Callable[[], Node], times: int) -> Counter[str]:
+    """``times`` inserts of one name at once, spread over ``stores`` (hosts): how many 'won', how many
+    'lost' (refused as taken)."""
+    outcomes: Counter[str] = Counter()
+
+    async def create(store: MetaStore) -> None:
+        try:
+            await store.insert(node())
+            outcomes["won"] += 1
+        except AlreadyExistsError:
+            outcomes["lost"] += 1
+
+    async with anyio.create_task_group() as group:
+        for i in range(times):
+            group.start_soon(create, stores[i % len(stores)])
+    return outcomes

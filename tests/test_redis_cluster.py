@@ -15,11 +15,12 @@ import anyio
 import pytest
 import redis
 from redis_cluster import RedisCluster
+from storekit import racing_inserts
 
 from core import shards
 from core.backends.meta.redis import store as redis_store
 from core.backends.meta.redis.store import RedisMetaStore
-from core.errors import AlreadyExistsError, ArtifactNotFoundError, CrossScopeError, DirectoryNotEmptyError
+from core.errors import ArtifactNotFoundError, CrossScopeError, DirectoryNotEmptyError
 from core.infra.signing import RecordSigner
 from core.models import Scope
 from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
@@ -78,22 +79,11 @@ async def test_the_keys_of_thirty_scopes_spread_over_every_master(
 async def test_racing_creators_of_one_scope_root_leave_one_and_nothing_else(redis_cluster: RedisCluster) -> None:
     prefix = f"cl-{uuid.uuid4().hex[:12]}"
     stores = [RedisMetaStore(redis_cluster.url, SIGNER, prefix=prefix, cluster=True) for _ in range(4)]
-    outcomes: list[str] = []
-
-    async def create(store: RedisMetaStore) -> None:
-        try:
-            await store.insert(scope_root(user("alice"), "alice"))
-            outcomes.append("won")
-        except AlreadyExistsError:
-            outcomes.append("lost")
-
     for store in stores:
         await store.open()
     try:
-        async with anyio.create_task_group() as group:
-            for i in range(24):
-                group.start_soon(create, stores[i % 4])
-        assert sorted(outcomes) == ["lost"] * 23 + ["won"]
+        outcomes = await racing_inserts(stores, lambda: scope_root(user("alice"), "alice"), 24)
+        assert outcomes == {"won": 1, "lost": 23}
         (root,) = await stores[0].children(ROOT_INO)
         assert await stores[1].lookup(ROOT_INO, "alice") == root
         assert await stores[2].orphans() == []  # every loser took its made record away again

@@ -42,6 +42,20 @@ def store(server: RedisServer, prefix: str, **kw) -> RedisMetaStore:
     return RedisMetaStore(server.url, SIGNER, prefix=prefix, **kw)
 
 
+@asynccontextmanager
+async def writer_and_feed(server: RedisServer) -> AsyncIterator[tuple[RedisMetaStore, RedisChangeFeed]]:
+    """A store that notifies, and a feed of its notices (opened first: it misses none), on a new prefix."""
+    prefix = f"ev-{uuid.uuid4().hex[:8]}"
+    writer, feed = store(server, prefix, notify=True), RedisChangeFeed(store(server, prefix))
+    await feed.open()
+    await writer.open()
+    try:
+        yield writer, feed
+    finally:
+        await feed.close()
+        await writer.close()
+
+
 async def collect(feed: RedisChangeFeed, count: int) -> list[Change]:
     got: list[Change] = []
     with anyio.fail_after(WAIT):
@@ -159,21 +173,13 @@ async def test_a_feed_read_before_it_was_opened_starts_with_a_resync(redis_serve
 @pytest.mark.semantics("S-multimount-notices")
 async def test_a_repaired_link_count_is_announced(redis_server: RedisServer) -> None:
     """fsck --repair recounting a directory's subdirectories changes its st_nlink: a change like any."""
-    prefix = f"ev-{uuid.uuid4().hex[:8]}"
-    writer = store(redis_server, prefix, notify=True)
-    feed = RedisChangeFeed(store(redis_server, prefix))
-    await feed.open()
-    await writer.open()
-    try:
+    async with writer_and_feed(redis_server) as (writer, feed):
         assert await writer.recount_subdirs(ROOT_INO) == 0  # right already: nothing to announce
         with redis_server.client() as client:
             rewrite_redis_inode(client, writer.key("i", ROOT_INO), sd=3)  # a count gone wrong
         assert await writer.recount_subdirs(ROOT_INO) == 0
         await writer.insert(a_file("after"))
         got = await collect(feed, 2)
-    finally:
-        await feed.close()
-        await writer.close()
     assert got[0].inodes == (ROOT_INO,) and got[0].origin == writer.origin  # the repair, and only it
     assert got[1].op is ChangeOp.INSERT
 
@@ -234,13 +240,8 @@ async def reading(feed: RedisChangeFeed, shard: int) -> AsyncIterator[list[Chang
 @pytest.mark.semantics("S-multimount-notices")
 async def test_a_feed_hears_only_the_shards_it_follows(redis_server: RedisServer) -> None:
     """Notices go on their scope's channel (issue #17): a follower of alice's scope reads none of bob's."""
-    prefix = f"ev-{uuid.uuid4().hex[:8]}"
     alice, bob = (Space(sandbox_id="box", scope=Scope.USER, user_id=u) for u in ("alice", "bob"))
-    writer = store(redis_server, prefix, notify=True)
-    feed = RedisChangeFeed(store(redis_server, prefix))
-    await writer.open()
-    await feed.open()
-    try:
+    async with writer_and_feed(redis_server) as (writer, feed):
         a_root, _ = await writer.insert(scope_root(alice))
         b_root, _ = await writer.insert(scope_root(bob))
         assert [c.op for c in await collect(feed, 2)] == [ChangeOp.INSERT, ChangeOp.INSERT]  # their entries above
@@ -249,9 +250,6 @@ async def test_a_feed_hears_only_the_shards_it_follows(redis_server: RedisServer
             await writer.insert(in_scope(a_root.ino, "heard", alice))
             await until(lambda: got, "a notice")
         first = got[0]  # one server sends in commit order: bob's notice, had it come, would be first
-    finally:
-        await feed.close()
-        await writer.close()
     assert first.entries == ((a_root.ino, b"heard"),)
 
 
@@ -259,32 +257,19 @@ async def test_a_feed_hears_only_the_shards_it_follows(redis_server: RedisServer
 async def test_a_skipped_notice_number_is_a_resync(redis_server: RedisServer) -> None:
     """Notices are numbered per shard: one that never arrived (a gap a client library may hide) is
     reported like a reconnect, so the follower drops its copies."""
-    prefix = f"ev-{uuid.uuid4().hex[:8]}"
-    writer = store(redis_server, prefix, notify=True)
-    feed = RedisChangeFeed(store(redis_server, prefix))
-    await writer.open()
-    await feed.open()
-    try:
+    async with writer_and_feed(redis_server) as (writer, feed):
         await writer.insert(a_file("first"))
         assert [c.op for c in await collect(feed, 1)] == [ChangeOp.INSERT]
         with redis_server.client() as client:
             client.incr(writer.key("seq", shard=shards.UPPER))  # a notice sent and lost on its way
         await writer.insert(a_file("second"))
         got = await collect(feed, 2)
-    finally:
-        await feed.close()
-        await writer.close()
     assert RESYNC in got and got[-1].entries == ((ROOT_INO, b"second"),)
 
 
 async def test_a_shard_let_go_is_heard_no_more(redis_server: RedisServer) -> None:
-    prefix = f"ev-{uuid.uuid4().hex[:8]}"
     alice = Space(sandbox_id="box", scope=Scope.USER, user_id="alice")
-    writer = store(redis_server, prefix, notify=True)
-    feed = RedisChangeFeed(store(redis_server, prefix))
-    await writer.open()
-    await feed.open()
-    try:
+    async with writer_and_feed(redis_server) as (writer, feed):
         root, _ = await writer.insert(scope_root(alice))
         async with reading(feed, shards.of_space(alice)) as got:
             await writer.insert(in_scope(root.ino, "heard", alice))
@@ -299,7 +284,4 @@ async def test_a_shard_let_go_is_heard_no_more(redis_server: RedisServer) -> Non
             await writer.insert(in_scope(root.ino, "unheard", alice))
             await writer.insert(a_file("above"))  # the upper tree: followed always
             await until(lambda: got, "a notice")
-    finally:
-        await feed.close()
-        await writer.close()
     assert got[0].entries == ((ROOT_INO, b"above"),)  # alice's notice, had it come, would be first

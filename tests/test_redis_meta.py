@@ -16,6 +16,7 @@ import anyio
 import pytest
 import redis
 from servers import MotoServer, RedisServer, redis_s3_settings
+from storekit import racing_inserts
 from storeprobe import redis_inode, rewrite_redis_inode
 
 from core import ArtifactStore
@@ -225,23 +226,12 @@ async def test_same_answers_as_sqlite(meta: RedisMetaStore) -> None:
 async def test_concurrent_creates_of_one_name_one_wins(redis_server: RedisServer) -> None:
     prefix = f"race-{uuid.uuid4().hex[:8]}"
     stores = [redis_store(redis_server, prefix) for _ in range(4)]  # four "hosts"
-    outcomes: list[str] = []
-
-    async def create(store: RedisMetaStore) -> None:
-        try:
-            await store.insert(a_file(top, "contested", size=1, space=ALICE))
-            outcomes.append("won")
-        except AlreadyExistsError:
-            outcomes.append("lost")
-
     for store in stores:
         await store.open()
     try:
         top = (await stores[0].insert(alice_root()))[0].ino
-        async with anyio.create_task_group() as tg:
-            for i in range(40):
-                tg.start_soon(create, stores[i % 4])
-        assert Counter(outcomes) == {"won": 1, "lost": 39}
+        outcomes = await racing_inserts(stores, lambda: a_file(top, "contested", size=1, space=ALICE), 40)
+        assert outcomes == {"won": 1, "lost": 39}
         assert [n.name for n in await stores[0].children(top)] == ["contested"]
         assert await stores[1].usage(ALICE.usage_key) == Usage(bytes=1, files=1)
         assert_consistent(redis_server.url, prefix)
