@@ -36,8 +36,8 @@ MADE_BY_UID = "made_by_uid"
 def _omitted(default: Any = None, *, default_factory: Any = None) -> Any:
     """A record field left out of the record while it holds its default, and read back as it.
 
-    Records are most of a Redis store's memory (issue #17). Fields the stores look for in a
-    record's text (role, crtime_ns, mime) are never declared so.
+    Records are most of a Redis store's memory (issue #17). Fields SQLite reads from a record's
+    text (role, crtime_ns, mime: ``json_extract``) are never declared so.
     """
     if default_factory is not None:
         return Field(default_factory=default_factory, exclude_if=lambda value: value == default_factory())

@@ -34,6 +34,9 @@ from typing import Any, Self
 
 from loopthread import LoopThread
 
+from core.backends.meta.redis import packing
+from core.backends.meta.redis.lua import FIELDS
+
 _CRLF = b"\r\n"
 _SCRIPT_CALLS = (b"EVALSHA", b"EVAL", b"EVALSHA_RO", b"EVAL_RO")
 
@@ -111,14 +114,15 @@ class ScriptCall:
         return cls(argv[0].decode("utf-8", "replace"), tuple(keys), tuple(argv))
 
     def records(self) -> list[dict[str, Any]]:
-        """The node records among the arguments (signed JSON objects), decoded."""
+        """The node records among the arguments, unpacked and decoded: a node travels as its fields in
+        ``FIELDS`` order, its packed record followed, at fixed distances, by its MIME type and blob key."""
         found = []
-        for value in self.argv:
-            if value.startswith(b"{"):
-                with contextlib.suppress(ValueError):
-                    record = json.loads(value)
-                    if isinstance(record, dict):
-                        found.append(record)
+        to_mime, to_blob = (FIELDS.index(name) - FIELDS.index("rec") for name in ("mi", "bk"))
+        for at in range(len(self.argv) - to_blob):
+            with contextlib.suppress(ValueError):
+                record = json.loads(packing.unpacked(self.argv[at], self.argv[at + to_mime], self.argv[at + to_blob]))
+                if isinstance(record, dict):
+                    found.append(record)
         return found
 
 

@@ -20,6 +20,7 @@ from core import ArtifactStore
 from core.backends.blobs.filesystem import FilesystemBlobStore
 from core.backends.blobs.memory import MemoryBlobStore
 from core.backends.blobs.s3.store import S3BlobStore
+from core.backends.meta.redis import packing
 from core.backends.meta.redis.store import RedisMetaStore, inode_fields, inode_string
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.nodes import ROOT_INO, Node
@@ -140,15 +141,22 @@ def _sqlite_path(store: ArtifactStore) -> str:
 
 
 def redis_inode(client: redis.Redis, key: str) -> dict[str, bytes]:
-    """The fields of a Redis store's inode string, by name ({} if there is none)."""
-    return inode_fields(client.get(key))  # type: ignore[arg-type]
+    """The fields of a Redis store's inode string, by name ({} if there is none), its record (``rec``)
+    unpacked: the signed JSON."""
+    fields = inode_fields(client.get(key))  # type: ignore[arg-type]
+    if fields.get("rec"):
+        fields["rec"] = packing.unpacked(fields["rec"], fields.get("mi"), fields.get("bk"))
+    return fields
 
 
 def rewrite_redis_inode(client: redis.Redis, key: str, **changes: bytes | str | int) -> None:
-    """Fields of a Redis store's inode changed behind the store's back (as whoever can write the server)."""
+    """Fields of a Redis store's inode changed behind the store's back (as whoever can write the server);
+    its record (``rec``, the JSON) packed again as the store packs it."""
     fields = redis_inode(client, key)
     assert fields, f"no inode at {key}"
     fields.update({name: value if isinstance(value, bytes) else str(value).encode() for name, value in changes.items()})
+    if fields.get("rec"):
+        fields["rec"] = packing.packed(fields["rec"], fields.get("mi"), fields.get("bk"))
     client.set(key, inode_string(fields))
 
 

@@ -21,7 +21,8 @@ from storeprobe import redis_inode, rewrite_redis_inode
 
 from core import ArtifactStore
 from core.backends.meta import changes
-from core.backends.meta.redis.store import _LIST_INLINE, RedisMetaStore, inode_fields
+from core.backends.meta.redis import packing
+from core.backends.meta.redis.store import _LIST_INLINE, RedisMetaStore, inode_fields, inode_string
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.errors import (
     AlreadyExistsError,
@@ -330,6 +331,50 @@ async def test_a_forged_record_is_not_replaced_or_trusted(meta: RedisMetaStore) 
     with redis.Redis.from_url(meta.url) as r:  # refused before any change: the entry still names the victim
         assert r.hget(meta.key("d", ROOT_INO), "victim") == str(victim.ino).encode()
         assert r.hget(meta.key("d", ROOT_INO), "mover") == str(mover.ino).encode()
+
+
+def _raw_inode(r: redis.Redis, key: str) -> dict[str, bytes]:
+    fields = inode_fields(r.get(key))
+    assert fields, f"no inode at {key}"
+    return fields
+
+
+@pytest.mark.parametrize("damage", ["garbage", "cut short", "bytes after its end", "another blob key", "a bomb"])
+async def test_a_damaged_packing_reads_as_a_damaged_record(meta: RedisMetaStore, damage: str) -> None:
+    victim, _ = await meta.insert(a_file(ROOT_INO, "victim", size=4))
+    key = meta.key("i", victim.ino)
+    with redis.Redis.from_url(meta.url) as r:
+        fields = _raw_inode(r, key)
+        packed = fields["rec"]
+        fields.update({
+            "garbage": {"rec": b"\xff" * 40},
+            "cut short": {"rec": packed[: len(packed) // 2]},
+            "bytes after its end": {"rec": packed + b"{}"},
+            "another blob key": {"bk": b"grid/box/users/mallory/elsewhere"},
+            "a bomb": {"rec": packing.packed(b"{" * (packing.MAX_RECORD_BYTES + 1), fields["mi"], fields["bk"])},
+        }[damage])
+        r.set(key, inode_string(fields))
+    with pytest.raises(ArtifactCorruptedError):
+        await meta.get(victim.ino)
+    with pytest.raises(ArtifactCorruptedError):
+        await meta.lookup(ROOT_INO, "victim")
+
+
+async def test_records_are_kept_packed_and_read_back_whole(meta: RedisMetaStore) -> None:
+    """A record is kept deflated against what records share (issue #17: memory per file); the bytes
+    signed are still its JSON, which reads back whole."""
+    node = a_file(ROOT_INO, "report.txt", size=100, space=None)
+    node.artifact.mime, node.artifact.meta = "text/plain", {"n": 1}
+    node.artifact.blob_key = f"grid/box/users/alice/{node.artifact.artifact_id}.v1-0123abcd"
+    stored, _ = await meta.insert(node)
+    with redis.Redis.from_url(meta.url) as r:
+        raw = _raw_inode(r, meta.key("i", stored.ino))
+    text = stored.model_dump_json().encode()
+    assert b'"sha256"' not in raw["rec"] and len(raw["rec"]) < len(text) / 2
+    assert (raw["mi"], raw["bk"], raw["ro"]) == (b"text/plain", node.artifact.blob_key.encode(), b"")
+    assert packing.unpacked(raw["rec"], raw["mi"], raw["bk"]) == text
+    again = await meta.get(stored.ino)
+    assert again is not None and again.model_dump_json() == stored.model_dump_json()
 
 
 # -- indexes, never scans

@@ -71,10 +71,10 @@ import pytest
 from mounting import Mount, start_mount, stop_mounts, wait_for
 from redisproxy import RedisProxy, ScriptCall
 from servers import BUCKET, MotoServer, RedisServer
+from storeprobe import redis_inode
 from torturehost import USER, HostProcess, Outcome, _b64, _unb64
 from worlds import StoreWorld, WorldKind
 
-from core.backends.meta.redis.store import inode_fields
 
 NAMES = ("f0", "f1", "f2", "f3")  # the shared names every host works on
 HOST_BOUND = 120.0  # seconds a host may take to answer one step: only a hang takes this long
@@ -185,7 +185,7 @@ class Audit:
     def named(self) -> set[str]:
         named = set()
         for key in self.redis.scan_iter(match=f"{self.prefix}:{{*}}:i:*", count=1000):  # every shard's
-            record = inode_fields(self.redis.get(key)).get("rec")
+            record = redis_inode(self.redis, key).get("rec")
             artifact = json.loads(record).get("artifact") if record else None
             if artifact and artifact.get("blob_key"):
                 named.add(f"{self.prefix}/{artifact['blob_key']}")

@@ -21,7 +21,10 @@ Keys of a shard ``P``:
                            ``p`` parent, ``n`` name, ``k`` kind (d, or f/l/p/c/b/s),
                            ``a`` artifact id, ``ix`` index tags, ``uk`` usage key,
                            ``sz``, ``ex``, ``v`` a file's version, ``r`` the record's
-                           revision, ``ln`` (below), ``rec`` the signed JSON record,
+                           revision, ``ln`` (below), ``mi`` a file's MIME type, ``bk``
+                           its blob key, ``ro`` the node's role ('' for an entry),
+                           ``rec`` (last: the rest of the string) the signed JSON
+                           record, packed (:mod:`core.backends.meta.redis.packing`),
                            ``sig`` its signature; on a directory whose entries
                            changed after its record was written, ``mt`` its new
                            mtime/ctime and ``mts`` that value's own signature (see
@@ -70,8 +73,8 @@ Change notices go on each shard's ``P:events`` channel, counted in ``P:seq``
 
 ``ARGV[1]`` names the op, ``ARGV[2]`` is ``1`` to publish a change notice
 (``1<origin>`` to stamp it with the store instance that asked), ``0`` not to,
-and a node travels as 14 values: ino, then the fields in ``FIELDS`` order.
-A record travels back as ino, ``rec``, ``sig``, ``mt``, ``mts``, ``sd``.
+and a node travels as ``NODE_ARGS`` values: ino, then the fields in ``FIELDS`` order.
+A record travels back as ino, then the fields in ``READ_SLOTS`` order.
 
 Reads that answer many records do it in pages, so no script holds the
 server for long, and every record still travels whole, to be verified by
@@ -138,7 +141,7 @@ one was given, then ``s<seq>``, the shard's count of notices (``P:seq``),
 joined by NUL (:mod:`core.backends.meta.redis.events` reads them).
 """
 
-FIELDS = ("rec", "sig", "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln")
+FIELDS = ("rec", "sig", "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln", "mi", "bk", "ro")
 NODE_ARGS = 1 + len(FIELDS)
 NO_TOUCH = ("", "", "")
 NO_SUCCESSOR = ("",) * (1 + NODE_ARGS)  # a replace or remove of an inode's last name
@@ -160,11 +163,15 @@ end
 """
 
 # The fields of an inode's string ``P:i:<ino>``, in order (see the table above).
-INODE_SLOTS = ("p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln", "rec", "sig", "mt", "mts", "sd", "sl")
+INODE_SLOTS = (
+    "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln", "mi", "bk", "ro", "sig", "mt", "mts", "sd", "sl", "rec",
+)  # ``rec`` last: a packed record may hold NUL, so it is the rest of the string
+# What a reader takes of an inode: a record as the scripts answer it is its ino, then these.
+READ_SLOTS = ("rec", "sig", "mt", "mts", "sd", "mi", "bk")
 
-# The version of the layout of keys above (``P:layout`` in shard 0): 3 since one search index per
-# artifact and an inode as one string (issue #17).
-LAYOUT = "3"
+# The version of the layout of keys above (``P:layout`` in shard 0), and of the packing of records
+# (:mod:`core.backends.meta.redis.packing`): 4 since records are stored deflated (issue #17).
+LAYOUT = "4"
 
 # Seconds ``P:quiet`` outlives the last change made without a notice: while it exists, mounts
 # keep their kernel caches short (fusefs.handed), as notices alone cannot tell them everything.
@@ -175,8 +182,8 @@ local P = KEYS[1]  -- the base of this script's shard: every key it touches star
 local S = tonumber(string.match(P, '{(%d+)}$'))
 local notify = string.sub(ARGV[2], 1, 1) == '1'
 local origin = string.sub(ARGV[2], 2)
-local FIELDS = {'rec', 'sig', 'p', 'n', 'k', 'a', 'ix', 'uk', 'sz', 'ex', 'v', 'r', 'ln'}
-local NODE_ARGS = 14
+local FIELDS = {""" + ", ".join(f"'{name}'" for name in FIELDS) + r"""}
+local NODE_ARGS = """ + str(NODE_ARGS) + r"""
 local SUCCESSOR_ARGS = 1 + NODE_ARGS
 
 -- whether inode ino lives in this shard (its number is shard * 2^40 + n): an entry of the upper tree
@@ -204,7 +211,8 @@ local function successor(at)
   return {rev = ARGV[at], node = argnode(at + 1)}
 end
 
--- An inode is one string (issue #17): its fields in SLOTS order, joined by NUL (none holds one). A
+-- An inode is one string (issue #17): its fields in SLOTS order, joined by NUL (none but the last
+-- holds one). A
 -- hash of them cost Redis a few hundred bytes more per inode, its record being too long for the
 -- compact encoding; a change of one field (a directory's times or count) rewrites the string.
 local SLOTS = {""" + ", ".join(f"'{name}'" for name in INODE_SLOTS) + r"""}
@@ -215,11 +223,12 @@ local function packed(n)
   return table.concat(out, '\0')
 end
 
--- the fields of stored inode string s, set in table n ('' where absent); n returned
+-- the fields of stored inode string s, set in table n ('' where absent); n returned. The last (the
+-- packed record, which may hold NUL) is the rest of the string.
 local function unpacked(s, n)
   local at = 1
-  for _, name in ipairs(SLOTS) do
-    local stop = string.find(s, '\0', at, true)
+  for j, name in ipairs(SLOTS) do
+    local stop = j < #SLOTS and string.find(s, '\0', at, true)
     n[name] = string.sub(s, at, stop and stop - 1 or -1)
     at = stop and stop + 1 or #s + 1
   end
@@ -260,14 +269,22 @@ local function load(ino)
   return stored(ino)
 end
 
--- a record as clients read it: ino, rec, sig, mt, mts, sd
-local function record(n) return {n.ino, n.rec, n.sig, n.mt, n.mts, n.sd} end
+local READ = {""" + ", ".join(f"'{name}'" for name in READ_SLOTS) + r"""}
+
+-- a record as clients read it: ino, then the READ fields
+local function record(n)
+  local out = {n.ino}
+  for j, name in ipairs(READ) do out[j + 1] = n[name] end
+  return out
+end
 
 -- a record as clients read it (see record): false where absent, or not here (the client reads it there)
 local function fetch(ino)
   local n = here(ino) and stored(ino)
-  if not n then return {ino, false, false, false, false, false} end
-  return record(n)
+  if n then return record(n) end
+  local out = {ino}
+  for j = 1, #READ do out[j + 1] = false end
+  return out
 end
 
 -- whether stored record n is still at revision rev, as its writer read it (records older than revisions: 0)
@@ -417,13 +434,7 @@ local function drop(n, at)
   unlink(n)
   unindex(n)
   redis.call('DEL', ikey(n.ino), dkey(n.ino), okey(n.ino))
-  if at and at ~= '' then
-    local ok, rec = pcall(cjson.decode, n.rec)
-    local art = ok and type(rec) == 'table' and rec.artifact
-    if type(art) == 'table' and type(art.blob_key) == 'string' then
-      redis.call('ZADD', P .. ':gc', at, art.blob_key)
-    end
-  end
+  if at and at ~= '' and n.bk ~= '' then redis.call('ZADD', P .. ':gc', at, n.bk) end
 end
 
 -- n over old (the same inode), its names included: those old had and n has not are unlinked
@@ -586,8 +597,8 @@ local function merged(a, b, most)
 end
 
 -- ARGV: the member to start after ('' for the first), how many members to read at most, how many
--- records to answer at most, text a record must hold to be answered ('' for any: a MIME prefix as the
--- record spells it, a superset the client checks), then the space asked for (see spaces). A page of
+-- records to answer at most, the prefix of the MIME type (``mi``) of those answered ('' for any), then
+-- the space asked for (see spaces). A page of
 -- its artifacts in (stored_at, artifact id) order (issue #12): the last member read, 1 if more may
 -- follow it, then the records. The spaces' ordered sets are merged, each read only below the
 -- ``most``-th member found so far, so the script holds at most twice ``most`` members.
@@ -606,12 +617,10 @@ function ops.spage()
     if found >= want then out[3] = 1; break end
     out[2] = member
     local ino = artifact_ino(member_id(member))
-    if ino then
-      local rec = fetch(ino)
-      if needle == '' or (rec[2] and string.find(rec[2], needle, 1, true)) then
-        found = found + 1
-        for _, part in ipairs(rec) do out[#out + 1] = part end
-      end
+    local n = ino and stored(ino)
+    if n and (needle == '' or string.sub(n.mi, 1, #needle) == needle) then
+      found = found + 1
+      for _, part in ipairs(record(n)) do out[#out + 1] = part end
     end
   end
   return out
@@ -690,10 +699,8 @@ function ops.subtree()
   return out
 end
 
--- the record of a directory that is an entry (made below a scope root), by its serialized role;
--- the text can occur nowhere else as a key and value (a string's quotes are escaped), except in
--- an object of user metadata, which only makes a walk go one directory further than it needs to
-local function is_entry(rec) return rec and string.find(rec, '"role":"entry"', 1, true) ~= nil end
+-- whether stored inode n is an entry (made below a scope root): its role (``ro``) is '' then
+local function is_entry(n) return n.ro == '' end
 
 -- ARGV: inos. Their records and those of the directories above each, up to and including the first
 -- that is not an entry (a scope root): what a node's filename is made of. Each record answered once.
@@ -706,7 +713,7 @@ function ops.lineage()
       local n = stored(ino)
       if not n then break end
       for _, part in ipairs(record(n)) do out[#out + 1] = part end
-      if not is_entry(n.rec) then break end
+      if not is_entry(n) then break end
       ino = n.p
     end
   end

@@ -60,7 +60,8 @@ from core.backends.meta.base import (
     search_matches,
     search_position,
 )
-from core.backends.meta.redis.lua import INODE_SLOTS, LAYOUT, NO_SUCCESSOR, NO_TOUCH, SCRIPT, SETTLE
+from core.backends.meta.redis import packing
+from core.backends.meta.redis.lua import INODE_SLOTS, LAYOUT, NO_SUCCESSOR, NO_TOUCH, READ_SLOTS, SCRIPT, SETTLE
 from core.errors import (
     AlreadyExistsError,
     ArtifactStoreError,
@@ -92,7 +93,7 @@ _KIND_CODE = {
 }  # the scripts tell only 'd' from the rest
 _INO_BATCH = 64  # inode numbers reserved per INCRBY; unused ones are simply skipped
 _MAX_CONFLICTS = 100  # replace attempts that meet a new occupant each time (heavy contention on one name)
-_READ = ("rec", "sig", "mt", "mts", "sd")  # what a reader takes of an inode
+_READ = READ_SLOTS  # what a reader takes of an inode
 _WIDTH = 1 + len(_READ)  # a record as the scripts answer it: its ino, then those
 SEARCH_SCAN = 1000  # members a search page with MIME or meta tests reads at most (they are not indexed)
 SEARCH_SCAN_MIME = 10_000  # the same with a MIME prefix alone: the script tests it, so only matches travel
@@ -151,7 +152,7 @@ def _links(node: Node) -> bytes:
 
 def inode_fields(stored: bytes | None) -> dict[str, bytes]:
     """An inode's string (``P:i:<ino>``) as its fields by name; {} if there is none."""
-    return dict(zip(INODE_SLOTS, stored.split(b"\0"))) if stored is not None else {}
+    return dict(zip(INODE_SLOTS, stored.split(b"\0", len(INODE_SLOTS) - 1))) if stored is not None else {}
 
 
 def inode_string(fields: dict[str, bytes]) -> bytes:
@@ -202,14 +203,6 @@ def space_parts(sandbox_id: str, scope: Scope | None, session_id: str | None, us
 def space_tag(sandbox_id: str, scope: Scope | None, session_id: str | None, user_id: str | None) -> str:
     """A space's index: ``<sandbox>/<scope>/<session>/<user>`` ('/' cannot occur in an id)."""
     return "/".join(space_parts(sandbox_id, scope, session_id, user_id))
-
-
-def _mime_needle(prefix: str | None) -> str:
-    """What a record's JSON holds if its MIME type starts with ``prefix`` (the script skips the others
-    unread), or '' when the prefix has characters JSON may spell otherwise."""
-    if not prefix or not all(" " < c < "\x7f" and c not in '"\\' for c in prefix):
-        return ""
-    return f'"mime":"{prefix}'
 
 
 def order_member(stored_at_ns: int, artifact_id: str) -> str:
@@ -521,9 +514,11 @@ class RedisMetaStore:
     def _args(self, node: Node) -> list[object]:
         record = node.model_dump_json().encode()
         art = node.artifact
+        mime = art.mime.encode() if art else b""
+        blob_key = art.blob_key.encode() if art and art.blob_key else b""
         return [
             node.ino,
-            record,
+            packing.packed(record, mime, blob_key),
             _stored_sig(self._signer.sign(record)),
             node.parent,
             _name(node.name),
@@ -536,6 +531,9 @@ class RedisMetaStore:
             art.version if art else "",
             node.rev,
             _links(node),
+            mime,
+            blob_key,
+            "" if node.role is NodeRole.ENTRY else node.role.value,
         ]
 
     @staticmethod
@@ -554,11 +552,16 @@ class RedisMetaStore:
 
     def _load(
         self, ino: int | bytes, record: bytes | None, sig: bytes | None, mt: bytes | None = None,
-        mts: bytes | None = None, sd: bytes | None = None,
+        mts: bytes | None = None, sd: bytes | None = None, mime: bytes | None = None, blob_key: bytes | None = None,
     ) -> Node | None:
         ino = int(ino)
         if record is None and sig is None:
             return None
+        if record is not None:
+            try:
+                record = packing.unpacked(record, mime, blob_key)
+            except ValueError as error:
+                raise ArtifactCorruptedError(f"the metadata record of inode {ino} is damaged: {error}") from None
         node = decode_record(self._signer, ino, record, _read_sig(sig))
         if mt:  # a directory's times, set by a change of its entries after the record was written
             if not mts or not self._signer.verify(self.touch_payload(ino, int(mt)), _read_sig(mts) or ""):
@@ -723,7 +726,7 @@ class RedisMetaStore:
         # MIME (in the script) and meta (here) are tested on a bounded stretch (they are not indexed):
         # such a page may come back short with a cursor further on.
         homes = await self._search_homes(query.sandbox_id, query.session_id)
-        needle = _mime_needle(query.mime_prefix)
+        needle = query.mime_prefix or ""
         if not (query.mime_prefix or query.meta):
             most = limit
         else:

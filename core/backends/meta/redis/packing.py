@@ -1,0 +1,101 @@
+"""Records as a Redis store keeps them: deflated against what records share.
+
+A signed record's JSON was two thirds of an inode's memory (issue #17): its
+keys are the same in every record, and its blob key and MIME type are kept
+beside it anyway, for the scripts. So a record is stored deflated (raw
+DEFLATE, a 2 KiB window) against a preset dictionary of the text records
+share, followed by the inode's own MIME type and blob key (its *context*).
+A small file's record goes from ~560 to ~160 bytes; reading it back costs
+~3 µs. The bytes signed and verified are the JSON itself, so packing
+changes nothing a signature covers, and a damaged packing reads as a
+damaged record.
+
+The dictionary is part of the layout (``LAYOUT``): records packed against
+one cannot be read against another, so it never changes within a layout.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+# Text that records share, the most common last (nearer matches cost fewer bits). Never edit it
+# without a new LAYOUT.
+_SHARED = b"".join((
+    b'"xattrs":{"user.',
+    b'"links":[{"parent":',
+    b'"session_meta":{"made_by_uid":',
+    b'"role":"root"',
+    b'"role":"sandbox"',
+    b'"role":"sessions"',
+    b'"role":"users"',
+    b'"role":"checkpoints"',
+    b'"role":"frozen"',
+    b'"kind":"symlink","role":"entry"',
+    b'"target":"',
+    b'"rev":',
+    b'"uid":',
+    b'"gid":',
+    b'"version":',
+    b'"ttl":',
+    b'"summary":"',
+    b'"charged":false',
+    b'"blob_of":"',
+    b'"application/octet-stream"',
+    b'"application/json"',
+    b'"text/plain"',
+    b'"kind":"dir","role":"scope_root","space":{"sandbox_id":"',
+    b'"scope":"shared"},"mode":493,',
+    b'"scope":"session","session_id":"',
+    b'"expires_at_ns":17',
+    b'"kind":"dir","role":"entry","space":{"sandbox_id":"',
+    b'"},"mode":493,"atime_ns":17',
+    b'{"ino":',
+    b',"parent":',
+    b',"name":"',
+    b'","kind":"file","role":"entry","space":{"sandbox_id":"',
+    b'","scope":"user","user_id":"',
+    b'"},"mode":420,"size":',
+    b',"atime_ns":17',
+    b',"mtime_ns":17',
+    b',"ctime_ns":17',
+    b',"crtime_ns":17',
+    b',"artifact":{"artifact_id":"',
+    b'","mime":"',
+    b'","meta":{"',
+    b'","sha256":"',
+    b'","blob_key":"grid/',
+    b'/users/',
+    b'/sessions/',
+    b'"}}',
+))
+_WINDOW_BITS = -11  # raw DEFLATE (no header or checksum: the signature checks the text), 2 KiB window
+_MEMORY_LEVEL = 4  # a smaller match table: 9 µs a record instead of 50, and the same size
+_LEVEL = 6
+# What a packed record may inflate to, at most: far above any record the store writes (its user
+# metadata is bounded far below), so only a damaged or forged packing meets it.
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+
+
+def context(mime: bytes | None, blob_key: bytes | None) -> bytes:
+    """The dictionary an inode's record is packed against: the shared text, then its own MIME type
+    and blob key (the inode's ``mi`` and ``bk``, stored beside the record)."""
+    return _SHARED + (mime or b"") + b'"' + (blob_key or b"")
+
+
+def packed(record: bytes, mime: bytes | None, blob_key: bytes | None) -> bytes:
+    """A record's JSON as the store keeps it."""
+    deflate = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WINDOW_BITS, _MEMORY_LEVEL, zlib.Z_DEFAULT_STRATEGY,
+                               context(mime, blob_key))
+    return deflate.compress(record) + deflate.flush()
+
+
+def unpacked(stored: bytes, mime: bytes | None, blob_key: bytes | None) -> bytes:
+    """A stored record's JSON; ValueError if the packing is damaged (or against another context)."""
+    inflate = zlib.decompressobj(_WINDOW_BITS, context(mime, blob_key))
+    try:
+        record = inflate.decompress(stored, MAX_RECORD_BYTES)
+    except zlib.error as error:
+        raise ValueError(f"a packed record does not inflate: {error}") from None
+    if not inflate.eof or inflate.unconsumed_tail or inflate.unused_data:
+        raise ValueError("a packed record is cut short, too long, or has bytes after its end")
+    return record
