@@ -20,8 +20,10 @@ from storekit import racing_inserts
 from storeprobe import redis_inode, rewrite_redis_inode
 
 from core import ArtifactStore
+from core.backends.blobs.memory import MemoryBlobStore
 from core.backends.meta import changes
 from core.backends.meta.redis import packing
+from core.backends.meta.redis.lua import ORDER_BUCKET
 from core.backends.meta.redis.store import _LIST_INLINE, RedisMetaStore, inode_fields, inode_string
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.errors import (
@@ -30,6 +32,7 @@ from core.errors import (
     ArtifactStoreError,
     ProviderError,
 )
+from core.infra.clock import ManualClock
 from core.infra.retry import RetryPolicy
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
@@ -138,12 +141,64 @@ def assert_consistent(url: str, prefix: str) -> None:
     for place, key in keyed("x").items():
         assert r.smembers(key) == holders.pop(place, set())
     assert not holders
-    for place, key in keyed("y").items():
-        assert set(r.zrange(key, 0, -1)) == orders.pop(place, set())
-    assert not orders
+    buckets = set(keyed("yb").values())
+    for (shard, space), key in keyed("y").items():  # each space's order: its buckets, by their heads
+        heads = r.zrange(key, 0, -1)
+        members: set[bytes] = set()
+        for head, after in zip(heads, [*heads[1:], None]):
+            bucket = f"{prefix}:{{{shard}}}:yb:".encode() + space + b"\n" + head
+            buckets.remove(bucket)
+            held = r.zrange(bucket, 0, -1)
+            assert 0 < len(held) < ORDER_BUCKET and r.object("encoding", bucket) == b"listpack"
+            assert all(head <= m and (after is None or m < after) for m in held)
+            members |= set(held)
+        assert members == orders.pop((shard, space), set())
+    assert not orders and not buckets
     for home in homes:  # each shard's spaces are those with an ordered set there
         assert set(r.hkeys(f"{prefix}:{{{home}}}:tags")) == {
             space for shard, space in keyed("y") if shard == home}
+
+
+async def test_a_large_space_is_kept_in_small_buckets_and_read_in_order(redis_server: RedisServer) -> None:
+    """A space's search order is cut in buckets small enough for Redis's compact encoding (issue #17):
+    through splits, a bucket emptied, and artifacts older than every head, pages keep the exact order."""
+    clock = ManualClock()
+    meta = redis_store(redis_server)
+    async with ArtifactStore(storage_provider="memory", session_provider="memory", sandbox_id="box",
+                             meta_store=meta, blob_store=MemoryBlobStore(), clock=clock) as store:
+
+        async def stored(count: int) -> list[str]:
+            ids = []
+            for i in range(count):
+                ids.append(await store.store(b"x", filename=f"f{clock.now_ns()}", scope="user", user_id="alice"))
+                clock.advance(0.001)
+            return ids
+
+        async def in_pages(limit: int) -> list[str]:
+            seen, cursor = [], None
+            while True:
+                page = await store.search_page(scope="user", user_id="alice", limit=limit, cursor=cursor)
+                seen += [m.artifact_id for m in page.items]
+                if (cursor := page.next_cursor) is None:
+                    return seen
+
+        async def read_in_order(ids: list[str]) -> None:
+            for limit in (1, 7, 100, 1000):
+                assert await in_pages(limit) == ids
+            assert {m.artifact_id for m in await store.search(scope="user", user_id="alice")} == set(ids)
+            assert_consistent(meta.url, meta.prefix)
+
+        ids = await stored(600)
+        await read_in_order(ids)
+        with redis.Redis.from_url(meta.url) as r:  # the heads of its buckets
+            assert r.zcard(meta.key("y", "box/user//alice", shard=shards.of_space(ALICE))) >= 600 // ORDER_BUCKET
+        for gone in ids[:150] + ids[300:400]:  # the first bucket and one in the middle, emptied
+            assert await store.delete(gone, user_id="alice")
+        ids = ids[150:300] + ids[400:]
+        await read_in_order(ids)
+        clock.advance(-3600)  # stored before every head there is
+        ids = await stored(5) + ids
+        await read_in_order(ids)
 
 
 # -- the same semantics as the SQLite reference

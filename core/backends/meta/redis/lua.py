@@ -47,9 +47,12 @@ Keys of a shard ``P``:
 ``P:art:<xx>``      hash   artifact id -> ino, for the ids whose 4th and 5th
                            characters are ``xx`` (after the shard's three)
 ``P:y:<space>``     zset   a space's artifacts (``<sandbox>/<scope>/<session>/<user>``,
-                           '' where absent) in (stored_at, artifact id) order, score 0,
-                           member ``<stored_at ns, 20 digits>/<id>`` (the ``=`` line
-                           of ``ix``): ``spage`` (ZRANGEBYLEX) merges those a search asks for
+                           '' where absent) in (stored_at, artifact id) order, member
+                           ``<stored_at ns, 20 digits>/<id>`` (the ``=`` line of ``ix``),
+                           score 0, cut in buckets (``order_add``): this set holds the
+                           heads of the buckets ('' the first), ``P:yb:<space>\\n<head>``
+                           each bucket's members; ``spage`` (ZRANGEBYLEX) merges the
+                           orders a search asks for
 ``P:tags``          hash   the spaces that have an ordered set here (value 1): what a
                            search wider than one space picks from
 ``P:x:bo:<id>``     set    the holders of artifact ``<id>``'s blob (checkpoint copies)
@@ -170,8 +173,13 @@ INODE_SLOTS = (
 READ_SLOTS = ("rec", "sig", "mt", "mts", "sd", "mi", "bk")
 
 # The version of the layout of keys above (``P:layout`` in shard 0), and of the packing of records
-# (:mod:`core.backends.meta.redis.packing`): 4 since records are stored deflated (issue #17).
-LAYOUT = "4"
+# (:mod:`core.backends.meta.redis.packing`): 4 since records are stored deflated, 5 since search orders
+# are cut in buckets (issue #17).
+LAYOUT = "5"
+
+# Members a bucket of a space's search order holds, fewer than: Redis keeps an ordered set of up to
+# ``zset-max-listpack-entries`` (128 unless configured lower) in its compact encoding.
+ORDER_BUCKET = 128
 
 # Seconds ``P:quiet`` outlives the last change made without a notice: while it exists, mounts
 # keep their kernel caches short (fusefs.handed), as notices alone cannot tell them everything.
@@ -322,13 +330,69 @@ local function order_of(n)
   return stored_at and stored_at .. '/' .. n.a
 end
 
+-- A space's order is cut in buckets of fewer than ORDER_BUCKET members, each an ordered set small
+-- enough for Redis's compact encoding (a skiplist costs ~95 B more a member: issue #17). ``P:y:<space>``
+-- holds the buckets' heads: bucket ``h`` (``P:yb:<space>\n<h>``) holds the members from h up to the
+-- next head; the first head is ''. A bucket that fills is split in two; one that empties goes.
+local ORDER_BUCKET = """ + str(ORDER_BUCKET) + r"""
+local function heads_key(space) return P .. ':y:' .. space end
+local function bucket_key(space, head) return P .. ':yb:' .. space .. '\n' .. head end
+
+-- the head of the bucket that holds (or would hold) member m: the greatest head up to m, else ''
+local function head_of(space, m)
+  return redis.call('ZREVRANGEBYLEX', heads_key(space), '[' .. m, '-', 'LIMIT', 0, 1)[1] or ''
+end
+
+local function order_add(space, m)
+  local head = head_of(space, m)
+  local bucket = bucket_key(space, head)
+  if redis.call('EXISTS', bucket) == 0 then redis.call('ZADD', heads_key(space), 0, head) end
+  redis.call('ZADD', bucket, 0, m)
+  local count = redis.call('ZCARD', bucket)
+  if count < ORDER_BUCKET then return end
+  local half = math.floor(count / 2)
+  local upper = redis.call('ZRANGE', bucket, half, -1)  -- split before Redis converts it
+  redis.call('ZREMRANGEBYRANK', bucket, half, -1)
+  local pairs_ = {}
+  for _, member in ipairs(upper) do pairs_[#pairs_ + 1] = 0; pairs_[#pairs_ + 1] = member end
+  redis.call('ZADD', bucket_key(space, upper[1]), unpack(pairs_))
+  redis.call('ZADD', heads_key(space), 0, upper[1])
+end
+
+-- false once the space's order is empty
+local function order_remove(space, m)
+  local head = head_of(space, m)
+  local bucket = bucket_key(space, head)
+  redis.call('ZREM', bucket, m)
+  if redis.call('EXISTS', bucket) == 1 then return true end
+  redis.call('ZREM', heads_key(space), head)
+  return redis.call('EXISTS', heads_key(space)) == 1
+end
+
+-- up to ``most`` members of a space's order after member ``after`` ('' for the first) and before
+-- ``below`` (a ZRANGEBYLEX bound), in order: the buckets from after's on, until enough
+local function order_range(space, after, below, most)
+  local head = after == '' and '' or head_of(space, after)
+  local start = after == '' and '-' or '(' .. after
+  local out = {}
+  while head do
+    local want = most - #out
+    for _, member in ipairs(redis.call('ZRANGEBYLEX', bucket_key(space, head), start, below, 'LIMIT', 0, want)) do
+      out[#out + 1] = member
+    end
+    if #out >= most then break end
+    head = redis.call('ZRANGEBYLEX', heads_key(space), '(' .. head, below, 'LIMIT', 0, 1)[1]
+  end
+  return out
+end
+
 local function index(n)
   if n.a ~= '' then redis.call('HSET', akey(n.a), n.a, n.ino) end
   local member = order_of(n)
   for tag in string.gmatch(n.ix, '[^\n]+') do
     local kind, space = string.sub(tag, 1, 3), string.sub(tag, 4)
     if kind == 'sp:' and member then
-      redis.call('ZADD', P .. ':y:' .. space, 0, member)
+      order_add(space, member)
       redis.call('HSET', P .. ':tags', space, 1)
     elseif kind == 'bo:' then
       redis.call('SADD', P .. ':x:' .. tag, n.ino)
@@ -344,9 +408,7 @@ local function unindex(n)
   for tag in string.gmatch(n.ix, '[^\n]+') do
     local kind, space = string.sub(tag, 1, 3), string.sub(tag, 4)
     if kind == 'sp:' and member then
-      local order = P .. ':y:' .. space
-      redis.call('ZREM', order, member)
-      if redis.call('ZCARD', order) == 0 then redis.call('HDEL', P .. ':tags', space) end
+      if not order_remove(space, member) then redis.call('HDEL', P .. ':tags', space) end
     elseif kind == 'bo:' then
       redis.call('SREM', P .. ':x:' .. tag, n.ino)
     end
@@ -573,9 +635,11 @@ end
 function ops.search()
   local inos = {}
   for _, space in ipairs(spaces(4)) do
-    for _, member in ipairs(redis.call('ZRANGE', P .. ':y:' .. space, 0, -1)) do
-      local ino = artifact_ino(member_id(member))
-      if ino then inos[#inos + 1] = ino end
+    for _, head in ipairs(redis.call('ZRANGE', heads_key(space), 0, -1)) do
+      for _, member in ipairs(redis.call('ZRANGE', bucket_key(space, head), 0, -1)) do
+        local ino = artifact_ino(member_id(member))
+        if ino then inos[#inos + 1] = ino end
+      end
     end
   end
   return records_or_inos(inos, tonumber(ARGV[3]), false)
@@ -598,17 +662,16 @@ end
 
 -- ARGV: the member to start after ('' for the first), how many members to read at most, how many
 -- records to answer at most, the prefix of the MIME type (``mi``) of those answered ('' for any), then
--- the space asked for (see spaces). A page of
--- its artifacts in (stored_at, artifact id) order (issue #12): the last member read, 1 if more may
--- follow it, then the records. The spaces' ordered sets are merged, each read only below the
--- ``most``-th member found so far, so the script holds at most twice ``most`` members.
+-- the space asked for (see spaces). A page of its artifacts in (stored_at, artifact id) order (issue
+-- #12): the last member read, 1 if more may follow it, then the records. The spaces' orders are merged,
+-- each read only below the ``most``-th member found so far, so the script holds at most twice ``most``
+-- members.
 function ops.spage()
   local after, most, want, needle = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-  local start = after == '' and '-' or '(' .. after
   local members = {}
   for _, space in ipairs(spaces(7)) do
     local below = #members >= most and '(' .. members[most] or '+'
-    local found = redis.call('ZRANGEBYLEX', P .. ':y:' .. space, start, below, 'LIMIT', 0, most)
+    local found = order_range(space, after, below, most)
     if #found > 0 then members = merged(members, found, most) end
   end
   local out = {'PAGE', '', #members >= most and 1 or 0}
