@@ -159,6 +159,7 @@ def assert_consistent(url: str, prefix: str) -> None:
             space for shard, space in keyed("y") if shard == home}
 
 
+@pytest.mark.semantics("S-list-pages")
 async def test_a_large_space_is_kept_in_small_buckets_and_read_in_order(redis_server: RedisServer) -> None:
     """A space's search order is cut in buckets small enough for Redis's compact encoding (issue #17):
     through splits, a bucket emptied, and artifacts older than every head, pages keep the exact order."""

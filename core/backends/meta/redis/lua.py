@@ -220,9 +220,8 @@ local function successor(at)
 end
 
 -- An inode is one string (issue #17): its fields in SLOTS order, joined by NUL (none but the last
--- holds one). A
--- hash of them cost Redis a few hundred bytes more per inode, its record being too long for the
--- compact encoding; a change of one field (a directory's times or count) rewrites the string.
+-- holds one). A hash of them cost Redis a few hundred bytes more per inode, its record being too long
+-- for the compact encoding; a change of one field (a directory's times or count) rewrites the string.
 local SLOTS = {""" + ", ".join(f"'{name}'" for name in INODE_SLOTS) + r"""}
 
 local function packed(n)

@@ -71,8 +71,8 @@ _SHARED = b"".join((
 _WINDOW_BITS = -11  # raw DEFLATE (no header or checksum: the signature checks the text), 2 KiB window
 _MEMORY_LEVEL = 4  # a smaller match table: 9 µs a record instead of 50, and the same size
 _LEVEL = 6
-# What a packed record may inflate to, at most: far above any record the store writes (its user
-# metadata is bounded far below), so only a damaged or forged packing meets it.
+# What a packed record may inflate to, at most: far above any record the store writes (user metadata
+# is at most 16 MiB of JSON, free xattrs 256 KiB, links 1,000 names), so only a damaged or forged one does.
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 
