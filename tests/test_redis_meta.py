@@ -159,6 +159,19 @@ def assert_consistent(url: str, prefix: str) -> None:
             space for shard, space in keyed("y") if shard == home}
 
 
+async def test_a_record_of_large_metadata_is_kept_unsqueezed_and_read_back_whole(meta: RedisMetaStore) -> None:
+    """Past 64 KiB a record is kept in stored blocks (deflating megabytes would hold the event loop)."""
+    node = a_file(ROOT_INO, "big.json", size=1)
+    node.artifact.meta = {f"k{i}": uuid.uuid4().hex for i in range(4000)}
+    stored, _ = await meta.insert(node)
+    with redis.Redis.from_url(meta.url) as r:
+        raw = _raw_inode(r, meta.key("i", stored.ino))
+    text = stored.model_dump_json().encode()
+    assert len(text) > 64 * 1024 and len(text) < len(raw["rec"]) < len(text) + 64
+    again = await meta.get(stored.ino)
+    assert again is not None and again.artifact is not None and again.artifact.meta == node.artifact.meta
+
+
 @pytest.mark.semantics("S-list-pages")
 async def test_a_large_space_is_kept_in_small_buckets_and_read_in_order(redis_server: RedisServer) -> None:
     """A space's search order is cut in buckets small enough for Redis's compact encoding (issue #17):

@@ -71,6 +71,9 @@ _SHARED = b"".join((
 _WINDOW_BITS = -11  # raw DEFLATE (no header or checksum: the signature checks the text), 2 KiB window
 _MEMORY_LEVEL = 4  # a smaller match table: 9 µs a record instead of 50, and the same size
 _LEVEL = 6
+# Records longer than this (large user metadata) are kept in stored blocks: deflating 13 MiB costs
+# ~370 ms on the event loop, storing it ~20 ms, and such records are too rare to matter for memory.
+_DEFLATED_UP_TO = 64 * 1024
 # What a packed record may inflate to, at most: far above any record the store writes (user metadata
 # is at most 16 MiB of JSON, free xattrs 256 KiB, links 1,000 names), so only a damaged or forged one does.
 MAX_RECORD_BYTES = 64 * 1024 * 1024
@@ -84,7 +87,8 @@ def context(mime: bytes | None, blob_key: bytes | None) -> bytes:
 
 def packed(record: bytes, mime: bytes | None, blob_key: bytes | None) -> bytes:
     """A record's JSON as the store keeps it."""
-    deflate = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WINDOW_BITS, _MEMORY_LEVEL, zlib.Z_DEFAULT_STRATEGY,
+    level = _LEVEL if len(record) <= _DEFLATED_UP_TO else 0
+    deflate = zlib.compressobj(level, zlib.DEFLATED, _WINDOW_BITS, _MEMORY_LEVEL, zlib.Z_DEFAULT_STRATEGY,
                                context(mime, blob_key))
     return deflate.compress(record) + deflate.flush()
 
