@@ -132,8 +132,8 @@ async def test_lineage_ends_at_the_scope_root(meta: Any, clock: ManualClock) -> 
 
 async def test_a_scope_whose_metadata_mentions_an_entry_role_still_ends_the_path(meta: Any,
                                                                                clock: ManualClock) -> None:
-    """Redis spots an entry by its record's text; user metadata saying ``"role":"entry"`` only makes
-    it read one directory more, never a wrong filename."""
+    """User metadata saying ``"role":"entry"`` never makes a wrong filename (Redis once spotted an entry
+    by its record's text; it keeps the role beside the record now, checked against it)."""
     ns = namespace(meta, clock)
     root, made = await a_tree(ns)
     await ns.update_node(root, lambda r: setattr(r, "session_meta", {"custom_metadata": {"role": "entry"}}))

@@ -8,6 +8,7 @@ key layout staying consistent, command counts, outages of the server.
 from __future__ import annotations
 
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -213,6 +214,10 @@ async def test_a_large_space_is_kept_in_small_buckets_and_read_in_order(redis_se
         clock.advance(-3600)  # stored before every head there is
         ids = await stored(5) + ids
         await read_in_order(ids)
+        clock.advance(7200)  # 300 at one stored_at: in id order, so most land inside a bucket, not last
+        batch = await store.store_batch([{"data": b"y", "filename": f"b{i}"} for i in range(300)],
+                                        scope="user", user_id="alice")
+        await read_in_order(ids + sorted(batch))
 
 
 # -- the same semantics as the SQLite reference
@@ -408,7 +413,14 @@ def _raw_inode(r: redis.Redis, key: str) -> dict[str, bytes]:
     return fields
 
 
-@pytest.mark.parametrize("damage", ["garbage", "cut short", "bytes after its end", "another blob key", "a bomb"])
+def _deflated(text: bytes, context: bytes) -> bytes:
+    """``text`` deflated as hard as zlib can, against ``context``: a few KiB for megabytes of one byte."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -11, 9, zlib.Z_DEFAULT_STRATEGY, context)
+    return deflate.compress(text) + deflate.flush()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "cut short", "bytes after its end", "another blob key", "a bomb",
+                                    "another role", "another MIME type"])
 async def test_a_damaged_packing_reads_as_a_damaged_record(meta: RedisMetaStore, damage: str) -> None:
     victim, _ = await meta.insert(a_file(ROOT_INO, "victim", size=4))
     key = meta.key("i", victim.ino)
@@ -420,13 +432,28 @@ async def test_a_damaged_packing_reads_as_a_damaged_record(meta: RedisMetaStore,
             "cut short": {"rec": packed[: len(packed) // 2]},
             "bytes after its end": {"rec": packed + b"{}"},
             "another blob key": {"bk": b"grid/box/users/mallory/elsewhere"},
-            "a bomb": {"rec": packing.packed(b"{" * (packing.MAX_RECORD_BYTES + 1), fields["mi"], fields["bk"])},
+            "a bomb": {"rec": _deflated(b"{" * (8 << 20), packing.context(fields["mi"], fields["bk"]))},
+            "another role": {"ro": b"scope_root"},
+            "another MIME type": {"mi": b"text/html"},
         }[damage])
+        if damage == "another MIME type":  # packed again against it: only the field beside the record differs
+            fields["rec"] = packing.packed(packing.unpacked(packed, b"application/octet-stream", fields["bk"]),
+                                           fields["mi"], fields["bk"])
         r.set(key, inode_string(fields))
     with pytest.raises(ArtifactCorruptedError):
         await meta.get(victim.ino)
     with pytest.raises(ArtifactCorruptedError):
         await meta.lookup(ROOT_INO, "victim")
+
+
+def test_a_packing_that_would_inflate_past_any_record_is_refused_before_it_does() -> None:
+    context = packing.context(b"text/plain", b"grid/box/users/alice/x")
+    bomb = _deflated(b"{" * (8 << 20), context)
+    assert len(bomb) < 16 * 1024
+    with pytest.raises(ValueError, match="cut short, too long"):
+        packing.unpacked(bomb, b"text/plain", b"grid/box/users/alice/x")
+    honest = b'{"k":"' + b"v" * (200 * 1024) + b'"}'  # past 64 KiB: kept in stored blocks, read back whole
+    assert packing.unpacked(packing.packed(honest, b"text/plain", b""), b"text/plain", b"") == honest
 
 
 async def test_records_are_kept_packed_and_read_back_whole(meta: RedisMetaStore) -> None:

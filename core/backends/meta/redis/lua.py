@@ -170,7 +170,7 @@ INODE_SLOTS = (
     "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln", "mi", "bk", "ro", "sig", "mt", "mts", "sd", "sl", "rec",
 )  # ``rec`` last: a packed record may hold NUL, so it is the rest of the string
 # What a reader takes of an inode: a record as the scripts answer it is its ino, then these.
-READ_SLOTS = ("rec", "sig", "mt", "mts", "sd", "mi", "bk")
+READ_SLOTS = ("rec", "sig", "mt", "mts", "sd", "mi", "bk", "ro")
 
 # The version of the layout of keys above (``P:layout`` in shard 0), and of the packing of records
 # (:mod:`core.backends.meta.redis.packing`): 4 since records are stored deflated, 5 since search orders
@@ -349,8 +349,10 @@ local function order_add(space, m)
   redis.call('ZADD', bucket, 0, m)
   local count = redis.call('ZCARD', bucket)
   if count < ORDER_BUCKET then return end
-  local half = math.floor(count / 2)
-  local upper = redis.call('ZRANGE', bucket, half, -1)  -- split before Redis converts it
+  -- split before Redis converts it: a member added last (stored_at grows: the common case) starts a
+  -- bucket of its own, so buckets fill up; one added inside takes the upper half with it
+  local half = redis.call('ZRANGE', bucket, -1, -1)[1] == m and count - 1 or math.floor(count / 2)
+  local upper = redis.call('ZRANGE', bucket, half, -1)
   redis.call('ZREMRANGEBYRANK', bucket, half, -1)
   local pairs_ = {}
   for _, member in ipairs(upper) do pairs_[#pairs_ + 1] = 0; pairs_[#pairs_ + 1] = member end

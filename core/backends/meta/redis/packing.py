@@ -74,9 +74,6 @@ _LEVEL = 6
 # Records longer than this (large user metadata) are kept in stored blocks: deflating 13 MiB costs
 # ~370 ms on the event loop, storing it ~20 ms, and such records are too rare to matter for memory.
 _DEFLATED_UP_TO = 64 * 1024
-# What a packed record may inflate to, at most: far above any record the store writes (user metadata
-# is at most 16 MiB of JSON, free xattrs 256 KiB, links 1,000 names), so only a damaged or forged one does.
-MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 
 def context(mime: bytes | None, blob_key: bytes | None) -> bytes:
@@ -94,10 +91,15 @@ def packed(record: bytes, mime: bytes | None, blob_key: bytes | None) -> bytes:
 
 
 def unpacked(stored: bytes, mime: bytes | None, blob_key: bytes | None) -> bytes:
-    """A stored record's JSON; ValueError if the packing is damaged (or against another context)."""
+    """A stored record's JSON; ValueError if the packing is damaged (or against another context).
+
+    A record is deflated only up to ``_DEFLATED_UP_TO``, and kept in stored blocks past it, so none
+    inflates past the larger of that and its own stored length: a forged packing that would (a
+    few KiB inflating to megabytes) is refused before it takes that memory and time.
+    """
     inflate = zlib.decompressobj(_WINDOW_BITS, context(mime, blob_key))
     try:
-        record = inflate.decompress(stored, MAX_RECORD_BYTES)
+        record = inflate.decompress(stored, max(_DEFLATED_UP_TO, len(stored)))
     except zlib.error as error:
         raise ValueError(f"a packed record does not inflate: {error}") from None
     if not inflate.eof or inflate.unconsumed_tail or inflate.unused_data:

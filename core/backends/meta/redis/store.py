@@ -70,6 +70,7 @@ from core.errors import (
     ConfigurationError,
     CrossScopeError,
     DirectoryNotEmptyError,
+    InvalidArgumentError,
     IsADirectoryError_,
     NotADirectoryError_,
     ProviderError,
@@ -173,6 +174,16 @@ def _read_sig(stored: bytes | None) -> str | None:
         return base64.b64decode(stored + b"=" * (-len(stored) % 4), validate=True).hex()
     except ValueError:
         return ""
+
+
+def _plain_fields(node: Node) -> tuple[bytes, bytes, bytes]:
+    """A record's MIME type, blob key and role as its inode keeps them beside it (``mi``, ``bk``, ``ro``)."""
+    art = node.artifact
+    return (
+        art.mime.encode() if art else b"",
+        art.blob_key.encode() if art and art.blob_key else b"",
+        b"" if node.role is NodeRole.ENTRY else node.role.value.encode(),
+    )
 
 
 def _read(stored: bytes | None) -> list[bytes | None]:
@@ -514,8 +525,9 @@ class RedisMetaStore:
     def _args(self, node: Node) -> list[object]:
         record = node.model_dump_json().encode()
         art = node.artifact
-        mime = art.mime.encode() if art else b""
-        blob_key = art.blob_key.encode() if art and art.blob_key else b""
+        mime, blob_key, role = _plain_fields(node)
+        if b"\0" in mime or b"\0" in blob_key:  # would shift the inode string's later fields
+            raise InvalidArgumentError("a MIME type or blob key must not hold NUL")
         return [
             node.ino,
             packing.packed(record, mime, blob_key),
@@ -533,7 +545,7 @@ class RedisMetaStore:
             _links(node),
             mime,
             blob_key,
-            "" if node.role is NodeRole.ENTRY else node.role.value,
+            role,
         ]
 
     @staticmethod
@@ -553,6 +565,7 @@ class RedisMetaStore:
     def _load(
         self, ino: int | bytes, record: bytes | None, sig: bytes | None, mt: bytes | None = None,
         mts: bytes | None = None, sd: bytes | None = None, mime: bytes | None = None, blob_key: bytes | None = None,
+        role: bytes | None = None,
     ) -> Node | None:
         ino = int(ino)
         if record is None and sig is None:
@@ -563,6 +576,10 @@ class RedisMetaStore:
             except ValueError as error:
                 raise ArtifactCorruptedError(f"the metadata record of inode {ino} is damaged: {error}") from None
         node = decode_record(self._signer, ino, record, _read_sig(sig))
+        if _plain_fields(node) != (mime or b"", blob_key or b"", role or b""):
+            # The scripts act on these (a walk stops at a role, gc takes the blob key): unsigned, so held
+            # against the record, like every index a script answers.
+            raise ArtifactCorruptedError(f"the MIME type, blob key or role beside inode {ino}'s record differ from it")
         if mt:  # a directory's times, set by a change of its entries after the record was written
             if not mts or not self._signer.verify(self.touch_payload(ino, int(mt)), _read_sig(mts) or ""):
                 raise ArtifactCorruptedError(f"the directory times of inode {ino} fail their signature")
@@ -618,7 +635,7 @@ class RedisMetaStore:
         return self._load(ino, *_read(await self._call("get", lambda client, _s: client.get(self.key("i", ino)))))
 
     async def _rows(self, what: str, home: int, rows: Sequence[Sequence]) -> list[Node | None]:
-        """Records as a script in shard ``home`` answered them (ino, rec, sig, mt, mts, sd each), verified.
+        """Records as a script in shard ``home`` answered them (ino, then ``READ_SLOTS`` each), verified.
 
         One it could not read, an inode of another shard (a scope root below
         the upper tree), is read there: all such in one pipelined round trip.
@@ -673,7 +690,7 @@ class RedisMetaStore:
         return ChildrenPage(nodes, last, covered >= limit)
 
     async def _entries(self, home: int, reply: Sequence[object]) -> list[tuple[str, Node]]:
-        """The entries of a script's answer of names and whole records (name, ino, rec, sig, mt, mts, sd each)."""
+        """The entries of a script's answer of names and whole records (name, then a record each)."""
         width = 1 + _WIDTH
         cut = len(reply) - len(reply) % width
         names = [_text(reply[at]) for at in range(0, cut, width)]  # type: ignore[arg-type]
@@ -687,7 +704,7 @@ class RedisMetaStore:
         return checks.has_artifact(self._load_reply(await self._script(home, "find", "find", artifact_id)), artifact_id)
 
     def _records(self, reply: Sequence[object]) -> Iterator[Node]:
-        """The nodes of a script's answer of whole records (ino, rec, sig, mt, mts, sd each), verified."""
+        """The nodes of a script's answer of whole records (ino, then ``READ_SLOTS`` each), verified."""
         for at in range(0, len(reply) - len(reply) % _WIDTH, _WIDTH):
             node = self._load(*reply[at : at + _WIDTH])  # type: ignore[arg-type]
             if node is not None:
