@@ -251,15 +251,6 @@ end
 
 local function save(n) redis.call('SET', ikey(n.ino), packed(n)) end
 
--- fields of stored inode ino changed (a table of them); false if it is not there
-local function change(ino, fields)
-  local n = stored(ino)
-  if not n then return false end
-  for name, value in pairs(fields) do n[name] = value end
-  save(n)
-  return true
-end
-
 -- a directory's count of subdirectories (``sd``) moved by delta
 local function count_subdirs(ino, delta)
   local n = stored(ino)
@@ -287,7 +278,7 @@ end
 
 -- a record as clients read it (see record): false where absent, or not here (the client reads it there)
 local function fetch(ino)
-  local n = here(ino) and stored(ino)
+  local n = load(ino)
   if n then return record(n) end
   local out = {ino}
   for j = 1, #READ do out[j + 1] = false end
@@ -518,8 +509,11 @@ end
 
 -- the directory times in ARGV[at..at+2], if they are for directory ino (see the module's docs)
 local function touch(ino, at)
-  if ARGV[at] ~= ino or not here(ino) then return false end
-  return change(ino, {mt = ARGV[at + 1], mts = ARGV[at + 2]})
+  local n = ARGV[at] == ino and load(ino)
+  if not n then return false end
+  n.mt, n.mts = ARGV[at + 1], ARGV[at + 2]
+  save(n)
+  return true
 end
 
 -- why nothing may be entered in directory ino, or nil if it may: gone, not a directory, or sealed (a
@@ -1003,7 +997,8 @@ function ops.seal()
   local cur, parent, name = load(ARGV[3]), ARGV[4], ARGV[5]
   if not cur or not has_name(cur, parent, name) then return {'OK'} end
   if cur.k == 'd' and redis.call('HLEN', dkey(cur.ino)) > 0 then return {'ERR', 'notempty'} end
-  change(cur.ino, {sl = '1'})
+  cur.sl = '1'
+  save(cur)
   return answer('OK', record(cur))
 end
 
@@ -1073,7 +1068,8 @@ function ops.recount_subdirs()
     if child ~= ino and (not here(child) or plain(child).k == 'd') then count = count + 1 end
   end
   local was = tonumber(n.sd) or 0
-  change(ino, {sd = tostring(count)})
+  n.sd = tostring(count)
+  save(n)
   if was ~= count then  -- its st_nlink moved: mounts drop the attributes their kernels cached
     inode(ino)
     publish()
