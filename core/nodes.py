@@ -79,6 +79,21 @@ class NodeRole(str, Enum):
     FROZEN = "frozen"  # a checkpoint and everything in it: read-only
 
 
+# Path segment under grid/{sandbox}/ for each scope kind.
+SESSIONS_DIR = "sessions"
+USERS_DIR = "users"
+SHARED_DIR = "shared"
+
+
+def scope_prefix(sandbox_id: str, scope: Scope, owner: str | None) -> str:
+    """``grid/{sandbox}/sessions/{id}`` and its siblings."""
+    if scope is Scope.SESSION:
+        return f"grid/{sandbox_id}/{SESSIONS_DIR}/{owner}"
+    if scope is Scope.USER:
+        return f"grid/{sandbox_id}/{USERS_DIR}/{owner}"
+    return f"grid/{sandbox_id}/{SHARED_DIR}"
+
+
 class Space(BaseModel):
     """The scope a node belongs to: whose it is, and whose quota it uses."""
 
@@ -96,12 +111,20 @@ class Space(BaseModel):
         """The account a node's bytes and count are charged to."""
         return f"{self.sandbox_id}/{self.scope.value}/{self.owner or ''}"
 
+    @property
+    def grid_prefix(self) -> str:
+        """Where its artifacts' grid keys (and their blobs' keys) start, without the closing '/'."""
+        return scope_prefix(self.sandbox_id, self.scope, self.owner)
+
+
+DEFAULT_MIME = "application/octet-stream"  # what a file written through the mount is
+
 
 class Artifact(BaseModel):
     """The artifact half of a file node."""
 
     artifact_id: str
-    mime: str = "application/octet-stream"
+    mime: str = DEFAULT_MIME
     summary: str = _omitted("")
     meta: dict[str, Any] = _omitted(default_factory=dict)
     sha256: str

@@ -10,17 +10,13 @@ import re
 
 from core.errors import InvalidNameError, NameTooLongError
 from core.models import GridKey, Scope
+from core.nodes import SESSIONS_DIR, SHARED_DIR, USERS_DIR, scope_prefix  # noqa: F401  (grid names, kept with Space)
 
 MAX_ID_LEN = 128
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=:,~-]*")
-
-# Path segment under grid/{sandbox}/ for each scope kind.
-SESSIONS_DIR = "sessions"
-USERS_DIR = "users"
-SHARED_DIR = "shared"
 
 
 def validate_id(value: object, what: str = "id") -> str:
@@ -71,15 +67,6 @@ def split_filename(filename: object) -> list[str]:
     if any(p == "" for p in parts):
         raise InvalidNameError(f"filename {filename!r:.80} has an empty component or a leading/trailing '/'")
     return [validate_name(p) for p in parts]
-
-
-def scope_prefix(sandbox_id: str, scope: Scope, owner: str | None) -> str:
-    """``grid/{sandbox}/sessions/{id}`` and its siblings."""
-    if scope is Scope.SESSION:
-        return f"grid/{sandbox_id}/{SESSIONS_DIR}/{owner}"
-    if scope is Scope.USER:
-        return f"grid/{sandbox_id}/{USERS_DIR}/{owner}"
-    return f"grid/{sandbox_id}/{SHARED_DIR}"
 
 
 def grid_key(sandbox_id: str, scope: Scope, owner: str | None, artifact_id: str) -> str:
