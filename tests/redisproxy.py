@@ -36,6 +36,7 @@ from loopthread import LoopThread
 
 from core.backends.meta.redis import packing
 from core.backends.meta.redis.lua import FIELDS
+from core.backends.meta.redis.store import unsealed
 
 _CRLF = b"\r\n"
 _SCRIPT_CALLS = (b"EVALSHA", b"EVAL", b"EVALSHA_RO", b"EVAL_RO")
@@ -114,13 +115,13 @@ class ScriptCall:
         return cls(argv[0].decode("utf-8", "replace"), tuple(keys), tuple(argv))
 
     def records(self) -> list[dict[str, Any]]:
-        """The node records among the arguments, unpacked and decoded: a node travels as its fields in
-        ``FIELDS`` order, its packed record followed, at fixed distances, by its MIME type and blob key."""
+        """The node records among the arguments, unpacked and decoded: a node travels as its ino, then its
+        fields in ``FIELDS`` order, its sealed record first, then the fields it is packed against."""
         found = []
-        to_mime, to_blob = (FIELDS.index(name) - FIELDS.index("rec") for name in ("mi", "bk"))
-        for at in range(len(self.argv) - to_blob):
+        for at in range(1, len(self.argv) - len(FIELDS) + 1):
+            fields = dict(zip(FIELDS, self.argv[at : at + len(FIELDS)]))
             with contextlib.suppress(ValueError):
-                record = json.loads(packing.unpacked(self.argv[at], self.argv[at + to_mime], self.argv[at + to_blob]))
+                record = json.loads(packing.unpacked(unsealed(fields["rec"])[1], int(self.argv[at - 1]), fields))
                 if isinstance(record, dict):
                     found.append(record)
         return found

@@ -21,7 +21,7 @@ from core.backends.blobs.filesystem import FilesystemBlobStore
 from core.backends.blobs.memory import MemoryBlobStore
 from core.backends.blobs.s3.store import S3BlobStore
 from core.backends.meta.redis import packing
-from core.backends.meta.redis.store import RedisMetaStore, inode_fields, inode_string
+from core.backends.meta.redis.store import RedisMetaStore, inode_fields, inode_string, sealed, unsealed
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.nodes import ROOT_INO, Node
 
@@ -140,24 +140,30 @@ def _sqlite_path(store: ArtifactStore) -> str:
     return meta._path
 
 
-def redis_inode(client: redis.Redis, key: str) -> dict[str, bytes]:
+def redis_inode(client: redis.Redis, key: str | bytes) -> dict[str, bytes]:
     """The fields of a Redis store's inode string, by name ({} if there is none), its record (``rec``)
-    unpacked: the signed JSON."""
-    fields = inode_fields(client.get(key))  # type: ignore[arg-type]
+    unsealed: the signed JSON, its signature in ``sig`` (hex)."""
+    fields = inode_fields(client.get(key), _ino_of(key))  # type: ignore[arg-type]
     if fields.get("rec"):
-        fields["rec"] = packing.unpacked(fields["rec"], fields.get("mi"), fields.get("bk"))
+        sig, packed = unsealed(fields["rec"])
+        fields["sig"], fields["rec"] = sig.encode(), packing.unpacked(packed, _ino_of(key), fields)
     return fields
 
 
 def rewrite_redis_inode(client: redis.Redis, key: str, **changes: bytes | str | int) -> None:
     """Fields of a Redis store's inode changed behind the store's back (as whoever can write the server);
-    its record (``rec``, the JSON) packed again as the store packs it."""
+    its record (``rec``, the JSON) packed and sealed again as the store does, with its signature (``sig``)."""
     fields = redis_inode(client, key)
     assert fields, f"no inode at {key}"
     fields.update({name: value if isinstance(value, bytes) else str(value).encode() for name, value in changes.items()})
     if fields.get("rec"):
-        fields["rec"] = packing.packed(fields["rec"], fields.get("mi"), fields.get("bk"))
-    client.set(key, inode_string(fields))
+        fields["rec"] = sealed(fields.pop("sig").decode(), packing.packed(fields["rec"], _ino_of(key), fields))
+    client.set(key, inode_string(fields, _ino_of(key)))
+
+
+def _ino_of(key: str | bytes) -> int:
+    """The inode number an inode's key (``...:i:<ino>``) names."""
+    return int(key.rsplit(b":" if isinstance(key, bytes) else ":", 1)[1])
 
 
 def edit_record(store: ArtifactStore, ino: int, old: bytes, new: bytes) -> None:

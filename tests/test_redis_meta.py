@@ -7,6 +7,7 @@ key layout staying consistent, command counts, outages of the server.
 
 from __future__ import annotations
 
+import random
 import uuid
 import zlib
 from collections import Counter
@@ -25,7 +26,10 @@ from core.backends.blobs.memory import MemoryBlobStore
 from core.backends.meta import changes
 from core.backends.meta.redis import packing
 from core.backends.meta.redis.lua import ORDER_BUCKET
-from core.backends.meta.redis.store import _LIST_INLINE, RedisMetaStore, inode_fields, inode_string
+from core.backends.meta.redis.store import (
+    _LIST_INLINE, SIGNATURE_BYTES, RedisMetaStore, inode_fields, inode_string, order_member, order_position,
+    order_time, sealed, unsealed,
+)
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.errors import (
     AlreadyExistsError,
@@ -77,9 +81,21 @@ async def meta(redis_server: RedisServer) -> AsyncIterator[RedisMetaStore]:
     await store.close()
 
 
-def plain_fields(stored: bytes | None) -> dict[bytes, bytes]:
+def plain_fields(stored: bytes | None, ino: int) -> dict[bytes, bytes]:
     """An inode's string as its fields, named in bytes."""
-    return {name.encode(): value for name, value in inode_fields(stored).items()}
+    return {name.encode(): value for name, value in inode_fields(stored, ino).items()}
+
+
+def _space(record: dict[bytes, bytes]) -> Space:
+    """The space an inode's ``sp:`` index line names, as the store's nodes spell it."""
+    line = next(line for line in record[b"ix"].split(b"\n") if line.startswith(b"sp:"))
+    sandbox, scope, session, user = line[3:].decode().split("/")
+    return Space(sandbox_id=sandbox, scope=Scope(scope), session_id=session or None, user_id=user or None)
+
+
+def _account(record: dict[bytes, bytes]) -> bytes:
+    """The usage account an inode is charged to: ``uk``, or (``=``) its space's."""
+    return _space(record).usage_key.encode() if record[b"uk"] == b"=" else record[b"uk"]
 
 
 def assert_consistent(url: str, prefix: str) -> None:
@@ -94,7 +110,7 @@ def assert_consistent(url: str, prefix: str) -> None:
             found[(shard, key.split(f"}}:{kind}:".encode(), 1)[1])] = key
         return found
 
-    inodes = {int(rest): plain_fields(r.get(key)) for (shard, rest), key in keyed("i").items()}
+    inodes = {int(rest): plain_fields(r.get(key), int(rest)) for (shard, rest), key in keyed("i").items()}
     for (shard, rest) in keyed("i"):
         assert shards.of_ino(int(rest)) == shard  # an inode lives in the shard its number names
     dirs = {int(rest): r.hgetall(key) for (_, rest), key in keyed("d").items()}
@@ -121,9 +137,9 @@ def assert_consistent(url: str, prefix: str) -> None:
         files: Counter[bytes] = Counter()
         size: Counter[bytes] = Counter()
         for record in mine.values():
-            if record[b"uk"]:
-                files[record[b"uk"]] += 1
-                size[record[b"uk"]] += int(record[b"sz"])
+            if account := _account(record):
+                files[account] += 1
+                size[account] += int(record[b"sz"])
         assert {k: int(v) for k, v in r.hgetall(f"{base}:uf").items() if int(v)} == dict(files)
         assert {k: int(v) for k, v in r.hgetall(f"{base}:ub").items() if int(v)} == {k: v for k, v in size.items() if v}
         totals = r.hgetall(f"{base}:tot")
@@ -168,7 +184,7 @@ async def test_a_record_of_large_metadata_is_kept_unsqueezed_and_read_back_whole
     with redis.Redis.from_url(meta.url) as r:
         raw = _raw_inode(r, meta.key("i", stored.ino))
     text = stored.model_dump_json().encode()
-    assert len(text) > 64 * 1024 and len(text) < len(raw["rec"]) < len(text) + 64
+    assert len(text) > 64 * 1024 and len(text) < len(raw["rec"]) - SIGNATURE_BYTES < len(text) + 64
     again = await meta.get(stored.ino)
     assert again is not None and again.artifact is not None and again.artifact.meta == node.artifact.meta
 
@@ -408,7 +424,7 @@ async def test_a_forged_record_is_not_replaced_or_trusted(meta: RedisMetaStore) 
 
 
 def _raw_inode(r: redis.Redis, key: str) -> dict[str, bytes]:
-    fields = inode_fields(r.get(key))
+    fields = inode_fields(r.get(key), int(key.rsplit(":", 1)[1]))
     assert fields, f"no inode at {key}"
     return fields
 
@@ -420,7 +436,8 @@ def _deflated(text: bytes, context: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("damage", ["garbage", "cut short", "bytes after its end", "another blob key", "a bomb",
-                                    "another role", "another MIME type"])
+                                    "another role", "another MIME type", "another index line",
+                                    "another account"])
 async def test_a_damaged_packing_reads_as_a_damaged_record(meta: RedisMetaStore, damage: str) -> None:
     victim, _ = await meta.insert(a_file(ROOT_INO, "victim", size=4))
     key = meta.key("i", victim.ino)
@@ -432,14 +449,18 @@ async def test_a_damaged_packing_reads_as_a_damaged_record(meta: RedisMetaStore,
             "cut short": {"rec": packed[: len(packed) // 2]},
             "bytes after its end": {"rec": packed + b"{}"},
             "another blob key": {"bk": b"grid/box/users/mallory/elsewhere"},
-            "a bomb": {"rec": _deflated(b"{" * (8 << 20), packing.context(fields["mi"], fields["bk"]))},
+            "a bomb": {"rec": packed[:SIGNATURE_BYTES] + _deflated(b"{" * (8 << 20),
+                                                                   packing.context(victim.ino, fields))},
             "another role": {"ro": b"scope_root"},
             "another MIME type": {"mi": b"text/html"},
+            "another index line": {"ix": b"sp:box/user//mallory\n=0000000000A"},  # where gc would spell its blob
+            "another account": {"uk": b"box/user/mallory"},
         }[damage])
         if damage == "another MIME type":  # packed again against it: only the field beside the record differs
-            fields["rec"] = packing.packed(packing.unpacked(packed, b"application/octet-stream", fields["bk"]),
-                                           fields["mi"], fields["bk"])
-        r.set(key, inode_string(fields))
+            sig, body = unsealed(packed)
+            text = packing.unpacked(body, victim.ino, {**fields, "mi": b"application/octet-stream"})
+            fields["rec"] = sealed(sig, packing.packed(text, victim.ino, fields))
+        r.set(key, inode_string(fields, victim.ino))
     with pytest.raises(ArtifactCorruptedError):
         await meta.get(victim.ino)
     with pytest.raises(ArtifactCorruptedError):
@@ -447,13 +468,13 @@ async def test_a_damaged_packing_reads_as_a_damaged_record(meta: RedisMetaStore,
 
 
 def test_a_packing_that_would_inflate_past_any_record_is_refused_before_it_does() -> None:
-    context = packing.context(b"text/plain", b"grid/box/users/alice/x")
-    bomb = _deflated(b"{" * (8 << 20), context)
+    fields = {"mi": b"text/plain", "bk": b".v1-0123abcd", "a": b"0" * 32, "p": b"1", "n": b"x"}
+    bomb = _deflated(b"{" * (8 << 20), packing.context(2, fields))
     assert len(bomb) < 16 * 1024
     with pytest.raises(ValueError, match="cut short, too long"):
-        packing.unpacked(bomb, b"text/plain", b"grid/box/users/alice/x")
+        packing.unpacked(bomb, 2, fields)
     honest = b'{"k":"' + b"v" * (200 * 1024) + b'"}'  # past 64 KiB: kept in stored blocks, read back whole
-    assert packing.unpacked(packing.packed(honest, b"text/plain", b""), b"text/plain", b"") == honest
+    assert packing.unpacked(packing.packed(honest, 2, fields), 2, fields) == honest
 
 
 async def test_records_are_kept_packed_and_read_back_whole(meta: RedisMetaStore) -> None:
@@ -468,9 +489,52 @@ async def test_records_are_kept_packed_and_read_back_whole(meta: RedisMetaStore)
     text = stored.model_dump_json().encode()
     assert b'"sha256"' not in raw["rec"] and len(raw["rec"]) < len(text) / 2
     assert (raw["mi"], raw["bk"], raw["ro"]) == (b"text/plain", node.artifact.blob_key.encode(), b"")
-    assert packing.unpacked(raw["rec"], raw["mi"], raw["bk"]) == text
+    assert packing.unpacked(unsealed(raw["rec"])[1], stored.ino, raw) == text
     again = await meta.get(stored.ino)
     assert again is not None and again.model_dump_json() == stored.model_dump_json()
+
+
+@pytest.mark.parametrize("space", [
+    Space(sandbox_id="box", scope=Scope.SESSION, session_id="s1", user_id="alice"),
+    Space(sandbox_id="box", scope=Scope.USER, user_id="alice"),
+    Space(sandbox_id="box", scope=Scope.SANDBOX),
+], ids=["session", "user", "shared"])
+@pytest.mark.parametrize("own_blob", [True, False], ids=["own blob", "a source's blob"])
+async def test_an_inode_keeps_its_blob_account_and_parent_short_and_the_script_spells_them_out(
+    meta: RedisMetaStore, space: Space, own_blob: bool
+) -> None:
+    """An inode keeps a blob key after its grid key, its space's account as ``=`` and a parent in its shard
+    as its number there (issue #17); the script spells them out as the nodes do: usage is charged to the
+    space's key, a dropped inode's blob is queued whole. A blob shared with another artifact is kept whole."""
+    root, _ = await meta.insert(new_node(parent=ROOT_INO, name=space.scope.value, kind=NodeKind.DIR, mode=0o755,
+                                         now_ns=1, role=NodeRole.SCOPE_ROOT, space=space))
+    node = a_file(root.ino, "f", size=5, space=space)
+    art = node.artifact
+    own = f"{space.grid_prefix}/{art.artifact_id}.v1-0123abcd"
+    art.blob_key = own if own_blob else f"grid/other/users/bob/{uuid.uuid4().hex}.v3-89abcdef"
+    stored, _ = await meta.insert(node)
+    with redis.Redis.from_url(meta.url) as r:
+        raw = _raw_inode(r, meta.key("i", stored.ino))
+        kept_parent = r.get(meta.key("i", stored.ino)).split(b"\0", 1)[0]
+    assert raw["bk"] == (b".v1-0123abcd" if own_blob else art.blob_key.encode()) and raw["uk"] == b"="
+    assert kept_parent == b"+%d" % (root.ino - shards.ino(shards.of_ino(root.ino), 0))  # its number in the shard
+    assert await meta.usage(space.usage_key) == Usage(bytes=5, files=1)
+    again = await meta.get(stored.ino)
+    assert again is not None and again.artifact is not None and again.artifact.blob_key == art.blob_key
+    assert await meta.remove(again, drop_at_ns=10**18) is not None
+    assert art.blob_key in await meta.pending_deletions()
+    assert await meta.usage(space.usage_key) == Usage(bytes=0, files=0)
+
+
+def test_a_stored_at_is_spelled_short_and_in_its_order() -> None:
+    """Search order members spell stored_at in 11 bytes (issue #17) whose byte order is the time's."""
+    rng = random.Random(17)
+    times = [0, 1, 63, 64, 1 << 63, (1 << 64) - 1, *(rng.getrandbits(rng.randint(1, 64)) for _ in range(5000))]
+    assert all(order_position(order_member(ns, "id")) == (ns, "id") for ns in times)
+    assert sorted(times, key=order_time) == sorted(times) and {len(order_time(ns)) for ns in times} == {11}
+    for bad in ("", "0000000000/id", "0000000000!/id", "00000000000id", "000000000000/id"):
+        with pytest.raises(ValueError):
+            order_position(bad)
 
 
 # -- indexes, never scans

@@ -18,17 +18,22 @@ Keys of a shard ``P``:
 
 ==================  =====  ====================================================
 ``P:i:<ino>``       str    one inode: its fields (``INODE_SLOTS``) joined by NUL:
-                           ``p`` parent, ``n`` name, ``k`` kind (d, or f/l/p/c/b/s),
-                           ``a`` artifact id, ``ix`` index tags, ``uk`` usage key,
-                           ``sz``, ``ex``, ``v`` a file's version, ``r`` the record's
-                           revision, ``ln`` (below), ``mi`` a file's MIME type, ``bk``
-                           its blob key, ``ro`` the node's role ('' for an entry),
-                           ``rec`` (last: the rest of the string) the signed JSON
-                           record, packed (:mod:`core.backends.meta.redis.packing`),
-                           ``sig`` its signature; on a directory whose entries
-                           changed after its record was written, ``mt`` its new
-                           mtime/ctime and ``mts`` that value's own signature (see
-                           *Directory times* below); on a directory, ``sd`` how
+                           ``p`` parent (``+<n>`` where it is in the same shard: its
+                           number there), ``n`` name, ``k`` kind (d, or f/l/p/c/b/s),
+                           ``a`` artifact id, ``ix`` index tags, ``uk`` usage key
+                           ('' for none, ``=`` for the space of ``ix``'s ``sp:`` line:
+                           ``account``), ``sz``, ``ex``, ``v`` a file's version, ``r``
+                           the record's revision ('' for 0), ``ln`` (below), ``mi`` a
+                           file's MIME type ('' for the default), ``bk`` its blob key
+                           (from the ``.`` that follows its grid key where it starts
+                           with it: ``blob_key``), ``ro`` the node's role ('' for an
+                           entry), ``rec`` (last: the rest of the string) the record's
+                           signature (32 bytes, raw), then the signed JSON record,
+                           packed (:mod:`core.backends.meta.redis.packing`); on a
+                           directory whose entries changed after its record was
+                           written, ``mt`` its new mtime/ctime and ``mts`` that
+                           value's own signature (see *Directory times* below);
+                           on a directory, ``sd`` how
                            many of its entries are directories (unsigned: it only
                            makes st_nlink); ``sl`` on a scope root being removed
                            (sealed: nothing enters it any more). ``ln``: a file's
@@ -48,7 +53,8 @@ Keys of a shard ``P``:
                            characters are ``xx`` (after the shard's three)
 ``P:y:<space>``     zset   a space's artifacts (``<sandbox>/<scope>/<session>/<user>``,
                            '' where absent) in (stored_at, artifact id) order, member
-                           ``<stored_at ns, 20 digits>/<id>`` (the ``=`` line of ``ix``),
+                           ``<stored_at ns: 11 bytes of base 64 in byte order>/<id>``
+                           (the ``=`` line of ``ix``: ``order_time``),
                            score 0, cut in buckets (``order_add``): this set holds the
                            heads of the buckets ('' the first), ``P:yb:<space>\\n<head>``
                            each bucket's members; ``spage`` (ZRANGEBYLEX) merges the
@@ -144,7 +150,9 @@ one was given, then ``s<seq>``, the shard's count of notices (``P:seq``),
 joined by NUL (:mod:`core.backends.meta.redis.events` reads them).
 """
 
-FIELDS = ("rec", "sig", "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln", "mi", "bk", "ro")
+from core.nodes import DEFAULT_MIME
+
+FIELDS = ("rec", "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln", "mi", "bk", "ro")
 NODE_ARGS = 1 + len(FIELDS)
 NO_TOUCH = ("", "", "")
 NO_SUCCESSOR = ("",) * (1 + NODE_ARGS)  # a replace or remove of an inode's last name
@@ -167,15 +175,16 @@ end
 
 # The fields of an inode's string ``P:i:<ino>``, in order (see the table above).
 INODE_SLOTS = (
-    "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln", "mi", "bk", "ro", "sig", "mt", "mts", "sd", "sl", "rec",
+    "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln", "mi", "bk", "ro", "mt", "mts", "sd", "sl", "rec",
 )  # ``rec`` last: a packed record may hold NUL, so it is the rest of the string
 # What a reader takes of an inode: a record as the scripts answer it is its ino, then these.
-READ_SLOTS = ("rec", "sig", "mt", "mts", "sd", "mi", "bk", "ro")
+READ_SLOTS = ("rec", "mt", "mts", "sd", "mi", "bk", "ro", "ix", "uk", "n", "a", "p")
 
 # The version of the layout of keys above (``P:layout`` in shard 0), and of the packing of records
 # (:mod:`core.backends.meta.redis.packing`): 4 since records are stored deflated, 5 since search orders
-# are cut in buckets (issue #17).
-LAYOUT = "5"
+# are cut in buckets, 6 since parents, blob keys, usage keys, signatures and stored_at times are kept
+# short (issue #17).
+LAYOUT = "6"
 
 # Members a bucket of a space's search order holds, fewer than: Redis keeps an ordered set of up to
 # ``zset-max-listpack-entries`` (128 unless configured lower) in its compact encoding.
@@ -192,11 +201,13 @@ local notify = string.sub(ARGV[2], 1, 1) == '1'
 local origin = string.sub(ARGV[2], 2)
 local FIELDS = {""" + ", ".join(f"'{name}'" for name in FIELDS) + r"""}
 local NODE_ARGS = """ + str(NODE_ARGS) + r"""
+local DEFAULT_MIME = '""" + DEFAULT_MIME + r"""'  -- a file's MIME type where ``mi`` is empty
 local SUCCESSOR_ARGS = 1 + NODE_ARGS
 
 -- whether inode ino lives in this shard (its number is shard * 2^40 + n): an entry of the upper tree
 -- may name a scope root elsewhere, whose keys a script here must not touch
 local function here(ino) return math.floor(tonumber(ino) / 1099511627776) == S end
+local BASE = S * 1099511627776  -- the shard's first inode number
 
 local function ikey(ino) return P .. ':i:' .. ino end
 local function dkey(ino) return P .. ':d:' .. ino end
@@ -224,9 +235,14 @@ end
 -- for the compact encoding; a change of one field (a directory's times or count) rewrites the string.
 local SLOTS = {""" + ", ".join(f"'{name}'" for name in INODE_SLOTS) + r"""}
 
+-- A parent in the inode's own shard is kept as ``+<n>``, its number there (11 bytes less an inode).
 local function packed(n)
   local out = {}
-  for j, name in ipairs(SLOTS) do out[j] = n[name] or '' end
+  for j, name in ipairs(SLOTS) do
+    local value = n[name] or ''
+    if name == 'p' and value ~= '' and here(value) then value = '+' .. string.format('%d', tonumber(value) - BASE) end
+    out[j] = value
+  end
   return table.concat(out, '\0')
 end
 
@@ -239,6 +255,7 @@ local function unpacked(s, n)
     n[name] = string.sub(s, at, stop and stop - 1 or -1)
     at = stop and stop + 1 or #s + 1
   end
+  if string.sub(n.p, 1, 1) == '+' then n.p = string.format('%d', BASE + tonumber(string.sub(n.p, 2))) end
   return n
 end
 
@@ -297,15 +314,39 @@ end
 -- a <= b for decimal integers without leading zeros (ns times exceed a double's exact range)
 local function le(a, b) return #a < #b or (#a == #b and a <= b) end
 
+-- The space an artifact's ``sp:`` index line names: sandbox, scope, session, user ('' where absent).
+-- Its usage key and its blob's grid key are spelled from it (as core.nodes.Space spells them), so an
+-- inode keeps neither whole (issue #17).
+local function space_of(n)
+  local space = string.match('\n' .. n.ix, '\nsp:([^\n]*)')
+  return string.match(space, '^([^/]*)/([^/]*)/([^/]*)/([^/]*)$')
+end
+
+-- the usage account of inode n ('' for none): its space's (Space.usage_key) where uk is '='
+local function account(n)
+  if n.uk ~= '=' then return n.uk end
+  local sandbox, scope, session, user = space_of(n)
+  return sandbox .. '/' .. scope .. '/' .. (scope == 'session' and session or scope == 'user' and user or '')
+end
+
+-- the blob key of inode n ('' for none): after its grid key (Space.grid_prefix, its id) where bk starts with '.'
+local function blob_key(n)
+  if string.sub(n.bk, 1, 1) ~= '.' then return n.bk end
+  local sandbox, scope, session, user = space_of(n)
+  local owner = scope == 'session' and 'sessions/' .. session or scope == 'user' and 'users/' .. user or 'shared'
+  return 'grid/' .. sandbox .. '/' .. owner .. '/' .. n.a .. n.bk
+end
+
 local function charge(n, sign)
-  if n.uk == '' then return end
+  local key = account(n)
+  if key == '' then return end
   local files = sign > 0 and '1' or '-1'
-  redis.call('HINCRBY', P .. ':ug', n.uk, 1)
-  redis.call('HINCRBY', P .. ':uf', n.uk, files)
+  redis.call('HINCRBY', P .. ':ug', key, 1)
+  redis.call('HINCRBY', P .. ':uf', key, files)
   redis.call('HINCRBY', P .. ':tot', 'files', files)
   if n.sz ~= '0' and n.sz ~= '' then
     local bytes = sign > 0 and n.sz or ('-' .. n.sz)
-    redis.call('HINCRBY', P .. ':ub', n.uk, bytes)
+    redis.call('HINCRBY', P .. ':ub', key, bytes)
     redis.call('HINCRBY', P .. ':tot', 'bytes', bytes)
   end
 end
@@ -488,7 +529,7 @@ local function drop(n, at)
   unlink(n)
   unindex(n)
   redis.call('DEL', ikey(n.ino), dkey(n.ino), okey(n.ino))
-  if at and at ~= '' and n.bk ~= '' then redis.call('ZADD', P .. ':gc', at, n.bk) end
+  if at and at ~= '' and n.bk ~= '' then redis.call('ZADD', P .. ':gc', at, blob_key(n)) end
 end
 
 -- n over old (the same inode), its names included: those old had and n has not are unlinked
@@ -676,7 +717,7 @@ function ops.spage()
     out[2] = member
     local ino = artifact_ino(member_id(member))
     local n = ino and stored(ino)
-    if n and (needle == '' or string.sub(n.mi, 1, #needle) == needle) then
+    if n and (needle == '' or string.sub(n.mi == '' and DEFAULT_MIME or n.mi, 1, #needle) == needle) then
       found = found + 1
       for _, part in ipairs(record(n)) do out[#out + 1] = part end
     end
@@ -830,7 +871,7 @@ function ops.update()
   local rev, expect = ARGV[3 + NODE_ARGS], ARGV[4 + NODE_ARGS]
   local old = load(n.ino)
   if not old then return {'ERR', 'vanished'} end
-  if old.sig == n.sig then return {'OK'} end  -- this very write, retried after a lost reply
+  if old.rec == n.rec then return {'OK'} end  -- this very write, retried after a lost reply
   if not at_rev(old, rev) or (expect ~= '' and old.v ~= '' and old.v ~= expect) then
     return answer('CONFLICT', record(old))
   end
@@ -860,7 +901,7 @@ function ops.rename()
   local rev, from, from_name, at = ARGV[base + NODE_ARGS], ARGV[base + NODE_ARGS + 1], ARGV[base + NODE_ARGS + 2], base + NODE_ARGS + 3
   local cur = load(n.ino)
   if not cur then return {'ERR', 'vanished'} end
-  if cur.sig == n.sig then return {'OK'} end  -- this very move, retried after a lost reply
+  if cur.rec == n.rec then return {'OK'} end  -- this very move, retried after a lost reply
   if not at_rev(cur, rev) then return answer('STALE', record(cur)) end
   if n.p ~= from then
     local why = closed(n.p)
@@ -898,7 +939,7 @@ function ops.exchange()
   local at = 3 + 2 * NODE_ARGS
   local ca, cb = load(a.ino), load(b.ino)
   if not ca or not cb then return {'ERR', 'vanished'} end
-  if ca.sig == a.sig and cb.sig == b.sig then return {'OK'} end  -- this very exchange, retried
+  if ca.rec == a.rec and cb.rec == b.rec then return {'OK'} end  -- this very exchange, retried
   if not at_rev(ca, ARGV[at]) then return answer('STALE', record(ca)) end
   if not at_rev(cb, ARGV[at + 1]) then return answer('STALE', record(cb)) end
   at = at + 2
@@ -940,7 +981,7 @@ function ops.link()
   local rev, dir, name = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   local cur = load(n.ino)
   if not cur then return {'ERR', 'vanished'} end
-  if cur.sig == n.sig then return {'OK'} end  -- this very link, retried after a lost reply
+  if cur.rec == n.rec then return {'OK'} end  -- this very link, retried after a lost reply
   if not at_rev(cur, rev) then return answer('STALE', record(cur)) end
   local why = closed(dir)
   if why then return {'ERR', why} end
@@ -1009,11 +1050,11 @@ function ops.unenter()
   return announce('remove', parent, name)
 end
 
--- ARGV: ino, '' or the signature it must still have (a make whose enter failed), when its blob may go.
--- The node gone; answers its record, or nothing if it was gone already.
+-- ARGV: ino, '' or the record (``rec``) it must still have (a make whose enter failed), when its blob
+-- may go. The node gone; answers its record, or nothing if it was gone already.
 function ops.discard()
-  local cur, sig = load(ARGV[3]), ARGV[4]
-  if not cur or (sig ~= '' and cur.sig ~= sig) then return {'OK'} end
+  local cur, rec = load(ARGV[3]), ARGV[4]
+  if not cur or (rec ~= '' and cur.rec ~= rec) then return {'OK'} end
   if cur.k == 'd' and redis.call('HLEN', dkey(cur.ino)) > 0 then return {'ERR', 'notempty'} end
   drop(cur, ARGV[5])
   inode(cur.ino)

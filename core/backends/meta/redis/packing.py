@@ -1,13 +1,14 @@
 """Records as a Redis store keeps them: deflated against what records share.
 
 A signed record's JSON was two thirds of an inode's memory (issue #17): its
-keys are the same in every record, and its blob key and MIME type are kept
-beside it anyway, for the scripts. So a record is stored deflated (raw
-DEFLATE, a 2 KiB window) against a preset dictionary of the text records
-share, followed by the inode's own MIME type and blob key (its *context*).
-A small file's record goes from ~560 to ~160 bytes; reading it back costs
-~3 µs. The bytes signed and verified are the JSON itself, so packing
-changes nothing a signature covers, and a damaged packing reads as a
+keys are the same in every record, and its parent, name, artifact id, MIME
+type and blob key are kept beside it anyway, for the scripts. So a record is
+stored deflated (raw DEFLATE, a 2 KiB window) against a preset dictionary of
+the text records share, followed by those fields of its own inode
+(``CONTEXT_SLOTS``) and its number (its *context*). A small file's record
+goes from ~560 to ~145 bytes; reading it back costs ~3 µs. The bytes signed
+and verified are the JSON itself, so packing changes nothing a signature
+covers, and a damaged packing, or one read against other fields, reads as a
 damaged record.
 
 The dictionary is part of the layout (``LAYOUT``): records packed against
@@ -17,6 +18,7 @@ one cannot be read against another, so it never changes within a layout.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 
 # Text that records share, the most common last (nearer matches cost fewer bits). Never edit it
 # without a new LAYOUT.
@@ -74,30 +76,37 @@ _LEVEL = 6
 # Records longer than this (large user metadata) are kept in stored blocks: deflating 13 MiB costs
 # ~370 ms on the event loop, storing it ~20 ms, and such records are too rare to matter for memory.
 _DEFLATED_UP_TO = 64 * 1024
+# The fields a record is packed against, after the shared text: its own inode's, kept beside it in the
+# inode's string, so repeating them costs the record almost nothing. The record begins with its ino,
+# parent and name, so the context ends with them, spelled as the record does.
+CONTEXT_SLOTS = ("mi", "a", "bk", "p", "n")
+
+Fields = Mapping[str, bytes | None]
 
 
-def context(mime: bytes | None, blob_key: bytes | None) -> bytes:
-    """The dictionary an inode's record is packed against: the shared text, then its own MIME type
-    and blob key (the inode's ``mi`` and ``bk``, stored beside the record)."""
-    return _SHARED + (mime or b"") + b'"' + (blob_key or b"")
+def context(ino: int, fields: Fields) -> bytes:
+    """The dictionary the record of inode ``ino`` of these ``fields`` is packed against."""
+    mime, artifact_id, blob_key, parent, name = (fields.get(slot) or b"" for slot in CONTEXT_SLOTS)
+    return b"".join((_SHARED, mime, b'"', artifact_id, blob_key, b'{"ino":%d,"parent":' % ino, parent,
+                     b',"name":"', name))
 
 
-def packed(record: bytes, mime: bytes | None, blob_key: bytes | None) -> bytes:
-    """A record's JSON as the store keeps it."""
+def packed(record: bytes, ino: int, fields: Fields) -> bytes:
+    """A record's JSON as the store keeps it in inode ``ino`` of these ``fields``."""
     level = _LEVEL if len(record) <= _DEFLATED_UP_TO else 0
     deflate = zlib.compressobj(level, zlib.DEFLATED, _WINDOW_BITS, _MEMORY_LEVEL, zlib.Z_DEFAULT_STRATEGY,
-                               context(mime, blob_key))
+                               context(ino, fields))
     return deflate.compress(record) + deflate.flush()
 
 
-def unpacked(stored: bytes, mime: bytes | None, blob_key: bytes | None) -> bytes:
-    """A stored record's JSON; ValueError if the packing is damaged (or against another context).
+def unpacked(stored: bytes, ino: int, fields: Fields) -> bytes:
+    """A stored record's JSON; ValueError if the packing is damaged (or against other fields).
 
     A record is deflated only up to ``_DEFLATED_UP_TO``, and kept in stored blocks past it, so none
     inflates past the larger of that and its own stored length: a forged packing that would (a
     few KiB inflating to megabytes) is refused before it takes that memory and time.
     """
-    inflate = zlib.decompressobj(_WINDOW_BITS, context(mime, blob_key))
+    inflate = zlib.decompressobj(_WINDOW_BITS, context(ino, fields))
     try:
         record = inflate.decompress(stored, max(_DEFLATED_UP_TO, len(stored)))
     except zlib.error as error:
