@@ -82,7 +82,9 @@ def drop_directory_record(store: ArtifactStore, directory: Node) -> None:
     with client:
         client.delete(redis_meta.key("i", directory.ino))
         client.hdel(redis_meta.key("d", directory.parent), directory.name)
-        client.zrem(redis_meta.key("o", directory.parent), directory.name)
+        heads = redis_meta.key("o", directory.parent)  # its name order: the bucket that holds the name
+        head = (client.zrevrangebylex(heads, "[" + directory.name, "-", start=0, num=1) or [b""])[0]
+        assert client.zrem(redis_meta.key("ob", directory.parent).encode() + b"\n" + head, directory.name) == 1
         parent = redis_meta.key("i", directory.parent)
         rewrite_redis_inode(client, parent, sd=int(redis_inode(client, parent).get("sd") or 0) - 1)
 

@@ -98,6 +98,23 @@ def _account(record: dict[bytes, bytes]) -> bytes:
     return _space(record).usage_key.encode() if record[b"uk"] == b"=" else record[b"uk"]
 
 
+def _order(r: redis.Redis, heads_key: bytes, bucket_prefix: bytes, buckets: set[bytes]) -> set[bytes]:
+    """The members of an order cut in buckets (a space's artifacts, a directory's names), checked: each
+    bucket is small, compact, holds members from its head up to the next, and is taken out of ``buckets``
+    (the bucket keys found: what is left there belongs to no order)."""
+    heads = r.zrange(heads_key, 0, -1)
+    assert heads
+    members: set[bytes] = set()
+    for head, after in zip(heads, [*heads[1:], None]):
+        bucket = bucket_prefix + head
+        buckets.remove(bucket)
+        held = r.zrange(bucket, 0, -1)
+        assert 0 < len(held) < ORDER_BUCKET and r.object("encoding", bucket) == b"listpack"
+        assert all(head <= m and (after is None or m < after) for m in held)
+        members |= set(held)
+    return members
+
+
 def assert_consistent(url: str, prefix: str) -> None:
     """Every key of the layout agrees with every other, in each shard and across (read with SCAN: tests only)."""
     r = redis.Redis.from_url(url)
@@ -122,8 +139,12 @@ def assert_consistent(url: str, prefix: str) -> None:
     for ino, record in inodes.items():
         if ino != ROOT_INO:
             assert dirs[int(record[b"p"])][record[b"n"]] == str(ino).encode()
-    for parent, entries in dirs.items():  # each directory's name order holds its names, no more
-        assert set(r.zrange(f"{prefix}:{{{shards.of_ino(parent)}}}:o:{parent}", 0, -1)) == set(entries)
+    name_orders, name_buckets = keyed("o"), set(keyed("ob").values())
+    for (shard, rest), key in name_orders.items():  # each directory's name order holds its names, no more
+        assert _order(r, key, f"{prefix}:{{{shard}}}:ob:".encode() + rest + b"\n", name_buckets) == set(
+            dirs.get(int(rest), {}))
+    assert not name_buckets
+    assert {int(rest) for _, rest in name_orders} == {parent for parent, entries in dirs.items() if entries}
     homes = {shards.of_ino(ino) for ino in inodes}
     in_shard = {home: {i: h for i, h in inodes.items() if shards.of_ino(i) == home} for home in homes}
     for home, mine in in_shard.items():
@@ -159,16 +180,8 @@ def assert_consistent(url: str, prefix: str) -> None:
         assert r.smembers(key) == holders.pop(place, set())
     assert not holders
     buckets = set(keyed("yb").values())
-    for (shard, space), key in keyed("y").items():  # each space's order: its buckets, by their heads
-        heads = r.zrange(key, 0, -1)
-        members: set[bytes] = set()
-        for head, after in zip(heads, [*heads[1:], None]):
-            bucket = f"{prefix}:{{{shard}}}:yb:".encode() + space + b"\n" + head
-            buckets.remove(bucket)
-            held = r.zrange(bucket, 0, -1)
-            assert 0 < len(held) < ORDER_BUCKET and r.object("encoding", bucket) == b"listpack"
-            assert all(head <= m and (after is None or m < after) for m in held)
-            members |= set(held)
+    for (shard, space), key in keyed("y").items():  # each space's order
+        members = _order(r, key, f"{prefix}:{{{shard}}}:yb:".encode() + space + b"\n", buckets)
         assert members == orders.pop((shard, space), set())
     assert not orders and not buckets
     for home in homes:  # each shard's spaces are those with an ordered set there
@@ -575,21 +588,31 @@ async def test_listing_thousands_of_entries_reads_one_map(own_redis: RedisServer
     assert counts.get("hgetall") == 1 and counts.get("get") == count  # one map, then the records, pipelined
 
 
-async def test_a_directory_made_before_name_order_was_kept_pages_all_the_same(meta: RedisMetaStore) -> None:
-    """A store written by an older version has no name order: the first page rebuilds it."""
+async def test_a_large_directory_keeps_its_names_in_small_buckets_and_pages_in_order(meta: RedisMetaStore) -> None:
+    """A directory's name order is cut in buckets like a space's (issue #17: a skiplist past 128 names
+    cost ~110 B a file through the mount); pages still come in byte order, from any name on."""
     box, _ = await meta.insert(a_dir(ROOT_INO, "box"))
-    for i in range(25):
-        await meta.insert(a_file(box.ino, f"f{i:02d}"))
+    names = [f"f{i:04d}" for i in range(0, 600, 2)]
+    names += random.Random(5).sample([f"f{i:04d}" for i in range(1, 600, 2)], 300)  # inside, out of order
+    for name in names:
+        await meta.insert(a_file(box.ino, name))
+    assert_consistent(meta.url, meta.prefix)  # small, compact buckets, each from its head to the next
+
+    async def listed(step: int) -> list[str]:
+        seen, after = [], None
+        while True:
+            page = await meta.children_page(box.ino, after, step)
+            seen += [n.name for n in page.nodes]
+            if not page.more:
+                return seen
+            after = page.last
+
+    assert await listed(97) == sorted(names)
     with redis.Redis.from_url(meta.url) as r:
-        r.delete(meta.key("o", box.ino))
-    seen, after = [], None
-    while True:
-        page = await meta.children_page(box.ino, after, 10)
-        seen += [n.name for n in page.nodes]
-        if not page.more:
-            break
-        after = page.last
-    assert seen == [f"f{i:02d}" for i in range(25)]
+        assert r.zcard(meta.key("o", box.ino)) >= 600 // ORDER_BUCKET
+    for name in sorted(names)[100:400]:  # whole buckets emptied and gone
+        await meta.remove(await meta.lookup(box.ino, name))
+    assert await listed(33) == sorted(names)[:100] + sorted(names)[400:]
     assert_consistent(meta.url, meta.prefix)
 
 

@@ -41,10 +41,11 @@ Keys of a shard ``P``:
                            joined by ``/`` (the record lists them too)
 ``P:d:<ino>``       hash   one directory: name -> child ino (every name of a
                            hard-linked inode is an entry of its directory)
-``P:o:<ino>``       zset   the same directory's names, score 0: byte order, for
+``P:o:<ino>``       zset   the same directory's names, score 0, in byte order, for
                            ``page`` (ZRANGEBYLEX); kept with ``P:d`` in every
-                           script, rebuilt by ``page`` where it is missing or
-                           short (a store written before it existed)
+                           script; cut in buckets like a space's order (below):
+                           this set holds the heads, ``P:ob:<ino>\\n<head>`` each
+                           bucket's names
 ``P:ino``           str    the shard's inode counter; numbers are never handed out twice
 ``P:gc``            zset   the deletion queue: blob key by the time (us) gc may
                            delete it from (``defer_delete``); the scripts that
@@ -211,8 +212,6 @@ local BASE = S * 1099511627776  -- the shard's first inode number
 
 local function ikey(ino) return P .. ':i:' .. ino end
 local function dkey(ino) return P .. ':d:' .. ino end
--- a directory's names in byte order (a sorted set of score 0), for listings a page at a time
-local function okey(ino) return P .. ':o:' .. ino end
 -- the artifact id -> ino map is cut in 256 hashes by two hex digits of the id after its shard's three,
 -- each small enough for Redis's compact encoding up to ~32,000 artifacts a shard (issue #17)
 local function akey(id) return P .. ':art:' .. string.sub(id, 4, 5) end
@@ -361,62 +360,78 @@ local function order_of(n)
   return stored_at and stored_at .. '/' .. n.a
 end
 
--- A space's order is cut in buckets of fewer than ORDER_BUCKET members, each an ordered set small
--- enough for Redis's compact encoding (a skiplist costs ~95 B more a member: issue #17). ``P:y:<space>``
--- holds the buckets' heads: bucket ``h`` (``P:yb:<space>\n<h>``) holds the members from h up to the
--- next head; the first head is ''. A bucket that fills is split in two; one that empties goes.
+-- An order (a space's artifacts, a directory's names) is cut in buckets of fewer than ORDER_BUCKET
+-- members, each a sorted set small enough for Redis's compact encoding (a skiplist costs ~95 B more a
+-- member: issue #17). An order ``o`` is two key names: ``o.heads`` holds the buckets' heads, and bucket
+-- ``h`` (``o.bucket .. h``) holds the members from h up to the next head; the first head is ''. A
+-- bucket that fills is split in two; one that empties goes.
 local ORDER_BUCKET = """ + str(ORDER_BUCKET) + r"""
-local function heads_key(space) return P .. ':y:' .. space end
-local function bucket_key(space, head) return P .. ':yb:' .. space .. '\n' .. head end
+local function space_order(space) return {heads = P .. ':y:' .. space, bucket = P .. ':yb:' .. space .. '\n'} end
+local function name_order(dir) return {heads = P .. ':o:' .. dir, bucket = P .. ':ob:' .. dir .. '\n'} end
 
 -- the head of the bucket that holds (or would hold) member m: the greatest head up to m, else ''
-local function head_of(space, m)
-  return redis.call('ZREVRANGEBYLEX', heads_key(space), '[' .. m, '-', 'LIMIT', 0, 1)[1] or ''
+local function head_of(o, m)
+  return redis.call('ZREVRANGEBYLEX', o.heads, '[' .. m, '-', 'LIMIT', 0, 1)[1] or ''
 end
 
-local function order_add(space, m)
-  local head = head_of(space, m)
-  local bucket = bucket_key(space, head)
-  if redis.call('EXISTS', bucket) == 0 then redis.call('ZADD', heads_key(space), 0, head) end
+local function order_add(o, m)
+  local head = head_of(o, m)
+  local bucket = o.bucket .. head
+  if redis.call('EXISTS', bucket) == 0 then redis.call('ZADD', o.heads, 0, head) end
   redis.call('ZADD', bucket, 0, m)
   local count = redis.call('ZCARD', bucket)
   if count < ORDER_BUCKET then return end
-  -- split before Redis converts it: a member added last (stored_at grows: the common case) starts a
-  -- bucket of its own, so buckets fill up; one added inside takes the upper half with it
+  -- split before Redis converts it: a member added last (stored_at grows, names are often made in
+  -- order) starts a bucket of its own, so buckets fill up; one added inside takes the upper half along
   local half = redis.call('ZRANGE', bucket, -1, -1)[1] == m and count - 1 or math.floor(count / 2)
   local upper = redis.call('ZRANGE', bucket, half, -1)
   redis.call('ZREMRANGEBYRANK', bucket, half, -1)
   local pairs_ = {}
   for _, member in ipairs(upper) do pairs_[#pairs_ + 1] = 0; pairs_[#pairs_ + 1] = member end
-  redis.call('ZADD', bucket_key(space, upper[1]), unpack(pairs_))
-  redis.call('ZADD', heads_key(space), 0, upper[1])
+  redis.call('ZADD', o.bucket .. upper[1], unpack(pairs_))
+  redis.call('ZADD', o.heads, 0, upper[1])
 end
 
--- false once the space's order is empty
-local function order_remove(space, m)
-  local head = head_of(space, m)
-  local bucket = bucket_key(space, head)
+-- false once the order is empty
+local function order_remove(o, m)
+  local head = head_of(o, m)
+  local bucket = o.bucket .. head
   redis.call('ZREM', bucket, m)
   if redis.call('EXISTS', bucket) == 1 then return true end
-  redis.call('ZREM', heads_key(space), head)
-  return redis.call('EXISTS', heads_key(space)) == 1
+  redis.call('ZREM', o.heads, head)
+  return redis.call('EXISTS', o.heads) == 1
 end
 
--- up to ``most`` members of a space's order after member ``after`` ('' for the first) and before
--- ``below`` (a ZRANGEBYLEX bound), in order: the buckets from after's on, until enough
-local function order_range(space, after, below, most)
-  local head = after == '' and '' or head_of(space, after)
+-- up to ``most`` members of an order after member ``after`` ('' for the first) and before ``below``
+-- (a ZRANGEBYLEX bound), in order: the buckets from after's on, until enough
+local function order_range(o, after, below, most)
+  local head = after == '' and '' or head_of(o, after)
   local start = after == '' and '-' or '(' .. after
   local out = {}
   while head do
     local want = most - #out
-    for _, member in ipairs(redis.call('ZRANGEBYLEX', bucket_key(space, head), start, below, 'LIMIT', 0, want)) do
+    for _, member in ipairs(redis.call('ZRANGEBYLEX', o.bucket .. head, start, below, 'LIMIT', 0, want)) do
       out[#out + 1] = member
     end
     if #out >= most then break end
-    head = redis.call('ZRANGEBYLEX', heads_key(space), '(' .. head, below, 'LIMIT', 0, 1)[1]
+    head = redis.call('ZRANGEBYLEX', o.heads, '(' .. head, below, 'LIMIT', 0, 1)[1]
   end
   return out
+end
+
+-- every member of an order, in order
+local function order_all(o)
+  local out = {}
+  for _, head in ipairs(redis.call('ZRANGE', o.heads, 0, -1)) do
+    for _, member in ipairs(redis.call('ZRANGE', o.bucket .. head, 0, -1)) do out[#out + 1] = member end
+  end
+  return out
+end
+
+-- an order gone, whatever it held
+local function order_drop(o)
+  for _, head in ipairs(redis.call('ZRANGE', o.heads, 0, -1)) do redis.call('DEL', o.bucket .. head) end
+  redis.call('DEL', o.heads)
 end
 
 local function index(n)
@@ -425,7 +440,7 @@ local function index(n)
   for tag in string.gmatch(n.ix, '[^\n]+') do
     local kind, space = string.sub(tag, 1, 3), string.sub(tag, 4)
     if kind == 'sp:' and member then
-      order_add(space, member)
+      order_add(space_order(space), member)
       redis.call('HSET', P .. ':tags', space, 1)
     elseif kind == 'bo:' then
       redis.call('SADD', P .. ':x:' .. tag, n.ino)
@@ -441,7 +456,7 @@ local function unindex(n)
   for tag in string.gmatch(n.ix, '[^\n]+') do
     local kind, space = string.sub(tag, 1, 3), string.sub(tag, 4)
     if kind == 'sp:' and member then
-      if not order_remove(space, member) then redis.call('HDEL', P .. ':tags', space) end
+      if not order_remove(space_order(space), member) then redis.call('HDEL', P .. ':tags', space) end
     elseif kind == 'bo:' then
       redis.call('SREM', P .. ':x:' .. tag, n.ino)
     end
@@ -491,14 +506,14 @@ end
 -- name in directory parent set to ino, of kind k (a name that was there already is replaced)
 local function enter_name(parent, name, ino, k)
   if redis.call('HSET', dkey(parent), name, ino) == 1 and k == 'd' then count_subdirs(parent, 1) end
-  redis.call('ZADD', okey(parent), 0, name)
+  order_add(name_order(parent), name)
 end
 
 -- name taken out of directory parent if it still names ino, of kind k; whether it did
 local function remove_name(parent, name, ino, k)
   if redis.call('HGET', dkey(parent), name) ~= ino then return false end
   redis.call('HDEL', dkey(parent), name)
-  redis.call('ZREM', okey(parent), name)
+  order_remove(name_order(parent), name)
   if k == 'd' then count_subdirs(parent, -1) end
   return true
 end
@@ -528,7 +543,8 @@ end
 local function drop(n, at)
   unlink(n)
   unindex(n)
-  redis.call('DEL', ikey(n.ino), dkey(n.ino), okey(n.ino))
+  redis.call('DEL', ikey(n.ino), dkey(n.ino))
+  if n.k == 'd' then order_drop(name_order(n.ino)) end
   if at and at ~= '' and n.bk ~= '' then redis.call('ZADD', P .. ':gc', at, blob_key(n)) end
 end
 
@@ -638,23 +654,9 @@ end
 
 -- ARGV: parent, the name to start after ('' for the first), how many names at most. Answers the
 -- number of names the page covered, the last of them, then the records of those still entries here.
--- A directory whose name order is missing or behind (made before it was kept) gets it rebuilt first.
 function ops.page()
   local dir, after, most = ARGV[3], ARGV[4], tonumber(ARGV[5])
-  local order = okey(dir)
-  if redis.call('ZCARD', order) ~= redis.call('HLEN', dkey(dir)) then
-    redis.call('DEL', order)
-    local names = redis.call('HKEYS', dkey(dir))
-    for at = 1, #names, 1000 do
-      local args = {}
-      for j = at, math.min(at + 999, #names) do
-        args[#args + 1] = 0
-        args[#args + 1] = names[j]
-      end
-      redis.call('ZADD', order, unpack(args))
-    end
-  end
-  local names = redis.call('ZRANGEBYLEX', order, after == '' and '-' or '(' .. after, '+', 'LIMIT', 0, most)
+  local names = order_range(name_order(dir), after, '+', most)
   local out = {#names, names[#names] or ''}
   for _, name in ipairs(names) do
     local ino = redis.call('HGET', dkey(dir), name)
@@ -671,11 +673,9 @@ end
 function ops.search()
   local inos = {}
   for _, space in ipairs(spaces(4)) do
-    for _, head in ipairs(redis.call('ZRANGE', heads_key(space), 0, -1)) do
-      for _, member in ipairs(redis.call('ZRANGE', bucket_key(space, head), 0, -1)) do
-        local ino = artifact_ino(member_id(member))
-        if ino then inos[#inos + 1] = ino end
-      end
+    for _, member in ipairs(order_all(space_order(space))) do
+      local ino = artifact_ino(member_id(member))
+      if ino then inos[#inos + 1] = ino end
     end
   end
   return records_or_inos(inos, tonumber(ARGV[3]), false)
@@ -707,7 +707,7 @@ function ops.spage()
   local members = {}
   for _, space in ipairs(spaces(7)) do
     local below = #members >= most and '(' .. members[most] or '+'
-    local found = order_range(space, after, below, most)
+    local found = order_range(space_order(space), after, below, most)
     if #found > 0 then members = merged(members, found, most) end
   end
   local out = {'PAGE', '', #members >= most and 1 or 0}

@@ -100,7 +100,7 @@ _READ = READ_SLOTS  # what a reader takes of an inode
 _WIDTH = 1 + len(_READ)  # a record as the scripts answer it: its ino, then those
 SEARCH_SCAN = 1000  # members a search page with MIME or meta tests reads at most (they are not indexed)
 SEARCH_SCAN_MIME = 10_000  # the same with a MIME prefix alone: the script tests it, so only matches travel
-_INODE_KEYS = ("i", "d", "o")  # keys named by an inode, whose number tells their shard
+_INODE_KEYS = ("i", "d", "o", "ob")  # keys named by an inode, whose number tells their shard
 _ROOTS_KEPT = 65_536  # scope roots whose inode a resolve remembers (a path's first step, skipped)
 _SHARD_CALLS = 16  # scripts in flight at once for a read that spans every shard
 _LIST_INLINE = 1024  # a listing of up to this many entries comes in one round trip, records and all (1,000: ~4 ms of server time)
@@ -357,7 +357,8 @@ class RedisMetaStore:
         return f"{self.prefix}:{{{shard}}}"
 
     def key(self, kind: str, *parts: object, shard: int | None = None) -> str:
-        """Key ``kind`` (``i``, ``d``, ``o``: of the inode ``parts[0]``, in its shard; others name ``shard``)."""
+        """Key ``kind`` (``i``, ``d``, ``o``, ``ob``: of the inode ``parts[0]``, in its shard; others name
+        ``shard``)."""
         if shard is None:
             if kind not in _INODE_KEYS:
                 raise TypeError(f"key {kind!r} needs its shard")
