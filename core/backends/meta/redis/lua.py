@@ -184,8 +184,8 @@ READ_SLOTS = ("rec", "mt", "mts", "sd", "mi", "bk", "ro", "ix", "uk", "n", "a", 
 # The version of the layout of keys above (``P:layout`` in shard 0), and of the packing of records
 # (:mod:`core.backends.meta.redis.packing`): 4 since records are stored deflated, 5 since search orders
 # are cut in buckets, 6 since parents, blob keys, usage keys, signatures and stored_at times are kept
-# short (issue #17).
-LAYOUT = "6"
+# short, 7 since directories' name orders are cut in buckets too (issue #17).
+LAYOUT = "7"
 
 # Members a bucket of a space's search order holds, fewer than: Redis keeps an ordered set of up to
 # ``zset-max-listpack-entries`` (128 unless configured lower) in its compact encoding.
