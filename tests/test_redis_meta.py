@@ -98,21 +98,29 @@ def _account(record: dict[bytes, bytes]) -> bytes:
     return _space(record).usage_key.encode() if record[b"uk"] == b"=" else record[b"uk"]
 
 
-def _order(r: redis.Redis, heads_key: bytes, bucket_prefix: bytes, buckets: set[bytes]) -> set[bytes]:
-    """The members of an order cut in buckets (a space's artifacts, a directory's names), checked: each
-    bucket is small, compact, holds members from its head up to the next, and is taken out of ``buckets``
-    (the bucket keys found: what is left there belongs to no order)."""
-    heads = r.zrange(heads_key, 0, -1)
-    assert heads
-    members: set[bytes] = set()
-    for head, after in zip(heads, [*heads[1:], None]):
-        bucket = bucket_prefix + head
-        buckets.remove(bucket)
-        held = r.zrange(bucket, 0, -1)
-        assert 0 < len(held) < ORDER_BUCKET and r.object("encoding", bucket) == b"listpack"
-        assert all(head <= m and (after is None or m < after) for m in held)
-        members |= set(held)
-    return members
+def _orders(r: redis.Redis, heads: dict[tuple[int, bytes], bytes],
+            buckets: dict[tuple[int, bytes], bytes]) -> dict[tuple[int, bytes], set[bytes]]:
+    """Every order cut in buckets of one kind (a space's artifacts, a directory's names), by (shard, what it
+    orders), its members, checked: each bucket is small, compact and holds the members from its head up to
+    the next; an order of one bucket has no heads (its bucket is ''), one of more has a head for each.
+    ``heads``, ``buckets``: (shard, what follows the kind) -> key, for every key of the two kinds."""
+    found: dict[tuple[int, bytes], dict[bytes, bytes]] = {}
+    for (shard, rest), key in buckets.items():
+        what, _, head = rest.partition(b"\n")
+        found.setdefault((shard, what), {})[head] = key
+    assert set(heads) <= set(found)  # no heads without buckets
+    orders = {}
+    for place, keys in found.items():
+        names = r.zrange(heads[place], 0, -1) if place in heads else [b""]
+        assert set(names) == set(keys) and (len(names) > 1 or place not in heads)
+        members: set[bytes] = set()
+        for head, after in zip(names, [*names[1:], None]):
+            held = r.zrange(keys[head], 0, -1)
+            assert 0 < len(held) < ORDER_BUCKET and r.object("encoding", keys[head]) == b"listpack"
+            assert all(head <= m and (after is None or m < after) for m in held)
+            members |= set(held)
+        orders[place] = members
+    return orders
 
 
 def assert_consistent(url: str, prefix: str) -> None:
@@ -139,12 +147,9 @@ def assert_consistent(url: str, prefix: str) -> None:
     for ino, record in inodes.items():
         if ino != ROOT_INO:
             assert dirs[int(record[b"p"])][record[b"n"]] == str(ino).encode()
-    name_orders, name_buckets = keyed("o"), set(keyed("ob").values())
-    for (shard, rest), key in name_orders.items():  # each directory's name order holds its names, no more
-        assert _order(r, key, f"{prefix}:{{{shard}}}:ob:".encode() + rest + b"\n", name_buckets) == set(
-            dirs.get(int(rest), {}))
-    assert not name_buckets
-    assert {int(rest) for _, rest in name_orders} == {parent for parent, entries in dirs.items() if entries}
+    # each directory's name order holds its names, no more
+    assert {int(rest): names for (_, rest), names in _orders(r, keyed("o"), keyed("ob")).items()} == {
+        parent: set(entries) for parent, entries in dirs.items() if entries}
     homes = {shards.of_ino(ino) for ino in inodes}
     in_shard = {home: {i: h for i, h in inodes.items() if shards.of_ino(i) == home} for home in homes}
     for home, mine in in_shard.items():
@@ -179,14 +184,10 @@ def assert_consistent(url: str, prefix: str) -> None:
     for place, key in keyed("x").items():
         assert r.smembers(key) == holders.pop(place, set())
     assert not holders
-    buckets = set(keyed("yb").values())
-    for (shard, space), key in keyed("y").items():  # each space's order
-        members = _order(r, key, f"{prefix}:{{{shard}}}:yb:".encode() + space + b"\n", buckets)
-        assert members == orders.pop((shard, space), set())
-    assert not orders and not buckets
+    spaces = _orders(r, keyed("y"), keyed("yb"))  # each space's order
+    assert spaces == orders
     for home in homes:  # each shard's spaces are those with an ordered set there
-        assert set(r.hkeys(f"{prefix}:{{{home}}}:tags")) == {
-            space for shard, space in keyed("y") if shard == home}
+        assert set(r.hkeys(f"{prefix}:{{{home}}}:tags")) == {space for shard, space in spaces if shard == home}
 
 
 async def test_a_record_of_large_metadata_is_kept_unsqueezed_and_read_back_whole(meta: RedisMetaStore) -> None:
@@ -613,6 +614,15 @@ async def test_a_large_directory_keeps_its_names_in_small_buckets_and_pages_in_o
     for name in sorted(names)[100:400]:  # whole buckets emptied and gone
         await meta.remove(await meta.lookup(box.ino, name))
     assert await listed(33) == sorted(names)[:100] + sorted(names)[400:]
+    assert_consistent(meta.url, meta.prefix)
+    for name in sorted(names)[3:100] + sorted(names)[400:]:  # down to one bucket: its heads go
+        await meta.remove(await meta.lookup(box.ino, name))
+    with redis.Redis.from_url(meta.url) as r:
+        assert not r.exists(meta.key("o", box.ino))
+    assert await listed(2) == sorted(names)[:3]
+    for name in names[100:300]:  # and come back with a second
+        await meta.insert(a_file(box.ino, name))
+    assert await listed(50) == sorted(sorted(names)[:3] + names[100:300])
     assert_consistent(meta.url, meta.prefix)
 
 

@@ -45,7 +45,7 @@ Keys of a shard ``P``:
                            ``page`` (ZRANGEBYLEX); kept with ``P:d`` in every
                            script; cut in buckets like a space's order (below):
                            this set holds the heads, ``P:ob:<ino>\\n<head>`` each
-                           bucket's names
+                           bucket's names (``P:ob:<ino>\\n`` alone for one bucket)
 ``P:ino``           str    the shard's inode counter; numbers are never handed out twice
 ``P:gc``            zset   the deletion queue: blob key by the time (us) gc may
                            delete it from (``defer_delete``); the scripts that
@@ -57,8 +57,9 @@ Keys of a shard ``P``:
                            ``<stored_at ns: 11 bytes of base 64 in byte order>/<id>``
                            (the ``=`` line of ``ix``: ``order_time``),
                            score 0, cut in buckets (``order_add``): this set holds the
-                           heads of the buckets ('' the first), ``P:yb:<space>\\n<head>``
-                           each bucket's members; ``spage`` (ZRANGEBYLEX) merges the
+                           heads of the buckets, ``P:yb:<space>\\n<head>`` each bucket's
+                           members; an order of one bucket has no heads, its bucket
+                           is ``P:yb:<space>\\n``; ``spage`` (ZRANGEBYLEX) merges the
                            orders a search asks for
 ``P:tags``          hash   the spaces that have an ordered set here (value 1): what a
                            search wider than one space picks from
@@ -363,8 +364,9 @@ end
 -- An order (a space's artifacts, a directory's names) is cut in buckets of fewer than ORDER_BUCKET
 -- members, each a sorted set small enough for Redis's compact encoding (a skiplist costs ~95 B more a
 -- member: issue #17). An order ``o`` is two key names: ``o.heads`` holds the buckets' heads, and bucket
--- ``h`` (``o.bucket .. h``) holds the members from h up to the next head; the first head is ''. A
--- bucket that fills is split in two; one that empties goes.
+-- ``h`` (``o.bucket .. h``) holds the members from h up to the next head. A bucket that fills is split
+-- in two; one that empties goes. An order of one bucket (most: a key costs ~100 B) has no heads: its
+-- bucket is ''; the heads come with a second bucket and go with the last but one.
 local ORDER_BUCKET = """ + str(ORDER_BUCKET) + r"""
 local function space_order(space) return {heads = P .. ':y:' .. space, bucket = P .. ':yb:' .. space .. '\n'} end
 local function name_order(dir) return {heads = P .. ':o:' .. dir, bucket = P .. ':ob:' .. dir .. '\n'} end
@@ -377,7 +379,9 @@ end
 local function order_add(o, m)
   local head = head_of(o, m)
   local bucket = o.bucket .. head
-  if redis.call('EXISTS', bucket) == 0 then redis.call('ZADD', o.heads, 0, head) end
+  if redis.call('EXISTS', bucket) == 0 and redis.call('EXISTS', o.heads) == 1 then
+    redis.call('ZADD', o.heads, 0, head)
+  end
   redis.call('ZADD', bucket, 0, m)
   local count = redis.call('ZCARD', bucket)
   if count < ORDER_BUCKET then return end
@@ -389,7 +393,7 @@ local function order_add(o, m)
   local pairs_ = {}
   for _, member in ipairs(upper) do pairs_[#pairs_ + 1] = 0; pairs_[#pairs_ + 1] = member end
   redis.call('ZADD', o.bucket .. upper[1], unpack(pairs_))
-  redis.call('ZADD', o.heads, 0, upper[1])
+  redis.call('ZADD', o.heads, 0, head, 0, upper[1])
 end
 
 -- false once the order is empty
@@ -399,7 +403,12 @@ local function order_remove(o, m)
   redis.call('ZREM', bucket, m)
   if redis.call('EXISTS', bucket) == 1 then return true end
   redis.call('ZREM', o.heads, head)
-  return redis.call('EXISTS', o.heads) == 1
+  local left = redis.call('ZRANGE', o.heads, 0, 1)
+  if #left == 1 then  -- one bucket left: it becomes the first, and the heads go
+    if left[1] ~= '' then redis.call('RENAME', o.bucket .. left[1], o.bucket) end
+    redis.call('DEL', o.heads)
+  end
+  return #left > 0
 end
 
 -- up to ``most`` members of an order after member ``after`` ('' for the first) and before ``below``
@@ -419,10 +428,16 @@ local function order_range(o, after, below, most)
   return out
 end
 
+-- the heads of an order's buckets, in order ('' alone for an order of one bucket, or none)
+local function heads_of(o)
+  local heads = redis.call('ZRANGE', o.heads, 0, -1)
+  return #heads > 0 and heads or {''}
+end
+
 -- every member of an order, in order
 local function order_all(o)
   local out = {}
-  for _, head in ipairs(redis.call('ZRANGE', o.heads, 0, -1)) do
+  for _, head in ipairs(heads_of(o)) do
     for _, member in ipairs(redis.call('ZRANGE', o.bucket .. head, 0, -1)) do out[#out + 1] = member end
   end
   return out
@@ -430,7 +445,7 @@ end
 
 -- an order gone, whatever it held
 local function order_drop(o)
-  for _, head in ipairs(redis.call('ZRANGE', o.heads, 0, -1)) do redis.call('DEL', o.bucket .. head) end
+  for _, head in ipairs(heads_of(o)) do redis.call('DEL', o.bucket .. head) end
   redis.call('DEL', o.heads)
 end
 
