@@ -94,6 +94,10 @@ def scope_prefix(sandbox_id: str, scope: Scope, owner: str | None) -> str:
     return f"grid/{sandbox_id}/{SHARED_DIR}"
 
 
+def grid_key(sandbox_id: str, scope: Scope, owner: str | None, artifact_id: str) -> str:
+    return f"{scope_prefix(sandbox_id, scope, owner)}/{artifact_id}"
+
+
 class Space(BaseModel):
     """The scope a node belongs to: whose it is, and whose quota it uses."""
 
@@ -110,11 +114,6 @@ class Space(BaseModel):
     def usage_key(self) -> str:
         """The account a node's bytes and count are charged to."""
         return f"{self.sandbox_id}/{self.scope.value}/{self.owner or ''}"
-
-    @property
-    def grid_prefix(self) -> str:
-        """Where its artifacts' grid keys (and their blobs' keys) start, without the closing '/'."""
-        return scope_prefix(self.sandbox_id, self.scope, self.owner)
 
 
 DEFAULT_MIME = "application/octet-stream"  # what a file written through the mount is

@@ -42,7 +42,7 @@ from core.infra.retry import RetryPolicy
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
 from core import shards
-from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
+from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, grid_key, new_node
 
 SIGNER = RecordSigner(b"redis-meta-test-key-0123456789")
 ALICE = Space(sandbox_id="box", scope=Scope.USER, user_id="alice")
@@ -524,7 +524,7 @@ async def test_an_inode_keeps_its_blob_account_and_parent_short_and_the_script_s
                                          now_ns=1, role=NodeRole.SCOPE_ROOT, space=space))
     node = a_file(root.ino, "f", size=5, space=space)
     art = node.artifact
-    own = f"{space.grid_prefix}/{art.artifact_id}.v1-0123abcd"
+    own = f"{grid_key(space.sandbox_id, space.scope, space.owner, art.artifact_id)}.v1-0123abcd"
     art.blob_key = own if own_blob else f"grid/other/users/bob/{uuid.uuid4().hex}.v3-89abcdef"
     stored, _ = await meta.insert(node)
     with redis.Redis.from_url(meta.url) as r:

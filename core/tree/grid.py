@@ -10,7 +10,7 @@ import re
 
 from core.errors import InvalidNameError, NameTooLongError
 from core.models import GridKey, Scope
-from core.nodes import SESSIONS_DIR, SHARED_DIR, USERS_DIR, scope_prefix  # noqa: F401  (grid names, kept with Space)
+from core.nodes import SESSIONS_DIR, SHARED_DIR, USERS_DIR, grid_key, scope_prefix  # noqa: F401  (kept with Space)
 
 MAX_ID_LEN = 128
 MAX_NAME_BYTES = 255
@@ -67,10 +67,6 @@ def split_filename(filename: object) -> list[str]:
     if any(p == "" for p in parts):
         raise InvalidNameError(f"filename {filename!r:.80} has an empty component or a leading/trailing '/'")
     return [validate_name(p) for p in parts]
-
-
-def grid_key(sandbox_id: str, scope: Scope, owner: str | None, artifact_id: str) -> str:
-    return f"{scope_prefix(sandbox_id, scope, owner)}/{artifact_id}"
 
 
 def parse_grid_key(key: str) -> GridKey:

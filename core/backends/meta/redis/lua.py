@@ -314,27 +314,28 @@ end
 -- a <= b for decimal integers without leading zeros (ns times exceed a double's exact range)
 local function le(a, b) return #a < #b or (#a == #b and a <= b) end
 
--- The space an artifact's ``sp:`` index line names: sandbox, scope, session, user ('' where absent).
--- Its usage key and its blob's grid key are spelled from it (as core.nodes.Space spells them), so an
--- inode keeps neither whole (issue #17).
+-- The space an artifact's ``sp:`` index line names: its sandbox, scope and owner (the session's or
+-- user's id, '' for shared; Space.owner). Its usage key and its blob's grid key are spelled from it
+-- (as core.nodes spells them), so an inode keeps neither whole (issue #17).
 local function space_of(n)
   local space = string.match('\n' .. n.ix, '\nsp:([^\n]*)')
-  return string.match(space, '^([^/]*)/([^/]*)/([^/]*)/([^/]*)$')
+  local sandbox, scope, session, user = string.match(space, '^([^/]*)/([^/]*)/([^/]*)/([^/]*)$')
+  return sandbox, scope, scope == 'session' and session or scope == 'user' and user or ''
 end
 
 -- the usage account of inode n ('' for none): its space's (Space.usage_key) where uk is '='
 local function account(n)
   if n.uk ~= '=' then return n.uk end
-  local sandbox, scope, session, user = space_of(n)
-  return sandbox .. '/' .. scope .. '/' .. (scope == 'session' and session or scope == 'user' and user or '')
+  local sandbox, scope, owner = space_of(n)
+  return sandbox .. '/' .. scope .. '/' .. owner
 end
 
--- the blob key of inode n ('' for none): after its grid key (Space.grid_prefix, its id) where bk starts with '.'
+-- the blob key of inode n ('' for none): after its grid key (grid_key) where bk starts with '.'
 local function blob_key(n)
   if string.sub(n.bk, 1, 1) ~= '.' then return n.bk end
-  local sandbox, scope, session, user = space_of(n)
-  local owner = scope == 'session' and 'sessions/' .. session or scope == 'user' and 'users/' .. user or 'shared'
-  return 'grid/' .. sandbox .. '/' .. owner .. '/' .. n.a .. n.bk
+  local sandbox, scope, owner = space_of(n)
+  local dir = scope == 'session' and 'sessions/' .. owner or scope == 'user' and 'users/' .. owner or 'shared'
+  return 'grid/' .. sandbox .. '/' .. dir .. '/' .. n.a .. n.bk
 end
 
 local function charge(n, sign)

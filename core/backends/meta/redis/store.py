@@ -84,7 +84,9 @@ from core.infra import aio_bridge, tally
 from core.infra.retry import RetryPolicy, retrying
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
-from core.nodes import DEFAULT_MIME, ROOT_INO, Node, NodeKind, NodeRole, Space, account_of, new_node
+from core.nodes import (
+    DEFAULT_MIME, ROOT_INO, Node, NodeKind, NodeRole, Space, account_of, grid_key, new_node,
+)
 from core.settings import Settings
 
 T = TypeVar("T")
@@ -213,9 +215,10 @@ def _stored_blob_key(node: Node) -> bytes:
     art = node.artifact
     if art is None or not art.blob_key:
         return b""
-    own = f"{node.space.grid_prefix}/{art.artifact_id}." if node.space is not None else None
-    if own is not None and art.blob_key.startswith(own):
-        return art.blob_key[len(own) - 1 :].encode()
+    space = node.space
+    own = grid_key(space.sandbox_id, space.scope, space.owner, art.artifact_id) if space is not None else None
+    if own is not None and art.blob_key.startswith(own + "."):
+        return art.blob_key[len(own) :].encode()
     if art.blob_key.startswith("."):  # would read as one of the above
         raise InvalidArgumentError(f"a blob key must not start with '.': {art.blob_key!r:.100}")
     return art.blob_key.encode()
