@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -55,6 +56,24 @@ async def test_store_records_every_metadata_field(store: ArtifactStore, clock: M
     assert (m.bytes, m.sha256, m.version, m.ttl) == (3, sha(b"abc"), 1, 120)
     assert m.stored_at == m.updated_at == before
     assert m.expires_at == before + timedelta(seconds=120)
+
+
+async def test_an_artifact_is_stored_when_its_bytes_have_arrived(store: ArtifactStore, clock: ManualClock) -> None:
+    """stored_at, updated_at and the TTL count from the moment the artifact appears, not from when its
+    upload began: an upload that took a minute does not come out a minute old."""
+    session = await store.create_session(user_id="alice")
+    began = wall(clock)
+
+    async def slow_bytes() -> AsyncIterator[bytes]:
+        yield b"abc"
+        clock.advance(60)
+        yield b"def"
+
+    file_id = await store.stream_upload(StreamUploadRequest(data_stream=slow_bytes(), session_id=session,
+                                                            user_id="alice", ttl=120))
+    m = await store.metadata(file_id)
+    assert m.stored_at == m.updated_at == began + timedelta(seconds=60)
+    assert m.expires_at == m.stored_at + timedelta(seconds=120)
 
 
 async def test_metadata_answers_like_a_mapping(store: ArtifactStore) -> None:

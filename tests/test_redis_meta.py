@@ -457,13 +457,13 @@ async def test_a_damaged_packing_reads_as_a_damaged_record(meta: RedisMetaStore,
     key = meta.key("i", victim.ino)
     with redis.Redis.from_url(meta.url) as r:
         fields = _raw_inode(r, key)
-        packed = fields["rec"]
+        packed, kept = fields["rec"], dict(fields)
         fields.update({
             "garbage": {"rec": b"\xff" * 40},
             "cut short": {"rec": packed[: len(packed) // 2]},
             "bytes after its end": {"rec": packed + b"{}"},
             "another blob key": {"bk": b"grid/box/users/mallory/elsewhere"},
-            "a bomb": {"rec": packed[:SIGNATURE_BYTES] + _deflated(b"{" * (8 << 20),
+            "a bomb": {"rec": packed[:SIGNATURE_BYTES] + packing.PLAIN + _deflated(b"{" * (8 << 20),
                                                                    packing.context(victim.ino, fields))},
             "another role": {"ro": b"scope_root"},
             "another MIME type": {"mi": b"text/html"},
@@ -472,7 +472,7 @@ async def test_a_damaged_packing_reads_as_a_damaged_record(meta: RedisMetaStore,
         }[damage])
         if damage == "another MIME type":  # packed again against it: only the field beside the record differs
             sig, body = unsealed(packed)
-            text = packing.unpacked(body, victim.ino, {**fields, "mi": b"application/octet-stream"})
+            text = packing.unpacked(body, victim.ino, kept)
             fields["rec"] = sealed(sig, packing.packed(text, victim.ino, fields))
         r.set(key, inode_string(fields, victim.ino))
     with pytest.raises(ArtifactCorruptedError):
@@ -483,12 +483,49 @@ async def test_a_damaged_packing_reads_as_a_damaged_record(meta: RedisMetaStore,
 
 def test_a_packing_that_would_inflate_past_any_record_is_refused_before_it_does() -> None:
     fields = {"mi": b"text/plain", "bk": b".v1-0123abcd", "a": b"0" * 32, "p": b"1", "n": b"x"}
-    bomb = _deflated(b"{" * (8 << 20), packing.context(2, fields))
+    bomb = packing.PLAIN + _deflated(b"{" * (8 << 20), packing.context(2, fields))
     assert len(bomb) < 16 * 1024
     with pytest.raises(ValueError, match="cut short, too long"):
         packing.unpacked(bomb, 2, fields)
     honest = b'{"k":"' + b"v" * (200 * 1024) + b'"}'  # past 64 KiB: kept in stored blocks, read back whole
     assert packing.unpacked(packing.packed(honest, 2, fields), 2, fields) == honest
+
+
+_HEX = "09ecb6ebc8bcefc733f6f2ec44f791abeed6a99edf0cc31519637898aebd52d8"
+
+
+@pytest.mark.parametrize(("record", "raw"), [
+    ('{"artifact":{"meta":{},"sha256":"%s","blob_key":"k"}}' % _HEX, _HEX),
+    ('{"kind":"dir"}', None),
+    ('{"meta":{"sha256":"%s"},"sha256":"%s"}' % (_HEX[::-1], _HEX), _HEX[::-1]),  # the first one is kept raw
+    ('{"meta":{"sha256":""},"sha256":"%s"}' % _HEX, None),  # the first is no digest: none is taken
+    ('{"sha256":"%s"}' % _HEX.upper(), None),
+    ('{"sha256":"%s"}' % _HEX[:63], None),
+    ('{"sha256":"%s0"}' % _HEX, None),
+    ('{"summary":"\\"sha256\\":\\"%s\\"","sha256":"%s"}' % (_HEX, _HEX[::-1]), _HEX[::-1]),  # quoted
+    ('{"sha256":"%s' % _HEX, None),
+], ids=["file", "no digest", "one in metadata first", "an empty one first", "upper case", "short", "long",
+        "quoted in a summary", "no closing quote"])
+def test_a_packing_gives_back_its_record_byte_for_byte(record: str, raw: str | None) -> None:
+    """A SHA-256 is kept raw before the deflated text (issue #17) only where the text can take it back
+    at the same place."""
+    fields = {"mi": b"", "bk": b".v1-0123abcd", "a": b"0" * 32, "p": b"1", "n": b"x", "ix": b"=5DwZPl9nGho"}
+    text = record.encode()
+    kept = packing.packed(text, 2, fields)
+    head = packing.PLAIN if raw is None else packing.HASHED + bytes.fromhex(raw)
+    assert kept[: len(head)] == head
+    assert packing.unpacked(kept, 2, fields) == text
+
+
+@pytest.mark.parametrize("damage", ["no mark", "another mark", "a digest cut short", "a digest with no place"])
+def test_a_damaged_digest_packing_is_refused(damage: str) -> None:
+    fields = {"mi": b"", "bk": b"", "a": b"", "p": b"1", "n": b"x"}
+    kept = packing.packed(b'{"sha256":"%s"}' % _HEX.encode(), 2, fields)
+    plain = packing.packed(b'{"kind":"dir"}', 2, fields)
+    forged = {"no mark": b"", "another mark": b"\x02" + kept[1:], "a digest cut short": kept[:20],
+              "a digest with no place": packing.HASHED + bytes(32) + plain[1:]}[damage]
+    with pytest.raises(ValueError):
+        packing.unpacked(forged, 2, fields)
 
 
 async def test_records_are_kept_packed_and_read_back_whole(meta: RedisMetaStore) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import threading
 
-from core.infra.signing import RecordSigner
+from core.infra.signing import SHORT_HEX, RecordSigner
 
 KEY = b"k" * 32
 
@@ -39,3 +39,14 @@ def test_signing_from_many_threads_gives_each_record_its_own_signature() -> None
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+def test_a_signature_cut_to_128_bits_checks_and_no_other_cut_does() -> None:
+    # The Redis store keeps a signature's first 128 bits (issue #17): those must check, nothing shorter may.
+    signer = RecordSigner(KEY)
+    whole = signer.sign(b"a")
+    assert signer.verify(b"a", whole[:SHORT_HEX])
+    assert not signer.verify(b"b", whole[:SHORT_HEX])
+    assert not signer.verify(b"a", signer.sign(b"b")[:SHORT_HEX])
+    for cut in (0, 1, 8, SHORT_HEX - 2, SHORT_HEX - 1, SHORT_HEX + 1, 48, 63):
+        assert not signer.verify(b"a", whole[:cut])

@@ -142,7 +142,7 @@ class FilesApi(StoreBase):
         ns, node = self.ns, draft.node
         assert node.space is not None
         try:
-            ns.set_content(node, key, size, sha256)
+            ns.created_at_publish(ns.set_content(node, key, size, sha256))
             if ns.has_quota(node.space.scope):  # without one, what it replaces does not matter here
                 replaced = await self._occupant(node.space, draft.dirs, node.name)
                 await ns.ensure_room(node.space, size - (replaced.size if replaced else 0), 0 if replaced else 1)

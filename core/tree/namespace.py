@@ -555,6 +555,16 @@ class Namespace(Content, Quotas):
         node.expires_at_ns = None if ttl is None else self.now() + ttl * NS
         return node
 
+    @staticmethod
+    def created_at_publish(node: Node) -> Node:
+        """Date a new file from its first content (``set_content``), not from its draft: its four times are
+        that instant and its TTL runs from it, however long its bytes took to arrive."""
+        assert node.artifact is not None
+        node.crtime_ns = node.atime_ns = node.mtime_ns
+        ttl = node.artifact.ttl
+        node.expires_at_ns = None if ttl is None else node.mtime_ns + ttl * NS
+        return node
+
     async def insert_file(
         self, node: Node, *, replace: bool, parent: Node | None = None, root: Node | None = None
     ) -> Node:

@@ -28,8 +28,9 @@ Keys of a shard ``P``:
                            (from the ``.`` that follows its grid key where it starts
                            with it: ``blob_key``), ``ro`` the node's role ('' for an
                            entry), ``rec`` (last: the rest of the string) the record's
-                           signature (32 bytes, raw), then the signed JSON record,
-                           packed (:mod:`core.backends.meta.redis.packing`); on a
+                           signature (its first 128 bits, raw), then the signed JSON
+                           record, packed (:mod:`core.backends.meta.redis.packing`:
+                           a file's SHA-256 raw, the rest deflated); on a
                            directory whose entries changed after its record was
                            written, ``mt`` its new mtime/ctime and ``mts`` that
                            value's own signature (see *Directory times* below);
@@ -185,8 +186,9 @@ READ_SLOTS = ("rec", "mt", "mts", "sd", "mi", "bk", "ro", "ix", "uk", "n", "a", 
 # The version of the layout of keys above (``P:layout`` in shard 0), and of the packing of records
 # (:mod:`core.backends.meta.redis.packing`): 4 since records are stored deflated, 5 since search orders
 # are cut in buckets, 6 since parents, blob keys, usage keys, signatures and stored_at times are kept
-# short, 7 since directories' name orders are cut in buckets too (issue #17).
-LAYOUT = "7"
+# short, 7 since directories' name orders are cut in buckets too, 8 since signatures keep 128 bits and
+# a record's SHA-256 is kept raw (issue #17).
+LAYOUT = "8"
 
 # Members a bucket of a space's search order holds, fewer than: Redis keeps an ordered set of up to
 # ``zset-max-listpack-entries`` (128 unless configured lower) in its compact encoding.

@@ -61,6 +61,7 @@ from core.backends.meta.base import (
     search_position,
 )
 from core.backends.meta.redis import packing
+from core.backends.meta.redis.stamps import order_time, time_of
 from core.backends.meta.redis.lua import (
     FIELDS, INODE_SLOTS, LAYOUT, NO_SUCCESSOR, NO_TOUCH, READ_SLOTS, SCRIPT, SETTLE,
 )
@@ -82,7 +83,7 @@ from core.errors import (
 )
 from core.infra import aio_bridge, tally
 from core.infra.retry import RetryPolicy, retrying
-from core.infra.signing import RecordSigner
+from core.infra.signing import SHORT_HEX, RecordSigner
 from core.models import Scope, Usage
 from core.nodes import (
     DEFAULT_MIME, ROOT_INO, Node, NodeKind, NodeRole, Space, account_of, grid_key, new_node,
@@ -177,17 +178,19 @@ def inode_string(fields: dict[str, bytes], ino: int) -> bytes:
 
 
 def _stored_sig(signature: str) -> bytes:
-    """A signature (hex) as the store keeps it: base64 unpadded, 43 bytes instead of 64 (issue #17)."""
-    return base64.b64encode(bytes.fromhex(signature)).rstrip(b"=")
+    """A signature (hex) as the store keeps it beside a record: its first 128 bits (``SHORT_HEX``) in
+    base 64 unpadded, 22 bytes instead of 64 (issue #17)."""
+    return base64.b64encode(bytes.fromhex(signature[:SHORT_HEX])).rstrip(b"=")
 
 
-SIGNATURE_BYTES = 32  # an HMAC-SHA256, raw at the head of an inode's last field (``rec``)
+SIGNATURE_BYTES = SHORT_HEX // 2  # an HMAC-SHA256's first 128 bits, raw at the head of an inode's ``rec``
 
 
 def sealed(signature: str, packed: bytes) -> bytes:
-    """A record's signature (hex) and packed JSON as its inode's last field keeps them: the signature
-    raw first (it may hold NUL, like the packing), 12 bytes less than in base 64 (issue #17)."""
-    return bytes.fromhex(signature) + packed
+    """A record's signature (hex) and packed JSON as its inode's last field keeps them: the signature's
+    first 128 bits raw first (they may hold NUL, like the packing), 48 bytes less than whole in hex
+    (issue #17)."""
+    return bytes.fromhex(signature[:SHORT_HEX]) + packed
 
 
 def unsealed(rec: bytes) -> tuple[str, bytes]:
@@ -280,28 +283,12 @@ def space_tag(sandbox_id: str, scope: Scope | None, session_id: str | None, user
     return "/".join(space_parts(sandbox_id, scope, session_id, user_id))
 
 
-# A stored_at as 64 bits in base 64, in an alphabet in byte order: 11 bytes that sort as the number
-# does, 9 less than decimal, in every inode and every member of a search order (issue #17).
-_ORDER_ALPHABET = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
-_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_TO_ORDER = bytes.maketrans(_BASE64_ALPHABET, _ORDER_ALPHABET)
-_FROM_ORDER = bytes.maketrans(_ORDER_ALPHABET, _BASE64_ALPHABET)
-_ORDER_WIDTH = 11
-
-
-def order_time(ns: int) -> str:
-    """A stored_at (ns) as the search orders spell it: fixed width, so byte order is time order."""
-    ns = min(max(ns, 0), (1 << 64) - 1)  # clocks give neither end
-    return base64.b64encode(ns.to_bytes(8, "big"))[:_ORDER_WIDTH].translate(_TO_ORDER).decode()
-
-
 def order_position(member: str) -> tuple[int, str]:
     """The (stored_at ns, artifact id) an order member spells (``order_member``); ValueError if it spells none."""
     stored_at, slash, artifact_id = member.partition("/")
-    spelled = stored_at.encode()
-    if len(spelled) != _ORDER_WIDTH or not slash or spelled.strip(_ORDER_ALPHABET):
+    if not slash:
         raise ValueError(f"not a search order member: {member!r:.80}")
-    return int.from_bytes(base64.b64decode(spelled.translate(_FROM_ORDER) + b"="), "big"), artifact_id
+    return time_of(stored_at.encode()), artifact_id
 
 
 def order_member(stored_at_ns: int, artifact_id: str) -> str:
