@@ -53,6 +53,11 @@ def ino(shard: int, number: int) -> int:
     return shard << INO_BITS | number
 
 
+def number(ino: int) -> int:
+    """Inode ``ino``'s number within its shard (``n``)."""
+    return ino & ((1 << INO_BITS) - 1)
+
+
 def of_artifact(artifact_id: str) -> int | None:
     """The shard an artifact id names, or None for an id no store made (so none holds it)."""
     if not isinstance(artifact_id, str) or not _ARTIFACT_ID.fullmatch(artifact_id):

@@ -21,7 +21,7 @@ from core.backends.blobs.filesystem import FilesystemBlobStore
 from core.backends.blobs.memory import MemoryBlobStore
 from core.backends.blobs.s3.store import S3BlobStore
 from core.backends.meta.redis import packing
-from core.backends.meta.redis.store import RedisMetaStore, inode_fields, inode_string, sealed, unsealed
+from core.backends.meta.redis.store import RedisMetaStore, ino_of_key, inode_fields, inode_string, sealed, unsealed
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.nodes import ROOT_INO, Node
 
@@ -143,10 +143,10 @@ def _sqlite_path(store: ArtifactStore) -> str:
 def redis_inode(client: redis.Redis, key: str | bytes) -> dict[str, bytes]:
     """The fields of a Redis store's inode string, by name ({} if there is none), its record (``rec``)
     unsealed: the signed JSON, its signature in ``sig`` (hex)."""
-    fields = inode_fields(client.get(key), _ino_of(key))  # type: ignore[arg-type]
+    fields = inode_fields(client.get(key), ino_of_key(key))  # type: ignore[arg-type]
     if fields.get("rec"):
         sig, packed = unsealed(fields["rec"])
-        fields["sig"], fields["rec"] = sig.encode(), packing.unpacked(packed, _ino_of(key), fields)
+        fields["sig"], fields["rec"] = sig.encode(), packing.unpacked(packed, ino_of_key(key), fields)
     return fields
 
 
@@ -157,13 +157,8 @@ def rewrite_redis_inode(client: redis.Redis, key: str, **changes: bytes | str | 
     assert fields, f"no inode at {key}"
     fields.update({name: value if isinstance(value, bytes) else str(value).encode() for name, value in changes.items()})
     if fields.get("rec"):
-        fields["rec"] = sealed(fields.pop("sig").decode(), packing.packed(fields["rec"], _ino_of(key), fields))
-    client.set(key, inode_string(fields, _ino_of(key)))
-
-
-def _ino_of(key: str | bytes) -> int:
-    """The inode number an inode's key (``...:i:<ino>``) names."""
-    return int(key.rsplit(b":" if isinstance(key, bytes) else ":", 1)[1])
+        fields["rec"] = sealed(fields.pop("sig").decode(), packing.packed(fields["rec"], ino_of_key(key), fields))
+    client.set(key, inode_string(fields, ino_of_key(key)))
 
 
 def edit_record(store: ArtifactStore, ino: int, old: bytes, new: bytes) -> None:

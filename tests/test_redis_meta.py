@@ -27,8 +27,8 @@ from core.backends.meta import changes
 from core.backends.meta.redis import packing
 from core.backends.meta.redis.lua import ORDER_BUCKET
 from core.backends.meta.redis.store import (
-    _LIST_INLINE, SIGNATURE_BYTES, RedisMetaStore, inode_fields, inode_string, order_member, order_position,
-    order_time, sealed, unsealed,
+    _LIST_INLINE, SIGNATURE_BYTES, RedisMetaStore, ino_of_key, inode_fields, inode_string, order_member,
+    order_position, order_time, sealed, unsealed,
 )
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.errors import (
@@ -135,10 +135,11 @@ def assert_consistent(url: str, prefix: str) -> None:
             found[(shard, key.split(f"}}:{kind}:".encode(), 1)[1])] = key
         return found
 
-    inodes = {int(rest): plain_fields(r.get(key), int(rest)) for (shard, rest), key in keyed("i").items()}
-    for (shard, rest) in keyed("i"):
-        assert shards.of_ino(int(rest)) == shard  # an inode lives in the shard its number names
-    dirs = {int(rest): r.hgetall(key) for (_, rest), key in keyed("d").items()}
+    for _, rest in [*keyed("i"), *keyed("d")]:
+        assert 0 <= int(rest) < 1 << shards.INO_BITS  # named by its number in the shard its key is of
+    inodes = {shards.ino(shard, int(rest)): plain_fields(r.get(key), shards.ino(shard, int(rest)))
+              for (shard, rest), key in keyed("i").items()}
+    dirs = {shards.ino(shard, int(rest)): r.hgetall(key) for (shard, rest), key in keyed("d").items()}
     for parent, entries in dirs.items():
         assert inodes[parent][b"k"] == b"d"
         for name, ino in entries.items():
@@ -148,7 +149,7 @@ def assert_consistent(url: str, prefix: str) -> None:
         if ino != ROOT_INO:
             assert dirs[int(record[b"p"])][record[b"n"]] == str(ino).encode()
     # each directory's name order holds its names, no more
-    assert {int(rest): names for (_, rest), names in _orders(r, keyed("o"), keyed("ob")).items()} == {
+    assert {shards.ino(shard, int(n)): names for (shard, n), names in _orders(r, keyed("o"), keyed("ob")).items()} == {
         parent: set(entries) for parent, entries in dirs.items() if entries}
     homes = {shards.of_ino(ino) for ino in inodes}
     in_shard = {home: {i: h for i, h in inodes.items() if shards.of_ino(i) == home} for home in homes}
@@ -438,7 +439,7 @@ async def test_a_forged_record_is_not_replaced_or_trusted(meta: RedisMetaStore) 
 
 
 def _raw_inode(r: redis.Redis, key: str) -> dict[str, bytes]:
-    fields = inode_fields(r.get(key), int(key.rsplit(":", 1)[1]))
+    fields = inode_fields(r.get(key), ino_of_key(key))
     assert fields, f"no inode at {key}"
     return fields
 

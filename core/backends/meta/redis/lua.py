@@ -14,10 +14,11 @@ entries that name an inode of another shard are the upper tree's entries of
 scope roots, made and taken away in steps (``make``/``enter``,
 ``seal``/``unenter``/``discard``, below).
 
-Keys of a shard ``P``:
+Keys of a shard ``P`` (an inode's keys name it by ``<n>``, its number in the
+shard: ``ikey``):
 
 ==================  =====  ====================================================
-``P:i:<ino>``       str    one inode: its fields (``INODE_SLOTS``) joined by NUL:
+``P:i:<n>``         str    one inode: its fields (``INODE_SLOTS``) joined by NUL:
                            ``p`` parent (``+<n>`` where it is in the same shard: its
                            number there), ``n`` name, ``k`` kind (d, or f/l/p/c/b/s),
                            ``a`` artifact id, ``ix`` index tags, ``uk`` usage key
@@ -40,13 +41,13 @@ Keys of a shard ``P``:
                            (sealed: nothing enters it any more). ``ln``: a file's
                            further names (hard links), each ``<parent>/<name>``,
                            joined by ``/`` (the record lists them too)
-``P:d:<ino>``       hash   one directory: name -> child ino (every name of a
+``P:d:<n>``         hash   one directory: name -> child ino (every name of a
                            hard-linked inode is an entry of its directory)
-``P:o:<ino>``       zset   the same directory's names, score 0, in byte order, for
+``P:o:<n>``         zset   the same directory's names, score 0, in byte order, for
                            ``page`` (ZRANGEBYLEX); kept with ``P:d`` in every
                            script; cut in buckets like a space's order (below):
-                           this set holds the heads, ``P:ob:<ino>\\n<head>`` each
-                           bucket's names (``P:ob:<ino>\\n`` alone for one bucket)
+                           this set holds the heads, ``P:ob:<n>\\n<head>`` each
+                           bucket's names (``P:ob:<n>\\n`` alone for one bucket)
 ``P:ino``           str    the shard's inode counter; numbers are never handed out twice
 ``P:gc``            zset   the deletion queue: blob key by the time (us) gc may
                            delete it from (``defer_delete``); the scripts that
@@ -176,7 +177,7 @@ local function settle(gc, at)
 end
 """
 
-# The fields of an inode's string ``P:i:<ino>``, in order (see the table above).
+# The fields of an inode's string ``P:i:<n>``, in order (see the table above).
 INODE_SLOTS = (
     "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln", "mi", "bk", "ro", "mt", "mts", "sd", "sl", "rec",
 )  # ``rec`` last: a packed record may hold NUL, so it is the rest of the string
@@ -186,8 +187,8 @@ READ_SLOTS = ("rec", "mt", "mts", "sd", "mi", "bk", "ro", "ix", "uk", "n", "a", 
 # The version of the layout of keys above (``P:layout`` in shard 0), and of the packing of records
 # (:mod:`core.backends.meta.redis.packing`): 4 since records are stored deflated, 5 since search orders
 # are cut in buckets, 6 since parents, blob keys, usage keys, signatures and stored_at times are kept
-# short, 7 since directories' name orders are cut in buckets too, 8 since signatures keep 128 bits and
-# a record's SHA-256 is kept raw (issue #17).
+# short, 7 since directories' name orders are cut in buckets too, 8 since signatures keep 128 bits, a
+# record's SHA-256 is kept raw and an inode's keys name it by its number in its shard (issue #17).
 LAYOUT = "8"
 
 # Members a bucket of a space's search order holds, fewer than: Redis keeps an ordered set of up to
@@ -213,8 +214,15 @@ local SUCCESSOR_ARGS = 1 + NODE_ARGS
 local function here(ino) return math.floor(tonumber(ino) / 1099511627776) == S end
 local BASE = S * 1099511627776  -- the shard's first inode number
 
-local function ikey(ino) return P .. ':i:' .. ino end
-local function dkey(ino) return P .. ':d:' .. ino end
+-- An inode's keys name it by its number in the shard (issue #17: a key of up to ~12 bytes less); one
+-- of another shard gets a name no key of this shard has, so it reads as absent, never as another inode.
+local function number(ino)
+  local v = (tonumber(ino) or -1) - BASE
+  if v >= 0 and v < 1099511627776 then return string.format('%d', v) end
+  return '^' .. ino
+end
+local function ikey(ino) return P .. ':i:' .. number(ino) end
+local function dkey(ino) return P .. ':d:' .. number(ino) end
 -- the artifact id -> ino map is cut in 256 hashes by two hex digits of the id after its shard's three,
 -- each small enough for Redis's compact encoding up to ~32,000 artifacts a shard (issue #17)
 local function akey(id) return P .. ':art:' .. string.sub(id, 4, 5) end
@@ -372,7 +380,7 @@ end
 -- bucket is ''; the heads come with a second bucket and go with the last but one.
 local ORDER_BUCKET = """ + str(ORDER_BUCKET) + r"""
 local function space_order(space) return {heads = P .. ':y:' .. space, bucket = P .. ':yb:' .. space .. '\n'} end
-local function name_order(dir) return {heads = P .. ':o:' .. dir, bucket = P .. ':ob:' .. dir .. '\n'} end
+local function name_order(dir) return {heads = P .. ':o:' .. number(dir), bucket = P .. ':ob:' .. number(dir) .. '\n'} end
 
 -- the head of the bucket that holds (or would hold) member m: the greatest head up to m, else ''
 local function head_of(o, m)

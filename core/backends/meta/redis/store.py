@@ -157,7 +157,7 @@ def _links(node: Node) -> bytes:
 
 
 def inode_fields(stored: bytes | None, ino: int) -> dict[str, bytes]:
-    """The string of inode ``ino`` (``P:i:<ino>``) as its fields by name; {} if there is none. A parent
+    """The string of inode ``ino`` (``P:i:<n>``) as its fields by name; {} if there is none. A parent
     in the inode's own shard is kept as ``+<n>``, its number there (``unpacked`` in the script): it is
     given back whole."""
     if stored is None:
@@ -173,8 +173,16 @@ def inode_string(fields: dict[str, bytes], ino: int) -> bytes:
     """The string of inode ``ino`` of these fields (the others empty), as the scripts write it."""
     parent = fields.get("p", b"")
     if parent.isdigit() and shards.of_ino(int(parent)) == shards.of_ino(ino):
-        fields = {**fields, "p": b"+%d" % (int(parent) & ((1 << shards.INO_BITS) - 1))}
+        fields = {**fields, "p": b"+%d" % shards.number(int(parent))}
     return b"\0".join(fields.get(name, b"") for name in INODE_SLOTS)
+
+
+def ino_of_key(key: str | bytes) -> int:
+    """The inode a key of ``_INODE_KEYS`` names (``<prefix>:{<shard>}:<kind>:<n>...``; a prefix holds
+    no brace)."""
+    text = key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
+    shard, _, rest = text.partition("{")[2].partition("}:")
+    return shards.ino(int(shard), int(rest.split(":", 1)[1].split("\n", 1)[0]))
 
 
 def _stored_sig(signature: str) -> bytes:
@@ -347,12 +355,13 @@ class RedisMetaStore:
         return f"{self.prefix}:{{{shard}}}"
 
     def key(self, kind: str, *parts: object, shard: int | None = None) -> str:
-        """Key ``kind`` (``i``, ``d``, ``o``, ``ob``: of the inode ``parts[0]``, in its shard; others name
-        ``shard``)."""
+        """Key ``kind`` (``i``, ``d``, ``o``, ``ob``: of the inode ``parts[0]``, in its shard, named by its
+        number there, as the script's ``ikey``; others name ``shard``)."""
         if shard is None:
             if kind not in _INODE_KEYS:
                 raise TypeError(f"key {kind!r} needs its shard")
-            shard = shards.of_ino(int(parts[0]))  # type: ignore[call-overload]
+            ino = int(parts[0])  # type: ignore[call-overload]
+            shard, parts = shards.of_ino(ino), (shards.number(ino), *parts[1:])
         return ":".join([self.base(shard), kind, *map(str, parts)])
 
     # -- connections
@@ -988,7 +997,7 @@ class RedisMetaStore:
         pattern = _glob_escape(f"{self.prefix}:{{") + "*" + _glob_escape("}:i:") + "*"
 
         async def scan(client: aioredis.Redis, _s: object) -> set[int]:
-            return {int(key.rsplit(b":", 1)[1]) async for key in client.scan_iter(match=pattern, count=1000)}
+            return {ino_of_key(key) async for key in client.scan_iter(match=pattern, count=1000)}
 
         by_shard: dict[int, list[int]] = {}
         for ino in sorted(await self._call("scan records", scan)):  # SCAN may answer a key twice: a set
