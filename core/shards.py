@@ -15,7 +15,9 @@ what names a node:
   a read by inode goes straight to its shard (below 2**52: exact even in a
   double, which is how Redis' Lua sees a number);
 * an artifact id is 32 hex digits whose first three are its scope's shard,
-  so ``retrieve(artifact_id)`` finds its shard from the id alone;
+  so ``retrieve(artifact_id)`` finds its shard from the id alone; the
+  sharded store also puts its inode's number in the next ten
+  (:func:`artifact_id_of`), so it needs no map from ids to inodes;
 * a blob key is ``<grid key>...`` and names its scope, hence its shard.
 
 Every backend gets ids of this form; only the sharded one reads them.
@@ -65,9 +67,23 @@ def of_artifact(artifact_id: str) -> int | None:
     return int(artifact_id[:3], 16)
 
 
-def new_artifact_id(space: Space) -> str:
-    """A fresh artifact id of ``space``: 116 random bits after its shard."""
-    return f"{of_space(space):03x}{secrets.token_hex(15)[:29]}"
+def new_artifact_id(space: Space | None) -> str:
+    """A fresh artifact id of ``space`` (None: the upper tree): 116 random bits after its shard."""
+    return f"{UPPER if space is None else of_space(space):03x}{secrets.token_hex(15)[:29]}"
+
+
+_NUMBER_DIGITS = INO_BITS // 4
+
+
+def artifact_id_of(ino: int) -> str:
+    """A fresh artifact id for the file of inode ``ino``: its shard, its number there, 76 random bits."""
+    return f"{of_ino(ino):03x}{number(ino):0{_NUMBER_DIGITS}x}{secrets.token_hex(10)[:19]}"
+
+
+def ino_of_artifact(artifact_id: str) -> int | None:
+    """The inode an :func:`artifact_id_of` id names, or None for an id that is not one."""
+    shard = of_artifact(artifact_id)
+    return None if shard is None else ino(shard, int(artifact_id[3 : 3 + _NUMBER_DIGITS], 16))
 
 
 _BLOB_OF = re.compile(r"/([0-9a-f]{32})(?=[./]|$)")

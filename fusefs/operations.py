@@ -534,7 +534,7 @@ class Operations(pyfuse3.Operations):
         entry = _name(name)
         await self.callers.check(ctx.uid, parent, write=True)
         space = self.ns.entry_space(parent, entry)  # refuses the fixed tree
-        node = self.ns.file_node(
+        node = await self.ns.file_node(
             parent, entry, mode=mode, uid=ctx.uid, gid=ctx.gid, ttl=self.ns.default_ttl(space.scope),
             mime=guess_mime(entry),
         )

@@ -147,7 +147,6 @@ def _followers(url: str, prefix: str, watched: list[int], ready: object, stop: o
 
 async def _busy_writer(url: str, prefix: str, space: object, seconds: float) -> int:
     """Files named by their commit time (ns) into one scope, as fast as one writer goes."""
-    from core import shards
     from core.backends.meta.redis.store import RedisMetaStore
     from core.infra.signing import RecordSigner
     from core.nodes import ROOT_INO, Artifact, NodeKind, NodeRole, new_node
@@ -161,7 +160,7 @@ async def _busy_writer(url: str, prefix: str, space: object, seconds: float) -> 
         while time.monotonic() < deadline:
             node = new_node(parent=root.ino, name=f"t{time.time_ns()}", kind=NodeKind.FILE, mode=0o644, now_ns=1,
                             space=space)  # type: ignore[arg-type]
-            node.artifact = Artifact(artifact_id=shards.new_artifact_id(space), sha256="0" * 64)  # type: ignore[arg-type]
+            node.artifact = Artifact(artifact_id=await meta.new_artifact_id(space), sha256="0" * 64)  # type: ignore[arg-type]
             await meta.insert(node)
             made += 1
         return made

@@ -6,6 +6,7 @@ unique in the tree (tests/fuse has a conftest of its own).
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -14,14 +15,25 @@ from typing import Any
 import anyio
 from servers import redis_s3_settings
 
-from core import ArtifactStore, Limits
+from core import ArtifactStore, Limits, shards
 from core.backends.meta.base import MetaStore
 from core.errors import AlreadyExistsError
 from core.infra.clock import ManualClock
-from core.nodes import Node
+from core.nodes import Node, Space
 from core.tree.namespace import Namespace
 
 BACKENDS = ["memory", "fs-sqlite", "redis-s3"]
+
+
+# Numbers no store's own counter reaches in a test: ids made here name inodes no store hands out.
+_TEST_NUMBERS = itertools.count(1 << 39)
+
+
+def minted_id(space: Space | None) -> str:
+    """An artifact id as a store's ``new_artifact_id`` makes one, for nodes a test builds by hand and
+    inserts straight into a metadata store: it names a fresh inode of the space's shard."""
+    shard = shards.UPPER if space is None else shards.of_space(space)
+    return shards.artifact_id_of(shards.ino(shard, next(_TEST_NUMBERS)))
 
 
 def make_store(backend: str, root: Path, clock: ManualClock, limits: Limits, **kw) -> ArtifactStore:

@@ -228,7 +228,7 @@ async def test_a_removed_or_replaced_blob_is_queued_by_the_change_itself(
     # a store() over a name queues what it replaces (its new blob's own intent is another call)
     replaced = await ns.meta.find_artifact(over)
     assert replaced is not None
-    node = ns.file_node(await ns.get(replaced.parent), replaced.name, ttl=None)
+    node = await ns.file_node(await ns.get(replaced.parent), replaced.name, ttl=None)
     await ns.meta.insert(node, replace=True, drop_at_ns=ns.grace_deadline())
     assert keys[over] in set(await ns.meta.pending_deletions())
     del ns.meta.defer_delete

@@ -63,7 +63,7 @@ def namespace(meta: Any, clock: ManualClock) -> Namespace:
 
 
 async def new_file(ns: Namespace, parent: Node, name: str) -> Node:
-    return await ns.insert_file(ns.file_node(parent, name, ttl=None), replace=False, parent=parent)
+    return await ns.insert_file(await ns.file_node(parent, name, ttl=None), replace=False, parent=parent)
 
 
 async def a_tree(ns: Namespace) -> tuple[Node, dict[str, Node]]:
@@ -143,7 +143,7 @@ async def test_a_scope_whose_metadata_mentions_an_entry_role_still_ends_the_path
 async def test_expiry_hides_what_a_walk_a_directory_at_a_time_hid(meta: Any, clock: ManualClock) -> None:
     ns = namespace(meta, clock)
     root, made = await a_tree(ns)
-    brief = await ns.insert_file(ns.file_node(root, "brief.txt", ttl=10), replace=False, parent=root)
+    brief = await ns.insert_file(await ns.file_node(root, "brief.txt", ttl=10), replace=False, parent=root)
     assert "brief.txt" in [path for path, _ in await ns.files_below(root)]
     await ns.update_node(made["a/b"], lambda d: setattr(d, "expires_at_ns", clock.now_ns() + 5 * NS))
     clock.advance(20)

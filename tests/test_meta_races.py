@@ -73,7 +73,7 @@ async def hosts(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 async def new_file(ns: Namespace, name: str, data: bytes = b"") -> Node:
     home = await ns.scope_root(ALICE)
-    node = await ns.insert_file(ns.file_node(home, name, ttl=None), replace=False, parent=home)
+    node = await ns.insert_file(await ns.file_node(home, name, ttl=None), replace=False, parent=home)
     return await commit_bytes(ns, node.ino, data) if data else node
 
 
@@ -209,7 +209,7 @@ async def test_an_insert_covers_the_session_as_it_is_now(hosts: Hosts) -> None:
     described.session_meta = {"tag": "kept"}
     await b.meta.update(described)
     a.clock.advance(10)  # type: ignore[attr-defined]
-    node = a.file_node(session, "f", ttl=900)
+    node = await a.file_node(session, "f", ttl=900)
     node, _ = await a.meta.insert(node, touch_ns=a.now(), cover=Cover(as_read))
     stored = await b.get(session.ino)
     assert stored.session_meta == {"tag": "kept"} and stored.expires_at_ns == node.expires_at_ns

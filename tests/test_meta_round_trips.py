@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 from servers import RedisServer
-from storekit import commit_bytes
+from storekit import commit_bytes, minted_id
 from storeprobe import redis_inode, rewrite_redis_inode
 
 from core import Limits
@@ -88,7 +88,7 @@ async def user_home(ns: Namespace, user: str = "alice") -> Node:
 
 
 async def new_file(ns: Namespace, parent: Node, name: str) -> Node:
-    node = ns.file_node(parent, name, ttl=ns.default_ttl(parent.space.scope))  # type: ignore[union-attr]
+    node = await ns.file_node(parent, name, ttl=ns.default_ttl(parent.space.scope))  # type: ignore[union-attr]
     return await ns.insert_file(node, replace=False, parent=parent)
 
 
@@ -102,7 +102,7 @@ async def test_each_change_of_the_tree_is_one_round_trip(redis_server: RedisServ
         ns = namespace(meta, clock)
         home = await user_home(ns)
         trips: dict[str, int] = {}
-        node = ns.file_node(home, "a.txt", ttl=None)
+        node = await ns.file_node(home, "a.txt", ttl=None)
         trips["new file with its directory's times"], node = await meta.count(ns.insert_file(node, replace=False))
         trips["new directory"], sub = await meta.count(ns.mkdir(home, "sub"))
         trips["directory and entry"], _ = await meta.count(ns.entry(home.ino, "a.txt"))
@@ -165,7 +165,7 @@ def dir_node(parent: int, name: str) -> Node:
 
 def file_node(parent: int, name: str) -> Node:
     node = new_node(parent=parent, name=name, kind=NodeKind.FILE, mode=0o644, now_ns=1, space=ALICE)
-    node.artifact = Artifact(artifact_id=uuid.uuid4().hex, sha256="0" * 64)
+    node.artifact = Artifact(artifact_id=minted_id(None), sha256="0" * 64)  # below the root: the upper shard
     return node
 
 
@@ -302,14 +302,14 @@ async def test_an_insert_moves_the_session_out_even_when_its_expiry_moved_meanwh
     shortened.expires_at_ns = session.expires_at_ns - 100 * NS
     await meta.update(shortened)
     clock.advance(50)
-    node = ns.file_node(session, "f", ttl=900)
+    node = await ns.file_node(session, "f", ttl=900)
     node, _ = await meta.insert(node, touch_ns=clock.now_ns(), cover=Cover(as_read))
     assert (await ns.get(session.ino)).expires_at_ns == node.expires_at_ns
     # A root that lived long enough as read, but was shortened meanwhile, is moved out all the same.
     shortened = await ns.get(session.ino)
     shortened.expires_at_ns = session.expires_at_ns - 800 * NS
     await meta.update(shortened)
-    brief = ns.file_node(session, "brief", ttl=100)
+    brief = await ns.file_node(session, "brief", ttl=100)
     assert brief.expires_at_ns <= as_read.expires_at_ns  # type: ignore[operator]
     brief, _ = await meta.insert(brief, touch_ns=clock.now_ns(), cover=Cover(as_read))
     assert (await ns.get(session.ino)).expires_at_ns == brief.expires_at_ns
@@ -317,7 +317,7 @@ async def test_an_insert_moves_the_session_out_even_when_its_expiry_moved_meanwh
     longer = await ns.get(session.ino)
     longer.expires_at_ns = node.expires_at_ns + 1000 * NS  # type: ignore[operator]
     await meta.update(longer)
-    second = ns.file_node(session, "g", ttl=900)
+    second = await ns.file_node(session, "g", ttl=900)
     second, _ = await meta.insert(second, touch_ns=clock.now_ns(), cover=Cover(as_read))
     assert (await ns.get(session.ino)).expires_at_ns == longer.expires_at_ns
 
@@ -328,7 +328,7 @@ async def test_a_refused_insert_does_not_stretch_the_session(meta: Any, clock: M
     await new_file(ns, session, "taken")
     before = (await ns.get(session.ino)).expires_at_ns
     clock.advance(100)
-    node = ns.file_node(session, "taken", ttl=900)
+    node = await ns.file_node(session, "taken", ttl=900)
     with pytest.raises(AlreadyExistsError):
         await ns.insert_file(node, replace=False, parent=await ns.get(session.ino))
     assert (await ns.get(session.ino)).expires_at_ns == before

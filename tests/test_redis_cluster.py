@@ -15,7 +15,7 @@ import anyio
 import pytest
 import redis
 from redis_cluster import RedisCluster
-from storekit import racing_inserts
+from storekit import minted_id, racing_inserts
 
 from core import shards
 from core.backends.meta.redis import store as redis_store
@@ -35,7 +35,7 @@ def scope_root(space: Space, name: str) -> Node:
 
 def a_file(parent: int, name: str, space: Space, size: int = 1) -> Node:
     node = new_node(parent=parent, name=name, kind=NodeKind.FILE, mode=0o644, now_ns=1, space=space)
-    node.artifact = Artifact(artifact_id=shards.new_artifact_id(space), sha256="0" * 64)
+    node.artifact = Artifact(artifact_id=minted_id(space), sha256="0" * 64)
     node.size = size
     return node
 

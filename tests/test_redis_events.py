@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 from servers import RedisServer
+from storekit import minted_id
 from storeprobe import rewrite_redis_inode
 
 from core.backends.meta.changes import RESYNC, Change, ChangeOp
@@ -34,7 +35,7 @@ WAIT = 10  # seconds: bounded waits for what must arrive
 
 def a_file(name: str) -> Node:
     node = new_node(parent=ROOT_INO, name=name, kind=NodeKind.FILE, mode=0o644, now_ns=1)
-    node.artifact = Artifact(artifact_id=uuid.uuid4().hex, sha256="0" * 64)
+    node.artifact = Artifact(artifact_id=minted_id(None), sha256="0" * 64)
     return node
 
 
@@ -209,7 +210,7 @@ def scope_root(space: Space) -> Node:
 
 def in_scope(parent: int, name: str, space: Space) -> Node:
     node = new_node(parent=parent, name=name, kind=NodeKind.FILE, mode=0o644, now_ns=1, space=space)
-    node.artifact = Artifact(artifact_id=shards.new_artifact_id(space), sha256="0" * 64)
+    node.artifact = Artifact(artifact_id=minted_id(space), sha256="0" * 64)
     return node
 
 

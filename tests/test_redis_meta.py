@@ -18,7 +18,7 @@ import anyio
 import pytest
 import redis
 from servers import MotoServer, RedisServer, redis_s3_settings
-from storekit import racing_inserts
+from storekit import minted_id, racing_inserts
 from storeprobe import redis_inode, rewrite_redis_inode
 
 from core import ArtifactStore
@@ -53,8 +53,7 @@ FAST_RETRY = RetryPolicy(attempts=3, first_delay=0.01, max_delay=0.05)
 def a_file(parent: int, name: str, *, size: int = 0, space: Space | None = None, expires: int | None = None) -> Node:
     """A file; one with a space goes below that space's scope root (a scope's nodes live in its shard)."""
     node = new_node(parent=parent, name=name, kind=NodeKind.FILE, mode=0o644, now_ns=1, space=space)
-    art_id = shards.new_artifact_id(space) if space is not None else f"{shards.UPPER:03x}{uuid.uuid4().hex[3:]}"
-    node.artifact = Artifact(artifact_id=art_id, sha256="0" * 64)
+    node.artifact = Artifact(artifact_id=minted_id(space), sha256="0" * 64)
     node.size, node.expires_at_ns = size, expires
     return node
 
@@ -155,9 +154,7 @@ def assert_consistent(url: str, prefix: str) -> None:
     in_shard = {home: {i: h for i, h in inodes.items() if shards.of_ino(i) == home} for home in homes}
     for home, mine in in_shard.items():
         base = f"{prefix}:{{{home}}}"
-        mapped = {id: ino for key in r.scan_iter(f"{base}:art:*") for id, ino in r.hgetall(key).items()
-                  if key.endswith(b":" + id[3:5])}  # each id in the part its digits name
-        assert mapped == {h[b"a"]: str(i).encode() for i, h in mine.items() if h[b"a"]}
+        assert all(shards.ino_of_artifact(h[b"a"].decode()) == i for i, h in mine.items() if h[b"a"])  # no map
         assert {m: s for m, s in r.zrange(f"{base}:exp", 0, -1, withscores=True)} == {
             str(i).encode(): float(h[b"ex"]) for i, h in mine.items() if h[b"ex"]
         }
@@ -576,6 +573,33 @@ async def test_an_inode_keeps_its_blob_account_and_parent_short_and_the_script_s
     assert await meta.remove(again, drop_at_ns=10**18) is not None
     assert art.blob_key in await meta.pending_deletions()
     assert await meta.usage(space.usage_key) == Usage(bytes=0, files=0)
+
+
+async def test_an_artifact_id_names_its_inode_and_no_map_is_kept(meta: RedisMetaStore) -> None:
+    """The store makes ids that name the inode their file gets (issue #17: no id -> ino map, ~70 B a file
+    less); two files can never hold one id, and an id that names an inode holding another finds nothing."""
+    root, _ = await meta.insert(new_node(parent=ROOT_INO, name="alice", kind=NodeKind.DIR, mode=0o755, now_ns=1,
+                                         role=NodeRole.SCOPE_ROOT, space=ALICE))
+    ids = [await meta.new_artifact_id(ALICE) for _ in range(3)]
+    assert len(set(ids)) == 3 and {shards.of_artifact(i) for i in ids} == {shards.of_space(ALICE)}
+    node = a_file(root.ino, "f", space=ALICE)
+    node.artifact.artifact_id = ids[0]
+    stored, _ = await meta.insert(node)
+    assert stored.ino == shards.ino_of_artifact(ids[0])
+    found = await meta.find_artifact(ids[0])
+    assert found is not None and found.ino == stored.ino
+    assert await meta.find_artifact(ids[0][:13] + ids[1][13:]) is None  # its inode, another id
+    assert await meta.find_artifact(ids[1]) is None  # made, never stored
+    again = a_file(root.ino, "g", space=ALICE)
+    again.artifact.artifact_id = ids[0]  # an id made into a file twice (an upload published twice)
+    with redis.Redis.from_url(meta.url) as r:
+        before = {k: r.dump(k) for k in r.scan_iter(f"{meta.prefix}:*")}
+        with pytest.raises(ProviderError, match="artifact id"):
+            await meta.insert(again)
+        assert {k: r.dump(k) for k in r.scan_iter(f"{meta.prefix}:*")} == before
+        assert not list(r.scan_iter(f"{meta.prefix}:*:art:*"))
+    assert await meta.lookup(root.ino, "g") is None
+    assert_consistent(meta.url, meta.prefix)
 
 
 def test_a_stored_at_is_spelled_short_and_in_its_order() -> None:

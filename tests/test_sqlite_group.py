@@ -239,7 +239,8 @@ async def test_a_read_during_an_open_batch_never_sees_what_its_failed_commit_tak
 # What a coroutine method of the store is when it is not a gated read: a write (it reads inside its
 # own transaction), a read made only of gated ones, or the store's own life.
 UNGATED = {"insert", "update", "remove", "rename", "exchange", "link", "commit", "defer_delete", "forget_deletions",
-           "queue_if_absent", "recount_subdirs", "reset_usage", "entry", "children", "open", "close", "sync"}
+           "queue_if_absent", "recount_subdirs", "reset_usage", "entry", "children", "open", "close", "sync",
+           "new_artifact_id"}
 
 
 def test_every_read_of_the_store_waits_for_an_open_batch() -> None:

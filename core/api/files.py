@@ -106,9 +106,9 @@ class FilesApi(StoreBase):
         mime = rules.mime(mime, filename)
         summary = rules.summary(summary)
         space = await self._writable_space(scope, session_id, user_id, "store")
-        artifact_id = ns.new_artifact_id(space)
+        artifact_id = await ns.new_artifact_id(space)
         parts = parts or [artifact_id]
-        node = ns.file_node(_unplaced(space), parts[-1], ttl=ttl, artifact_id=artifact_id, mime=mime, summary=summary,
+        node = await ns.file_node(_unplaced(space), parts[-1], ttl=ttl, artifact_id=artifact_id, mime=mime, summary=summary,
                             meta=meta)
         return _Draft(node, parts[:-1])
 
@@ -402,7 +402,7 @@ class FilesApi(StoreBase):
         filename = new_filename if new_filename is not None else await self._copy_name(node)
         meta = rules.meta({**art.meta, **rules.meta(new_meta, self.ns.limits)}, self.ns.limits)
         parts = grid.split_filename(filename)
-        copy = self.ns.file_node(
+        copy = await self.ns.file_node(
             _unplaced(space), parts[-1], ttl=art.ttl, mime=art.mime,
             summary=art.summary if summary is None else rules.summary(summary), meta=meta,
         )

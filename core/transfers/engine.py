@@ -215,7 +215,7 @@ class Transfers:
             expires_at_ns = url_expires_at * NS + self.settings.register_grace * NS
         else:
             expires_at_ns = now + self.settings.multipart_window * NS
-        artifact_id = self.ns.new_artifact_id(space)
+        artifact_id = await self.ns.new_artifact_id(space)
         # A single upload is addressed by its artifact id, as register_uploaded_artifact is.
         upload_id = artifact_id if kind is UploadKind.SINGLE else secrets.token_hex(16)
         prefix = grid.grid_key(space.sandbox_id, space.scope, space.owner, artifact_id)
@@ -503,7 +503,7 @@ class Transfers:
         filename = fields.filename if fields.filename is not None else record.filename
         names = grid.split_filename(filename) if filename is not None else [record.artifact_id]
         _, parent = await self.ns.place(record.space, names[:-1])
-        return self.ns.file_node(
+        return await self.ns.file_node(
             parent, names[-1], ttl=fields.ttl if fields.ttl_given else record.ttl, artifact_id=record.artifact_id,
             mime=fields.mime or record.mime, summary=record.summary if fields.summary is None else fields.summary,
             meta=record.meta if fields.meta is None else fields.meta,

@@ -78,7 +78,7 @@ class _Tree(Protocol):
 
     def visible(self, node: Node | None) -> bool: ...
 
-    def new_artifact_id(self, space: Space) -> str: ...
+    async def new_artifact_id(self, space: Space) -> str: ...
 
     async def get(self, ino: int) -> Node: ...
 
@@ -254,7 +254,7 @@ class Checkpoints:
                 assert copy.space is not None  # a file is always in a scope
                 shared = art.blob_key is not None
                 art.blob_of = (art.blob_of or art.artifact_id) if shared else None
-                art.artifact_id, art.ttl = ns.new_artifact_id(copy.space), None
+                art.artifact_id, art.ttl = await ns.new_artifact_id(copy.space), None
                 # A blob's charge stays where it is; an empty live file counts as a file, a frozen one not.
                 art.charged = not shared and role is NodeRole.ENTRY
             copy, _ = await ns.meta.insert(copy)

@@ -34,7 +34,6 @@ from core.errors import (
     StaleRecordError,
     TooManyLinksError,
 )
-from core import shards
 from core.infra import metrics
 from core.infra.clock import Clock
 from core.models import BackendHealth, Scope, Usage
@@ -532,14 +531,14 @@ class Namespace(Content, Quotas):
     def default_ttl(self, scope: Scope) -> int | None:
         return self.limits.default_ttl if scope is Scope.SESSION else None
 
-    def new_artifact_id(self, space: Space) -> str:
-        return shards.new_artifact_id(space)
+    async def new_artifact_id(self, space: Space) -> str:
+        return await self.meta.new_artifact_id(space)
 
     def grid_key(self, node: Node) -> str:
         assert node.space is not None and node.artifact is not None
         return grid.grid_key(node.space.sandbox_id, node.space.scope, node.space.owner, node.artifact.artifact_id)
 
-    def file_node(
+    async def file_node(
         self, parent: Node, name: str, *, mode: int = 0o644, uid: int = 0, gid: int = 0, ttl: int | None,
         artifact_id: str | None = None, mime: str = "application/octet-stream", summary: str = "",
         meta: dict[str, Any] | None = None,
@@ -549,7 +548,7 @@ class Namespace(Content, Quotas):
         node = new_node(parent=parent.ino, name=name, kind=NodeKind.FILE, mode=mode & 0o7777, now_ns=self.now(),
                         space=space, uid=uid, gid=gid)
         node.artifact = Artifact(
-            artifact_id=artifact_id or self.new_artifact_id(space), mime=mime, summary=summary,
+            artifact_id=artifact_id or await self.new_artifact_id(space), mime=mime, summary=summary,
             meta=meta or {}, sha256=EMPTY_SHA256, version=0, ttl=ttl,
         )
         node.expires_at_ns = None if ttl is None else self.now() + ttl * NS

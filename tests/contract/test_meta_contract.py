@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from servers import RedisServer
+from storekit import minted_id
 
 from core.backends.meta.base import Cover, Deferred, MetaStore, Settle
 from core.backends.meta.redis.store import RedisMetaStore
@@ -34,7 +35,6 @@ from core.errors import (
 )
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
-from core import shards
 from core.nodes import ROOT_INO, Artifact, Node, NodeKind, NodeRole, Space, new_node
 
 SIGNER = RecordSigner(b"meta-contract-key-0123456789abcdef")
@@ -122,7 +122,7 @@ OTHER_BOX = Space(sandbox_id="other", scope=Scope.USER, user_id="alice")
 
 def a_file(parent: int, name: str, *, size: int = 0, space: Space = ALICE, expires: int | None = None) -> Node:
     node = new_node(parent=parent, name=name, kind=NodeKind.FILE, mode=0o644, now_ns=1, space=space)
-    node.artifact = Artifact(artifact_id=shards.new_artifact_id(space), sha256="0" * 64, blob_key=f"blob-{name}")
+    node.artifact = Artifact(artifact_id=minted_id(space), sha256="0" * 64, blob_key=f"blob-{name}")
     node.size, node.expires_at_ns = size, expires
     return node
 

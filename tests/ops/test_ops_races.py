@@ -71,13 +71,13 @@ async def blobs_named(h: Hosts, *nodes: Node) -> bool:
 
 async def b_stores_over(h: Hosts, home: Node, name: str, data: bytes) -> Node:
     """What the library's store() to a filename does: a new file put over the name in one step."""
-    node = await h.b.insert_file(h.b.file_node(home, name, ttl=None), replace=True, parent=home)
+    node = await h.b.insert_file(await h.b.file_node(home, name, ttl=None), replace=True, parent=home)
     return await commit_bytes(h.b, node.ino, data)
 
 
 async def b_renames_onto(h: Hosts, home: Node, name: str, data: bytes) -> Node:
     """What a mount does to save over a name (editors, rsync): a fresh file renamed onto it."""
-    spare = await h.b.insert_file(h.b.file_node(home, "spare", ttl=None), replace=False, parent=home)
+    spare = await h.b.insert_file(await h.b.file_node(home, "spare", ttl=None), replace=False, parent=home)
     spare = await commit_bytes(h.b, spare.ino, data)
     await h.b.rename(spare, home, name)
     return spare

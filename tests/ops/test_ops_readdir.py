@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from opskit import ROOT, SIGNER, ctx, kernel
+from storekit import minted_id
 
 from core.backends.meta.base import ChildrenPage
 from core.backends.meta.sqlite import SQLiteMetaStore
@@ -50,7 +51,7 @@ async def fill(meta: Any, parent: Node, count: int) -> list[str]:
     try:
         for name in names:
             node = new_node(parent=parent.ino, name=name, kind=NodeKind.FILE, mode=0o644, now_ns=1, space=parent.space)
-            node.artifact = Artifact(artifact_id=name, sha256=EMPTY_SHA256, blob_key=f"none-{name}")
+            node.artifact = Artifact(artifact_id=minted_id(parent.space), sha256=EMPTY_SHA256, blob_key=f"none-{name}")
             await meta.insert(node)
     finally:
         if shared:

@@ -51,7 +51,7 @@ from core.errors import ArtifactCorruptedError
 from core.infra import tally
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
-from core.nodes import Node
+from core.nodes import Node, Space
 
 
 def decode_record(signer: RecordSigner, ino: int, record: bytes | None, sig: str | None) -> Node:
@@ -263,6 +263,12 @@ class MetaStore(Protocol):
         made of. A node that is gone ends its chain. Each record is answered
         once, however many chains share it.
         """
+        ...
+
+    async def new_artifact_id(self, space: Space | None) -> str:
+        """A fresh artifact id for a file of ``space`` (None: the upper tree), each different from every
+        other this store has made. A file inserted must hold one of these: a store may name the file's
+        inode by it (the Redis store does, and keeps no map from ids to inodes)."""
         ...
 
     async def insert(

@@ -46,7 +46,8 @@ from core.errors import (
 from core.infra.private import FILE_MODE, private_dir, private_file
 from core.infra.signing import RecordSigner
 from core.models import Scope, Usage
-from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, account_of, new_node
+from core import shards
+from core.nodes import ROOT_INO, Node, NodeKind, NodeRole, Space, account_of, new_node
 from core.settings import Settings
 
 log = logging.getLogger("artifactfs.meta")
@@ -443,6 +444,10 @@ class SQLiteMetaStore:
             rows = rows[:limit]
         # The cursor is the last name the indexes covered; the page keeps only what the records confirm.
         return ChildrenPage(checks.of_parent(rows, parent), rows[-1][0] if rows else None, more)
+
+    async def new_artifact_id(self, space: Space | None) -> str:
+        """Random: this store finds an id by its index, so the id need not name the inode."""
+        return shards.new_artifact_id(space)
 
     @_after_batch
     async def find_artifact(self, artifact_id: str) -> Node | None:

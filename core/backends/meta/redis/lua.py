@@ -52,8 +52,6 @@ shard: ``ikey``):
 ``P:gc``            zset   the deletion queue: blob key by the time (us) gc may
                            delete it from (``defer_delete``); the scripts that
                            drop an inode queue its blob here in the same step
-``P:art:<xx>``      hash   artifact id -> ino, for the ids whose 4th and 5th
-                           characters are ``xx`` (after the shard's three)
 ``P:y:<space>``     zset   a space's artifacts (``<sandbox>/<scope>/<session>/<user>``,
                            '' where absent) in (stored_at, artifact id) order, member
                            ``<stored_at ns: 11 bytes of base 64 in byte order>/<id>``
@@ -223,10 +221,13 @@ local function number(ino)
 end
 local function ikey(ino) return P .. ':i:' .. number(ino) end
 local function dkey(ino) return P .. ':d:' .. number(ino) end
--- the artifact id -> ino map is cut in 256 hashes by two hex digits of the id after its shard's three,
--- each small enough for Redis's compact encoding up to ~32,000 artifacts a shard (issue #17)
-local function akey(id) return P .. ':art:' .. string.sub(id, 4, 5) end
-local function artifact_ino(id) return redis.call('HGET', akey(id), id) end
+-- The inode an artifact id names: the id is its shard's three hex digits, then the inode's number there
+-- in ten (``shards.artifact_id_of``), so no map is kept (issue #17); nil for an id of no inode here.
+local function id_ino(id)
+  if not id or #id ~= 32 or tonumber(string.sub(id, 1, 3), 16) ~= S then return nil end
+  local n = tonumber(string.sub(id, 4, 13), 16)
+  return n and string.format('%d', BASE + n)
+end
 
 local function argnode(at)
   local n = {ino = ARGV[at]}
@@ -461,7 +462,6 @@ local function order_drop(o)
 end
 
 local function index(n)
-  if n.a ~= '' then redis.call('HSET', akey(n.a), n.a, n.ino) end
   local member = order_of(n)
   for tag in string.gmatch(n.ix, '[^\n]+') do
     local kind, space = string.sub(tag, 1, 3), string.sub(tag, 4)
@@ -477,7 +477,6 @@ local function index(n)
 end
 
 local function unindex(n)
-  if n.a ~= '' and artifact_ino(n.a) == n.ino then redis.call('HDEL', akey(n.a), n.a) end
   local member = order_of(n)
   for tag in string.gmatch(n.ix, '[^\n]+') do
     local kind, space = string.sub(tag, 1, 3), string.sub(tag, 4)
@@ -613,12 +612,9 @@ end
 -- (taken); in a scope, where every inode is of its own shard, it was never written by a script
 local function foreign() return S == 0 and 'exists' or 'forged' end
 
--- another holder of the artifact id, other than the node itself and the one it replaces
-local function id_taken(n, replaced)
-  if n.a == '' then return false end
-  local holder = artifact_ino(n.a)
-  return holder and holder ~= n.ino and holder ~= replaced
-end
+-- whether a node's artifact id names another inode than its own (the client gives a file the inode its
+-- id names: ``_ino_for``)
+local function id_elsewhere(n) return n.a ~= '' and id_ino(n.a) ~= n.ino end
 
 local notice = {ARGV[1]}
 local function entry(n) notice[#notice + 1] = 'e' .. n.p .. '/' .. n.n end
@@ -700,7 +696,7 @@ function ops.search()
   local inos = {}
   for _, space in ipairs(spaces(4)) do
     for _, member in ipairs(order_all(space_order(space))) do
-      local ino = artifact_ino(member_id(member))
+      local ino = id_ino(member_id(member))
       if ino then inos[#inos + 1] = ino end
     end
   end
@@ -741,9 +737,10 @@ function ops.spage()
   for _, member in ipairs(members) do
     if found >= want then out[3] = 1; break end
     out[2] = member
-    local ino = artifact_ino(member_id(member))
+    local id = member_id(member)
+    local ino = id_ino(id)
     local n = ino and stored(ino)
-    if n and (needle == '' or string.sub(n.mi == '' and DEFAULT_MIME or n.mi, 1, #needle) == needle) then
+    if n and n.a == id and (needle == '' or string.sub(n.mi == '' and DEFAULT_MIME or n.mi, 1, #needle) == needle) then
       found = found + 1
       for _, part in ipairs(record(n)) do out[#out + 1] = part end
     end
@@ -845,12 +842,6 @@ function ops.lineage()
   return out
 end
 
-function ops.find()
-  local ino = artifact_ino(ARGV[3])
-  if not ino then return {} end
-  return fetch(ino)
-end
-
 -- ARGV: replace, expect, when its blob may go, its successor, node, touch (3), then optionally the
 -- cover: the root's revision as read, the root
 function ops.insert()
@@ -870,7 +861,7 @@ function ops.insert()
       return answer('CONFLICT', record(old))
     end
   end
-  if id_taken(n, old and cur) then return {'ERR', 'dupid'} end
+  if id_elsewhere(n) or load(n.ino) then return {'ERR', 'dupid'} end  -- its id made into a file twice
   local root, was = nil, nil
   if #ARGV > at + 2 then
     root = argnode(at + 4)
@@ -908,7 +899,7 @@ function ops.update()
       if slot and slot ~= n.ino then return {'ERR', 'taken'} end
     end
   end
-  if id_taken(n, false) then return {'ERR', 'dupid'} end
+  if id_elsewhere(n) then return {'ERR', 'dupid'} end
   if moved then entry(old); entry(n) end
   rewrite(n, old)
   if ARGV[5 + NODE_ARGS] then settle(P .. ':gc', 5 + NODE_ARGS) end
@@ -1031,7 +1022,7 @@ end
 function ops.make()
   local n = argnode(3)
   if load(n.ino) then return {'OK'} end  -- this very make, retried after a lost reply
-  if id_taken(n, false) then return {'ERR', 'dupid'} end
+  if id_elsewhere(n) then return {'ERR', 'dupid'} end
   store(n)
   return {'OK'}
 end

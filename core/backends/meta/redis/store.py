@@ -125,7 +125,7 @@ _ERRORS: dict[bytes, Callable[[str], Exception]] = {
     b"notempty": lambda what: DirectoryNotEmptyError(f"{what} is not empty"),
     b"vanished": lambda what: ArtifactNotFoundError(f"{what}: the inode was removed"),
     b"taken": lambda what: ProviderError(f"{what}: the target name was taken meanwhile"),
-    b"dupid": lambda what: ProviderError(f"{what}: the artifact id is held by another inode"),
+    b"dupid": lambda what: ProviderError(f"{what}: the artifact id names another inode, or one already made"),
     b"forged": lambda what: ArtifactCorruptedError(f"{what}: the entry names an inode of another scope"),
     b"sealed": lambda what: ArtifactNotFoundError(f"{what}: its scope is being removed"),
 }
@@ -700,6 +700,13 @@ class RedisMetaStore:
             )
         return shards.ino(shard, high - _INO_BATCH + 1)
 
+    async def _ino_for(self, node: Node, home: int) -> int:
+        """The inode a new node gets in shard ``home``: the one its artifact id names (``new_artifact_id``),
+        else a fresh one. The script refuses an id that names another, or an inode that exists (``dupid``),
+        after what it checks first (the parent)."""
+        ino = shards.ino_of_artifact(node.artifact.artifact_id) if node.artifact is not None else None
+        return ino if ino is not None and shards.of_ino(ino) == home else await self._new_ino(home)
+
     @staticmethod
     def _check(reply: list, what: str) -> list:
         if reply and reply[0] == b"ERR":
@@ -775,10 +782,11 @@ class RedisMetaStore:
         return [(name, node) for name, node in zip(names, await self._rows("list", home, rows)) if node is not None]
 
     async def find_artifact(self, artifact_id: str) -> Node | None:
-        home = shards.of_artifact(artifact_id)
-        if home is None:
+        ino = shards.ino_of_artifact(artifact_id)
+        if ino is None:
             return None  # no store made this id
-        return checks.has_artifact(self._load_reply(await self._script(home, "find", "find", artifact_id)), artifact_id)
+        node = await self.get(ino)  # the inode it names, if it holds it (a guessed id may name another)
+        return node if node is not None and node.artifact is not None and node.artifact.artifact_id == artifact_id else None
 
     def _records(self, reply: Sequence[object]) -> Iterator[Node]:
         """The nodes of a script's answer of whole records (ino, then ``READ_SLOTS`` each), verified."""
@@ -1097,12 +1105,17 @@ class RedisMetaStore:
         (a scope root or a directory in one) keep times that follow their entries."""
         return node.role is NodeRole.ENTRY
 
+    async def new_artifact_id(self, space: Space | None) -> str:
+        """An id naming a fresh inode of the space's shard (``shards.artifact_id_of``): the file inserted
+        with it gets that inode, so an id leads to its record with no map (issue #17: ~70 B a file)."""
+        return shards.artifact_id_of(await self._new_ino(shards.UPPER if space is None else shards.of_space(space)))
+
     async def insert(
         self, node: Node, *, replace: bool = False, touch_ns: int | None = None, cover: Cover | None = None,
         drop_at_ns: int | None = None,
     ) -> tuple[Node, Node | None]:
         home = shards.of_space(node.space) if node.role is NodeRole.SCOPE_ROOT and node.space else shards.of_ino(node.parent)
-        node.ino = await self._new_ino(home)
+        node.ino = await self._ino_for(node, home)
         if home != shards.of_ino(node.parent):
             if replace or cover is not None:
                 raise ProviderError(f"{node.name!r}: a scope root is neither replaced nor covered")
