@@ -185,9 +185,10 @@ READ_SLOTS = ("rec", "mt", "mts", "sd", "mi", "bk", "ro", "ix", "uk", "n", "a", 
 # The version of the layout of keys above (``P:layout`` in shard 0), and of the packing of records
 # (:mod:`core.backends.meta.redis.packing`): 4 since records are stored deflated, 5 since search orders
 # are cut in buckets, 6 since parents, blob keys, usage keys, signatures and stored_at times are kept
-# short, 7 since directories' name orders are cut in buckets too, 8 since signatures keep 128 bits, a
-# record's SHA-256 is kept raw and an inode's keys name it by its number in its shard (issue #17).
-LAYOUT = "8"
+# short, 7 since directories' name orders are cut in buckets too, 8 since signatures keep 128 bits and a
+# record's SHA-256 is kept raw, 9 since an inode's keys name it by its number in its shard, 10 since an
+# artifact id names its inode and no map is kept (issue #17).
+LAYOUT = "10"
 
 # Members a bucket of a space's search order holds, fewer than: Redis keeps an ordered set of up to
 # ``zset-max-listpack-entries`` (128 unless configured lower) in its compact encoding.
