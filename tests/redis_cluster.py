@@ -54,10 +54,10 @@ class ClusterNodeServer(RedisServer):
             "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
         ]
 
-    def client(self) -> redis.Redis:
+    def client(self, *, text: bool = True) -> redis.Redis:
         # Plain strings: CLUSTER NODES/INFO are read raw (``execute_command("CLUSTER", ...)``
-        # bypasses redis-py's parsers) and parsed here.
-        return redis.Redis(host=HOST, port=self.port, socket_timeout=5, socket_connect_timeout=2, decode_responses=True)
+        # bypasses redis-py's parsers) and parsed here. Keys may hold any byte: moved with ``text=False``.
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=5, socket_connect_timeout=2, decode_responses=text)
 
     @property
     def alive(self) -> bool:
@@ -241,7 +241,7 @@ class RedisCluster:
         source = next(v for v in views if v.is_master and any(a <= slot <= b for a, b in v.slots))
         if source.port == to_port:
             return 0
-        with self.node(to_port).client() as dst, self.node(source.port).client() as src:
+        with self.node(to_port).client() as dst, self.node(source.port).client(text=False) as src:
             dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
             src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
             moved = 0

@@ -28,8 +28,9 @@ from core.backends.meta.redis import packing
 from core.backends.meta.redis.lua import ORDER_BUCKET
 from core.backends.meta.redis.store import (
     _LIST_INLINE, SIGNATURE_BYTES, RedisMetaStore, ino_of_key, inode_fields, inode_string, order_member,
-    order_position, order_time, sealed, unsealed,
+    order_position, sealed, unsealed,
 )
+from core.backends.meta.redis.stamps import order_time
 from core.backends.meta.sqlite import SQLiteMetaStore
 from core.errors import (
     AlreadyExistsError,
@@ -172,7 +173,7 @@ def assert_consistent(url: str, prefix: str) -> None:
     orders: dict[tuple[int, bytes], set[bytes]] = {}  # each space's (stored_at, artifact id) order
     for ino, record in inodes.items():
         lines = list(filter(None, record[b"ix"].split(b"\n")))
-        member = next((line[1:] + b"/" + record[b"a"] for line in lines if line.startswith(b"=")), None)
+        member = next((line[1:] + bytes.fromhex(record[b"a"].decode()) for line in lines if line.startswith(b"=")), None)
         for tag in lines:
             if tag.startswith(b"bo:"):
                 holders.setdefault((shards.of_ino(ino), tag), set()).add(str(ino).encode())
@@ -602,15 +603,22 @@ async def test_an_artifact_id_names_its_inode_and_no_map_is_kept(meta: RedisMeta
     assert_consistent(meta.url, meta.prefix)
 
 
-def test_a_stored_at_is_spelled_short_and_in_its_order() -> None:
-    """Search order members spell stored_at in 11 bytes (issue #17) whose byte order is the time's."""
+def test_a_search_member_is_short_and_in_its_order() -> None:
+    """Search order members spell stored_at in 11 bytes whose byte order is the time's, then the id raw
+    (issue #17): byte order is (stored_at, id) order."""
     rng = random.Random(17)
     times = [0, 1, 63, 64, 1 << 63, (1 << 64) - 1, *(rng.getrandbits(rng.randint(1, 64)) for _ in range(5000))]
-    assert all(order_position(order_member(ns, "id")) == (ns, "id") for ns in times)
+    ids = sorted(f"{rng.getrandbits(128):032x}" for _ in range(50))
+    assert all(order_position(order_member(ns, ids[ns % 50])) == (ns, ids[ns % 50]) for ns in times)
     assert sorted(times, key=order_time) == sorted(times) and {len(order_time(ns)) for ns in times} == {11}
-    for bad in ("", "0000000000/id", "0000000000!/id", "00000000000id", "000000000000/id"):
+    pairs = [(ns, i) for ns in times[:200] for i in ids[:5]]
+    assert sorted(pairs, key=lambda p: order_member(*p)) == sorted(pairs)
+    assert {len(order_member(ns, i)) for ns, i in pairs} == {27}
+    for bad in (b"", b"0000000000", b"0000000000!" + bytes(16), b"00000000000" + bytes(15), b"00000000000" + bytes(17)):
         with pytest.raises(ValueError):
             order_position(bad)
+    # A forged cursor's id (no id a store makes) starts the page at its time: the reader drops the rest.
+    assert order_member(5, "not-an-id") == order_time(5).encode() < order_member(5, ids[0])
 
 
 # -- indexes, never scans

@@ -54,7 +54,7 @@ shard: ``ikey``):
                            drop an inode queue its blob here in the same step
 ``P:y:<space>``     zset   a space's artifacts (``<sandbox>/<scope>/<session>/<user>``,
                            '' where absent) in (stored_at, artifact id) order, member
-                           ``<stored_at ns: 11 bytes of base 64 in byte order>/<id>``
+                           ``<stored_at ns: 11 bytes of base 64 in byte order><id, 16 bytes raw>``
                            (the ``=`` line of ``ix``: ``order_time``),
                            score 0, cut in buckets (``order_add``): this set holds the
                            heads of the buckets, ``P:yb:<space>\\n<head>`` each bucket's
@@ -187,8 +187,8 @@ READ_SLOTS = ("rec", "mt", "mts", "sd", "mi", "bk", "ro", "ix", "uk", "n", "a", 
 # are cut in buckets, 6 since parents, blob keys, usage keys, signatures and stored_at times are kept
 # short, 7 since directories' name orders are cut in buckets too, 8 since signatures keep 128 bits and a
 # record's SHA-256 is kept raw, 9 since an inode's keys name it by its number in its shard, 10 since an
-# artifact id names its inode and no map is kept (issue #17).
-LAYOUT = "10"
+# artifact id names its inode and no map is kept, 11 since search members keep ids raw (issue #17).
+LAYOUT = "11"
 
 # Members a bucket of a space's search order holds, fewer than: Redis keeps an ordered set of up to
 # ``zset-max-listpack-entries`` (128 unless configured lower) in its compact encoding.
@@ -225,7 +225,9 @@ local function dkey(ino) return P .. ':d:' .. number(ino) end
 -- The inode an artifact id names: the id is its shard's three hex digits, then the inode's number there
 -- in ten (``shards.artifact_id_of``), so no map is kept (issue #17); nil for an id of no inode here.
 local function id_ino(id)
-  if not id or #id ~= 32 or tonumber(string.sub(id, 1, 3), 16) ~= S then return nil end
+  if not id or #id ~= 32 or not string.find(id, '^[0-9a-f]+$') or tonumber(string.sub(id, 1, 3), 16) ~= S then
+    return nil
+  end
   local n = tonumber(string.sub(id, 4, 13), 16)
   return n and string.format('%d', BASE + n)
 end
@@ -366,12 +368,14 @@ end
 
 -- Search indexes (issue #17: one ordered set per artifact, not six sets). An ix line ``sp:<space>``
 -- names the artifact's space (``<sandbox>/<scope>/<session>/<user>``, '' where absent; no id holds a
--- '/'): its member (the ``=`` line, its stored_at, then '/' and its id) goes in that space's ordered
--- set, and the space in ``P:tags``, what a search of a wider space (a user's, a scope's, a sandbox's)
--- merges. ``bo:<id>`` puts the ino in the set of the holders of another artifact's blob.
+-- '/'): its member (the ``=`` line, its stored_at in 11 bytes, then its id raw: ``order_member``) goes
+-- in that space's ordered set, and the space in ``P:tags``, what a search of a wider space (a user's, a
+-- scope's, a sandbox's) merges. ``bo:<id>`` puts the ino in the set of the holders of another
+-- artifact's blob.
 local function order_of(n)
   local stored_at = string.match('\n' .. n.ix, '\n=([^\n]+)')
-  return stored_at and stored_at .. '/' .. n.a
+  return stored_at and #stored_at == 11 and id_ino(n.a) and
+    stored_at .. string.gsub(n.a, '..', function(h) return string.char(tonumber(h, 16)) end)
 end
 
 -- An order (a space's artifacts, a directory's names) is cut in buckets of fewer than ORDER_BUCKET
@@ -509,7 +513,9 @@ local function spaces(at)
 end
 
 -- the artifact id a search member ends with
-local function member_id(member) return string.match(member, '/(.*)$') end
+local function member_id(member)
+  return (string.gsub(string.sub(member, 12), '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
 
 -- every {parent, name} of n: its primary name, then its hard links
 local function names(n)

@@ -61,7 +61,7 @@ from core.backends.meta.base import (
     search_position,
 )
 from core.backends.meta.redis import packing
-from core.backends.meta.redis.stamps import order_time, time_of
+from core.backends.meta.redis import stamps
 from core.backends.meta.redis.lua import (
     FIELDS, INODE_SLOTS, LAYOUT, NO_SUCCESSOR, NO_TOUCH, READ_SLOTS, SCRIPT, SETTLE,
 )
@@ -276,7 +276,7 @@ def index_tags(node: Node) -> list[str]:
     tags = [f"sp:{space_tag(space.sandbox_id, space.scope, space.session_id, space.user_id)}"]
     if node.artifact.blob_of is not None:
         tags.append(f"bo:{node.artifact.blob_of}")  # the holders of another artifact's blob (sharers)
-    tags.append(f"={order_time(node.crtime_ns)}")  # its stored_at: the script makes its member (order_member) of it
+    tags.append(f"={stamps.order_time(node.crtime_ns)}")  # its stored_at: the script makes its member (order_member) of it
     return tags
 
 
@@ -291,17 +291,23 @@ def space_tag(sandbox_id: str, scope: Scope | None, session_id: str | None, user
     return "/".join(space_parts(sandbox_id, scope, session_id, user_id))
 
 
-def order_position(member: str) -> tuple[int, str]:
+_ID_BYTES = 16  # an artifact id (32 hex digits) as a search order member keeps it
+
+
+def order_position(member: bytes) -> tuple[int, str]:
     """The (stored_at ns, artifact id) an order member spells (``order_member``); ValueError if it spells none."""
-    stored_at, slash, artifact_id = member.partition("/")
-    if not slash:
+    if len(member) != stamps.WIDTH + _ID_BYTES:
         raise ValueError(f"not a search order member: {member!r:.80}")
-    return time_of(stored_at.encode()), artifact_id
+    return stamps.time_of(member[: stamps.WIDTH]), member[stamps.WIDTH :].hex()
 
 
-def order_member(stored_at_ns: int, artifact_id: str) -> str:
-    """An artifact's member in its search sets' order: byte order is (stored_at, id) order."""
-    return f"{order_time(stored_at_ns)}/{artifact_id}"
+def order_member(stored_at_ns: int, artifact_id: str) -> bytes:
+    """An artifact's member in its space's search order: its stored_at (11 bytes), then its id raw (16,
+    not 32 in hex: issue #17), so that byte order is (stored_at, id) order. For an id no store made (a
+    forged cursor's) the stored_at alone: it sorts before every member of that time, the reader keeps
+    only what follows the cursor (``_search_page_of``)."""
+    spelled = stamps.order_time(stored_at_ns).encode()
+    return spelled + bytes.fromhex(artifact_id) if shards.of_artifact(artifact_id) is not None else spelled
 
 
 class RedisMetaStore:
@@ -844,7 +850,7 @@ class RedisMetaStore:
         self, reply: list, query: SearchQuery, after: tuple[int, str] | None, now_ns: int, limit: int
     ) -> SearchPage:
         """One shard's page of a search, from its ``spage`` answer."""
-        last, more = _text(reply[1]), reply[2] == 1
+        last, more = reply[1], reply[2] == 1
         nodes = checks.in_space(self._records(reply[3:]), query.sandbox_id, query.scope, query.session_id,
                                 query.user_id)
         kept = [node for node in nodes if search_matches(node, query, now_ns)
