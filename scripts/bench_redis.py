@@ -160,7 +160,8 @@ async def _busy_writer(url: str, prefix: str, space: object, seconds: float) -> 
         while time.monotonic() < deadline:
             node = new_node(parent=root.ino, name=f"t{time.time_ns()}", kind=NodeKind.FILE, mode=0o644, now_ns=1,
                             space=space)  # type: ignore[arg-type]
-            node.artifact = Artifact(artifact_id=await meta.new_artifact_id(space), sha256="0" * 64)  # type: ignore[arg-type]
+            artifact_id = await meta.new_artifact_id(space)  # type: ignore[arg-type]
+            node.artifact = Artifact(artifact_id=artifact_id, sha256="0" * 64)
             await meta.insert(node)
             made += 1
         return made

@@ -173,7 +173,7 @@ def assert_consistent(url: str, prefix: str) -> None:
     orders: dict[tuple[int, bytes], set[bytes]] = {}  # each space's (stored_at, artifact id) order
     for ino, record in inodes.items():
         lines = list(filter(None, record[b"ix"].split(b"\n")))
-        member = next((line[1:] + bytes.fromhex(record[b"a"].decode()) for line in lines if line.startswith(b"=")), None)
+        member = next((line[1:] + bytes.fromhex(record[b"a"].decode()) for line in lines if line[:1] == b"="), None)
         for tag in lines:
             if tag.startswith(b"bo:"):
                 holders.setdefault((shards.of_ino(ino), tag), set()).add(str(ino).encode())

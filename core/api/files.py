@@ -108,8 +108,8 @@ class FilesApi(StoreBase):
         space = await self._writable_space(scope, session_id, user_id, "store")
         artifact_id = await ns.new_artifact_id(space)
         parts = parts or [artifact_id]
-        node = await ns.file_node(_unplaced(space), parts[-1], ttl=ttl, artifact_id=artifact_id, mime=mime, summary=summary,
-                            meta=meta)
+        node = await ns.file_node(_unplaced(space), parts[-1], ttl=ttl, artifact_id=artifact_id, mime=mime,
+                                  summary=summary, meta=meta)
         return _Draft(node, parts[:-1])
 
     async def _occupant(self, space: Space, dirs: list[str], name: str) -> Node | None:

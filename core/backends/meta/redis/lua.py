@@ -386,7 +386,9 @@ end
 -- bucket is ''; the heads come with a second bucket and go with the last but one.
 local ORDER_BUCKET = """ + str(ORDER_BUCKET) + r"""
 local function space_order(space) return {heads = P .. ':y:' .. space, bucket = P .. ':yb:' .. space .. '\n'} end
-local function name_order(dir) return {heads = P .. ':o:' .. number(dir), bucket = P .. ':ob:' .. number(dir) .. '\n'} end
+local function name_order(dir)
+  return {heads = P .. ':o:' .. number(dir), bucket = P .. ':ob:' .. number(dir) .. '\n'}
+end
 
 -- the head of the bucket that holds (or would hold) member m: the greatest head up to m, else ''
 local function head_of(o, m)

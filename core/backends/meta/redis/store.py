@@ -60,8 +60,7 @@ from core.backends.meta.base import (
     search_matches,
     search_position,
 )
-from core.backends.meta.redis import packing
-from core.backends.meta.redis import stamps
+from core.backends.meta.redis import packing, stamps
 from core.backends.meta.redis.lua import (
     FIELDS, INODE_SLOTS, LAYOUT, NO_SUCCESSOR, NO_TOUCH, READ_SLOTS, SCRIPT, SETTLE,
 )
@@ -114,7 +113,7 @@ _SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 FAILOVER_RETRY = RetryPolicy(attempts=20, first_delay=0.1, max_delay=1.0)
 # Ops of the script that change nothing: never waited on (WAIT, below).
 _READ_OPS = frozenset({
-    "lookup", "list", "page", "search", "spage", "holders", "resolve", "subtree", "lineage", "find", "unreached"})
+    "lookup", "list", "page", "search", "spage", "holders", "resolve", "subtree", "lineage", "unreached"})
 _WAIT_MS = 2000  # how long a change waits for its replica (under the socket timeout) before it asks why
 _ALONE_FOR = 5.0  # seconds a master found without replicas acknowledges alone before it is asked again
 _ERRORS: dict[bytes, Callable[[str], Exception]] = {
@@ -276,7 +275,7 @@ def index_tags(node: Node) -> list[str]:
     tags = [f"sp:{space_tag(space.sandbox_id, space.scope, space.session_id, space.user_id)}"]
     if node.artifact.blob_of is not None:
         tags.append(f"bo:{node.artifact.blob_of}")  # the holders of another artifact's blob (sharers)
-    tags.append(f"={stamps.order_time(node.crtime_ns)}")  # its stored_at: the script makes its member (order_member) of it
+    tags.append(f"={stamps.order_time(node.crtime_ns)}")  # stored_at: the script makes its member (order_member) of it
     return tags
 
 
@@ -792,7 +791,8 @@ class RedisMetaStore:
         if ino is None:
             return None  # no store made this id
         node = await self.get(ino)  # the inode it names, if it holds it (a guessed id may name another)
-        return node if node is not None and node.artifact is not None and node.artifact.artifact_id == artifact_id else None
+        held = node is not None and node.artifact is not None and node.artifact.artifact_id == artifact_id
+        return node if held else None
 
     def _records(self, reply: Sequence[object]) -> Iterator[Node]:
         """The nodes of a script's answer of whole records (ino, then ``READ_SLOTS`` each), verified."""
