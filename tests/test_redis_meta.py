@@ -603,6 +603,18 @@ async def test_an_artifact_id_names_its_inode_and_no_map_is_kept(meta: RedisMeta
     assert_consistent(meta.url, meta.prefix)
 
 
+async def test_a_script_reads_an_inode_of_another_shard_as_absent_never_as_its_own(meta: RedisMetaStore) -> None:
+    """An inode's keys name it by its number in its shard (issue #17), so the number of an inode of another
+    shard is also the number of one here: the script must read the foreign one as absent, not as the local
+    one of that number (here: the root, inode 1 of shard 0, against this scope's first inode)."""
+    root, _ = await meta.insert(new_node(parent=ROOT_INO, name="alice", kind=NodeKind.DIR, mode=0o755, now_ns=1,
+                                         role=NodeRole.SCOPE_ROOT, space=ALICE))
+    home = shards.of_ino(root.ino)
+    assert shards.number(root.ino) == shards.number(ROOT_INO)  # the scope's first inode: the same number
+    reply = await meta._script(home, "orphans", "unreached", ROOT_INO)
+    assert reply == [0]  # neither a record nor a remote place: nothing here has inode 1's number
+
+
 def test_a_search_member_is_short_and_in_its_order() -> None:
     """Search order members spell stored_at in 11 bytes whose byte order is the time's, then the id raw
     (issue #17): byte order is (stored_at, id) order."""
