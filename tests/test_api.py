@@ -58,6 +58,7 @@ async def test_store_records_every_metadata_field(store: ArtifactStore, clock: M
     assert m.expires_at == before + timedelta(seconds=120)
 
 
+@pytest.mark.semantics("S-expiry-from-publish")
 async def test_an_artifact_is_stored_when_its_bytes_have_arrived(store: ArtifactStore, clock: ManualClock) -> None:
     """stored_at, updated_at and the TTL count from the moment the artifact appears, not from when its
     upload began: an upload that took a minute does not come out a minute old."""
