@@ -75,9 +75,14 @@ def new_artifact_id(space: Space | None) -> str:
 _NUMBER_DIGITS = INO_BITS // 4
 
 
+def artifact_id_head(ino: int) -> str:
+    """What every :func:`artifact_id_of` id for inode ``ino`` starts with: its shard, its number there."""
+    return f"{of_ino(ino):03x}{number(ino):0{_NUMBER_DIGITS}x}"
+
+
 def artifact_id_of(ino: int) -> str:
     """A fresh artifact id for the file of inode ``ino``: its shard, its number there, 76 random bits."""
-    return f"{of_ino(ino):03x}{number(ino):0{_NUMBER_DIGITS}x}{secrets.token_hex(10)[:19]}"
+    return artifact_id_head(ino) + secrets.token_hex(10)[:19]
 
 
 def ino_of_artifact(artifact_id: str) -> int | None:

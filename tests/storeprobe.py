@@ -16,7 +16,7 @@ import boto3
 import redis
 from botocore.config import Config
 
-from core import ArtifactStore
+from core import ArtifactStore, shards
 from core.backends.blobs.filesystem import FilesystemBlobStore
 from core.backends.blobs.memory import MemoryBlobStore
 from core.backends.blobs.s3.store import S3BlobStore
@@ -208,3 +208,43 @@ def redis_client(store: ArtifactStore) -> tuple[redis.Redis, RedisMetaStore]:
     meta = store.ns.meta
     assert isinstance(meta, RedisMetaStore)
     return redis.Redis.from_url(meta.url), meta
+
+
+# A Redis store's directory entries are members of the directory's name order, ``<name>\0<child>`` (the
+# child's number in the shard, or its whole ino in another): these edit them behind the store's back.
+
+
+def _entry_bucket(client: redis.Redis, meta: RedisMetaStore, directory: int, name: bytes) -> bytes:
+    """The key of the bucket of ``directory``'s name order that holds (or would hold) ``name``."""
+    high = name + b"\0\xff"
+    head = (client.zrevrangebylex(meta.key("o", directory), b"[" + high, b"-", start=0, num=1) or [b""])[0]
+    return meta.key("ob", directory).encode() + b"\n" + head
+
+
+def _entry_member(client: redis.Redis, meta: RedisMetaStore, directory: int, name: bytes) -> bytes | None:
+    bucket = _entry_bucket(client, meta, directory, name)
+    found = client.zrangebylex(bucket, b"[" + name + b"\0", b"[" + name + b"\0\xff", start=0, num=1)
+    return found[0] if found else None
+
+
+def redis_entry(client: redis.Redis, meta: RedisMetaStore, directory: int, name: str) -> int | None:
+    """The child ino that ``name`` names in ``directory``, as the store keeps it; None if none."""
+    member = _entry_member(client, meta, directory, name.encode())
+    if member is None:
+        return None
+    child = int(member.partition(b"\0")[2])
+    return shards.ino(shards.of_ino(directory), child) if child < 1 << shards.INO_BITS else child
+
+
+def set_redis_entry(client: redis.Redis, meta: RedisMetaStore, directory: int, name: str, ino: int) -> None:
+    """Make ``name`` in ``directory`` name ``ino`` (a forged entry: no record says so)."""
+    drop_redis_entry(client, meta, directory, name)
+    child = shards.number(ino) if shards.of_ino(ino) == shards.of_ino(directory) else ino
+    member = name.encode() + b"\0" + b"%d" % child
+    client.zadd(_entry_bucket(client, meta, directory, name.encode()), {member: 0})
+
+
+def drop_redis_entry(client: redis.Redis, meta: RedisMetaStore, directory: int, name: str) -> bool:
+    """Take ``name`` out of ``directory`` (its record left as it is); whether it was there."""
+    member = _entry_member(client, meta, directory, name.encode())
+    return member is not None and client.zrem(_entry_bucket(client, meta, directory, name.encode()), member) == 1

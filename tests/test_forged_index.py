@@ -12,7 +12,7 @@ import sqlite3
 
 import pytest
 from storekit import make_store
-from storeprobe import redis_client, set_columns
+from storeprobe import redis_client, set_columns, set_redis_entry
 
 from core import ArtifactCorruptedError, ArtifactNotFoundError, ArtifactStore, Scope, shards
 from core.errors import DirectoryNotEmptyError
@@ -76,7 +76,7 @@ async def test_a_forged_parent_never_pulls_a_file_into_a_session_delete(store: A
     if backend == "redis-s3":
         client, meta = redis_client(store)
         with client:
-            client.hset(meta.key("d", root.ino), "keep.txt", node.ino)
+            set_redis_entry(client, meta, root.ino, "keep.txt", node.ino)
     else:
         set_columns(store, node.ino, parent=root.ino)
     assert [m.filename for m in await store.list_by_session(session_id)] == ["temp.txt"]
@@ -96,7 +96,7 @@ async def test_a_forged_entry_is_never_replaced(store: ArtifactStore, backend: s
     if backend == "redis-s3":
         client, meta = redis_client(store)
         with client:
-            client.hset(meta.key("d", root.ino), "x.txt", node.ino)
+            set_redis_entry(client, meta, root.ino, "x.txt", node.ino)
     else:
         set_columns(store, node.ino, parent=root.ino, name="x.txt")
     assert await store.ns.meta.lookup(root.ino, "x.txt") is None  # the name's index says keep; its record does not

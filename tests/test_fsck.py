@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from storeprobe import redis_client, redis_inode, rewrite_redis_inode
+from storeprobe import drop_redis_entry, redis_client, redis_inode, rewrite_redis_inode
 
 from core import ArtifactStore, Scope, shards
 from core.backends.meta.sqlite import SQLiteMetaStore
@@ -81,10 +81,7 @@ def drop_directory_record(store: ArtifactStore, directory: Node) -> None:
     client, redis_meta = redis_client(store)
     with client:
         client.delete(redis_meta.key("i", directory.ino))
-        client.hdel(redis_meta.key("d", directory.parent), directory.name)
-        heads = redis_meta.key("o", directory.parent)  # its name order: the bucket that holds the name
-        head = (client.zrevrangebylex(heads, "[" + directory.name, "-", start=0, num=1) or [b""])[0]
-        assert client.zrem(redis_meta.key("ob", directory.parent).encode() + b"\n" + head, directory.name) == 1
+        assert drop_redis_entry(client, redis_meta, directory.parent, directory.name)
         parent = redis_meta.key("i", directory.parent)
         rewrite_redis_inode(client, parent, sd=int(redis_inode(client, parent).get("sd") or 0) - 1)
 

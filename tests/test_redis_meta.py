@@ -7,6 +7,7 @@ key layout staying consistent, command counts, outages of the server.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import uuid
 import zlib
@@ -19,13 +20,14 @@ import pytest
 import redis
 from servers import MotoServer, RedisServer, redis_s3_settings
 from storekit import minted_id, racing_inserts
-from storeprobe import redis_inode, rewrite_redis_inode
+from storeprobe import redis_entry, redis_inode, rewrite_redis_inode
 
 from core import ArtifactStore
 from core.backends.blobs.memory import MemoryBlobStore
 from core.backends.meta import changes
 from core.backends.meta.redis import packing
-from core.backends.meta.redis.lua import ORDER_BUCKET
+from core.backends.meta.redis import store as store_module
+from core.backends.meta.redis.lua import INODE_SLOTS, ORDER_BUCKET
 from core.backends.meta.redis.store import (
     _LIST_INLINE, SIGNATURE_BYTES, RedisMetaStore, ino_of_key, inode_fields, inode_string, order_member,
     order_position, sealed, unsealed,
@@ -135,22 +137,26 @@ def assert_consistent(url: str, prefix: str) -> None:
             found[(shard, key.split(f"}}:{kind}:".encode(), 1)[1])] = key
         return found
 
-    for _, rest in [*keyed("i"), *keyed("d")]:
+    for _, rest in keyed("i"):
         assert 0 <= int(rest) < 1 << shards.INO_BITS  # named by its number in the shard its key is of
+    assert not keyed("d")  # no entry hashes: a directory's entries are its name order's members
     inodes = {shards.ino(shard, int(rest)): plain_fields(r.get(key), shards.ino(shard, int(rest)))
               for (shard, rest), key in keyed("i").items()}
-    dirs = {shards.ino(shard, int(rest)): r.hgetall(key) for (shard, rest), key in keyed("d").items()}
+    dirs: dict[int, dict[bytes, int]] = {}
+    for (shard, n), members in _orders(r, keyed("o"), keyed("ob")).items():
+        entries = dirs[shards.ino(shard, int(n))] = {}
+        for member in members:  # <name>\0<child>: its number here, or a whole ino of another shard
+            name, _, child = member.partition(b"\0")
+            assert name not in entries and child.isdigit()  # one member a name
+            entries[name] = shards.ino(shard, int(child)) if int(child) < 1 << shards.INO_BITS else int(child)
     for parent, entries in dirs.items():
         assert inodes[parent][b"k"] == b"d"
         for name, ino in entries.items():
-            record = inodes[int(ino)]
+            record = inodes[ino]
             assert (record[b"p"], record[b"n"]) == (str(parent).encode(), name)
     for ino, record in inodes.items():
         if ino != ROOT_INO:
-            assert dirs[int(record[b"p"])][record[b"n"]] == str(ino).encode()
-    # each directory's name order holds its names, no more
-    assert {shards.ino(shard, int(n)): names for (shard, n), names in _orders(r, keyed("o"), keyed("ob")).items()} == {
-        parent: set(entries) for parent, entries in dirs.items() if entries}
+            assert dirs[int(record[b"p"])][record[b"n"]] == ino
     homes = {shards.of_ino(ino) for ino in inodes}
     in_shard = {home: {i: h for i, h in inodes.items() if shards.of_ino(i) == home} for home in homes}
     for home, mine in in_shard.items():
@@ -432,8 +438,8 @@ async def test_a_forged_record_is_not_replaced_or_trusted(meta: RedisMetaStore) 
     with pytest.raises(ArtifactCorruptedError):
         await meta.rename(mover, ROOT_INO, "victim", replace=True)
     with redis.Redis.from_url(meta.url) as r:  # refused before any change: the entry still names the victim
-        assert r.hget(meta.key("d", ROOT_INO), "victim") == str(victim.ino).encode()
-        assert r.hget(meta.key("d", ROOT_INO), "mover") == str(mover.ino).encode()
+        assert redis_entry(r, meta, ROOT_INO, "victim") == victim.ino
+        assert redis_entry(r, meta, ROOT_INO, "mover") == mover.ino
 
 
 def _raw_inode(r: redis.Redis, key: str) -> dict[str, bytes]:
@@ -565,9 +571,11 @@ async def test_an_inode_keeps_its_blob_account_and_parent_short_and_the_script_s
     stored, _ = await meta.insert(node)
     with redis.Redis.from_url(meta.url) as r:
         raw = _raw_inode(r, meta.key("i", stored.ino))
-        kept_parent = r.get(meta.key("i", stored.ino)).split(b"\0", 1)[0]
+        kept = r.get(meta.key("i", stored.ino)).split(b"\0")
+    kept_parent, kept_id = kept[INODE_SLOTS.index("p")], kept[INODE_SLOTS.index("a")]
     assert raw["bk"] == (b".v1-0123abcd" if own_blob else art.blob_key.encode()) and raw["uk"] == b"="
     assert kept_parent == b"+%d" % (root.ino - shards.ino(shards.of_ino(root.ino), 0))  # its number in the shard
+    assert kept_id == art.artifact_id[-19:].encode() and raw["a"] == art.artifact_id.encode()  # the rest: the ino
     assert await meta.usage(space.usage_key) == Usage(bytes=5, files=1)
     again = await meta.get(stored.ino)
     assert again is not None and again.artifact is not None and again.artifact.blob_key == art.blob_key
@@ -645,7 +653,7 @@ def assert_no_scans(counts: dict[str, int]) -> None:
     assert not {"scan", "keys", "hscan", "sscan", "zscan"} & set(counts), counts
 
 
-async def test_listing_thousands_of_entries_reads_one_map(own_redis: RedisServer) -> None:
+async def test_listing_thousands_of_entries_reads_their_order_then_the_records(own_redis: RedisServer) -> None:
     count = 3 * _LIST_INLINE  # past what one reply carries inline: the names, then the records
     meta = redis_store(own_redis)
     await meta.open()
@@ -668,7 +676,10 @@ async def test_listing_thousands_of_entries_reads_one_map(own_redis: RedisServer
         await meta.close()
     assert [n.name for n in listing] == [f"f{i:05d}" for i in range(count)]
     assert_no_scans(counts)
-    assert counts.get("hgetall") == 1 and counts.get("get") == count  # one map, then the records, pipelined
+    # one script reads the name order (its heads, then each bucket: half full at least), then the
+    # records come pipelined
+    assert counts.get("evalsha") == 1 and counts.get("get") == count
+    assert counts.get("zrange", 0) <= 2 + count // (ORDER_BUCKET // 2)
 
 
 async def test_a_large_directory_keeps_its_names_in_small_buckets_and_pages_in_order(meta: RedisMetaStore) -> None:
@@ -706,6 +717,49 @@ async def test_a_large_directory_keeps_its_names_in_small_buckets_and_pages_in_o
         await meta.insert(a_file(box.ino, name))
     assert await listed(50) == sorted(sorted(names)[:3] + names[100:300])
     assert_consistent(meta.url, meta.prefix)
+
+
+@pytest.mark.parametrize("bucket_size", [128, 4], ids=["one bucket", "many buckets"])
+async def test_names_that_share_a_start_are_found_and_paged_as_names(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, bucket_size: int
+) -> None:
+    """A directory's entries are ``<name>\\0<child>`` members of its name order (issue #17): a name that
+    starts another, or holds a byte near NUL, is still found alone and paged in byte order, in one
+    bucket or across many (whose heads are such members)."""
+    if bucket_size != 128:  # small buckets, so that a few names make many
+        script = store_module.SCRIPT.replace("local ORDER_BUCKET = 128", f"local ORDER_BUCKET = {bucket_size}")
+        assert script != store_module.SCRIPT
+        monkeypatch.setattr(store_module, "SCRIPT", script)
+        monkeypatch.setattr(store_module, "_SCRIPT_SHA", hashlib.sha1(script.encode()).hexdigest())
+    meta = redis_store(redis_server)
+    await meta.open()
+    try:
+        box, _ = await meta.insert(a_dir(ROOT_INO, "box"))
+        names = ["a", "a\x01", "a\n", "a b", "a\x7f", "a\u00ff", "ab", "a\U0001f600", "b", "a\x01\x01", "\x01"]
+        made = {name: (await meta.insert(a_file(box.ino, name)))[0] for name in names}
+        by_bytes = sorted(names, key=lambda n: n.encode())
+        with redis.Redis.from_url(meta.url) as r:
+            assert (r.zcard(meta.key("o", box.ino)) > 2) == (bucket_size == 4)  # heads: buckets of their own
+        for name in names:
+            found = await meta.lookup(box.ino, name)
+            assert found is not None and found.ino == made[name].ino
+        assert await meta.lookup(box.ino, "a\x02") is None and await meta.lookup(box.ino, "") is None
+        for step in (1, 2, 5):
+            seen, after = [], None
+            while True:
+                page = await meta.children_page(box.ino, after, step)
+                seen += [n.name for n in page.nodes]
+                if not page.more:
+                    break
+                after = page.last
+            assert seen == by_bytes
+        assert [n.name for n in await meta.children(box.ino)] == by_bytes
+        for name in by_bytes[::2]:
+            await meta.remove(await meta.lookup(box.ino, name))
+        assert [n.name for n in await meta.children(box.ino)] == by_bytes[1::2]
+        assert_consistent(meta.url, meta.prefix)
+    finally:
+        await meta.close()
 
 
 async def test_search_and_expiry_read_indexes(own_redis: RedisServer) -> None:

@@ -21,7 +21,8 @@ shard: ``ikey``):
 ``P:i:<n>``         str    one inode: its fields (``INODE_SLOTS``) joined by NUL:
                            ``p`` parent (``+<n>`` where it is in the same shard: its
                            number there), ``n`` name, ``k`` kind (d, or f/l/p/c/b/s),
-                           ``a`` artifact id, ``ix`` index tags, ``uk`` usage key
+                           ``a`` artifact id (its last 19 digits where it names this
+                           inode, as every id this store makes does), ``ix`` index tags, ``uk`` usage key
                            ('' for none, ``=`` for the space of ``ix``'s ``sp:`` line:
                            ``account``), ``sz``, ``ex``, ``v`` a file's version, ``r``
                            the record's revision ('' for 0), ``ln`` (below), ``mi`` a
@@ -41,13 +42,15 @@ shard: ``ikey``):
                            (sealed: nothing enters it any more). ``ln``: a file's
                            further names (hard links), each ``<parent>/<name>``,
                            joined by ``/`` (the record lists them too)
-``P:d:<n>``         hash   one directory: name -> child ino (every name of a
-                           hard-linked inode is an entry of its directory)
-``P:o:<n>``         zset   the same directory's names, score 0, in byte order, for
-                           ``page`` (ZRANGEBYLEX); kept with ``P:d`` in every
-                           script; cut in buckets like a space's order (below):
-                           this set holds the heads, ``P:ob:<n>\\n<head>`` each
-                           bucket's names (``P:ob:<n>\\n`` alone for one bucket)
+``P:o:<n>``         zset   one directory's entries (every name of a hard-linked
+                           inode is an entry of its directory), member
+                           ``<name>\\0<child>`` (the child's number here, or the
+                           whole ino of a scope root in another shard:
+                           ``entry_member``), score 0, in name order (``page``,
+                           ZRANGEBYLEX; a name by ``entry_of``); cut in buckets
+                           like a space's order (below): this set holds the
+                           heads, ``P:ob:<n>\\n<head>`` each bucket's members
+                           (``P:ob:<n>\\n`` alone for one bucket)
 ``P:ino``           str    the shard's inode counter; numbers are never handed out twice
 ``P:gc``            zset   the deletion queue: blob key by the time (us) gc may
                            delete it from (``defer_delete``); the scripts that
@@ -95,8 +98,8 @@ name, in name order (a listing through the mount, O(log n) per page);
 to a page of records inline, else the inos alone; ``subtree`` walks a
 directory's tree breadth first, a page of entries per call, handing back
 the directories it has not walked yet (a directory larger than the page is
-read with HSCAN, a page at a time: a map of one directory, never a scan of
-the keyspace); ``lineage`` answers nodes and the directories above each up
+read a page of its name order at a time, never with a scan of the
+keyspace); ``lineage`` answers nodes and the directories above each up
 to the first that is not an entry (a scope root, told by its record's
 role); ``resolve`` answers the nodes along a path. A path is never stored:
 clients make it from the records, so a rename of a directory (one record)
@@ -187,8 +190,10 @@ READ_SLOTS = ("rec", "mt", "mts", "sd", "mi", "bk", "ro", "ix", "uk", "n", "a", 
 # are cut in buckets, 6 since parents, blob keys, usage keys, signatures and stored_at times are kept
 # short, 7 since directories' name orders are cut in buckets too, 8 since signatures keep 128 bits and a
 # record's SHA-256 is kept raw, 9 since an inode's keys name it by its number in its shard, 10 since an
-# artifact id names its inode and no map is kept, 11 since search members keep ids raw (issue #17).
-LAYOUT = "11"
+# artifact id names its inode and no map is kept, 11 since search members keep ids raw, 12 since a
+# directory's entries are its name order's members, with no hash, and an inode keeps its id's tail
+# (issue #17).
+LAYOUT = "12"
 
 # Members a bucket of a space's search order holds, fewer than: Redis keeps an ordered set of up to
 # ``zset-max-listpack-entries`` (128 unless configured lower) in its compact encoding.
@@ -221,7 +226,6 @@ local function number(ino)
   return '^' .. ino
 end
 local function ikey(ino) return P .. ':i:' .. number(ino) end
-local function dkey(ino) return P .. ':d:' .. number(ino) end
 -- The inode an artifact id names: the id is its shard's three hex digits, then the inode's number there
 -- in ten (``shards.artifact_id_of``), so no map is kept (issue #17); nil for an id of no inode here.
 local function id_ino(id)
@@ -249,12 +253,15 @@ end
 -- for the compact encoding; a change of one field (a directory's times or count) rewrites the string.
 local SLOTS = {""" + ", ".join(f"'{name}'" for name in INODE_SLOTS) + r"""}
 
--- A parent in the inode's own shard is kept as ``+<n>``, its number there (11 bytes less an inode).
+-- A parent in the inode's own shard is kept as ``+<n>``, its number there (11 bytes less an inode), and
+-- an artifact id that names the inode as its last 19 digits (13 bytes less): the rest is the inode's.
+local ID_TAIL = 19
 local function packed(n)
   local out = {}
   for j, name in ipairs(SLOTS) do
     local value = n[name] or ''
     if name == 'p' and value ~= '' and here(value) then value = '+' .. string.format('%d', tonumber(value) - BASE) end
+    if name == 'a' and value ~= '' and id_ino(value) == n.ino then value = string.sub(value, -ID_TAIL) end
     out[j] = value
   end
   return table.concat(out, '\0')
@@ -270,6 +277,7 @@ local function unpacked(s, n)
     at = stop and stop + 1 or #s + 1
   end
   if string.sub(n.p, 1, 1) == '+' then n.p = string.format('%d', BASE + tonumber(string.sub(n.p, 2))) end
+  if #n.a == ID_TAIL then n.a = string.format('%03x%010x', S, tonumber(n.ino) - BASE) .. n.a end
   return n
 end
 
@@ -462,6 +470,50 @@ local function order_all(o)
   return out
 end
 
+-- A directory's entries are its name order's members, ``<name>\0<child>`` (issue #17: no hash of
+-- them besides): ``<child>`` is the child's number in this shard, or the whole ino of a scope root of
+-- another shard (2^40 or more, which no number here is). Byte order is still name order: NUL sorts
+-- first and no name holds one.
+local function entry_member(name, ino)
+  local v = tonumber(ino) - BASE
+  return name .. '\0' .. ((v >= 0 and v < 1099511627776) and string.format('%d', v) or ino)
+end
+
+-- the name and child ino of an entry member
+local function member_entry(m)
+  local at = string.find(m, '\0', 1, true)
+  local v = tonumber(string.sub(m, at + 1))
+  return string.sub(m, 1, at - 1), string.format('%d', v < 1099511627776 and BASE + v or v)
+end
+
+-- the member of ``name`` in directory dir, nil if none
+local function entry_of(dir, name)
+  local o = name_order(dir)
+  local low, high = name .. '\0', name .. '\0\255'
+  return redis.call('ZRANGEBYLEX', o.bucket .. head_of(o, high), '[' .. low, '[' .. high, 'LIMIT', 0, 1)[1]
+end
+
+-- the child ino ``name`` names in directory dir, nil if none
+local function entry_ino(dir, name)
+  local m = entry_of(dir, name)
+  return m and select(2, member_entry(m))
+end
+
+local function has_entries(dir)
+  local o = name_order(dir)
+  return redis.call('EXISTS', o.heads, o.bucket) > 0
+end
+
+-- every entry of directory dir in name order: name, ino, name, ino, ...
+local function entries(dir)
+  local out = {}
+  for _, m in ipairs(order_all(name_order(dir))) do
+    local name, ino = member_entry(m)
+    out[#out + 1] = name; out[#out + 1] = ino
+  end
+  return out
+end
+
 -- an order gone, whatever it held
 local function order_drop(o)
   for _, head in ipairs(heads_of(o)) do redis.call('DEL', o.bucket .. head) end
@@ -539,15 +591,17 @@ end
 -- moved only by these two, where a name joins or leaves, so every script keeps it right.
 -- name in directory parent set to ino, of kind k (a name that was there already is replaced)
 local function enter_name(parent, name, ino, k)
-  if redis.call('HSET', dkey(parent), name, ino) == 1 and k == 'd' then count_subdirs(parent, 1) end
-  order_add(name_order(parent), name)
+  local o, old, m = name_order(parent), entry_of(parent, name), entry_member(name, ino)
+  if old == m then return end
+  if old then order_remove(o, old) elseif k == 'd' then count_subdirs(parent, 1) end
+  order_add(o, m)
 end
 
 -- name taken out of directory parent if it still names ino, of kind k; whether it did
 local function remove_name(parent, name, ino, k)
-  if redis.call('HGET', dkey(parent), name) ~= ino then return false end
-  redis.call('HDEL', dkey(parent), name)
-  order_remove(name_order(parent), name)
+  local m = entry_of(parent, name)
+  if not m or select(2, member_entry(m)) ~= ino then return false end
+  order_remove(name_order(parent), m)
   if k == 'd' then count_subdirs(parent, -1) end
   return true
 end
@@ -577,7 +631,7 @@ end
 local function drop(n, at)
   unlink(n)
   unindex(n)
-  redis.call('DEL', ikey(n.ino), dkey(n.ino))
+  redis.call('DEL', ikey(n.ino))
   if n.k == 'd' then order_drop(name_order(n.ino)) end
   if at and at ~= '' and n.bk ~= '' then redis.call('ZADD', P .. ':gc', at, blob_key(n)) end
 end
@@ -655,7 +709,7 @@ end
 
 -- ARGV: parent, name, '1' to answer the parent's record first
 function ops.lookup()
-  local parent, ino = ARGV[3], redis.call('HGET', dkey(ARGV[3]), ARGV[4])
+  local parent, ino = ARGV[3], entry_ino(ARGV[3], ARGV[4])
   local child = ino and fetch(ino) or {}
   if ARGV[5] ~= '1' then return child end
   local out = fetch(parent)
@@ -680,21 +734,19 @@ end
 -- ARGV: parent, how many records to answer at most. Its entries, each a name and a record; a larger
 -- directory is answered with names and inos alone (see records_or_inos).
 function ops.list()
-  return records_or_inos(redis.call('HGETALL', dkey(ARGV[3])), tonumber(ARGV[4]), true)
+  return records_or_inos(entries(ARGV[3]), tonumber(ARGV[4]), true)
 end
 
 -- ARGV: parent, the name to start after ('' for the first), how many names at most. Answers the
 -- number of names the page covered, the last of them, then the records of those still entries here.
 function ops.page()
   local dir, after, most = ARGV[3], ARGV[4], tonumber(ARGV[5])
-  local names = order_range(name_order(dir), after, '+', most)
-  local out = {#names, names[#names] or ''}
-  for _, name in ipairs(names) do
-    local ino = redis.call('HGET', dkey(dir), name)
-    if ino then
-      out[#out + 1] = name
-      for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
-    end
+  local members = order_range(name_order(dir), after == '' and '' or after .. '\0\255', '+', most)
+  local out = {#members, #members > 0 and (member_entry(members[#members])) or ''}
+  for _, m in ipairs(members) do
+    local name, ino = member_entry(m)
+    out[#out + 1] = name
+    for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
   end
   return out
 end
@@ -768,7 +820,7 @@ function ops.resolve()
     if not out[2] and not out[3] then return {} end
   end
   for at = 5, #ARGV do
-    local ino = redis.call('HGET', dkey(dir), ARGV[at])
+    local ino = entry_ino(dir, ARGV[at])
     if not ino then break end
     if not here(ino) then out[#out + 1] = ino; break end
     local rec = fetch(ino)
@@ -784,7 +836,7 @@ end
 -- another shard (their number, then their inos: scope roots, walked there), the number of records, the
 -- records, the number of the given directories left unwalked, those, then the directories this page
 -- found and did not walk (the client drops any an earlier page found: a walk never goes round twice).
--- A directory larger than what is left of the page is scanned (HSCAN) a page at a time.
+-- A directory larger than what is left of the page is read a page of its name order at a time.
 function ops.subtree()
   local budget = tonumber(ARGV[3])
   local queue, head, seen = {}, 1, {}
@@ -808,15 +860,10 @@ function ops.subtree()
   while head <= #queue and count < budget do
     local item = queue[head]
     local dir, cursor = string.match(item, '^([^:]*):?(.*)$')
-    if cursor == '' and redis.call('HLEN', dkey(dir)) <= budget - count then
-      for _, ino in ipairs(redis.call('HVALS', dkey(dir))) do take(dir, ino) end
-      head = head + 1
-    else
-      local page = redis.call('HSCAN', dkey(dir), cursor == '' and '0' or cursor, 'COUNT', budget - count)
-      local pairs_ = page[2]
-      for j = 2, #pairs_, 2 do take(dir, pairs_[j]) end
-      if page[1] == '0' then head = head + 1 else queue[head] = dir .. ':' .. page[1] end
-    end
+    local want = budget - count
+    local members = order_range(name_order(dir), cursor, '+', want)
+    for _, m in ipairs(members) do take(dir, select(2, member_entry(m))) end
+    if #members < want then head = head + 1 else queue[head] = dir .. ':' .. members[#members] end
   end
   local out = {#remote}
   for _, ino in ipairs(remote) do out[#out + 1] = ino end
@@ -859,7 +906,7 @@ function ops.insert()
   local at = 6 + SUCCESSOR_ARGS + NODE_ARGS
   local why = closed(n.p)
   if why then return {'ERR', why} end
-  local cur = redis.call('HGET', dkey(n.p), n.n)
+  local cur = entry_ino(n.p, n.n)
   if cur == n.ino then return {'OK'} end
   if cur and not here(cur) then return {'ERR', foreign()} end
   local old = cur and load(cur)
@@ -904,7 +951,7 @@ function ops.update()
   local moved = old.p ~= n.p or old.n ~= n.n or old.ln ~= n.ln
   if moved then
     for _, at in ipairs(names(n)) do
-      local slot = redis.call('HGET', dkey(at[1]), at[2])
+      local slot = entry_ino(at[1], at[2])
       if slot and slot ~= n.ino then return {'ERR', 'taken'} end
     end
   end
@@ -933,14 +980,14 @@ function ops.rename()
     local why = closed(n.p)
     if why then return {'ERR', why} end
   end
-  local dst = redis.call('HGET', dkey(n.p), n.n)
+  local dst = entry_ino(n.p, n.n)
   if dst and not here(dst) then return {'ERR', foreign()} end
   local old = dst and dst ~= n.ino and load(dst)
   if old then
     if not replace then return {'ERR', 'exists'} end
     if old.k == 'd' and n.k ~= 'd' then return {'ERR', 'isdir'} end
     if n.k == 'd' and old.k ~= 'd' then return {'ERR', 'notdir'} end
-    if old.k == 'd' and redis.call('HLEN', dkey(dst)) > 0 then return {'ERR', 'notempty'} end
+    if old.k == 'd' and has_entries(dst) then return {'ERR', 'notempty'} end
     if dst ~= expect or (#names(old) > 1 and not (succ and at_rev(old, succ.rev))) then
       return answer('CONFLICT', record(old))
     end
@@ -971,7 +1018,7 @@ function ops.exchange()
   at = at + 2
   for _, n in ipairs({a, b}) do
     for _, name in ipairs(names(n)) do
-      local slot = redis.call('HGET', dkey(name[1]), name[2])
+      local slot = entry_ino(name[1], name[2])
       if slot and slot ~= a.ino and slot ~= b.ino then return {'ERR', 'taken'} end
     end
   end
@@ -990,7 +1037,7 @@ end
 function ops.remove()
   local cur, parent, name = load(ARGV[3]), ARGV[4], ARGV[5]
   if not cur or not has_name(cur, parent, name) then return {'OK'} end  -- gone from there already
-  if cur.k == 'd' and redis.call('HLEN', dkey(cur.ino)) > 0 then return {'ERR', 'notempty'} end
+  if cur.k == 'd' and has_entries(cur.ino) then return {'ERR', 'notempty'} end
   if not unname(cur, successor(10), ARGV[9]) then return answer('STALE', record(cur)) end
   notice[#notice + 1] = 'e' .. parent .. '/' .. name
   inode(cur.ino)
@@ -1011,7 +1058,7 @@ function ops.link()
   if not at_rev(cur, rev) then return answer('STALE', record(cur)) end
   local why = closed(dir)
   if why then return {'ERR', why} end
-  if redis.call('HEXISTS', dkey(dir), name) == 1 then return {'ERR', 'exists'} end
+  if entry_of(dir, name) then return {'ERR', 'exists'} end
   if not has_name(n, dir, name) then return {'ERR', 'badop'} end
   rewrite(n, cur)
   notice[#notice + 1] = 'e' .. dir .. '/' .. name
@@ -1051,7 +1098,7 @@ function ops.enter()
   local parent, name, ino, kind = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
   local why = closed(parent)
   if why then return {'ERR', why} end
-  local cur = redis.call('HGET', dkey(parent), name)
+  local cur = entry_ino(parent, name)
   if cur == ino then return {'OK'} end
   if cur then return {'ERR', 'exists'} end
   enter_name(parent, name, ino, kind)
@@ -1063,7 +1110,7 @@ end
 function ops.seal()
   local cur, parent, name = load(ARGV[3]), ARGV[4], ARGV[5]
   if not cur or not has_name(cur, parent, name) then return {'OK'} end
-  if cur.k == 'd' and redis.call('HLEN', dkey(cur.ino)) > 0 then return {'ERR', 'notempty'} end
+  if cur.k == 'd' and has_entries(cur.ino) then return {'ERR', 'notempty'} end
   cur.sl = '1'
   save(cur)
   return answer('OK', record(cur))
@@ -1081,7 +1128,7 @@ end
 function ops.discard()
   local cur, rec = load(ARGV[3]), ARGV[4]
   if not cur or (rec ~= '' and cur.rec ~= rec) then return {'OK'} end
-  if cur.k == 'd' and redis.call('HLEN', dkey(cur.ino)) > 0 then return {'ERR', 'notempty'} end
+  if cur.k == 'd' and has_entries(cur.ino) then return {'ERR', 'notempty'} end
   drop(cur, ARGV[5])
   inode(cur.ino)
   publish()
@@ -1114,7 +1161,7 @@ function ops.unreached()
     local p = place.p
     if p and p ~= '0' and not here(p) then
       remote[#remote + 1] = ino; remote[#remote + 1] = p; remote[#remote + 1] = place.n
-    elseif p and p ~= '0' and (redis.call('EXISTS', ikey(p)) == 0 or redis.call('HGET', dkey(p), place.n) ~= ino) then
+    elseif p and p ~= '0' and (redis.call('EXISTS', ikey(p)) == 0 or entry_ino(p, place.n) ~= ino) then
       for _, part in ipairs(fetch(ino)) do out[#out + 1] = part end
     end
   end
@@ -1124,14 +1171,23 @@ function ops.unreached()
   return reply
 end
 
+-- ARGV: pairs of a directory and a name: the child ino each names ('' for none), for a client checking
+-- entries of the upper tree it remembers (scope roots) along with their records, in one round trip
+function ops.entries()
+  local out = {}
+  for at = 3, #ARGV - 1, 2 do out[#out + 1] = entry_ino(ARGV[at], ARGV[at + 1]) or '' end
+  return out
+end
+
 -- ARGV: ino of a directory whose subdirectory count to take again from its entries
 function ops.recount_subdirs()
   local ino = ARGV[3]
   local n = stored(ino)
   if not n then return {'OK', '0'} end
   local count = 0
-  for _, child in ipairs(redis.call('HVALS', dkey(ino))) do
-    -- an entry in another shard is a scope root: a directory
+  local list = entries(ino)
+  for j = 2, #list, 2 do
+    local child = list[j]  -- an entry in another shard is a scope root: a directory
     if child ~= ino and (not here(child) or plain(child).k == 'd') then count = count + 1 end
   end
   local was = tonumber(n.sd) or 0

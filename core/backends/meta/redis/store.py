@@ -102,7 +102,7 @@ _READ = READ_SLOTS  # what a reader takes of an inode
 _WIDTH = 1 + len(_READ)  # a record as the scripts answer it: its ino, then those
 SEARCH_SCAN = 1000  # members a search page with MIME or meta tests reads at most (they are not indexed)
 SEARCH_SCAN_MIME = 10_000  # the same with a MIME prefix alone: the script tests it, so only matches travel
-_INODE_KEYS = ("i", "d", "o", "ob")  # keys named by an inode, whose number tells their shard
+_INODE_KEYS = ("i", "o", "ob")  # keys named by an inode, whose number tells their shard
 _ROOTS_KEPT = 65_536  # scope roots whose inode a resolve remembers (a path's first step, skipped)
 _SHARD_CALLS = 16  # scripts in flight at once for a read that spans every shard
 _LIST_INLINE = 1024  # a listing of up to this many entries comes in one round trip, records and all (1,000: ~4 ms of server time)
@@ -113,7 +113,7 @@ _SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 FAILOVER_RETRY = RetryPolicy(attempts=20, first_delay=0.1, max_delay=1.0)
 # Ops of the script that change nothing: never waited on (WAIT, below).
 _READ_OPS = frozenset({
-    "lookup", "list", "page", "search", "spage", "holders", "resolve", "subtree", "lineage", "unreached"})
+    "lookup", "list", "page", "search", "spage", "holders", "resolve", "subtree", "lineage", "unreached", "entries"})
 _WAIT_MS = 2000  # how long a change waits for its replica (under the socket timeout) before it asks why
 _ALONE_FOR = 5.0  # seconds a master found without replicas acknowledges alone before it is asked again
 _ERRORS: dict[bytes, Callable[[str], Exception]] = {
@@ -155,24 +155,31 @@ def _links(node: Node) -> bytes:
     return b"/".join(b"%d/%s" % (link.parent, _name(link.name)) for link in node.links)
 
 
+_ID_TAIL = 19  # the digits of an artifact id an inode keeps where the id names it (the script's ID_TAIL)
+
+
 def inode_fields(stored: bytes | None, ino: int) -> dict[str, bytes]:
     """The string of inode ``ino`` (``P:i:<n>``) as its fields by name; {} if there is none. A parent
-    in the inode's own shard is kept as ``+<n>``, its number there (``unpacked`` in the script): it is
-    given back whole."""
+    in the inode's own shard is kept as ``+<n>``, its number there, and an artifact id that names the
+    inode as its tail (``unpacked`` in the script): both are given back whole."""
     if stored is None:
         return {}
     fields = dict(zip(INODE_SLOTS, stored.split(b"\0", len(INODE_SLOTS) - 1)))
     parent = fields.get("p", b"")
     if parent[:1] == b"+" and parent[1:].isdigit():
         fields["p"] = b"%d" % shards.ino(shards.of_ino(ino), int(parent[1:]))
+    if len(fields.get("a", b"")) == _ID_TAIL:  # the id names this inode: the script keeps only its tail
+        fields["a"] = shards.artifact_id_head(ino).encode() + fields["a"]
     return fields
 
 
 def inode_string(fields: dict[str, bytes], ino: int) -> bytes:
     """The string of inode ``ino`` of these fields (the others empty), as the scripts write it."""
-    parent = fields.get("p", b"")
+    parent, artifact_id = fields.get("p", b""), fields.get("a", b"")
     if parent.isdigit() and shards.of_ino(int(parent)) == shards.of_ino(ino):
         fields = {**fields, "p": b"+%d" % shards.number(int(parent))}
+    if artifact_id and shards.ino_of_artifact(artifact_id.decode("ascii", "replace")) == ino:
+        fields = {**fields, "a": artifact_id[-_ID_TAIL:]}
     return b"\0".join(fields.get(name, b"") for name in INODE_SLOTS)
 
 
@@ -738,11 +745,14 @@ class RedisMetaStore:
         known = self._roots.get((parent, name))
         if known is not None:  # a scope root seen before: its entry and its record in one round trip
             def read(pipe: Any, shard: int) -> None:
-                pipe.hget(self.key("d", parent), _name(name)) if shard == home else pipe.get(self.key("i", known))
+                if shard == home:
+                    self._queue_script(pipe, shard, "entries", parent, _name(name))
+                else:
+                    pipe.get(self.key("i", known))
 
             both = await self._fanout("lookup", {home, shards.of_ino(known)}, read)
-            (entry,), (row,) = both[home], both[shards.of_ino(known)]
-            if entry is not None and int(entry) == known:
+            ((entry,),), (row,) = both[home], both[shards.of_ino(known)]
+            if entry and int(entry) == known:
                 return checks.is_entry(self._load(known, *_read(row, known)), parent, name)
             self._roots.pop((parent, name), None)
         reply = await self._script(home, "lookup", "lookup", parent, _name(name), "0")
@@ -886,11 +896,14 @@ class RedisMetaStore:
             args = ("resolve", here, "1" if own else "0", *map(_name, names[at:]))
             if remembered is not None and not path:  # the root's entry up there too, in the same round trip
                 def read(pipe: Any, shard: int) -> None:
-                    pipe.hget(self.key("d", parent), _name(names[0])) if shard != home else self._queue_script(pipe, shard, *args)
+                    if shard != home:
+                        self._queue_script(pipe, shard, "entries", parent, _name(names[0]))
+                    else:
+                        self._queue_script(pipe, shard, *args)
 
                 both = await self._fanout("resolve", {shards.of_ino(parent), home}, read)
-                (entry,), (reply,) = both[shards.of_ino(parent)], both[home]
-                entered = entry is not None and int(entry) == remembered
+                ((entry,),), (reply,) = both[shards.of_ino(parent)], both[home]
+                entered = bool(entry) and int(entry) == remembered
             else:
                 reply, entered = await self._script(home, "resolve", *args), True
             cut = len(reply) - len(reply) % _WIDTH
@@ -1026,14 +1039,15 @@ class RedisMetaStore:
                 away += [(int(reply[j]), int(reply[j + 1]), reply[j + 2]) for j in range(1, 1 + 3 * count, 3)]
                 found.update((node.ino, node) for node in self._records(reply[1 + 3 * count :]))
         if away:
-            async def names(client: aioredis.Redis, _s: object) -> list:
-                async with client.pipeline(transaction=False) as pipe:
-                    for _ino, parent, name in away:
-                        pipe.hget(self.key("d", parent), name)
-                    return await pipe.execute()
-
-            unnamed = [ino for (ino, _p, _n), named in zip(away, await self._call("orphans", names))
-                       if named is None or int(named) != ino]
+            by_home: dict[int, list[tuple[int, int, bytes]]] = {}  # scope roots: all in the upper tree, as made
+            for place in away:
+                by_home.setdefault(shards.of_ino(place[1]), []).append(place)
+            unnamed = []
+            for home, places in by_home.items():
+                for at in range(0, len(places), 1000):
+                    chunk = places[at : at + 1000]
+                    named = await self._script(home, "orphans", "entries", *(x for _i, p, n in chunk for x in (p, n)))
+                    unnamed += [ino for (ino, _p, _n), entry in zip(chunk, named) if not entry or int(entry) != ino]
             found.update((node.ino, node) for node in await self._load_many("orphans", unnamed))
         return [found[ino] for ino in sorted(found)]
 
