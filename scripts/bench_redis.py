@@ -6,7 +6,9 @@ as the tests do). Memory: ``used_memory`` (summed over the masters on the cluste
 ``--files`` small artifacts stored through the library into 10 users x 100 directories, blobs in
 memory, so only the metadata is counted. Speed: ``--clients`` processes, each storing, reading
 (``metadata``) and updating artifacts of a user of its own for ``--seconds``, counted together;
-the two deployments alternate round by round and each round's ratio is reported.
+the two deployments alternate round by round and each round's ratio is reported. Through the mount:
+``artifactfs mount`` on the single server (blobs on disk), 2,000 files of 100 B written by a loop
+into 10 directories, then into one.
 
     .venv/bin/python scripts/bench_redis.py --files 10000 --rounds 3
     scripts/bench --only redis
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -33,8 +36,10 @@ from bench_common import Context, Section, Table, median  # noqa: E402
 KEY = b"bench-redis-key-0123456789abcdef"
 SANDBOX = "bench"
 # Bytes per file before shards, measured the same way on this machine at 987820a (the issue, on an
-# older tree: 6,195): the fixed reference of the memory table.
+# older tree: 6,195): the fixed reference of the memory table; through the mount, the issue's figure.
 BEFORE_SHARDS = 2862
+BEFORE_MOUNT = 2070
+MOUNT_FILES = 2000
 GOAL = 400
 
 
@@ -76,6 +81,27 @@ def memory_per_file(url: str, ports: list[int], cluster: bool, files: int) -> fl
     asyncio.run(_fill(url, prefix + "b", cluster, files))
     # The second store has its own roots too: 10 of them among ``files`` files, a rounding error.
     return (_used_memory(ports) - before) / files
+
+
+def mount_memory_per_file(url: str, port: int, work: Path, dirs: int, files: int = MOUNT_FILES) -> float:
+    """``used_memory`` per file of ``files`` small files written through a mount into ``dirs`` directories
+    (metadata on the server at ``url``, blobs on disk)."""
+    from bench_mount import ArtifactfsTarget
+
+    env = {**os.environ, "SESSION_PROVIDER": "redis", "SESSION_REDIS_URL": url, "ARTIFACT_SIGNING_KEY": KEY.decode(),
+           "ARTIFACT_REDIS_PREFIX": f"mnt{time.monotonic_ns()}"}
+    target = ArtifactfsTarget(work / "mnt", work / "data", work / "mount.log", env)
+    target.start()
+    try:
+        for d in range(dirs):  # the upper tree, the user's root and each directory first
+            (target.root / f"d{d:03d}").mkdir()
+            (target.root / f"d{d:03d}" / "first").write_bytes(b"y" * 100)
+        before = _used_memory([port])
+        for i in range(files):
+            (target.root / f"d{i % dirs:03d}" / f"f{i:06d}.dat").write_bytes(b"y" * 100)
+        return (_used_memory([port]) - before) / files
+    finally:
+        target.stop()
 
 
 def _client(url: str, prefix: str, cluster: bool, me: int, seconds: float, out: multiprocessing.Queue) -> None:
@@ -232,6 +258,13 @@ def run(ctx: Context, files: int = 10_000, clients: int = 4) -> Iterator[Table]:
         memory.add(["one redis-server"], one, "B", higher_is_better=False, **{"before #17": BEFORE_SHARDS, "goal": GOAL})
         memory.add(["cluster, 3 masters"], three, "B", higher_is_better=False,
                    **{"before #17": BEFORE_SHARDS, "goal": GOAL})
+        for dirs in (10, 1):
+            work = Path(tmp) / f"mount{dirs}"
+            mounted = [mount_memory_per_file(single.url, single.port, work, dirs)]  # type: ignore[attr-defined]
+            memory.add([f"through the mount, {MOUNT_FILES:,} files in {dirs} dir{'s' if dirs > 1 else ''}"], mounted,
+                       "B", higher_is_better=False, **{"before #17": BEFORE_MOUNT, "goal": GOAL})
+        memory.notes.append(f"through the mount: one redis-server, blobs on disk, {MOUNT_FILES:,} files of 100 B "
+                            "written by a Python loop; its 'before #17' is the issue's figure for such files")
         yield memory
         speed = Table(title=f"metadata operations/s, {clients} client processes (store, metadata, update_metadata)",
                       key_columns=["deployment"], ref_columns=["one redis-server"])
