@@ -73,6 +73,7 @@ def new_artifact_id(space: Space | None) -> str:
 
 
 _NUMBER_DIGITS = INO_BITS // 4
+ID_TAIL = 32 - 3 - _NUMBER_DIGITS  # the random digits of an :func:`artifact_id_of` id, after its inode's
 
 
 def artifact_id_head(ino: int) -> str:
@@ -82,7 +83,7 @@ def artifact_id_head(ino: int) -> str:
 
 def artifact_id_of(ino: int) -> str:
     """A fresh artifact id for the file of inode ``ino``: its shard, its number there, 76 random bits."""
-    return artifact_id_head(ino) + secrets.token_hex(10)[:19]
+    return artifact_id_head(ino) + secrets.token_hex(10)[:ID_TAIL]
 
 
 def ino_of_artifact(artifact_id: str) -> int | None:

@@ -30,6 +30,7 @@ from core.models import (
 )
 from core.nodes import Node, NodeKind, NodeRole, Space, new_node
 from core.tree import grid
+from core.tree.base import expiry_ns
 from core.tree.namespace import NS
 
 _BATCH_CONCURRENCY = 16
@@ -343,7 +344,7 @@ class FilesApi(StoreBase):
     def _set_ttl(self, node: Node, ttl: int | None) -> None:
         assert node.artifact is not None
         node.artifact.ttl = ttl
-        node.expires_at_ns = None if ttl is None else self.ns.now() + ttl * NS
+        node.expires_at_ns = expiry_ns(self.ns.now(), ttl)
 
     async def extend_ttl(
         self, artifact_id: str, additional_seconds: int, *, session_id: str | None = None, user_id: str | None = None

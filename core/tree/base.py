@@ -20,8 +20,15 @@ from core.settings import Limits
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 NS = 1_000_000_000
+
 MAX_COMMIT_RACES = 100  # commits of one file that each find another version came first
 MAX_RACES = 100  # conditional writes of one record that each find it changed meanwhile
+
+
+def expiry_ns(start_ns: int, ttl: int | None) -> int | None:
+    """When what is given ``ttl`` seconds at ``start_ns`` expires; None for no TTL (it never does)."""
+    return None if ttl is None else start_ns + ttl * NS
+
 
 Change = Callable[[Node], object]  # applies one change to a node record, as read or as re-read
 

@@ -52,7 +52,7 @@ from core.nodes import (
 )
 from core.settings import Limits
 from core.tree import grid
-from core.tree.base import EMPTY_SHA256, MAX_RACES, NS, Change, adopt, refuse_frozen
+from core.tree.base import EMPTY_SHA256, MAX_RACES, NS, Change, adopt, expiry_ns, refuse_frozen
 from core.tree.checkpoints import Checkpoints
 from core.tree.content import Content
 from core.tree.non_entries import NonEntries
@@ -551,7 +551,7 @@ class Namespace(Content, Quotas):
             artifact_id=artifact_id or await self.new_artifact_id(space), mime=mime, summary=summary,
             meta=meta or {}, sha256=EMPTY_SHA256, version=0, ttl=ttl,
         )
-        node.expires_at_ns = None if ttl is None else self.now() + ttl * NS
+        node.expires_at_ns = expiry_ns(self.now(), ttl)
         return node
 
     @staticmethod
@@ -560,8 +560,7 @@ class Namespace(Content, Quotas):
         that instant and its TTL runs from it, however long its bytes took to arrive."""
         assert node.artifact is not None
         node.crtime_ns = node.atime_ns = node.mtime_ns
-        ttl = node.artifact.ttl
-        node.expires_at_ns = None if ttl is None else node.mtime_ns + ttl * NS
+        node.expires_at_ns = expiry_ns(node.mtime_ns, node.artifact.ttl)
         return node
 
     async def insert_file(

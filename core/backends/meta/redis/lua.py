@@ -155,7 +155,9 @@ one was given, then ``s<seq>``, the shard's count of notices (``P:seq``),
 joined by NUL (:mod:`core.backends.meta.redis.events` reads them).
 """
 
+from core.backends.meta.redis.stamps import WIDTH as STAMP_WIDTH
 from core.nodes import DEFAULT_MIME
+from core.shards import ID_TAIL, INO_BITS
 
 FIELDS = ("rec", "p", "n", "k", "a", "ix", "uk", "sz", "ex", "v", "r", "ln", "mi", "bk", "ro")
 NODE_ARGS = 1 + len(FIELDS)
@@ -203,7 +205,7 @@ ORDER_BUCKET = 128
 # keep their kernel caches short (fusefs.handed), as notices alone cannot tell them everything.
 QUIET_TTL = 3600
 
-SCRIPT = SETTLE + f"local QUIET_TTL = {QUIET_TTL}\n" + r"""
+SCRIPT = SETTLE + f"local QUIET_TTL = {QUIET_TTL}\nlocal STAMP_WIDTH = {STAMP_WIDTH}\n" + r"""
 local P = KEYS[1]  -- the base of this script's shard: every key it touches starts with it
 local S = tonumber(string.match(P, '{(%d+)}$'))
 local notify = string.sub(ARGV[2], 1, 1) == '1'
@@ -215,16 +217,21 @@ local SUCCESSOR_ARGS = 1 + NODE_ARGS
 
 -- whether inode ino lives in this shard (its number is shard * 2^40 + n): an entry of the upper tree
 -- may name a scope root elsewhere, whose keys a script here must not touch
-local function here(ino) return math.floor(tonumber(ino) / 1099511627776) == S end
-local BASE = S * 1099511627776  -- the shard's first inode number
+local SHARD_SPAN = 2 ^ """ + str(INO_BITS) + r"""  -- inode numbers a shard holds
+local function here(ino) return math.floor(tonumber(ino) / SHARD_SPAN) == S end
+local BASE = S * SHARD_SPAN  -- the shard's first inode number
+
+-- Inode ino's number in this shard, nil for an inode of another; and back. Keys, a parent (``+<n>``) and
+-- directory entries spell an inode by its number here (issue #17).
+local function in_shard(ino)
+  local v = (tonumber(ino) or -1) - BASE
+  if v >= 0 and v < SHARD_SPAN then return string.format('%d', v) end
+end
+local function of_number(n) return string.format('%d', BASE + tonumber(n)) end
 
 -- An inode's keys name it by its number in the shard (issue #17: a key of up to ~12 bytes less); one
 -- of another shard gets a name no key of this shard has, so it reads as absent, never as another inode.
-local function number(ino)
-  local v = (tonumber(ino) or -1) - BASE
-  if v >= 0 and v < 1099511627776 then return string.format('%d', v) end
-  return '^' .. ino
-end
+local function number(ino) return in_shard(ino) or '^' .. ino end
 local function ikey(ino) return P .. ':i:' .. number(ino) end
 -- The inode an artifact id names: the id is its shard's three hex digits, then the inode's number there
 -- in ten (``shards.artifact_id_of``), so no map is kept (issue #17); nil for an id of no inode here.
@@ -233,7 +240,7 @@ local function id_ino(id)
     return nil
   end
   local n = tonumber(string.sub(id, 4, 13), 16)
-  return n and string.format('%d', BASE + n)
+  return n and of_number(n)
 end
 
 local function argnode(at)
@@ -255,12 +262,12 @@ local SLOTS = {""" + ", ".join(f"'{name}'" for name in INODE_SLOTS) + r"""}
 
 -- A parent in the inode's own shard is kept as ``+<n>``, its number there (11 bytes less an inode), and
 -- an artifact id that names the inode as its last 19 digits (13 bytes less): the rest is the inode's.
-local ID_TAIL = 19
+local ID_TAIL = """ + str(ID_TAIL) + r"""
 local function packed(n)
   local out = {}
   for j, name in ipairs(SLOTS) do
     local value = n[name] or ''
-    if name == 'p' and value ~= '' and here(value) then value = '+' .. string.format('%d', tonumber(value) - BASE) end
+    if name == 'p' and value ~= '' and here(value) then value = '+' .. in_shard(value) end
     if name == 'a' and value ~= '' and id_ino(value) == n.ino then value = string.sub(value, -ID_TAIL) end
     out[j] = value
   end
@@ -276,7 +283,7 @@ local function unpacked(s, n)
     n[name] = string.sub(s, at, stop and stop - 1 or -1)
     at = stop and stop + 1 or #s + 1
   end
-  if string.sub(n.p, 1, 1) == '+' then n.p = string.format('%d', BASE + tonumber(string.sub(n.p, 2))) end
+  if string.sub(n.p, 1, 1) == '+' then n.p = of_number(string.sub(n.p, 2)) end
   if #n.a == ID_TAIL then n.a = string.format('%03x%010x', S, tonumber(n.ino) - BASE) .. n.a end
   return n
 end
@@ -382,7 +389,7 @@ end
 -- artifact's blob.
 local function order_of(n)
   local stored_at = string.match('\n' .. n.ix, '\n=([^\n]+)')
-  return stored_at and #stored_at == 11 and id_ino(n.a) and
+  return stored_at and #stored_at == STAMP_WIDTH and id_ino(n.a) and
     stored_at .. string.gsub(n.a, '..', function(h) return string.char(tonumber(h, 16)) end)
 end
 
@@ -474,22 +481,22 @@ end
 -- them besides): ``<child>`` is the child's number in this shard, or the whole ino of a scope root of
 -- another shard (2^40 or more, which no number here is). Byte order is still name order: NUL sorts
 -- first and no name holds one.
-local function entry_member(name, ino)
-  local v = tonumber(ino) - BASE
-  return name .. '\0' .. ((v >= 0 and v < 1099511627776) and string.format('%d', v) or ino)
-end
+local function entry_member(name, ino) return name .. '\0' .. (in_shard(ino) or ino) end
+
+-- what sorts after every entry member of ``name`` and before those of any other name
+local function past_name(name) return name .. '\0\255' end
 
 -- the name and child ino of an entry member
 local function member_entry(m)
   local at = string.find(m, '\0', 1, true)
-  local v = tonumber(string.sub(m, at + 1))
-  return string.sub(m, 1, at - 1), string.format('%d', v < 1099511627776 and BASE + v or v)
+  local child = string.sub(m, at + 1)
+  return string.sub(m, 1, at - 1), tonumber(child) < SHARD_SPAN and of_number(child) or child
 end
 
 -- the member of ``name`` in directory dir, nil if none
 local function entry_of(dir, name)
   local o = name_order(dir)
-  local low, high = name .. '\0', name .. '\0\255'
+  local low, high = name .. '\0', past_name(name)
   return redis.call('ZRANGEBYLEX', o.bucket .. head_of(o, high), '[' .. low, '[' .. high, 'LIMIT', 0, 1)[1]
 end
 
@@ -568,7 +575,8 @@ end
 
 -- the artifact id a search member ends with
 local function member_id(member)
-  return (string.gsub(string.sub(member, 12), '.', function(c) return string.format('%02x', string.byte(c)) end))
+  local raw = string.sub(member, STAMP_WIDTH + 1)
+  return (string.gsub(raw, '.', function(c) return string.format('%02x', string.byte(c)) end))
 end
 
 -- every {parent, name} of n: its primary name, then its hard links
@@ -741,7 +749,7 @@ end
 -- number of names the page covered, the last of them, then the records of those still entries here.
 function ops.page()
   local dir, after, most = ARGV[3], ARGV[4], tonumber(ARGV[5])
-  local members = order_range(name_order(dir), after == '' and '' or after .. '\0\255', '+', most)
+  local members = order_range(name_order(dir), after == '' and '' or past_name(after), '+', most)
   local out = {#members, #members > 0 and (member_entry(members[#members])) or ''}
   for _, m in ipairs(members) do
     local name, ino = member_entry(m)

@@ -155,9 +155,6 @@ def _links(node: Node) -> bytes:
     return b"/".join(b"%d/%s" % (link.parent, _name(link.name)) for link in node.links)
 
 
-_ID_TAIL = 19  # the digits of an artifact id an inode keeps where the id names it (the script's ID_TAIL)
-
-
 def inode_fields(stored: bytes | None, ino: int) -> dict[str, bytes]:
     """The string of inode ``ino`` (``P:i:<n>``) as its fields by name; {} if there is none. A parent
     in the inode's own shard is kept as ``+<n>``, its number there, and an artifact id that names the
@@ -168,7 +165,7 @@ def inode_fields(stored: bytes | None, ino: int) -> dict[str, bytes]:
     parent = fields.get("p", b"")
     if parent[:1] == b"+" and parent[1:].isdigit():
         fields["p"] = b"%d" % shards.ino(shards.of_ino(ino), int(parent[1:]))
-    if len(fields.get("a", b"")) == _ID_TAIL:  # the id names this inode: the script keeps only its tail
+    if len(fields.get("a", b"")) == shards.ID_TAIL:  # the id names this inode: the script keeps only its tail
         fields["a"] = shards.artifact_id_head(ino).encode() + fields["a"]
     return fields
 
@@ -179,7 +176,7 @@ def inode_string(fields: dict[str, bytes], ino: int) -> bytes:
     if parent.isdigit() and shards.of_ino(int(parent)) == shards.of_ino(ino):
         fields = {**fields, "p": b"+%d" % shards.number(int(parent))}
     if artifact_id and shards.ino_of_artifact(artifact_id.decode("ascii", "replace")) == ino:
-        fields = {**fields, "a": artifact_id[-_ID_TAIL:]}
+        fields = {**fields, "a": artifact_id[-shards.ID_TAIL :]}
     return b"\0".join(fields.get(name, b"") for name in INODE_SLOTS)
 
 
@@ -367,7 +364,7 @@ class RedisMetaStore:
         return f"{self.prefix}:{{{shard}}}"
 
     def key(self, kind: str, *parts: object, shard: int | None = None) -> str:
-        """Key ``kind`` (``i``, ``d``, ``o``, ``ob``: of the inode ``parts[0]``, in its shard, named by its
+        """Key ``kind`` (``i``, ``o``, ``ob``: of the inode ``parts[0]``, in its shard, named by its
         number there, as the script's ``ikey``; others name ``shard``)."""
         if shard is None:
             if kind not in _INODE_KEYS:
